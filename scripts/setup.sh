@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs Tollgate's build, test and run dependencies from Debian 12 packages.
+# Idempotent: installs only what is missing, so a second run is a no-op.
+# See ../shared/DEPENDENCIES.md for why each package is listed.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libboost-json1.81-dev libboost-url1.81-dev libboost-system1.81-dev
+  libssl-dev ca-certificates libpq-dev postgresql
+  prometheus-cpp-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nodejs curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+# Node.js may come from outside apt (a preinstalled toolchain); accept any node >= 18 with npm.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all dependencies present"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if ! command -v npm >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+echo "setup: done"

@@ -1,0 +1,40 @@
+#include "tollgate/core/error.hpp"
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+namespace tollgate {
+namespace {
+
+TEST(Error, BodyHasOpenAiShape) {
+  Error e = InvalidArgument("messages must be an array", "messages");
+  auto v = boost::json::parse(ErrorBody(e));
+  const auto& err = v.at("error").as_object();
+  EXPECT_EQ(err.at("message").as_string(), "messages must be an array");
+  EXPECT_EQ(err.at("type").as_string(), "invalid_request_error");
+  EXPECT_EQ(err.at("param").as_string(), "messages");
+  EXPECT_TRUE(err.at("code").is_null());
+}
+
+TEST(Error, EachCodeMapsToItsStatus) {
+  EXPECT_EQ(HttpStatus(ErrorCode::kInvalidArgument), 400);
+  EXPECT_EQ(HttpStatus(ErrorCode::kUnauthenticated), 401);
+  EXPECT_EQ(HttpStatus(ErrorCode::kPaymentRequired), 402);
+  EXPECT_EQ(HttpStatus(ErrorCode::kNotFound), 404);
+  EXPECT_EQ(HttpStatus(ErrorCode::kPayloadTooLarge), 413);
+  EXPECT_EQ(HttpStatus(ErrorCode::kResourceExhausted), 429);
+  EXPECT_EQ(HttpStatus(ErrorCode::kCancelled), 499);
+  EXPECT_EQ(HttpStatus(ErrorCode::kBadGateway), 502);
+  EXPECT_EQ(HttpStatus(ErrorCode::kUnavailable), 503);
+  EXPECT_EQ(HttpStatus(ErrorCode::kUpstreamTimeout), 504);
+}
+
+TEST(Error, ResultCarriesError) {
+  Result<int> r = InvalidArgument("bad");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_THROW(r.value(), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace tollgate
