@@ -1,0 +1,75 @@
+// Administrative operations on API keys (the `tollgate keys ...` CLI and the
+// admin API). Blocking, one database connection; not for the request path
+// (the gateway authenticates through KeyCache, key_cache.hpp).
+#pragma once
+
+#include "tollgate/core/error.hpp"
+#include "tollgate/core/money.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tollgate::billing {
+
+struct CreatedKey {
+  int64_t id = 0;   // api_keys.id
+  std::string key;  // plaintext key (api_key.hpp format); shown once, never stored
+};
+
+struct KeyInfo {
+  int64_t id = 0;
+  std::string name;
+  std::string prefix;                 // ApiKeyDisplayPrefix of the key, "tg-AbC1234..."
+  std::optional<Money> credit_limit;  // nano-USD; nullopt = unlimited
+  Money spent;                        // nano-USD written by the usage recorder so far
+  std::string created_at;             // RFC 3339 UTC, seconds: "2026-11-29T08:04:53Z"
+  bool revoked = false;
+};
+
+class KeyStore {
+ public:
+  // Connects to `database_url` (libpq connection string or URI); the schema
+  // must have been migrated (migrations.hpp).
+  // Errors: kInvalidArgument (unparsable URL), kUnavailable (cannot connect).
+  static Result<std::unique_ptr<KeyStore>> Connect(const std::string& database_url);
+
+  ~KeyStore();
+  KeyStore(const KeyStore&) = delete;
+  KeyStore& operator=(const KeyStore&) = delete;
+
+  // Creates a key named `name` (non-empty, any text) with an optional credit
+  // limit in nano-USD (>= 0; nullopt = unlimited). Stores only its hash and
+  // display prefix and returns the plaintext once.
+  // Errors: kInvalidArgument (empty name, negative limit), kUnavailable
+  // (database unreachable; the key may or may not have been created, and its
+  // plaintext is lost either way, so create another), kInternal.
+  Result<CreatedKey> Create(std::string name, std::optional<Money> credit_limit);
+
+  // All keys, revoked ones included, ordered by id.
+  // Errors: kUnavailable, kInternal.
+  Result<std::vector<KeyInfo>> List();
+
+  // Marks key `id` revoked (sets revoked_at = now()). Returns true if it did,
+  // false if there is no such key or it was already revoked. Gateways see the
+  // revocation within one KeyCache refresh interval.
+  // Errors: kUnavailable, kInternal.
+  Result<bool> Revoke(int64_t id);
+
+  // Sets (or, with nullopt, removes) key `id`'s credit limit in nano-USD (>= 0).
+  // Returns false if there is no such key.
+  // Errors: kInvalidArgument (negative limit), kUnavailable, kInternal.
+  Result<bool> SetCreditLimit(int64_t id, std::optional<Money> credit_limit);
+
+  // Thread-safety: all methods may be called from any thread; calls are
+  // serialised on the one connection, which is re-opened after a failure.
+
+ private:
+  struct Impl;
+  explicit KeyStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tollgate::billing

@@ -1,0 +1,37 @@
+// One row of usage_events (migrations/001_init.sql): what one call used and
+// cost. Written by UsageRecorder, read back by GenerationStore.
+#pragma once
+
+#include "tollgate/core/chat.hpp"
+#include "tollgate/core/money.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace tollgate::billing {
+
+struct UsageEvent {
+  std::string request_id;  // "gen-...": the response id; primary and idempotency key
+  int64_t api_key_id = 0;  // api_keys.id; <= 0 is stored as NULL (call never authenticated)
+  std::string model;           // model slug as requested ("openai/gpt-4o-mini")
+  std::string provider;        // provider display name ("OpenAI", "Local")
+  std::string upstream_model;  // the endpoint's model name at the provider
+  Usage usage;                 // tokens; OpenAI semantics (cached in prompt, reasoning in completion)
+  Money cost;                  // nano-USD charged; added to api_keys.spent_nano_usd
+  int64_t latency_ms = 0;              // request received to last byte sent
+  std::optional<int64_t> ttft_ms;      // time to first token; nullopt if none was sent
+  int status = 200;                    // HTTP status returned to the caller
+  std::optional<std::string> finish_reason;  // FinishReasonName(...), nullopt on error
+  bool streamed = false;
+  bool cancelled = false;        // the client went away (499)
+  bool usage_estimated = false;  // upstream never reported usage; counts were estimated
+  std::optional<std::string> error_code;  // OpenAI error code/type on failure
+  // Stored with microsecond precision (timestamptz); sub-microsecond parts are
+  // truncated toward the past.
+  std::chrono::system_clock::time_point created_at;   // request received
+  std::chrono::system_clock::time_point finished_at;  // last byte sent / call ended
+};
+
+}  // namespace tollgate::billing

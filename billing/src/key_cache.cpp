@@ -1,0 +1,206 @@
+#include "tollgate/billing/key_cache.hpp"
+
+#include "log_internal.hpp"
+#include "pending_spend.hpp"
+#include "pg.hpp"
+#include "tollgate/billing/api_key.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace tollgate::billing {
+
+namespace {
+
+// One immutable generation of the key table; readers share it through a
+// shared_ptr, so a refresh never mutates what a Lookup is reading.
+struct Snapshot {
+  std::vector<KeyRecord> records;                     // pending_spend unset here
+  std::unordered_map<std::string, size_t> by_hash;    // key_hash -> index
+  std::unordered_map<int64_t, size_t> by_id;          // id -> index
+};
+
+}  // namespace
+
+bool HasCredit(const KeyRecord& record) {
+  if (!record.credit_limit) return true;
+  return record.spent.nano_usd + record.pending_spend.nano_usd < record.credit_limit->nano_usd;
+}
+
+struct KeyCache::Impl {
+  explicit Impl(std::string url, int interval_ms)
+      : session(std::move(url)), refresh_interval(interval_ms) {}
+
+  // Database side: used by the refresh thread and RefreshNow.
+  std::mutex session_mutex;
+  internal::PgSession session;
+  const std::chrono::milliseconds refresh_interval;
+
+  // Memory side: the current snapshot and pending spend.
+  mutable std::mutex state_mutex;
+  std::shared_ptr<const Snapshot> snapshot;
+  internal::PendingSpend pending;
+
+  // Refresh thread.
+  std::mutex stop_mutex;
+  std::condition_variable stop_cv;
+  bool stop_requested = false;
+  std::thread thread;
+  std::mutex join_mutex;
+  bool failing = false;  // refresh thread only: logs an outage once
+
+  std::atomic<int64_t> refreshes{0};
+  std::atomic<int64_t> refresh_failures{0};
+
+  std::shared_ptr<const Snapshot> Current() const {
+    std::lock_guard lock(state_mutex);
+    return snapshot;
+  }
+
+  Result<void> Reload() {
+    auto loaded = std::make_shared<Snapshot>();
+    {
+      std::lock_guard lock(session_mutex);
+      internal::PgOutcome out = session.Exec(
+          "SELECT id, name, key_hash, credit_limit_nano_usd, spent_nano_usd,"
+          " revoked_at IS NOT NULL FROM api_keys",
+          {}, /*idempotent=*/true);
+      if (!out.ok()) {
+        session.DropIfBad();
+        return out.ToError("loading API keys");
+      }
+      const PGresult* r = out.result.get();
+      int rows = PQntuples(r);
+      loaded->records.reserve(rows);
+      loaded->by_hash.reserve(rows);
+      loaded->by_id.reserve(rows);
+      for (int row = 0; row < rows; ++row) {
+        KeyRecord record;
+        record.id = internal::PgInt64(r, row, 0);
+        record.name = internal::PgText(r, row, 1);
+        if (auto limit = internal::PgOptInt64(r, row, 3)) record.credit_limit = Money{*limit};
+        record.spent = Money{internal::PgInt64(r, row, 4)};
+        record.revoked = internal::PgBool(r, row, 5);
+        loaded->by_hash.emplace(std::string(internal::PgText(r, row, 2)), loaded->records.size());
+        loaded->by_id.emplace(record.id, loaded->records.size());
+        loaded->records.push_back(std::move(record));
+      }
+    }
+    std::lock_guard lock(state_mutex);
+    if (snapshot != nullptr) {
+      for (const KeyRecord& record : loaded->records) {
+        auto old = snapshot->by_id.find(record.id);
+        if (old == snapshot->by_id.end()) continue;
+        pending.Settle(record.id, snapshot->records[old->second].spent.nano_usd,
+                       record.spent.nano_usd);
+      }
+    }
+    snapshot = std::move(loaded);
+    refreshes.fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+
+  void Run() {
+    std::unique_lock lock(stop_mutex);
+    while (!stop_requested) {
+      if (stop_cv.wait_for(lock, refresh_interval, [&] { return stop_requested; })) break;
+      lock.unlock();
+      Result<void> result = Reload();
+      if (!result) {
+        refresh_failures.fetch_add(1, std::memory_order_relaxed);
+        if (!failing) {
+          internal::Log(LogLevel::kError,
+                        "key cache refresh failed, serving the last loaded keys until the "
+                        "database is back: " + result.error().message);
+          failing = true;
+        }
+      } else if (failing) {
+        internal::Log(LogLevel::kInfo, "key cache refresh recovered");
+        failing = false;
+      }
+      lock.lock();
+    }
+  }
+
+  std::optional<KeyRecord> WithPending(const Snapshot& snap, size_t index) const {
+    KeyRecord record = snap.records[index];
+    std::lock_guard lock(state_mutex);
+    record.pending_spend = Money{pending.Get(record.id)};
+    return record;
+  }
+};
+
+KeyCache::KeyCache(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+KeyCache::~KeyCache() { Stop(); }
+
+Result<std::unique_ptr<KeyCache>> KeyCache::Start(const std::string& database_url,
+                                                  int refresh_interval_ms) {
+  if (refresh_interval_ms < 1) {
+    return InvalidArgument("key cache refresh interval must be >= 1 ms", "refresh_interval_ms");
+  }
+  auto impl = std::make_unique<Impl>(database_url, refresh_interval_ms);
+  {
+    std::lock_guard lock(impl->session_mutex);
+    if (auto ok = impl->session.Ensure(); !ok) return ok.error();
+  }
+  if (auto ok = impl->Reload(); !ok) return ok.error();
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->Run(); });
+  return std::unique_ptr<KeyCache>(new KeyCache(std::move(impl)));
+}
+
+std::optional<KeyRecord> KeyCache::Lookup(std::string_view plaintext_key) const {
+  std::string hash = HashApiKey(plaintext_key);
+  std::shared_ptr<const Snapshot> snap = impl_->Current();
+  auto it = snap->by_hash.find(hash);
+  if (it == snap->by_hash.end()) return std::nullopt;
+  return impl_->WithPending(*snap, it->second);
+}
+
+std::optional<KeyRecord> KeyCache::FindById(int64_t id) const {
+  std::shared_ptr<const Snapshot> snap = impl_->Current();
+  auto it = snap->by_id.find(id);
+  if (it == snap->by_id.end()) return std::nullopt;
+  return impl_->WithPending(*snap, it->second);
+}
+
+void KeyCache::AddPendingSpend(int64_t key_id, Money amount) {
+  std::lock_guard lock(impl_->state_mutex);
+  impl_->pending.Add(key_id, amount.nano_usd);
+}
+
+Money KeyCache::PendingSpend(int64_t key_id) const {
+  std::lock_guard lock(impl_->state_mutex);
+  return Money{impl_->pending.Get(key_id)};
+}
+
+bool KeyCache::HasCredit(const KeyRecord& record) const {
+  if (!record.credit_limit) return true;
+  return record.spent.nano_usd + PendingSpend(record.id).nano_usd < record.credit_limit->nano_usd;
+}
+
+Result<void> KeyCache::RefreshNow() { return impl_->Reload(); }
+
+void KeyCache::Stop() {
+  {
+    std::lock_guard lock(impl_->stop_mutex);
+    impl_->stop_requested = true;
+  }
+  impl_->stop_cv.notify_all();
+  // Two threads may call Stop at once; only one may join.
+  std::lock_guard join_lock(impl_->join_mutex);
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+size_t KeyCache::size() const { return impl_->Current()->records.size(); }
+int64_t KeyCache::refreshes() const { return impl_->refreshes.load(std::memory_order_relaxed); }
+int64_t KeyCache::refresh_failures() const {
+  return impl_->refresh_failures.load(std::memory_order_relaxed);
+}
+
+}  // namespace tollgate::billing
