@@ -1,0 +1,97 @@
+// The bundled inference engine behind the `Provider` interface.
+//
+// One LocalProvider serves one GGUF model (llama architecture, SentencePiece
+// "llama" vocabulary; see model.hpp and tokenizer.hpp) on the CPU. It owns one
+// worker thread with one KV cache; Start() only enqueues, and the worker runs
+// requests one after another in arrival order (pattern: llama.cpp
+// tools/server/server-queue.h). The sink is called from the worker thread.
+//
+// Prompt contract:
+//   - RequestKind::kCompletion: `prompt` is tokenized as raw text with BOS
+//     (when the vocabulary's add_bos_token says so); no template.
+//   - RequestKind::kChat: the messages' `content`s joined with "\n", roles
+//     dropped, tokenized the same way. So one user message "Once upon a time"
+//     is exactly the completion prompt "Once upon a time". A GGUF's
+//     `tokenizer.chat_template` is ignored for now (no Jinja engine here).
+//   - `upstream_model` is ignored: the provider serves exactly its one model.
+//   - Special-token text such as "<s>" in the prompt is plain text.
+//
+// Generation: Sampler (sampler.hpp) with request temperature (default 1.0,
+// as in the OpenAI API; 0 = greedy), top_p (default 1.0) and seed. It ends
+//   - at EOS                              -> finish kStop (EOS not emitted or counted);
+//   - at a `stop` string                  -> finish kStop, the stop string and what
+//                                            follows it not emitted;
+//   - after `max_tokens` generated tokens -> finish kLength;
+//   - when prompt + generated tokens fill the context -> finish kLength.
+// Without max_tokens the limit is the rest of the context.
+// Deltas are complete UTF-8 (IncrementalDetokenizer) and never contain text
+// that may still turn out to be the start of a stop string.
+//
+// Usage (Completion): prompt_tokens counts BOS, completion_tokens the
+// generated tokens (EOS excluded, tokens cut by a stop string included),
+// cached_tokens 0, usage_known true, upstream_id empty.
+//
+// Errors (OnError, nothing emitted before unless stated):
+//   kInvalidArgument   prompt_tokens >= context length (no room to generate),
+//                      max_tokens < 1;
+//   kCancelled         `cancel` was signalled (checked before the prompt and
+//                      between tokens; may come after deltas);
+//   kDeadlineExceeded  the request deadline passed before the first delta
+//                      (checked before prefill and between tokens). If it
+//                      passes after deltas were sent, the generation ends with
+//                      OnComplete(kLength) instead, so the client keeps what it
+//                      got. A default-constructed deadline (time_point{}) means
+//                      no deadline;
+//   kUnavailable       the provider was destroyed with the request still queued;
+//   kInternal          an unexpected failure inside the engine.
+//
+// Thread-safety: Start(), Name() and ContextLength() may be called from any
+// thread concurrently. Destruction stops the worker after its current token,
+// fails queued requests with kUnavailable, and joins; do not destroy it from
+// inside a sink callback.
+#pragma once
+
+#include "tollgate/core/error.hpp"
+#include "tollgate/core/provider.hpp"
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace tollgate::local_backend {
+
+struct LocalProviderOptions {
+  std::string display_name = "Local";  // returned by Name()
+  std::string model_path;              // GGUF file
+  int threads = 0;                     // 0 = hardware_concurrency; currently unused (one compute thread)
+  int context_length = 0;              // KV cache size in tokens; 0 = llama.context_length from the GGUF
+};
+
+class LocalProvider final : public Provider {
+ public:
+  // Loads the model and starts the worker thread. Errors (kInvalidArgument):
+  // unreadable or corrupt GGUF, unsupported architecture/tokenizer/tensor
+  // type, negative threads or context_length.
+  static Result<std::unique_ptr<LocalProvider>> Create(const LocalProviderOptions& options);
+
+  ~LocalProvider() override;
+  LocalProvider(const LocalProvider&) = delete;
+  LocalProvider& operator=(const LocalProvider&) = delete;
+
+  std::string_view Name() const override;
+  // See the class comment. Copies what it needs from `request` before
+  // returning, so `*request.request` need not outlive this call.
+  void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink,
+             std::stop_token cancel) override;
+
+  // KV cache size in tokens: the most prompt + generated tokens of one request.
+  int ContextLength() const;
+
+  struct Impl;
+
+ private:
+  explicit LocalProvider(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tollgate::local_backend

@@ -1,0 +1,258 @@
+#include "tollgate/local_backend/local_provider.hpp"
+
+#include "tollgate/local_backend/gguf.hpp"
+#include "tollgate/local_backend/model.hpp"
+#include "tollgate/local_backend/sampler.hpp"
+#include "tollgate/local_backend/tokenizer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace tollgate::local_backend {
+namespace {
+
+// Prompt tokens per Decode call, so cancellation and the deadline are also
+// honoured during a long prefill.
+constexpr size_t kPrefillChunk = 128;
+
+struct Job {
+  std::string prompt;
+  std::string prompt_param;  // request field named in errors: "prompt" or "messages"
+  std::optional<int64_t> max_tokens;
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  std::chrono::steady_clock::time_point deadline;
+  std::shared_ptr<StreamSink> sink;
+  std::stop_token cancel;
+};
+
+Error MakeError(ErrorCode code, std::string message, std::string param = {}) {
+  return Error{code, std::move(message), std::move(param), {}};
+}
+
+}  // namespace
+
+struct LocalProvider::Impl {
+  std::string name;
+  std::shared_ptr<const GgufFile> gguf;
+  std::optional<Tokenizer> tokenizer;
+  std::shared_ptr<const LlamaModel> model;
+  std::unique_ptr<LlamaContext> context;
+
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::deque<Job> queue;  // guarded by mu
+  bool stopping = false;  // guarded by mu
+  std::jthread worker;    // last member: stopped and joined before the rest goes
+
+  void Run(std::stop_token stop);
+  void Serve(Job& job, const std::stop_token& shutdown);
+};
+
+void LocalProvider::Impl::Run(std::stop_token stop) {
+  while (true) {
+    Job job;
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, stop, [&] { return !queue.empty(); });
+      if (stop.stop_requested()) break;
+      job = std::move(queue.front());
+      queue.pop_front();
+    }
+    Serve(job, stop);
+  }
+  std::deque<Job> left;
+  {
+    std::lock_guard lock(mu);
+    stopping = true;
+    left.swap(queue);
+  }
+  for (Job& job : left) job.sink->OnError(MakeError(ErrorCode::kUnavailable, "local provider is shutting down"));
+}
+
+void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
+  StreamSink& sink = *job.sink;
+  bool terminal_sent = false;
+  auto fail = [&](Error e) {
+    terminal_sent = true;
+    sink.OnError(e);
+  };
+  const bool has_deadline = job.deadline != std::chrono::steady_clock::time_point{};
+  auto deadline_passed = [&] { return has_deadline && std::chrono::steady_clock::now() >= job.deadline; };
+  auto interrupted = [&]() -> std::optional<Error> {
+    if (job.cancel.stop_requested()) return MakeError(ErrorCode::kCancelled, "request cancelled");
+    if (shutdown.stop_requested()) return MakeError(ErrorCode::kUnavailable, "local provider is shutting down");
+    return std::nullopt;
+  };
+
+  try {
+    if (auto e = interrupted()) return fail(*e);
+    if (deadline_passed()) {
+      return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before generation started"));
+    }
+    if (job.max_tokens && *job.max_tokens < 1) {
+      return fail(MakeError(ErrorCode::kInvalidArgument, "max_tokens must be at least 1", "max_tokens"));
+    }
+    const std::vector<TokenId> prompt = tokenizer->Encode(job.prompt, /*add_bos=*/true);
+    const int64_t context_length = context->context_length();
+    const auto prompt_tokens = static_cast<int64_t>(prompt.size());
+    if (prompt.empty()) {
+      return fail(MakeError(ErrorCode::kInvalidArgument, "prompt is empty", job.prompt_param));
+    }
+    if (prompt_tokens >= context_length) {
+      return fail(MakeError(ErrorCode::kInvalidArgument,
+                            "prompt is " + std::to_string(prompt_tokens) + " tokens but the model's context holds " +
+                                std::to_string(context_length) +
+                                " tokens including the completion; shorten the prompt",
+                            job.prompt_param));
+    }
+
+    context->Reset();
+    std::span<const float> logits;
+    for (size_t done = 0; done < prompt.size(); done += kPrefillChunk) {
+      if (auto e = interrupted()) return fail(*e);
+      if (deadline_passed()) return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded during prefill"));
+      const size_t n = std::min(kPrefillChunk, prompt.size() - done);
+      auto r = context->Decode(std::span<const TokenId>(prompt.data() + done, n));
+      if (!r) return fail(MakeError(ErrorCode::kInternal, "prefill failed: " + r.error().message));
+      logits = *r;
+    }
+
+    int64_t limit = context_length - prompt_tokens;
+    if (job.max_tokens) limit = std::min(limit, *job.max_tokens);
+    Sampler sampler(job.sampling);
+    IncrementalDetokenizer detokenizer(*tokenizer, prompt.back());
+    StopMatcher stop_matcher(std::move(job.stop));
+    bool emitted = false;
+    auto emit = [&](const std::string& text) {
+      if (text.empty()) return;
+      emitted = true;
+      sink.OnDelta(text);
+    };
+
+    Completion completion;
+    completion.finish_reason = FinishReason::kLength;
+    bool stopped_by_string = false;
+    int64_t generated = 0;
+    while (true) {
+      if (auto e = interrupted()) return fail(*e);
+      if (deadline_passed()) {
+        if (!emitted) return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before the first token"));
+        completion.finish_reason = FinishReason::kLength;  // keep what the client already has
+        break;
+      }
+      const TokenId token = sampler.Sample(logits);
+      if (token == tokenizer->eos_id()) {
+        completion.finish_reason = FinishReason::kStop;
+        break;
+      }
+      ++generated;
+      StopMatcher::Output out = stop_matcher.Push(detokenizer.Push(token));
+      emit(out.text);
+      if (out.stopped) {
+        completion.finish_reason = FinishReason::kStop;
+        stopped_by_string = true;
+        break;
+      }
+      if (generated >= limit) {
+        completion.finish_reason = FinishReason::kLength;
+        break;
+      }
+      const TokenId next[1] = {token};
+      auto r = context->Decode(next);
+      if (!r) return fail(MakeError(ErrorCode::kInternal, "decode failed: " + r.error().message));
+      logits = *r;
+    }
+    if (!stopped_by_string) {
+      StopMatcher::Output out = stop_matcher.Push(detokenizer.Flush());
+      emit(out.text);
+      if (out.stopped) completion.finish_reason = FinishReason::kStop;
+      emit(stop_matcher.Flush());
+    }
+    completion.usage.prompt_tokens = prompt_tokens;
+    completion.usage.completion_tokens = generated;
+    completion.usage_known = true;
+    terminal_sent = true;
+    sink.OnComplete(completion);
+  } catch (const std::exception& e) {
+    if (!terminal_sent) fail(MakeError(ErrorCode::kInternal, std::string("local inference failed: ") + e.what()));
+  }
+}
+
+Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProviderOptions& options) {
+  if (options.threads < 0) return InvalidArgument("local provider threads must be >= 0", "threads");
+  if (options.context_length < 0) return InvalidArgument("local provider context_length must be >= 0", "context_length");
+  auto impl = std::make_unique<Impl>();
+  impl->name = options.display_name;
+  auto gguf = GgufFile::Open(options.model_path);
+  if (!gguf) return gguf.error();
+  impl->gguf = std::shared_ptr<const GgufFile>(std::move(*gguf));
+  auto tokenizer = Tokenizer::FromGguf(*impl->gguf);
+  if (!tokenizer) return tokenizer.error();
+  impl->tokenizer.emplace(std::move(*tokenizer));
+  auto model = LlamaModel::Load(impl->gguf);
+  if (!model) return model.error();
+  impl->model = *model;
+  if (impl->tokenizer->vocab_size() != impl->model->hparams().vocab_size) {
+    return InvalidArgument("tokenizer has " + std::to_string(impl->tokenizer->vocab_size()) +
+                           " tokens but the model's vocabulary is " +
+                           std::to_string(impl->model->hparams().vocab_size));
+  }
+  auto context = LlamaContext::Create(impl->model, options.context_length);
+  if (!context) return context.error();
+  impl->context = std::move(*context);
+  Impl* raw = impl.get();
+  impl->worker = std::jthread([raw](std::stop_token stop) { raw->Run(std::move(stop)); });
+  return std::unique_ptr<LocalProvider>(new LocalProvider(std::move(impl)));
+}
+
+LocalProvider::LocalProvider(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+LocalProvider::~LocalProvider() {
+  impl_->worker.request_stop();  // wakes the condition variable wait
+  impl_->worker.join();
+}
+
+std::string_view LocalProvider::Name() const { return impl_->name; }
+
+int LocalProvider::ContextLength() const { return impl_->context->context_length(); }
+
+void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink, std::stop_token cancel) {
+  const ChatRequest& req = *request.request;
+  Job job;
+  if (req.kind == RequestKind::kCompletion) {
+    job.prompt = req.prompt;
+    job.prompt_param = "prompt";
+  } else {
+    for (size_t i = 0; i < req.messages.size(); ++i) {
+      if (i > 0) job.prompt += '\n';
+      job.prompt += req.messages[i].content;
+    }
+    job.prompt_param = "messages";
+  }
+  job.max_tokens = req.max_tokens;
+  job.sampling.temperature = req.temperature.value_or(1.0);
+  job.sampling.top_p = req.top_p.value_or(1.0);
+  job.sampling.seed = req.seed;
+  job.stop = req.stop;
+  job.deadline = request.deadline;
+  job.sink = std::move(sink);
+  job.cancel = std::move(cancel);
+  {
+    std::lock_guard lock(impl_->mu);
+    if (!impl_->stopping) {
+      impl_->queue.push_back(std::move(job));
+      impl_->cv.notify_one();
+      return;
+    }
+  }
+  job.sink->OnError(MakeError(ErrorCode::kUnavailable, "local provider is shutting down"));
+}
+
+}  // namespace tollgate::local_backend
