@@ -1,0 +1,563 @@
+// The only TU in providers/ that includes Beast and Asio (compile time: see
+// providers/CMakeLists.txt). Structure follows Beast's
+// example/advanced/server-flex-awaitable (coroutines, as_tuple for expected
+// errors) and example/http/client/async-ssl (SNI, host-name verification).
+#include "http_client.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <atomic>
+#include <deque>
+#include <exception>
+#include <map>
+#include <mutex>
+
+namespace tollgate::providers::detail {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+
+constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
+constexpr std::size_t kReadChunkBytes = 16 * 1024;
+
+struct Connection {
+  Connection(asio::io_context& ioc, ssl::context* tls_ctx) {
+    // Sockets use the io_context's executor, not a call's strand: a pooled
+    // connection moves between calls. Every operation is started from the
+    // owning call's strand and completes there (the awaitable's executor).
+    if (tls_ctx != nullptr) {
+      tls.emplace(ioc, *tls_ctx);
+    } else {
+      plain.emplace(ioc);
+    }
+  }
+
+  tcp::socket& Socket() { return tls ? tls->next_layer() : *plain; }
+
+  void Close() {
+    // No TLS close_notify: the connection is being abandoned (error, cancel,
+    // pool eviction) and waiting for the peer would only add latency.
+    error_code ignored;
+    Socket().shutdown(tcp::socket::shutdown_both, ignored);
+    Socket().close(ignored);
+  }
+
+  std::optional<tcp::socket> plain;
+  std::optional<ssl::stream<tcp::socket>> tls;
+  beast::flat_buffer buffer;
+  Clock::time_point idle_since{};
+};
+
+// A pooled keep-alive connection must have nothing to read: EOF (the server
+// closed it while idle), a reset, or stray bytes (a TLS close_notify, junk)
+// all mean it is unusable. A non-blocking peek tells without consuming.
+bool LooksAlive(tcp::socket& socket) {
+  if (!socket.is_open()) return false;
+  error_code ec;
+  socket.non_blocking(true, ec);
+  if (ec) return false;
+  char byte = 0;
+  socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, ec);
+  error_code ignored;
+  socket.non_blocking(false, ignored);
+  return ec == asio::error::would_block || ec == asio::error::try_again;
+}
+
+// Errors that mean "the server closed this idle keep-alive connection before
+// reading our request"; only those make a reused connection retryable.
+bool IsStaleConnectionError(const error_code& ec) {
+  return ec == http::error::end_of_stream || ec == asio::error::eof ||
+         ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+         ec == asio::error::connection_aborted || ec == ssl::error::stream_truncated;
+}
+
+std::string DescribeIoError(const error_code& ec) {
+  if (ec == http::error::end_of_stream || ec == asio::error::eof) {
+    return "closed the connection";
+  }
+  if (ec == http::error::partial_message) return "closed the connection mid-response";
+  // Servers often skip close_notify and just close TCP; OpenSSL reports that
+  // as stream_truncated. Where the body is length-delimited or chunked (the
+  // only case that reaches here) it means the response was cut short.
+  if (ec == ssl::error::stream_truncated) return "closed the TLS connection mid-response";
+  if (ec == asio::error::connection_reset) return "reset the connection";
+  if (ec == asio::error::broken_pipe) return "closed the connection while we were sending";
+  if (ec == http::error::header_limit) return "sent an oversized response header";
+  if (ec.category() == http::make_error_code(http::error::bad_version).category()) {
+    return "sent malformed HTTP (" + ec.message() + ")";
+  }
+  return "connection failed (" + ec.message() + ")";
+}
+
+std::string HostForUrl(const std::string& host) {
+  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+}
+
+}  // namespace
+
+struct HttpClient::Impl {
+  Impl(asio::io_context& io, HttpClientOptions opts)
+      : ioc(io), options(std::move(opts)), tls(ssl::context::tls_client) {}
+
+  std::unique_ptr<Connection> TakeIdle(const std::string& key) {
+    std::vector<std::unique_ptr<Connection>> dead;
+    std::unique_ptr<Connection> found;
+    {
+      std::lock_guard lock(mu);
+      auto it = idle.find(key);
+      if (it == idle.end()) return nullptr;
+      auto& queue = it->second;
+      const auto now = Clock::now();
+      const auto ttl = std::chrono::milliseconds(options.idle_ttl_ms);
+      while (!queue.empty() && found == nullptr) {  // most recently used first
+        auto conn = std::move(queue.back());
+        queue.pop_back();
+        if (now - conn->idle_since < ttl && LooksAlive(conn->Socket())) {
+          found = std::move(conn);
+        } else {
+          dead.push_back(std::move(conn));
+        }
+      }
+      while (!queue.empty() && now - queue.front()->idle_since >= ttl) {
+        dead.push_back(std::move(queue.front()));
+        queue.pop_front();
+      }
+    }
+    for (auto& conn : dead) conn->Close();
+    return found;
+  }
+
+  void ReturnIdle(const std::string& key, std::unique_ptr<Connection> conn) {
+    if (options.max_idle_connections == 0) {
+      conn->Close();
+      return;
+    }
+    conn->idle_since = Clock::now();
+    std::unique_ptr<Connection> evicted;
+    {
+      std::lock_guard lock(mu);
+      auto& queue = idle[key];
+      if (queue.size() >= options.max_idle_connections) {  // keep the freshest
+        evicted = std::move(queue.front());
+        queue.pop_front();
+      }
+      queue.push_back(std::move(conn));
+    }
+    if (evicted) evicted->Close();
+  }
+
+  asio::io_context& ioc;
+  HttpClientOptions options;
+  ssl::context tls;
+  mutable std::mutex mu;
+  std::map<std::string, std::deque<std::unique_ptr<Connection>>> idle;  // guarded by mu
+  std::atomic<std::uint64_t> opened{0};
+  std::atomic<std::uint64_t> reused{0};
+  std::atomic<std::uint64_t> stale_retries{0};
+};
+
+namespace {
+
+// One exchange. Lives in shared_ptrs held by its coroutine, its watchdog
+// handler and (weakly) its stop callback; all of its state is touched on
+// `strand_` only, except `stop_cb_`, which is set before the coroutine starts.
+class Call : public std::enable_shared_from_this<Call> {
+ public:
+  Call(std::shared_ptr<HttpClient::Impl> client, HttpRequest request,
+       std::shared_ptr<HttpResponseHandler> handler)
+      : client_(std::move(client)),
+        request_(std::move(request)),
+        handler_(std::move(handler)),
+        strand_(asio::make_strand(client_->ioc)),
+        timer_(strand_),
+        resolver_(strand_) {
+    const auto& up = request_.upstream;
+    const bool default_port = up.port == (up.tls ? 443 : 80);
+    authority_ = HostForUrl(up.host) + ":" + std::to_string(up.port);
+    host_header_ = default_port ? HostForUrl(up.host) : authority_;
+    pool_key_ = (up.tls ? "https://" : "http://") + authority_;
+  }
+
+  void Launch(std::stop_token cancel) {
+    if (cancel.stop_possible()) {
+      stop_cb_.emplace(std::move(cancel), [weak = weak_from_this(), strand = strand_] {
+        // Runs on whichever thread requested the stop: hop to the strand.
+        asio::post(strand, [weak] {
+          if (auto self = weak.lock()) self->Abort(HttpFailureKind::kCancelled);
+        });
+      });
+    }
+    auto self = shared_from_this();
+    asio::co_spawn(strand_, Run(self),
+                   asio::bind_executor(strand_, [self](std::exception_ptr e) {
+                     if (e) self->FailFromException(e);
+                   }));
+  }
+
+ private:
+  enum class Outcome { kDone, kRetryStale };
+
+  static asio::awaitable<void> Run(std::shared_ptr<Call> self) {
+    co_await self->Execute();
+    self->Finish();
+  }
+
+  asio::awaitable<void> Execute() {
+    if (aborted_) {
+      FailAborted(false);
+      co_return;
+    }
+    if (request_.deadline && *request_.deadline <= Clock::now()) {
+      aborted_ = HttpFailureKind::kDeadline;
+      FailAborted(false);
+      co_return;
+    }
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      bool reused = false;
+      if (attempt == 0) {
+        conn_ = client_->TakeIdle(pool_key_);
+        reused = conn_ != nullptr;
+      }
+      if (reused) {
+        ++client_->reused;
+      } else if (!co_await Connect()) {
+        co_return;
+      }
+      const Outcome outcome = conn_->tls ? co_await Exchange(*conn_->tls, reused)
+                                         : co_await Exchange(*conn_->plain, reused);
+      if (outcome != Outcome::kRetryStale) co_return;
+      ++client_->stale_retries;
+      conn_->Close();
+      conn_.reset();
+    }
+  }
+
+  asio::awaitable<bool> Connect() {
+    const HttpUpstream& up = request_.upstream;
+    Arm(request_.connect_timeout_ms, HttpFailureKind::kConnectTimeout);
+    auto [resolve_ec, endpoints] =
+        co_await resolver_.async_resolve(up.host, std::to_string(up.port), kAwait);
+    if (aborted_) co_return FailAborted(false);
+    if (resolve_ec) {
+      co_return Fail(HttpFailureKind::kConnect,
+                     "cannot resolve upstream host " + up.host + " (" + resolve_ec.message() + ")");
+    }
+
+    conn_ = std::make_unique<Connection>(client_->ioc, up.tls ? &client_->tls : nullptr);
+    auto [connect_ec, endpoint] = co_await asio::async_connect(conn_->Socket(), endpoints, kAwait);
+    if (aborted_) co_return FailAborted(false);
+    if (connect_ec == asio::error::connection_refused) {
+      co_return Fail(HttpFailureKind::kConnect, "upstream " + authority_ + " refused the connection");
+    }
+    if (connect_ec) {
+      co_return Fail(HttpFailureKind::kConnect,
+                     "cannot connect to upstream " + authority_ + " (" + connect_ec.message() + ")");
+    }
+    error_code ignored;
+    conn_->Socket().set_option(tcp::no_delay(true), ignored);
+
+    if (conn_->tls) {
+      auto& stream = *conn_->tls;
+      error_code not_ip;
+      asio::ip::make_address(up.host, not_ip);
+      // SNI carries host names only (RFC 6066 section 3).
+      if (not_ip && SSL_set_tlsext_host_name(stream.native_handle(), up.host.c_str()) != 1) {
+        co_return Fail(HttpFailureKind::kConnect, "cannot set TLS server name " + up.host);
+      }
+      stream.set_verify_mode(ssl::verify_peer);
+      stream.set_verify_callback(ssl::host_name_verification(up.host));
+      auto [handshake_ec] = co_await stream.async_handshake(ssl::stream_base::client, kAwait);
+      if (aborted_) co_return FailAborted(false);
+      if (handshake_ec) {
+        std::string why = handshake_ec.message();
+        const long verify = SSL_get_verify_result(stream.native_handle());
+        if (verify != X509_V_OK) {
+          why += std::string("; ") + X509_verify_cert_error_string(verify);
+        }
+        co_return Fail(HttpFailureKind::kConnect,
+                       "TLS handshake with upstream " + authority_ + " failed (" + why + ")");
+      }
+    }
+    ++client_->opened;
+    co_return true;
+  }
+
+  template <class Stream>
+  asio::awaitable<Outcome> Exchange(Stream& stream, bool reused) {
+    Arm(request_.first_byte_timeout_ms, HttpFailureKind::kFirstByteTimeout);
+    {
+      http::request<http::string_body> req;
+      req.method_string(request_.method);
+      req.target(request_.target);
+      req.version(11);
+      req.set(http::field::host, host_header_);
+      for (const auto& [name, value] : request_.headers) req.set(name, value);
+      req.body() = request_.body;
+      req.prepare_payload();
+      auto [write_ec, written] = co_await http::async_write(stream, req, kAwait);
+      if (aborted_) {
+        FailAborted(false);
+        co_return Outcome::kDone;
+      }
+      if (write_ec) {
+        if (reused && IsStaleConnectionError(write_ec)) co_return Outcome::kRetryStale;
+        Fail(HttpFailureKind::kConnect,
+             "sending the request to upstream " + authority_ + " failed: upstream " +
+                 DescribeIoError(write_ec));
+        co_return Outcome::kDone;
+      }
+    }
+
+    http::response_parser<http::buffer_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(client_->options.max_header_bytes));
+    parser.body_limit(boost::none);  // streamed; the handler bounds what it keeps
+    beast::flat_buffer& buffer = conn_->buffer;
+    auto [head_ec, head_bytes] = co_await http::async_read_header(stream, buffer, parser, kAwait);
+    if (aborted_) {
+      FailAborted(false);
+      co_return Outcome::kDone;
+    }
+    if (head_ec) {
+      if (reused && !parser.got_some() && IsStaleConnectionError(head_ec)) {
+        co_return Outcome::kRetryStale;
+      }
+      Fail(HttpFailureKind::kBrokenStream,
+           "upstream " + authority_ + " " + DescribeIoError(head_ec) + " before responding");
+      co_return Outcome::kDone;
+    }
+
+    HttpResponseHead head;
+    head.status = static_cast<int>(parser.get().result_int());
+    head.content_type = std::string(parser.get()[http::field::content_type]);
+    head.retry_after = std::string(parser.get()[http::field::retry_after]);
+    handler_->OnHead(head);
+
+    char chunk[kReadChunkBytes];
+    while (!parser.is_done()) {
+      auto& body = parser.get().body();
+      body.data = chunk;
+      body.size = sizeof chunk;
+      // async_read_some returns after each parse step, so bytes are handed on
+      // as soon as they arrive instead of after the chunk buffer fills.
+      auto [read_ec, read_bytes] = co_await http::async_read_some(stream, buffer, parser, kAwait);
+      if (aborted_) {
+        FailAborted(true);
+        co_return Outcome::kDone;
+      }
+      if (read_ec == http::error::need_buffer) read_ec = {};
+      const std::size_t got = sizeof chunk - parser.get().body().size;
+      if (read_ec == ssl::error::stream_truncated && !parser.chunked() &&
+          !parser.content_length()) {
+        // A body delimited by connection close: a TCP close without TLS
+        // close_notify is how many servers end it.
+        read_ec = {};
+        parser.put_eof(read_ec);
+      }
+      if (got > 0) {
+        Arm(request_.read_idle_timeout_ms, HttpFailureKind::kReadTimeout);
+        if (!handler_->OnBody(std::string_view(chunk, got))) {
+          terminal_sent_ = true;  // the handler ended the exchange itself
+          co_return Outcome::kDone;
+        }
+      }
+      if (read_ec) {
+        Fail(HttpFailureKind::kBrokenStream, "upstream " + authority_ + " " + DescribeIoError(read_ec));
+        co_return Outcome::kDone;
+      }
+    }
+
+    Disarm();
+    if (parser.keep_alive() && buffer.size() == 0) {
+      client_->ReturnIdle(pool_key_, std::move(conn_));
+    }
+    terminal_sent_ = true;
+    handler_->OnEnd();
+    co_return Outcome::kDone;
+  }
+
+  // Watchdog: one steady_timer per call on the call's strand. Arm() moves its
+  // expiry; when it fires, the pending operation is aborted by closing the
+  // socket (or cancelling the resolver), and the coroutine reports aborted_.
+  void Arm(int timeout_ms, HttpFailureKind kind) {
+    auto at = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    armed_timeout_ms_ = timeout_ms;
+    if (request_.deadline && *request_.deadline <= at) {
+      at = *request_.deadline;
+      kind = HttpFailureKind::kDeadline;
+    }
+    armed_kind_ = kind;
+    timer_.expires_at(at);
+    if (!watching_) {
+      watching_ = true;
+      Watch();
+    }
+  }
+
+  void Disarm() { timer_.expires_at(Clock::time_point::max()); }
+
+  void Watch() {
+    timer_.async_wait([self = shared_from_this()](error_code) {
+      if (self->finished_) return;
+      if (self->timer_.expiry() <= Clock::now()) {
+        self->timer_.expires_at(Clock::time_point::max());
+        self->Abort(self->armed_kind_);
+      }
+      self->Watch();
+    });
+  }
+
+  void Abort(HttpFailureKind kind) {
+    if (finished_ || aborted_) return;
+    aborted_ = kind;
+    resolver_.cancel();
+    if (conn_) conn_->Close();
+  }
+
+  bool Fail(HttpFailureKind kind, std::string message, bool head_received = false) {
+    if (terminal_sent_) return false;
+    terminal_sent_ = true;
+    handler_->OnFailure(HttpFailure{kind, std::move(message), head_received});
+    return false;
+  }
+
+  bool FailAborted(bool head_received) {
+    const HttpFailureKind kind = aborted_.value_or(HttpFailureKind::kCancelled);
+    const std::string ms = std::to_string(armed_timeout_ms_);
+    switch (kind) {
+      case HttpFailureKind::kCancelled:
+        return Fail(kind, "request cancelled", head_received);
+      case HttpFailureKind::kConnectTimeout:
+        return Fail(kind, "connecting to upstream " + authority_ + " timed out after " + ms + " ms",
+                    head_received);
+      case HttpFailureKind::kFirstByteTimeout:
+        return Fail(kind, "upstream " + authority_ + " sent nothing within " + ms + " ms",
+                    head_received);
+      case HttpFailureKind::kReadTimeout:
+        return Fail(kind, "upstream " + authority_ + " stalled for " + ms + " ms mid-response",
+                    head_received);
+      case HttpFailureKind::kDeadline:
+        return Fail(kind, "request deadline passed while waiting for upstream " + authority_,
+                    head_received);
+      case HttpFailureKind::kConnect:
+      case HttpFailureKind::kBrokenStream:
+        break;
+    }
+    return Fail(kind, "upstream exchange aborted", head_received);
+  }
+
+  void FailFromException(std::exception_ptr e) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      what = ex.what();
+    } catch (...) {
+    }
+    Fail(HttpFailureKind::kBrokenStream, "internal error in upstream exchange: " + what);
+    Finish();
+  }
+
+  void Finish() {
+    finished_ = true;
+    timer_.cancel();
+    stop_cb_.reset();
+    if (conn_) {
+      conn_->Close();  // not fully read, failed, cancelled or stopped: never pooled
+      conn_.reset();
+    }
+  }
+
+  std::shared_ptr<HttpClient::Impl> client_;
+  HttpRequest request_;
+  std::shared_ptr<HttpResponseHandler> handler_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  asio::steady_timer timer_;
+  tcp::resolver resolver_;
+  std::optional<std::stop_callback<std::function<void()>>> stop_cb_;
+  std::unique_ptr<Connection> conn_;
+  std::string authority_;
+  std::string host_header_;
+  std::string pool_key_;
+  std::optional<HttpFailureKind> aborted_;
+  HttpFailureKind armed_kind_ = HttpFailureKind::kConnectTimeout;
+  int armed_timeout_ms_ = 0;
+  bool watching_ = false;
+  bool finished_ = false;
+  bool terminal_sent_ = false;
+};
+
+}  // namespace
+
+Result<HttpClient> HttpClient::Create(asio::io_context& ioc, HttpClientOptions options) {
+  auto impl = std::make_shared<Impl>(ioc, std::move(options));
+  error_code ec;
+  impl->tls.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                            ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
+                            ssl::context::no_tlsv1_1,
+                        ec);
+  SSL_CTX_set_min_proto_version(impl->tls.native_handle(), TLS1_2_VERSION);
+  // A missing system store is not fatal here: ca_file may be all we need, and
+  // a call to an untrusted host then fails its handshake with a clear error.
+  impl->tls.set_default_verify_paths(ec);
+  if (!impl->options.ca_file.empty()) {
+    impl->tls.load_verify_file(impl->options.ca_file, ec);
+    if (ec) {
+      return Error{ErrorCode::kInvalidArgument,
+                   "cannot load ca_file " + impl->options.ca_file + " (" + ec.message() + ")",
+                   "ca_file",
+                   {}};
+    }
+  }
+  impl->tls.set_verify_mode(ssl::verify_peer);
+  return HttpClient(std::move(impl));
+}
+
+void HttpClient::Start(HttpRequest request, std::shared_ptr<HttpResponseHandler> handler,
+                       std::stop_token cancel) const {
+  auto call = std::make_shared<Call>(impl_, std::move(request), std::move(handler));
+  call->Launch(std::move(cancel));
+}
+
+void HttpClient::Post(std::function<void()> fn) const { asio::post(impl_->ioc, std::move(fn)); }
+
+HttpClientStats HttpClient::Stats() const {
+  HttpClientStats stats;
+  stats.connections_opened = impl_->opened.load();
+  stats.connections_reused = impl_->reused.load();
+  stats.stale_retries = impl_->stale_retries.load();
+  std::lock_guard lock(impl_->mu);
+  for (const auto& [key, queue] : impl_->idle) stats.idle_connections += queue.size();
+  return stats;
+}
+
+}  // namespace tollgate::providers::detail
