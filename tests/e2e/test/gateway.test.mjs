@@ -1,0 +1,594 @@
+// End to end: the real tollgate binary, a fresh PostgreSQL database, the mock OpenAI-compatible
+// upstream and the bundled local model, driven by the official `openai` and `@openrouter/sdk`
+// clients; every call's usage row is then checked in PostgreSQL.
+//
+// Token counts and costs are exact: the mock's are deterministic (see mock_openai.mjs) and the
+// local model's are the greedy reference (../shared/models/stories260K-reference.json).
+// Prices: mock/* 1.00 / 2.00 USD per million prompt / completion tokens = 1000 / 2000 nano-USD per
+// token; local/stories260k 0.01 / 0.02 = 10 / 20 nano-USD per token.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  LOCAL_PRICE, MOCK_PRICE, adminDatabaseUrl, assertErrorShape, createDatabase, loadDeps, makeWorkDir,
+  modelDir, parseSse, referenceFor, requireBinary, runCli, runCliOk, sleep, startGateway, tail,
+  usageRow, usd, waitFor, writeConfig,
+} from '../lib/harness.mjs';
+import {
+  REPLY_PIECES, REPLY_TEXT, completionFor, promptTokens, startMockOpenAI,
+} from '../mock_openai.mjs';
+
+const { OpenAI, OpenRouter, pg } = await loadDeps();
+adminDatabaseUrl(); // fail at once, clearly, without a database
+requireBinary();
+
+const MOCK = 'mock/gpt-test';
+const LOCAL = 'local/stories260k';
+const MOCK_PROVIDER_NAMES = ['Mock Upstream', 'mock']; // display name (OpenRouter style) or config key
+const LOCAL_PROVIDER_NAMES = ['Local', 'local'];
+const REF = referenceFor('Once upon a time');
+
+const mockCostNano = (p, c) => p * MOCK_PRICE.promptNano + c * MOCK_PRICE.completionNano;
+const localCostNano = (p, c) => p * LOCAL_PRICE.promptNano + c * LOCAL_PRICE.completionNano;
+
+describe('tollgate end to end', { timeout: 180000 }, () => {
+  const ctx = {};
+  let workDir;
+  let database;
+  let mock;
+  let gw;
+  let db; // pg.Client on the test database
+  let client; // openai SDK, base /v1
+  let keys = {};
+
+  const authed = (key = keys.main) => ({ authorization: `Bearer ${key}` });
+  const post = (p, body, { key = keys.main, headers = {} } = {}) => fetch(`${gw.url}${p}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(key ? authed(key) : {}), ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const keyRow = async (name) => (await db.query('SELECT * FROM api_keys WHERE name = $1', [name])).rows[0];
+
+  before(async () => {
+    workDir = makeWorkDir('e2e');
+    mock = await startMockOpenAI();
+    database = await createDatabase(pg);
+    const env = { TOLLGATE_DATABASE_URL: database.url };
+    ctx.env = env;
+
+    await runCliOk(['migrate'], { env });
+    await runCliOk(['migrate'], { env }); // applying twice is harmless
+
+    for (const [name, extra] of [['e2e-main', ['--credits', '5']], ['e2e-other', []], ['e2e-revoked', []]]) {
+      const r = await runCliOk(['keys', 'create', '--name', name, ...extra], { env });
+      keys[name.slice(4)] = r.stdout.trim();
+      ctx[`create-${name}`] = r;
+    }
+    db = new pg.Client({ connectionString: database.url });
+    await db.connect();
+    const revoked = await keyRow('e2e-revoked');
+    await runCliOk(['keys', 'revoke', String(revoked.id)], { env });
+
+    const config = writeConfig(workDir, {
+      databaseUrl: database.url,
+      mockBaseURL: mock.baseURL,
+      mockApiKey: mock.apiKey,
+      modelPath: `${modelDir()}/stories260K.gguf`,
+    });
+    gw = await startGateway({ configPath: config, workDir, env });
+    client = new OpenAI({ apiKey: keys.main, baseURL: `${gw.url}/v1`, maxRetries: 0, timeout: 60000 });
+  });
+
+  after(async () => {
+    // Always: stop every process we started (by PID), then drop the database.
+    let stopped;
+    if (gw) stopped = await gw.stop('SIGTERM');
+    if (mock) await mock.close();
+    if (db) await db.end().catch(() => {});
+    if (database) await database.drop().catch((e) => console.error(`e2e: could not drop ${database.name}: ${e.message}`));
+    if (gw) {
+      console.error(`--- gateway log (${gw.logFile}), exit ${JSON.stringify(stopped)} ---\n${tail(gw.logFile, 80)}`);
+    }
+    if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
+  });
+
+  // ------------------------------------------------------------------ CLI and process
+
+  test('keys create prints only a tg- key; the database stores a hash and the credit limit', async () => {
+    for (const k of Object.values(keys)) assert.match(k, /^tg-[0-9A-Za-z]{43,}$/, 'tg- + >= 32 random bytes in base62');
+    assert.equal(ctx['create-e2e-main'].stdout.split('\n').filter(Boolean).length, 1, 'stdout is the key alone');
+    const row = await keyRow('e2e-main');
+    assert.ok(row, 'api_keys row for e2e-main');
+    assert.equal(row.credit_limit_nano_usd, 5_000_000_000);
+    assert.ok(!JSON.stringify(row).includes(keys.main), 'the plaintext key is not stored');
+    assert.notEqual(row.key_hash, keys.main);
+    assert.ok(keys.main.startsWith(row.key_prefix.replace(/\.+$/, '')), 'key_prefix is a prefix of the key');
+  });
+
+  test('keys list names the keys without showing them', async () => {
+    const r = await runCliOk(['keys', 'list'], { env: ctx.env });
+    const out = r.stdout + r.stderr;
+    assert.match(out, /e2e-main/);
+    assert.match(out, /e2e-revoked/);
+    for (const k of Object.values(keys)) assert.ok(!out.includes(k), 'keys list must not print a full key');
+  });
+
+  test('serve logs its address; /healthz and /readyz answer 200', async () => {
+    assert.match(fs.readFileSync(gw.logFile, 'utf8'), new RegExp(`tollgate: listening on http://127\\.0\\.0\\.1:${gw.port}`));
+    for (const p of ['/healthz', '/readyz']) {
+      const r = await fetch(`${gw.url}${p}`);
+      assert.equal(r.status, 200, p);
+    }
+  });
+
+  // ------------------------------------------------------------------ models
+
+  test('GET /v1/models and /api/v1/models list the configured models with per-token prices', async () => {
+    for (const p of ['/v1/models', '/api/v1/models']) {
+      const r = await fetch(`${gw.url}${p}`, { headers: authed() });
+      assert.equal(r.status, 200, p);
+      const body = await r.json();
+      const byId = Object.fromEntries(body.data.map((m) => [m.id, m]));
+      const m = byId[MOCK];
+      assert.ok(m, `${MOCK} listed at ${p}`);
+      assert.equal(m.name, 'Mock: GPT Test');
+      assert.equal(m.context_length, 8192);
+      for (const [k, v] of Object.entries({ prompt: 1e-6, completion: 2e-6 })) {
+        assert.match(m.pricing[k], /^\d+(\.\d+)?$/, `pricing.${k} is a plain decimal string: ${m.pricing[k]}`);
+        assert.equal(Number(m.pricing[k]), v, `pricing.${k}`);
+      }
+      const l = byId[LOCAL];
+      assert.ok(l, `${LOCAL} listed`);
+      assert.ok(Number.isInteger(l.context_length) && l.context_length > 0, 'local context_length from the GGUF');
+      assert.equal(Number(l.pricing.prompt), 1e-8);
+      assert.equal(Number(l.pricing.completion), 2e-8);
+    }
+  });
+
+  test('@openrouter/sdk lists models (strict schema)', async () => {
+    const or = new OpenRouter({ apiKey: keys.main, serverURL: `${gw.url}/api/v1` });
+    const page = await or.models.list();
+    const ids = page.result.data.map((m) => m.id);
+    assert.ok(ids.includes(MOCK) && ids.includes(LOCAL), `ids: ${ids}`);
+    const m = page.result.data.find((x) => x.id === MOCK);
+    assert.equal(Number(m.pricing.prompt), 1e-6);
+    assert.equal(Number(m.pricing.completion), 2e-6);
+  });
+
+  // ------------------------------------------------------------------ mock upstream, chat
+
+  test('chat, plain, to the mock: exact text, usage, cost; request forwarded faithfully', async () => {
+    const messages = [
+      { role: 'system', content: 'You are terse.' },
+      { role: 'user', content: 'Say hello to the e2e test' },
+    ];
+    const { data: r, response } = await client.chat.completions.create({
+      model: MOCK, messages, max_tokens: 100, temperature: 0.5, top_p: 0.9, seed: 7, stop: ['never-appears'], user: 'e2e-user',
+    }).withResponse();
+    const P = promptTokens({ messages });
+    const C = REPLY_PIECES.length;
+    assert.equal(P, 18);
+    assert.match(r.id, /^gen-/);
+    assert.equal(response.headers.get('x-request-id'), r.id);
+    assert.equal(r.object, 'chat.completion');
+    assert.equal(r.model, MOCK);
+    assert.ok(MOCK_PROVIDER_NAMES.includes(r.provider), `provider: ${r.provider}`);
+    assert.equal(r.choices.length, 1);
+    assert.equal(r.choices[0].message.role, 'assistant');
+    assert.equal(r.choices[0].message.content, REPLY_TEXT);
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    assert.equal(r.usage.prompt_tokens, P);
+    assert.equal(r.usage.completion_tokens, C);
+    assert.equal(r.usage.total_tokens, P + C);
+    assert.equal(r.usage.cost, usd(mockCostNano(P, C)), 'usage.cost in USD, exact');
+
+    const up = mock.last('/v1/chat/completions');
+    assert.equal(up.body.model, 'gpt-test-upstream', 'the endpoint model name goes upstream');
+    assert.equal(up.headers.authorization, `Bearer ${mock.apiKey}`, 'the provider key goes upstream');
+    for (const [h, v] of Object.entries(up.headers)) {
+      assert.ok(!String(v).includes(keys.main), `caller key leaked upstream in header ${h}`);
+    }
+    assert.deepEqual(up.body.messages, messages);
+    assert.equal(up.body.max_tokens ?? up.body.max_completion_tokens, 100);
+    assert.equal(up.body.temperature, 0.5);
+    assert.equal(up.body.top_p, 0.9);
+    assert.equal(up.body.seed, 7);
+    assert.deepEqual([].concat(up.body.stop), ['never-appears']);
+    assert.ok(!up.body.stream, 'not streamed upstream');
+
+    const row = await usageRow(db, r.id);
+    const keyId = (await keyRow('e2e-main')).id;
+    assert.equal(String(row.api_key_id), String(keyId));
+    assert.equal(row.model, MOCK);
+    assert.ok(MOCK_PROVIDER_NAMES.includes(row.provider), `row provider ${row.provider}`);
+    assert.equal(row.upstream_model, 'gpt-test-upstream');
+    assert.equal(row.prompt_tokens, P);
+    assert.equal(row.completion_tokens, C);
+    assert.equal(row.cost_nano_usd, mockCostNano(P, C));
+    assert.equal(row.status, 200);
+    assert.equal(row.finish_reason, 'stop');
+    assert.equal(row.streamed, false);
+    assert.equal(row.cancelled, false);
+    assert.equal(row.usage_estimated, false);
+    assert.ok(row.latency_ms >= 0);
+    assert.ok(row.finished_at >= row.created_at);
+    ctx.plainMockId = r.id;
+    ctx.plainMockCost = r.usage.cost;
+  });
+
+  test('chat, streamed with include_usage, to the mock: one id, usage chunk last with empty choices', async () => {
+    const messages = [{ role: 'user', content: 'Stream me something nice' }];
+    const { data: stream, response } = await client.chat.completions.create({
+      model: MOCK, messages, stream: true, stream_options: { include_usage: true },
+    }).withResponse();
+    assert.match(response.headers.get('content-type'), /^text\/event-stream/);
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    const id = chunks[0].id;
+    assert.match(id, /^gen-/);
+    assert.equal(response.headers.get('x-request-id'), id);
+    assert.ok(chunks.every((c) => c.id === id), 'same id on every chunk');
+    assert.ok(chunks.every((c) => c.object === 'chat.completion.chunk'));
+    const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    assert.equal(text, REPLY_TEXT, 'content intact across split writes and multi-byte characters');
+    const usageChunks = chunks.filter((c) => c.usage);
+    assert.equal(usageChunks.length, 1, 'exactly one chunk carries usage');
+    assert.equal(usageChunks[0], chunks.at(-1), 'the usage chunk is the last one');
+    assert.deepEqual(chunks.at(-1).choices, []);
+    assert.equal(chunks.filter((c) => c.choices[0]?.finish_reason === 'stop').length, 1);
+    const P = promptTokens({ messages });
+    const C = REPLY_PIECES.length;
+    const u = chunks.at(-1).usage;
+    assert.equal(u.prompt_tokens, P);
+    assert.equal(u.completion_tokens, C);
+    assert.equal(u.total_tokens, P + C);
+    assert.equal(u.cost, usd(mockCostNano(P, C)));
+
+    const up = mock.last('/v1/chat/completions');
+    assert.equal(up.body.stream, true);
+    assert.equal(up.body.stream_options?.include_usage, true);
+
+    const row = await usageRow(db, id);
+    assert.equal(row.streamed, true);
+    assert.equal(row.status, 200);
+    assert.equal(row.prompt_tokens, P);
+    assert.equal(row.completion_tokens, C);
+    assert.equal(row.cost_nano_usd, mockCostNano(P, C));
+    assert.equal(row.finish_reason, 'stop');
+    assert.equal(row.usage_estimated, false);
+    assert.ok(row.ttft_ms !== null && row.ttft_ms >= 0 && row.ttft_ms <= row.latency_ms, `ttft ${row.ttft_ms} latency ${row.latency_ms}`);
+    ctx.streamMockId = id;
+  });
+
+  test('chat, streamed without include_usage: no usage reaches the caller, yet upstream was asked and the row is exact', async () => {
+    const messages = [{ role: 'user', content: 'no usage please' }];
+    const stream = await client.chat.completions.create({ model: MOCK, messages, stream: true });
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    assert.ok(chunks.every((c) => !c.usage), 'no chunk carries usage');
+    assert.ok(chunks.every((c) => Array.isArray(c.choices) && c.choices.length === 1), 'no empty-choices usage chunk');
+    assert.equal(chunks.map((c) => c.choices[0].delta?.content ?? '').join(''), REPLY_TEXT);
+
+    const up = mock.last('/v1/chat/completions');
+    assert.equal(up.body.stream_options?.include_usage, true, 'the gateway asks upstream for usage anyway');
+
+    const row = await usageRow(db, chunks[0].id);
+    const P = promptTokens({ messages });
+    assert.equal(row.prompt_tokens, P);
+    assert.equal(row.completion_tokens, REPLY_PIECES.length);
+    assert.equal(row.cost_nano_usd, mockCostNano(P, REPLY_PIECES.length));
+    assert.equal(row.usage_estimated, false);
+  });
+
+  test('raw SSE framing: data: events, UTF-8 intact, ends with data: [DONE]', async () => {
+    const body = { model: MOCK, messages: [{ role: 'user', content: 'raw' }], stream: true, max_tokens: 10 };
+    const r = await post('/v1/chat/completions', body);
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type'), /^text\/event-stream/);
+    const raw = await r.text();
+    const data = parseSse(raw);
+    assert.equal(data.at(-1), '[DONE]');
+    assert.ok(raw.endsWith('data: [DONE]\n\n'));
+    const chunks = data.slice(0, -1).map((d) => JSON.parse(d));
+    const want = completionFor(body);
+    assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join(''), want.text);
+    assert.equal(chunks.find((c) => c.choices[0]?.finish_reason)?.choices[0].finish_reason, 'length');
+  });
+
+  test('max_tokens and max_completion_tokens cut the reply (finish_reason length)', async () => {
+    const a = await client.chat.completions.create({ model: MOCK, messages: [{ role: 'user', content: 'a' }], max_tokens: 3 });
+    assert.equal(a.choices[0].message.content, REPLY_PIECES.slice(0, 3).join(''));
+    assert.equal(a.choices[0].finish_reason, 'length');
+    assert.equal(a.usage.completion_tokens, 3);
+    const b = await client.chat.completions.create({ model: MOCK, messages: [{ role: 'user', content: 'b' }], max_completion_tokens: 4 });
+    assert.equal(b.choices[0].message.content, REPLY_PIECES.slice(0, 4).join(''));
+    assert.equal(b.usage.completion_tokens, 4);
+    assert.equal(b.usage.cost, usd(mockCostNano(promptTokens({ messages: [{ content: 'b' }] }), 4)));
+  });
+
+  // ------------------------------------------------------------------ mock upstream, completions
+
+  test('completions to the mock, plain and streamed', async () => {
+    const r = await client.completions.create({ model: MOCK, prompt: 'Once upon a time', max_tokens: 5 });
+    const up = mock.last('/v1/');
+    const kind = up.path.startsWith('/v1/completions') ? 'completions' : 'chat';
+    const P = promptTokens(up.body, kind);
+    assert.match(r.id, /^gen-/);
+    assert.equal(r.object, 'text_completion');
+    assert.equal(r.choices[0].text, REPLY_PIECES.slice(0, 5).join(''));
+    assert.equal(r.choices[0].finish_reason, 'length');
+    assert.equal(r.usage.prompt_tokens, P);
+    assert.equal(r.usage.completion_tokens, 5);
+    assert.equal(r.usage.cost, usd(mockCostNano(P, 5)));
+    const row = await usageRow(db, r.id);
+    assert.equal(row.cost_nano_usd, mockCostNano(P, 5));
+
+    const s = await client.completions.create({ model: MOCK, prompt: 'Once upon a time', stream: true, stream_options: { include_usage: true } });
+    const chunks = [];
+    for await (const c of s) chunks.push(c);
+    assert.equal(chunks.map((c) => c.choices[0]?.text ?? '').join(''), REPLY_TEXT);
+    const last = chunks.at(-1);
+    assert.deepEqual(last.choices, []);
+    assert.equal(last.usage.completion_tokens, REPLY_PIECES.length);
+    assert.equal(last.usage.cost, usd(mockCostNano(last.usage.prompt_tokens, REPLY_PIECES.length)));
+    const srow = await usageRow(db, chunks[0].id);
+    assert.equal(srow.streamed, true);
+    assert.equal(srow.completion_tokens, REPLY_PIECES.length);
+  });
+
+  // ------------------------------------------------------------------ local model
+
+  test('local model, chat, greedy: reproduces the reference text exactly', async () => {
+    const r = await client.chat.completions.create({
+      model: LOCAL, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0, max_tokens: REF.generatedTokens,
+    });
+    assert.equal(r.choices[0].message.content, REF.generatedText);
+    assert.equal(r.choices[0].finish_reason, 'length');
+    assert.ok(LOCAL_PROVIDER_NAMES.includes(r.provider), `provider: ${r.provider}`);
+    assert.equal(r.usage.prompt_tokens, REF.promptTokensWithBos, 'prompt tokens count BOS, as llama.cpp does');
+    assert.equal(r.usage.completion_tokens, REF.generatedTokens);
+    const nano = localCostNano(REF.promptTokensWithBos, REF.generatedTokens);
+    assert.equal(r.usage.cost, usd(nano));
+    const row = await usageRow(db, r.id);
+    assert.equal(row.model, LOCAL);
+    assert.ok(LOCAL_PROVIDER_NAMES.includes(row.provider), `row provider ${row.provider}`);
+    assert.equal(row.prompt_tokens, REF.promptTokensWithBos);
+    assert.equal(row.completion_tokens, REF.generatedTokens);
+    assert.equal(row.cost_nano_usd, nano);
+    assert.equal(row.status, 200);
+    assert.equal(row.streamed, false);
+    assert.equal(row.finish_reason, 'length');
+  });
+
+  test('local model, chat, streamed with include_usage: same text as plain', async () => {
+    const N = 40;
+    const body = { model: LOCAL, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0, max_tokens: N };
+    const plain = await client.chat.completions.create(body);
+    const stream = await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } });
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    assert.ok(text.length > 0);
+    assert.ok(REF.generatedText.startsWith(text), `streamed text is a prefix of the reference: ${JSON.stringify(text)}`);
+    assert.equal(text, plain.choices[0].message.content);
+    const last = chunks.at(-1);
+    assert.deepEqual(last.choices, []);
+    assert.equal(last.usage.completion_tokens, N);
+    assert.equal(last.usage.prompt_tokens, REF.promptTokensWithBos);
+    assert.equal(last.usage.cost, usd(localCostNano(REF.promptTokensWithBos, N)));
+    const row = await usageRow(db, chunks[0].id);
+    assert.equal(row.streamed, true);
+    assert.equal(row.completion_tokens, N);
+    assert.equal(row.cost_nano_usd, localCostNano(REF.promptTokensWithBos, N));
+    assert.ok(row.ttft_ms !== null && row.ttft_ms <= row.latency_ms);
+  });
+
+  test('local model, completions: raw prompt, reference text; streamed prefix', async () => {
+    const r = await client.completions.create({ model: LOCAL, prompt: 'Once upon a time', temperature: 0, max_tokens: REF.generatedTokens });
+    assert.equal(r.choices[0].text, REF.generatedText);
+    assert.equal(r.usage.completion_tokens, REF.generatedTokens);
+    assert.equal(r.usage.prompt_tokens, REF.promptTokensWithBos);
+    const s = await client.completions.create({ model: LOCAL, prompt: 'Once upon a time', temperature: 0, max_tokens: 20, stream: true });
+    let text = '';
+    const ids = new Set();
+    for await (const c of s) {
+      text += c.choices[0]?.text ?? '';
+      ids.add(c.id);
+      assert.ok(!c.usage, 'no usage without include_usage');
+    }
+    assert.equal(ids.size, 1);
+    assert.ok(text.length > 0 && REF.generatedText.startsWith(text), JSON.stringify(text));
+    const row = await usageRow(db, [...ids][0]);
+    assert.equal(row.completion_tokens, 20);
+    assert.equal(row.streamed, true);
+  });
+
+  test('the /api/v1 base path serves the same API (OpenRouter clients)', async () => {
+    const orClient = new OpenAI({ apiKey: keys.main, baseURL: `${gw.url}/api/v1`, maxRetries: 0 });
+    const r = await orClient.chat.completions.create({ model: LOCAL, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0, max_tokens: 8 });
+    assert.match(r.id, /^gen-/);
+    assert.ok(REF.generatedText.startsWith(r.choices[0].message.content));
+    assert.equal(r.usage.completion_tokens, 8);
+  });
+
+  test('concurrent calls all succeed, each with its own row', async () => {
+    const calls = [];
+    for (let i = 0; i < 4; i++) {
+      calls.push(client.chat.completions.create({ model: MOCK, messages: [{ role: 'user', content: `parallel ${i}` }] }));
+      calls.push(client.chat.completions.create({ model: LOCAL, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0, max_tokens: 16 }));
+    }
+    const rs = await Promise.all(calls);
+    const ids = rs.map((r) => r.id);
+    assert.equal(new Set(ids).size, ids.length, 'distinct ids');
+    rs.forEach((r, i) => {
+      if (i % 2 === 0) {
+        assert.equal(r.choices[0].message.content, REPLY_TEXT);
+      } else {
+        assert.equal(r.usage.completion_tokens, 16);
+        assert.ok(REF.generatedText.startsWith(r.choices[0].message.content), 'local output under load');
+      }
+    });
+    for (const r of rs) {
+      const row = await usageRow(db, r.id);
+      assert.equal(row.completion_tokens, r.usage.completion_tokens);
+      assert.equal(usd(row.cost_nano_usd), r.usage.cost);
+    }
+  });
+
+  // ------------------------------------------------------------------ generation lookup
+
+  test('@openrouter/sdk fetches a generation by id (strict schema)', async () => {
+    const or = new OpenRouter({ apiKey: keys.main, serverURL: `${gw.url}/api/v1` });
+    const id = ctx.plainMockId;
+    assert.ok(id, 'needs the plain mock call above');
+    const g = await waitFor(() => or.generations.getGeneration({ id }), { what: `generation ${id}` });
+    const d = g.data;
+    assert.equal(d.id, id);
+    assert.equal(d.model, MOCK);
+    assert.ok(MOCK_PROVIDER_NAMES.includes(d.providerName), `providerName ${d.providerName}`);
+    assert.equal(d.tokensPrompt, 18);
+    assert.equal(d.tokensCompletion, REPLY_PIECES.length);
+    assert.equal(d.totalCost, ctx.plainMockCost);
+    assert.equal(d.finishReason, 'stop');
+    assert.equal(d.streamed, false);
+    assert.ok(typeof d.latency === 'number' && d.latency >= 0, `latency ${d.latency}`);
+    assert.ok(!Number.isNaN(Date.parse(d.createdAt)), `createdAt ${d.createdAt}`);
+
+    const raw = await fetch(`${gw.url}/api/v1/generation?id=${encodeURIComponent(ctx.streamMockId)}`, { headers: authed() });
+    assert.equal(raw.status, 200);
+    const body = await raw.json();
+    assert.equal(body.data.id, ctx.streamMockId);
+    assert.equal(body.data.streamed, true);
+    assert.equal(body.data.tokens_completion, REPLY_PIECES.length);
+    assert.ok(body.data.generation_time === null || body.data.generation_time >= 0);
+  });
+
+  test('a key sees only its own generations; unknown ids are 404', async () => {
+    const other = await fetch(`${gw.url}/api/v1/generation?id=${encodeURIComponent(ctx.plainMockId)}`, { headers: authed(keys.other) });
+    assert.equal(other.status, 404);
+    assertErrorShape(assert, await other.json(), 'other key');
+    const unknown = await fetch(`${gw.url}/api/v1/generation?id=gen-doesnotexist`, { headers: authed() });
+    assert.equal(unknown.status, 404);
+    assertErrorShape(assert, await unknown.json(), 'unknown id');
+    const noauth = await fetch(`${gw.url}/api/v1/generation?id=${encodeURIComponent(ctx.plainMockId)}`);
+    assert.equal(noauth.status, 401);
+  });
+
+  // ------------------------------------------------------------------ rejected calls
+
+  test('rejected calls: right status, OpenAI error shape, server stays up, nothing billed', async () => {
+    await sleep(300); // let earlier rows flush
+    const before = await db.query('SELECT count(*)::int AS n, coalesce(sum(cost_nano_usd), 0)::bigint AS cost FROM usage_events');
+    const spentBefore = (await keyRow('e2e-main')).spent_nano_usd;
+    const good = { model: MOCK, messages: [{ role: 'user', content: 'hi' }] };
+    const cases = [
+      ['no key', () => post('/v1/chat/completions', good, { key: null }), 401],
+      ['bad key', () => post('/v1/chat/completions', good, { key: 'tg-notarealkeynotarealkeynotarealkeynotarealkey' }), 401],
+      ['revoked key', () => post('/v1/chat/completions', good, { key: keys.revoked }), 401],
+      ['unknown model', () => post('/v1/chat/completions', { ...good, model: 'nope/nothing' }), 404],
+      ['missing model', () => post('/v1/chat/completions', { messages: good.messages }), 400],
+      ['messages not a list', () => post('/v1/chat/completions', { model: MOCK, messages: 'hi' }), 400],
+      ['malformed JSON', () => post('/v1/chat/completions', '{"model": "mock/gpt-test", "messages": [}'), 400],
+      ['body over max_body_bytes', () => post('/v1/chat/completions', { ...good, messages: [{ role: 'user', content: 'x'.repeat(128 * 1024) }] }), 413],
+      ['unknown route', () => fetch(`${gw.url}/v1/nope`, { headers: authed() }), 404],
+      ['unknown model, completions', () => post('/v1/completions', { model: 'nope/nothing', prompt: 'x' }), 404],
+      ['malformed JSON, /api/v1', () => post('/api/v1/chat/completions', 'not json'), 400],
+    ];
+    for (const [name, call, status] of cases) {
+      const r = await call();
+      assert.equal(r.status, status, `${name}: status`);
+      assertErrorShape(assert, await r.json(), name);
+    }
+    // The official client maps them to its error classes.
+    const bad = new OpenAI({ apiKey: 'tg-bogus', baseURL: `${gw.url}/v1`, maxRetries: 0 });
+    await assert.rejects(bad.chat.completions.create(good), (e) => e instanceof OpenAI.AuthenticationError);
+    await assert.rejects(client.chat.completions.create({ ...good, model: 'nope/nothing' }), (e) => e instanceof OpenAI.NotFoundError);
+
+    assert.equal((await fetch(`${gw.url}/healthz`)).status, 200, 'server still up');
+    await sleep(400);
+    const afterQ = await db.query('SELECT count(*)::int AS n, coalesce(sum(cost_nano_usd), 0)::bigint AS cost FROM usage_events');
+    assert.equal(afterQ.rows[0].cost, before.rows[0].cost, 'no cost recorded for rejected calls');
+    const nonzero = await db.query('SELECT request_id, status FROM usage_events WHERE status <> 200 AND cost_nano_usd <> 0');
+    assert.deepEqual(nonzero.rows, []);
+    assert.equal((await keyRow('e2e-main')).spent_nano_usd, spentBefore, 'spent unchanged');
+  });
+
+  // ------------------------------------------------------------------ upstream failures
+
+  test('upstream errors reach the caller OpenAI-shaped, without the provider key, and are not billed', async () => {
+    for (const [model, ok] of [
+      ['mock/error-429', (s) => s === 429],
+      ['mock/error-500', (s) => s >= 500 && s <= 504],
+      ['mock/error-401', (s) => s >= 400 && s !== 200],
+    ]) {
+      const r = await post('/v1/chat/completions', { model, messages: [{ role: 'user', content: 'x' }] });
+      assert.ok(ok(r.status), `${model}: status ${r.status}`);
+      const text = await r.text();
+      assert.ok(!text.includes(mock.apiKey), `${model}: provider key leaked`);
+      assertErrorShape(assert, JSON.parse(text), model);
+      const id = r.headers.get('x-request-id');
+      if (id) {
+        const row = await usageRow(db, id, { timeoutMs: 1500 }).catch(() => null);
+        if (row) {
+          assert.equal(row.cost_nano_usd, 0, `${model}: not billed`);
+          assert.notEqual(row.status, 200);
+        }
+      }
+    }
+  });
+
+  test('an error event mid-stream reaches the caller as an SSE error', async () => {
+    const s = await client.chat.completions.create({ model: 'mock/midstream-error', messages: [{ role: 'user', content: 'x' }], stream: true });
+    let text = '';
+    await assert.rejects((async () => { for await (const c of s) text += c.choices[0]?.delta?.content ?? ''; })(), (e) => e instanceof OpenAI.APIError);
+    assert.equal(text, 'Hello from');
+    assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
+  });
+
+  test('a stream whose upstream never reports usage is metered with estimated counts', async () => {
+    const s = await client.chat.completions.create({ model: 'mock/no-usage', messages: [{ role: 'user', content: 'x' }], stream: true });
+    const chunks = [];
+    for await (const c of s) chunks.push(c);
+    assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join(''), REPLY_TEXT);
+    const row = await usageRow(db, chunks[0].id);
+    assert.equal(row.usage_estimated, true);
+    assert.ok(row.completion_tokens > 0 && row.prompt_tokens > 0);
+  });
+
+  test('a client that goes away mid-stream cancels the upstream call and is recorded as cancelled', async () => {
+    const s = await client.chat.completions.create({ model: 'mock/slow', messages: [{ role: 'user', content: 'x' }], stream: true });
+    let id;
+    let n = 0;
+    for await (const c of s) {
+      id = c.id;
+      if (++n >= 3) break; // breaking out aborts the HTTP request
+    }
+    const up = mock.last('/v1/chat/completions');
+    assert.equal(up.body.model, 'mock-slow');
+    await waitFor(() => up.aborted, { timeoutMs: 5000, what: 'the gateway to close the upstream stream' });
+    const row = await usageRow(db, id);
+    assert.equal(row.cancelled, true);
+    assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
+  });
+
+  // ------------------------------------------------------------------ ledger
+
+  test('spent_nano_usd of the key equals the sum of its rows', async () => {
+    const keyId = (await keyRow('e2e-main')).id;
+    await waitFor(async () => {
+      const s = await db.query('SELECT coalesce(sum(cost_nano_usd), 0)::bigint AS cost FROM usage_events WHERE api_key_id = $1', [keyId]);
+      const k = await keyRow('e2e-main');
+      return s.rows[0].cost > 0 && s.rows[0].cost === k.spent_nano_usd;
+    }, { what: 'spent_nano_usd = sum(cost_nano_usd)' });
+  });
+});
+
+// A short check that needs no gateway: CLI errors are reported, not crashes.
+describe('tollgate CLI', { timeout: 60000 }, () => {
+  test('an unknown command exits non-zero with a message', async () => {
+    const r = await runCli(['no-such-command']);
+    assert.notEqual(r.code, 0);
+    assert.ok((r.stderr + r.stdout).length > 0);
+  });
+});
