@@ -1,0 +1,167 @@
+#include "tollgate/billing/key_cache.hpp"
+
+#include "pg_test_database.hpp"
+#include "tollgate/billing/key_store.hpp"
+#include "tollgate/billing/log.hpp"
+#include "tollgate/billing/usage_recorder.hpp"
+
+#include <mutex>
+#include <vector>
+
+namespace tollgate::billing {
+namespace {
+
+using testing::WaitFor;
+
+class KeyCachePg : public testing::PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    if (HasFatalFailure()) return;
+    Migrate();
+    if (HasFatalFailure()) return;
+    auto store = KeyStore::Connect(url());
+    ASSERT_TRUE(store) << store.error().message;
+    store_ = std::move(*store);
+  }
+  void TearDown() override {
+    store_.reset();
+    PgTest::TearDown();
+  }
+  CreatedKey MustCreate(const std::string& name, std::optional<Money> limit = std::nullopt) {
+    auto created = store_->Create(name, limit);
+    EXPECT_TRUE(created) << created.error().message;
+    return created ? *created : CreatedKey{};
+  }
+  std::unique_ptr<KeyStore> store_;
+};
+
+TEST_F(KeyCachePg, LoadsKeysAtStart) {
+  CreatedKey alice = MustCreate("alice", Money{1000});
+  auto cache = KeyCache::Start(url(), 100);
+  ASSERT_TRUE(cache) << cache.error().message;
+  std::optional<KeyRecord> found = (*cache)->Lookup(alice.key);
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->id, alice.id);
+  EXPECT_EQ(found->name, "alice");
+  ASSERT_TRUE(found->credit_limit);
+  EXPECT_EQ(found->credit_limit->nano_usd, 1000);
+  EXPECT_EQ(found->spent, Money{0});
+  EXPECT_FALSE(found->revoked);
+  EXPECT_FALSE((*cache)->Lookup("tg-not-a-key"));
+  EXPECT_FALSE((*cache)->Lookup(alice.key + "x"));
+  EXPECT_EQ((*cache)->size(), 1u);
+  ASSERT_TRUE((*cache)->FindById(alice.id));
+  EXPECT_EQ((*cache)->FindById(alice.id)->name, "alice");
+}
+
+TEST_F(KeyCachePg, SeesNewKeysAndRevocationsWithinARefresh) {
+  auto cache = KeyCache::Start(url(), 50);
+  ASSERT_TRUE(cache) << cache.error().message;
+  CreatedKey alice = MustCreate("alice");
+  EXPECT_TRUE(WaitFor([&] { return (*cache)->Lookup(alice.key).has_value(); }, 2000));
+
+  ASSERT_TRUE(store_->Revoke(alice.id).value());
+  EXPECT_TRUE(WaitFor([&] { return (*cache)->Lookup(alice.key)->revoked; }, 2000));
+  EXPECT_GE((*cache)->refreshes(), 2);
+}
+
+TEST_F(KeyCachePg, RefreshNowLoadsAtOnce) {
+  auto cache = KeyCache::Start(url(), 60'000);
+  ASSERT_TRUE(cache) << cache.error().message;
+  CreatedKey alice = MustCreate("alice");
+  EXPECT_FALSE((*cache)->Lookup(alice.key));
+  ASSERT_TRUE((*cache)->RefreshNow());
+  EXPECT_TRUE((*cache)->Lookup(alice.key));
+}
+
+TEST_F(KeyCachePg, StartFailsWhenTheDatabaseIsUnreachable) {
+  auto cache = KeyCache::Start("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2");
+  ASSERT_FALSE(cache);
+  EXPECT_EQ(cache.error().code, ErrorCode::kUnavailable);
+  auto bad_interval = KeyCache::Start(url(), 0);
+  ASSERT_FALSE(bad_interval);
+  EXPECT_EQ(bad_interval.error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST_F(KeyCachePg, KeepsTheLastSnapshotThroughAnOutageAndLogsOnce) {
+  std::mutex mutex;
+  std::vector<std::string> logged;
+  SetLogHandler([&](LogLevel, std::string_view message) {
+    std::lock_guard lock(mutex);
+    logged.emplace_back(message);
+  });
+  CreatedKey alice = MustCreate("alice");
+  auto cache = KeyCache::Start(url(), 20);
+  ASSERT_TRUE(cache) << cache.error().message;
+
+  BeginOutage();
+  EXPECT_TRUE(WaitFor([&] { return (*cache)->refresh_failures() >= 3; }));
+  EXPECT_TRUE((*cache)->Lookup(alice.key)) << "last good snapshot must stay in use";
+  EndOutage();
+  int64_t refreshes = (*cache)->refreshes();
+  EXPECT_TRUE(WaitFor([&] { return (*cache)->refreshes() > refreshes + 1; }));
+  (*cache)->Stop();
+  SetLogHandler(nullptr);
+
+  std::lock_guard lock(mutex);
+  int failures = 0, recoveries = 0;
+  for (const std::string& m : logged) {
+    if (m.find("key cache refresh failed") != std::string::npos) ++failures;
+    if (m.find("key cache refresh recovered") != std::string::npos) ++recoveries;
+    EXPECT_EQ(m.find(alice.key), std::string::npos);
+  }
+  EXPECT_EQ(failures, 1);
+  EXPECT_EQ(recoveries, 1);
+}
+
+TEST_F(KeyCachePg, PendingSpendCountsUntilTheRecorderWroteIt) {
+  CreatedKey alice = MustCreate("alice", Money{1000});
+  auto cache = KeyCache::Start(url(), 60'000);  // refreshed by hand below
+  ASSERT_TRUE(cache) << cache.error().message;
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+
+  std::optional<KeyRecord> record = (*cache)->Lookup(alice.key);
+  ASSERT_TRUE(record);
+  EXPECT_TRUE(HasCredit(*record));
+
+  UsageEvent event;
+  event.request_id = "gen-pending-1";
+  event.api_key_id = alice.id;
+  event.model = "m";
+  event.provider = "p";
+  event.upstream_model = "u";
+  event.cost = Money{600};
+  (*recorder)->Record(event);
+  (*cache)->AddPendingSpend(alice.id, event.cost);
+  EXPECT_EQ((*cache)->PendingSpend(alice.id), Money{600});
+  EXPECT_TRUE((*cache)->HasCredit(*record));  // 0 + 600 < 1000
+
+  event.request_id = "gen-pending-2";
+  event.cost = Money{400};
+  (*recorder)->Record(event);
+  (*cache)->AddPendingSpend(alice.id, event.cost);
+  EXPECT_FALSE((*cache)->HasCredit(*record));  // 0 + 1000 == limit
+  record = (*cache)->Lookup(alice.key);
+  EXPECT_EQ(record->pending_spend, Money{1000});
+  EXPECT_FALSE(HasCredit(*record));
+
+  // Nothing written yet: a refresh changes nothing.
+  ASSERT_TRUE((*cache)->RefreshNow());
+  EXPECT_EQ((*cache)->PendingSpend(alice.id), Money{1000});
+
+  (*recorder)->Flush();
+  ASSERT_TRUE((*cache)->RefreshNow());
+  record = (*cache)->Lookup(alice.key);
+  EXPECT_EQ(record->spent, Money{1000});
+  EXPECT_EQ(record->pending_spend, Money{0});  // moved from pending to spent, not counted twice
+  EXPECT_FALSE(HasCredit(*record));
+
+  ASSERT_TRUE(store_->SetCreditLimit(alice.id, Money{1001}).value());
+  ASSERT_TRUE((*cache)->RefreshNow());
+  EXPECT_TRUE(HasCredit(*(*cache)->Lookup(alice.key)));
+}
+
+}  // namespace
+}  // namespace tollgate::billing
