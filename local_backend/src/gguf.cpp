@@ -208,18 +208,18 @@ class GgufParser {
   Result<void> ReadValue(const std::string& key, uint32_t type, int depth, GgufValue& out) {
     out.type = static_cast<GgufType>(type);
     switch (out.type) {
-      case GgufType::kUint8: { uint8_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = uint64_t{v}; return {}; }
-      case GgufType::kInt8: { int8_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = int64_t{v}; return {}; }
-      case GgufType::kUint16: { uint16_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = uint64_t{v}; return {}; }
-      case GgufType::kInt16: { int16_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = int64_t{v}; return {}; }
-      case GgufType::kUint32: { uint32_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = uint64_t{v}; return {}; }
-      case GgufType::kInt32: { int32_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = int64_t{v}; return {}; }
-      case GgufType::kUint64: { uint64_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = v; return {}; }
-      case GgufType::kInt64: { int64_t v; if (auto r = ReadRaw(key, v); !r) return r; out.data = v; return {}; }
-      case GgufType::kFloat32: { float v; if (auto r = ReadRaw(key, v); !r) return r; out.data = double{v}; return {}; }
-      case GgufType::kFloat64: { double v; if (auto r = ReadRaw(key, v); !r) return r; out.data = v; return {}; }
+      case GgufType::kUint8: { uint8_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = uint64_t{v}; return {}; }
+      case GgufType::kInt8: { int8_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = int64_t{v}; return {}; }
+      case GgufType::kUint16: { uint16_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = uint64_t{v}; return {}; }
+      case GgufType::kInt16: { int16_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = int64_t{v}; return {}; }
+      case GgufType::kUint32: { uint32_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = uint64_t{v}; return {}; }
+      case GgufType::kInt32: { int32_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = int64_t{v}; return {}; }
+      case GgufType::kUint64: { uint64_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = v; return {}; }
+      case GgufType::kInt64: { int64_t v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = v; return {}; }
+      case GgufType::kFloat32: { float v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = double{v}; return {}; }
+      case GgufType::kFloat64: { double v{}; if (auto r = ReadRaw(key, v); !r) return r; out.data = v; return {}; }
       case GgufType::kBool: {
-        uint8_t v;
+        uint8_t v{};
         if (auto r = ReadRaw(key, v); !r) return r;
         if (v > 1) return Invalid(At("metadata '" + key + "': bool value " + std::to_string(v)));
         out.data = v != 0;

@@ -286,7 +286,11 @@ void LlamaContext::ForwardBatch(const TokenId* tokens, int n) {
         const size_t kv_off = static_cast<size_t>(h / group) * hd;
         float max_score = -std::numeric_limits<float>::infinity();
         for (int t = 0; t <= last; ++t) {
-          const float score = cpu::Dot(q, k_layer + static_cast<size_t>(t) * kv_dim + kv_off, hd) * inv_sqrt_hd;
+          // Head vectors are short (8..128): a plain loop beats a dispatched call.
+          const float* k = k_layer + static_cast<size_t>(t) * kv_dim + kv_off;
+          float dot = 0.0f;
+          for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
+          const float score = dot * inv_sqrt_hd;
           scores_[static_cast<size_t>(t)] = score;
           max_score = std::max(max_score, score);
         }

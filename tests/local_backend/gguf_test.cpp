@@ -217,7 +217,9 @@ TEST(GgufFile, RandomByteFlipsNeverCrash) {
     }
     TempFile tmp(bad);
     auto file = GgufFile::Open(tmp.path());  // must not crash; either outcome is fine
-    if (!file) EXPECT_EQ(file.error().code, ErrorCode::kInvalidArgument);
+    if (!file) {
+      EXPECT_EQ(file.error().code, ErrorCode::kInvalidArgument);
+    }
   }
 }
 

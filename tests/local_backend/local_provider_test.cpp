@@ -122,7 +122,7 @@ TEST_F(LocalProviderTest, GreedyCompletionStreamsTheReferenceContinuation) {
     ASSERT_TRUE(sink->completion()) << (sink->error() ? sink->error()->message : "");
     ASSERT_EQ(ref.text.substr(0, ref.prompt.size()), ref.prompt);
     EXPECT_EQ(sink->Text(), ref.text.substr(ref.prompt.size())) << ref.prompt;
-    const auto& c = *sink->completion();
+    const tollgate::Completion c = *sink->completion();
     EXPECT_EQ(c.finish_reason, FinishReason::kLength);
     EXPECT_TRUE(c.usage_known);
     EXPECT_EQ(c.usage.prompt_tokens, static_cast<int64_t>(ref.prompt_ids.size()));
@@ -181,7 +181,7 @@ TEST_F(LocalProviderTest, MaxTokensAndContextFillEndWithLength) {
   EXPECT_EQ(small->Name(), "Local");
   ChatRequest fill = Completion("Once upon a time");  // 5 tokens with BOS, no max_tokens
   auto s2 = std::make_shared<RecordingSink>();
-  small->Start({.request = &fill}, s2, {});
+  small->Start({.request = &fill, .upstream_model = {}, .deadline = {}}, s2, {});
   ASSERT_TRUE(s2->Wait());
   ASSERT_TRUE(s2->completion());
   EXPECT_EQ(s2->completion()->usage.completion_tokens, 27);
@@ -220,7 +220,7 @@ TEST_F(LocalProviderTest, CancelledMidStreamStopsGenerating) {
     if (++seen == 3) source.request_stop();
   });
   ChatRequest req = Completion("Once upon a time");
-  provider_->Start({.request = &req}, sink, source.get_token());
+  provider_->Start({.request = &req, .upstream_model = {}, .deadline = {}}, sink, source.get_token());
   ASSERT_TRUE(sink->Wait());
   ASSERT_TRUE(sink->error());
   EXPECT_EQ(sink->error()->code, ErrorCode::kCancelled);
@@ -251,7 +251,7 @@ TEST_F(LocalProviderTest, QueuedRequestsAllComplete) {
   for (auto& r : reqs) r.max_tokens = 20;
   for (auto& r : reqs) {
     sinks.push_back(std::make_shared<RecordingSink>());
-    provider_->Start({.request = &r}, sinks.back(), {});
+    provider_->Start({.request = &r, .upstream_model = {}, .deadline = {}}, sinks.back(), {});
   }
   for (auto& s : sinks) {
     ASSERT_TRUE(s->Wait());
@@ -276,12 +276,14 @@ TEST(LocalProvider, DestroyingWithQueuedWorkFailsItCleanly) {
   req.temperature = 0.0;
   for (int i = 0; i < 5; ++i) {
     sinks.push_back(std::make_shared<RecordingSink>());
-    provider->Start({.request = &req}, sinks.back(), {});
+    provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, sinks.back(), {});
   }
   provider.reset();
   for (auto& s : sinks) {
     ASSERT_TRUE(s->Wait(1s));  // every request got its terminal event
-    if (s->error()) EXPECT_EQ(s->error()->code, ErrorCode::kUnavailable);
+    if (s->error()) {
+      EXPECT_EQ(s->error()->code, ErrorCode::kUnavailable);
+    }
   }
 }
 

@@ -13,7 +13,7 @@ namespace {
 TEST(Sampler, GreedyPicksArgmaxWithTiesToLowestId) {
   const std::vector<float> logits = {0.5f, 2.0f, -1.0f, 2.0f};
   EXPECT_EQ(Greedy(logits), 1);
-  Sampler sampler(SamplingParams{.temperature = 0.0});
+  Sampler sampler(SamplingParams{.temperature = 0.0, .top_p = 1.0, .seed = {}});
   EXPECT_EQ(sampler.Sample(logits), 1);
   const float nan = std::numeric_limits<float>::quiet_NaN();
   EXPECT_EQ(Greedy(std::vector<float>{nan, -3.0f, nan}), 1);
@@ -60,7 +60,7 @@ TEST(Sampler, TopPKeepsOnlyTheNucleus) {
 
 TEST(Sampler, LowTemperatureConcentratesOnTheArgmax) {
   const std::vector<float> logits = {1.0f, 1.5f, 0.0f};
-  Sampler s(SamplingParams{.temperature = 0.01, .seed = 9});
+  Sampler s(SamplingParams{.temperature = 0.01, .top_p = 1.0, .seed = 9});
   for (int i = 0; i < 200; ++i) ASSERT_EQ(s.Sample(logits), 1);
 }
 
