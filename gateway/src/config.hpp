@@ -1,0 +1,90 @@
+// The gateway's configuration: one YAML file (config/tollgate.yaml documents
+// every key), with ${VAR} and ${VAR:-default} environment interpolation.
+//
+// Every bad value is reported with its path in the file ("models[2].endpoint.
+// pricing.prompt: ...") and the process refuses to start. Unknown keys are
+// errors too, so a typo never silently falls back to a default.
+#pragma once
+
+#include "tollgate/core/error.hpp"
+#include "tollgate/core/money.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::gateway {
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  int io_threads = 0;                        // 0 = one per core
+  int64_t max_body_bytes = 4 * 1024 * 1024;  // larger bodies get 413
+  int64_t request_timeout_ms = 600'000;      // whole call
+};
+
+struct UsageConfig {
+  int flush_interval_ms = 200;
+  int batch_size = 256;
+};
+
+struct ProviderConfig {
+  std::string id;            // key under `providers:`
+  std::string type;          // "local" | "openai_compatible"
+  std::string display_name;  // shown as `provider` in responses; defaults to id
+  bool enabled = true;
+  std::string disabled_reason;  // why not enabled ("OPENAI_API_KEY is not set")
+  // openai_compatible
+  std::string base_url;
+  std::string api_key;  // secret: never logged
+  std::string ca_file;
+  int connect_timeout_ms = 10'000;
+  int first_byte_timeout_ms = 60'000;
+  // local
+  int threads = 0;
+  int context_length = 0;  // 0 = the model file's
+};
+
+struct EndpointConfig {
+  std::string provider;  // a key of `providers:`
+  std::string model;     // upstream model name; for local providers a GGUF path (resolved)
+  Pricing pricing;       // from USD per million tokens in the file
+  int64_t context_length = 0;
+};
+
+struct ModelConfig {
+  std::string id;
+  std::string name;
+  int64_t context_length = 0;
+  std::vector<EndpointConfig> endpoints;  // `endpoint:` (one) or `endpoints:` (list)
+};
+
+struct Config {
+  ServerConfig server;
+  std::string database_url;  // may be empty here; TOLLGATE_DATABASE_URL overrides
+  UsageConfig usage;
+  std::vector<ProviderConfig> providers;
+  std::vector<ModelConfig> models;
+};
+
+// Returns the value of an environment variable, or nullopt when unset.
+using EnvLookup = std::function<std::optional<std::string>(std::string_view name)>;
+EnvLookup ProcessEnv();
+
+// Parses YAML text. `base_dir` resolves relative local model paths.
+// Errors: kInvalidArgument with "PATH: what is wrong" as the message.
+Result<Config> ParseConfig(std::string_view yaml_text, const std::string& base_dir,
+                           const EnvLookup& env);
+
+// Reads and parses the file at `path`; relative paths in it resolve against
+// the file's directory.
+Result<Config> LoadConfig(const std::string& path, const EnvLookup& env);
+
+// Replaces ${VAR} and ${VAR:-default}. Sets `*missing` to the first unset
+// variable without default (and leaves it empty in the result). Exposed for tests.
+std::string Interpolate(std::string_view text, const EnvLookup& env, std::string* missing);
+
+}  // namespace tollgate::gateway

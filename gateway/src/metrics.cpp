@@ -1,0 +1,51 @@
+#include "metrics.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace tollgate::gateway {
+
+struct Metrics::Impl {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Counter>& requests =
+      prometheus::BuildCounter().Name("tollgate_http_requests_total").Help("HTTP requests by route and status").Register(*registry);
+  prometheus::Family<prometheus::Counter>& calls =
+      prometheus::BuildCounter().Name("tollgate_calls_total").Help("Metered model calls by model, provider and status").Register(*registry);
+  prometheus::Family<prometheus::Counter>& tokens =
+      prometheus::BuildCounter().Name("tollgate_tokens_total").Help("Tokens metered, by model, provider and type (prompt, completion)").Register(*registry);
+  prometheus::Family<prometheus::Counter>& cost =
+      prometheus::BuildCounter().Name("tollgate_cost_nano_usd_total").Help("Cost charged in nano-USD, by model and provider").Register(*registry);
+  prometheus::Family<prometheus::Histogram>& ttft =
+      prometheus::BuildHistogram().Name("tollgate_time_to_first_token_seconds").Help("Time to first token").Register(*registry);
+  prometheus::Family<prometheus::Histogram>& latency =
+      prometheus::BuildHistogram().Name("tollgate_call_duration_seconds").Help("Whole call duration").Register(*registry);
+  const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+};
+
+Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
+Metrics::~Metrics() = default;
+
+void Metrics::CountRequest(std::string_view route, int status) {
+  impl_->requests.Add({{"route", std::string(route)}, {"status", std::to_string(status)}}).Increment();
+}
+
+void Metrics::CountCall(std::string_view model, std::string_view provider, int status, int64_t prompt_tokens,
+                        int64_t completion_tokens, int64_t cost_nano_usd, std::optional<int64_t> ttft_ms,
+                        int64_t latency_ms) {
+  std::string m(model), p(provider);
+  impl_->calls.Add({{"model", m}, {"provider", p}, {"status", std::to_string(status)}}).Increment();
+  impl_->tokens.Add({{"model", m}, {"provider", p}, {"type", "prompt"}}).Increment(static_cast<double>(prompt_tokens));
+  impl_->tokens.Add({{"model", m}, {"provider", p}, {"type", "completion"}})
+      .Increment(static_cast<double>(completion_tokens));
+  impl_->cost.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost_nano_usd));
+  if (ttft_ms) impl_->ttft.Add({{"model", m}, {"provider", p}}, impl_->buckets).Observe(*ttft_ms / 1000.0);
+  impl_->latency.Add({{"model", m}, {"provider", p}}, impl_->buckets).Observe(latency_ms / 1000.0);
+}
+
+std::string Metrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
+
+}  // namespace tollgate::gateway

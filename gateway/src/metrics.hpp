@@ -1,0 +1,38 @@
+// Prometheus metrics of the gateway, served at GET /metrics in the text
+// exposition format 0.0.4 (prometheus.io/docs/instrumenting/exposition_formats).
+//
+// Names follow Prometheus naming conventions: counters end in _total, units
+// in the name (_seconds, _nano_usd). Labels never carry secrets or request ids.
+// Thread-safe: every method may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate::gateway {
+
+class Metrics {
+ public:
+  Metrics();
+  ~Metrics();
+
+  // One HTTP request on `route` ("/v1/chat/completions") answered with `status`.
+  void CountRequest(std::string_view route, int status);
+
+  // One metered call: tokens, cost (nano-USD), time to first token and latency (ms).
+  void CountCall(std::string_view model, std::string_view provider, int status, int64_t prompt_tokens,
+                 int64_t completion_tokens, int64_t cost_nano_usd, std::optional<int64_t> ttft_ms,
+                 int64_t latency_ms);
+
+  // The text exposition of all metrics.
+  std::string Serialize() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tollgate::gateway
