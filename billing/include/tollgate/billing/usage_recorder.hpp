@@ -5,14 +5,17 @@
 // as soon as a full batch is queued. Each batch is one transaction:
 //   INSERT INTO usage_events ... VALUES (...), (...) ON CONFLICT (request_id) DO NOTHING
 //   RETURNING api_key_id, cost_nano_usd
-// and, in the same statement, api_keys.spent_nano_usd += the summed cost of the
-// rows actually inserted. So a request id already in the table (a replayed
+// and, in the same statement (a data-modifying WITH), api_keys.spent_nano_usd
+// += the summed cost of the rows actually inserted (PostgreSQL 15 manual: SQL
+// command INSERT, "ON CONFLICT Clause"; section 7.8.4 "Data-Modifying
+// Statements in WITH"). So a request id already in the table (a replayed
 // batch after a lost COMMIT acknowledgement, or a duplicate Record) is neither
 // inserted nor billed twice. The api_keys rows are locked in id order first, so
 // replicas writing concurrently never deadlock.
 //
-// Failures: on a connection or transient error (SQLSTATE classes 08, 40, 53,
-// 57, 58, ...) the batch stays queued and is retried with exponential backoff
+// Failures: on a connection error or any SQLSTATE outside classes 22 and 23
+// (08 connection, 40 deadlock/serialization, 53 resources, 57 shutdown, 42
+// schema not migrated yet, ...) the batch stays queued and is retried with exponential backoff
 // (100 ms doubling to 10 s), reconnecting as needed; nothing is dropped, so the
 // queue grows in memory during an outage. On a data or constraint error
 // (SQLSTATE class 22 or 23, e.g. a token count over int4 or an unknown
@@ -42,7 +45,8 @@ class UsageRecorder {
   static Result<std::unique_ptr<UsageRecorder>> Start(const std::string& database_url,
                                                       int flush_interval_ms, int batch_size);
 
-  // Stop()s.
+  // Stop()s, so it too waits out a database outage; call StopWithin first to
+  // bound shutdown.
   ~UsageRecorder();
   UsageRecorder(const UsageRecorder&) = delete;
   UsageRecorder& operator=(const UsageRecorder&) = delete;
