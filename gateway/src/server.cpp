@@ -176,16 +176,18 @@ class Connection {
       if (ec == http::error::body_limit) {
         Request head{parser.get().method(), parser.get().target(), parser.get().version()};
         head.keep_alive(false);
-        co_await Write(ErrorResponse(head, Error{ErrorCode::kPayloadTooLarge,
-                                                 "request body is larger than " +
-                                                     std::to_string(s_.config->server.max_body_bytes) + " bytes",
-                                                 "", "request_too_large"}));
+        Error too_large{ErrorCode::kPayloadTooLarge,
+                        "request body is larger than " + std::to_string(s_.config->server.max_body_bytes) + " bytes",
+                        "", "request_too_large"};
+        Response res = ErrorResponse(head, too_large);
+        co_await Write(res);
         break;
       }
       if (ec) {
         Request head{http::verb::get, "/", 11};
         head.keep_alive(false);
-        co_await Write(ErrorResponse(head, InvalidArgument("malformed HTTP request: " + ec.message())));
+        Response res = ErrorResponse(head, InvalidArgument("malformed HTTP request: " + ec.message()));
+        co_await Write(res);
         break;
       }
       Request req = parser.release();
@@ -198,7 +200,11 @@ class Connection {
 
  private:
   // Returns false when the connection must close.
-  awaitable<bool> Write(Response res) {
+  //
+  // GCC 12 destroys some temporaries of a full-expression that contains
+  // co_await twice (an aggregate Error{...} argument crashed here), so every
+  // co_await in this file takes named variables only.
+  awaitable<bool> Write(Response& res) {
     bool keep = res.keep_alive();
     stream_.expires_after(kWriteTimeout);
     auto [ec, n] = co_await http::async_write(stream_, res, kUseTuple);
@@ -207,7 +213,10 @@ class Connection {
 
   awaitable<bool> Handle(Request& req) {
     auto url = boost::urls::parse_origin_form(req.target());
-    if (!url) co_return co_await Write(ErrorResponse(req, InvalidArgument("malformed request target")));
+    if (!url) {
+      Response res = ErrorResponse(req, InvalidArgument("malformed request target"));
+      co_return co_await Write(res);
+    }
     std::string path = url->path();
     if (path.size() > 1 && path.back() == '/') path.pop_back();
     // OpenRouter's base path /api/v1 and OpenAI's /v1 serve the same routes.
@@ -216,91 +225,78 @@ class Connection {
     const bool get = req.method() == http::verb::get;
     const bool post = req.method() == http::verb::post;
 
-    int status = 0;
-    bool keep = true;
-    if (route == "/healthz" && get) {
-      keep = co_await Write(JsonResponse(req, 200, R"({"status":"ok"})"));
-      status = 200;
-    } else if (route == "/readyz" && get) {
-      status = co_await Ready() ? 200 : 503;
-      keep = co_await Write(JsonResponse(
-          req, status, status == 200 ? R"({"status":"ready"})" : R"({"status":"database unreachable"})"));
-    } else if (route == "/metrics" && get) {
-      keep = co_await Write(MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4"));
-      status = 200;
-    } else if (route == "/v1/models" && get) {
-      keep = co_await Write(JsonResponse(req, 200, RenderModels(s_.catalog)));
-      status = 200;
-    } else if ((route == "/v1/chat/completions" || route == "/v1/completions") && post) {
+    if ((route == "/v1/chat/completions" || route == "/v1/completions") && post) {
       auto kind = route == "/v1/completions" ? RequestKind::kCompletion : RequestKind::kChat;
-      std::tie(keep, status) = co_await HandleCompletion(req, kind);
-    } else if (route == "/v1/generation" && get) {
-      std::tie(keep, status) = co_await HandleGeneration(req, *url);
-    } else {
-      bool known = route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
-                   route == "/v1/chat/completions" || route == "/v1/completions" || route == "/v1/generation";
-      if (known) {
-        status = 405;
-        Response res = JsonResponse(
-            req, 405,
-            ErrorBody(InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path)));
-        res.set(http::field::allow, post || route.find("completions") != std::string::npos ? "POST" : "GET");
-        keep = co_await Write(std::move(res));
-      } else {
-        Error e{ErrorCode::kNotFound, "no route for " + std::string(req.method_string()) + " " + path, "",
-                "unknown_url"};
-        status = 404;
-        keep = co_await Write(ErrorResponse(req, e));
-      }
+      auto [keep, status] = co_await HandleCompletion(req, kind);
+      s_.metrics->CountRequest(route, status);
+      co_return keep;
     }
-    s_.metrics->CountRequest(route, status);
-    co_return keep;
+    Response res;
+    if (route == "/healthz" && get) {
+      res = JsonResponse(req, 200, R"({"status":"ok"})");
+    } else if (route == "/readyz" && get) {
+      bool ready = co_await Ready();
+      res = ready ? JsonResponse(req, 200, R"({"status":"ready"})")
+                  : JsonResponse(req, 503, R"({"status":"database unreachable"})");
+    } else if (route == "/metrics" && get) {
+      res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
+    } else if (route == "/v1/models" && get) {
+      res = JsonResponse(req, 200, RenderModels(s_.catalog));
+    } else if (route == "/v1/generation" && get) {
+      res = co_await HandleGeneration(req, *url);
+    } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
+               route == "/v1/chat/completions" || route == "/v1/completions" || route == "/v1/generation") {
+      res = JsonResponse(
+          req, 405,
+          ErrorBody(InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path)));
+      res.set(http::field::allow, route.find("completions") != std::string::npos ? "POST" : "GET");
+    } else {
+      res = ErrorResponse(req, Error{ErrorCode::kNotFound,
+                                     "no route for " + std::string(req.method_string()) + " " + path, "",
+                                     "unknown_url"});
+    }
+    s_.metrics->CountRequest(route, res.result_int());
+    co_return co_await Write(res);
   }
 
   awaitable<bool> Ready() {
-    bool ok = co_await asio::co_spawn(
-        s_.blocking,
-        [this]() -> awaitable<bool> {
-          // A lookup that finds nothing proves the database answers.
-          auto r = s_.generations->Find("gen-readiness-probe", -1);
-          co_return static_cast<bool>(r);
-        },
-        asio::use_awaitable);
+    auto probe = [this]() -> awaitable<bool> {
+      // A lookup that finds nothing proves the database answers.
+      auto r = s_.generations->Find("gen-readiness-probe", -1);
+      co_return static_cast<bool>(r);
+    };
+    bool ok = co_await asio::co_spawn(s_.blocking, probe, asio::use_awaitable);
     co_return ok;
   }
 
-  awaitable<std::pair<bool, int>> HandleGeneration(const Request& req, const boost::urls::url_view& url) {
+  awaitable<Response> HandleGeneration(const Request& req, boost::urls::url_view url) {
     auto key = s_.keys->Lookup(BearerKey(req));
-    if (!key || key->revoked) {
-      Error e = AuthError(req);
-      co_return std::pair{co_await Write(ErrorResponse(req, e)), HttpStatus(e.code)};
-    }
+    if (!key || key->revoked) co_return ErrorResponse(req, AuthError(req));
     auto it = url.params().find("id");
     if (it == url.params().end() || (*it).value.empty()) {
-      co_return std::pair{co_await Write(ErrorResponse(req, InvalidArgument("query parameter id is required", "id"))),
-                          400};
+      co_return ErrorResponse(req, InvalidArgument("query parameter id is required", "id"));
     }
     std::string id = (*it).value;
     std::optional<billing::UsageEvent> event = s_.recorder->FindPending(id);
     if (event && event->api_key_id != key->id) event.reset();
     if (!event) {
-      auto found = co_await asio::co_spawn(
-          s_.blocking,
-          [this, id, key_id = key->id]() -> awaitable<Result<std::optional<billing::UsageEvent>>> {
-            co_return s_.generations->Find(id, key_id);
-          },
-          asio::use_awaitable);
+      const int64_t key_id = key->id;
+      auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<billing::UsageEvent>>> {
+        co_return s_.generations->Find(id, key_id);
+      };
+      Result<std::optional<billing::UsageEvent>> found =
+          co_await asio::co_spawn(s_.blocking, lookup, asio::use_awaitable);
       if (!found) {
-        Error e{ErrorCode::kUnavailable, "the usage database is unavailable; try again", "", {}};
-        co_return std::pair{co_await Write(ErrorResponse(req, e)), 503};
+        co_return ErrorResponse(req, Error{ErrorCode::kUnavailable, "the usage database is unavailable; try again",
+                                           "", {}});
       }
       event = std::move(*found);
     }
     if (!event) {
-      Error e{ErrorCode::kNotFound, "generation " + id + " not found", "id", "generation_not_found"};
-      co_return std::pair{co_await Write(ErrorResponse(req, e)), 404};
+      co_return ErrorResponse(req, Error{ErrorCode::kNotFound, "generation " + id + " not found", "id",
+                                         "generation_not_found"});
     }
-    co_return std::pair{co_await Write(JsonResponse(req, 200, RenderGeneration(*event))), 200};
+    co_return JsonResponse(req, 200, RenderGeneration(*event));
   }
 
   static Error AuthError(const Request& req) {
@@ -316,26 +312,29 @@ class Connection {
   awaitable<std::pair<bool, int>> HandleCompletion(const Request& req, RequestKind kind) {
     const auto start = Clock::now();
     const auto created_at = std::chrono::system_clock::now();
-    auto fail = [&](const Error& e) -> awaitable<std::pair<bool, int>> {
-      co_return std::pair{co_await Write(ErrorResponse(req, e)), HttpStatus(e.code)};
-    };
 
+    // Rejections before any provider is called: nothing is recorded or billed.
+    std::optional<Error> rejection;
     auto key = s_.keys->Lookup(BearerKey(req));
-    if (!key || key->revoked) co_return co_await fail(AuthError(req));
-    if (beast::string_view ct = req[http::field::content_type];
-        !ct.empty() && ct.find("json") == beast::string_view::npos) {
-      co_return co_await fail(InvalidArgument("Content-Type must be application/json"));
-    }
     auto parsed = ParseChatRequest(req.body(), kind);
-    if (!parsed) co_return co_await fail(parsed.error());
-    ChatRequest chat = std::move(*parsed);
-    auto plan = routing::Plan(s_.catalog, chat.model);
-    if (!plan) co_return co_await fail(plan.error());
-    if (!s_.keys->HasCredit(*key)) {
-      co_return co_await fail(Error{ErrorCode::kPaymentRequired,
-                                    "this API key has no credits left; raise its limit or use another key", "",
-                                    "insufficient_credits"});
+    Result<std::vector<const routing::Endpoint*>> plan = std::vector<const routing::Endpoint*>{};
+    if (!key || key->revoked) {
+      rejection = AuthError(req);
+    } else if (!parsed) {
+      rejection = parsed.error();
+    } else if (plan = routing::Plan(s_.catalog, parsed->model); !plan) {
+      rejection = plan.error();
+    } else if (!s_.keys->HasCredit(*key)) {
+      rejection = Error{ErrorCode::kPaymentRequired,
+                        "this API key has no credits left; raise its limit or use another key", "",
+                        "insufficient_credits"};
     }
+    if (rejection) {
+      Response res = ErrorResponse(req, *rejection);
+      bool keep = co_await Write(res);
+      co_return std::pair{keep, HttpStatus(rejection->code)};
+    }
+    ChatRequest chat = std::move(*parsed);
 
     s_.active_calls++;
     struct Guard {
@@ -361,10 +360,11 @@ class Connection {
     http::response<http::empty_body> sse_head{http::status::ok, req.version()};
     http::response_serializer<http::empty_body> sse_serializer{sse_head};
 
-    auto write_sse = [&](std::string data) -> awaitable<void> {
+    auto write_sse = [&](const std::string& data) -> awaitable<void> {
       if (client_gone) co_return;
       stream_.expires_after(kWriteTimeout);
-      auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), kUseTuple);
+      auto chunk = http::make_chunk(asio::buffer(data));
+      auto [ec, n] = co_await asio::async_write(stream_, chunk, kUseTuple);
       if (ec) client_gone = true;
     };
 
@@ -377,7 +377,8 @@ class Connection {
       bool terminal = false;
       bool deadline_hit = false;
       while (!terminal) {
-        auto events = co_await sink->Next(deadline_hit ? Clock::time_point::max() : deadline);
+        const Clock::time_point wait_until = deadline_hit ? Clock::time_point::max() : deadline;
+        std::vector<CallSink::Event> events = co_await sink->Next(wait_until);
         if (events.empty()) {  // deadline: ask the provider to stop, then wait for its terminal event
           deadline_hit = true;
           cancel.request_stop();
@@ -414,7 +415,7 @@ class Connection {
             if (ec) client_gone = true;
             if (batch.empty()) batch = RenderDeltaEvent(meta, "", true);
           }
-          co_await write_sse(std::move(batch));
+          co_await write_sse(batch);
           if (client_gone) cancel.request_stop();
         }
       }
@@ -439,22 +440,20 @@ class Connection {
       status = HttpStatus(error->code);
       Response res = ErrorResponse(req, *error);
       res.set("x-request-id", meta.id);
-      keep = co_await Write(std::move(res));
+      keep = co_await Write(res);
     } else if (chat.stream) {
-      if (error) {
-        co_await write_sse(RenderErrorEvent(*error));
-      } else {
-        co_await write_sse(RenderFinishEvent(meta, completion->finish_reason));
-      }
+      std::string tail = error ? RenderErrorEvent(*error) : RenderFinishEvent(meta, completion->finish_reason);
       Usage usage = FinalUsage(chat, text, completion ? &*completion : nullptr);
       if (!error && chat.include_usage) {
-        co_await write_sse(RenderUsageEvent(meta, usage, CallCost(endpoint->pricing, usage.prompt_tokens,
-                                                                  usage.cached_tokens, usage.completion_tokens)));
+        tail += RenderUsageEvent(
+            meta, usage, CallCost(endpoint->pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens));
       }
-      co_await write_sse(std::string(kDoneEvent));
+      tail += kDoneEvent;
+      co_await write_sse(tail);
       if (!client_gone) {
         stream_.expires_after(kWriteTimeout);
-        auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk_last(), kUseTuple);
+        auto last = http::make_chunk_last();
+        auto [ec, n] = co_await asio::async_write(stream_, last, kUseTuple);
         if (ec) client_gone = true;
       }
       keep = keep && !client_gone;
@@ -466,7 +465,7 @@ class Connection {
       final.usage = usage;
       Response res = JsonResponse(req, 200, RenderCompletion(meta, text, final, cost));
       res.set("x-request-id", meta.id);
-      keep = co_await Write(std::move(res));
+      keep = co_await Write(res);
       client_gone = !keep && req.keep_alive();
     }
     if (client_gone) status = 499;
