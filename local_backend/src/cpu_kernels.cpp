@@ -4,8 +4,19 @@
 
 namespace tollgate::local_backend::cpu {
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TOLLGATE_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define TOLLGATE_TSAN 1
+#endif
+
+// The ifunc resolver runs during relocation, before ThreadSanitizer's runtime
+// is up, and crashes when instrumented: TSan builds use the baseline kernel.
 #if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && \
-    !defined(TOLLGATE_LOCAL_BACKEND_NO_MULTIVERSION)
+    !defined(TOLLGATE_LOCAL_BACKEND_NO_MULTIVERSION) && !defined(TOLLGATE_TSAN)
 #define TOLLGATE_TARGET_CLONES \
   __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else

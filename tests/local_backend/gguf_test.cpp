@@ -7,9 +7,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <unistd.h>
 
 namespace tollgate::local_backend {
 namespace {
@@ -17,28 +14,8 @@ namespace {
 using testing::ModelPath;
 using testing::Q8ModelPath;
 
-std::vector<char> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// A file under the temp directory, removed when the test ends.
-class TempFile {
- public:
-  explicit TempFile(const std::vector<char>& bytes) {
-    path_ = (std::filesystem::temp_directory_path() /
-             ("tollgate_gguf_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++) + ".gguf"))
-                .string();
-    std::ofstream out(path_, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  }
-  ~TempFile() { std::filesystem::remove(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
+using testing::ReadAll;
+using testing::TempFile;
 
 TEST(GgufFile, ReadsHeaderAndMetadataOfRealModel) {
   auto file = GgufFile::Open(ModelPath());

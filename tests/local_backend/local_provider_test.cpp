@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 namespace tollgate::local_backend {
 namespace {
@@ -231,6 +232,23 @@ TEST_F(LocalProviderTest, PassedDeadlineBeforeFirstTokenIsDeadlineExceeded) {
   auto sink = Run(Completion("Once upon a time"), {}, std::chrono::steady_clock::now() - 1s);
   ASSERT_TRUE(sink->error());
   EXPECT_EQ(sink->error()->code, ErrorCode::kDeadlineExceeded);
+}
+
+TEST_F(LocalProviderTest, DeadlineAfterFirstDeltaCompletesWithLength) {
+  const auto deadline = std::chrono::steady_clock::now() + 1s;
+  auto sink = std::make_shared<RecordingSink>();
+  bool slept = false;
+  sink->set_on_delta([&] {
+    if (!slept) std::this_thread::sleep_until(deadline + 10ms);
+    slept = true;
+  });
+  ChatRequest req = Completion("Once upon a time");
+  provider_->Start({.request = &req, .upstream_model = {}, .deadline = deadline}, sink, {});
+  ASSERT_TRUE(sink->Wait());
+  ASSERT_TRUE(sink->completion());
+  EXPECT_EQ(sink->completion()->finish_reason, FinishReason::kLength);
+  EXPECT_EQ(sink->deltas().size(), 1u);
+  EXPECT_EQ(sink->completion()->usage.completion_tokens, 1);
 }
 
 TEST_F(LocalProviderTest, SeededSamplingIsReproducible) {

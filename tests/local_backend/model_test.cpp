@@ -127,6 +127,55 @@ TEST(LlamaModel, ContextLengthOverrideBoundsTheSequence) {
   EXPECT_FALSE(LlamaContext::Create(m.model, -1));
 }
 
+TEST(LlamaModel, FallsBackToTokenEmbeddingWithoutOutputWeight) {
+  // output.weight is a copy of token_embd here (README), so renaming it away
+  // must leave the greedy continuation unchanged.
+  using namespace std::string_literals;
+  const std::string len = "\x0d\0\0\0\0\0\0\0"s;  // gguf_string length 13
+  testing::TempFile tmp(
+      testing::Patched(testing::ReadAll(testing::ModelPath()), len + "output.weight", len + "output.weighx"));
+  Loaded m = Load(tmp.path());
+  ASSERT_TRUE(m.model);
+  EXPECT_EQ(m.model->output().data, m.model->token_embd().data);
+  auto ctx = LlamaContext::Create(m.model, 0).value();
+  const auto refs = testing::LoadReference();
+  EXPECT_EQ(GenerateGreedy(*ctx, refs[0].prompt_ids, refs[0].generated_ids.size()), refs[0].generated_ids);
+}
+
+TEST(LlamaModel, MissingOrMisshapenTensorIsAClearError) {
+  const auto bytes = testing::ReadAll(testing::ModelPath());
+  {
+    testing::TempFile tmp(testing::Patched(bytes, "blk.3.attn_q.weight", "blk.3.attn_q.weighx"));
+    auto file = GgufFile::Open(tmp.path());
+    ASSERT_TRUE(file);
+    auto model = LlamaModel::Load(std::shared_ptr<const GgufFile>(std::move(*file)));
+    ASSERT_FALSE(model);
+    EXPECT_EQ(model.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(model.error().message.find("blk.3.attn_q.weight"), std::string::npos);
+  }
+  {
+    // blk.0.attn_q.weight: n_dims 2, ne [64, 64] -> [64, 32]: in bounds, wrong shape.
+    using namespace std::string_literals;
+    const std::string dims = "\x02\0\0\0"s + "\x40\0\0\0\0\0\0\0"s;
+    testing::TempFile tmp(testing::Patched(bytes, "blk.0.attn_q.weight"s + dims + "\x40"s,
+                                           "blk.0.attn_q.weight"s + dims + "\x20"s));
+    auto file = GgufFile::Open(tmp.path());
+    ASSERT_TRUE(file) << file.error().message;
+    auto model = LlamaModel::Load(std::shared_ptr<const GgufFile>(std::move(*file)));
+    ASSERT_FALSE(model);
+    EXPECT_NE(model.error().message.find("shape [64, 32]"), std::string::npos) << model.error().message;
+  }
+  {
+    using namespace std::string_literals;
+    testing::TempFile tmp(testing::Patched(bytes, "\x05\0\0\0\0\0\0\0llama"s, "\x05\0\0\0\0\0\0\0llamb"s));
+    auto file = GgufFile::Open(tmp.path());
+    ASSERT_TRUE(file);
+    auto model = LlamaModel::Load(std::shared_ptr<const GgufFile>(std::move(*file)));
+    ASSERT_FALSE(model);
+    EXPECT_NE(model.error().message.find("'llamb' is not supported"), std::string::npos);
+  }
+}
+
 TEST(LlamaModel, Q8_0ModelLoadsAndStartsLikeTheReference) {
   Loaded m = Load(testing::Q8ModelPath());
   ASSERT_TRUE(m.model);

@@ -4,13 +4,18 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
+#include <iterator>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 namespace tollgate::local_backend::testing {
 
@@ -20,6 +25,39 @@ inline std::string ModelDir() {
 }
 inline std::string ModelPath() { return ModelDir() + "/stories260K.gguf"; }
 inline std::string Q8ModelPath() { return ModelDir() + "/stories260K-q8_0.gguf"; }
+
+inline std::vector<char> ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A file under the temp directory holding `bytes`, removed when destroyed.
+class TempFile {
+ public:
+  explicit TempFile(const std::vector<char>& bytes) {
+    path_ = (std::filesystem::temp_directory_path() /
+             ("tollgate_gguf_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++) + ".gguf"))
+                .string();
+    std::ofstream out(path_, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  ~TempFile() { std::filesystem::remove(path_); }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::string path_;
+};
+
+// `bytes` with the first occurrence of `from` replaced by `to` (same length).
+inline std::vector<char> Patched(std::vector<char> bytes, const std::string& from, const std::string& to) {
+  auto it = std::search(bytes.begin(), bytes.end(), from.begin(), from.end());
+  if (it == bytes.end() || from.size() != to.size()) throw std::runtime_error("cannot patch " + from);
+  std::copy(to.begin(), to.end(), it);
+  return bytes;
+}
 
 struct ReferencePrompt {
   std::string prompt;
