@@ -51,9 +51,10 @@ enum class GgufType : uint32_t {
   kFloat64 = 12,
 };
 
-// Tensor element types (ggml.h `enum ggml_type`). Only the ids this engine
-// names are listed; other known ids are accepted by the reader (their sizes are
-// known) but not by the model loader.
+// Tensor element types (ggml.h `enum ggml_type`). Open() accepts exactly these
+// ids, because it must know each type's block size to bounds-check the data
+// (other ids, e.g. the IQ* types, give kInvalidArgument). Of these, ToF32 and
+// the model compute F32, F16, BF16 and Q8_0.
 enum class GgmlType : uint32_t {
   kF32 = 0,
   kF16 = 1,
