@@ -15,6 +15,7 @@
 # Environment: TOLLGATE_DATABASE_URL (use this database instead of a private cluster),
 # TOLLGATE_LISTEN (default 127.0.0.1:8080), TOLLGATE_CONFIG (default config/tollgate.yaml),
 # TOLLGATE_MODEL_DIR (folder holding stories260K.gguf), TOLLGATE_PG_DIR (default .data/pg),
+# TOLLGATE_BUILD_DIR (default build),
 # OPENAI_API_KEY, DEEPSEEK_API_KEY, ... (switch on the remote providers in the config).
 set -euo pipefail
 
@@ -34,7 +35,8 @@ say() { echo "run.sh: $*" >&2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 data=$root/.data
-bin=$root/build/bin/tollgate
+build_dir=$root/${TOLLGATE_BUILD_DIR:-build}
+bin=$build_dir/bin/tollgate
 config=${TOLLGATE_CONFIG:-$root/config/tollgate.yaml}
 model_name=stories260K.gguf
 hf_sha256=270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d
@@ -101,9 +103,9 @@ mkdir -p "$data"
 
 # ---------------------------------------------------------------- 2. dependencies and build
 bash "$root/scripts/setup.sh"
-say "building build/bin/tollgate (Release)"
-cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$root/build" -j"$(nproc)" --target tollgate
+say "building ${bin#$root/} (Release)"
+cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build_dir" -j"$(nproc)" --target tollgate
 [ -x "$bin" ] || die "build finished but $bin is missing"
 
 psql_bin=$(command -v psql || true)
@@ -166,11 +168,11 @@ fi
 
 # ---------------------------------------------------------------- 5. serve
 # Sets gw_pid and port. Not to be called in $(...): the gateway must be this shell's child.
-start_gateway() { # LISTEN PORT_FILE [LOG]
+start_gateway() { # LISTEN PORT_FILE [LOG] [HINT]
   rm -f "$2"
   # Own session: a terminal Ctrl-C reaches only this script, whose trap stops the gateway once,
   # with SIGTERM, by PID.
-  if [ -n "${3:-}" ]; then
+  if [ -n "${3:-}" ]; then  # log file
     setsid "$bin" serve --config "$config" --listen "$1" --port-file "$2" >"$3" 2>&1 &
   else
     setsid "$bin" serve --config "$config" --listen "$1" --port-file "$2" &
@@ -183,7 +185,7 @@ start_gateway() { # LISTEN PORT_FILE [LOG]
       wait "$gw_pid" 2>/dev/null || rc=$?
       gw_pid=""
       [ -n "${3:-}" ] && tail -n 30 "$3" >&2
-      die "tollgate serve exited with status $rc before it was ready"
+      die "tollgate serve exited with status $rc before it was ready${4:-}"
     fi
     if [ -s "$2" ] && port=$(tr -dc 0-9 <"$2") && [ -n "$port" ] \
         && curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then
@@ -196,7 +198,7 @@ start_gateway() { # LISTEN PORT_FILE [LOG]
 
 if [ "$smoke" = 0 ]; then
   listen=${TOLLGATE_LISTEN:-127.0.0.1:8080}
-  start_gateway "$listen" "$data/port"
+  start_gateway "$listen" "$data/port" "" " (if $listen is taken, pick another address with TOLLGATE_LISTEN=HOST:PORT)"
   host=${listen%:*}
   [ "$host" = 0.0.0.0 ] && host=127.0.0.1
   url="http://$host:$port"
@@ -246,7 +248,10 @@ echo "\$ curl -sS -N $url/v1/chat/completions -H 'Authorization: Bearer tg-...' 
 code=$(curl -sS -N -o "$smoke_dir/stream.sse" -w '%{http_code}' \
   "$url/v1/chat/completions" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
   -d "$body_stream") || code=000
-cat "$smoke_dir/stream.sse" >&2
+# The first and last events are enough to see the shape; the whole stream is in .data/smoke/stream.sse.
+awk 'BEGIN { RS = ""; ORS = "\n\n" } { ev[NR] = $0 }
+     END { for (i = 1; i <= NR; i++) if (i <= 3 || i > NR - 3) print ev[i]; else if (i == 4) print "... (" NR - 6 " more events)" }' \
+  "$smoke_dir/stream.sse" >&2
 [ "$code" = 200 ] || { say "FAIL streamed call: HTTP $code"; failed=1; }
 
 echo "== checks" >&2
