@@ -131,6 +131,13 @@ class OpenAiCall final : public detail::HttpResponseHandler {
         return;
       }
       case Mode::kStream:
+        if (events_seen_ == 0) {
+          // A 2xx body with no event at all (wrong content type, an HTML
+          // page from a proxy): not an empty answer, a broken upstream.
+          Terminate(Error{ErrorCode::kBadGateway, "upstream response contained no server-sent events",
+                          {}, {}});
+          return;
+        }
         // End of body without `[DONE]`: what we have is the answer (some
         // compatible servers never send the sentinel). An event left without
         // its blank line is discarded (WHATWG HTML 9.2.6).
@@ -181,6 +188,7 @@ class OpenAiCall final : public detail::HttpResponseHandler {
       Terminate(CancelledError());
       return false;
     }
+    ++events_seen_;
     auto step = decoder_.OnData(event.data, secret_);
     if (!step.delta.empty()) sink_->OnDelta(step.delta);
     if (step.error) {
@@ -223,6 +231,7 @@ class OpenAiCall final : public detail::HttpResponseHandler {
   std::string error_body_;
   std::string whole_body_;
   std::size_t drained_bytes_ = 0;
+  std::size_t events_seen_ = 0;
   bool terminal_ = false;
   bool draining_ = false;
 };

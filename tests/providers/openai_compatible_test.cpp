@@ -569,6 +569,16 @@ TEST_F(OpenAiCompatibleTest, EndOfBodyWithoutDoneCompletes) {
   EXPECT_EQ(sink->completion()->finish_reason, FinishReason::kStop);
 }
 
+TEST_F(OpenAiCompatibleTest, BodyWithoutAnyEventIsBadGateway) {
+  FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
+    r.SendResponse(200, "text/html", "<html><body>captive portal</body></html>");
+  });
+  Make(Options(upstream.BaseUrl()));
+  auto sink = Run();
+  ASSERT_TRUE(sink->error());
+  EXPECT_EQ(sink->error()->code, ErrorCode::kBadGateway);
+}
+
 TEST_F(OpenAiCompatibleTest, AcceptsANonStreamedJsonAnswer) {
   FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
     r.SendResponse(200, "application/json; charset=utf-8",

@@ -105,7 +105,9 @@ class OpenAiCompatibleProvider final : public Provider {
   //     kBadGateway        upstream 401/403 ("upstream rejected our
   //                        credentials"), an in-stream `error` chunk (its
   //                        message), malformed chunks, an SSE event over 1 MiB,
-  //                        a stream that breaks mid-way, other statuses,
+  //                        a 2xx body without any event, a stream that
+  //                        breaks mid-way (or a connection closed before
+  //                        the response), other statuses,
   //     kResourceExhausted upstream 429,
   //     kUnavailable       upstream 402/5xx, DNS/connect failure or refusal,
   //                        TLS handshake/verification failure,
