@@ -687,7 +687,11 @@ int Serve(const Config& config, const ServeOptions& options) {
   ioc.run();
   for (auto& t : pool) t.join();
   services.blocking.join();
-  services.recorder->Stop();
+  // Bounded: during a database outage the rows still queued after 30 s are
+  // logged and counted as lost rather than hanging the shutdown forever.
+  if (!services.recorder->StopWithin(std::chrono::seconds(30))) {
+    std::cerr << "tollgate: " << services.recorder->rows_lost() << " usage rows could not be written" << std::endl;
+  }
   services.keys->Stop();
   std::cerr << "tollgate: stopped; " << services.recorder->rows_written() << " usage rows written" << std::endl;
   return 0;
