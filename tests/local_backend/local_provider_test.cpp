@@ -86,6 +86,8 @@ class LocalProviderTest : public ::testing::Test {
     ASSERT_TRUE(p) << p.error().message;
     provider_ = p->release();
   }
+  // See TokenizerTest::SetUp: keeps a missing model a failure, not a skip.
+  void SetUp() override { ASSERT_NE(provider_, nullptr) << "cannot load " << testing::ModelPath(); }
   static void TearDownTestSuite() {
     delete provider_;
     provider_ = nullptr;

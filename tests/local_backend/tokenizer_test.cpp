@@ -17,6 +17,9 @@ class TokenizerTest : public ::testing::Test {
     ASSERT_TRUE(tok) << tok.error().message;
     tokenizer_ = new Tokenizer(std::move(*tok));
   }
+  // A failure in SetUpTestSuite alone makes GoogleTest report the tests as
+  // skipped; failing each test keeps a missing model a red test run.
+  void SetUp() override { ASSERT_NE(tokenizer_, nullptr) << "cannot load " << testing::ModelPath(); }
   static void TearDownTestSuite() {
     delete tokenizer_;
     tokenizer_ = nullptr;
