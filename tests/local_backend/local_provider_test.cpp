@@ -82,11 +82,10 @@ class RecordingSink : public StreamSink {
 class LocalProviderTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // No assertions here (see TokenizerTest): SetUp fails each test instead.
     auto p = LocalProvider::Create({.display_name = "Local test", .model_path = testing::ModelPath()});
-    ASSERT_TRUE(p) << p.error().message;
-    provider_ = p->release();
+    if (p) provider_ = p->release();
   }
-  // See TokenizerTest::SetUp: keeps a missing model a failure, not a skip.
   void SetUp() override { ASSERT_NE(provider_, nullptr) << "cannot load " << testing::ModelPath(); }
   static void TearDownTestSuite() {
     delete provider_;

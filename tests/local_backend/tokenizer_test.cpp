@@ -11,14 +11,13 @@ namespace {
 class TokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // No assertions here: GoogleTest 1.12 reports every test of a suite whose
+    // SetUpTestSuite failed as skipped. SetUp fails each test instead.
     auto file = GgufFile::Open(testing::ModelPath());
-    ASSERT_TRUE(file) << file.error().message;
+    if (!file) return;
     auto tok = Tokenizer::FromGguf(**file);
-    ASSERT_TRUE(tok) << tok.error().message;
-    tokenizer_ = new Tokenizer(std::move(*tok));
+    if (tok) tokenizer_ = new Tokenizer(std::move(*tok));
   }
-  // A failure in SetUpTestSuite alone makes GoogleTest report the tests as
-  // skipped; failing each test keeps a missing model a red test run.
   void SetUp() override { ASSERT_NE(tokenizer_, nullptr) << "cannot load " << testing::ModelPath(); }
   static void TearDownTestSuite() {
     delete tokenizer_;
