@@ -13,17 +13,13 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class GenerationStorePg : public testing::PgTest {
+class GenerationStorePg : public testing::MigratedPgTest {
  protected:
   void SetUp() override {
-    PgTest::SetUp();
+    MigratedPgTest::SetUp();
     if (HasFatalFailure()) return;
-    Migrate();
-    if (HasFatalFailure()) return;
-    auto store = KeyStore::Connect(url());
-    ASSERT_TRUE(store) << store.error().message;
-    alice_ = (*store)->Create("alice", std::nullopt).value().id;
-    bob_ = (*store)->Create("bob", std::nullopt).value().id;
+    alice_ = store_->Create("alice", std::nullopt).value().id;
+    bob_ = store_->Create("bob", std::nullopt).value().id;
   }
   int64_t alice_ = 0;
   int64_t bob_ = 0;

@@ -13,27 +13,13 @@ namespace {
 
 using testing::WaitFor;
 
-class KeyCachePg : public testing::PgTest {
+class KeyCachePg : public testing::MigratedPgTest {
  protected:
-  void SetUp() override {
-    PgTest::SetUp();
-    if (HasFatalFailure()) return;
-    Migrate();
-    if (HasFatalFailure()) return;
-    auto store = KeyStore::Connect(url());
-    ASSERT_TRUE(store) << store.error().message;
-    store_ = std::move(*store);
-  }
-  void TearDown() override {
-    store_.reset();
-    PgTest::TearDown();
-  }
   CreatedKey MustCreate(const std::string& name, std::optional<Money> limit = std::nullopt) {
     auto created = store_->Create(name, limit);
     EXPECT_TRUE(created) << created.error().message;
     return created ? *created : CreatedKey{};
   }
-  std::unique_ptr<KeyStore> store_;
 };
 
 TEST_F(KeyCachePg, LoadsKeysAtStart) {

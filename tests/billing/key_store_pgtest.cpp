@@ -6,22 +6,8 @@
 namespace tollgate::billing {
 namespace {
 
-class KeyStorePg : public testing::PgTest {
+class KeyStorePg : public testing::MigratedPgTest {
  protected:
-  void SetUp() override {
-    PgTest::SetUp();
-    if (HasFatalFailure()) return;
-    Migrate();
-    if (HasFatalFailure()) return;
-    auto store = KeyStore::Connect(url());
-    ASSERT_TRUE(store) << store.error().message;
-    store_ = std::move(*store);
-  }
-  void TearDown() override {
-    store_.reset();
-    PgTest::TearDown();
-  }
-  std::unique_ptr<KeyStore> store_;
 };
 
 TEST_F(KeyStorePg, CreateListRevoke) {

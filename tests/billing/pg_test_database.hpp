@@ -5,10 +5,13 @@
 // fails with a message saying so: these tests are never skipped silently.
 #pragma once
 
+#include "tollgate/billing/key_store.hpp"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -51,6 +54,25 @@ class PgTest : public ::testing::Test {
   std::string name_;
   std::string url_;
   bool created_ = false;
+};
+
+// A PgTest whose database is migrated, with a KeyStore connected to it.
+class MigratedPgTest : public PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    if (HasFatalFailure()) return;
+    Migrate();
+    if (HasFatalFailure()) return;
+    auto store = KeyStore::Connect(url());
+    ASSERT_TRUE(store) << store.error().message;
+    store_ = std::move(*store);
+  }
+  void TearDown() override {
+    store_.reset();
+    PgTest::TearDown();
+  }
+  std::unique_ptr<KeyStore> store_;
 };
 
 // Polls `condition` every 10 ms for up to `timeout_ms`; true once it holds.

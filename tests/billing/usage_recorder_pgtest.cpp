@@ -14,16 +14,12 @@ namespace {
 using testing::WaitFor;
 using namespace std::chrono_literals;
 
-class UsageRecorderPg : public testing::PgTest {
+class UsageRecorderPg : public testing::MigratedPgTest {
  protected:
   void SetUp() override {
-    PgTest::SetUp();
+    MigratedPgTest::SetUp();
     if (HasFatalFailure()) return;
-    Migrate();
-    if (HasFatalFailure()) return;
-    auto store = KeyStore::Connect(url());
-    ASSERT_TRUE(store) << store.error().message;
-    auto created = (*store)->Create("alice", std::nullopt);
+    auto created = store_->Create("alice", std::nullopt);
     ASSERT_TRUE(created) << created.error().message;
     key_id_ = created->id;
   }
