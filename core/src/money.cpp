@@ -1,6 +1,6 @@
 #include "tollgate/core/money.hpp"
 
-#include <cassert>
+#include <algorithm>
 
 namespace tollgate {
 namespace {
@@ -85,14 +85,16 @@ double ToUsd(Money money) { return static_cast<double>(money.nano_usd) / 1e9; }
 
 Money CallCost(const Pricing& pricing, int64_t prompt_tokens, int64_t cached_tokens,
                int64_t completion_tokens) {
-  assert(prompt_tokens >= 0 && completion_tokens >= 0);
-  assert(cached_tokens >= 0 && cached_tokens <= prompt_tokens);
+  // Counts come from upstreams: never let a bad one make a cost negative.
+  prompt_tokens = std::max<int64_t>(prompt_tokens, 0);
+  completion_tokens = std::max<int64_t>(completion_tokens, 0);
+  cached_tokens = std::clamp<int64_t>(cached_tokens, 0, prompt_tokens);
   __int128 femto = static_cast<__int128>(prompt_tokens - cached_tokens) *
                        pricing.prompt.femto_usd_per_token +
                    static_cast<__int128>(cached_tokens) * pricing.cached_prompt.femto_usd_per_token +
                    static_cast<__int128>(completion_tokens) * pricing.completion.femto_usd_per_token;
   __int128 nano = (femto + 500'000) / 1'000'000;  // round half up; femto >= 0
-  return Money{static_cast<int64_t>(nano)};
+  return Money{static_cast<int64_t>(std::min<__int128>(nano, INT64_MAX))};
 }
 
 }  // namespace tollgate

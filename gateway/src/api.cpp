@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 namespace tollgate::gateway {
@@ -45,9 +46,9 @@ Result<double> Number(const json::value& v, const char* param, double lo, double
   if (!v.is_number()) return Bad(std::string(param) + " must be a number", param);
   double d = v.to_number<double>();
   if (!std::isfinite(d) || d < lo || d > hi) {
-    return Bad(std::string(param) + " must be between " + json::serialize(json::value(lo)) + " and " +
-                   json::serialize(json::value(hi)),
-               param);
+    char range[64];
+    std::snprintf(range, sizeof range, " must be between %g and %g", lo, hi);
+    return Bad(std::string(param) + range, param);
   }
   return d;
 }
@@ -102,7 +103,7 @@ std::string Iso8601(std::chrono::system_clock::time_point t) {
   std::time_t secs = static_cast<std::time_t>(ms / 1000);
   std::tm tm{};
   gmtime_r(&secs, &tm);
-  char buf[40];
+  char buf[64];
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
   return buf;
@@ -144,7 +145,10 @@ Result<ChatRequest> ParseChatRequest(std::string_view body, RequestKind kind) {
                    param + ".role");
       }
       const json::value* content = mo->if_contains("content");
-      if (content == nullptr && r != "assistant") return Bad(param + ".content is required", param + ".content");
+      // Only an assistant message (one that carried tool calls) may have no content.
+      if ((content == nullptr || content->is_null()) && r != "assistant") {
+        return Bad(param + ".content is required", param + ".content");
+      }
       auto text = content ? ContentText(*content, param + ".content") : Result<std::string>(std::string());
       if (!text) return text.error();
       req.messages.push_back(ChatMessage{std::move(r), std::move(*text)});
@@ -267,16 +271,32 @@ std::string RenderUsageEvent(const ResponseMeta& meta, const Usage& usage, Money
 
 std::string RenderErrorEvent(const Error& error) { return "data: " + ErrorBody(error) + "\n\n"; }
 
+namespace {
+
+// OpenRouter `pricing`: decimal strings in USD per token.
+json::object PricingObject(const Pricing& p) {
+  json::object pricing{{"prompt", FormatUsdPerToken(p.prompt)}, {"completion", FormatUsdPerToken(p.completion)}};
+  if (p.cached_prompt != p.prompt) pricing["input_cache_read"] = FormatUsdPerToken(p.cached_prompt);
+  return pricing;
+}
+
+json::object ArchitectureObject() {
+  return json::object{{"modality", "text->text"},
+                      {"input_modalities", json::array{"text"}},
+                      {"output_modalities", json::array{"text"}},
+                      {"tokenizer", nullptr},
+                      {"instruct_type", nullptr}};
+}
+
+json::array SupportedParameters() { return json::array{"max_tokens", "temperature", "top_p", "stop", "seed"}; }
+
+}  // namespace
+
 std::string RenderModels(const routing::Catalog& catalog) {
   json::array data;
   for (const auto& m : catalog.models()) {
     if (m.endpoints.empty()) continue;
     const routing::Endpoint& top = m.endpoints.front();
-    json::object pricing{{"prompt", FormatUsdPerToken(top.pricing.prompt)},
-                         {"completion", FormatUsdPerToken(top.pricing.completion)}};
-    if (top.pricing.cached_prompt != top.pricing.prompt) {
-      pricing["input_cache_read"] = FormatUsdPerToken(top.pricing.cached_prompt);
-    }
     json::value context = m.context_length > 0 ? json::value(m.context_length) : json::value(nullptr);
     size_t slash = m.id.find('/');
     std::string owner = slash == std::string::npos ? top.provider_id : m.id.substr(0, slash);
@@ -286,18 +306,14 @@ std::string RenderModels(const routing::Catalog& catalog) {
         {"hugging_face_id", nullptr},
         {"name", m.name},
         {"created", m.created},
-        {"description", ""},
         {"context_length", context},
-        {"architecture", json::object{{"modality", "text->text"},
-                                      {"input_modalities", json::array{"text"}},
-                                      {"output_modalities", json::array{"text"}},
-                                      {"instruct_type", nullptr}}},
-        {"pricing", std::move(pricing)},
+        {"architecture", ArchitectureObject()},
+        {"pricing", PricingObject(top.pricing)},
         {"top_provider", json::object{{"context_length", context},
                                       {"max_completion_tokens", nullptr},
                                       {"is_moderated", false}}},
         {"per_request_limits", nullptr},
-        {"supported_parameters", json::array{"max_tokens", "temperature", "top_p", "stop", "seed"}},
+        {"supported_parameters", SupportedParameters()},
         {"default_parameters", nullptr},
         {"supported_voices", nullptr},
         {"links", json::object{{"details", "/api/v1/models/" + m.id + "/endpoints"}}},
@@ -311,6 +327,42 @@ std::string RenderModels(const routing::Catalog& catalog) {
   out["data"] = std::move(data);
   out["links"] = json::object{{"next", nullptr}};
   return json::serialize(out);
+}
+
+std::string RenderModelEndpoints(const routing::Model& m) {
+  json::array endpoints;
+  for (const auto& e : m.endpoints) {
+    std::string provider(e.provider->Name());
+    endpoints.push_back(json::object{
+        {"name", provider + " | " + m.id},
+        {"model_id", m.id},
+        {"model_name", m.name},
+        {"context_length", e.context_length > 0 ? e.context_length : m.context_length},
+        {"pricing", PricingObject(e.pricing)},
+        {"provider_name", provider},
+        {"tag", e.provider_id},
+        {"quantization", nullptr},
+        {"max_completion_tokens", nullptr},
+        {"max_prompt_tokens", nullptr},
+        {"supported_parameters", SupportedParameters()},
+        {"supports_implicit_caching", false},
+        {"supports_tool_choice", json::object{{"auto", false}, {"function", false}, {"none", false},
+                                              {"required", false}}},
+        {"status", 0},
+        {"latency_last_30m", nullptr},
+        {"throughput_last_30m", nullptr},
+        {"uptime_last_5m", nullptr},
+        {"uptime_last_30m", nullptr},
+        {"uptime_last_1d", nullptr},
+    });
+  }
+  json::object data{{"id", m.id},
+                    {"name", m.name},
+                    {"created", m.created},
+                    {"description", ""},
+                    {"architecture", ArchitectureObject()},
+                    {"endpoints", std::move(endpoints)}};
+  return json::serialize(json::object{{"data", std::move(data)}});
 }
 
 std::string RenderGeneration(const billing::UsageEvent& e) {

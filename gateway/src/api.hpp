@@ -66,6 +66,11 @@ std::string RenderUsageJson(const Usage& usage, Money cost);
 // SDK reads: `data[].id`, `object`, `owned_by`).
 std::string RenderModels(const routing::Catalog& catalog);
 
+// GET /api/v1/models/{author}/{slug}/endpoints: the model's endpoints in
+// OpenRouter's ListEndpointsResponse shape. `description` is required there
+// and Tollgate has none: it is "". Live stats (latency, uptime) are null.
+std::string RenderModelEndpoints(const routing::Model& model);
+
 // GET /api/v1/generation: `{"data": GenerationResponseData}`. Values Tollgate
 // does not have are null, never invented.
 std::string RenderGeneration(const billing::UsageEvent& event);

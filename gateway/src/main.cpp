@@ -16,13 +16,14 @@ namespace {
 using namespace tollgate;
 
 constexpr const char* kUsage = R"(usage:
-  tollgate serve --config FILE [--listen HOST:PORT] [--port-file PATH]
+  tollgate serve [--config FILE] [--listen HOST:PORT] [--port-file PATH]
   tollgate migrate [--config FILE]
   tollgate keys create --name NAME [--credits USD] [--config FILE]
   tollgate keys list [--config FILE]
   tollgate keys revoke ID [--config FILE]
 
-The database is a libpq URI from --database-url, else the environment variable
+serve reads config/tollgate.yaml when --config is not given. The database is a
+libpq URI from --database-url, else the environment variable
 TOLLGATE_DATABASE_URL, else database.url in the config file.
 )";
 
@@ -56,13 +57,15 @@ std::optional<Args> ParseArgs(int argc, char** argv) {
   return args;
 }
 
+constexpr const char* kDefaultConfig = "config/tollgate.yaml";
+
+// --config FILE; `serve` falls back to config/tollgate.yaml in the current
+// directory, the other commands to no file (the database URL from the environment).
 std::optional<gateway::Config> LoadConfigFlag(const Args& args, bool required) {
   auto it = args.flags.find("config");
-  if (it == args.flags.end()) {
-    if (required) std::cerr << "tollgate: --config FILE is required\n";
-    return required ? std::nullopt : std::optional<gateway::Config>(gateway::Config{});
-  }
-  auto config = gateway::LoadConfig(it->second, gateway::ProcessEnv());
+  std::string path = it != args.flags.end() ? it->second : required ? kDefaultConfig : "";
+  if (path.empty()) return gateway::Config{};
+  auto config = gateway::LoadConfig(path, gateway::ProcessEnv());
   if (!config) {
     std::cerr << "tollgate: bad config: " << config.error().message << "\n";
     return std::nullopt;
@@ -152,7 +155,7 @@ int Keys(const Args& args) {
     if (!created) return Fail("keys create: " + created.error().message);
     std::cerr << "tollgate: created key " << created->id << " '" << name->second << "' with "
               << (credits ? "$" + FormatUsd(*credits) + " of credits" : std::string("unlimited credits"))
-              << "; the key is shown once:\n";
+              << "; the key (on stdout) is shown only this once\n";
     std::cout << created->key << std::endl;
     return 0;
   }

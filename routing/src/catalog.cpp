@@ -15,8 +15,11 @@ Result<std::vector<const Endpoint*>> Plan(const Catalog& catalog, std::string_vi
   if (model_id.empty()) return InvalidArgument("you must provide a model parameter", "model");
   const Model* model = catalog.Find(model_id);
   if (model == nullptr) {
-    return Error{ErrorCode::kNotFound,
-                 "The model '" + std::string(model_id) + "' does not exist; GET /v1/models lists the models",
+    // The slug is echoed back, capped so a huge one cannot inflate the error.
+    constexpr size_t kMaxEcho = 200;
+    std::string shown(model_id.substr(0, kMaxEcho));
+    if (model_id.size() > kMaxEcho) shown += "...";
+    return Error{ErrorCode::kNotFound, "The model '" + shown + "' does not exist; GET /v1/models lists the models",
                  "model", "model_not_found"};
   }
   if (model->endpoints.empty()) {

@@ -59,5 +59,14 @@ TEST(Money, CallCostDoesNotOverflowOnLargeInputs) {
   EXPECT_EQ(CallCost(p, 100'000'000, 0, 0).nano_usd, 100'000'000'000'000);
 }
 
+TEST(Money, CallCostIsNeverNegative) {
+  Pricing p{ParsePricePerMillion("1.5").value(), ParsePricePerMillion("3.25").value(),
+            ParsePricePerMillion("0.5").value()};
+  // An upstream claiming more cached than prompt tokens must not mint credit.
+  EXPECT_EQ(CallCost(p, 1000, 900'000, 0), CallCost(p, 1000, 1000, 0));
+  EXPECT_GE(CallCost(p, -5, -5, -5).nano_usd, 0);
+  EXPECT_EQ(CallCost(p, INT64_MAX, 0, INT64_MAX).nano_usd, INT64_MAX);
+}
+
 }  // namespace
 }  // namespace tollgate

@@ -42,12 +42,20 @@ TEST(Api, RejectsBadRequestsNamingTheField) {
   ExpectRejected(R"({"model":"m","messages":[]})", "messages");
   ExpectRejected(R"({"model":"m","messages":[{"role":"wizard","content":"x"}]})", "messages[0].role");
   ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":5}]})", "messages[0].content");
+  ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":null}]})", "messages[0].content");
   ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3})", "temperature");
   ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0})", "max_tokens");
   ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]})", "stop");
   ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":"x"}],"n":2})", "n");
   ExpectRejected(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"})", "stream");
   ExpectRejected(R"({"model":"m"})", "prompt", RequestKind::kCompletion);
+}
+
+TEST(Api, RangeErrorsReadAsPlainNumbers) {
+  auto r = ParseChatRequest(R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3})",
+                            RequestKind::kChat);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "temperature must be between 0 and 2");
 }
 
 TEST(Api, RejectsDeeplyNestedJson) {
@@ -106,6 +114,30 @@ TEST(Api, ModelsListHasOpenRouterShape) {
   EXPECT_EQ(model.at("pricing").at("input_cache_read").as_string(), "0.000000075");
   EXPECT_EQ(model.at("context_length").as_int64(), 128000);
   EXPECT_TRUE(v.at("links").at("next").is_null());
+}
+
+class NamedProvider : public Provider {
+ public:
+  std::string_view Name() const override { return "OpenAI"; }
+  void Start(const ProviderRequest&, std::shared_ptr<StreamSink>, std::stop_token) override {}
+};
+
+TEST(Api, ModelEndpointsListEachEndpointWithItsPrice) {
+  NamedProvider provider;
+  routing::Model m{"openai/gpt-4o-mini", "GPT-4o mini", 128000, 1700000000, {}};
+  m.endpoints.push_back(routing::Endpoint{"openai", &provider, "gpt-4o-mini",
+                                          Pricing{TokenPrice{150'000'000}, TokenPrice{600'000'000},
+                                                  TokenPrice{150'000'000}},
+                                          0});
+  auto v = json::parse(RenderModelEndpoints(m));
+  const auto& d = v.at("data");
+  EXPECT_EQ(d.at("id").as_string(), "openai/gpt-4o-mini");
+  const auto& e = d.at("endpoints").at(0);
+  EXPECT_EQ(e.at("provider_name").as_string(), "OpenAI");
+  EXPECT_EQ(e.at("context_length").as_int64(), 128000);
+  EXPECT_EQ(e.at("pricing").at("prompt").as_string(), "0.00000015");
+  EXPECT_FALSE(e.at("pricing").as_object().contains("input_cache_read"));
+  EXPECT_TRUE(e.at("uptime_last_30m").is_null());
 }
 
 TEST(Api, GenerationReportsTheMeteredRecord) {

@@ -31,6 +31,13 @@ TEST(Routing, UnknownModelIsNotFound) {
   EXPECT_EQ(plan.error().param, "model");
 }
 
+TEST(Routing, UnknownModelErrorDoesNotEchoAHugeSlug) {
+  Catalog c = TwoModels();
+  auto plan = Plan(c, std::string(1'000'000, 'x'));
+  ASSERT_FALSE(plan);
+  EXPECT_LT(plan.error().message.size(), 400u);
+}
+
 TEST(Routing, MissingModelIsInvalidArgument) {
   Catalog c = TwoModels();
   auto plan = Plan(c, "");

@@ -62,7 +62,9 @@ std::string FormatUsdPerToken(TokenPrice price);
 // stored.
 double ToUsd(Money money);
 
-// Cost of one call, formula above. Token counts must be >= 0 and cached <= prompt.
+// Cost of one call, formula above. Negative counts count as 0 and cached is
+// clamped to [0, prompt], so no input makes a cost negative; a cost beyond
+// int64 saturates.
 Money CallCost(const Pricing& pricing, int64_t prompt_tokens, int64_t cached_tokens,
                int64_t completion_tokens);
 
