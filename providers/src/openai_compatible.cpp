@@ -138,9 +138,18 @@ class OpenAiCall final : public detail::HttpResponseHandler {
                           {}, {}});
           return;
         }
-        // End of body without `[DONE]`: what we have is the answer (some
-        // compatible servers never send the sentinel). An event left without
-        // its blank line is discarded (WHATWG HTML 9.2.6).
+        // End of body without `[DONE]`. Some compatible servers never send
+        // the sentinel, so after a chunk with a finish_reason the answer is
+        // complete. Without one the upstream was cut off (TCP close, a proxy
+        // ending the body): not a short answer but a broken stream, which
+        // must not be billed or shown as finished. An event left without its
+        // blank line is discarded (WHATWG HTML 9.2.6).
+        if (!decoder_.finish_seen()) {
+          Terminate(Error{ErrorCode::kBadGateway,
+                          "upstream stream ended before it finished (no finish_reason, no [DONE])",
+                          {}, {}});
+          return;
+        }
         Complete();
         return;
     }

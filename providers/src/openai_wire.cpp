@@ -6,30 +6,45 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
-#include <limits>
+#include <optional>
 
 namespace tollgate::providers::detail {
 namespace json = boost::json;
 namespace {
 
-constexpr std::size_t kMaxUpstreamMessageBytes = 500;
+constexpr std::size_t kMaxUpstreamParamBytes = 200;
 constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 
-std::int64_t AsTokens(const json::value* v) {
-  if (v == nullptr) return 0;
-  if (v->is_int64()) return v->get_int64() < 0 ? 0 : v->get_int64();
-  if (v->is_uint64()) {
-    const auto u = v->get_uint64();
-    return u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())
-               ? std::numeric_limits<std::int64_t>::max()
-               : static_cast<std::int64_t>(u);
+// One usage count, per the rule in openai_wire.hpp: null when `v` is absent
+// or not a JSON number; else clamped into [0, kMaxUsageTokens], fractions
+// truncated toward zero.
+std::optional<std::int64_t> TokenCount(const json::value* v) {
+  if (v == nullptr) return std::nullopt;
+  if (v->is_int64()) return std::clamp<std::int64_t>(v->get_int64(), 0, kMaxUsageTokens);
+  if (v->is_uint64()) {  // only values above INT64_MAX parse as uint64
+    return v->get_uint64() > static_cast<std::uint64_t>(kMaxUsageTokens)
+               ? kMaxUsageTokens
+               : static_cast<std::int64_t>(v->get_uint64());
   }
-  if (v->is_double() && v->get_double() >= 0 && v->get_double() < 9e18) {
-    return static_cast<std::int64_t>(std::llround(v->get_double()));
+  if (v->is_double()) {
+    const double d = v->get_double();
+    if (!(d > 0)) return 0;  // negative, -0 (and NaN, which JSON cannot carry)
+    if (d >= static_cast<double>(kMaxUsageTokens)) return kMaxUsageTokens;
+    return static_cast<std::int64_t>(d);  // truncates toward zero
   }
-  return 0;
+  return std::nullopt;
+}
+
+// `choices[].index`: absent, null or not a number = unnumbered (taken as 0);
+// otherwise it must be exactly 0.
+bool IsFirstChoiceIndex(const json::value* index) {
+  if (index == nullptr) return true;
+  if (index->is_int64()) return index->get_int64() == 0;
+  if (index->is_uint64()) return index->get_uint64() == 0;
+  if (index->is_double()) return index->get_double() == 0.0;
+  return true;
 }
 
 const json::object* ObjectAt(const json::object& o, std::string_view key) {
@@ -44,29 +59,43 @@ std::string_view StringAt(const json::object& o, std::string_view key) {
   return std::string_view(s.data(), s.size());
 }
 
-Usage ParseUsage(const json::object& u) {
+// Null when neither prompt_tokens nor completion_tokens is a number: such an
+// object reports nothing, and the gateway estimates instead of billing zero.
+std::optional<Usage> ParseUsage(const json::object& u) {
+  const auto prompt = TokenCount(u.if_contains("prompt_tokens"));
+  const auto completion = TokenCount(u.if_contains("completion_tokens"));
+  if (!prompt && !completion) return std::nullopt;
   Usage usage;
-  usage.prompt_tokens = AsTokens(u.if_contains("prompt_tokens"));
-  usage.completion_tokens = AsTokens(u.if_contains("completion_tokens"));
+  usage.prompt_tokens = prompt.value_or(0);
+  usage.completion_tokens = completion.value_or(0);
+  std::optional<std::int64_t> cached;
   if (const auto* details = ObjectAt(u, "prompt_tokens_details")) {
-    usage.cached_tokens = AsTokens(details->if_contains("cached_tokens"));
+    cached = TokenCount(details->if_contains("cached_tokens"));
   } else if (u.contains("prompt_cache_hit_tokens")) {
     // DeepSeek's older spelling (api-docs.deepseek.com, "Context Caching").
-    usage.cached_tokens = AsTokens(u.if_contains("prompt_cache_hit_tokens"));
+    cached = TokenCount(u.if_contains("prompt_cache_hit_tokens"));
   } else if (u.contains("cached_tokens")) {
     // Moonshot/Kimi put it at the top level of `usage`.
-    usage.cached_tokens = AsTokens(u.if_contains("cached_tokens"));
+    cached = TokenCount(u.if_contains("cached_tokens"));
   }
+  std::optional<std::int64_t> reasoning;
   if (const auto* details = ObjectAt(u, "completion_tokens_details")) {
-    usage.reasoning_tokens = AsTokens(details->if_contains("reasoning_tokens"));
+    reasoning = TokenCount(details->if_contains("reasoning_tokens"));
   }
+  // Parts never exceed their wholes (cached is part of prompt, reasoning of
+  // completion): otherwise a discount on cached tokens could go below zero.
+  usage.cached_tokens = std::min(cached.value_or(0), usage.prompt_tokens);
+  usage.reasoning_tokens = std::min(reasoning.value_or(0), usage.completion_tokens);
   return usage;
 }
 
+// At most kMaxUpstreamMessageBytes, "..." included when cut; never cuts a
+// UTF-8 sequence. Redact before capping: a cut key would escape Redact.
 std::string CapMessage(std::string_view text) {
   if (text.size() <= kMaxUpstreamMessageBytes) return std::string(text);
-  text = text.substr(0, kMaxUpstreamMessageBytes);
-  return std::string(text.substr(0, CompleteUtf8Prefix(text))) + "...";
+  constexpr std::string_view kEllipsis = "...";
+  text = text.substr(0, kMaxUpstreamMessageBytes - kEllipsis.size());
+  return std::string(text.substr(0, CompleteUtf8Prefix(text))) + std::string(kEllipsis);
 }
 
 bool IsPrintableText(std::string_view text) {
@@ -105,6 +134,22 @@ std::optional<std::string> InStreamError(const json::object& chunk) {
     return std::string(msg.empty() ? std::string_view("upstream reported an error") : msg);
   }
   return std::nullopt;
+}
+
+// `error.param` of an upstream error body when it is a non-empty string,
+// capped at kMaxUpstreamParamBytes (whole UTF-8 sequences); else empty.
+std::string UpstreamErrorParam(std::string_view body, std::string_view secret) {
+  boost::system::error_code ec;
+  const json::value v = json::parse(Trim(body), ec);
+  if (ec || !v.is_object()) return {};
+  const auto* err = ObjectAt(v.get_object(), "error");
+  if (err == nullptr) return {};
+  std::string param = Redact(std::string(StringAt(*err, "param")), secret);
+  if (!IsPrintableText(param)) return {};
+  if (param.size() > kMaxUpstreamParamBytes) {
+    param.resize(CompleteUtf8Prefix(std::string_view(param).substr(0, kMaxUpstreamParamBytes)));
+  }
+  return param;
 }
 
 }  // namespace
@@ -164,41 +209,47 @@ std::string Redact(std::string text, std::string_view secret) {
   return text;
 }
 
-std::string UpstreamErrorMessage(std::string_view body) {
+std::string UpstreamErrorMessage(std::string_view body, std::string_view secret) {
   body = Trim(body);
   if (body.empty()) return {};
+  auto cap = [&](std::string_view text) { return CapMessage(Redact(std::string(text), secret)); };
   boost::system::error_code ec;
   const json::value v = json::parse(body, ec);
   if (!ec) {
     if (const auto* o = v.if_object()) {
-      if (auto msg = InStreamError(*o)) return CapMessage(*msg);
-      if (auto msg = StringAt(*o, "message"); !msg.empty()) return CapMessage(msg);
+      if (auto msg = InStreamError(*o)) return cap(*msg);
+      if (auto msg = StringAt(*o, "message"); !msg.empty()) return cap(msg);
       if (const auto* detail = o->if_contains("detail")) {  // FastAPI-style servers
-        if (detail->is_string()) return CapMessage(detail->get_string().c_str());
-        return CapMessage(json::serialize(*detail));
+        if (const auto* s = detail->if_string()) return cap(std::string_view(s->data(), s->size()));
+        return cap(json::serialize(*detail));
       }
     }
     return {};
   }
-  if (IsPrintableText(body)) return CapMessage(body);
+  if (IsPrintableText(body)) return cap(body);
   return {};
 }
 
 Error MapUpstreamStatus(int status, std::string_view body, std::string_view secret,
                         std::string_view retry_after) {
-  const std::string upstream_msg = Redact(UpstreamErrorMessage(body), secret);
+  const std::string upstream_msg = UpstreamErrorMessage(body, secret);
   const std::string http = "HTTP " + std::to_string(status);
+  // 401/403 bodies are never looked at (see below); other 4xx may name the
+  // offending request field.
+  const std::string param = status >= 400 && status <= 499 && status != 401 && status != 403
+                                ? UpstreamErrorParam(body, secret)
+                                : std::string();
   auto make = [&](ErrorCode code, std::string what, bool pass_message) {
     std::string message = std::move(what) + " (" + http + ")";
     if (pass_message && !upstream_msg.empty()) message += ": " + upstream_msg;
-    return Error{code, std::move(message), {}, {}};
+    return Error{code, std::move(message), param, {}};
   };
   switch (status) {
     case 400:
     case 404:
     case 413:
     case 422:
-      if (!upstream_msg.empty()) return Error{ErrorCode::kInvalidArgument, upstream_msg, {}, {}};
+      if (!upstream_msg.empty()) return Error{ErrorCode::kInvalidArgument, upstream_msg, param, {}};
       return make(ErrorCode::kInvalidArgument, "upstream rejected the request", false);
     case 401:
     case 403:
@@ -263,7 +314,7 @@ void OpenAiStreamDecoder::Absorb(const json::object& chunk, bool whole_response,
                                  std::string_view secret, Step& step) {
   if (auto err = InStreamError(chunk)) {
     step.error = Error{ErrorCode::kBadGateway,
-                       "upstream error: " + Redact(CapMessage(*err), secret), {}, {}};
+                       "upstream error: " + CapMessage(Redact(*err, secret)), {}, {}};
     return;
   }
   if (completion_.upstream_id.empty()) completion_.upstream_id = StringAt(chunk, "id");
@@ -276,8 +327,7 @@ void OpenAiStreamDecoder::Absorb(const json::object& chunk, bool whole_response,
       for (const auto& c : *arr) {  // n = 1: take choice 0 (first when unnumbered)
         const auto* o = c.if_object();
         if (o == nullptr) continue;
-        const auto* index = o->if_contains("index");
-        if (index == nullptr || AsTokens(index) == 0) {
+        if (IsFirstChoiceIndex(o->if_contains("index"))) {
           choice = o;
           break;
         }
@@ -300,9 +350,11 @@ void OpenAiStreamDecoder::Absorb(const json::object& chunk, bool whole_response,
   }
   // Usage normally arrives in its own chunk with empty choices, but some
   // servers attach it to the last choice chunk: take it wherever it is.
-  if (const auto* usage = ObjectAt(chunk, "usage")) {
-    completion_.usage = ParseUsage(*usage);
-    completion_.usage_known = true;
+  if (const auto* usage_object = ObjectAt(chunk, "usage")) {
+    if (auto usage = ParseUsage(*usage_object)) {
+      completion_.usage = *usage;
+      completion_.usage_known = true;
+    }
   }
 }
 

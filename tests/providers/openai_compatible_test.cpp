@@ -569,6 +569,103 @@ TEST_F(OpenAiCompatibleTest, EndOfBodyWithoutDoneCompletes) {
   EXPECT_EQ(sink->completion()->finish_reason, FinishReason::kStop);
 }
 
+TEST_F(OpenAiCompatibleTest, StreamCutOffWithoutFinishIsBadGateway) {
+  // Connection-delimited body: content deltas, then the upstream closes the
+  // TCP connection with no finish_reason and no [DONE]. That is a broken
+  // stream, not a short answer that ended with "stop".
+  FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
+    r.Write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+    r.Write(Chunk(R"({"role":"assistant","content":""})"));
+    r.Write(ContentChunk("so"));
+    r.Pause(5);
+    r.Write(ContentChunk(" far"));
+    r.CloseAfterResponse();
+  });
+  Make(Options(upstream.BaseUrl()));
+  auto sink = Run();
+  ASSERT_TRUE(sink->error()) << "completed with finish "
+                             << FinishReasonName(sink->completion()->finish_reason);
+  EXPECT_EQ(sink->error()->code, ErrorCode::kBadGateway);
+  EXPECT_NE(sink->error()->message.find("upstream stream ended before it finished"),
+            std::string::npos)
+      << sink->error()->message;
+  EXPECT_EQ(sink->text(), "so far");
+  EXPECT_EQ(sink->terminal_count(), 1);
+  EXPECT_FALSE(sink->misbehaved());
+}
+
+TEST_F(OpenAiCompatibleTest, CleanlyEndedBodyWithoutFinishOrDoneIsBadGateway) {
+  // A well-framed chunked body (even one that carried usage) that ends with
+  // neither a finish_reason nor [DONE] was still cut off upstream.
+  FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
+    r.StartChunked();
+    r.ChunkSplit(ContentChunk("partial"));
+    r.ChunkSplit(kUsageChunk);
+    r.EndChunked();
+  });
+  Make(Options(upstream.BaseUrl()));
+  auto sink = Run();
+  ASSERT_TRUE(sink->error());
+  EXPECT_EQ(sink->error()->code, ErrorCode::kBadGateway);
+  EXPECT_NE(sink->error()->message.find("ended before it finished"), std::string::npos);
+  EXPECT_EQ(sink->text(), "partial");
+}
+
+TEST_F(OpenAiCompatibleTest, EndOfBodyAfterFinishReasonCompletesWithUsage) {
+  // Servers that omit [DONE]: finish_reason, usage, then the end of the body.
+  FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
+    r.StartChunked();
+    r.ChunkSplit(ContentChunk("done"));
+    r.ChunkSplit(Chunk("{}", R"("length")"));
+    r.ChunkSplit(kUsageChunk);
+    r.EndChunked();
+  });
+  Make(Options(upstream.BaseUrl()));
+  auto sink = Run();
+  ASSERT_TRUE(sink->completion()) << sink->error()->message;
+  EXPECT_EQ(sink->text(), "done");
+  EXPECT_EQ(sink->completion()->finish_reason, FinishReason::kLength);
+  EXPECT_TRUE(sink->completion()->usage_known);
+  EXPECT_EQ(sink->completion()->usage.prompt_tokens, 21);
+}
+
+TEST_F(OpenAiCompatibleTest, InsaneUsageIsClampedBeforeItLeavesTheAdapter) {
+  FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
+    r.StartChunked();
+    r.ChunkSplit(ContentChunk("x"));
+    r.ChunkSplit(Chunk("{}", R"("stop")"));
+    r.ChunkSplit(
+        R"(data: {"id":"chatcmpl-abc","choices":[],"usage":{"prompt_tokens":-50,"completion_tokens":18446744073709551615,"prompt_tokens_details":{"cached_tokens":99},"completion_tokens_details":{"reasoning_tokens":2.7}}})"
+        "\n\n");
+    r.ChunkSplit("data: [DONE]\n\n");
+    r.EndChunked();
+  });
+  Make(Options(upstream.BaseUrl()));
+  auto sink = Run();
+  ASSERT_TRUE(sink->completion()) << sink->error()->message;
+  const Usage u = sink->completion()->usage;
+  EXPECT_TRUE(sink->completion()->usage_known);
+  EXPECT_EQ(u.prompt_tokens, 0);
+  EXPECT_EQ(u.cached_tokens, 0);  // never more than prompt_tokens
+  EXPECT_EQ(u.completion_tokens, 1'000'000'000'000);
+  EXPECT_EQ(u.reasoning_tokens, 2);
+}
+
+TEST_F(OpenAiCompatibleTest, UpstreamErrorParamIsPassedOnAndMessagesAreCapped) {
+  FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
+    r.SendResponse(400, "application/json",
+                   R"({"error":{"message":")" + std::string(5000, 'm') +
+                       R"(","type":"invalid_request_error","param":"messages","code":null}})");
+  });
+  Make(Options(upstream.BaseUrl()));
+  auto sink = Run();
+  ASSERT_TRUE(sink->error());
+  EXPECT_EQ(sink->error()->code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(sink->error()->param, "messages");
+  EXPECT_LE(sink->error()->message.size(), 2000u);
+  EXPECT_GE(sink->error()->message.size(), 1990u);  // not the old 500-byte cap
+}
+
 TEST_F(OpenAiCompatibleTest, BodyWithoutAnyEventIsBadGateway) {
   FakeUpstream upstream([](const FakeRequest&, FakeResponder& r) {
     r.SendResponse(200, "text/html", "<html><body>captive portal</body></html>");

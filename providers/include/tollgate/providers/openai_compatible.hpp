@@ -94,20 +94,27 @@ class OpenAiCompatibleProvider final : public Provider {
   // Events, on the call's strand: OnDelta for each non-empty
   // choices[0].delta.content (chat) or choices[0].text (completions), complete
   // UTF-8, in order, as soon as its SSE event is complete; then exactly one of
-  //   OnComplete  at `data: [DONE]` or a clean end of the body: finish_reason
-  //               of the last choice chunk (kStop if none), usage from the
+  //   OnComplete  at `data: [DONE]`, at the end of the body after a chunk
+  //               with a non-null finish_reason (servers that omit [DONE]),
+  //               or for a whole application/json answer: finish_reason of
+  //               the last choice chunk (kStop if none), usage from the
   //               usage chunk (prompt_tokens, completion_tokens,
   //               prompt_tokens_details.cached_tokens,
-  //               completion_tokens_details.reasoning_tokens; usage_known false
-  //               when none came), upstream_id = the chunks' `id`;
+  //               completion_tokens_details.reasoning_tokens, each clamped
+  //               into [0, 10^12], cached <= prompt, reasoning <= completion;
+  //               usage_known false when none came), upstream_id = the
+  //               chunks' `id`;
   //   OnError     with
-  //     kInvalidArgument   upstream 400/404/413/422 (upstream message passed on),
+  //     kInvalidArgument   upstream 400/404/413/422 (upstream message passed on,
+  //                        and its `error.param` as Error::param),
   //     kBadGateway        upstream 401/403 ("upstream rejected our
   //                        credentials"), an in-stream `error` chunk (its
   //                        message), malformed chunks, an SSE event over 1 MiB,
   //                        a 2xx body without any event, a stream that
-  //                        breaks mid-way (or a connection closed before
-  //                        the response), other statuses,
+  //                        breaks mid-way or whose body ends with neither
+  //                        [DONE] nor a finish_reason ("upstream stream ended
+  //                        before it finished"), a connection closed before
+  //                        the response, other statuses,
   //     kResourceExhausted upstream 429,
   //     kUnavailable       upstream 402/5xx, DNS/connect failure or refusal,
   //                        TLS handshake/verification failure,
@@ -117,7 +124,10 @@ class OpenAiCompatibleProvider final : public Provider {
   //                        deadline means none),
   //     kCancelled         `cancel` signalled: the upstream connection is
   //                        closed at once and never reused.
-  // Error messages never contain api_key or request headers.
+  // Upstream text in messages is capped at 2000 bytes. For any upstream 4xx
+  // but 401/403, a string `error.param` in its body becomes Error::param
+  // (capped at 200 bytes). Error messages never contain api_key or request
+  // headers.
   void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink,
              std::stop_token cancel) override;
 
