@@ -35,13 +35,15 @@ CREATE TABLE usage_events (
   upstream_model    text        NOT NULL,   -- the endpoint's model name at the provider
   -- Token counts as OpenAI reports them: cached_tokens is part of
   -- prompt_tokens, reasoning_tokens part of completion_tokens.
-  prompt_tokens     int         NOT NULL DEFAULT 0,
-  completion_tokens int         NOT NULL DEFAULT 0,
-  cached_tokens     int         NOT NULL DEFAULT 0,
-  reasoning_tokens  int         NOT NULL DEFAULT 0,
+  -- bigint like the int64 counts in C++ (core Usage), so no count the gateway
+  -- can hold is refused by the database.
+  prompt_tokens     bigint      NOT NULL DEFAULT 0,
+  completion_tokens bigint      NOT NULL DEFAULT 0,
+  cached_tokens     bigint      NOT NULL DEFAULT 0,
+  reasoning_tokens  bigint      NOT NULL DEFAULT 0,
   cost_nano_usd     bigint      NOT NULL DEFAULT 0,
-  latency_ms        int         NOT NULL DEFAULT 0,  -- request received to last byte sent
-  ttft_ms           int         NULL,                -- time to first token; NULL if none
+  latency_ms        bigint      NOT NULL DEFAULT 0,  -- request received to last byte sent
+  ttft_ms           bigint      NULL,                -- time to first token; NULL if none
   status            int         NOT NULL,            -- HTTP status returned to the caller
   finish_reason     text        NULL,                -- "stop", "length", ...; NULL on error
   streamed          bool        NOT NULL DEFAULT false,

@@ -2,7 +2,8 @@
 # Private PostgreSQL cluster for development and tests (../shared/DEPENDENCIES.md section 4).
 #
 #   scripts/pg.sh start DIR [--test]   initdb DIR if it holds no cluster, start the server on a free
-#                                      loopback port (the last one, DIR/port, if it is still free),
+#                                      loopback port (the last one, DIR/port, unless something listens
+#                                      on it; connections of the last run still closing do not count),
 #                                      Unix socket inside DIR; print the libpq URI on stdout.
 #                                      --test: fsync/synchronous_commit/full_page_writes off, for
 #                                      throwaway clusters only.
@@ -20,7 +21,7 @@ die() { echo "pg.sh: $*" >&2; exit 1; }
 log() { echo "pg.sh: $*" >&2; }
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -67,12 +68,18 @@ port_of() {
 
 uri_for() { echo "postgresql://postgres@127.0.0.1:$1/postgres"; }
 
-# True if something accepts TCP connections on 127.0.0.1:PORT, or a socket is bound to it.
+# True if a socket LISTENS on TCP port PORT (any address). Connections on the port do not make it
+# busy: after a stop, the old server's connections linger in FIN-WAIT/TIME-WAIT for up to a minute,
+# and the server binds past them (PostgreSQL sets SO_REUSEADDR on its listening sockets), so a
+# restart keeps its port. Anything else that still makes the bind fail is caught by the retry in
+# cmd_start.
 port_busy() {
-  local port=$1
-  if command -v ss >/dev/null; then
-    ss -Htan "sport = :$port" 2>/dev/null | grep -q . && return 0
+  local port=$1 out
+  if command -v ss >/dev/null && out=$(ss -Hltn "sport = :$port" 2>/dev/null); then
+    [ -n "$out" ]
+    return
   fi
+  # No ss: a connect succeeds only if something listens (TIME-WAIT and FIN-WAIT sockets refuse).
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
   return 1
 }

@@ -1,8 +1,10 @@
 #include "tollgate/billing/key_cache.hpp"
 
 #include "log_internal.hpp"
+#include "key_cache_testing.hpp"
 #include "pending_spend.hpp"
 #include "pg.hpp"
+#include "reservations.hpp"
 #include "tollgate/billing/api_key.hpp"
 
 #include <atomic>
@@ -22,6 +24,16 @@ struct Snapshot {
   std::vector<KeyRecord> records;                     // pending_spend unset here
   std::unordered_map<std::string, size_t> by_hash;    // key_hash -> index
   std::unordered_map<int64_t, size_t> by_id;          // id -> index
+
+  void Add(KeyRecord record, std::string key_hash) {
+    if (!key_hash.empty()) by_hash.emplace(std::move(key_hash), records.size());
+    by_id.emplace(record.id, records.size());
+    records.push_back(std::move(record));
+  }
+  const KeyRecord* Find(int64_t id) const {
+    auto it = by_id.find(id);
+    return it == by_id.end() ? nullptr : &records[it->second];
+  }
 };
 
 }  // namespace
@@ -40,10 +52,12 @@ struct KeyCache::Impl {
   internal::PgSession session;
   const std::chrono::milliseconds refresh_interval;
 
-  // Memory side: the current snapshot and pending spend.
+  // Memory side: the current snapshot, pending spend and reservations, all
+  // under one mutex so TryReserve decides on one consistent state.
   mutable std::mutex state_mutex;
   std::shared_ptr<const Snapshot> snapshot;
   internal::PendingSpend pending;
+  internal::Reservations reservations;
 
   // Refresh thread.
   std::mutex stop_mutex;
@@ -85,11 +99,17 @@ struct KeyCache::Impl {
         if (auto limit = internal::PgOptInt64(r, row, 3)) record.credit_limit = Money{*limit};
         record.spent = Money{internal::PgInt64(r, row, 4)};
         record.revoked = internal::PgBool(r, row, 5);
-        loaded->by_hash.emplace(std::string(internal::PgText(r, row, 2)), loaded->records.size());
-        loaded->by_id.emplace(record.id, loaded->records.size());
-        loaded->records.push_back(std::move(record));
+        loaded->Add(std::move(record), std::string(internal::PgText(r, row, 2)));
       }
     }
+    Install(std::move(loaded));
+    return {};
+  }
+
+  // Swaps in a freshly loaded snapshot; what its spent grew by settles pending
+  // spend in the same critical section, so no cost is counted twice or lost
+  // in between.
+  void Install(std::shared_ptr<const Snapshot> loaded) {
     std::lock_guard lock(state_mutex);
     if (snapshot != nullptr) {
       for (const KeyRecord& record : loaded->records) {
@@ -101,7 +121,6 @@ struct KeyCache::Impl {
     }
     snapshot = std::move(loaded);
     refreshes.fetch_add(1, std::memory_order_relaxed);
-    return {};
   }
 
   void Run() {
@@ -184,6 +203,29 @@ bool KeyCache::HasCredit(const KeyRecord& record) const {
   return record.spent.nano_usd + PendingSpend(record.id).nano_usd < record.credit_limit->nano_usd;
 }
 
+bool KeyCache::TryReserve(const KeyRecord& record, Money worst_case) {
+  std::lock_guard lock(impl_->state_mutex);
+  // The latest snapshot's limit and spent, read together with the pending
+  // spend they settled: a record from an older snapshot would pair an old
+  // spent with pending spend that a newer refresh already moved into spent.
+  const KeyRecord* latest = impl_->snapshot ? impl_->snapshot->Find(record.id) : nullptr;
+  const KeyRecord& key = latest != nullptr ? *latest : record;
+  if (!key.credit_limit) return true;
+  const int64_t committed = key.spent.nano_usd + impl_->pending.Get(record.id);
+  return impl_->reservations.TryReserve(record.id, key.credit_limit->nano_usd, committed,
+                                        worst_case.nano_usd);
+}
+
+void KeyCache::Release(int64_t key_id, Money worst_case) {
+  std::lock_guard lock(impl_->state_mutex);
+  impl_->reservations.Release(key_id, worst_case.nano_usd);
+}
+
+Money KeyCache::Reserved(int64_t key_id) const {
+  std::lock_guard lock(impl_->state_mutex);
+  return Money{impl_->reservations.Sum(key_id)};
+}
+
 Result<void> KeyCache::RefreshNow() { return impl_->Reload(); }
 
 void KeyCache::Stop() {
@@ -196,6 +238,31 @@ void KeyCache::Stop() {
   std::lock_guard join_lock(impl_->join_mutex);
   if (impl_->thread.joinable()) impl_->thread.join();
 }
+
+namespace internal {
+
+std::unique_ptr<KeyCache> KeyCacheTestAccess::FromRecords(const std::vector<KeyRecord>& records) {
+  // Never connects: the session is opened lazily and no refresh thread runs.
+  auto impl = std::make_unique<KeyCache::Impl>("host=/nonexistent-tollgate-test-cache port=1", 60'000);
+  InstallRecords(*impl, records);
+  return std::unique_ptr<KeyCache>(new KeyCache(std::move(impl)));
+}
+
+void KeyCacheTestAccess::Refresh(KeyCache& cache, const std::vector<KeyRecord>& records) {
+  InstallRecords(*cache.impl_, records);
+}
+
+void KeyCacheTestAccess::InstallRecords(KeyCache::Impl& impl, const std::vector<KeyRecord>& records) {
+  auto loaded = std::make_shared<Snapshot>();
+  for (const KeyRecord& record : records) {
+    KeyRecord copy = record;
+    copy.pending_spend = Money{};
+    loaded->Add(std::move(copy), HashApiKey("test-key-" + std::to_string(record.id)));
+  }
+  impl.Install(std::move(loaded));
+}
+
+}  // namespace internal
 
 size_t KeyCache::size() const { return impl_->Current()->records.size(); }
 int64_t KeyCache::refreshes() const { return impl_->refreshes.load(std::memory_order_relaxed); }

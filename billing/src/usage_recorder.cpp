@@ -35,8 +35,8 @@ constexpr const char* kInsertHead =
     " latency_ms, ttft_ms, status, finish_reason, streamed, cancelled, usage_estimated,"
     " error_code, created_at, finished_at) VALUES ";
 constexpr const char* kColumnCasts[kColumns] = {
-    "text", "bigint", "text", "text", "text", "int", "int", "int", "int", "bigint",
-    "int", "int", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz"};
+    "text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
+    "bigint", "bigint", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz"};
 
 std::string BoolParam(bool value) { return value ? "t" : "f"; }
 

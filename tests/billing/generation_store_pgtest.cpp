@@ -103,6 +103,33 @@ TEST_F(GenerationStorePg, ReturnsOnlyTheOwnersRowWithEveryField) {
   EXPECT_TRUE((*bobs)->cancelled);
 }
 
+TEST_F(GenerationStorePg, ReadsBackCountsAndDurationsBeyondInt32) {
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+  UsageEvent e;
+  e.request_id = "gen-big";
+  e.api_key_id = alice_;
+  e.model = e.provider = e.upstream_model = "x";
+  e.usage = Usage{int64_t{5} << 40, int64_t{3} << 33, int64_t{1} << 40, (int64_t{1} << 32) + 1};
+  e.latency_ms = int64_t{1} << 41;
+  e.ttft_ms = (int64_t{1} << 31) + 5;
+  (*recorder)->Record(e);
+  (*recorder)->Stop();
+  EXPECT_EQ((*recorder)->rows_written(), 1);
+
+  auto store = GenerationStore::Connect(url());
+  ASSERT_TRUE(store) << store.error().message;
+  auto found = (*store)->Find("gen-big", alice_);
+  ASSERT_TRUE(found) << found.error().message;
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ((*found)->usage.prompt_tokens, e.usage.prompt_tokens);
+  EXPECT_EQ((*found)->usage.completion_tokens, e.usage.completion_tokens);
+  EXPECT_EQ((*found)->usage.cached_tokens, e.usage.cached_tokens);
+  EXPECT_EQ((*found)->usage.reasoning_tokens, e.usage.reasoning_tokens);
+  EXPECT_EQ((*found)->latency_ms, e.latency_ms);
+  EXPECT_EQ((*found)->ttft_ms, e.ttft_ms);
+}
+
 TEST_F(GenerationStorePg, IsSafeFromManyThreadsAndReconnects) {
   auto recorder = UsageRecorder::Start(url(), 60'000, 100);
   ASSERT_TRUE(recorder) << recorder.error().message;

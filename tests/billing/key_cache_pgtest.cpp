@@ -5,7 +5,9 @@
 #include "tollgate/billing/log.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 
+#include <atomic>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 namespace tollgate::billing {
@@ -147,6 +149,69 @@ TEST_F(KeyCachePg, PendingSpendCountsUntilTheRecorderWroteIt) {
   ASSERT_TRUE(store_->SetCreditLimit(alice.id, Money{1001}).value());
   ASSERT_TRUE((*cache)->RefreshNow());
   EXPECT_TRUE(HasCredit(*(*cache)->Lookup(alice.key)));
+}
+
+TEST_F(KeyCachePg, ReservationsBoundConcurrentCallsAndFollowTheRecorder) {
+  // The reviewer's case end to end: a $0.01 key, 10 concurrent calls that can
+  // each cost $0.008. One is admitted; after it is written and released, the
+  // rest of the credit is usable again.
+  constexpr int64_t kCent = 10'000'000;
+  CreatedKey alice = MustCreate("alice", Money{kCent});
+  CreatedKey bob = MustCreate("bob");  // unlimited
+  auto cache = KeyCache::Start(url(), 60'000);  // refreshed by hand below
+  ASSERT_TRUE(cache) << cache.error().message;
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 10; ++t) {
+    threads.emplace_back([&] {
+      std::optional<KeyRecord> record = (*cache)->Lookup(alice.key);
+      if (record && (*cache)->TryReserve(*record, Money{8'000'000})) admitted.fetch_add(1);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(admitted.load(), 1);
+  EXPECT_EQ((*cache)->Reserved(alice.id), Money{8'000'000});
+
+  // The admitted call ends having cost $0.005: recorded, pending, released.
+  UsageEvent event;
+  event.request_id = "gen-reserved-1";
+  event.api_key_id = alice.id;
+  event.model = "m";
+  event.provider = "p";
+  event.upstream_model = "u";
+  event.cost = Money{5'000'000};
+  (*recorder)->Record(event);
+  (*cache)->AddPendingSpend(alice.id, event.cost);
+  (*cache)->Release(alice.id, Money{8'000'000});
+  EXPECT_EQ((*cache)->Reserved(alice.id), Money{0});
+
+  std::optional<KeyRecord> record = (*cache)->Lookup(alice.key);
+  ASSERT_TRUE(record);
+  EXPECT_TRUE((*cache)->TryReserve(*record, Money{3'000'000}));   // 5 + 3 <= 10
+  EXPECT_FALSE((*cache)->TryReserve(*record, Money{3'000'000}));  // 5 + 3 + 3 > 10
+  (*cache)->Release(alice.id, Money{3'000'000});
+
+  // Written and refreshed: the spend moved from pending to spent, counted once,
+  // even by a caller still holding the record from before the refresh.
+  (*recorder)->Flush();
+  ASSERT_TRUE((*cache)->RefreshNow());
+  EXPECT_EQ((*cache)->FindById(alice.id)->spent, Money{5'000'000});
+  EXPECT_EQ((*cache)->PendingSpend(alice.id), Money{0});
+  EXPECT_TRUE((*cache)->TryReserve(*record, Money{5'000'000}));  // 5 + 5 <= 10
+  EXPECT_FALSE((*cache)->TryReserve(*record, Money{1}));
+  (*cache)->Release(alice.id, Money{5'000'000});
+  // Little credit left (5 of 10): one call at a time, even if it may cost more.
+  EXPECT_TRUE((*cache)->TryReserve(*record, Money{8'000'000}));
+  EXPECT_FALSE((*cache)->TryReserve(*record, Money{1}));
+  (*cache)->Release(alice.id, Money{8'000'000});
+
+  std::optional<KeyRecord> unlimited = (*cache)->Lookup(bob.key);
+  ASSERT_TRUE(unlimited);
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE((*cache)->TryReserve(*unlimited, Money{kCent * 1000}));
+  EXPECT_EQ((*cache)->Reserved(bob.id), Money{0});
 }
 
 }  // namespace

@@ -198,9 +198,9 @@ TEST_F(UsageRecorderPg, RejectsOnlyTheRowsThatCannotBeStored) {
   UsageEvent unknown_key = Event("gen-bad-key", 1000);
   unknown_key.api_key_id = 987654;  // violates the foreign key
   (*recorder)->Record(unknown_key);
-  UsageEvent huge = Event("gen-huge", 1000);
-  huge.usage.prompt_tokens = int64_t{1} << 40;  // over int4
-  (*recorder)->Record(huge);
+  UsageEvent bad_text = Event("gen-bad-utf8", 1000);
+  bad_text.model = "openai/\xff\xfe";  // not UTF-8: SQLSTATE 22021
+  (*recorder)->Record(bad_text);
   (*recorder)->Record(Event("gen-ok-2", 2));
   (*recorder)->Flush();
   SetLogHandler(nullptr);
@@ -208,6 +208,31 @@ TEST_F(UsageRecorderPg, RejectsOnlyTheRowsThatCannotBeStored) {
   EXPECT_EQ(Spent(), 3);
   EXPECT_EQ((*recorder)->rows_rejected(), 2);
   EXPECT_EQ((*recorder)->rows_written(), 2);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM usage_events WHERE request_id LIKE 'gen-ok-%'"), 2);
+}
+
+TEST_F(UsageRecorderPg, StoresCountsAndDurationsBeyondInt32) {
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+  UsageEvent big = Event("gen-big", 5);
+  big.usage = Usage{int64_t{1} << 40, (int64_t{1} << 33) + 7, int64_t{1} << 39, int64_t{1} << 32};
+  big.latency_ms = (int64_t{1} << 31) + 1;  // ~24.9 days: over int4
+  big.ttft_ms = int64_t{1} << 31;
+  (*recorder)->Record(big);
+  (*recorder)->Record(Event("gen-small", 1));
+  (*recorder)->Flush();
+  EXPECT_EQ((*recorder)->rows_rejected(), 0);
+  EXPECT_EQ((*recorder)->rows_written(), 2);
+  EXPECT_EQ(QueryInt("SELECT prompt_tokens FROM usage_events WHERE request_id = 'gen-big'"), int64_t{1} << 40);
+  EXPECT_EQ(QueryInt("SELECT completion_tokens FROM usage_events WHERE request_id = 'gen-big'"),
+            (int64_t{1} << 33) + 7);
+  EXPECT_EQ(QueryInt("SELECT latency_ms FROM usage_events WHERE request_id = 'gen-big'"),
+            (int64_t{1} << 31) + 1);
+  // The columns themselves are bigint (migrations/001_init.sql).
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM information_schema.columns WHERE table_name = 'usage_events'"
+                     " AND column_name IN ('prompt_tokens', 'completion_tokens', 'cached_tokens',"
+                     " 'reasoning_tokens', 'latency_ms', 'ttft_ms') AND data_type = 'bigint'"),
+            6);
   EXPECT_EQ((*recorder)->pending(), 0);
 }
 

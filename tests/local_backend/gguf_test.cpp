@@ -14,12 +14,12 @@ namespace {
 using testing::ModelPath;
 using testing::Q8ModelPath;
 
-using testing::ReadAll;
+using testing::ReadModelFile;
 using testing::TempFile;
 
 TEST(GgufFile, ReadsHeaderAndMetadataOfRealModel) {
   auto file = GgufFile::Open(ModelPath());
-  ASSERT_TRUE(file) << file.error().message;
+  ASSERT_TRUE(file) << file.error().message << testing::ModelHint();
   const GgufFile& f = **file;
   EXPECT_EQ(f.version(), 3u);
   EXPECT_EQ(f.alignment(), 32u);
@@ -53,7 +53,7 @@ TEST(GgufFile, ReadsHeaderAndMetadataOfRealModel) {
 
 TEST(GgufFile, TypedAccessorsReportAbsentAndMistypedKeys) {
   auto file = GgufFile::Open(ModelPath());
-  ASSERT_TRUE(file);
+  ASSERT_TRUE(file) << file.error().message << testing::ModelHint();
   const GgufFile& f = **file;
   EXPECT_EQ(f.GetInt("no.such.key").error().code, ErrorCode::kNotFound);
   EXPECT_EQ(f.GetString("llama.block_count").error().code, ErrorCode::kInvalidArgument);
@@ -65,7 +65,7 @@ TEST(GgufFile, TypedAccessorsReportAbsentAndMistypedKeys) {
 
 TEST(GgufFile, ListsTensorsWithShapesTypesAndData) {
   auto file = GgufFile::Open(ModelPath());
-  ASSERT_TRUE(file);
+  ASSERT_TRUE(file) << file.error().message << testing::ModelHint();
   const GgufFile& f = **file;
   ASSERT_EQ(f.tensors().size(), 48u);  // token_embd + 5 x 9 + output_norm + output
   const GgufTensorInfo* embd = f.FindTensor("token_embd.weight");
@@ -98,8 +98,8 @@ TEST(GgufFile, ListsTensorsWithShapesTypesAndData) {
 TEST(GgufFile, DequantisesQ8_0AndF16CloseToF32) {
   auto f32 = GgufFile::Open(ModelPath());
   auto q8 = GgufFile::Open(Q8ModelPath());
-  ASSERT_TRUE(f32);
-  ASSERT_TRUE(q8) << q8.error().message;
+  ASSERT_TRUE(f32) << f32.error().message << testing::ModelHint();
+  ASSERT_TRUE(q8) << q8.error().message << testing::ModelHint();
   const GgufTensorInfo* embd = (*q8)->FindTensor("token_embd.weight");
   const GgufTensorInfo* down = (*q8)->FindTensor("blk.0.ffn_down.weight");
   ASSERT_NE(embd, nullptr);
@@ -131,7 +131,8 @@ TEST(GgufFile, HalfToFloatIsExact) {
 }
 
 TEST(GgufFile, TruncatedCopiesGiveErrorsNotCrashes) {
-  const std::vector<char> bytes = ReadAll(ModelPath());
+  std::vector<char> bytes;
+  ASSERT_TRUE(ReadModelFile(ModelPath(), bytes));
   ASSERT_EQ(bytes.size(), 1185504u);
   // Cut inside the header, the metadata (token strings), the tensor infos and the data.
   for (size_t size : {size_t{0}, size_t{3}, size_t{10}, size_t{23}, size_t{30}, size_t{100}, size_t{5000},
@@ -147,7 +148,12 @@ TEST(GgufFile, TruncatedCopiesGiveErrorsNotCrashes) {
 }
 
 TEST(GgufFile, CorruptFieldsGiveErrors) {
-  const std::vector<char> bytes = ReadAll(ModelPath());
+  std::vector<char> bytes;
+  ASSERT_TRUE(ReadModelFile(ModelPath(), bytes));
+  // The errors below must come from the corruption, not from a bad original.
+  auto pristine = GgufFile::Open(ModelPath());
+  ASSERT_TRUE(pristine) << pristine.error().message << testing::ModelHint();
+  ASSERT_GE(bytes.size(), 32u);  // the fields patched below
   {
     auto bad = bytes;
     bad[0] = 'X';
@@ -183,7 +189,11 @@ TEST(GgufFile, CorruptFieldsGiveErrors) {
 }
 
 TEST(GgufFile, RandomByteFlipsNeverCrash) {
-  const std::vector<char> bytes = ReadAll(ModelPath());
+  std::vector<char> bytes;
+  ASSERT_TRUE(ReadModelFile(ModelPath(), bytes));
+  auto pristine = GgufFile::Open(ModelPath());
+  ASSERT_TRUE(pristine) << pristine.error().message << testing::ModelHint();
+  ASSERT_GE(bytes.size(), 12000u);  // the region corrupted below
   uint64_t state = 12345;
   for (int round = 0; round < 200; ++round) {
     auto bad = bytes;

@@ -86,7 +86,7 @@ class LocalProviderTest : public ::testing::Test {
     auto p = LocalProvider::Create({.display_name = "Local test", .model_path = testing::ModelPath()});
     if (p) provider_ = p->release();
   }
-  void SetUp() override { ASSERT_NE(provider_, nullptr) << "cannot load " << testing::ModelPath(); }
+  void SetUp() override { ASSERT_NE(provider_, nullptr) << "cannot load " << testing::ModelPath() << testing::ModelHint(); }
   static void TearDownTestSuite() {
     delete provider_;
     provider_ = nullptr;
@@ -280,6 +280,10 @@ TEST_F(LocalProviderTest, QueuedRequestsAllComplete) {
 }
 
 TEST(LocalProvider, CreateReportsBadModelFiles) {
+  // The last check needs a good model, or it would pass for the wrong reason.
+  auto good = LocalProvider::Create({.model_path = testing::ModelPath()});
+  ASSERT_TRUE(good) << good.error().message << testing::ModelHint();
+  good->reset();
   auto missing = LocalProvider::Create({.model_path = "/nonexistent/x.gguf"});
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code, ErrorCode::kInvalidArgument);
@@ -287,7 +291,9 @@ TEST(LocalProvider, CreateReportsBadModelFiles) {
 }
 
 TEST(LocalProvider, DestroyingWithQueuedWorkFailsItCleanly) {
-  auto provider = LocalProvider::Create({.model_path = testing::ModelPath()}).value();
+  auto created = LocalProvider::Create({.model_path = testing::ModelPath()});
+  ASSERT_TRUE(created) << created.error().message << testing::ModelHint();
+  auto provider = std::move(*created);
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   ChatRequest req;
   req.kind = RequestKind::kCompletion;

@@ -18,10 +18,11 @@ struct Loaded {
 Loaded Load(const std::string& path) {
   Loaded out;
   auto file = GgufFile::Open(path);
-  if (!file) ADD_FAILURE() << file.error().message;
+  if (!file) ADD_FAILURE() << file.error().message << testing::ModelHint();
   if (!file) return out;
   std::shared_ptr<const GgufFile> shared(std::move(*file));
   auto tok = Tokenizer::FromGguf(*shared);
+  if (!tok) ADD_FAILURE() << path << ": " << tok.error().message;
   if (tok) out.tokenizer.emplace(std::move(*tok));
   auto model = LlamaModel::Load(shared);
   if (!model) ADD_FAILURE() << model.error().message;
@@ -69,6 +70,7 @@ TEST(LlamaModel, ReadsHyperparameters) {
 TEST(LlamaModel, GreedyGenerationReproducesAllReferencePrompts) {
   Loaded m = Load(testing::ModelPath());
   ASSERT_TRUE(m.model);
+  ASSERT_TRUE(m.tokenizer);
   auto ctx = LlamaContext::Create(m.model, 0);
   ASSERT_TRUE(ctx);
   const auto refs = testing::LoadReference();
@@ -91,6 +93,7 @@ TEST(LlamaModel, GreedyGenerationReproducesAllReferencePrompts) {
 TEST(LlamaModel, BatchedPrefillMatchesTokenByToken) {
   Loaded m = Load(testing::ModelPath());
   ASSERT_TRUE(m.model);
+  ASSERT_TRUE(m.tokenizer);
   auto batched = LlamaContext::Create(m.model, 0).value();
   auto single = LlamaContext::Create(m.model, 0).value();
   std::vector<TokenId> prompt = m.tokenizer->Encode(
@@ -132,8 +135,9 @@ TEST(LlamaModel, FallsBackToTokenEmbeddingWithoutOutputWeight) {
   // must leave the greedy continuation unchanged.
   using namespace std::string_literals;
   const std::string len = "\x0d\0\0\0\0\0\0\0"s;  // gguf_string length 13
-  testing::TempFile tmp(
-      testing::Patched(testing::ReadAll(testing::ModelPath()), len + "output.weight", len + "output.weighx"));
+  std::vector<char> bytes;
+  ASSERT_TRUE(testing::ReadModelFile(testing::ModelPath(), bytes));
+  testing::TempFile tmp(testing::Patched(std::move(bytes), len + "output.weight", len + "output.weighx"));
   Loaded m = Load(tmp.path());
   ASSERT_TRUE(m.model);
   EXPECT_EQ(m.model->output().data, m.model->token_embd().data);
@@ -143,7 +147,8 @@ TEST(LlamaModel, FallsBackToTokenEmbeddingWithoutOutputWeight) {
 }
 
 TEST(LlamaModel, MissingOrMisshapenTensorIsAClearError) {
-  const auto bytes = testing::ReadAll(testing::ModelPath());
+  std::vector<char> bytes;
+  ASSERT_TRUE(testing::ReadModelFile(testing::ModelPath(), bytes));
   {
     testing::TempFile tmp(testing::Patched(bytes, "blk.3.attn_q.weight", "blk.3.attn_q.weighx"));
     auto file = GgufFile::Open(tmp.path());

@@ -1,8 +1,15 @@
 // Paths to the real test model and its greedy reference outputs
 // (../shared/models/README.md), overridable with $TOLLGATE_MODEL_DIR.
+//
+// Every test that needs the model must FAIL, with a message naming the file,
+// when it is missing: never crash (e.g. by indexing the empty buffer a missing
+// file reads as) and never skip. Read model bytes with
+// ASSERT_TRUE(ReadModelFile(path, bytes)) and check every GgufFile::Open /
+// Create of the model with ASSERT_TRUE(...) << ... before using it.
 #pragma once
 
 #include <boost/json.hpp>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -26,9 +33,30 @@ inline std::string ModelDir() {
 inline std::string ModelPath() { return ModelDir() + "/stories260K.gguf"; }
 inline std::string Q8ModelPath() { return ModelDir() + "/stories260K-q8_0.gguf"; }
 
+// Where the model files are expected and how to point elsewhere, for failure messages.
+inline std::string ModelHint() {
+  return " (model directory " + ModelDir() + "; see ../shared/models/README.md, or set TOLLGATE_MODEL_DIR)";
+}
+
+// The whole file, or an empty vector if it cannot be read. For model files use
+// ReadModelFile, which fails the test instead.
 inline std::vector<char> ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Reads model file `path` whole into `out`. Fails, naming the file, if it
+// cannot be opened, cannot be read to its end, or is empty:
+//   std::vector<char> bytes;
+//   ASSERT_TRUE(testing::ReadModelFile(testing::ModelPath(), bytes));
+inline ::testing::AssertionResult ReadModelFile(const std::string& path, std::vector<char>& out) {
+  out.clear();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ::testing::AssertionFailure() << "cannot open model file " << path << ModelHint();
+  out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (in.bad()) return ::testing::AssertionFailure() << "error reading model file " << path;
+  if (out.empty()) return ::testing::AssertionFailure() << "model file " << path << " is empty" << ModelHint();
+  return ::testing::AssertionSuccess();
 }
 
 // A file under the temp directory holding `bytes`, removed when destroyed.

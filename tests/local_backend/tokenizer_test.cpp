@@ -18,7 +18,7 @@ class TokenizerTest : public ::testing::Test {
     auto tok = Tokenizer::FromGguf(**file);
     if (tok) tokenizer_ = new Tokenizer(std::move(*tok));
   }
-  void SetUp() override { ASSERT_NE(tokenizer_, nullptr) << "cannot load " << testing::ModelPath(); }
+  void SetUp() override { ASSERT_NE(tokenizer_, nullptr) << "cannot load " << testing::ModelPath() << testing::ModelHint(); }
   static void TearDownTestSuite() {
     delete tokenizer_;
     tokenizer_ = nullptr;

@@ -18,8 +18,8 @@
 // schema not migrated yet, ...) the batch stays queued and is retried with exponential backoff
 // (100 ms doubling to 10 s), reconnecting as needed; nothing is dropped, so the
 // queue grows in memory during an outage. On a data or constraint error
-// (SQLSTATE class 22 or 23, e.g. a token count over int4 or an unknown
-// api_key_id) the batch is retried row by row and only the offending rows are
+// (SQLSTATE class 22 or 23, e.g. text that is not valid UTF-8 or an unknown
+// api_key_id; token counts and durations are bigint like their int64 fields) the batch is retried row by row and only the offending rows are
 // rejected: logged with their request id and counted in rows_rejected().
 // Errors are logged once per outage (log.hpp), without secrets.
 #pragma once
