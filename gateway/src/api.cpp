@@ -280,12 +280,15 @@ json::object PricingObject(const Pricing& p) {
   return pricing;
 }
 
-json::object ArchitectureObject() {
-  return json::object{{"modality", "text->text"},
-                      {"input_modalities", json::array{"text"}},
-                      {"output_modalities", json::array{"text"}},
-                      {"tokenizer", nullptr},
-                      {"instruct_type", nullptr}};
+// `tokenizer` is optional in a /models entry but required (nullable) in an
+// endpoints listing (@openrouter/sdk ModelArchitecture vs Architecture).
+json::object ArchitectureObject(bool with_tokenizer) {
+  json::object a{{"modality", "text->text"},
+                 {"input_modalities", json::array{"text"}},
+                 {"output_modalities", json::array{"text"}},
+                 {"instruct_type", nullptr}};
+  if (with_tokenizer) a["tokenizer"] = nullptr;
+  return a;
 }
 
 json::array SupportedParameters() { return json::array{"max_tokens", "temperature", "top_p", "stop", "seed"}; }
@@ -307,7 +310,7 @@ std::string RenderModels(const routing::Catalog& catalog) {
         {"name", m.name},
         {"created", m.created},
         {"context_length", context},
-        {"architecture", ArchitectureObject()},
+        {"architecture", ArchitectureObject(false)},
         {"pricing", PricingObject(top.pricing)},
         {"top_provider", json::object{{"context_length", context},
                                       {"max_completion_tokens", nullptr},
@@ -360,7 +363,7 @@ std::string RenderModelEndpoints(const routing::Model& m) {
                     {"name", m.name},
                     {"created", m.created},
                     {"description", ""},
-                    {"architecture", ArchitectureObject()},
+                    {"architecture", ArchitectureObject(true)},
                     {"endpoints", std::move(endpoints)}};
   return json::serialize(json::object{{"data", std::move(data)}});
 }

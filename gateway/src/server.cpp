@@ -39,6 +39,10 @@ constexpr size_t kHeaderLimitBytes = 16 * 1024;
 constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
 constexpr auto kDrainTimeout = std::chrono::seconds(30);
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);
+// Completion tokens assumed for a reservation when neither max_tokens nor a
+// context length is known.
+constexpr int64_t kDefaultCompletionBound = 4096;
 
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
@@ -119,6 +123,7 @@ struct Services {
   std::unique_ptr<Metrics> metrics;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
   std::atomic<int> active_calls{0};
+  std::mutex miss_reload_mutex;  // one key reload at a time for cache misses
   std::atomic<bool> stopping{false};
 };
 
@@ -244,6 +249,14 @@ class Connection {
       res = JsonResponse(req, 200, RenderModels(s_.catalog));
     } else if (route == "/v1/generation" && get) {
       res = co_await HandleGeneration(req, *url);
+    } else if (route.rfind("/v1/models/", 0) == 0 && route.ends_with("/endpoints") && get) {
+      // /v1/models/{author}/{slug}/endpoints
+      std::string id = route.substr(11, route.size() - 11 - 10);
+      const routing::Model* model = s_.catalog.Find(id);
+      route = "/v1/models/{id}/endpoints";
+      res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model))
+                             : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
+                                                        "", "model_not_found"});
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
                route == "/v1/chat/completions" || route == "/v1/completions" || route == "/v1/generation") {
       res = JsonResponse(
@@ -251,6 +264,7 @@ class Connection {
           ErrorBody(InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path)));
       res.set(http::field::allow, route.find("completions") != std::string::npos ? "POST" : "GET");
     } else {
+      route = "unmatched";  // a bounded label set: raw paths would grow /metrics without limit
       res = ErrorResponse(req, Error{ErrorCode::kNotFound,
                                      "no route for " + std::string(req.method_string()) + " " + path, "",
                                      "unknown_url"});
@@ -270,7 +284,7 @@ class Connection {
   }
 
   awaitable<Response> HandleGeneration(const Request& req, boost::urls::url_view url) {
-    auto key = s_.keys->Lookup(BearerKey(req));
+    std::optional<billing::KeyRecord> key = co_await Authenticate(req);
     if (!key || key->revoked) co_return ErrorResponse(req, AuthError(req));
     auto it = url.params().find("id");
     if (it == url.params().end() || (*it).value.empty()) {
@@ -299,6 +313,28 @@ class Connection {
     co_return JsonResponse(req, 200, RenderGeneration(*event));
   }
 
+  // Looks the key up in the in-memory cache. On a miss, makes sure a reload
+  // that began after the miss has finished (on the blocking pool), then looks
+  // again: a key created a moment ago works at once. Misses coalesce: one
+  // reload at a time serves every miss that came before it began, so unknown
+  // keys cost at most back-to-back reloads, never one each.
+  awaitable<std::optional<billing::KeyRecord>> Authenticate(const Request& req) {
+    std::string_view presented = BearerKey(req);
+    std::optional<billing::KeyRecord> key = s_.keys->Lookup(presented);
+    if (key || presented.empty()) co_return key;
+    const int64_t seen = s_.keys->refreshes();
+    auto reload = [this, seen]() -> awaitable<void> {
+      std::lock_guard lock(s_.miss_reload_mutex);
+      // At the miss, at most two reloads were in flight (the periodic one and
+      // one from this path, which the mutex serialises); a third completion
+      // is a reload that began after the miss.
+      if (s_.keys->refreshes() < seen + 3) (void)s_.keys->RefreshNow();
+      co_return;
+    };
+    co_await asio::co_spawn(s_.blocking, reload, asio::use_awaitable);
+    co_return s_.keys->Lookup(presented);
+  }
+
   static Error AuthError(const Request& req) {
     if (BearerKey(req).empty()) {
       return Error{ErrorCode::kUnauthenticated,
@@ -315,16 +351,17 @@ class Connection {
 
     // Rejections before any provider is called: nothing is recorded or billed.
     std::optional<Error> rejection;
-    auto key = s_.keys->Lookup(BearerKey(req));
+    std::optional<billing::KeyRecord> key = co_await Authenticate(req);
     auto parsed = ParseChatRequest(req.body(), kind);
     Result<std::vector<const routing::Endpoint*>> plan = std::vector<const routing::Endpoint*>{};
+    Money reserved;
     if (!key || key->revoked) {
       rejection = AuthError(req);
     } else if (!parsed) {
       rejection = parsed.error();
     } else if (plan = routing::Plan(s_.catalog, parsed->model); !plan) {
       rejection = plan.error();
-    } else if (!s_.keys->HasCredit(*key)) {
+    } else if (reserved = WorstCaseCost(*parsed, *plan); !s_.keys->TryReserve(*key, reserved)) {
       rejection = Error{ErrorCode::kPaymentRequired,
                         "this API key has no credits left; raise its limit or use another key", "",
                         "insufficient_credits"};
@@ -336,11 +373,18 @@ class Connection {
     }
     ChatRequest chat = std::move(*parsed);
 
+    // Runs when the call ends, after RecordUsage added the actual cost as
+    // pending spend: frees the reservation and lets a graceful stop proceed.
     s_.active_calls++;
     struct Guard {
-      std::atomic<int>& n;
-      ~Guard() { n--; }
-    } guard{s_.active_calls};
+      Services& s;
+      int64_t key_id;
+      Money reserved;
+      ~Guard() {
+        s.keys->Release(key_id, reserved);
+        s.active_calls--;
+      }
+    } guard{s_, key->id, reserved};
 
     ResponseMeta meta;
     meta.id = NewRequestId();
@@ -357,12 +401,18 @@ class Connection {
     std::optional<Completion> completion;
     std::optional<Error> error;
     const routing::Endpoint* endpoint = nullptr;
+    const bool http10 = req.version() < 11;
     http::response<http::empty_body> sse_head{http::status::ok, req.version()};
     http::response_serializer<http::empty_body> sse_serializer{sse_head};
 
     auto write_sse = [&](const std::string& data) -> awaitable<void> {
       if (client_gone) co_return;
       stream_.expires_after(kWriteTimeout);
+      if (http10) {
+        auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(data), kUseTuple);
+        if (ec) client_gone = true;
+        co_return;
+      }
       auto chunk = http::make_chunk(asio::buffer(data));
       auto [ec, n] = co_await asio::async_write(stream_, chunk, kUseTuple);
       if (ec) client_gone = true;
@@ -407,8 +457,10 @@ class Connection {
             sse_head.set(http::field::content_type, "text/event-stream");
             sse_head.set(http::field::cache_control, "no-cache");
             sse_head.set("x-request-id", meta.id);
-            sse_head.keep_alive(req.keep_alive());
-            sse_head.chunked(true);
+            // HTTP/1.0 has no chunked encoding: the body then ends when the
+            // connection closes (RFC 9112 section 6.3).
+            sse_head.keep_alive(req.keep_alive() && !http10);
+            sse_head.chunked(!http10);
             stream_.expires_after(kWriteTimeout);
             auto [ec, n] = co_await http::async_write_header(stream_, sse_serializer, kUseTuple);
             headers_sent = true;
@@ -450,13 +502,13 @@ class Connection {
       }
       tail += kDoneEvent;
       co_await write_sse(tail);
-      if (!client_gone) {
+      if (!client_gone && !http10) {
         stream_.expires_after(kWriteTimeout);
         auto last = http::make_chunk_last();
         auto [ec, n] = co_await asio::async_write(stream_, last, kUseTuple);
         if (ec) client_gone = true;
       }
-      keep = keep && !client_gone;
+      keep = keep && !client_gone && !http10;
       if (error) status = 502;
     } else {
       Usage usage = FinalUsage(chat, text, &*completion);
@@ -469,9 +521,32 @@ class Connection {
       client_gone = !keep && req.keep_alive();
     }
     if (client_gone) status = 499;
+    // A request the provider found invalid before producing anything (prompt
+    // longer than the context) is a rejection like a 400 from validation:
+    // no usage row, nothing billed.
+    if (!delivered && error->code == ErrorCode::kInvalidArgument) co_return std::pair{keep, status};
     RecordUsage(meta, *key, *endpoint, chat, text, completion, error ? &*error : nullptr, start, created_at,
                 first_token_at, client_gone, delivered);
     co_return std::pair{keep, status};
+  }
+
+  // The most a call can cost, reserved against the key's credit while it runs
+  // (billing/README.md): prompt tokens are bounded by the prompt's bytes (+1
+  // for BOS, +8 per message for a template; SentencePiece with byte fallback
+  // and byte-level BPE emit at most one token per byte), completion tokens by
+  // max_tokens, else the endpoint's context length, else
+  // kDefaultCompletionBound; priced at the plan's most expensive endpoint.
+  static Money WorstCaseCost(const ChatRequest& chat, const std::vector<const routing::Endpoint*>& plan) {
+    int64_t prompt_bytes = static_cast<int64_t>(chat.prompt.size()) + 1;
+    for (const auto& m : chat.messages) prompt_bytes += static_cast<int64_t>(m.content.size()) + 8;
+    Money worst;
+    for (const routing::Endpoint* e : plan) {
+      int64_t completion = chat.max_tokens ? *chat.max_tokens
+                           : e->context_length > 0 ? e->context_length
+                                                   : kDefaultCompletionBound;
+      worst = std::max(worst, CallCost(e->pricing, prompt_bytes, 0, completion));
+    }
+    return worst;
   }
 
   // The usage to report and bill: the provider's when it knows it, else an
@@ -532,7 +607,13 @@ awaitable<void> Accept(Services& services, tcp::acceptor& acceptor) {
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(kUseTuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-    if (ec) continue;  // EMFILE and friends: keep serving the connections we have
+    if (ec) {
+      // EMFILE and friends: keep serving the connections we have, and do not
+      // spin on accept while the condition lasts.
+      asio::steady_timer backoff(acceptor.get_executor(), kAcceptBackoff);
+      co_await backoff.async_wait(kUseTuple);
+      continue;
+    }
     socket.set_option(tcp::no_delay(true));
     auto strand = asio::make_strand(acceptor.get_executor());
     asio::co_spawn(

@@ -156,6 +156,20 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.equal(Number(m.pricing.completion), 2e-6);
   });
 
+  test('@openrouter/sdk lists a model\'s endpoints (strict schema)', async () => {
+    const or = new OpenRouter({ apiKey: keys.main, serverURL: `${gw.url}/api/v1` });
+    const r = await or.endpoints.list({ author: 'mock', slug: 'gpt-test' });
+    assert.equal(r.data.id, MOCK);
+    assert.equal(r.data.endpoints.length, 1);
+    const e = r.data.endpoints[0];
+    assert.ok(MOCK_PROVIDER_NAMES.includes(e.providerName), `provider ${e.providerName}`);
+    assert.equal(Number(e.pricing.prompt), 1e-6);
+    assert.equal(Number(e.pricing.completion), 2e-6);
+    const missing = await fetch(`${gw.url}/api/v1/models/nobody/nothing/endpoints`);
+    assert.equal(missing.status, 404);
+    assert.ok((await missing.json()).error.message);
+  });
+
   // ------------------------------------------------------------------ mock upstream, chat
 
   test('chat, plain, to the mock: exact text, usage, cost; request forwarded faithfully', async () => {
@@ -577,6 +591,21 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
   });
 
   // ------------------------------------------------------------------ ledger
+
+  test('a key created a moment ago works at once; concurrent calls cannot overspend its credit', async () => {
+    // Worst case of one call below: prompt <= 2 bytes + 8 + 1 = 11 tokens at $1/M, plus
+    // max_tokens 20 at $2/M = 51,000 nano-USD. A limit of 80,000 admits one such call at a time.
+    const r = await runCliOk(['keys', 'create', '--name', 'e2e-small', '--credits', '0.00008'], { env: ctx.env });
+    const small = r.stdout.trim();
+    const body = { model: 'mock/slow', messages: [{ role: 'user', content: 'hi' }], max_tokens: 20, stream: true };
+    const responses = await Promise.all(Array.from({ length: 5 }, () => post('/v1/chat/completions', body, { key: small })));
+    const statuses = responses.map((x) => x.status).sort();
+    await Promise.all(responses.map((x) => x.text()));
+    assert.deepEqual(statuses, [200, 402, 402, 402, 402]);
+    for (const x of responses.filter((y) => y.status === 402)) {
+      assert.equal(x.headers.get('content-type'), 'application/json');
+    }
+  });
 
   test('spent_nano_usd of the key equals the sum of its rows', async () => {
     const keyId = (await keyRow('e2e-main')).id;
