@@ -19,14 +19,24 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-# Node.js may come from outside apt (a preinstalled toolchain); accept any node >= 18 with npm.
+# Node.js may come from outside apt (a preinstalled toolchain); any node with npm will do here,
+# and the version is checked below (the end-to-end clients need Node.js >= 20).
 if command -v node >/dev/null && command -v npm >/dev/null; then
   missing=("${missing[@]/nodejs}")
 fi
 missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 
+check_node() {
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt 20 ]; then
+    echo "setup: warning: Node.js $(node --version 2>/dev/null || echo missing) is older than 20; the end-to-end tests (tests/e2e) need Node.js >= 20" >&2
+  fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all dependencies present"
+  check_node
   exit 0
 fi
 
@@ -39,3 +49,4 @@ if ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 echo "setup: done"
+check_node

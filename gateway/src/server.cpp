@@ -509,7 +509,7 @@ class Connection {
         if (ec) client_gone = true;
       }
       keep = keep && !client_gone && !http10;
-      if (error) status = 502;
+      if (error) status = HttpStatus(error->code);  // recorded; the client already has its 200
     } else {
       Usage usage = FinalUsage(chat, text, &*completion);
       Money cost = CallCost(endpoint->pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens);

@@ -141,6 +141,9 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     bool stopped_by_string = false;
     int64_t generated = 0;
     while (true) {
+      // Cancelled after tokens went out: finish with the exact usage, so the
+      // caller bills what was generated rather than an estimate.
+      if (job.cancel.stop_requested() && emitted) break;
       if (auto e = interrupted()) return fail(*e);
       if (deadline_passed()) {
         if (!emitted) return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before the first token"));

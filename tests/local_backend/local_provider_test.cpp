@@ -224,9 +224,14 @@ TEST_F(LocalProviderTest, CancelledMidStreamStopsGenerating) {
   ChatRequest req = Completion("Once upon a time");
   provider_->Start({.request = &req, .upstream_model = {}, .deadline = {}}, sink, source.get_token());
   ASSERT_TRUE(sink->Wait());
-  ASSERT_TRUE(sink->error());
-  EXPECT_EQ(sink->error()->code, ErrorCode::kCancelled);
+  // Cancelled after deltas: completes with the exact usage of what was generated.
+  ASSERT_FALSE(sink->error());
+  ASSERT_TRUE(sink->completion());
   EXPECT_EQ(sink->deltas().size(), 3u);
+  EXPECT_TRUE(sink->completion()->usage_known);
+  EXPECT_EQ(sink->completion()->usage.prompt_tokens, 5);
+  EXPECT_GE(sink->completion()->usage.completion_tokens, 3);
+  EXPECT_LE(sink->completion()->usage.completion_tokens, 4);
 }
 
 TEST_F(LocalProviderTest, PassedDeadlineBeforeFirstTokenIsDeadlineExceeded) {

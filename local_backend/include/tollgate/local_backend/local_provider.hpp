@@ -34,8 +34,11 @@
 // Errors (OnError, nothing emitted before unless stated):
 //   kInvalidArgument   prompt_tokens >= context length (no room to generate),
 //                      max_tokens < 1;
-//   kCancelled         `cancel` was signalled (checked before the prompt and
-//                      between tokens; may come after deltas);
+//   kCancelled         `cancel` was signalled before any delta (checked
+//                      before the prompt and between tokens). Signalled after
+//                      deltas, the generation ends with OnComplete and the
+//                      exact usage of what was generated (finish_reason as of
+//                      the last token: kLength), so the caller can bill it;
 //   kDeadlineExceeded  the request deadline passed before the first delta
 //                      (checked before prefill and between tokens). If it
 //                      passes after deltas were sent, the generation ends with
