@@ -49,11 +49,14 @@ bool IsRetryable(ErrorCode code) {
          code == ErrorCode::kBadGateway || code == ErrorCode::kResourceExhausted;
 }
 
-std::string ErrorBody(const Error& error) {
+std::string ErrorBody(const Error& error, ErrorFlavor flavor) {
   boost::json::object inner;
   inner["message"] = error.message;
   inner["type"] = ErrorType(error.code);
-  if (error.type_code.empty()) {
+  if (flavor == ErrorFlavor::kOpenRouter) {
+    inner["code"] = HttpStatus(error.code);
+    if (!error.type_code.empty()) inner["metadata"] = boost::json::object{{"reason", error.type_code}};
+  } else if (error.type_code.empty()) {
     inner["code"] = nullptr;
   } else {
     inner["code"] = error.type_code;

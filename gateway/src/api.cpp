@@ -77,9 +77,11 @@ json::object UsageObject(const Usage& usage, Money cost) {
   };
 }
 
+// No `system_fingerprint`: Tollgate has none to give, and @openrouter/sdk's
+// chunk schema rejects null there (the field is optional in OpenAI's).
 json::object Envelope(const ResponseMeta& meta, std::string_view object) {
-  return json::object{{"id", meta.id},       {"object", object},         {"created", meta.created},
-                      {"model", meta.model}, {"provider", meta.provider}, {"system_fingerprint", nullptr}};
+  return json::object{
+      {"id", meta.id}, {"object", object}, {"created", meta.created}, {"model", meta.model}, {"provider", meta.provider}};
 }
 
 std::string Event(const json::value& v) { return "data: " + json::serialize(v) + "\n\n"; }
@@ -153,7 +155,8 @@ Result<ChatRequest> ParseChatRequest(std::string_view body, RequestKind kind) {
       if (!text) return text.error();
       req.messages.push_back(ChatMessage{std::move(r), std::move(*text)});
     }
-    if (obj->contains("tools") && !obj->at("tools").is_null()) {
+    if (const json::value* tools = obj->if_contains("tools");
+        tools != nullptr && !tools->is_null() && !(tools->is_array() && tools->as_array().empty())) {
       return Bad("tools are not supported yet", "tools");
     }
   } else {
@@ -269,7 +272,9 @@ std::string RenderUsageEvent(const ResponseMeta& meta, const Usage& usage, Money
   return Event(out);
 }
 
-std::string RenderErrorEvent(const Error& error) { return "data: " + ErrorBody(error) + "\n\n"; }
+std::string RenderErrorEvent(const Error& error, ErrorFlavor flavor) {
+  return "data: " + ErrorBody(error, flavor) + "\n\n";
+}
 
 namespace {
 
@@ -351,7 +356,6 @@ std::string RenderModelEndpoints(const routing::Model& m) {
         {"supports_implicit_caching", false},
         {"supports_tool_choice", json::object{{"auto", false}, {"function", false}, {"none", false},
                                               {"required", false}}},
-        {"status", 0},
         {"latency_last_30m", nullptr},
         {"throughput_last_30m", nullptr},
         {"uptime_last_5m", nullptr},

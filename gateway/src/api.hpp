@@ -53,8 +53,9 @@ std::string RenderFinishEvent(const ResponseMeta& meta, FinishReason reason);
 // The usage event (`choices: []`) sent before [DONE] when include_usage was asked.
 std::string RenderUsageEvent(const ResponseMeta& meta, const Usage& usage, Money cost);
 
-// An error inside a stream that already answered 200: `data: {"error": {...}}`.
-std::string RenderErrorEvent(const Error& error);
+// An error inside a stream that already answered 200: `data: {"error": {...}}`
+// (OpenRouter's mid-stream error, openrouter.ai/docs/api-reference/streaming).
+std::string RenderErrorEvent(const Error& error, ErrorFlavor flavor);
 
 inline constexpr std::string_view kDoneEvent = "data: [DONE]\n\n";
 
@@ -72,7 +73,9 @@ std::string RenderModels(const routing::Catalog& catalog);
 std::string RenderModelEndpoints(const routing::Model& model);
 
 // GET /api/v1/generation: `{"data": GenerationResponseData}`. Values Tollgate
-// does not have are null, never invented.
+// does not record are null. Three required by @openrouter/sdk's strict schema
+// get fixed values: origin "" (no HTTP referer is recorded), data_region
+// "global" and api_type "completions".
 std::string RenderGeneration(const billing::UsageEvent& event);
 
 // A fresh request id: "gen-" + unix seconds + "-" + 20 random base62 chars.

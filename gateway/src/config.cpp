@@ -139,7 +139,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       std::string path = "providers." + p.id;
       const YAML::Node& n = kv.second;
       r.CheckKeys(n, path, {"type", "display_name", "base_url", "api_key", "ca_file", "connect_timeout_ms",
-                            "first_byte_timeout_ms", "threads", "context_length"});
+                            "first_byte_timeout_ms", "context_length"});
       if (!n["type"]) Fail(path + ".type", "is required (local or openai_compatible)");
       p.type = r.String(n["type"], path + ".type");
       p.display_name = n["display_name"] ? r.String(n["display_name"], path + ".display_name") : p.id;
@@ -166,7 +166,6 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
               static_cast<int>(r.Int(n["first_byte_timeout_ms"], path + ".first_byte_timeout_ms", 1, 3'600'000));
         }
       } else if (p.type == "local") {
-        if (n["threads"]) p.threads = static_cast<int>(r.Int(n["threads"], path + ".threads", 0, 1024));
         if (n["context_length"]) {
           p.context_length = static_cast<int>(r.Int(n["context_length"], path + ".context_length", 0, 1 << 24));
         }
@@ -205,6 +204,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       for (auto& [en, epath] : endpoint_nodes) {
         r.CheckKeys(en, epath, {"provider", "model", "pricing", "context_length"});
         EndpointConfig e;
+        e.config_path = epath;
         if (!en["provider"]) Fail(epath + ".provider", "is required");
         e.provider = r.String(en["provider"], epath + ".provider");
         if (!provider_ids.count(e.provider)) Fail(epath + ".provider", "'" + e.provider + "' is not under providers:");

@@ -43,8 +43,7 @@ struct ProviderConfig {
   std::string ca_file;
   int connect_timeout_ms = 10'000;
   int first_byte_timeout_ms = 60'000;
-  // local
-  int threads = 0;
+  // local (one inference thread per model file for now)
   int context_length = 0;  // 0 = the model file's
 };
 
@@ -53,6 +52,7 @@ struct EndpointConfig {
   std::string model;     // upstream model name; for local providers a GGUF path (resolved)
   Pricing pricing;       // from USD per million tokens in the file
   int64_t context_length = 0;
+  std::string config_path;  // where it stands in the file, "models[0].endpoint", for messages
 };
 
 struct ModelConfig {

@@ -147,8 +147,14 @@ Response JsonResponse(const Request& req, int status, std::string body) {
   return MakeResponse(req, status, std::move(body), "application/json");
 }
 
+// Errors under OpenRouter's base path /api/v1 take its shape (an integer
+// `code`, which @openrouter/sdk requires); elsewhere OpenAI's.
+ErrorFlavor FlavorOf(const Request& req) {
+  return req.target().starts_with("/api/") ? ErrorFlavor::kOpenRouter : ErrorFlavor::kOpenAi;
+}
+
 Response ErrorResponse(const Request& req, const Error& error) {
-  return JsonResponse(req, HttpStatus(error.code), ErrorBody(error));
+  return JsonResponse(req, HttpStatus(error.code), ErrorBody(error, FlavorOf(req)));
 }
 
 // The API key from `Authorization: Bearer KEY` (or `x-api-key: KEY`, as
@@ -185,6 +191,15 @@ class Connection {
                         "request body is larger than " + std::to_string(s_.config->server.max_body_bytes) + " bytes",
                         "", "request_too_large"};
         Response res = ErrorResponse(head, too_large);
+        co_await Write(res);
+        break;
+      }
+      if (ec == http::error::header_limit) {
+        Request head{http::verb::get, "/", 11};
+        head.keep_alive(false);
+        Error too_big = InvalidArgument("request headers are larger than " + std::to_string(kHeaderLimitBytes) +
+                                        " bytes");
+        Response res = JsonResponse(head, 431, ErrorBody(too_big));
         co_await Write(res);
         break;
       }
@@ -227,6 +242,7 @@ class Connection {
     // OpenRouter's base path /api/v1 and OpenAI's /v1 serve the same routes.
     std::string route = path;
     if (route.rfind("/api/v1/", 0) == 0) route = route.substr(4);
+    if (route == "/v1/healthz" || route == "/v1/readyz" || route == "/v1/metrics") route = route.substr(3);
     const bool get = req.method() == http::verb::get;
     const bool post = req.method() == http::verb::post;
 
@@ -259,9 +275,8 @@ class Connection {
                                                         "", "model_not_found"});
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
                route == "/v1/chat/completions" || route == "/v1/completions" || route == "/v1/generation") {
-      res = JsonResponse(
-          req, 405,
-          ErrorBody(InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path)));
+      Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
+      res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
       res.set(http::field::allow, route.find("completions") != std::string::npos ? "POST" : "GET");
     } else {
       route = "unmatched";  // a bounded label set: raw paths would grow /metrics without limit
@@ -418,14 +433,20 @@ class Connection {
       if (ec) client_gone = true;
     };
 
+    // Cancels the provider: the client went away, or the deadline passed.
+    std::stop_source cancel;
+    bool deadline_hit = false;
+    // A non-streamed call writes nothing until it ends, so a client that
+    // leaves is noticed by watching its socket for EOF meanwhile.
+    auto closed_early = std::make_shared<std::atomic<bool>>(false);
+    if (!chat.stream) asio::co_spawn(strand, WatchForClose(stream_.socket(), cancel, closed_early), asio::detached);
+
     for (const routing::Endpoint* candidate : *plan) {
       endpoint = candidate;
       meta.provider = std::string(endpoint->provider->Name());
       auto sink = std::make_shared<CallSink>(strand);
-      std::stop_source cancel;
       endpoint->provider->Start(ProviderRequest{&chat, endpoint->upstream_model, deadline}, sink, cancel.get_token());
       bool terminal = false;
-      bool deadline_hit = false;
       while (!terminal) {
         const Clock::time_point wait_until = deadline_hit ? Clock::time_point::max() : deadline;
         std::vector<CallSink::Event> events = co_await sink->Next(wait_until);
@@ -445,8 +466,12 @@ class Connection {
             terminal = true;
           } else {
             error = ev.error;
-            if (deadline_hit && !first_token_at) {
-              error = Error{ErrorCode::kUpstreamTimeout, "the call did not finish within the request timeout", "", {}};
+            // However the provider put it (cancelled by us, its own deadline
+            // check), running out of time is a timeout.
+            if ((deadline_hit && !client_gone) || error->code == ErrorCode::kDeadlineExceeded) {
+              error = Error{ErrorCode::kUpstreamTimeout,
+                            "the model did not finish within the request timeout (server.request_timeout_ms)", "",
+                            "timeout"};
             }
             terminal = true;
           }
@@ -472,7 +497,8 @@ class Connection {
         }
       }
       // Fall back to the next endpoint only when nothing reached the client yet.
-      if (error && !first_token_at && IsRetryable(error->code) && candidate != plan->back() && !client_gone) {
+      if (error && !first_token_at && IsRetryable(error->code) && candidate != plan->back() && !client_gone &&
+          !deadline_hit && !closed_early->load()) {
         // The usage row is keyed by the request id, so a failed attempt shows in
         // metrics only; the row records the endpoint that answered.
         s_.metrics->CountCall(meta.model, meta.provider, HttpStatus(error->code), 0, 0, 0, std::nullopt,
@@ -483,18 +509,27 @@ class Connection {
       break;
     }
 
+    if (!chat.stream) {
+      beast::error_code ignored;
+      stream_.socket().cancel(ignored);  // ends WatchForClose
+      if (closed_early->load()) client_gone = true;
+    }
+
     int status = 200;
     bool keep = req.keep_alive();
     // Nothing reached the client when a non-streamed call failed, or a streamed
     // one failed before its headers: answer with the error status, bill nothing.
     const bool delivered = !error || headers_sent;
-    if (!delivered) {
+    if (client_gone && !chat.stream) {
+      keep = false;  // nobody to answer
+    } else if (!delivered) {
       status = HttpStatus(error->code);
       Response res = ErrorResponse(req, *error);
       res.set("x-request-id", meta.id);
       keep = co_await Write(res);
     } else if (chat.stream) {
-      std::string tail = error ? RenderErrorEvent(*error) : RenderFinishEvent(meta, completion->finish_reason);
+      std::string tail =
+          error ? RenderErrorEvent(*error, FlavorOf(req)) : RenderFinishEvent(meta, completion->finish_reason);
       Usage usage = FinalUsage(chat, text, completion ? &*completion : nullptr);
       if (!error && chat.include_usage) {
         tail += RenderUsageEvent(
@@ -528,6 +563,23 @@ class Connection {
     RecordUsage(meta, *key, *endpoint, chat, text, completion, error ? &*error : nullptr, start, created_at,
                 first_token_at, client_gone, delivered);
     co_return std::pair{keep, status};
+  }
+
+  // Completes when the client closes its connection during a non-streamed
+  // call (EOF on the socket), and then cancels the call; returns quietly when
+  // the socket is cancelled after the call, or when the client sent more data
+  // (a pipelined request: it is still there).
+  static awaitable<void> WatchForClose(tcp::socket& socket, std::stop_source cancel,
+                                       std::shared_ptr<std::atomic<bool>> closed) {
+    auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
+    if (ec) co_return;
+    char byte;
+    beast::error_code peek_ec;
+    socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
+    if (peek_ec == asio::error::eof || peek_ec == asio::error::connection_reset) {
+      closed->store(true);
+      cancel.request_stop();
+    }
   }
 
   // The most a call can cost, reserved against the key's credit while it runs
@@ -681,12 +733,9 @@ int Serve(const Config& config, const ServeOptions& options) {
           local_backend::LocalProviderOptions o;
           o.display_name = pc.display_name;
           o.model_path = ec.model;
-          o.threads = pc.threads;
           o.context_length = pc.context_length;
           auto created = local_backend::LocalProvider::Create(o);
-          if (!created) {
-            return StartupError("models[" + std::to_string(i) + "] (" + mc.id + "): " + created.error().message);
-          }
+          if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
           engine = std::move(*created);
           std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << "\n";
         }
@@ -700,6 +749,9 @@ int Serve(const Config& config, const ServeOptions& options) {
     }
     if (m.endpoints.empty()) continue;
     models.push_back(std::move(m));
+  }
+  if (models.empty()) {
+    return StartupError("no model is available: the config lists none, or every model's providers are disabled");
   }
   services.catalog = routing::Catalog(std::move(models));
 

@@ -16,6 +16,19 @@ TEST(Error, BodyHasOpenAiShape) {
   EXPECT_TRUE(err.at("code").is_null());
 }
 
+TEST(Error, OpenRouterFlavorHasAnIntegerCode) {
+  Error e{ErrorCode::kNotFound, "no such model", "model", "model_not_found"};
+  auto v = boost::json::parse(ErrorBody(e, ErrorFlavor::kOpenRouter));
+  const auto& err = v.at("error").as_object();
+  EXPECT_EQ(err.at("code").as_int64(), 404);
+  EXPECT_EQ(err.at("message").as_string(), "no such model");
+  EXPECT_EQ(err.at("type").as_string(), "not_found_error");
+  EXPECT_EQ(err.at("param").as_string(), "model");
+  EXPECT_EQ(err.at("metadata").at("reason").as_string(), "model_not_found");
+  auto openai = boost::json::parse(ErrorBody(e));
+  EXPECT_EQ(openai.at("error").at("code").as_string(), "model_not_found");
+}
+
 TEST(Error, EachCodeMapsToItsStatus) {
   EXPECT_EQ(HttpStatus(ErrorCode::kInvalidArgument), 400);
   EXPECT_EQ(HttpStatus(ErrorCode::kUnauthenticated), 401);

@@ -30,12 +30,15 @@ export async function loadDeps() {
         + `Run \`npm ci\` in ${E2E_DIR} (scripts/test.sh does this for you).`);
     }
   }
-  const [{ default: OpenAI }, { OpenRouter }, { default: pg }] = await Promise.all([
-    import('openai'), import('@openrouter/sdk'), import('pg'),
+  const [{ default: OpenAI }, { OpenRouter }, orErrors, orModels, { default: pg }] = await Promise.all([
+    import('openai'), import('@openrouter/sdk'), import('@openrouter/sdk/models/errors'),
+    import('@openrouter/sdk/models'), import('pg'),
   ]);
   // int8 (bigint) columns come back as strings by default; our values are far below 2^53.
   pg.types.setTypeParser(20, (v) => Number(v));
-  return { OpenAI, OpenRouter, pg };
+  // orErrors: the SDK's typed errors (NotFoundResponseError, ResponseValidationError, ...);
+  // orModels: its zod schemas (ChatStreamChunk$inboundSchema, ...), to validate raw bodies.
+  return { OpenAI, OpenRouter, orErrors, orModels, pg };
 }
 
 /** The admin database URL, or a clear failure. */
@@ -261,6 +264,7 @@ export const LOCAL_PRICE = { prompt: '0.01', completion: '0.02', promptNano: 10,
 /** Writes a config for the test gateway; returns its path. */
 export function writeConfig(workDir, {
   databaseUrl, mockBaseURL, mockApiKey, modelPath, maxBodyBytes = 65536, flushIntervalMs = 50, batchSize = 64,
+  requestTimeoutMs = 60000,
 }) {
   const q = (s) => JSON.stringify(String(s)); // a JSON string is a valid YAML double-quoted scalar
   const mockModel = (id, upstream, name) => `  - id: ${q(id)}
@@ -276,7 +280,7 @@ server:
   listen: "127.0.0.1:0"
   io_threads: 2
   max_body_bytes: ${maxBodyBytes}
-  request_timeout_ms: 60000
+  request_timeout_ms: ${requestTimeoutMs}
 
 database:
   url: ${q(databaseUrl)}
@@ -289,7 +293,6 @@ providers:
   local:
     type: local
     display_name: Local
-    threads: 1
   mock:
     type: openai_compatible
     display_name: Mock Upstream
@@ -316,8 +319,15 @@ export function makeWorkDir(tag) {
 /** Cost in USD as the API reports it, from nano-USD (exact integer arithmetic, one division). */
 export const usd = (nano) => nano / 1e9;
 
-/** Asserts the OpenAI error shape {error: {message, type, code, param}}. */
-export function assertErrorShape(assert, body, where = '') {
+/**
+ * Asserts the error shape {error: {message, type, code, param}}. With `flavor`, also the `code`:
+ *   'openai'      (served under /v1)     a string or null, as OpenAI sends it
+ *   'openrouter'  (served under /api/v1) the integer HTTP status (`status`, required then), as
+ *                 OpenRouter sends it and @openrouter/sdk requires; error.metadata, when present,
+ *                 is an object whose `reason`, when present, is a string
+ * The flavor follows from the path: `errorFlavor(path)`.
+ */
+export function assertErrorShape(assert, body, where = '', { flavor = null, status = null } = {}) {
   assert.ok(body && typeof body === 'object' && body.error && typeof body.error === 'object',
     `${where} error body must be {"error": {...}}, got ${JSON.stringify(body)}`);
   for (const k of ['message', 'type', 'code', 'param']) {
@@ -325,6 +335,28 @@ export function assertErrorShape(assert, body, where = '') {
   }
   assert.equal(typeof body.error.message, 'string', `${where} error.message must be a string`);
   assert.ok(body.error.message.length > 0, `${where} error.message must not be empty`);
+  assert.equal(typeof body.error.type, 'string', `${where} error.type must be a string`);
+  assert.ok(body.error.param === null || typeof body.error.param === 'string', `${where} error.param must be a string or null`);
+  const code = JSON.stringify(body.error.code);
+  if (flavor === 'openai') {
+    assert.ok(body.error.code === null || typeof body.error.code === 'string',
+      `${where} under /v1 error.code must be OpenAI's string or null, got ${code}`);
+  } else if (flavor === 'openrouter') {
+    assert.ok(Number.isInteger(status), `${where}: assertErrorShape needs the HTTP status for the openrouter flavor`);
+    assert.equal(body.error.code, status, `${where} under /api/v1 error.code must be the integer HTTP status ${status}, got ${code}`);
+    const md = body.error.metadata;
+    if (md !== undefined && md !== null) {
+      assert.equal(typeof md, 'object', `${where} error.metadata must be an object`);
+      assert.ok(md.reason === undefined || typeof md.reason === 'string', `${where} error.metadata.reason must be a string`);
+    }
+  } else {
+    assert.equal(flavor, null, `${where}: unknown error flavor ${flavor}`);
+  }
+}
+
+/** Which error flavor a path is served in: 'openrouter' under /api/, else 'openai'. */
+export function errorFlavor(p) {
+  return new URL(p, 'http://x').pathname.startsWith('/api/') ? 'openrouter' : 'openai';
 }
 
 /** Reads an SSE body into its `data:` payloads (strings), checking the framing strictly. */

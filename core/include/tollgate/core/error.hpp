@@ -5,8 +5,14 @@
 // plus two HTTP-specific ones (kPayloadTooLarge, kPaymentRequired), so that each
 // code maps to exactly one HTTP status and one retry decision.
 //
-// Wire shape (OpenAI API reference, "Error codes"; ARCHITECTURE.md):
-//   {"error": {"message": str, "type": str, "code": str|null, "param": str|null}}
+// Wire shapes:
+//   OpenAI (API reference, "Error codes"; ARCHITECTURE.md), served under /v1:
+//     {"error": {"message": str, "type": str, "code": str|null, "param": str|null}}
+//   OpenRouter (openrouter.ai/docs/api/errors; the ErrorResponse schema of
+//   @openrouter/sdk 1.3, which requires an integer code), served under /api/v1:
+//     {"error": {"message": str, "type": str, "code": int (HTTP status),
+//                "param": str|null, "metadata"?: {"reason": str}}}
+//   Both carry message, type and param, so OpenAI clients read either.
 #pragma once
 
 #include <boost/system/result.hpp>
@@ -22,22 +28,23 @@ enum class ErrorCode {
   kPaymentRequired,     // 402: key out of credits
   kPermissionDenied,    // 403
   kNotFound,            // 404: unknown route, unknown generation id
-  kDeadlineExceeded,    // 408 before the first byte to the client; 504 from upstream
+  kDeadlineExceeded,    // 408: the caller's own deadline passed
   kPayloadTooLarge,     // 413: body over the configured limit
   kResourceExhausted,   // 429: rate limited (ours or upstream's)
   kCancelled,           // 499: client closed the request
   kInternal,            // 500: broken invariant
   kBadGateway,          // 502: upstream answered garbage or an error we cannot pass on
   kUnavailable,         // 503: no endpoint can serve the model; upstream 5xx / connect failure
-  kUpstreamTimeout,     // 504: upstream connect or first-byte timeout
+  kUpstreamTimeout,     // 504: upstream connect/first-byte timeout, or the model did not
+                        //      finish within server.request_timeout_ms
 };
 
 struct Error {
   ErrorCode code = ErrorCode::kInternal;
   std::string message;  // human-readable; never contains secrets
   std::string param;    // offending request field ("messages", "model"), or empty
-  // Machine-readable OpenAI `code` string ("model_not_found", "invalid_api_key"),
-  // or empty to render null.
+  // Machine-readable OpenAI `error.code` string ("model_not_found",
+  // "invalid_api_key"), or empty to render null.
   std::string type_code;
 };
 
@@ -53,8 +60,11 @@ std::string_view ErrorType(ErrorCode code);
 // reached the client): kUnavailable, kUpstreamTimeout, kBadGateway, kResourceExhausted.
 bool IsRetryable(ErrorCode code);
 
-// The JSON text `{"error":{...}}` for `error`. Never throws.
-std::string ErrorBody(const Error& error);
+enum class ErrorFlavor { kOpenAi, kOpenRouter };
+
+// The JSON text `{"error":{...}}` for `error` in the given flavor (shapes
+// above). Never throws.
+std::string ErrorBody(const Error& error, ErrorFlavor flavor = ErrorFlavor::kOpenAi);
 
 // Convenience constructors.
 Error InvalidArgument(std::string message, std::string param = {});
