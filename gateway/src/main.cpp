@@ -1,6 +1,6 @@
 // The `tollgate` command line: serve, migrate, keys create|list|revoke.
-#include "config.hpp"
-#include "server.hpp"
+#include "tollgate/gateway/config.hpp"
+#include "tollgate/gateway/server.hpp"
 #include "tollgate/billing/key_store.hpp"
 #include "tollgate/billing/migrations.hpp"
 

@@ -1,4 +1,4 @@
-#include "server.hpp"
+#include "tollgate/gateway/server.hpp"
 
 #include "api.hpp"
 #include "metrics.hpp"

@@ -1,4 +1,4 @@
-#include "config.hpp"
+#include "tollgate/gateway/config.hpp"
 
 #include <gtest/gtest.h>
 

@@ -7,7 +7,7 @@
 // that builds stay fast.
 #pragma once
 
-#include "config.hpp"
+#include "tollgate/gateway/config.hpp"
 
 #include <string>
 
