@@ -16,11 +16,11 @@ namespace {
 using namespace tollgate;
 
 constexpr const char* kUsage = R"(usage:
-  tollgate serve [--config FILE] [--listen HOST:PORT] [--port-file PATH]
-  tollgate migrate [--config FILE]
-  tollgate keys create --name NAME [--credits USD] [--config FILE]
-  tollgate keys list [--config FILE]
-  tollgate keys revoke ID [--config FILE]
+  tollgate serve [--config FILE] [--listen HOST:PORT] [--port-file PATH] [--database-url URL]
+  tollgate migrate [--config FILE] [--database-url URL]
+  tollgate keys create --name NAME [--credits USD] [--config FILE] [--database-url URL]
+  tollgate keys list [--config FILE] [--database-url URL]
+  tollgate keys revoke ID [--config FILE] [--database-url URL]
 
 serve reads config/tollgate.yaml when --config is not given. The database is a
 libpq URI from --database-url, else the environment variable
