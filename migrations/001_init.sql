@@ -11,10 +11,9 @@ CREATE TABLE api_keys (
   id                    bigserial   PRIMARY KEY,
   name                  text        NOT NULL,
   -- Lowercase hex SHA-256 of the plaintext key (HashApiKey). The plaintext is
-  -- shown once at creation and never stored.
+  -- shown once at creation; no part of it is stored (listings show
+  -- ApiKeyLabel(key_hash), "tg-..." + 8 hex characters of this hash).
   key_hash              text        NOT NULL UNIQUE,
-  -- Display prefix for listings ("tg-AbCdEfG..."); not enough to authenticate.
-  key_prefix            text        NOT NULL,
   -- NULL = unlimited.
   credit_limit_nano_usd bigint      NULL CHECK (credit_limit_nano_usd IS NULL OR credit_limit_nano_usd >= 0),
   -- Sum of cost_nano_usd of this key's usage_events, maintained by the usage

@@ -56,9 +56,8 @@ std::string HashApiKey(std::string_view key) {
   return hex;
 }
 
-std::string ApiKeyDisplayPrefix(std::string_view key) {
-  size_t shown = key.size() >= 20 ? 10 : key.size() / 2;
-  return std::string(key.substr(0, shown)) + "...";
+std::string ApiKeyLabel(std::string_view key_hash_hex) {
+  return std::string(kApiKeyLabelMark) + std::string(key_hash_hex.substr(0, kApiKeyLabelHashChars));
 }
 
 bool LooksLikeApiKey(std::string_view key) {

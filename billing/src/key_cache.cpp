@@ -8,6 +8,7 @@
 #include "tollgate/billing/api_key.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -24,6 +25,9 @@ struct Snapshot {
   std::vector<KeyRecord> records;                     // pending_spend unset here
   std::unordered_map<std::string, size_t> by_hash;    // key_hash -> index
   std::unordered_map<int64_t, size_t> by_id;          // id -> index
+  // When the reload that built it started querying: the snapshot shows every
+  // key committed before then.
+  std::chrono::steady_clock::time_point load_started;
 
   void Add(KeyRecord record, std::string key_hash) {
     if (!key_hash.empty()) by_hash.emplace(std::move(key_hash), records.size());
@@ -47,7 +51,10 @@ struct KeyCache::Impl {
   explicit Impl(std::string url, int interval_ms)
       : session(std::move(url)), refresh_interval(interval_ms) {}
 
-  // Database side: used by the refresh thread and RefreshNow.
+  // Database side: used by the refresh thread, RefreshNow and
+  // RefreshIfLoadedBefore. Held from the query until the snapshot is
+  // installed, so reloads install in the order they queried (an older
+  // snapshot never replaces a newer one). Lock order: session, then state.
   std::mutex session_mutex;
   internal::PgSession session;
   const std::chrono::milliseconds refresh_interval;
@@ -76,9 +83,26 @@ struct KeyCache::Impl {
   }
 
   Result<void> Reload() {
+    std::lock_guard lock(session_mutex);
+    return ReloadLocked();
+  }
+
+  // Reloads unless the installed snapshot's load started at or after `t`.
+  // Checked under session_mutex, after any reload in flight has installed.
+  Result<void> ReloadIfLoadedBefore(std::chrono::steady_clock::time_point t) {
+    std::lock_guard lock(session_mutex);
+    if (std::shared_ptr<const Snapshot> current = Current();
+        current != nullptr && current->load_started >= t) {
+      return {};
+    }
+    return ReloadLocked();
+  }
+
+  // Caller holds session_mutex.
+  Result<void> ReloadLocked() {
     auto loaded = std::make_shared<Snapshot>();
     {
-      std::lock_guard lock(session_mutex);
+      loaded->load_started = std::chrono::steady_clock::now();
       internal::PgOutcome out = session.Exec(
           "SELECT id, name, key_hash, credit_limit_nano_usd, spent_nano_usd,"
           " revoked_at IS NOT NULL FROM api_keys",
@@ -228,6 +252,10 @@ Money KeyCache::Reserved(int64_t key_id) const {
 
 Result<void> KeyCache::RefreshNow() { return impl_->Reload(); }
 
+Result<void> KeyCache::RefreshIfLoadedBefore(std::chrono::steady_clock::time_point t) {
+  return impl_->ReloadIfLoadedBefore(t);
+}
+
 void KeyCache::Stop() {
   {
     std::lock_guard lock(impl_->stop_mutex);
@@ -254,6 +282,7 @@ void KeyCacheTestAccess::Refresh(KeyCache& cache, const std::vector<KeyRecord>& 
 
 void KeyCacheTestAccess::InstallRecords(KeyCache::Impl& impl, const std::vector<KeyRecord>& records) {
   auto loaded = std::make_shared<Snapshot>();
+  loaded->load_started = std::chrono::steady_clock::now();
   for (const KeyRecord& record : records) {
     KeyRecord copy = record;
     copy.pending_spend = Money{};

@@ -54,9 +54,9 @@ Result<CreatedKey> KeyStore::Create(std::string name, std::optional<Money> credi
   std::lock_guard lock(impl_->mutex);
   // Not idempotent: a lost reply would leave a key whose plaintext nobody has.
   PgOutcome out = impl_->session.Exec(
-      "INSERT INTO api_keys (name, key_hash, key_prefix, credit_limit_nano_usd) "
-      "VALUES ($1, $2, $3, $4::bigint) RETURNING id",
-      {std::move(name), HashApiKey(key), ApiKeyDisplayPrefix(key), LimitParam(credit_limit)},
+      "INSERT INTO api_keys (name, key_hash, credit_limit_nano_usd) "
+      "VALUES ($1, $2, $3::bigint) RETURNING id",
+      {std::move(name), HashApiKey(key), LimitParam(credit_limit)},
       /*idempotent=*/false);
   if (!out.ok()) return out.ToError("creating API key");
   return CreatedKey{internal::PgInt64(out.result.get(), 0, 0), std::move(key)};
@@ -65,7 +65,7 @@ Result<CreatedKey> KeyStore::Create(std::string name, std::optional<Money> credi
 Result<std::vector<KeyInfo>> KeyStore::List() {
   std::lock_guard lock(impl_->mutex);
   PgOutcome out = impl_->session.Exec(
-      "SELECT id, name, key_prefix, credit_limit_nano_usd, spent_nano_usd,"
+      "SELECT id, name, key_hash, credit_limit_nano_usd, spent_nano_usd,"
       " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
       " revoked_at IS NOT NULL "
       "FROM api_keys ORDER BY id",
@@ -78,7 +78,7 @@ Result<std::vector<KeyInfo>> KeyStore::List() {
     KeyInfo info;
     info.id = internal::PgInt64(r, row, 0);
     info.name = internal::PgText(r, row, 1);
-    info.prefix = internal::PgText(r, row, 2);
+    info.prefix = ApiKeyLabel(internal::PgText(r, row, 2));
     if (auto limit = internal::PgOptInt64(r, row, 3)) info.credit_limit = Money{*limit};
     info.spent = Money{internal::PgInt64(r, row, 4)};
     info.created_at = internal::PgText(r, row, 5);

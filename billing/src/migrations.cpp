@@ -63,7 +63,9 @@ Result<int> ApplyMigrations(const std::string& database_url) {
     if (done.contains(m.version)) continue;
     std::string label = MigrationLabel(m);
     PgOutcome begun = PgExec(c, "BEGIN");
-    if (!begun.ok()) return begun.ToError("migration " + label);
+    // No "run tollgate migrate" hint below: this is the migrator, and a missing
+    // table here is a bug in the migration itself.
+    if (!begun.ok()) return begun.ToError("migration " + label, /*schema_hint=*/false);
     PgOutcome ran = PgExec(c, m.sql);
     if (ran.ok()) {
       ran = PgExec(c, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
@@ -72,7 +74,7 @@ Result<int> ApplyMigrations(const std::string& database_url) {
     if (ran.ok()) ran = PgExec(c, "COMMIT");
     if (!ran.ok()) {
       if (!ran.connection_bad) PgExec(c, "ROLLBACK");
-      return ran.ToError("migration " + label);
+      return ran.ToError("migration " + label, /*schema_hint=*/false);
     }
     internal::Log(LogLevel::kInfo, "applied migration " + label);
     ++count;

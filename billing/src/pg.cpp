@@ -74,12 +74,13 @@ bool PgOutcome::permanent() const {
   return sqlstate.size() == 5 && (sqlstate.starts_with("22") || sqlstate.starts_with("23"));
 }
 
-Error PgOutcome::ToError(std::string_view what) const {
+Error PgOutcome::ToError(std::string_view what, bool schema_hint) const {
   bool unavailable = connection_bad || sqlstate.empty() || sqlstate.starts_with("08") ||
                      sqlstate.starts_with("40") || sqlstate.starts_with("53") ||
                      sqlstate.starts_with("57") || sqlstate.starts_with("58");
   std::string text = std::string(what) + ": " + message;
   if (!sqlstate.empty()) text += " (SQLSTATE " + sqlstate + ")";
+  if (schema_hint && undefined_table()) text += "; " + std::string(kSchemaMissingHint);
   return Error{unavailable ? ErrorCode::kUnavailable : ErrorCode::kInternal, std::move(text), {}, {}};
 }
 

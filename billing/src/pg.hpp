@@ -43,10 +43,22 @@ struct PgOutcome {
   // A data or constraint problem with the statement's values (SQLSTATE class
   // 22 or 23): retrying the same values cannot succeed.
   bool permanent() const;
+  // SQLSTATE 42P01 undefined_table: a table the statement names does not
+  // exist, which for billing's own statements means the schema was never
+  // migrated (or only partly).
+  bool undefined_table() const { return sqlstate == kUndefinedTable; }
   // The Error for a caller: kUnavailable when the connection is gone or the
-  // server is shutting down / out of resources, kInternal otherwise.
-  Error ToError(std::string_view what) const;
+  // server is shutting down / out of resources, kInternal otherwise. With
+  // `schema_hint` (all callers but the migrator itself), an undefined_table
+  // error says so and tells to run `tollgate migrate` (kSchemaMissingHint).
+  Error ToError(std::string_view what, bool schema_hint = true) const;
+
+  static constexpr std::string_view kUndefinedTable = "42P01";
 };
+
+// Appended to errors caused by a missing table.
+inline constexpr std::string_view kSchemaMissingHint =
+    "the database schema is missing or out of date: run `tollgate migrate`";
 
 // Text-format parameter; nullopt is SQL NULL.
 using PgParam = std::optional<std::string>;

@@ -287,6 +287,11 @@ Result<std::unique_ptr<UsageRecorder>> UsageRecorder::Start(const std::string& d
   }
   auto impl = std::make_unique<Impl>(database_url, flush_interval_ms, batch_size);
   if (auto ok = impl->session.Ensure(); !ok) return ok.error();
+  // Fail now, with "run tollgate migrate" (SQLSTATE 42P01), rather than queue
+  // rows that the writer would retry forever against a missing table.
+  internal::PgOutcome schema = impl->session.Exec(
+      "SELECT 1 FROM usage_events, api_keys LIMIT 0", {}, /*idempotent=*/true);
+  if (!schema.ok()) return schema.ToError("checking the usage tables");
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->Run(); });
   return std::unique_ptr<UsageRecorder>(new UsageRecorder(std::move(impl)));

@@ -6,6 +6,7 @@
 #include "tollgate/billing/usage_recorder.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -212,6 +213,83 @@ TEST_F(KeyCachePg, ReservationsBoundConcurrentCallsAndFollowTheRecorder) {
   ASSERT_TRUE(unlimited);
   for (int i = 0; i < 10; ++i) EXPECT_TRUE((*cache)->TryReserve(*unlimited, Money{kCent * 1000}));
   EXPECT_EQ((*cache)->Reserved(bob.id), Money{0});
+}
+
+using Clock = std::chrono::steady_clock;
+
+TEST_F(KeyCachePg, RefreshIfLoadedBeforeSkipsWhenALaterReloadIsInstalled) {
+  const Clock::time_point before_start = Clock::now();
+  auto cache = KeyCache::Start(url(), 60'000);  // no background reload during the test
+  ASSERT_TRUE(cache) << cache.error().message;
+  // Start's own load began after before_start.
+  int64_t n = (*cache)->refreshes();
+  ASSERT_TRUE((*cache)->RefreshIfLoadedBefore(before_start));
+  EXPECT_EQ((*cache)->refreshes(), n);
+
+  const Clock::time_point t = Clock::now();
+  ASSERT_TRUE((*cache)->RefreshNow());  // started after t
+  n = (*cache)->refreshes();
+  CreatedKey bob = MustCreate("bob");   // committed after that reload
+  ASSERT_TRUE((*cache)->RefreshIfLoadedBefore(t));
+  EXPECT_EQ((*cache)->refreshes(), n) << "a reload that started after t is installed: no-op";
+  EXPECT_FALSE((*cache)->Lookup(bob.key)) << "so bob's key, created later, is not loaded yet";
+
+  // The gateway's case: a miss on a key created a moment ago.
+  const Clock::time_point miss = Clock::now();
+  ASSERT_FALSE((*cache)->Lookup(bob.key));
+  ASSERT_TRUE((*cache)->RefreshIfLoadedBefore(miss));
+  EXPECT_EQ((*cache)->refreshes(), n + 1);
+  EXPECT_TRUE((*cache)->Lookup(bob.key));
+  // Once is enough for that t.
+  ASSERT_TRUE((*cache)->RefreshIfLoadedBefore(miss));
+  EXPECT_EQ((*cache)->refreshes(), n + 1);
+}
+
+TEST_F(KeyCachePg, ConcurrentRefreshIfLoadedBeforeReloadsOnce) {
+  auto cache = KeyCache::Start(url(), 60'000);
+  ASSERT_TRUE(cache) << cache.error().message;
+  CreatedKey alice = MustCreate("alice");
+  const int64_t n = (*cache)->refreshes();
+  const Clock::time_point t = Clock::now();
+  ASSERT_FALSE((*cache)->Lookup(alice.key));
+
+  constexpr int kThreads = 8;
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::atomic<int> failed{0}, found{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&] {
+      ready.fetch_add(1);
+      while (!go.load()) std::this_thread::yield();
+      if (!(*cache)->RefreshIfLoadedBefore(t)) failed.fetch_add(1);
+      if ((*cache)->Lookup(alice.key)) found.fetch_add(1);
+    });
+  }
+  while (ready.load() < kThreads) std::this_thread::yield();
+  go.store(true);
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(found.load(), kThreads) << "every caller sees the key once its call returns";
+  EXPECT_EQ((*cache)->refreshes(), n + 1) << "8 concurrent misses at t: exactly one reload";
+  EXPECT_EQ((*cache)->refresh_failures(), 0);
+}
+
+TEST_F(KeyCachePg, RefreshIfLoadedBeforeKeepsTheSnapshotWhenTheDatabaseIsDown) {
+  CreatedKey alice = MustCreate("alice");
+  auto cache = KeyCache::Start(url(), 60'000);
+  ASSERT_TRUE(cache) << cache.error().message;
+  const int64_t n = (*cache)->refreshes();
+  BeginOutage();
+  auto down = (*cache)->RefreshIfLoadedBefore(Clock::now());
+  ASSERT_FALSE(down);
+  EXPECT_EQ(down.error().code, ErrorCode::kUnavailable);
+  EXPECT_EQ((*cache)->refreshes(), n);
+  EXPECT_TRUE((*cache)->Lookup(alice.key)) << "the last snapshot stays";
+  EndOutage();
+  // The failed attempt installed nothing, so the next call with the same t reloads.
+  ASSERT_TRUE((*cache)->RefreshIfLoadedBefore(Clock::now()));
+  EXPECT_EQ((*cache)->refreshes(), n + 1);
 }
 
 }  // namespace

@@ -3,6 +3,9 @@
 #include "pg_test_database.hpp"
 #include "tollgate/billing/api_key.hpp"
 
+#include <string>
+#include <vector>
+
 namespace tollgate::billing {
 namespace {
 
@@ -26,7 +29,8 @@ TEST_F(KeyStorePg, CreateListRevoke) {
   const KeyInfo& bob = (*listed)[1];
   EXPECT_EQ(alice.id, a->id);
   EXPECT_EQ(alice.name, "alice");
-  EXPECT_EQ(alice.prefix, ApiKeyDisplayPrefix(a->key));
+  EXPECT_EQ(alice.prefix, ApiKeyLabel(HashApiKey(a->key)));
+  EXPECT_EQ(bob.prefix, ApiKeyLabel(HashApiKey(b->key)));
   EXPECT_FALSE(alice.credit_limit);
   EXPECT_EQ(alice.spent, Money{0});
   EXPECT_FALSE(alice.revoked);
@@ -61,6 +65,52 @@ TEST_F(KeyStorePg, StoresOnlyTheHash) {
   EXPECT_EQ(QueryInt("SELECT count(*) FROM api_keys WHERE row_to_json(api_keys)::text LIKE '%" +
                      created->key + "%'"),
             0);
+}
+
+// Every window of `size` characters of `text`; any longer substring contains one.
+std::vector<std::string> Windows(const std::string& text, size_t size) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i + size <= text.size(); ++i) out.push_back(text.substr(i, size));
+  return out;
+}
+
+TEST_F(KeyStorePg, NoColumnHoldsAnyPartOfAPlaintextKey) {
+  std::vector<CreatedKey> created;
+  for (int i = 0; i < 5; ++i) {
+    auto key = store_->Create("key-" + std::to_string(i), Money{1000 + i});
+    ASSERT_TRUE(key) << key.error().message;
+    created.push_back(*key);
+  }
+  ASSERT_TRUE(store_->Revoke(created[0].id).value());
+  // key_prefix is gone; what is left is id, name, hash, money and times.
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM information_schema.columns "
+                     "WHERE table_name = 'api_keys' AND column_name = 'key_prefix'"),
+            0);
+  // Every column of every row, as text (row_to_json names each column and
+  // renders each value).
+  std::optional<std::string> rows =
+      Query("SELECT string_agg(row_to_json(api_keys)::text, E'\\n' ORDER BY id) FROM api_keys");
+  ASSERT_TRUE(rows);
+  for (const CreatedKey& key : created) {
+    ASSERT_NE(rows->find(HashApiKey(key.key)), std::string::npos) << "the hash is stored";
+    // No substring of >= 6 characters of the plaintext: the fixed "tg-"
+    // start (3 characters) is too short to count, "tg-" + 3 random ones is not.
+    for (const std::string& part : Windows(key.key, 6)) {
+      EXPECT_EQ(rows->find(part), std::string::npos)
+          << "api_keys holds '" << part << "' of key " << key.id << ": " << *rows;
+    }
+  }
+  // Listing shows labels made from the hashes, no part of the keys either.
+  auto listed = store_->List();
+  ASSERT_TRUE(listed) << listed.error().message;
+  ASSERT_EQ(listed->size(), created.size());
+  for (size_t i = 0; i < created.size(); ++i) {
+    const KeyInfo& info = (*listed)[i];
+    EXPECT_EQ(info.prefix, ApiKeyLabel(HashApiKey(created[i].key)));
+    for (const std::string& part : Windows(created[i].key, 6)) {
+      EXPECT_EQ(info.prefix.find(part), std::string::npos) << info.prefix;
+    }
+  }
 }
 
 TEST_F(KeyStorePg, RejectsBadArguments) {

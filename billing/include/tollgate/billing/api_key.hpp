@@ -6,7 +6,8 @@
 // RAND_bytes(3)), left-padded with '0'; 43 is the least n with 62^n >= 2^256.
 //
 // Only HashApiKey(key) is stored (api_keys.key_hash); the plaintext is shown to
-// its owner once. Because keys carry 256 bits of entropy, an unsalted fast hash
+// its owner once, and no part of it is stored or listed (ApiKeyLabel below is
+// made from the hash). Because keys carry 256 bits of entropy, an unsalted fast hash
 // is enough: there is nothing to brute-force (same reasoning as GitHub's and
 // OpenAI's token storage).
 //
@@ -33,10 +34,17 @@ std::string GenerateApiKey();
 // sent); never throws.
 std::string HashApiKey(std::string_view key);
 
-// Non-secret form of a key for listings and logs: its first 10 characters
-// followed by "..." ("tg-AbC1234..."); for inputs shorter than 20 characters,
-// only the first half of them, so a short string is never shown whole.
-std::string ApiKeyDisplayPrefix(std::string_view key);
+// Display label of a stored key for listings (KeyInfo::prefix, `tollgate keys
+// list`) and logs, made from its hash only, since no part of the plaintext is
+// stored: kApiKeyLabelMark ("tg-...") followed by the first 8 characters of
+// `key_hash_hex` (HashApiKey's output), e.g. "tg-...3f9a0c1e"; fewer if the
+// input is shorter. Not a prefix of the key and not enough to authenticate;
+// 32 bits of the hash tell a handful of keys apart, not guaranteed unique.
+// The owner of a plaintext key finds its label with
+// ApiKeyLabel(HashApiKey(key)). ASCII only, so fixed-width listings align.
+inline constexpr std::string_view kApiKeyLabelMark = "tg-...";
+inline constexpr size_t kApiKeyLabelHashChars = 8;
+std::string ApiKeyLabel(std::string_view key_hash_hex);
 
 // True if `key` has the exact format that GenerateApiKey produces. The gateway
 // may use it to reject malformed keys before hashing.

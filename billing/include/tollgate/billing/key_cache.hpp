@@ -14,6 +14,7 @@
 #include "tollgate/core/error.hpp"
 #include "tollgate/core/money.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -50,7 +51,8 @@ class KeyCache {
   // (>= 1). When a reload fails (database down) the last good snapshot stays in
   // use; the first failure and the recovery are logged once each (log.hpp).
   // Errors: kInvalidArgument (bad URL or interval), kUnavailable (cannot
-  // connect or load at start), kInternal (schema missing: run migrations).
+  // connect or load at start), kInternal (e.g. schema missing: api_keys does
+  // not exist, SQLSTATE 42P01; the message then says to run `tollgate migrate`).
   static Result<std::unique_ptr<KeyCache>> Start(const std::string& database_url,
                                                  int refresh_interval_ms = 1000);
 
@@ -132,6 +134,34 @@ class KeyCache {
   // created or revoked a key, and for tests. On error the old snapshot stays.
   // Errors: kUnavailable, kInternal. Thread-safe.
   Result<void> RefreshNow();
+
+  // Reloads, on the calling thread (blocking), unless the installed snapshot
+  // comes from a reload that started querying at or after `t` (each snapshot
+  // records the steady-clock time its reload started; that snapshot already
+  // shows every key committed before `t`). Then it returns at once: ok, no
+  // database call, refreshes() unchanged.
+  //
+  // For a Lookup miss on a key that may have been created a moment ago: take
+  // t = steady_clock::now() *before* the Lookup that missed, then call this
+  // from a thread that may block (not an event loop) and Lookup again. A key
+  // committed before t is then found, without waiting for the refresh
+  // interval.
+  //
+  // Check and reload run under the mutex that serialises all reloads
+  // (background, RefreshNow, this), taken before the check: a caller that
+  // finds a reload in flight waits for it to install, then checks. So N
+  // concurrent misses with the same t cost at most one reload once a reload
+  // started after t has finished (exactly one when none was in flight), and
+  // misses spread over time cost about one reload in flight at a time.
+  // Every miss may still start a full reload of api_keys, and a caller waits
+  // for the reloads ahead of it (each up to the connect timeout while the
+  // database is down), so the gateway should call it only for keys that pass
+  // LooksLikeApiKey and bound how often unknown keys may trigger it.
+  // On error the old snapshot stays and the next call tries again; failures
+  // are not counted in refresh_failures() (like RefreshNow).
+  // Errors: kUnavailable, kInternal (schema missing: run `tollgate migrate`).
+  // Thread-safe.
+  Result<void> RefreshIfLoadedBefore(std::chrono::steady_clock::time_point t);
 
   // Stops and joins the refresh thread. Lookups keep working on the last
   // snapshot. Idempotent; thread-safe; must not be called from a log handler.

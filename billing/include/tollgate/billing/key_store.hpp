@@ -22,7 +22,9 @@ struct CreatedKey {
 struct KeyInfo {
   int64_t id = 0;
   std::string name;
-  std::string prefix;                 // ApiKeyDisplayPrefix of the key, "tg-AbC1234..."
+  // Display label made from the stored hash, ApiKeyLabel(key_hash) (api_key.hpp):
+  // "tg-...3f9a0c1e". Not part of the key: no part of the plaintext is stored.
+  std::string prefix;
   std::optional<Money> credit_limit;  // nano-USD; nullopt = unlimited
   Money spent;                        // nano-USD written by the usage recorder so far
   std::string created_at;             // RFC 3339 UTC, seconds: "2026-11-29T08:04:53Z"
@@ -32,7 +34,9 @@ struct KeyInfo {
 class KeyStore {
  public:
   // Connects to `database_url` (libpq connection string or URI); the schema
-  // must have been migrated (migrations.hpp).
+  // must have been migrated (migrations.hpp). Connect does not check that; on an
+  // unmigrated database every operation below fails with kInternal and a
+  // message saying to run `tollgate migrate`.
   // Errors: kInvalidArgument (unparsable URL), kUnavailable (cannot connect).
   static Result<std::unique_ptr<KeyStore>> Connect(const std::string& database_url);
 
@@ -41,8 +45,8 @@ class KeyStore {
   KeyStore& operator=(const KeyStore&) = delete;
 
   // Creates a key named `name` (non-empty, any text) with an optional credit
-  // limit in nano-USD (>= 0; nullopt = unlimited). Stores only its hash and
-  // display prefix and returns the plaintext once.
+  // limit in nano-USD (>= 0; nullopt = unlimited). Stores only its SHA-256
+  // hash (no part of the plaintext) and returns the plaintext once.
   // Errors: kInvalidArgument (empty name, negative limit), kUnavailable
   // (database unreachable; the key may or may not have been created, and its
   // plaintext is lost either way, so create another), kInternal.
