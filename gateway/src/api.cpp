@@ -77,8 +77,9 @@ json::object UsageObject(const Usage& usage, Money cost) {
   };
 }
 
-// No `system_fingerprint`: Tollgate has none to give, and @openrouter/sdk's
-// chunk schema rejects null there (the field is optional in OpenAI's).
+// Tollgate has no `system_fingerprint`. @openrouter/sdk 1.3 wants it null on
+// a whole answer (ChatResult: required, nullable) and absent on a chunk
+// (ChatStreamChunk: optional, not nullable); RenderCompletion adds the null.
 json::object Envelope(const ResponseMeta& meta, std::string_view object) {
   return json::object{
       {"id", meta.id}, {"object", object}, {"created", meta.created}, {"model", meta.model}, {"provider", meta.provider}};
@@ -248,6 +249,7 @@ std::string RenderCompletion(const ResponseMeta& meta, std::string_view text, co
     choice["text"] = text;
   }
   json::object out = Envelope(meta, meta.kind == RequestKind::kChat ? "chat.completion" : "text_completion");
+  out["system_fingerprint"] = nullptr;
   out["choices"] = json::array{std::move(choice)};
   out["usage"] = UsageObject(completion.usage, cost);
   return json::serialize(out);

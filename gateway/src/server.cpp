@@ -2,6 +2,7 @@
 
 #include "api.hpp"
 #include "metrics.hpp"
+#include "tollgate/billing/api_key.hpp"
 #include "tollgate/billing/generation_store.hpp"
 #include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
@@ -40,6 +41,7 @@ constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
 constexpr auto kDrainTimeout = std::chrono::seconds(30);
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);
+constexpr auto kMissReloadInterval = std::chrono::milliseconds(100);
 // Completion tokens assumed for a reservation when neither max_tokens nor a
 // context length is known.
 constexpr int64_t kDefaultCompletionBound = 4096;
@@ -123,7 +125,8 @@ struct Services {
   std::unique_ptr<Metrics> metrics;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
   std::atomic<int> active_calls{0};
-  std::mutex miss_reload_mutex;  // one key reload at a time for cache misses
+  asio::thread_pool key_reloads{1};     // reloads for key-cache misses, one at a time
+  Clock::time_point last_miss_reload;  // when the last miss reload began; key_reloads' thread only
   std::atomic<bool> stopping{false};
 };
 
@@ -328,25 +331,26 @@ class Connection {
     co_return JsonResponse(req, 200, RenderGeneration(*event));
   }
 
-  // Looks the key up in the in-memory cache. On a miss, makes sure a reload
-  // that began after the miss has finished (on the blocking pool), then looks
-  // again: a key created a moment ago works at once. Misses coalesce: one
-  // reload at a time serves every miss that came before it began, so unknown
-  // keys cost at most back-to-back reloads, never one each.
+  // Looks the key up in the in-memory cache. On a miss of a well-formed key,
+  // waits for a reload of the key table that began after the miss, then looks
+  // again: a key created a moment ago works at once. Reloads for misses run
+  // on their own thread, one at a time and at most every kMissReloadInterval;
+  // misses share them (KeyCache::RefreshIfLoadedBefore), so a stream of
+  // unknown keys costs at most that many reloads, and nothing else waits.
   awaitable<std::optional<billing::KeyRecord>> Authenticate(const Request& req) {
+    const auto missed_at = Clock::now();
     std::string_view presented = BearerKey(req);
     std::optional<billing::KeyRecord> key = s_.keys->Lookup(presented);
-    if (key || presented.empty()) co_return key;
-    const int64_t seen = s_.keys->refreshes();
-    auto reload = [this, seen]() -> awaitable<void> {
-      std::lock_guard lock(s_.miss_reload_mutex);
-      // At the miss, at most two reloads were in flight (the periodic one and
-      // one from this path, which the mutex serialises); a third completion
-      // is a reload that began after the miss.
-      if (s_.keys->refreshes() < seen + 3) (void)s_.keys->RefreshNow();
+    if (key || !billing::LooksLikeApiKey(presented)) co_return key;
+    auto reload = [this, missed_at]() -> awaitable<void> {
+      // This thread runs one job at a time: a reload it began after the miss has finished.
+      if (missed_at <= s_.last_miss_reload) co_return;
+      std::this_thread::sleep_until(s_.last_miss_reload + kMissReloadInterval);
+      s_.last_miss_reload = Clock::now();
+      (void)s_.keys->RefreshIfLoadedBefore(missed_at);  // a no-op when a periodic reload began after the miss
       co_return;
     };
-    co_await asio::co_spawn(s_.blocking, reload, asio::use_awaitable);
+    co_await asio::co_spawn(s_.key_reloads, reload, asio::use_awaitable);
     co_return s_.keys->Lookup(presented);
   }
 
@@ -820,6 +824,7 @@ int Serve(const Config& config, const ServeOptions& options) {
   ioc.run();
   for (auto& t : pool) t.join();
   services.blocking.join();
+  services.key_reloads.join();
   // Bounded: during a database outage the rows still queued after 30 s are
   // logged and counted as lost rather than hanging the shutdown forever.
   if (!services.recorder->StopWithin(std::chrono::seconds(30))) {
