@@ -20,9 +20,14 @@
 //   mock-error-401 / mock-error-429 / mock-error-500   OpenAI-shaped error with that status
 //   mock-midstream-error   streams two pieces, then an SSE `data: {"error": ...}` event and closes
 //   mock-no-usage          ignores stream_options.include_usage (some compatible servers do)
-//   mock-slow              200 pieces, 50 ms apart (for cancellation tests)
+//   mock-slow              200 pieces, 50 ms apart (for cancellation and timeout tests); not
+//                          streamed: nothing at all for 10 s (200 x 50 ms), then the JSON answer
 // Any other model name answers normally. The API key must be `Bearer <apiKey>` or the mock answers
 // 401 as OpenAI does.
+//
+// Each recorded request (mock.requests) has `closed`: true when the connection closed before the
+// mock had written its whole response (the gateway gave up on the call), with `closedAt` (ms since
+// the epoch) and `receivedAt`; `aborted` is the same flag under its older name.
 //
 // Use from tests:   const mock = await startMockOpenAI(); mock.baseURL; mock.requests; mock.close()
 // Use by hand:      node mock_openai.mjs [--port N] [--api-key KEY]
@@ -197,6 +202,11 @@ export async function startMockOpenAI({
     const created = 1700000000 + n;
 
     if (!body.stream) {
+      if (slow) {
+        // Think for 10 s before answering; stop at once if the caller hangs up meanwhile.
+        for (let i = 0; i < pieces.length && !rec.closed; i++) await sleep(50);
+        if (rec.closed) return undefined;
+      }
       if (kind === 'chat') {
         return sendJson(rec, res, {
           id, object: 'chat.completion', created, model,
@@ -258,12 +268,17 @@ export async function startMockOpenAI({
       const rec = {
         method: req.method, path: req.url, headers: { ...req.headers }, rawBody: raw, body: null,
         upstreamId: `req_mock${requests.length + 1}`, status: null, writes: [],
-        receivedAt: Date.now(), finished: false, aborted: false,
+        receivedAt: Date.now(), finished: false, closed: false, closedAt: null, aborted: false,
       };
       requests.push(rec);
       res.socket?.setNoDelay(true);
+      // 'close' fires when the response is done or when the connection goes away first.
       res.on('close', () => {
-        if (!res.writableFinished) rec.aborted = true;
+        if (!res.writableFinished) {
+          rec.closed = true;
+          rec.closedAt = Date.now();
+          rec.aborted = true;
+        }
         rec.finished = true;
       });
       if (log) log(`${req.method} ${req.url} ${raw.slice(0, 200)}`);

@@ -6,20 +6,21 @@
 // local model's are the greedy reference (../shared/models/stories260K-reference.json).
 // Prices: mock/* 1.00 / 2.00 USD per million prompt / completion tokens = 1000 / 2000 nano-USD per
 // token; local/stories260k 0.01 / 0.02 = 10 / 20 nano-USD per token.
+import crypto from 'node:crypto';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  LOCAL_PRICE, MOCK_PRICE, adminDatabaseUrl, assertErrorShape, createDatabase, loadDeps, makeWorkDir,
-  modelDir, parseSse, referenceFor, requireBinary, runCli, runCliOk, sleep, startGateway, tail,
-  usageRow, usd, waitFor, writeConfig,
+  LOCAL_PRICE, MOCK_PRICE, adminDatabaseUrl, assertErrorShape, createDatabase, errorFlavor, loadDeps,
+  makeWorkDir, modelDir, parseSse, referenceFor, requireBinary, runCli, runCliOk, sleep, startGateway,
+  tail, usageRow, usd, waitFor, writeConfig,
 } from '../lib/harness.mjs';
 import {
   REPLY_PIECES, REPLY_TEXT, completionFor, promptTokens, startMockOpenAI,
 } from '../mock_openai.mjs';
 
-const { OpenAI, OpenRouter, pg } = await loadDeps();
+const { OpenAI, OpenRouter, orErrors, orModels, pg } = await loadDeps();
 adminDatabaseUrl(); // fail at once, clearly, without a database
 requireBinary();
 
@@ -49,6 +50,10 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   const keyRow = async (name) => (await db.query('SELECT * FROM api_keys WHERE name = $1', [name])).rows[0];
+  // @openrouter/sdk retries 5XX and connection errors with backoff for up to an hour by default.
+  const openRouter = (key = keys.main) => new OpenRouter({
+    apiKey: key, serverURL: `${gw.url}/api/v1`, retryConfig: { strategy: 'none' },
+  });
 
   before(async () => {
     workDir = makeWorkDir('e2e');
@@ -101,9 +106,12 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     const row = await keyRow('e2e-main');
     assert.ok(row, 'api_keys row for e2e-main');
     assert.equal(row.credit_limit_nano_usd, 5_000_000_000);
-    assert.ok(!JSON.stringify(row).includes(keys.main), 'the plaintext key is not stored');
-    assert.notEqual(row.key_hash, keys.main);
-    assert.ok(keys.main.startsWith(row.key_prefix.replace(/\.+$/, '')), 'key_prefix is a prefix of the key');
+    // Only the SHA-256 is stored: no column holds any 6-character piece of the key after "tg-".
+    const stored = JSON.stringify(row);
+    for (let i = 3; i + 6 <= keys.main.length; i++) {
+      assert.ok(!stored.includes(keys.main.slice(i, i + 6)), `api_keys holds part of the key: ${keys.main.slice(i, i + 6)}`);
+    }
+    assert.equal(row.key_hash, crypto.createHash('sha256').update(keys.main).digest('hex'));
   });
 
   test('keys list names the keys without showing them', async () => {
@@ -114,9 +122,9 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     for (const k of Object.values(keys)) assert.ok(!out.includes(k), 'keys list must not print a full key');
   });
 
-  test('serve logs its address; /healthz and /readyz answer 200', async () => {
+  test('serve logs its address; /healthz and /readyz answer 200, also under /api/v1', async () => {
     assert.match(fs.readFileSync(gw.logFile, 'utf8'), new RegExp(`^tollgate: .*listening on http://127\\.0\\.0\\.1:${gw.port}$`, 'm'));
-    for (const p of ['/healthz', '/readyz']) {
+    for (const p of ['/healthz', '/readyz', '/api/v1/healthz', '/api/v1/readyz']) {
       const r = await fetch(`${gw.url}${p}`);
       assert.equal(r.status, 200, p);
     }
@@ -167,8 +175,94 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.equal(Number(e.pricing.completion), 2e-6);
     const missing = await fetch(`${gw.url}/api/v1/models/nobody/nothing/endpoints`);
     assert.equal(missing.status, 404);
-    assert.ok((await missing.json()).error.message);
+    assertErrorShape(assert, await missing.json(), 'unknown model endpoints', { flavor: 'openrouter', status: 404 });
   });
+
+  // ------------------------------------------------------------------ @openrouter/sdk chat
+
+  // The SDK parses every plain answer with its zod schema ChatResult and every streamed chunk with
+  // ChatStreamChunk, throwing on the first mismatch; raw bodies are checked against the same
+  // schemas too, so that a failure names the field.
+  const SDK_CHAT = [
+    [LOCAL, { temperature: 0, maxTokens: 24 }, (t) => t.length > 0 && REF.generatedText.startsWith(t)],
+    [MOCK, {}, (t) => t === REPLY_TEXT],
+  ];
+  const rawParams = (p) => ({
+    ...(p.temperature !== undefined ? { temperature: p.temperature } : {}),
+    ...(p.maxTokens !== undefined ? { max_tokens: p.maxTokens } : {}),
+  });
+
+  for (const [model, params, expectText] of SDK_CHAT) {
+    test(`@openrouter/sdk chat.send to ${model}, plain: the answer validates`, async () => {
+      const messages = [{ role: 'user', content: 'Once upon a time' }];
+      const raw = await post('/api/v1/chat/completions', { model, messages, ...rawParams(params) });
+      assert.equal(raw.status, 200);
+      const body = await raw.json();
+      const v = orModels.ChatResult$inboundSchema.safeParse(body);
+      assert.ok(v.success, `answer rejected by @openrouter/sdk's ChatResult: ${JSON.stringify(body)}\n${JSON.stringify(v.error?.issues)}`);
+
+      const plain = await openRouter().chat.send({ chatRequest: { model, messages, ...params } });
+      assert.ok(!(plain instanceof ReadableStream), 'a plain call answers JSON');
+      assert.equal(plain.object, 'chat.completion');
+      assert.match(plain.id, /^gen-/);
+      assert.equal(plain.model, model);
+      assert.ok(expectText(plain.choices[0].message.content), `text ${JSON.stringify(plain.choices[0].message.content)}`);
+      assert.equal(plain.choices[0].message.content, body.choices[0].message.content, 'deterministic');
+      assert.equal(plain.usage.completionTokens, body.usage.completion_tokens);
+    });
+
+    test(`@openrouter/sdk chat.send to ${model}, streamed: every chunk validates, text equals the non-streamed text`, async () => {
+      const messages = [{ role: 'user', content: 'Once upon a time' }];
+      // The non-streamed answer, read raw so that this test does not depend on the one above.
+      const plainRes = await post('/api/v1/chat/completions', { model, messages, ...rawParams(params) });
+      assert.equal(plainRes.status, 200);
+      const plain = await plainRes.json();
+      const plainText = plain.choices[0].message.content;
+      assert.ok(expectText(plainText), `plain text ${JSON.stringify(plainText)}`);
+
+      const stream = await openRouter().chat.send({
+        chatRequest: { model, messages, ...params, stream: true, streamOptions: { includeUsage: true } },
+      });
+      assert.ok(stream instanceof ReadableStream, 'a streamed call answers an event stream');
+      const chunks = [];
+      for await (const c of stream) chunks.push(c); // throws on a chunk the SDK's schema rejects
+      assert.ok(chunks.length >= 2, `${chunks.length} chunks`);
+      const id = chunks[0].id;
+      assert.match(id, /^gen-/);
+      assert.ok(chunks.every((c) => c.id === id && c.object === 'chat.completion.chunk' && c.model === model));
+      const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+      assert.equal(text, plainText, 'streamed text equals the non-streamed text');
+      const finishes = chunks.map((c) => c.choices[0]?.finishReason).filter((f) => f != null);
+      assert.deepEqual(finishes, [plain.choices[0].finish_reason], 'one finish reason, as in the plain answer');
+      const last = chunks.at(-1);
+      assert.deepEqual(last.choices, [], 'the usage chunk comes last, with no choices');
+      assert.equal(last.usage.completionTokens, plain.usage.completion_tokens);
+      assert.equal(last.usage.promptTokens, plain.usage.prompt_tokens);
+      assert.equal(last.usage.cost, plain.usage.cost);
+
+      const row = await usageRow(db, id);
+      assert.equal(row.model, model);
+      assert.equal(row.streamed, true);
+      assert.equal(row.status, 200);
+      assert.equal(row.completion_tokens, last.usage.completionTokens);
+
+      // The same stream, raw: no `system_fingerprint: null` (the chunk schema takes a string or
+      // nothing), and each chunk passes ChatStreamChunk on its own.
+      const r = await post('/api/v1/chat/completions', {
+        model, messages, stream: true, stream_options: { include_usage: true }, ...rawParams(params),
+      });
+      assert.equal(r.status, 200);
+      const data = parseSse(await r.text());
+      assert.equal(data.at(-1), '[DONE]');
+      for (const d of data.slice(0, -1)) {
+        const c = JSON.parse(d);
+        assert.ok(!('system_fingerprint' in c) || typeof c.system_fingerprint === 'string',
+          `system_fingerprint must be a string or absent in a chunk: ${d}`);
+        const v = orModels.ChatStreamChunk$inboundSchema.safeParse(c);
+        assert.ok(v.success, `chunk rejected by @openrouter/sdk's ChatStreamChunk: ${d}\n${JSON.stringify(v.error?.issues)}`);
+      }
+    });
+  }
 
   // ------------------------------------------------------------------ mock upstream, chat
 
@@ -484,12 +578,73 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.ok(ctx.plainMockId, 'needs the plain mock call above');
     const other = await fetch(`${gw.url}/api/v1/generation?id=${encodeURIComponent(ctx.plainMockId)}`, { headers: authed(keys.other) });
     assert.equal(other.status, 404);
-    assertErrorShape(assert, await other.json(), 'other key');
+    assertErrorShape(assert, await other.json(), 'other key', { flavor: 'openrouter', status: 404 });
     const unknown = await fetch(`${gw.url}/api/v1/generation?id=gen-doesnotexist`, { headers: authed() });
     assert.equal(unknown.status, 404);
-    assertErrorShape(assert, await unknown.json(), 'unknown id');
+    assertErrorShape(assert, await unknown.json(), 'unknown id', { flavor: 'openrouter', status: 404 });
     const noauth = await fetch(`${gw.url}/api/v1/generation?id=${encodeURIComponent(ctx.plainMockId)}`);
     assert.equal(noauth.status, 401);
+    assertErrorShape(assert, await noauth.json(), 'no key', { flavor: 'openrouter', status: 401 });
+  });
+
+  test('@openrouter/sdk throws its typed errors for gateway errors (integer code under /api/v1)', async () => {
+    const or = openRouter();
+    const typed = (Cls, status) => (e) => {
+      assert.ok(!(e instanceof orErrors.ResponseValidationError),
+        `the SDK could not parse the error body: ${e.pretty?.() ?? e.message}`);
+      assert.ok(e instanceof Cls, `expected ${Cls.name}, got ${e?.name}: ${e?.message}`);
+      assert.equal(e.statusCode, status);
+      assert.equal(e.error.code, status, 'error.code is the HTTP status');
+      assert.equal(typeof e.error.message, 'string');
+      assert.ok(e.error.message.length > 0);
+      return true;
+    };
+    await assert.rejects(or.generations.getGeneration({ id: 'gen-nope' }), typed(orErrors.NotFoundResponseError, 404));
+    const messages = [{ role: 'user', content: 'hi' }];
+    await assert.rejects(or.chat.send({ chatRequest: { model: 'nope/nothing', messages } }),
+      typed(orErrors.NotFoundResponseError, 404));
+    await assert.rejects(or.chat.send({ chatRequest: { model: 'nope/nothing', messages, stream: true } }),
+      typed(orErrors.NotFoundResponseError, 404));
+    const bogus = openRouter('tg-notarealkeynotarealkeynotarealkeynotarealkey');
+    await assert.rejects(bogus.generations.getGeneration({ id: 'gen-nope' }), typed(orErrors.UnauthorizedResponseError, 401));
+    await assert.rejects(bogus.chat.send({ chatRequest: { model: MOCK, messages } }), typed(orErrors.UnauthorizedResponseError, 401));
+  });
+
+  test('the same errors under /v1 keep OpenAI\'s string-or-null code; /api/v1 has the status and metadata.reason', async () => {
+    const cases = [
+      ['unknown generation', 'GET', '/generation?id=gen-nope', null, keys.main, 404],
+      ['unknown model', 'POST', '/chat/completions', { model: 'nope/nothing', messages: [{ role: 'user', content: 'hi' }] }, keys.main, 404],
+      ['unknown model, completions', 'POST', '/completions', { model: 'nope/nothing', prompt: 'hi' }, keys.main, 404],
+      ['malformed JSON', 'POST', '/chat/completions', '{"model": [', keys.main, 400],
+      ['messages not a list', 'POST', '/chat/completions', { model: MOCK, messages: 'hi' }, keys.main, 400],
+      ['bad key', 'GET', '/generation?id=gen-nope', null, 'tg-notarealkeynotarealkeynotarealkeynotarealkey', 401],
+      ['no key', 'POST', '/chat/completions', { model: MOCK, messages: [{ role: 'user', content: 'hi' }] }, null, 401],
+    ];
+    for (const [name, method, p, body, key, status] of cases) {
+      const call = (base) => fetch(`${gw.url}${base}${p}`, {
+        method,
+        headers: { ...(body !== null ? { 'content-type': 'application/json' } : {}), ...(key ? authed(key) : {}) },
+        ...(body !== null ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+      });
+      const v1 = await call('/v1');
+      assert.equal(v1.status, status, `${name} /v1: status`);
+      const a = await v1.json();
+      assertErrorShape(assert, a, `${name} /v1`, { flavor: 'openai' });
+      const api = await call('/api/v1');
+      assert.equal(api.status, status, `${name} /api/v1: status`);
+      const b = await api.json();
+      assertErrorShape(assert, b, `${name} /api/v1`, { flavor: 'openrouter', status });
+      assert.equal(b.error.type, a.error.type, `${name}: same type under both paths`);
+      assert.equal(b.error.param, a.error.param, `${name}: same param under both paths`);
+      if (typeof a.error.code === 'string') {
+        assert.equal(b.error.metadata?.reason, a.error.code, `${name}: /api/v1 error.metadata.reason carries /v1's code`);
+      } else {
+        assert.equal(b.error.metadata?.reason, undefined, `${name}: no reason under /api/v1 when /v1's code is null`);
+      }
+    }
+    // The openai client reads /v1's errors as before.
+    await assert.rejects(client.chat.completions.create({ model: 'nope/nothing', messages: [{ role: 'user', content: 'hi' }] }),
+      (e) => e instanceof OpenAI.NotFoundError && (e.code === null || typeof e.code === 'string'));
   });
 
   // ------------------------------------------------------------------ rejected calls
@@ -516,7 +671,7 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     for (const [name, call, status] of cases) {
       const r = await call();
       assert.equal(r.status, status, `${name}: status`);
-      assertErrorShape(assert, await r.json(), name);
+      assertErrorShape(assert, await r.json(), name, { flavor: errorFlavor(r.url), status });
     }
     // The official client maps them to its error classes.
     const bad = new OpenAI({ apiKey: 'tg-bogus', baseURL: `${gw.url}/v1`, maxRetries: 0 });
@@ -544,15 +699,16 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
       assert.ok(ok(r.status), `${model}: status ${r.status}`);
       const text = await r.text();
       assert.ok(!text.includes(mock.apiKey), `${model}: provider key leaked`);
-      assertErrorShape(assert, JSON.parse(text), model);
+      assertErrorShape(assert, JSON.parse(text), model, { flavor: 'openai' });
+      const up = mock.last('/v1/chat/completions');
+      assert.equal(up.body.model, model.replace('mock/', 'mock-'), `${model}: the call reached the mock`);
       const id = r.headers.get('x-request-id');
-      if (id) {
-        const row = await usageRow(db, id, { timeoutMs: 1500 }).catch(() => null);
-        if (row) {
-          assert.equal(row.cost_nano_usd, 0, `${model}: not billed`);
-          assert.notEqual(row.status, 200);
-        }
-      }
+      assert.match(id ?? '', /^gen-/, `${model}: x-request-id on the error response`);
+      const row = await usageRow(db, id);
+      assert.equal(row.model, model);
+      assert.equal(row.status, r.status, `${model}: the row records the status the caller got`);
+      assert.equal(row.cost_nano_usd, 0, `${model}: not billed`);
+      assert.equal(row.cancelled, false);
     }
   });
 
@@ -582,11 +738,48 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
       id = c.id;
       if (++n >= 3) break; // breaking out aborts the HTTP request
     }
+    assert.equal(n, 3, 'three chunks arrived before the client left');
+    assert.match(id, /^gen-/);
     const up = mock.last('/v1/chat/completions');
     assert.equal(up.body.model, 'mock-slow');
     await waitFor(() => up.aborted, { timeoutMs: 5000, what: 'the gateway to close the upstream stream' });
     const row = await usageRow(db, id);
     assert.equal(row.cancelled, true);
+    assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
+  });
+
+  test('a non-streamed call whose client hangs up is cancelled upstream and recorded as 499, cancelled', async () => {
+    // A key of its own, so that its only row is this call's (nothing reached the client, not
+    // even the request id).
+    const key = (await runCliOk(['keys', 'create', '--name', 'e2e-abort'], { env: ctx.env })).stdout.trim();
+    const keyId = (await keyRow('e2e-abort')).id;
+    const marker = `abort-me-${Date.now()}`;
+    const ac = new AbortController();
+    const call = fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...authed(key) },
+      body: JSON.stringify({ model: 'mock/slow', messages: [{ role: 'user', content: marker }] }),
+      signal: ac.signal,
+    });
+    const up = await waitFor(() => mock.requests.find((r) => r.rawBody.includes(marker)), { what: 'the call to reach the mock' });
+    await sleep(300);
+    ac.abort();
+    await assert.rejects(call, (e) => e.name === 'AbortError', 'the gateway must not have answered yet (the mock waits 10 s)');
+    // The mock would answer after 10 s; the gateway must hang up on it well before.
+    // (The gateway may stream from upstream even for a non-streamed call: the mock then streams
+    // 200 pieces over 10 s; either way `closed` means it hung up before the mock was done.)
+    await waitFor(() => up.closed, { timeoutMs: 5000, what: 'the gateway to close the upstream request' });
+    assert.ok(up.closedAt - up.receivedAt < 9000, `upstream closed ${up.closedAt - up.receivedAt} ms after it arrived`);
+
+    const row = await waitFor(async () => {
+      const r = await db.query('SELECT * FROM usage_events WHERE api_key_id = $1', [keyId]);
+      return r.rows.length ? r.rows : null;
+    }, { what: 'the usage row of the abandoned call' });
+    assert.equal(row.length, 1, `one row: ${JSON.stringify(row)}`);
+    assert.equal(row[0].model, 'mock/slow');
+    assert.equal(row[0].streamed, false);
+    assert.equal(row[0].status, 499);
+    assert.equal(row[0].cancelled, true);
     assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
   });
 
@@ -614,6 +807,132 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
       const k = await keyRow('e2e-main');
       return s.rows[0].cost > 0 && s.rows[0].cost === k.spent_nano_usd;
     }, { what: 'spent_nano_usd = sum(cost_nano_usd)' });
+  });
+});
+
+// A second gateway with a short server.request_timeout_ms: calls that outlive it end as timeouts
+// (504), whether or not anything reached the caller yet, and are recorded so, not as cancelled.
+describe('tollgate request timeout', { timeout: 120000 }, () => {
+  const TIMEOUT_MS = 1500;
+  let workDir;
+  let database;
+  let mock;
+  let gw;
+  let db;
+  let key;
+
+  before(async () => {
+    workDir = makeWorkDir('e2e-timeout');
+    mock = await startMockOpenAI();
+    database = await createDatabase(pg, 'tollgate_e2e_timeout');
+    const env = { TOLLGATE_DATABASE_URL: database.url };
+    await runCliOk(['migrate'], { env });
+    key = (await runCliOk(['keys', 'create', '--name', 'e2e-timeout'], { env })).stdout.trim();
+    db = new pg.Client({ connectionString: database.url });
+    await db.connect();
+    const config = writeConfig(workDir, {
+      databaseUrl: database.url, mockBaseURL: mock.baseURL, mockApiKey: mock.apiKey,
+      modelPath: `${modelDir()}/stories260K.gguf`, requestTimeoutMs: TIMEOUT_MS,
+    });
+    assert.match(fs.readFileSync(config, 'utf8'), new RegExp(`^server:\\n(  .*\\n)*  request_timeout_ms: ${TIMEOUT_MS}\\n`, 'm'));
+    gw = await startGateway({ configPath: config, workDir, env });
+  });
+
+  after(async () => {
+    let stopped;
+    if (gw) stopped = await gw.stop('SIGTERM'); // by PID, SIGKILL after a grace period
+    if (mock) await mock.close();
+    if (db) await db.end().catch(() => {});
+    if (database) await database.drop().catch((e) => console.error(`e2e: could not drop ${database.name}: ${e.message}`));
+    if (gw) console.error(`--- timeout gateway log (${gw.logFile}), exit ${JSON.stringify(stopped)} ---\n${tail(gw.logFile, 40)}`);
+    if (workDir) fs.rmSync(workDir, { recursive: true, force: true });
+  });
+
+  const post = (p, body) => fetch(`${gw.url}${p}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    body: JSON.stringify(body),
+  });
+  const upstreamOf = (marker) => mock.requests.find((r) => r.rawBody.includes(marker));
+
+  test('non-streamed: 504 with an OpenAI-shaped error; the row says 504, not cancelled', async () => {
+    const marker = `timeout-plain-${Date.now()}`;
+    const t0 = Date.now();
+    const r = await post('/v1/chat/completions', { model: 'mock/slow', messages: [{ role: 'user', content: marker }] });
+    const elapsed = Date.now() - t0;
+    assert.equal(r.status, 504, `status after ${elapsed} ms`);
+    assert.match(r.headers.get('content-type') ?? '', /^application\/json/);
+    assertErrorShape(assert, await r.json(), 'timeout', { flavor: 'openai' });
+    assert.ok(elapsed >= TIMEOUT_MS - 100, `answered after ${elapsed} ms, before the timeout`);
+    assert.ok(elapsed < 8000, `answered after ${elapsed} ms; the mock would have answered at 10 s`);
+    const id = r.headers.get('x-request-id');
+    assert.match(id ?? '', /^gen-/, 'x-request-id on the timeout response');
+
+    const up = upstreamOf(marker);
+    assert.ok(up, 'the call reached the mock');
+    await waitFor(() => up.closed, { timeoutMs: 3000, what: 'the gateway to stop the upstream call after the timeout' });
+
+    const row = await usageRow(db, id);
+    assert.equal(row.model, 'mock/slow');
+    assert.equal(row.streamed, false);
+    assert.equal(row.status, 504);
+    assert.equal(row.cancelled, false);
+    assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
+  });
+
+  for (const base of ['/v1', '/api/v1']) {
+    test(`streamed under ${base}: 200, content, then an error event; the row says 504, not cancelled`, async () => {
+      const marker = `timeout-stream-${Date.now()}`;
+      const t0 = Date.now();
+      const r = await post(`${base}/chat/completions`, { model: 'mock/slow', messages: [{ role: 'user', content: marker }], stream: true });
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get('content-type') ?? '', /^text\/event-stream/);
+      const id = r.headers.get('x-request-id');
+      assert.match(id ?? '', /^gen-/);
+      const raw = await r.text();
+      const elapsed = Date.now() - t0;
+      assert.ok(elapsed >= TIMEOUT_MS - 100 && elapsed < 8000, `stream ended after ${elapsed} ms`);
+      const data = parseSse(raw).filter((d) => d !== '[DONE]');
+      const events = data.map((d) => JSON.parse(d));
+      const errAt = events.findIndex((e) => e.error !== undefined);
+      assert.ok(errAt > 0, `an error event after some chunks; got ${raw.slice(-400)}`);
+      assert.equal(errAt, events.length - 1, 'the error event is the last event (but for [DONE])');
+      const text = events.slice(0, errAt).map((c) => c.choices?.[0]?.delta?.content ?? '').join('');
+      assert.match(text, /^( w\d+)+$/, `content before the error: ${JSON.stringify(text)}`);
+      const errEvent = events[errAt];
+      assert.equal(typeof errEvent.error.message, 'string');
+      assert.ok(errEvent.error.message.length > 0);
+      if (base === '/v1') {
+        assert.ok(errEvent.error.code === null || typeof errEvent.error.code === 'string', `/v1 error.code: ${JSON.stringify(errEvent.error)}`);
+      } else {
+        assert.equal(errEvent.error.code, 504, `/api/v1 error.code: ${JSON.stringify(errEvent.error)}`);
+      }
+
+      const row = await usageRow(db, id);
+      assert.equal(row.streamed, true);
+      assert.equal(row.status, 504);
+      assert.equal(row.cancelled, false);
+      assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
+    });
+  }
+
+  test('the openai client sees the timeout as an API error', async () => {
+    const client = new OpenAI({ apiKey: key, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+    await assert.rejects(client.chat.completions.create({ model: 'mock/slow', messages: [{ role: 'user', content: 'x' }] }),
+      (e) => e instanceof OpenAI.APIError && e.status === 504);
+    const s = await client.chat.completions.create({ model: 'mock/slow', messages: [{ role: 'user', content: 'x' }], stream: true });
+    let text = '';
+    await assert.rejects((async () => { for await (const c of s) text += c.choices[0]?.delta?.content ?? ''; })(),
+      (e) => e instanceof OpenAI.APIError);
+    assert.ok(text.length > 0, 'content arrived before the timeout');
+  });
+
+  test('calls that finish in time are unaffected', async () => {
+    const client = new OpenAI({ apiKey: key, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+    const r = await client.chat.completions.create({ model: MOCK, messages: [{ role: 'user', content: 'quick' }] });
+    assert.equal(r.choices[0].message.content, REPLY_TEXT);
+    const row = await usageRow(db, r.id);
+    assert.equal(row.status, 200);
   });
 });
 

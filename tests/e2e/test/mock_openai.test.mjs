@@ -88,6 +88,35 @@ describe('mock OpenAI upstream', { timeout: 60000 }, () => {
     assert.equal(text, 'Hello from');
   });
 
+  test('mock-slow, not streamed, says nothing for seconds and records a caller that hangs up', async () => {
+    const marker = `slow-abort-${Date.now()}`;
+    const ac = new AbortController();
+    const t0 = Date.now();
+    const call = fetch(`${mock.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${mock.apiKey}` },
+      body: JSON.stringify({ model: 'mock-slow', messages: [{ role: 'user', content: marker }] }),
+      signal: ac.signal,
+    });
+    setTimeout(() => ac.abort(), 300);
+    await assert.rejects(call, (e) => e.name === 'AbortError');
+    const rec = mock.requests.find((r) => r.rawBody.includes(marker));
+    assert.ok(rec, 'the mock recorded the request');
+    const deadline = Date.now() + 3000;
+    while (!rec.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(rec.closed, true, 'closed flag set when the caller hangs up');
+    assert.equal(rec.status, null, 'nothing was sent before the caller left');
+    assert.ok(rec.closedAt - t0 < 3000, `closed ${rec.closedAt - t0} ms after the call`);
+
+    // And a caller that waits gets the whole answer after 10 s, with closed still false.
+    const done = mock.requests.length;
+    const r = await client.chat.completions.create({ model: 'mock-slow', messages: [{ role: 'user', content: 'x' }], max_tokens: 3 });
+    assert.equal(r.choices[0].message.content, ' w0 w1 w2');
+    assert.equal(mock.requests[done].status, 200);
+    assert.equal(mock.requests[done].closed, false);
+    assert.ok(Date.now() - t0 >= 10000, 'mock-slow held its answer for 10 s');
+  });
+
   test('bodies go out in several writes, cut inside "data:", JSON, multi-byte characters and across events', async () => {
     await client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'x' }], stream: true }).then(async (s) => { for await (const _ of s); });
     const rec = mock.last('/v1/chat/completions');
