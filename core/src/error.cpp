@@ -55,11 +55,11 @@ std::string ErrorBody(const Error& error, ErrorFlavor flavor) {
   inner["type"] = ErrorType(error.code);
   if (flavor == ErrorFlavor::kOpenRouter) {
     inner["code"] = HttpStatus(error.code);
-    if (!error.type_code.empty()) inner["metadata"] = boost::json::object{{"reason", error.type_code}};
-  } else if (error.type_code.empty()) {
+    if (!error.code_string.empty()) inner["metadata"] = boost::json::object{{"reason", error.code_string}};
+  } else if (error.code_string.empty()) {
     inner["code"] = nullptr;
   } else {
-    inner["code"] = error.type_code;
+    inner["code"] = error.code_string;
   }
   if (error.param.empty()) {
     inner["param"] = nullptr;

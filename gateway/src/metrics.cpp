@@ -1,6 +1,7 @@
 #include "metrics.hpp"
 
 #include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
@@ -21,6 +22,8 @@ struct Metrics::Impl {
       prometheus::BuildHistogram().Name("tollgate_time_to_first_token_seconds").Help("Time to first token").Register(*registry);
   prometheus::Family<prometheus::Histogram>& latency =
       prometheus::BuildHistogram().Name("tollgate_call_duration_seconds").Help("Whole call duration").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& background =
+      prometheus::BuildGauge().Name("tollgate_background").Help("Usage recorder and key cache state, by item").Register(*registry);
   const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 };
 
@@ -42,6 +45,19 @@ void Metrics::CountCall(std::string_view model, std::string_view provider, int s
   impl_->cost.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost_nano_usd));
   if (ttft_ms) impl_->ttft.Add({{"model", m}, {"provider", p}}, impl_->buckets).Observe(*ttft_ms / 1000.0);
   impl_->latency.Add({{"model", m}, {"provider", p}}, impl_->buckets).Observe(latency_ms / 1000.0);
+}
+
+void Metrics::SetBackground(const BackgroundStats& s) {
+  auto set = [&](const char* item, int64_t value) {
+    impl_->background.Add({{"item", item}}).Set(static_cast<double>(value));
+  };
+  set("usage_rows_written", s.usage_rows_written);
+  set("usage_rows_pending", s.usage_rows_pending);
+  set("usage_rows_rejected", s.usage_rows_rejected);
+  set("usage_rows_lost", s.usage_rows_lost);
+  set("usage_write_failures", s.usage_write_failures);
+  set("keys_loaded", s.keys_loaded);
+  set("key_reload_failures", s.key_reload_failures);
 }
 
 std::string Metrics::Serialize() const {

@@ -27,6 +27,19 @@ class Metrics {
                  int64_t completion_tokens, int64_t cost_nano_usd, std::optional<int64_t> ttft_ms,
                  int64_t latency_ms);
 
+  // State of the write-behind usage recorder and the key cache, read at each
+  // scrape (billing/ counts them; exported here as gauges).
+  struct BackgroundStats {
+    int64_t usage_rows_written = 0;   // rows inserted since start
+    int64_t usage_rows_pending = 0;   // queued, not yet durable
+    int64_t usage_rows_rejected = 0;  // refused by the database on their values
+    int64_t usage_rows_lost = 0;      // abandoned (shutdown during an outage)
+    int64_t usage_write_failures = 0; // failed batch attempts (retried)
+    int64_t keys_loaded = 0;          // API keys in memory
+    int64_t key_reload_failures = 0;  // failed periodic reloads
+  };
+  void SetBackground(const BackgroundStats& stats);
+
   // The text exposition of all metrics.
   std::string Serialize() const;
 

@@ -263,6 +263,9 @@ class Connection {
       res = ready ? JsonResponse(req, 200, R"({"status":"ready"})")
                   : JsonResponse(req, 503, R"({"status":"database unreachable"})");
     } else if (route == "/metrics" && get) {
+      const billing::UsageRecorder& r = *s_.recorder;
+      s_.metrics->SetBackground({r.rows_written(), r.pending(), r.rows_rejected(), r.rows_lost(), r.failures(),
+                                 static_cast<int64_t>(s_.keys->size()), s_.keys->refresh_failures()});
       res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
     } else if (route == "/v1/models" && get) {
       res = JsonResponse(req, 200, RenderModels(s_.catalog));

@@ -27,7 +27,7 @@ TEST(Routing, UnknownModelIsNotFound) {
   auto plan = Plan(c, "nope/none");
   ASSERT_FALSE(plan);
   EXPECT_EQ(plan.error().code, ErrorCode::kNotFound);
-  EXPECT_EQ(plan.error().type_code, "model_not_found");
+  EXPECT_EQ(plan.error().code_string, "model_not_found");
   EXPECT_EQ(plan.error().param, "model");
 }
 

@@ -800,6 +800,30 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     }
   });
 
+  test('/metrics counts the metered calls, their tokens and the usage rows written', async () => {
+    // Wait until every row is durable, then compare the counters with the database.
+    await waitFor(async () => {
+      const text = await (await fetch(`${gw.url}/metrics`)).text();
+      return /tollgate_background\{item="usage_rows_pending"\} 0\b/.test(text);
+    }, { what: 'no usage rows pending' });
+    const res = await fetch(`${gw.url}/metrics`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    const value = (re) => {
+      const m = re.exec(text);
+      assert.ok(m, `metric ${re} in /metrics`);
+      return Number(m[1]);
+    };
+    const rows = await db.query(
+      "SELECT coalesce(sum(prompt_tokens), 0)::bigint AS p, count(*)::bigint AS n FROM usage_events WHERE model = $1", [LOCAL]);
+    const promptTokens = value(/tollgate_tokens_total\{model="local\/stories260k",provider="Local",type="prompt"\} (\d+)/);
+    assert.equal(promptTokens, rows.rows[0].p, 'prompt tokens counted = prompt tokens stored for the local model');
+    const written = value(/tollgate_background\{item="usage_rows_written"\} (\d+)/);
+    const all = await db.query('SELECT count(*)::bigint AS n FROM usage_events');
+    assert.equal(written, all.rows[0].n, 'rows written = rows in usage_events');
+    assert.ok(!text.includes('tg-'), 'no key in /metrics');
+  });
+
   test('spent_nano_usd of the key equals the sum of its rows', async () => {
     const keyId = (await keyRow('e2e-main')).id;
     await waitFor(async () => {

@@ -45,7 +45,7 @@ struct Error {
   std::string param;    // offending request field ("messages", "model"), or empty
   // Machine-readable OpenAI `error.code` string ("model_not_found",
   // "invalid_api_key"), or empty to render null.
-  std::string type_code;
+  std::string code_string;
 };
 
 // HTTP status for a code (400, 401, 402, 403, 404, 408, 413, 429, 499, 500, 502, 503, 504).
