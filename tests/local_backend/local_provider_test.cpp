@@ -1,6 +1,7 @@
 #include "tollgate/local_backend/local_provider.hpp"
 
 #include "tollgate/local_backend/tokenizer.hpp"
+#include "recording_sink.hpp"
 #include "test_model.hpp"
 
 #include <gtest/gtest.h>
@@ -17,67 +18,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Records one generation's events and lets the test wait for the terminal one.
-class RecordingSink : public StreamSink {
- public:
-  void OnDelta(std::string_view text) override {
-    std::function<void()> hook;
-    {
-      std::lock_guard lock(mu_);
-      EXPECT_FALSE(done_) << "delta after the terminal event";
-      deltas_.emplace_back(text);
-      hook = on_delta_;
-    }
-    if (hook) hook();
-  }
-  void OnComplete(const Completion& completion) override {
-    std::lock_guard lock(mu_);
-    EXPECT_FALSE(done_);
-    completion_ = completion;
-    done_ = true;
-    cv_.notify_all();
-  }
-  void OnError(const Error& error) override {
-    std::lock_guard lock(mu_);
-    EXPECT_FALSE(done_);
-    error_ = error;
-    done_ = true;
-    cv_.notify_all();
-  }
-
-  bool Wait(std::chrono::seconds timeout = 60s) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] { return done_; });
-  }
-  std::string Text() const {
-    std::lock_guard lock(mu_);
-    std::string out;
-    for (const auto& d : deltas_) out += d;
-    return out;
-  }
-  std::vector<std::string> deltas() const {
-    std::lock_guard lock(mu_);
-    return deltas_;
-  }
-  std::optional<Completion> completion() const {
-    std::lock_guard lock(mu_);
-    return completion_;
-  }
-  std::optional<Error> error() const {
-    std::lock_guard lock(mu_);
-    return error_;
-  }
-  void set_on_delta(std::function<void()> hook) { on_delta_ = std::move(hook); }
-
- private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::string> deltas_;
-  std::optional<Completion> completion_;
-  std::optional<Error> error_;
-  bool done_ = false;
-  std::function<void()> on_delta_;
-};
+using test_support::RecordingSink;
 
 class LocalProviderTest : public ::testing::Test {
  protected:
