@@ -3,8 +3,9 @@
 // SIGTERM/SIGINT stops accepting, lets in-flight calls finish (up to 30 s),
 // flushes usage rows and returns.
 //
-// This is the only translation unit that includes Beast; keep it that way so
-// that builds stay fast.
+// Its implementation, gateway/src/server.cpp, is the gateway's only
+// translation unit that includes Beast (providers/src/http_client.cpp is the
+// other one in the project); keep it that way so that builds stay fast.
 #pragma once
 
 #include "tollgate/gateway/config.hpp"
