@@ -17,12 +17,15 @@
 #include <boost/url/parse.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <mutex>
 #include <thread>
+
+#include <sys/socket.h>
 
 namespace tollgate::gateway {
 namespace asio = boost::asio;
@@ -578,14 +581,18 @@ class Connection {
   // (a pipelined request: it is still there).
   static awaitable<void> WatchForClose(tcp::socket& socket, std::stop_source cancel,
                                        std::shared_ptr<std::atomic<bool>> closed) {
-    auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
-    if (ec) co_return;
-    char byte;
-    beast::error_code peek_ec;
-    socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, peek_ec);
-    if (peek_ec == asio::error::eof || peek_ec == asio::error::connection_reset) {
-      closed->store(true);
+    for (;;) {
+      auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
+      if (ec) co_return;
+      // Never a blocking read here: a readiness report can be stale, and a
+      // blocking peek would then hold this I/O thread until the client speaks.
+      char byte;
+      ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) co_return;  // a pipelined request: the client is still there
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      closed->store(true);  // EOF or a socket error: the client is gone
       cancel.request_stop();
+      co_return;
     }
   }
 

@@ -6,6 +6,7 @@
 // local model's are the greedy reference (../shared/models/stories260K-reference.json).
 // Prices: mock/* 1.00 / 2.00 USD per million prompt / completion tokens = 1000 / 2000 nano-USD per
 // token; local/stories260k 0.01 / 0.02 = 10 / 20 nano-USD per token.
+import net from 'node:net';
 import crypto from 'node:crypto';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -520,6 +521,31 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.match(r.id, /^gen-/);
     assert.ok(REF.generatedText.startsWith(r.choices[0].message.content));
     assert.equal(r.usage.completion_tokens, 8);
+  });
+
+  test('pipelined non-streamed requests on one connection are all answered, in order', async () => {
+    // While a non-streamed call runs, the gateway watches the socket for the client leaving;
+    // a pipelined request arriving meanwhile must not be mistaken for that, nor stall anything.
+    const url = new URL(gw.url);
+    // The first call generates long enough (~200 tokens) for the next requests to arrive during it.
+    const body = (n) => JSON.stringify({ model: LOCAL, messages: [{ role: 'user', content: `Once upon a time ${n}` }], max_tokens: n === 1 ? 200 : 8 });
+    const request = (n, last) => `POST /v1/chat/completions HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: Bearer ${keys.main}\r\n`
+      + `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body(n))}\r\n${last ? 'Connection: close\r\n' : ''}\r\n${body(n)}`;
+    const raw = await new Promise((resolve, reject) => {
+      const socket = net.connect(Number(url.port), url.hostname, () => {
+        socket.write(request(1, false));
+        setTimeout(() => socket.write(request(2, false) + request(3, true)), 1);
+      });
+      let data = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (d) => { data += d; });
+      socket.on('end', () => resolve(data));
+      socket.on('error', reject);
+      socket.setTimeout(20000, () => { socket.destroy(); reject(new Error(`no full answer in 20 s; got: ${data.slice(0, 300)}`)); });
+    });
+    // Responses follow each other directly (a body is not newline-terminated).
+    const statuses = [...raw.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
+    assert.deepEqual(statuses, [200, 200, 200], raw.slice(0, 500));
   });
 
   test('concurrent calls all succeed, each with its own row', async () => {
