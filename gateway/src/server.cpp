@@ -530,6 +530,10 @@ class Connection {
     // Nothing reached the client when a non-streamed call failed, or a streamed
     // one failed before its headers: answer with the error status, bill nothing.
     const bool delivered = !error || headers_sent;
+    // What is reported and billed, once: the provider's usage, else an
+    // estimate; nothing when nothing reached the client.
+    const Usage usage = delivered ? FinalUsage(chat, text, completion ? &*completion : nullptr) : Usage{};
+    const Money cost = CallCost(endpoint->pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens);
     if (client_gone && !chat.stream) {
       keep = false;  // nobody to answer
     } else if (!delivered) {
@@ -540,11 +544,7 @@ class Connection {
     } else if (chat.stream) {
       std::string tail =
           error ? RenderErrorEvent(*error, FlavorOf(req)) : RenderFinishEvent(meta, completion->finish_reason);
-      Usage usage = FinalUsage(chat, text, completion ? &*completion : nullptr);
-      if (!error && chat.include_usage) {
-        tail += RenderUsageEvent(
-            meta, usage, CallCost(endpoint->pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens));
-      }
+      if (!error && chat.include_usage) tail += RenderUsageEvent(meta, usage, cost);
       tail += kDoneEvent;
       co_await write_sse(tail);
       if (!client_gone && !http10) {
@@ -556,8 +556,6 @@ class Connection {
       keep = keep && !client_gone && !http10;
       if (error) status = HttpStatus(error->code);  // recorded; the client already has its 200
     } else {
-      Usage usage = FinalUsage(chat, text, &*completion);
-      Money cost = CallCost(endpoint->pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens);
       Completion final = *completion;
       final.usage = usage;
       Response res = JsonResponse(req, 200, RenderCompletion(meta, text, final, cost));
@@ -570,8 +568,9 @@ class Connection {
     // longer than the context) is a rejection like a 400 from validation:
     // no usage row, nothing billed.
     if (!delivered && error->code == ErrorCode::kInvalidArgument) co_return std::pair{keep, status};
-    RecordUsage(meta, *key, *endpoint, chat, text, completion, error ? &*error : nullptr, start, created_at,
-                first_token_at, client_gone, delivered);
+    const bool estimated = delivered && !(completion && completion->usage_known);
+    RecordUsage(meta, *key, *endpoint, chat.stream, usage, cost, estimated, completion,
+                error ? &*error : nullptr, start, created_at, first_token_at, client_gone);
     co_return std::pair{keep, status};
   }
 
@@ -628,9 +627,10 @@ class Connection {
   }
 
   void RecordUsage(const ResponseMeta& meta, const billing::KeyRecord& key, const routing::Endpoint& endpoint,
-                   const ChatRequest& chat, const std::string& text, const std::optional<Completion>& completion,
-                   const Error* error, Clock::time_point start, std::chrono::system_clock::time_point created_at,
-                   std::optional<Clock::time_point> first_token_at, bool cancelled, bool delivered) {
+                   bool streamed, const Usage& usage, Money cost, bool usage_estimated,
+                   const std::optional<Completion>& completion, const Error* error, Clock::time_point start,
+                   std::chrono::system_clock::time_point created_at,
+                   std::optional<Clock::time_point> first_token_at, bool cancelled) {
     auto ms = [&](Clock::time_point t) {
       return std::chrono::duration_cast<std::chrono::milliseconds>(t - start).count();
     };
@@ -640,13 +640,9 @@ class Connection {
     e.model = meta.model;
     e.provider = meta.provider;
     e.upstream_model = endpoint.upstream_model;
-    // Nothing reached the caller: nothing is billed. Otherwise bill what was
-    // produced, also when the client went away or the stream broke mid-way.
-    if (delivered) {
-      e.usage = FinalUsage(chat, text, completion ? &*completion : nullptr);
-      e.usage_estimated = !(completion && completion->usage_known);
-    }
-    e.cost = CallCost(endpoint.pricing, e.usage.prompt_tokens, e.usage.cached_tokens, e.usage.completion_tokens);
+    e.usage = usage;
+    e.usage_estimated = usage_estimated;
+    e.cost = cost;
     e.latency_ms = ms(Clock::now());
     if (first_token_at) e.ttft_ms = ms(*first_token_at);
     e.status = cancelled ? 499 : error ? HttpStatus(error->code) : 200;
@@ -655,7 +651,7 @@ class Connection {
       e.finish_reason = "error";
       e.error_code = std::string(ErrorType(error->code));
     }
-    e.streamed = chat.stream;
+    e.streamed = streamed;
     e.cancelled = cancelled;
     e.created_at = created_at;
     e.finished_at = std::chrono::system_clock::now();
