@@ -49,13 +49,39 @@ bool IsRetryable(ErrorCode code) {
          code == ErrorCode::kBadGateway || code == ErrorCode::kResourceExhausted;
 }
 
+std::string_view AnthropicErrorType(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument: return "invalid_request_error";
+    case ErrorCode::kUnauthenticated: return "authentication_error";
+    case ErrorCode::kPaymentRequired: return "billing_error";
+    case ErrorCode::kPermissionDenied: return "permission_error";
+    case ErrorCode::kNotFound: return "not_found_error";
+    case ErrorCode::kDeadlineExceeded: return "timeout_error";
+    case ErrorCode::kPayloadTooLarge: return "request_too_large";
+    case ErrorCode::kResourceExhausted: return "rate_limit_error";
+    case ErrorCode::kCancelled: return "api_error";
+    case ErrorCode::kInternal: return "api_error";
+    case ErrorCode::kBadGateway: return "api_error";
+    case ErrorCode::kUnavailable: return "overloaded_error";
+    case ErrorCode::kUpstreamTimeout: return "timeout_error";
+  }
+  return "api_error";
+}
+
 std::string ErrorBody(const Error& error, ErrorFlavor flavor) {
+  if (flavor == ErrorFlavor::kAnthropic) {
+    return boost::json::serialize(boost::json::object{
+        {"type", "error"},
+        {"error", boost::json::object{{"type", AnthropicErrorType(error.code)}, {"message", error.message}}}});
+  }
   boost::json::object inner;
   inner["message"] = error.message;
   inner["type"] = ErrorType(error.code);
+  boost::json::object metadata;
+  if (!error.provider_name.empty()) metadata["provider_name"] = error.provider_name;
   if (flavor == ErrorFlavor::kOpenRouter) {
     inner["code"] = HttpStatus(error.code);
-    if (!error.code_string.empty()) inner["metadata"] = boost::json::object{{"reason", error.code_string}};
+    if (!error.code_string.empty()) metadata["reason"] = error.code_string;
   } else if (error.code_string.empty()) {
     inner["code"] = nullptr;
   } else {
@@ -66,13 +92,14 @@ std::string ErrorBody(const Error& error, ErrorFlavor flavor) {
   } else {
     inner["param"] = error.param;
   }
+  if (!metadata.empty()) inner["metadata"] = std::move(metadata);
   boost::json::object outer;
   outer["error"] = std::move(inner);
   return boost::json::serialize(outer);
 }
 
 Error InvalidArgument(std::string message, std::string param) {
-  return Error{ErrorCode::kInvalidArgument, std::move(message), std::move(param), {}};
+  return Error{ErrorCode::kInvalidArgument, std::move(message), std::move(param), {}, {}, {}};
 }
 
 void throw_exception_from_error(const Error& error, const boost::source_location&) {

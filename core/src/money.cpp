@@ -85,13 +85,23 @@ double ToUsd(Money money) { return static_cast<double>(money.nano_usd) / 1e9; }
 
 Money CallCost(const Pricing& pricing, int64_t prompt_tokens, int64_t cached_tokens,
                int64_t completion_tokens) {
+  Usage usage;
+  usage.prompt_tokens = prompt_tokens;
+  usage.cached_tokens = cached_tokens;
+  usage.completion_tokens = completion_tokens;
+  return CallCost(pricing, usage);
+}
+
+Money CallCost(const Pricing& pricing, const Usage& usage) {
   // Counts come from upstreams: never let a bad one make a cost negative.
-  prompt_tokens = std::max<int64_t>(prompt_tokens, 0);
-  completion_tokens = std::max<int64_t>(completion_tokens, 0);
-  cached_tokens = std::clamp<int64_t>(cached_tokens, 0, prompt_tokens);
-  __int128 femto = static_cast<__int128>(prompt_tokens - cached_tokens) *
+  const int64_t prompt_tokens = std::max<int64_t>(usage.prompt_tokens, 0);
+  const int64_t completion_tokens = std::max<int64_t>(usage.completion_tokens, 0);
+  const int64_t cached_tokens = std::clamp<int64_t>(usage.cached_tokens, 0, prompt_tokens);
+  const int64_t write_tokens = std::clamp<int64_t>(usage.cache_write_tokens, 0, prompt_tokens - cached_tokens);
+  __int128 femto = static_cast<__int128>(prompt_tokens - cached_tokens - write_tokens) *
                        pricing.prompt.femto_usd_per_token +
                    static_cast<__int128>(cached_tokens) * pricing.cached_prompt.femto_usd_per_token +
+                   static_cast<__int128>(write_tokens) * pricing.cache_write.femto_usd_per_token +
                    static_cast<__int128>(completion_tokens) * pricing.completion.femto_usd_per_token;
   __int128 nano = (femto + 500'000) / 1'000'000;  // round half up; femto >= 0
   return Money{static_cast<int64_t>(std::min<__int128>(nano, INT64_MAX))};

@@ -13,6 +13,15 @@
 //     {"error": {"message": str, "type": str, "code": int (HTTP status),
 //                "param": str|null, "metadata"?: {"reason": str}}}
 //   Both carry message, type and param, so OpenAI clients read either.
+//   Anthropic (docs.anthropic.com/en/api/errors), served for /v1/messages:
+//     {"type": "error", "error": {"type": str, "message": str}}
+//   with type invalid_request_error (400), authentication_error (401),
+//   billing_error (402), permission_error (403), not_found_error (404),
+//   request_too_large (413), rate_limit_error (429), api_error (500),
+//   timeout_error (504), overloaded_error (529); others map to the nearest.
+//   An error caused by an upstream also names it, as OpenRouter does
+//   ("Provider returned error" bodies, WIRE-FORMATS.md 3.4): the OpenAI and
+//   OpenRouter shapes add "metadata": {"provider_name": str}.
 #pragma once
 
 #include <boost/system/result.hpp>
@@ -46,6 +55,12 @@ struct Error {
   // Machine-readable OpenAI `error.code` string ("model_not_found",
   // "invalid_api_key"), or empty to render null.
   std::string code_string;
+  // An upstream's `Retry-After` (seconds or an HTTP date, as sent; printable,
+  // short), passed on as our own Retry-After header. Empty = none.
+  std::string retry_after;
+  // Display name of the provider whose failure this is ("OpenAI"), or empty
+  // for Tollgate's own errors. Never a host name.
+  std::string provider_name;
 };
 
 // HTTP status for a code (400, 401, 402, 403, 404, 408, 413, 429, 499, 500, 502, 503, 504).
@@ -60,11 +75,14 @@ std::string_view ErrorType(ErrorCode code);
 // reached the client): kUnavailable, kUpstreamTimeout, kBadGateway, kResourceExhausted.
 bool IsRetryable(ErrorCode code);
 
-enum class ErrorFlavor { kOpenAi, kOpenRouter };
+enum class ErrorFlavor { kOpenAi, kOpenRouter, kAnthropic };
 
 // The JSON text `{"error":{...}}` for `error` in the given flavor (shapes
 // above). Never throws.
 std::string ErrorBody(const Error& error, ErrorFlavor flavor = ErrorFlavor::kOpenAi);
+
+// Anthropic `error.type` for a code (see the file comment).
+std::string_view AnthropicErrorType(ErrorCode code);
 
 // Convenience constructors.
 Error InvalidArgument(std::string message, std::string param = {});

@@ -7,14 +7,17 @@
 //                   is 150'000'000. Any price written with up to 9 decimals of
 //                   USD per million tokens is exact.
 //
-// Cost of a call (OpenAI pricing semantics, see WIRE-FORMATS.md 3.1: cached
-// tokens are included in prompt tokens, reasoning tokens in completion tokens):
-//   femto = (prompt - cached) * prompt_price + cached * cached_price
+// Cost of a call (OpenAI pricing semantics, see WIRE-FORMATS.md 3.1: cache
+// reads and cache writes are included in prompt tokens, reasoning tokens in
+// completion tokens):
+//   femto = (prompt - cached - cache_write) * prompt_price
+//         + cached * cached_price + cache_write * cache_write_price
 //         + completion * completion_price
 //   cost_nano_usd = round_half_up(femto / 1'000'000)
 // computed in 128-bit integers, so no intermediate overflows.
 #pragma once
 
+#include "tollgate/core/chat.hpp"
 #include "tollgate/core/error.hpp"
 
 #include <cstdint>
@@ -34,12 +37,14 @@ struct TokenPrice {
   friend auto operator<=>(const TokenPrice&, const TokenPrice&) = default;
 };
 
-// Per-token prices of one endpoint. `cached_prompt` defaults to `prompt` when a
-// config gives none (the caller sets it; this struct holds what is configured).
+// Per-token prices of one endpoint. `cached_prompt` (cache reads) and
+// `cache_write` default to `prompt` when a config gives none (the config
+// loader sets them; this struct holds what is configured).
 struct Pricing {
   TokenPrice prompt;
   TokenPrice completion;
   TokenPrice cached_prompt;
+  TokenPrice cache_write;
 };
 
 // Parses a non-negative decimal USD amount ("12", "0.5", "1e-3" is rejected) with
@@ -67,5 +72,9 @@ double ToUsd(Money money);
 // int64 saturates.
 Money CallCost(const Pricing& pricing, int64_t prompt_tokens, int64_t cached_tokens,
                int64_t completion_tokens);
+
+// The same for a whole Usage, cache writes included: cached and cache_write
+// are each clamped to what is left of prompt (cached first).
+Money CallCost(const Pricing& pricing, const Usage& usage);
 
 }  // namespace tollgate

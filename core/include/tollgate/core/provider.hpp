@@ -1,11 +1,14 @@
 // The interface that remote adapters (providers/) and the local inference engine
-// (local_backend/) both implement. Everything above it treats the two alike.
+// (local_backend/) both implement. Everything above it treats the two alike,
+// except through what a provider declares it supports (parameters.hpp).
 #pragma once
 
 #include "tollgate/core/chat.hpp"
 #include "tollgate/core/error.hpp"
+#include "tollgate/core/parameters.hpp"
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -13,25 +16,36 @@
 
 namespace tollgate {
 
-// Receives one generation's events. A provider calls it from any thread, never
-// concurrently for one call, in this order:
-//   OnDelta*  then exactly one of  OnComplete | OnError.
-// OnDelta text is always complete UTF-8 (a provider holds back a partial
-// character). After OnError no other method is called. An error after deltas
-// means the stream broke mid-way.
+// Receives one generation's canonical events. A provider calls it from any
+// thread, never concurrently for one call, in this order:
+//   OnEvent*  then exactly one of  OnComplete | OnError.
+// Text and reasoning fragments are complete UTF-8 (a provider holds back a
+// partial character). After the terminal call no method is called again. An
+// OnError after events means the stream broke mid-way; OnComplete means the
+// provider finished normally (a FinishDelta for each choice came before it,
+// and a UsageDelta when the provider reported usage).
+//
+// Flow control: before producing more (reading more of an upstream body,
+// sampling the next token) a provider asks Ready(). True: go on. False: the
+// consumer is behind; stop producing and wait until `resume` is called (once,
+// from any thread, never from inside Ready). A provider must still deliver the
+// events it already has; Ready only asks it not to make more. The default
+// accepts everything (an unbounded consumer). A provider waiting on `resume`
+// must still honour its cancel token.
 class StreamSink {
  public:
   virtual ~StreamSink() = default;
-  virtual void OnDelta(std::string_view text) = 0;
-  virtual void OnComplete(const Completion& completion) = 0;
+  virtual void OnEvent(StreamEvent event) = 0;
+  virtual void OnComplete() = 0;
   virtual void OnError(const Error& error) = 0;
+  virtual bool Ready(std::function<void()> resume) { return true; }
 };
 
 struct ProviderRequest {
   const ChatRequest* request = nullptr;  // valid until the terminal sink event
   std::string upstream_model;            // the endpoint's model name at this provider
   // Absolute deadline for the whole call; the provider derives its connect and
-  // first-byte timeouts from it and its own limits.
+  // first-byte timeouts from it and its own limits. time_point{} = none.
   std::chrono::steady_clock::time_point deadline;
 };
 
@@ -42,13 +56,20 @@ class Provider {
   // Provider name as shown to callers (`provider` field, usage rows): "OpenAI", "Local".
   virtual std::string_view Name() const = 0;
 
+  // The request parameters this provider honours (parameters.hpp). The
+  // gateway drops the others from a request before Start (or skips the
+  // endpoint), so a provider may ignore anything it does not declare.
+  virtual const ParameterSet& SupportedParameters() const = 0;
+
   // Starts one generation and returns at once. The provider keeps `sink` alive
   // until it delivered the terminal event. When `cancel` is signalled (the
-  // client went away) the provider stops as soon as it can and delivers
-  // OnError(kCancelled) or OnComplete with what it had; either is fine.
-  // Errors: kInvalidArgument (prompt too long for the context, bad upstream
-  // model), kUnavailable/kUpstreamTimeout/kBadGateway/kResourceExhausted
-  // (retryable on another endpoint while no delta was delivered).
+  // client went away, the deadline passed, shutdown) the provider stops as
+  // soon as it can and delivers OnError(kCancelled) or OnComplete with what
+  // it had; either is fine.
+  // Errors: kInvalidArgument (prompt too long for the context, a request the
+  // upstream refused), kUnavailable/kUpstreamTimeout/kBadGateway/
+  // kResourceExhausted (retryable on another endpoint while no event was
+  // delivered), kDeadlineExceeded, kCancelled.
   virtual void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink,
                      std::stop_token cancel) = 0;
 };

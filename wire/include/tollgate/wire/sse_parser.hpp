@@ -40,7 +40,7 @@
 #include <string>
 #include <string_view>
 
-namespace tollgate::providers {
+namespace tollgate::wire {
 
 // One dispatched event.
 struct SseEvent {
@@ -98,4 +98,4 @@ class SseParser {
   bool failed_ = false;
 };
 
-}  // namespace tollgate::providers
+}  // namespace tollgate::wire

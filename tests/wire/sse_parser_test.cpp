@@ -1,4 +1,4 @@
-#include "tollgate/providers/sse_parser.hpp"
+#include "tollgate/wire/sse_parser.hpp"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 #include <tuple>
 #include <vector>
 
-namespace tollgate::providers {
+namespace tollgate::wire {
 namespace {
 
 using namespace std::string_literals;
@@ -223,4 +223,4 @@ TEST(SseParser, CallbackCanStopParsing) {
 }
 
 }  // namespace
-}  // namespace tollgate::providers
+}  // namespace tollgate::wire

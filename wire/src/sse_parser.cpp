@@ -1,8 +1,8 @@
-#include "tollgate/providers/sse_parser.hpp"
+#include "tollgate/wire/sse_parser.hpp"
 
 #include <utility>
 
-namespace tollgate::providers {
+namespace tollgate::wire {
 namespace {
 
 constexpr std::string_view kBom = "\xEF\xBB\xBF";
@@ -159,4 +159,4 @@ SseParser::Step SseParser::Dispatch(const EventCallback& on_event) {
   return keep_going ? Step::kContinue : Step::kStop;
 }
 
-}  // namespace tollgate::providers
+}  // namespace tollgate::wire

@@ -1,0 +1,37 @@
+// Small shared helpers for text that crosses the wire: UTF-8 hold-back for
+// streamed fragments, and random identifiers.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace tollgate {
+
+// Length of the longest prefix of `text` that does not end inside a UTF-8
+// multi-byte sequence (a truncated lead + continuation tail is held back).
+// Bytes that cannot start a sequence pass through as they are.
+std::size_t CompleteUtf8Prefix(std::string_view text);
+
+// Joins streamed fragments so that every piece it returns is complete UTF-8:
+// a character split across fragments is held back until it completes.
+// Not thread-safe; one per stream of text.
+class Utf8Stitcher {
+ public:
+  // The complete part of (held-back bytes + `fragment`); keeps the rest.
+  std::string Push(std::string_view fragment);
+  // What is still held back, as U+FFFD (a stream that ended inside a
+  // character), or "" when nothing is.
+  std::string Flush();
+  bool empty() const { return tail_.empty(); }
+
+ private:
+  std::string tail_;
+};
+
+// `n` characters from [0-9A-Za-z], from the kernel's CSPRNG (getrandom(2)),
+// uniformly distributed (rejection sampling). Throws std::runtime_error only
+// if the kernel refuses randomness.
+std::string RandomBase62(std::size_t n);
+
+}  // namespace tollgate

@@ -1,0 +1,68 @@
+#include "tollgate/core/text.hpp"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <stdexcept>
+
+namespace tollgate {
+
+std::size_t CompleteUtf8Prefix(std::string_view text) {
+  const std::size_t n = text.size();
+  // Find the last lead byte among the final 4 bytes.
+  for (std::size_t back = 1; back <= 4 && back <= n; ++back) {
+    const auto b = static_cast<unsigned char>(text[n - back]);
+    if ((b & 0xC0) == 0x80) continue;  // continuation byte
+    std::size_t need = 1;
+    if ((b & 0xE0) == 0xC0) {
+      need = 2;
+    } else if ((b & 0xF0) == 0xE0) {
+      need = 3;
+    } else if ((b & 0xF8) == 0xF0) {
+      need = 4;
+    }
+    return back < need ? n - back : n;
+  }
+  return n;  // no lead byte nearby: not a truncated sequence, pass it on
+}
+
+std::string Utf8Stitcher::Push(std::string_view fragment) {
+  if (tail_.empty()) {
+    const std::size_t k = CompleteUtf8Prefix(fragment);
+    tail_.assign(fragment.substr(k));
+    return std::string(fragment.substr(0, k));
+  }
+  std::string joined = std::move(tail_);
+  joined.append(fragment);
+  const std::size_t k = CompleteUtf8Prefix(joined);
+  tail_ = joined.substr(k);
+  joined.resize(k);
+  return joined;
+}
+
+std::string Utf8Stitcher::Flush() {
+  if (tail_.empty()) return {};
+  tail_.clear();
+  return "\xEF\xBF\xBD";  // U+FFFD
+}
+
+std::string RandomBase62(std::size_t n) {
+  static constexpr char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  std::string out;
+  out.reserve(n);
+  unsigned char buf[64];
+  while (out.size() < n) {
+    ssize_t got = getrandom(buf, sizeof buf, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error("getrandom failed");
+    }
+    for (ssize_t i = 0; i < got && out.size() < n; ++i) {
+      if (buf[i] >= 248) continue;  // 248 = 4 * 62: keep the distribution uniform
+      out.push_back(kAlphabet[buf[i] % 62]);
+    }
+  }
+  return out;
+}
+
+}  // namespace tollgate

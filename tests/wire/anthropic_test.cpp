@@ -1,0 +1,3 @@
+#include "tollgate/wire/anthropic.hpp"
+
+#include <gtest/gtest.h>

@@ -1,0 +1,3 @@
+#include "tollgate/wire/gemini.hpp"
+
+#include <gtest/gtest.h>

@@ -1,0 +1,3 @@
+#include "tollgate/wire/openai.hpp"
+
+#include <gtest/gtest.h>

@@ -1,0 +1,60 @@
+// What every codec in wire/ shares: the facts of one answer that all response
+// encoders print, SSE framing, and the usage-count sanitising rule.
+//
+// wire/ is pure: functions from bytes to canonical values (core/chat.hpp) and
+// back, no I/O, no clocks, no threads. The gateway uses the inbound decoders
+// and response encoders; providers/ uses the outbound encoders and response
+// decoders.
+#pragma once
+
+#include "tollgate/core/chat.hpp"
+#include "tollgate/core/money.hpp"
+
+#include <boost/json/fwd.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate::wire {
+
+// What the gateway's answers to one call share.
+struct ResponseMeta {
+  std::string id;        // "gen-..." (OpenAI shapes) or "msg_..." (Anthropic shape)
+  int64_t created = 0;   // unix seconds
+  std::string model;     // the slug the caller asked for
+  std::string provider;  // display name of the provider that served it ("OpenAI"), OpenRouter's `provider`
+};
+
+// One SSE event: "data: DATA\n\n", or "event: TYPE\ndata: DATA\n\n" when
+// `type` is not empty (WHATWG HTML 9.2.6). DATA must not contain CR or LF
+// (serialized JSON never does).
+std::string SseEvent(std::string_view data, std::string_view type = {});
+
+// Usage sanitising. Token counts come from an upstream we do not control and
+// are billed as they are (core/money.hpp). An upstream must never be able to
+// mint credit or overflow billing, so each count read from a JSON value is:
+//   - a JSON integer: clamped into [0, kMaxUsageTokens] (negative -> 0; a
+//     uint64 above INT64_MAX, e.g. 2^64-1, -> kMaxUsageTokens);
+//   - a JSON number with a fraction or exponent: truncated toward zero, then
+//     clamped the same way;
+//   - anything else (string, bool, null, object) or missing: nullopt.
+// 10^12 tokens is far above any real call, yet a million such calls still sum
+// well inside int64.
+inline constexpr int64_t kMaxUsageTokens = 1'000'000'000'000;
+std::optional<int64_t> TokenCount(const boost::json::value* value);
+
+// After reading: parts never exceed their wholes (cached + cache_write <=
+// prompt, reasoning <= completion), so no discount goes below zero.
+void ClampUsage(Usage& usage);
+
+// A tool-call id for providers that give none (Gemini): "call_" + 24 random
+// base62 characters (CSPRNG).
+std::string NewToolCallId();
+
+// Parses `text` as JSON with a depth limit of 64 (what the gateway accepts
+// from callers). nullopt when it is not JSON.
+std::optional<boost::json::value> ParseJson(std::string_view text);
+
+}  // namespace tollgate::wire

@@ -1,0 +1,188 @@
+// OpenAI Chat Completions and legacy Completions <-> canonical, both
+// directions, streaming included.
+//
+// Sources: OpenAI API reference (platform.openai.com/docs/api-reference):
+// "Chat > Create chat completion", "The chat completion object", "The chat
+// completion chunk object", "Completions > Create completion"; OpenRouter's
+// extensions (openrouter.ai/docs/api-reference/overview and
+// .../best-practices/reasoning-tokens): `reasoning`, `reasoning_details`,
+// `top_k`, `repetition_penalty`, `provider`, `usage.cost`, `provider` on
+// responses; shared/WIRE-FORMATS.md section 3.1 for what compatible servers
+// really send. Provider quirks this codec handles, each behind an option or
+// in the decoder: DeepSeek's and Moonshot's `reasoning_content`
+// (api-docs.deepseek.com/guides/reasoning_model), DeepSeek's
+// `prompt_cache_hit_tokens`, Moonshot's top-level `cached_tokens`, Qwen's
+// `enable_thinking` (help.aliyun.com, "Deep thinking" of Model Studio's
+// OpenAI-compatible mode), OpenAI reasoning models' `max_completion_tokens`
+// and `developer` role.
+#pragma once
+
+#include "tollgate/core/chat.hpp"
+#include "tollgate/core/error.hpp"
+#include "tollgate/core/money.hpp"
+#include "tollgate/wire/common.hpp"
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::wire::openai {
+
+// ---------------------------------------------------------------- inbound requests (gateway)
+
+// Decodes and validates a `POST /v1/chat/completions` body (api kOpenAiChat).
+// Accepts the whole Chat Completions surface: messages of every role with
+// string or array content (text, image_url parts; other part types such as
+// input_audio are a 400 naming the part), assistant `tool_calls`,
+// `reasoning` / `reasoning_content` / `reasoning_details` on assistant
+// messages (replayed reasoning), tool messages, legacy `function_call` /
+// `functions` (mapped to tools); tools, tool_choice, parallel_tool_calls,
+// response_format, stop, seed, temperature, top_p, top_k,
+// frequency/presence/repetition penalties, max_tokens and
+// max_completion_tokens (the latter wins), n, logprobs, top_logprobs,
+// reasoning / reasoning_effort / include_reasoning, user, metadata, stream,
+// stream_options, provider.require_parameters, per-part cache_control.
+// Unknown fields are ignored. JSON depth is limited to 64.
+// Errors: kInvalidArgument with `param` naming the offending field
+// ("messages[2].content[0].type").
+Result<ChatRequest> DecodeChatRequest(std::string_view body);
+
+// Decodes a `POST /v1/completions` body (kind kCompletion, api
+// kOpenAiCompletions): `prompt` is a string or an array of exactly one
+// string; the sampling fields as above. Errors as above.
+Result<ChatRequest> DecodeCompletionRequest(std::string_view body);
+
+// ---------------------------------------------------------------- outbound requests (providers)
+
+// How an OpenAI-compatible upstream wants reasoning asked for and replayed.
+enum class ReasoningStyle {
+  kNone,         // never send reasoning settings
+  kOpenAi,       // `reasoning_effort` (OpenAI o-series, gpt-5; xAI; Groq)
+  kOpenRouter,   // OpenRouter's `reasoning` object, `reasoning_details` replay
+  kDeepSeek,     // no request field (the model decides); replay as `reasoning_content`
+  kQwen,         // `enable_thinking` (+ `thinking_budget` from reasoning.max_tokens)
+  kZhipu,        // `thinking: {"type": "enabled"|"disabled"}` (GLM)
+};
+
+struct RequestOptions {
+  std::string upstream_model;
+  // Which field carries the output limit. kNone: as the caller wrote it
+  // (request.max_tokens_field; max_tokens when that is kNone too).
+  MaxTokensField max_tokens_field = MaxTokensField::kNone;
+  bool developer_role = true;  // false: developer messages are sent as system
+  ReasoningStyle reasoning = ReasoningStyle::kNone;
+  // Assistant turns carry their reasoning text back as `reasoning_content`
+  // (DeepSeek and Kimi require it on tool-call turns).
+  bool replay_reasoning_content = false;
+  bool cache_control = false;  // keep `cache_control` on content parts (OpenRouter upstream)
+  bool stream = true;          // `"stream": true, "stream_options": {"include_usage": true}`
+};
+
+// The JSON body for `POST {base}/chat/completions`. Messages keep their
+// order; images become image_url parts; tool calls become `tool_calls` with
+// string arguments; tool results become `tool` messages (text parts joined;
+// images in a tool result go in a following user message, which OpenAI
+// accepts); only parameters set in `request` are written.
+std::string EncodeChatRequest(const ChatRequest& request, const RequestOptions& options);
+
+// The JSON body for `POST {base}/completions` (kind kCompletion).
+std::string EncodeCompletionRequest(const ChatRequest& request, const RequestOptions& options);
+
+// ---------------------------------------------------------------- upstream responses (providers)
+
+// Decodes an upstream's answer into canonical events: a stream of
+// `chat.completion.chunk` (or `text_completion`) SSE data payloads, or one
+// whole `chat.completion` / `text_completion` body (upstreams that ignore
+// `stream: true`).
+//
+// Per chunk: `choices[i].delta.content` -> TextDelta; `delta.reasoning`,
+// `delta.reasoning_content` -> ReasoningDelta (block 0, kind kText) and
+// `delta.reasoning_details[]` -> ReasoningDelta per detail `index`;
+// `delta.tool_calls[]` -> ToolCallDelta, renumbered so that distinct calls
+// get distinct indexes even when the upstream omits or repeats them (a new
+// `id` starts a new call); `finish_reason` -> FinishDelta; `usage` (wherever
+// it appears, also on a choice chunk) -> UsageDelta (prompt_tokens,
+// completion_tokens, prompt_tokens_details.cached_tokens or DeepSeek's
+// prompt_cache_hit_tokens or Moonshot's top-level cached_tokens,
+// prompt_tokens_details.cache_write_tokens, completion_tokens_details.
+// reasoning_tokens; sanitised, common.hpp). `choices: []`, `choices: null`,
+// missing `choices` and `index` with n > 1 are all handled. Text is held back
+// at an incomplete UTF-8 character until it completes.
+class ResponseDecoder {
+ public:
+  explicit ResponseDecoder(RequestKind kind) : kind_(kind) {}
+
+  // One SSE `data` payload. `[DONE]` sets done(). An in-stream error object
+  // (`{"error": {...}}`, vLLM's `{"object": "error", ...}`) or a chunk that
+  // is not a JSON object -> kBadGateway with the upstream's message.
+  Result<void> OnData(std::string_view data, std::vector<StreamEvent>& out);
+
+  // A whole non-streamed response body. Errors as OnData.
+  Result<void> OnWholeResponse(std::string_view body, std::vector<StreamEvent>& out);
+
+  // End of the upstream body: flushes held-back bytes (U+FFFD).
+  void Finish(std::vector<StreamEvent>& out);
+
+  bool done() const { return done_; }
+  // True once a finish_reason came for every choice that produced anything
+  // (and at least one): a stream that then ends without [DONE] is complete.
+  bool finish_seen() const;
+
+ private:
+  RequestKind kind_;
+  bool done_ = false;
+  // (per-choice state: UTF-8 stitchers, tool-call renumbering, finish seen)
+};
+
+// ---------------------------------------------------------------- responses to callers (gateway)
+
+struct ResponseOptions {
+  RequestKind kind = RequestKind::kChat;
+  bool include_usage = false;     // stream_options.include_usage
+  bool include_reasoning = true;  // false when the caller set reasoning.exclude
+};
+
+// Encodes canonical events as the caller's SSE stream: `chat.completion.chunk`
+// (or `text_completion`) objects with the meta's id, created, model and
+// OpenRouter's `provider`. The first chunk of each choice carries
+// `role: "assistant"`. TextDelta -> `delta.content`; ReasoningDelta ->
+// `delta.reasoning` (the text) and `delta.reasoning_details` (OpenRouter's
+// typed entries, with signature / data / format / index); ToolCallDelta ->
+// `delta.tool_calls` [{index, id, type: "function", function: {name,
+// arguments}}] (id, type and name on the first fragment only); FinishDelta ->
+// a chunk with `finish_reason`; UsageDelta -> nothing (the billed usage goes
+// in Finish). A stream that fails after its first byte ends with the gateway's
+// error event instead of Finish (never [DONE]).
+class StreamEncoder {
+ public:
+  StreamEncoder(ResponseMeta meta, ResponseOptions options);
+
+  // Zero or more complete SSE events for `event`.
+  std::string Encode(const StreamEvent& event);
+
+  // The last events of a successful stream: the usage chunk (`choices: []`,
+  // `usage` with prompt/completion/total tokens, details, `cost` in USD) when
+  // include_usage was asked, then `data: [DONE]`.
+  std::string Finish(const Usage& usage, Money cost);
+
+  // True once Encode produced any output.
+  bool started() const { return started_; }
+
+ private:
+  ResponseMeta meta_;
+  ResponseOptions options_;
+  bool started_ = false;
+  // (per-choice state: role sent, tool calls seen)
+};
+
+// A whole `chat.completion` (or `text_completion`) body: every choice with
+// its message (content, `reasoning`, `reasoning_details`, `tool_calls`,
+// `refusal: null`) and finish_reason; `usage` (as in Finish) with `cost`;
+// `system_fingerprint: null`; `provider`.
+std::string EncodeResponse(const ResponseMeta& meta, const ResponseOptions& options,
+                           const ChatResponse& response, const Usage& usage, Money cost);
+
+// The `usage` object the encoders write, as JSON text. For tests.
+std::string UsageJson(const Usage& usage, Money cost);
+
+}  // namespace tollgate::wire::openai

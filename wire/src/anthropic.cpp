@@ -1,0 +1,1 @@
+#include "tollgate/wire/anthropic.hpp"
