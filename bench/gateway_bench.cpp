@@ -1,10 +1,11 @@
-// Per-call CPU cost of the gateway's own wire work: parsing a chat request,
-// rendering stream chunks, and parsing an upstream SSE stream. These run on
-// the I/O threads for every call, so they bound the gateway's overhead.
+// Per-call CPU cost of the gateway's own wire work: decoding a chat request
+// into the canonical model, encoding stream chunks, and decoding an upstream
+// SSE stream into canonical events. These run on the I/O threads for every
+// call, so they bound the gateway's overhead.
 //
 //   build/bench/tollgate_gateway_bench --benchmark_min_time=0.2
-#include "api.hpp"
-#include "tollgate/providers/sse_parser.hpp"
+#include "tollgate/wire/openai.hpp"
+#include "tollgate/wire/sse_parser.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -20,7 +21,7 @@ constexpr std::string_view kChatBody =
 
 void BM_ParseChatRequest(benchmark::State& state) {
   for (auto _ : state) {
-    auto r = ParseChatRequest(kChatBody, RequestKind::kChat);
+    auto r = wire::openai::DecodeChatRequest(kChatBody);
     benchmark::DoNotOptimize(r);
   }
   state.SetBytesProcessed(state.iterations() * kChatBody.size());
@@ -28,19 +29,21 @@ void BM_ParseChatRequest(benchmark::State& state) {
 BENCHMARK(BM_ParseChatRequest);
 
 void BM_RenderDeltaEvent(benchmark::State& state) {
-  ResponseMeta meta{"gen-1795940389-h58Wv4oy80DBlz5jcPsJ", 1795940389, "openai/gpt-4o-mini", "OpenAI",
-                    RequestKind::kChat};
+  wire::ResponseMeta meta{"gen-1795940389-h58Wv4oy80DBlz5jcPsJ", 1795940389, "openai/gpt-4o-mini", "OpenAI"};
+  wire::openai::StreamEncoder encoder(meta, wire::openai::ResponseOptions{});
+  benchmark::DoNotOptimize(encoder.Encode(TextDelta{0, "first"}));  // the role chunk goes out once
+  const StreamEvent event = TextDelta{0, " token"};
   for (auto _ : state) {
-    std::string e = RenderDeltaEvent(meta, " token", false);
+    std::string e = encoder.Encode(event);
     benchmark::DoNotOptimize(e);
   }
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_RenderDeltaEvent);
 
-// An OpenAI stream of 200 content chunks plus the usage chunk, fed in 1460-byte
+// An OpenAI stream of 200 content chunks plus [DONE], fed in 1460-byte
 // segments (one TCP MSS), as an upstream's bytes arrive.
-void BM_ParseUpstreamSse(benchmark::State& state) {
+std::string UpstreamStream() {
   std::string stream;
   for (int i = 0; i < 200; ++i) {
     stream += R"(data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",)"
@@ -48,11 +51,17 @@ void BM_ParseUpstreamSse(benchmark::State& state) {
               "\n\n";
   }
   stream += "data: [DONE]\n\n";
+  return stream;
+}
+
+// SSE framing only.
+void BM_ParseUpstreamSse(benchmark::State& state) {
+  const std::string stream = UpstreamStream();
   for (auto _ : state) {
-    providers::SseParser parser;
+    wire::SseParser parser;
     int events = 0;
     for (size_t off = 0; off < stream.size(); off += 1460) {
-      auto r = parser.Feed(std::string_view(stream).substr(off, 1460), [&](const providers::SseEvent&) {
+      auto r = parser.Feed(std::string_view(stream).substr(off, 1460), [&](const wire::SseEvent&) {
         ++events;
         return true;
       });
@@ -64,6 +73,27 @@ void BM_ParseUpstreamSse(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * 201);
 }
 BENCHMARK(BM_ParseUpstreamSse);
+
+// SSE framing plus the OpenAI decoder: upstream bytes to canonical events.
+void BM_DecodeUpstreamStream(benchmark::State& state) {
+  const std::string stream = UpstreamStream();
+  std::vector<StreamEvent> out;
+  for (auto _ : state) {
+    wire::SseParser parser;
+    wire::openai::ResponseDecoder decoder(RequestKind::kChat);
+    out.clear();
+    for (size_t off = 0; off < stream.size(); off += 1460) {
+      auto r = parser.Feed(std::string_view(stream).substr(off, 1460), [&](const wire::SseEvent& e) {
+        return static_cast<bool>(decoder.OnData(e.data, out));
+      });
+      benchmark::DoNotOptimize(r);
+    }
+    benchmark::DoNotOptimize(out.size());
+  }
+  state.SetBytesProcessed(state.iterations() * stream.size());
+  state.SetItemsProcessed(state.iterations() * 201);
+}
+BENCHMARK(BM_DecodeUpstreamStream);
 
 }  // namespace
 }  // namespace tollgate::gateway

@@ -32,7 +32,7 @@ Result<std::optional<UsageEvent>> GenerationStore::Find(std::string_view request
       " latency_ms, ttft_ms, status, finish_reason, streamed, cancelled, usage_estimated,"
       " error_code,"
       " (extract(epoch FROM created_at) * 1000000)::bigint,"
-      " (extract(epoch FROM finished_at) * 1000000)::bigint "
+      " (extract(epoch FROM finished_at) * 1000000)::bigint, cache_write_tokens "
       "FROM usage_events WHERE request_id = $1 AND api_key_id = $2",
       {std::string(request_id), std::to_string(api_key_id)}, /*idempotent=*/true);
   if (!out.ok()) {
@@ -63,6 +63,7 @@ Result<std::optional<UsageEvent>> GenerationStore::Find(std::string_view request
   e.error_code = PgOptText(r, 0, 17);
   e.created_at = FromEpochMicros(PgInt64(r, 0, 18));
   e.finished_at = FromEpochMicros(PgInt64(r, 0, 19));
+  e.usage.cache_write_tokens = PgInt64(r, 0, 20);
   return std::optional<UsageEvent>(std::move(e));
 }
 

@@ -21,7 +21,7 @@ using internal::PgOutcome;
 using internal::PgParam;
 using EventPtr = std::shared_ptr<const UsageEvent>;
 
-constexpr int kColumns = 20;
+constexpr int kColumns = 21;
 // PostgreSQL's protocol allows at most 65535 bind parameters per statement.
 constexpr int kMaxBatchSize = 3000;
 constexpr std::chrono::milliseconds kInitialBackoff{100};
@@ -33,10 +33,10 @@ constexpr const char* kInsertHead =
     "INSERT INTO usage_events (request_id, api_key_id, model, provider, upstream_model,"
     " prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_nano_usd,"
     " latency_ms, ttft_ms, status, finish_reason, streamed, cancelled, usage_estimated,"
-    " error_code, created_at, finished_at) VALUES ";
+    " error_code, created_at, finished_at, cache_write_tokens) VALUES ";
 constexpr const char* kColumnCasts[kColumns] = {
     "text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
-    "bigint", "bigint", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz"};
+    "bigint", "bigint", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz", "bigint"};
 
 std::string BoolParam(bool value) { return value ? "t" : "f"; }
 
@@ -61,6 +61,7 @@ void AppendParams(const UsageEvent& e, std::vector<PgParam>& params) {
   params.emplace_back(e.error_code);
   params.emplace_back(internal::PgTimestamp(e.created_at));
   params.emplace_back(internal::PgTimestamp(e.finished_at));
+  params.emplace_back(std::to_string(e.usage.cache_write_tokens));
 }
 
 // One statement that inserts the rows and charges their keys for exactly the

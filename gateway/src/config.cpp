@@ -1,5 +1,7 @@
 #include "tollgate/gateway/config.hpp"
 
+#include "tollgate/providers/presets.hpp"
+
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
@@ -138,14 +140,31 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       p.id = kv.first.as<std::string>();
       std::string path = "providers." + p.id;
       const YAML::Node& n = kv.second;
-      r.CheckKeys(n, path, {"type", "display_name", "base_url", "api_key", "ca_file", "connect_timeout_ms",
-                            "first_byte_timeout_ms", "context_length"});
-      if (!n["type"]) Fail(path + ".type", "is required (local or openai_compatible)");
+      r.CheckKeys(n, path, {"type", "preset", "display_name", "base_url", "api_key", "ca_file", "connect_timeout_ms",
+                            "first_byte_timeout_ms", "max_idle_connections", "default_max_tokens", "extra_headers",
+                            "context_length"});
+      if (!n["type"]) Fail(path + ".type", "is required (local, openai_compatible, anthropic or gemini)");
       p.type = r.String(n["type"], path + ".type");
-      p.display_name = n["display_name"] ? r.String(n["display_name"], path + ".display_name") : p.id;
-      if (p.type == "openai_compatible") {
-        if (!n["base_url"]) Fail(path + ".base_url", "is required for openai_compatible");
-        p.base_url = r.String(n["base_url"], path + ".base_url");
+      const bool remote = p.type == "openai_compatible" || p.type == "anthropic" || p.type == "gemini";
+      std::string default_name = p.id;
+      if (n["preset"]) {
+        if (p.type != "openai_compatible") Fail(path + ".preset", "applies to openai_compatible providers only");
+        p.preset = r.String(n["preset"], path + ".preset");
+        const providers::Preset* preset = providers::FindPreset(p.preset);
+        if (preset == nullptr) {
+          std::string names;
+          for (const auto& known : providers::Presets()) names += (names.empty() ? "" : ", ") + std::string(known.name);
+          Fail(path + ".preset", "'" + p.preset + "' is not a preset (" + names + ")");
+        }
+        p.base_url = std::string(preset->base_url);
+        default_name = std::string(preset->display_name);
+      }
+      p.display_name = n["display_name"] ? r.String(n["display_name"], path + ".display_name") : default_name;
+      if (remote) {
+        if (p.type == "anthropic") p.base_url = "https://api.anthropic.com/v1";
+        if (p.type == "gemini") p.base_url = "https://generativelanguage.googleapis.com/v1beta";
+        if (n["base_url"]) p.base_url = r.String(n["base_url"], path + ".base_url");
+        if (p.base_url.empty()) Fail(path + ".base_url", "is required for openai_compatible without a preset");
         if (p.base_url.rfind("http://", 0) != 0 && p.base_url.rfind("https://", 0) != 0) {
           Fail(path + ".base_url", "must start with http:// or https://");
         }
@@ -165,12 +184,26 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
           p.first_byte_timeout_ms =
               static_cast<int>(r.Int(n["first_byte_timeout_ms"], path + ".first_byte_timeout_ms", 1, 3'600'000));
         }
+        if (n["max_idle_connections"]) {
+          p.max_idle_connections =
+              static_cast<int>(r.Int(n["max_idle_connections"], path + ".max_idle_connections", 0, 100'000));
+        }
+        if (n["default_max_tokens"]) {
+          p.default_max_tokens = r.Int(n["default_max_tokens"], path + ".default_max_tokens", 1, 1 << 24);
+        }
+        if (auto h = n["extra_headers"]) {
+          if (!h.IsMap()) Fail(path + ".extra_headers", "must be a mapping of header name to value");
+          for (const auto& kv : h) {
+            const std::string name = kv.first.as<std::string>();
+            p.extra_headers[name] = r.String(kv.second, path + ".extra_headers." + name);
+          }
+        }
       } else if (p.type == "local") {
         if (n["context_length"]) {
           p.context_length = static_cast<int>(r.Int(n["context_length"], path + ".context_length", 0, 1 << 24));
         }
       } else {
-        Fail(path + ".type", "'" + p.type + "' is not a provider type (local, openai_compatible)");
+        Fail(path + ".type", "'" + p.type + "' is not a provider type (local, openai_compatible, anthropic, gemini)");
       }
       provider_ids.insert(p.id);
       config.providers.push_back(std::move(p));
@@ -214,13 +247,15 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
         e.model = local ? r.Path(en["model"], epath + ".model") : r.String(en["model"], epath + ".model");
         if (!en["pricing"]) Fail(epath + ".pricing", "is required (USD per million tokens)");
         const YAML::Node& pn = en["pricing"];
-        r.CheckKeys(pn, epath + ".pricing", {"prompt", "completion", "cached_prompt"});
+        r.CheckKeys(pn, epath + ".pricing", {"prompt", "completion", "cached_prompt", "cache_write"});
         if (!pn["prompt"]) Fail(epath + ".pricing.prompt", "is required");
         if (!pn["completion"]) Fail(epath + ".pricing.completion", "is required");
         e.pricing.prompt = r.Price(pn["prompt"], epath + ".pricing.prompt");
         e.pricing.completion = r.Price(pn["completion"], epath + ".pricing.completion");
         e.pricing.cached_prompt =
             pn["cached_prompt"] ? r.Price(pn["cached_prompt"], epath + ".pricing.cached_prompt") : e.pricing.prompt;
+        e.pricing.cache_write =
+            pn["cache_write"] ? r.Price(pn["cache_write"], epath + ".pricing.cache_write") : e.pricing.prompt;
         if (en["context_length"]) e.context_length = r.Int(en["context_length"], epath + ".context_length", 1, 1LL << 32);
         m.endpoints.push_back(std::move(e));
       }

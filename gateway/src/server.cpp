@@ -1,24 +1,26 @@
 #include "tollgate/gateway/server.hpp"
 
 #include "api.hpp"
+#include "call_driver.hpp"
 #include "metrics.hpp"
+#include "responses.hpp"
 #include "tollgate/billing/api_key.hpp"
 #include "tollgate/billing/generation_store.hpp"
 #include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 #include "tollgate/local_backend/local_provider.hpp"
-#include "tollgate/providers/openai_compatible.hpp"
+#include "tollgate/providers/remote_provider.hpp"
 #include "tollgate/routing/catalog.hpp"
+#include "tollgate/wire/anthropic.hpp"
+#include "tollgate/wire/openai.hpp"
 
 #include <boost/asio.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
 
 #include <atomic>
 #include <cerrno>
-#include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -43,80 +45,88 @@ constexpr size_t kHeaderLimitBytes = 16 * 1024;
 constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
 constexpr auto kDrainTimeout = std::chrono::seconds(30);
+// After the drain timeout, calls still running are cancelled; this long is
+// left for them to end (CallDriver::kCancelGrace plus writing the end).
+constexpr auto kShutdownGrace = std::chrono::seconds(8);
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);
 constexpr auto kMissReloadInterval = std::chrono::milliseconds(100);
-// Completion tokens assumed for a reservation when neither max_tokens nor a
-// context length is known.
-constexpr int64_t kDefaultCompletionBound = 4096;
+// Encoded output a connection buffers for a slow client before the call
+// driver stops handing it events (and so the provider stops producing).
+constexpr size_t kClientBufferBytes = 64 * 1024;
 
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 
-// Bridges a provider's StreamSink (called from any thread) to the connection's
-// coroutine: events are queued under a mutex and the waiting coroutine is woken
-// by cancelling a timer on its own strand, so the coroutine never blocks a thread.
-class CallSink : public StreamSink, public std::enable_shared_from_this<CallSink> {
+// ---------------------------------------------------------------- adapters of the call driver's seams
+
+// The driver's executor: the connection's strand and Asio timers on it.
+class StrandExecutor final : public Executor {
  public:
-  struct Event {
-    enum Kind { kDelta, kComplete, kError } kind = kDelta;
-    std::string text;
-    Completion completion;
-    Error error;
-  };
+  explicit StrandExecutor(asio::any_io_executor strand) : strand_(std::move(strand)) {}
 
-  explicit CallSink(asio::any_io_executor strand) : wake_(strand) {}
+  void Post(std::function<void()> fn) override { asio::post(strand_, std::move(fn)); }
 
-  void OnDelta(std::string_view text) override {
-    Event e;
-    e.text = text;
-    Push(std::move(e));
-  }
-  void OnComplete(const Completion& completion) override {
-    Event e;
-    e.kind = Event::kComplete;
-    e.completion = completion;
-    Push(std::move(e));
-  }
-  void OnError(const Error& error) override {
-    Event e;
-    e.kind = Event::kError;
-    e.error = error;
-    Push(std::move(e));
+  std::unique_ptr<Timer> StartTimer(SteadyTime at, std::function<void()> fn) override {
+    auto timer = std::make_unique<AsioTimer>(strand_);
+    timer->timer.expires_at(at);
+    timer->timer.async_wait([cancelled = timer->cancelled, fn = std::move(fn)](const beast::error_code& ec) {
+      if (!ec && !*cancelled) fn();
+    });
+    return timer;
   }
 
-  // Waits for at least one event or the deadline; returns all queued events
-  // (empty when the deadline passed first).
-  awaitable<std::vector<Event>> Next(Clock::time_point deadline) {
-    for (;;) {
-      {
-        std::lock_guard lock(mu_);
-        if (!queue_.empty()) {
-          std::vector<Event> out(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
-          queue_.clear();
-          co_return out;
-        }
-      }
-      wake_.expires_at(deadline);
-      auto [ec] = co_await wake_.async_wait(kUseTuple);
-      if (!ec) {
-        std::lock_guard lock(mu_);
-        if (queue_.empty()) co_return std::vector<Event>{};
-      }
+  SteadyTime Now() const override { return Clock::now(); }
+  WallTime WallNow() const override { return std::chrono::system_clock::now(); }
+
+ private:
+  struct AsioTimer final : Timer {
+    explicit AsioTimer(const asio::any_io_executor& ex) : timer(ex) {}
+    ~AsioTimer() override { Cancel(); }
+    void Cancel() override {
+      *cancelled = true;
+      timer.cancel();
     }
+    asio::steady_timer timer;
+    // An expiry whose handler is already queued still sees this.
+    std::shared_ptr<bool> cancelled = std::make_shared<bool>(false);
+  };
+  asio::any_io_executor strand_;
+};
+
+class KeyCacheAdmission final : public Admission {
+ public:
+  explicit KeyCacheAdmission(billing::KeyCache& keys) : keys_(keys) {}
+  bool TryReserve(const billing::KeyRecord& key, Money worst_case) override { return keys_.TryReserve(key, worst_case); }
+  void Release(int64_t key_id, Money worst_case) override { keys_.Release(key_id, worst_case); }
+  void AddPendingSpend(int64_t key_id, Money amount) override { keys_.AddPendingSpend(key_id, amount); }
+
+ private:
+  billing::KeyCache& keys_;
+};
+
+class RecorderSink final : public UsageSink {
+ public:
+  explicit RecorderSink(billing::UsageRecorder& recorder) : recorder_(recorder) {}
+  void Record(billing::UsageEvent event) override { recorder_.Record(std::move(event)); }
+
+ private:
+  billing::UsageRecorder& recorder_;
+};
+
+class MetricsObserver final : public CallObserver {
+ public:
+  explicit MetricsObserver(Metrics& metrics) : metrics_(metrics) {}
+  void OnAttemptFailed(const std::string& model, const std::string& provider, int status,
+                       int64_t latency_ms) override {
+    metrics_.CountCall(model, provider, status, 0, 0, 0, std::nullopt, latency_ms);
+  }
+  void OnCall(const billing::UsageEvent& e) override {
+    metrics_.CountCall(e.model, e.provider, e.status, e.usage.prompt_tokens, e.usage.completion_tokens,
+                       e.cost.nano_usd, e.ttft_ms, e.latency_ms);
   }
 
  private:
-  void Push(Event event) {
-    {
-      std::lock_guard lock(mu_);
-      queue_.push_back(std::move(event));
-    }
-    asio::post(wake_.get_executor(), [self = shared_from_this()] { self->wake_.cancel(); });
-  }
-
-  asio::steady_timer wake_;
-  std::mutex mu_;
-  std::deque<Event> queue_;
+  Metrics& metrics_;
 };
 
 struct Services {
@@ -126,11 +136,42 @@ struct Services {
   std::unique_ptr<billing::UsageRecorder> recorder;
   std::unique_ptr<billing::GenerationStore> generations;
   std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<KeyCacheAdmission> admission;
+  std::unique_ptr<RecorderSink> usage;
+  std::unique_ptr<MetricsObserver> observer;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
-  std::atomic<int> active_calls{0};
   asio::thread_pool key_reloads{1};     // reloads for key-cache misses, one at a time
   Clock::time_point last_miss_reload;  // when the last miss reload began; key_reloads' thread only
   std::atomic<bool> stopping{false};
+
+  // Calls in flight: counted until their connection wrote the end, and
+  // registered so that a stop can cancel them.
+  std::atomic<int> active_calls{0};
+  std::mutex calls_mu;
+  std::map<uint64_t, std::weak_ptr<CallDriver>> calls;  // guarded by calls_mu
+  uint64_t next_call = 0;                                // guarded by calls_mu
+
+  CallDeps Deps() const { return CallDeps{&catalog, admission.get(), usage.get(), observer.get()}; }
+
+  uint64_t Register(const std::shared_ptr<CallDriver>& driver) {
+    std::lock_guard lock(calls_mu);
+    calls.emplace(++next_call, driver);
+    return next_call;
+  }
+  void Unregister(uint64_t id) {
+    std::lock_guard lock(calls_mu);
+    calls.erase(id);
+  }
+  void CancelAll() {
+    std::vector<std::shared_ptr<CallDriver>> live;
+    {
+      std::lock_guard lock(calls_mu);
+      for (auto& [id, weak] : calls) {
+        if (auto d = weak.lock()) live.push_back(std::move(d));
+      }
+    }
+    for (auto& d : live) d->Shutdown();
+  }
 };
 
 std::string_view Reason(int status) {
@@ -153,14 +194,17 @@ Response JsonResponse(const Request& req, int status, std::string body) {
   return MakeResponse(req, status, std::move(body), "application/json");
 }
 
-// Errors under OpenRouter's base path /api/v1 take its shape (an integer
-// `code`, which @openrouter/sdk requires); elsewhere OpenAI's.
+// The error shape by path: Anthropic's under /v1/messages, OpenRouter's (an
+// integer `code`, which @openrouter/sdk requires) under /api/, else OpenAI's.
 ErrorFlavor FlavorOf(const Request& req) {
-  return req.target().starts_with("/api/") ? ErrorFlavor::kOpenRouter : ErrorFlavor::kOpenAi;
+  std::string_view target = req.target();
+  return ErrorFlavorForPath(target.substr(0, target.find('?')));
 }
 
 Response ErrorResponse(const Request& req, const Error& error) {
-  return JsonResponse(req, HttpStatus(error.code), ErrorBody(error, FlavorOf(req)));
+  Response res = JsonResponse(req, HttpStatus(error.code), ErrorBody(error, FlavorOf(req)));
+  if (!error.retry_after.empty()) res.set(http::field::retry_after, error.retry_after);
+  return res;
 }
 
 // The API key from `Authorization: Bearer KEY` (or `x-api-key: KEY`, as
@@ -173,6 +217,123 @@ std::string_view BearerKey(const Request& req) {
   }
   return req["x-api-key"];
 }
+
+// `anthropic-beta: a,b` (possibly repeated) -> {"a", "b"}.
+std::vector<std::string> AnthropicBetas(const Request& req) {
+  std::vector<std::string> out;
+  auto [begin, end] = req.equal_range("anthropic-beta");
+  for (auto it = begin; it != end; ++it) {
+    std::string_view v = it->value();
+    while (!v.empty()) {
+      const size_t comma = v.find(',');
+      std::string_view item = v.substr(0, comma);
+      while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+      while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+      if (!item.empty()) out.emplace_back(item);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+  }
+  return out;
+}
+
+// The connection's side of a call (ClientSink), on the connection's strand:
+// encodes what the driver hands over into `out_` and wakes the connection's
+// writer. Bounded: above kClientBufferBytes it tells the driver to wait until
+// the writer has sent what is buffered.
+class ConnectionSink final : public ClientSink {
+ public:
+  ConnectionSink(asio::any_io_executor strand, ResponseEncoder encoder)
+      : wake_(std::move(strand)), encoder_(std::move(encoder)) {}
+
+  void OnCommit(const CommitInfo& info) override {
+    committed_ = true;
+    info_ = info;
+    encoder_.Commit(info);
+    Wake();
+  }
+  void OnEvent(const StreamEvent& event) override {
+    if (gone_) return;
+    if (encoder_.stream()) {
+      out_ += encoder_.Event(event);
+      if (!out_.empty()) Wake();
+    } else {
+      encoder_.Accumulate(event);
+    }
+  }
+  void OnSuccess(const CallSummary& summary) override {
+    if (!gone_) {
+      if (encoder_.stream()) {
+        out_ += encoder_.StreamEnd(summary);
+      } else {
+        body_ = encoder_.WholeBody(summary);
+      }
+    }
+    done_ = true;
+    Wake();
+  }
+  void OnFailure(const Error& error, bool committed) override {
+    error_ = error;
+    if (!gone_ && committed && encoder_.stream()) out_ += encoder_.StreamError(error);
+    done_ = true;
+    Wake();
+  }
+  bool Ready(std::function<void()> resume) override {
+    if (gone_ || out_.size() < kClientBufferBytes) return true;
+    resume_ = std::move(resume);
+    return false;
+  }
+
+  // For the connection's writer, on the same strand.
+  awaitable<void> Wait() {
+    while (!HasWork()) {
+      wake_.expires_at(Clock::time_point::max());
+      auto [ec] = co_await wake_.async_wait(kUseTuple);
+    }
+  }
+  std::string TakeOutput() { return std::exchange(out_, std::string()); }
+  // The writer sent what it took: let a waiting driver go on.
+  void Written() {
+    if (resume_ && out_.size() < kClientBufferBytes) {
+      auto resume = std::exchange(resume_, nullptr);
+      resume();
+    }
+  }
+  // The client is gone: drop output, never hold the driver back again.
+  void SetGone() {
+    gone_ = true;
+    out_.clear();
+    if (resume_) std::exchange(resume_, nullptr)();
+  }
+
+  bool done() const { return done_; }
+  bool committed() const { return committed_; }
+  // Streamed: the commit came and the writer has not sent the headers yet.
+  bool headers_pending() const { return committed_ && !headers_written_; }
+  void HeadersWritten() { headers_written_ = true; }
+  const CommitInfo& info() const { return info_; }
+  const std::optional<Error>& error() const { return error_; }
+  std::string& body() { return body_; }
+  const ResponseEncoder& encoder() const { return encoder_; }
+
+ private:
+  // Streamed calls wake the writer for output and for the commit (headers);
+  // whole answers only at the end.
+  bool HasWork() const { return done_ || (encoder_.stream() && (!out_.empty() || headers_pending())); }
+  void Wake() { wake_.cancel(); }
+
+  asio::steady_timer wake_;
+  ResponseEncoder encoder_;
+  std::string out_;
+  std::string body_;
+  std::function<void()> resume_;
+  std::optional<Error> error_;
+  CommitInfo info_;
+  bool committed_ = false;
+  bool headers_written_ = false;
+  bool done_ = false;
+  bool gone_ = false;
+};
 
 class Connection {
  public:
@@ -252,9 +413,12 @@ class Connection {
     const bool get = req.method() == http::verb::get;
     const bool post = req.method() == http::verb::post;
 
-    if ((route == "/v1/chat/completions" || route == "/v1/completions") && post) {
-      auto kind = route == "/v1/completions" ? RequestKind::kCompletion : RequestKind::kChat;
-      auto [keep, status] = co_await HandleCompletion(req, kind);
+    std::optional<ApiFlavor> call_api;
+    if (route == "/v1/chat/completions") call_api = ApiFlavor::kOpenAiChat;
+    if (route == "/v1/completions") call_api = ApiFlavor::kOpenAiCompletions;
+    if (route == "/v1/messages") call_api = ApiFlavor::kAnthropicMessages;
+    if (call_api && post) {
+      auto [keep, status] = co_await HandleCall(req, *call_api);
       s_.metrics->CountRequest(route, status);
       co_return keep;
     }
@@ -272,6 +436,8 @@ class Connection {
       res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
     } else if (route == "/v1/models" && get) {
       res = JsonResponse(req, 200, RenderModels(s_.catalog));
+    } else if (route == "/v1/messages/count_tokens" && post) {
+      res = co_await HandleCountTokens(req);
     } else if (route == "/v1/generation" && get) {
       res = co_await HandleGeneration(req, *url);
     } else if (route.rfind("/v1/models/", 0) == 0 && route.ends_with("/endpoints") && get) {
@@ -283,10 +449,10 @@ class Connection {
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
-               route == "/v1/chat/completions" || route == "/v1/completions" || route == "/v1/generation") {
+               call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation") {
       Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
       res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
-      res.set(http::field::allow, route.find("completions") != std::string::npos ? "POST" : "GET");
+      res.set(http::field::allow, call_api || route == "/v1/messages/count_tokens" ? "POST" : "GET");
     } else {
       route = "unmatched";  // a bounded label set: raw paths would grow /metrics without limit
       res = ErrorResponse(req, Error{ErrorCode::kNotFound,
@@ -337,6 +503,21 @@ class Connection {
     co_return JsonResponse(req, 200, RenderGeneration(*event));
   }
 
+  // POST /v1/messages/count_tokens: the prompt's tokens at the model's first
+  // endpoint, exact where the provider can count (the local engine's
+  // tokenizer), else estimated like an unreported usage (call_driver.hpp).
+  awaitable<Response> HandleCountTokens(const Request& req) {
+    std::optional<billing::KeyRecord> key = co_await Authenticate(req);
+    if (!key || key->revoked) co_return ErrorResponse(req, AuthError(req));
+    Result<ChatRequest> parsed = wire::anthropic::DecodeCountTokensRequest(req.body());
+    if (!parsed) co_return ErrorResponse(req, parsed.error());
+    auto plan = routing::Plan(s_.catalog, parsed->model);
+    if (!plan) co_return ErrorResponse(req, plan.error());
+    std::optional<int64_t> counted = plan->front()->provider->CountPromptTokens(*parsed);
+    const int64_t tokens = counted ? *counted : EstimateUsage(*parsed, ChatResponse{}).prompt_tokens;
+    co_return JsonResponse(req, 200, wire::anthropic::EncodeCountTokensResponse(tokens));
+  }
+
   // Looks the key up in the in-memory cache. On a miss of a well-formed key,
   // waits for a reload of the key table that began after the miss, then looks
   // again: a key created a moment ago works at once. Reloads for misses run
@@ -363,33 +544,39 @@ class Connection {
   static Error AuthError(const Request& req) {
     if (BearerKey(req).empty()) {
       return Error{ErrorCode::kUnauthenticated,
-                   "missing API key: send it as 'Authorization: Bearer tg-...'", "", "missing_api_key"};
+                   "missing API key: send it as 'Authorization: Bearer tg-...' (or 'x-api-key')", "",
+                   "missing_api_key"};
     }
     return Error{ErrorCode::kUnauthenticated, "invalid or revoked API key", "", "invalid_api_key"};
   }
 
-  // One chat or text completion: authenticate, validate, plan, call the
-  // endpoints in order until one answers, stream or assemble, meter.
-  awaitable<std::pair<bool, int>> HandleCompletion(const Request& req, RequestKind kind) {
-    const auto start = Clock::now();
+  static Result<ChatRequest> Decode(ApiFlavor api, std::string_view body) {
+    switch (api) {
+      case ApiFlavor::kOpenAiChat: return wire::openai::DecodeChatRequest(body);
+      case ApiFlavor::kOpenAiCompletions: return wire::openai::DecodeCompletionRequest(body);
+      case ApiFlavor::kAnthropicMessages: return wire::anthropic::DecodeMessagesRequest(body);
+    }
+    return InvalidArgument("unknown API");
+  }
+
+  // One model call in the caller's API: authenticate and decode here, then
+  // the call driver (admission, plan, attempts, metering) while this
+  // coroutine writes what the ConnectionSink encodes. Returns {keep-alive,
+  // HTTP status for metrics}.
+  awaitable<std::pair<bool, int>> HandleCall(const Request& req, ApiFlavor api) {
+    const auto received = Clock::now();
     const auto created_at = std::chrono::system_clock::now();
 
-    // Rejections before any provider is called: nothing is recorded or billed.
-    std::optional<Error> rejection;
+    // Rejections before the driver: nothing is recorded or billed.
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
-    auto parsed = ParseChatRequest(req.body(), kind);
-    Result<std::vector<const routing::Endpoint*>> plan = std::vector<const routing::Endpoint*>{};
-    Money reserved;
+    Result<ChatRequest> parsed = Decode(api, req.body());
+    std::optional<Error> rejection;
     if (!key || key->revoked) {
       rejection = AuthError(req);
     } else if (!parsed) {
       rejection = parsed.error();
-    } else if (plan = routing::Plan(s_.catalog, parsed->model); !plan) {
-      rejection = plan.error();
-    } else if (reserved = WorstCaseCost(*parsed, *plan); !s_.keys->TryReserve(*key, reserved)) {
-      rejection = Error{ErrorCode::kPaymentRequired,
-                        "this API key has no credits left; raise its limit or use another key", "",
-                        "insufficient_credits"};
+    } else if (s_.stopping) {
+      rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
     }
     if (rejection) {
       Response res = ErrorResponse(req, *rejection);
@@ -397,189 +584,154 @@ class Connection {
       co_return std::pair{keep, HttpStatus(rejection->code)};
     }
     ChatRequest chat = std::move(*parsed);
+    if (api == ApiFlavor::kAnthropicMessages) chat.anthropic_beta = AnthropicBetas(req);
 
-    // Runs when the call ends, after RecordUsage added the actual cost as
-    // pending spend: frees the reservation and lets a graceful stop proceed.
     s_.active_calls++;
     struct Guard {
       Services& s;
-      int64_t key_id;
-      Money reserved;
-      ~Guard() {
-        s.keys->Release(key_id, reserved);
-        s.active_calls--;
-      }
-    } guard{s_, key->id, reserved};
+      ~Guard() { s.active_calls--; }
+    } guard{s_};
 
-    ResponseMeta meta;
-    meta.id = NewRequestId();
-    meta.created = std::chrono::duration_cast<std::chrono::seconds>(created_at.time_since_epoch()).count();
-    meta.model = chat.model;
-    meta.kind = kind;
-    const auto deadline = start + std::chrono::milliseconds(s_.config->server.request_timeout_ms);
-    auto strand = co_await asio::this_coro::executor;
-
-    std::string text;               // all content delivered so far
-    bool headers_sent = false;      // streaming: 200 and SSE headers are out
-    bool client_gone = false;
-    std::optional<Clock::time_point> first_token_at;
-    std::optional<Completion> completion;
-    std::optional<Error> error;
-    const routing::Endpoint* endpoint = nullptr;
+    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(created_at.time_since_epoch()).count();
+    wire::ResponseMeta meta{NewRequestId(created), created, chat.model, ""};
+    const std::string request_id = meta.id;
+    const bool stream = chat.stream;
     const bool http10 = req.version() < 11;
-    http::response<http::empty_body> sse_head{http::status::ok, req.version()};
-    http::response_serializer<http::empty_body> sse_serializer{sse_head};
+    auto strand = co_await asio::this_coro::executor;
+    auto sink = std::make_shared<ConnectionSink>(
+        strand, ResponseEncoder(chat, meta, FlavorOf(req), EstimateUsage(chat, ChatResponse{}).prompt_tokens));
 
-    auto write_sse = [&](const std::string& data) -> awaitable<void> {
-      if (client_gone) co_return;
-      stream_.expires_after(kWriteTimeout);
-      if (http10) {
-        auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(data), kUseTuple);
-        if (ec) client_gone = true;
-        co_return;
-      }
-      auto chunk = http::make_chunk(asio::buffer(data));
-      auto [ec, n] = co_await asio::async_write(stream_, chunk, kUseTuple);
-      if (ec) client_gone = true;
-    };
+    CallSpec spec;
+    spec.request = std::move(chat);
+    spec.key = *key;
+    spec.request_id = request_id;
+    spec.received = received;
+    spec.created_at = created_at;
+    spec.deadline = received + std::chrono::milliseconds(s_.config->server.request_timeout_ms);
+    uint64_t registration = 0;
+    Services* services = &s_;
+    auto driver = CallDriver::Create(s_.Deps(), std::make_shared<StrandExecutor>(strand), std::move(spec), sink,
+                                     [services, &registration] { services->Unregister(registration); });
+    registration = s_.Register(driver);
+    driver->Start();
 
-    // Cancels the provider: the client went away, or the deadline passed.
-    std::stop_source cancel;
-    bool deadline_hit = false;
     // A non-streamed call writes nothing until it ends, so a client that
     // leaves is noticed by watching its socket for EOF meanwhile.
-    auto closed_early = std::make_shared<std::atomic<bool>>(false);
-    if (!chat.stream) asio::co_spawn(strand, WatchForClose(stream_.socket(), cancel, closed_early), asio::detached);
+    if (!stream) asio::co_spawn(strand, WatchForClose(stream_.socket(), driver), asio::detached);
 
-    for (const routing::Endpoint* candidate : *plan) {
-      endpoint = candidate;
-      meta.provider = std::string(endpoint->provider->Name());
-      auto sink = std::make_shared<CallSink>(strand);
-      endpoint->provider->Start(ProviderRequest{&chat, endpoint->upstream_model, deadline}, sink, cancel.get_token());
-      bool terminal = false;
-      while (!terminal) {
-        const Clock::time_point wait_until = deadline_hit ? Clock::time_point::max() : deadline;
-        std::vector<CallSink::Event> events = co_await sink->Next(wait_until);
-        if (events.empty()) {  // deadline: ask the provider to stop, then wait for its terminal event
-          deadline_hit = true;
-          cancel.request_stop();
-          continue;
-        }
-        std::string batch;
-        for (auto& ev : events) {
-          if (ev.kind == CallSink::Event::kDelta) {
-            if (!first_token_at) first_token_at = Clock::now();
-            if (chat.stream) batch += RenderDeltaEvent(meta, ev.text, text.empty() && batch.empty());
-            text += ev.text;
-          } else if (ev.kind == CallSink::Event::kComplete) {
-            completion = ev.completion;
-            terminal = true;
-          } else {
-            error = ev.error;
-            // However the provider put it (cancelled by us, its own deadline
-            // check), running out of time is a timeout.
-            if ((deadline_hit && !client_gone) || error->code == ErrorCode::kDeadlineExceeded) {
-              error = Error{ErrorCode::kUpstreamTimeout,
-                            "the model did not finish within the request timeout (server.request_timeout_ms)", "",
-                            "timeout"};
-            }
-            terminal = true;
-          }
-        }
-        if (chat.stream && !client_gone && (!batch.empty() || (completion && !headers_sent))) {
-          if (!headers_sent) {
-            sse_head.set(http::field::server, "tollgate");
-            sse_head.set(http::field::content_type, "text/event-stream");
-            sse_head.set(http::field::cache_control, "no-cache");
-            sse_head.set("x-request-id", meta.id);
-            // HTTP/1.0 has no chunked encoding: the body then ends when the
-            // connection closes (RFC 9112 section 6.3).
-            sse_head.keep_alive(req.keep_alive() && !http10);
-            sse_head.chunked(!http10);
-            stream_.expires_after(kWriteTimeout);
-            auto [ec, n] = co_await http::async_write_header(stream_, sse_serializer, kUseTuple);
-            headers_sent = true;
-            if (ec) client_gone = true;
-            if (batch.empty()) batch = RenderDeltaEvent(meta, "", true);
-          }
-          co_await write_sse(batch);
-          if (client_gone) cancel.request_stop();
-        }
-      }
-      // Fall back to the next endpoint only when nothing reached the client yet.
-      if (error && !first_token_at && IsRetryable(error->code) && candidate != plan->back() && !client_gone &&
-          !deadline_hit && !closed_early->load()) {
-        // The usage row is keyed by the request id, so a failed attempt shows in
-        // metrics only; the row records the endpoint that answered.
-        s_.metrics->CountCall(meta.model, meta.provider, HttpStatus(error->code), 0, 0, 0, std::nullopt,
-                              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count());
-        error.reset();
-        continue;
-      }
-      break;
-    }
-
-    if (!chat.stream) {
-      beast::error_code ignored;
-      stream_.socket().cancel(ignored);  // ends WatchForClose
-      if (closed_early->load()) client_gone = true;
-    }
-
+    bool client_gone = false;
+    bool cancelled = false;
+    bool headers_sent = false;
     int status = 200;
     bool keep = req.keep_alive();
-    // Nothing reached the client when a non-streamed call failed, or a streamed
-    // one failed before its headers: answer with the error status, bill nothing.
-    const bool delivered = !error || headers_sent;
-    // What is reported and billed, once: the provider's usage, else an
-    // estimate; nothing when nothing reached the client.
-    const Usage usage = delivered ? FinalUsage(chat, text, completion ? &*completion : nullptr) : Usage{};
-    const Money cost = CallCost(endpoint->pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens);
-    if (client_gone && !chat.stream) {
-      keep = false;  // nobody to answer
-    } else if (!delivered) {
-      status = HttpStatus(error->code);
-      Response res = ErrorResponse(req, *error);
-      res.set("x-request-id", meta.id);
-      keep = co_await Write(res);
-    } else if (chat.stream) {
-      std::string tail =
-          error ? RenderErrorEvent(*error, FlavorOf(req)) : RenderFinishEvent(meta, completion->finish_reason);
-      if (!error && chat.include_usage) tail += RenderUsageEvent(meta, usage, cost);
-      tail += kDoneEvent;
-      co_await write_sse(tail);
-      if (!client_gone && !http10) {
+    for (;;) {
+      co_await sink->Wait();
+      if (!sink->committed()) {
+        // Failed before anything was committed: answer with the error status.
+        const Error error = sink->error().value_or(Error{ErrorCode::kInternal, "call ended without an outcome"});
+        status = HttpStatus(error.code);
+        if (error.code == ErrorCode::kCancelled) {
+          keep = false;  // the client is gone: nobody to answer
+          break;
+        }
+        Response res = ErrorResponse(req, error);
+        res.set("x-request-id", request_id);
+        keep = co_await Write(res);
+        break;
+      }
+      if (!stream) {
+        if (!sink->done()) continue;
+        if (sink->error()) {
+          status = sink->error()->code == ErrorCode::kCancelled ? 499 : HttpStatus(sink->error()->code);
+          if (sink->error()->code == ErrorCode::kCancelled) {
+            keep = false;
+            break;
+          }
+          Response res = ErrorResponse(req, *sink->error());
+          res.set("x-request-id", request_id);
+          keep = co_await Write(res);
+          break;
+        }
+        Response res = JsonResponse(req, 200, std::move(sink->body()));
+        SetCallHeaders(res, request_id, sink->info());
+        keep = co_await Write(res);
+        break;
+      }
+      // Streamed: the 200 and SSE headers go out at the commit.
+      if (sink->headers_pending()) sink->HeadersWritten();
+      if (!headers_sent && !client_gone) {
+        http::response<http::empty_body> head{http::status::ok, req.version()};
+        head.set(http::field::server, "tollgate");
+        head.set(http::field::content_type, "text/event-stream");
+        head.set(http::field::cache_control, "no-cache");
+        SetCallHeaders(head, request_id, sink->info());
+        // HTTP/1.0 has no chunked encoding: the body then ends when the
+        // connection closes (RFC 9112 section 6.3).
+        head.keep_alive(req.keep_alive() && !http10);
+        head.chunked(!http10);
+        http::response_serializer<http::empty_body> serializer{head};
         stream_.expires_after(kWriteTimeout);
-        auto last = http::make_chunk_last();
-        auto [ec, n] = co_await asio::async_write(stream_, last, kUseTuple);
+        auto [ec, n] = co_await http::async_write_header(stream_, serializer, kUseTuple);
+        headers_sent = true;
         if (ec) client_gone = true;
       }
-      keep = keep && !client_gone && !http10;
-      if (error) status = HttpStatus(error->code);  // recorded; the client already has its 200
-    } else {
-      Completion final = *completion;
-      final.usage = usage;
-      Response res = JsonResponse(req, 200, RenderCompletion(meta, text, final, cost));
-      res.set("x-request-id", meta.id);
-      keep = co_await Write(res);
-      client_gone = !keep && req.keep_alive();
+      std::string out = sink->TakeOutput();
+      if (!out.empty() && !client_gone) {
+        stream_.expires_after(kWriteTimeout);
+        beast::error_code ec;
+        if (http10) {
+          auto [wec, n] = co_await asio::async_write(stream_, asio::buffer(out), kUseTuple);
+          ec = wec;
+        } else {
+          auto chunk = http::make_chunk(asio::buffer(out));
+          auto [wec, n] = co_await asio::async_write(stream_, chunk, kUseTuple);
+          ec = wec;
+        }
+        if (ec) client_gone = true;
+      }
+      if (client_gone && !cancelled) {
+        cancelled = true;
+        sink->SetGone();
+        driver->Cancel();
+      }
+      sink->Written();
+      if (sink->done() && !client_gone) {
+        if (!http10) {
+          stream_.expires_after(kWriteTimeout);
+          auto last = http::make_chunk_last();
+          auto [ec, n] = co_await asio::async_write(stream_, last, kUseTuple);
+          if (ec) client_gone = true;
+        }
+        if (sink->error()) status = HttpStatus(sink->error()->code);  // the client already has its 200
+        break;
+      }
+      if (sink->done()) break;
     }
-    if (client_gone) status = 499;
-    // A request the provider found invalid before producing anything (prompt
-    // longer than the context) is a rejection like a 400 from validation:
-    // no usage row, nothing billed.
-    if (!delivered && error->code == ErrorCode::kInvalidArgument) co_return std::pair{keep, status};
-    const bool estimated = delivered && !(completion && completion->usage_known);
-    RecordUsage(meta, *key, *endpoint, chat.stream, usage, cost, estimated, completion,
-                error ? &*error : nullptr, start, created_at, first_token_at, client_gone);
+    if (stream) {
+      keep = keep && !client_gone && !http10;
+      if (client_gone) status = 499;
+    } else {
+      beast::error_code ignored;
+      stream_.socket().cancel(ignored);  // ends WatchForClose
+    }
+    // Keep the driver alive until it finished (its on_done unregisters it).
+    while (!sink->done()) co_await sink->Wait();
     co_return std::pair{keep, status};
+  }
+
+  template <class Message>
+  static void SetCallHeaders(Message& res, const std::string& request_id, const CommitInfo& info) {
+    res.set("x-request-id", request_id);
+    // Parameters the serving endpoint does not support were dropped
+    // (core/parameters.hpp); say which, in OpenRouter's parameter names.
+    if (!info.dropped.empty()) res.set("x-tollgate-unsupported-parameters", info.dropped.Names());
   }
 
   // Completes when the client closes its connection during a non-streamed
   // call (EOF on the socket), and then cancels the call; returns quietly when
   // the socket is cancelled after the call, or when the client sent more data
   // (a pipelined request: it is still there).
-  static awaitable<void> WatchForClose(tcp::socket& socket, std::stop_source cancel,
-                                       std::shared_ptr<std::atomic<bool>> closed) {
+  static awaitable<void> WatchForClose(tcp::socket& socket, std::shared_ptr<CallDriver> driver) {
     for (;;) {
       auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
       if (ec) co_return;
@@ -589,76 +741,9 @@ class Connection {
       ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
       if (n > 0) co_return;  // a pipelined request: the client is still there
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-      closed->store(true);  // EOF or a socket error: the client is gone
-      cancel.request_stop();
+      driver->Cancel();  // EOF or a socket error: the client is gone
       co_return;
     }
-  }
-
-  // The most a call can cost, reserved against the key's credit while it runs
-  // (billing/README.md): prompt tokens are bounded by the prompt's bytes (+1
-  // for BOS, +8 per message for a template; SentencePiece with byte fallback
-  // and byte-level BPE emit at most one token per byte), completion tokens by
-  // max_tokens, else the endpoint's context length, else
-  // kDefaultCompletionBound; priced at the plan's most expensive endpoint.
-  static Money WorstCaseCost(const ChatRequest& chat, const std::vector<const routing::Endpoint*>& plan) {
-    int64_t prompt_bytes = static_cast<int64_t>(chat.prompt.size()) + 1;
-    for (const auto& m : chat.messages) prompt_bytes += static_cast<int64_t>(m.content.size()) + 8;
-    Money worst;
-    for (const routing::Endpoint* e : plan) {
-      int64_t completion = chat.max_tokens ? *chat.max_tokens
-                           : e->context_length > 0 ? e->context_length
-                                                   : kDefaultCompletionBound;
-      worst = std::max(worst, CallCost(e->pricing, prompt_bytes, 0, completion));
-    }
-    return worst;
-  }
-
-  // The usage to report and bill: the provider's when it knows it, else an
-  // estimate of 4 bytes per token (OpenAI's rule of thumb for English text).
-  static Usage FinalUsage(const ChatRequest& chat, const std::string& text, const Completion* completion) {
-    if (completion != nullptr && completion->usage_known) return completion->usage;
-    Usage u;
-    size_t prompt_bytes = chat.prompt.size();
-    for (const auto& m : chat.messages) prompt_bytes += m.content.size();
-    u.prompt_tokens = static_cast<int64_t>(prompt_bytes / 4 + 1);
-    u.completion_tokens = static_cast<int64_t>((text.size() + 3) / 4);
-    return u;
-  }
-
-  void RecordUsage(const ResponseMeta& meta, const billing::KeyRecord& key, const routing::Endpoint& endpoint,
-                   bool streamed, const Usage& usage, Money cost, bool usage_estimated,
-                   const std::optional<Completion>& completion, const Error* error, Clock::time_point start,
-                   std::chrono::system_clock::time_point created_at,
-                   std::optional<Clock::time_point> first_token_at, bool cancelled) {
-    auto ms = [&](Clock::time_point t) {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(t - start).count();
-    };
-    billing::UsageEvent e;
-    e.request_id = meta.id;
-    e.api_key_id = key.id;
-    e.model = meta.model;
-    e.provider = meta.provider;
-    e.upstream_model = endpoint.upstream_model;
-    e.usage = usage;
-    e.usage_estimated = usage_estimated;
-    e.cost = cost;
-    e.latency_ms = ms(Clock::now());
-    if (first_token_at) e.ttft_ms = ms(*first_token_at);
-    e.status = cancelled ? 499 : error ? HttpStatus(error->code) : 200;
-    if (completion) e.finish_reason = std::string(FinishReasonName(completion->finish_reason));
-    if (error) {
-      e.finish_reason = "error";
-      e.error_code = std::string(ErrorType(error->code));
-    }
-    e.streamed = streamed;
-    e.cancelled = cancelled;
-    e.created_at = created_at;
-    e.finished_at = std::chrono::system_clock::now();
-    s_.metrics->CountCall(e.model, e.provider, e.status, e.usage.prompt_tokens, e.usage.completion_tokens,
-                          e.cost.nano_usd, e.ttft_ms, e.latency_ms);
-    if (e.cost.nano_usd > 0) s_.keys->AddPendingSpend(key.id, e.cost);
-    s_.recorder->Record(std::move(e));
   }
 
   Services& s_;
@@ -693,144 +778,178 @@ int StartupError(const std::string& what) {
   return 1;
 }
 
+providers::RemoteApi RemoteApiOf(const std::string& type) {
+  if (type == "anthropic") return providers::RemoteApi::kAnthropic;
+  if (type == "gemini") return providers::RemoteApi::kGemini;
+  return providers::RemoteApi::kOpenAiCompatible;
+}
+
 }  // namespace
 
 int Serve(const Config& config, const ServeOptions& options) {
   int threads = config.server.io_threads > 0 ? config.server.io_threads
                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  asio::io_context ioc(threads);
+  // Destruction order matters: the io_context (with every connection's and
+  // call's frame) goes before the Services those frames use, and the
+  // providers go before the io_context their work posts to.
   Services services;
   services.config = &config;
   services.metrics = std::make_unique<Metrics>();
+  services.observer = std::make_unique<MetricsObserver>(*services.metrics);
 
-  // Providers: one instance per remote provider, one local engine per model file.
-  std::map<std::string, std::unique_ptr<Provider>> remote;
-  std::map<std::string, std::unique_ptr<local_backend::LocalProvider>> local;  // by model path
-  std::map<std::string, const ProviderConfig*> provider_configs;
-  for (const auto& p : config.providers) {
-    provider_configs[p.id] = &p;
-    if (!p.enabled) {
-      std::cerr << "tollgate: provider " << p.id << " disabled: " << p.disabled_reason << "\n";
-      continue;
-    }
-    if (p.type == "openai_compatible") {
-      providers::OpenAiCompatibleOptions o;
+  auto keys = billing::KeyCache::Start(options.database_url);
+  if (!keys) return StartupError("database: " + keys.error().message);
+  services.keys = std::move(*keys);
+  services.admission = std::make_unique<KeyCacheAdmission>(*services.keys);
+  auto recorder =
+      billing::UsageRecorder::Start(options.database_url, config.usage.flush_interval_ms, config.usage.batch_size);
+  if (!recorder) return StartupError("database: " + recorder.error().message);
+  services.recorder = std::move(*recorder);
+  services.usage = std::make_unique<RecorderSink>(*services.recorder);
+  auto generations = billing::GenerationStore::Connect(options.database_url);
+  if (!generations) return StartupError("database: " + generations.error().message);
+  services.generations = std::move(*generations);
+
+  int rc = 0;
+  {
+    asio::io_context ioc(threads);
+    // Providers: one instance per remote provider, one local engine per model file.
+    std::map<std::string, std::unique_ptr<providers::RemoteProvider>> remote;
+    std::map<std::string, std::unique_ptr<local_backend::LocalProvider>> local;  // by model path
+    std::map<std::string, const ProviderConfig*> provider_configs;
+    for (const auto& p : config.providers) {
+      provider_configs[p.id] = &p;
+      if (!p.enabled) {
+        std::cerr << "tollgate: provider " << p.id << " disabled: " << p.disabled_reason << "\n";
+        continue;
+      }
+      if (p.type == "local") continue;
+      providers::RemoteProviderOptions o;
+      o.api = RemoteApiOf(p.type);
+      o.preset = p.preset;
       o.display_name = p.display_name;
       o.base_url = p.base_url;
       o.api_key = p.api_key;
       o.ca_file = p.ca_file;
       o.connect_timeout_ms = p.connect_timeout_ms;
       o.first_byte_timeout_ms = p.first_byte_timeout_ms;
-      auto provider = providers::OpenAiCompatibleProvider::Create(std::move(o), ioc);
+      o.max_idle_connections = p.max_idle_connections;
+      o.default_max_tokens = p.default_max_tokens;
+      o.extra_headers = p.extra_headers;
+      auto provider = providers::RemoteProvider::Create(std::move(o), ioc);
       if (!provider) return StartupError("providers." + p.id + ": " + provider.error().message);
       remote[p.id] = std::move(*provider);
     }
-  }
-  std::vector<routing::Model> models;
-  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
-                          std::chrono::system_clock::now().time_since_epoch()).count();
-  for (size_t i = 0; i < config.models.size(); ++i) {
-    const ModelConfig& mc = config.models[i];
-    routing::Model m{mc.id, mc.name, mc.context_length, now, {}};
-    for (size_t j = 0; j < mc.endpoints.size(); ++j) {
-      const EndpointConfig& ec = mc.endpoints[j];
-      const ProviderConfig& pc = *provider_configs.at(ec.provider);
-      if (!pc.enabled) continue;
-      routing::Endpoint e{ec.provider, nullptr, ec.model, ec.pricing, ec.context_length};
-      if (pc.type == "local") {
-        auto& engine = local[ec.model];
-        if (!engine) {
-          local_backend::LocalProviderOptions o;
-          o.display_name = pc.display_name;
-          o.model_path = ec.model;
-          o.context_length = pc.context_length;
-          auto created = local_backend::LocalProvider::Create(o);
-          if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
-          engine = std::move(*created);
-          std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << "\n";
+    std::vector<routing::Model> models;
+    const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                            std::chrono::system_clock::now().time_since_epoch()).count();
+    for (size_t i = 0; i < config.models.size(); ++i) {
+      const ModelConfig& mc = config.models[i];
+      routing::Model m{mc.id, mc.name, mc.context_length, now, {}};
+      for (size_t j = 0; j < mc.endpoints.size(); ++j) {
+        const EndpointConfig& ec = mc.endpoints[j];
+        const ProviderConfig& pc = *provider_configs.at(ec.provider);
+        if (!pc.enabled) continue;
+        routing::Endpoint e{ec.provider, nullptr, ec.model, ec.pricing, ec.context_length};
+        if (pc.type == "local") {
+          auto& engine = local[ec.model];
+          if (!engine) {
+            local_backend::LocalProviderOptions o;
+            o.display_name = pc.display_name;
+            o.model_path = ec.model;
+            o.context_length = pc.context_length;
+            auto created = local_backend::LocalProvider::Create(o);
+            if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
+            engine = std::move(*created);
+            std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << "\n";
+          }
+          e.provider = engine.get();
+          if (e.context_length == 0) e.context_length = engine->ContextLength();
+        } else {
+          e.provider = remote.at(ec.provider).get();
         }
-        e.provider = engine.get();
-        if (e.context_length == 0) e.context_length = engine->ContextLength();
-      } else {
-        e.provider = remote.at(ec.provider).get();
+        m.context_length = std::max(m.context_length, e.context_length);
+        m.endpoints.push_back(std::move(e));
       }
-      m.context_length = std::max(m.context_length, e.context_length);
-      m.endpoints.push_back(std::move(e));
+      if (m.endpoints.empty()) continue;
+      models.push_back(std::move(m));
     }
-    if (m.endpoints.empty()) continue;
-    models.push_back(std::move(m));
-  }
-  if (models.empty()) {
-    return StartupError("no model is available: the config lists none, or every model's providers are disabled");
-  }
-  services.catalog = routing::Catalog(std::move(models));
-
-  auto keys = billing::KeyCache::Start(options.database_url);
-  if (!keys) return StartupError("database: " + keys.error().message);
-  services.keys = std::move(*keys);
-  auto recorder =
-      billing::UsageRecorder::Start(options.database_url, config.usage.flush_interval_ms, config.usage.batch_size);
-  if (!recorder) return StartupError("database: " + recorder.error().message);
-  services.recorder = std::move(*recorder);
-  auto generations = billing::GenerationStore::Connect(options.database_url);
-  if (!generations) return StartupError("database: " + generations.error().message);
-  services.generations = std::move(*generations);
-
-  tcp::acceptor acceptor(ioc);
-  {
-    beast::error_code ec;
-    auto address = asio::ip::make_address(config.server.host, ec);
-    if (ec) return StartupError("server.listen: '" + config.server.host + "' is not an IP address");
-    tcp::endpoint ep(address, config.server.port);
-    acceptor.open(ep.protocol(), ec);
-    if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-    if (!ec) acceptor.bind(ep, ec);
-    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
-      return StartupError("cannot listen on " + config.server.host + ":" + std::to_string(config.server.port) +
-                          ": " + ec.message());
+    if (models.empty()) {
+      return StartupError(
+          "no model is available: the config lists none, or every model's providers are disabled");
     }
-  }
-  const uint16_t port = acceptor.local_endpoint().port();
-  if (!options.port_file.empty()) {
-    std::ofstream(options.port_file) << port << "\n";
-  }
-  std::string shown_host = config.server.host.find(':') != std::string::npos ? "[" + config.server.host + "]"
-                                                                            : config.server.host;
-  std::cerr << "tollgate: " << services.catalog.models().size() << " models, " << threads
-            << " I/O threads; listening on http://" << shown_host << ":" << port << std::endl;
+    services.catalog = routing::Catalog(std::move(models));
 
-  asio::co_spawn(ioc, Accept(services, acceptor), asio::detached);
-
-  // Stop: close the listener, let in-flight calls finish (bounded), then stop
-  // the loop. Usage rows are flushed after the threads are joined.
-  asio::signal_set signals(ioc, SIGINT, SIGTERM);
-  asio::steady_timer drain(ioc);
-  Clock::time_point drain_until;
-  std::function<void()> drain_poll = [&] {
-    if (services.active_calls == 0 || Clock::now() >= drain_until) {
-      ioc.stop();
-      return;
+    tcp::acceptor acceptor(ioc);
+    {
+      beast::error_code ec;
+      auto address = asio::ip::make_address(config.server.host, ec);
+      if (ec) return StartupError("server.listen: '" + config.server.host + "' is not an IP address");
+      tcp::endpoint ep(address, config.server.port);
+      acceptor.open(ep.protocol(), ec);
+      if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec) acceptor.bind(ep, ec);
+      if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) {
+        return StartupError("cannot listen on " + config.server.host + ":" + std::to_string(config.server.port) +
+                            ": " + ec.message());
+      }
     }
-    drain.expires_after(std::chrono::milliseconds(20));
-    drain.async_wait([&](const beast::error_code&) { drain_poll(); });
-  };
-  signals.async_wait([&](const beast::error_code& ec, int signo) {
-    if (ec) return;
-    std::cerr << "tollgate: signal " << signo << ", stopping" << std::endl;
-    services.stopping = true;
-    beast::error_code ignored;
-    acceptor.close(ignored);
-    drain_until = Clock::now() + kDrainTimeout;
-    drain_poll();
-  });
+    const uint16_t port = acceptor.local_endpoint().port();
+    if (!options.port_file.empty()) {
+      std::ofstream(options.port_file) << port << "\n";
+    }
+    std::string shown_host = config.server.host.find(':') != std::string::npos ? "[" + config.server.host + "]"
+                                                                              : config.server.host;
+    std::cerr << "tollgate: " << services.catalog.models().size() << " models, " << threads
+              << " I/O threads; listening on http://" << shown_host << ":" << port << std::endl;
 
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back([&] { ioc.run(); });
-  ioc.run();
-  for (auto& t : pool) t.join();
-  services.blocking.join();
-  services.key_reloads.join();
+    asio::co_spawn(ioc, Accept(services, acceptor), asio::detached);
+
+    // Stop: close the listener, let in-flight calls finish (up to
+    // kDrainTimeout), then cancel the ones left and wait for them to end (up
+    // to kShutdownGrace), then stop the loop. Usage rows are flushed after
+    // the threads are joined.
+    asio::signal_set signals(ioc, SIGINT, SIGTERM);
+    asio::steady_timer drain(ioc);
+    Clock::time_point drain_until;
+    bool cancelled_all = false;
+    std::function<void()> drain_poll = [&] {
+      const auto now = Clock::now();
+      if (services.active_calls == 0 || now >= drain_until + kShutdownGrace) {
+        ioc.stop();
+        return;
+      }
+      if (now >= drain_until && !cancelled_all) {
+        cancelled_all = true;
+        std::cerr << "tollgate: " << services.active_calls << " calls still running; cancelling them" << std::endl;
+        services.CancelAll();
+      }
+      drain.expires_after(std::chrono::milliseconds(20));
+      drain.async_wait([&](const beast::error_code&) { drain_poll(); });
+    };
+    signals.async_wait([&](const beast::error_code& ec, int signo) {
+      if (ec) return;
+      std::cerr << "tollgate: signal " << signo << ", stopping" << std::endl;
+      services.stopping = true;
+      beast::error_code ignored;
+      acceptor.close(ignored);
+      drain_until = Clock::now() + kDrainTimeout;
+      drain_poll();
+    });
+
+    std::vector<std::thread> pool;
+    for (int i = 1; i < threads; ++i) pool.emplace_back([&] { ioc.run(); });
+    ioc.run();
+    for (auto& t : pool) t.join();
+    services.blocking.join();
+    services.key_reloads.join();
+    // The local engines' workers may still post to the (stopped) loop; join
+    // them while it exists. Then the remote providers, then the loop itself
+    // with every frame it still holds.
+    local.clear();
+    remote.clear();
+  }
   // Bounded: during a database outage the rows still queued after 30 s are
   // logged and counted as lost rather than hanging the shutdown forever.
   if (!services.recorder->StopWithin(std::chrono::seconds(30))) {
@@ -838,7 +957,7 @@ int Serve(const Config& config, const ServeOptions& options) {
   }
   services.keys->Stop();
   std::cerr << "tollgate: stopped; " << services.recorder->rows_written() << " usage rows written" << std::endl;
-  return 0;
+  return rc;
 }
 
 }  // namespace tollgate::gateway

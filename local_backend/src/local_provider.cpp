@@ -36,6 +36,54 @@ Error MakeError(ErrorCode code, std::string message, std::string param = {}) {
   return Error{code, std::move(message), std::move(param), {}};
 }
 
+// What this engine honours (core/parameters.hpp): no tools and no image input
+// (no chat template yet: the local engine issue adds them), so requests with
+// those are refused with a 400 naming them, never silently flattened.
+const ParameterSet& LocalParameters() {
+  static const ParameterSet params{Param::kMaxTokens, Param::kTemperature, Param::kTopP, Param::kStop, Param::kSeed};
+  return params;
+}
+
+// Blocks the worker while `sink` says its consumer is behind, until it
+// resumes us or the call is cancelled or the provider stops.
+void WaitUntilReady(StreamSink& sink, const std::stop_token& cancel, const std::stop_token& shutdown) {
+  struct Resume {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool ready = false;
+  };
+  auto resume = std::make_shared<Resume>();
+  const bool ready = sink.Ready([resume] {
+    std::lock_guard lock(resume->mu);
+    resume->ready = true;
+    resume->cv.notify_all();
+  });
+  if (ready) return;
+  std::unique_lock lock(resume->mu);
+  while (!resume->ready && !cancel.stop_requested() && !shutdown.stop_requested()) {
+    resume->cv.wait_for(lock, std::chrono::milliseconds(50));
+  }
+}
+
+// The prompt of a chat: the messages' texts joined with "\n" (roles dropped;
+// no chat template yet). Tool results count as their text.
+std::string ChatPrompt(const ChatRequest& req) {
+  std::string prompt;
+  for (size_t i = 0; i < req.messages.size(); ++i) {
+    if (i > 0) prompt += '\n';
+    const Message& m = req.messages[i];
+    for (const auto& part : m.parts) {
+      if (const auto* t = std::get_if<TextPart>(&part)) prompt += t->text;
+      if (const auto* r = std::get_if<ToolResultPart>(&part)) {
+        for (const auto& c : r->content) {
+          if (const auto* t = std::get_if<TextPart>(&c)) prompt += t->text;
+        }
+      }
+    }
+  }
+  return prompt;
+}
+
 }  // namespace
 
 struct LocalProvider::Impl {
@@ -113,6 +161,13 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
                             job.prompt_param));
     }
 
+    // The prompt's size is known now: report it before the first token, so a
+    // consumer that announces usage up front (Anthropic's message_start) has
+    // the real count.
+    Usage prompt_usage;
+    prompt_usage.prompt_tokens = prompt_tokens;
+    sink.OnEvent(UsageDelta{prompt_usage});
+
     context->Reset();
     std::span<const float> logits;
     for (size_t done = 0; done < prompt.size(); done += kPrefillChunk) {
@@ -133,11 +188,10 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     auto emit = [&](const std::string& text) {
       if (text.empty()) return;
       emitted = true;
-      sink.OnDelta(text);
+      sink.OnEvent(TextDelta{0, text});
     };
 
-    Completion completion;
-    completion.finish_reason = FinishReason::kLength;
+    FinishReason finish = FinishReason::kLength;
     bool stopped_by_string = false;
     int64_t generated = 0;
     while (true) {
@@ -147,24 +201,29 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
       if (auto e = interrupted()) return fail(*e);
       if (deadline_passed()) {
         if (!emitted) return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before the first token"));
-        completion.finish_reason = FinishReason::kLength;  // keep what the client already has
+        finish = FinishReason::kLength;  // keep what the client already has
         break;
       }
+      // Flow control: a consumer that is behind (a slow client) pauses
+      // generation here instead of queueing tokens without bound.
+      WaitUntilReady(sink, job.cancel, shutdown);
+      if (job.cancel.stop_requested() && emitted) break;
+      if (auto e = interrupted()) return fail(*e);
       const TokenId token = sampler.Sample(logits);
       if (token == tokenizer->eos_id()) {
-        completion.finish_reason = FinishReason::kStop;
+        finish = FinishReason::kStop;
         break;
       }
       ++generated;
       StopMatcher::Output out = stop_matcher.Push(detokenizer.Push(token));
       emit(out.text);
       if (out.stopped) {
-        completion.finish_reason = FinishReason::kStop;
+        finish = FinishReason::kStop;
         stopped_by_string = true;
         break;
       }
       if (generated >= limit) {
-        completion.finish_reason = FinishReason::kLength;
+        finish = FinishReason::kLength;
         break;
       }
       const TokenId next[1] = {token};
@@ -175,14 +234,16 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     if (!stopped_by_string) {
       StopMatcher::Output out = stop_matcher.Push(detokenizer.Flush());
       emit(out.text);
-      if (out.stopped) completion.finish_reason = FinishReason::kStop;
+      if (out.stopped) finish = FinishReason::kStop;
       emit(stop_matcher.Flush());
     }
-    completion.usage.prompt_tokens = prompt_tokens;
-    completion.usage.completion_tokens = generated;
-    completion.usage_known = true;
+    sink.OnEvent(FinishDelta{0, finish, std::string(FinishReasonName(finish))});
+    Usage usage;
+    usage.prompt_tokens = prompt_tokens;
+    usage.completion_tokens = generated;
+    sink.OnEvent(UsageDelta{usage});
     terminal_sent = true;
-    sink.OnComplete(completion);
+    sink.OnComplete();
   } catch (const std::exception& e) {
     if (!terminal_sent) fail(MakeError(ErrorCode::kInternal, std::string("local inference failed: ") + e.what()));
   }
@@ -226,6 +287,13 @@ std::string_view LocalProvider::Name() const { return impl_->name; }
 
 int LocalProvider::ContextLength() const { return impl_->context->context_length(); }
 
+const ParameterSet& LocalProvider::SupportedParameters() const { return LocalParameters(); }
+
+std::optional<int64_t> LocalProvider::CountPromptTokens(const ChatRequest& request) const {
+  const std::string prompt = request.kind == RequestKind::kCompletion ? request.prompt : ChatPrompt(request);
+  return static_cast<int64_t>(impl_->tokenizer->Encode(prompt, /*add_bos=*/true).size());
+}
+
 void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink, std::stop_token cancel) {
   const ChatRequest& req = *request.request;
   Job job;
@@ -233,10 +301,7 @@ void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<Stream
     job.prompt = req.prompt;
     job.prompt_param = "prompt";
   } else {
-    for (size_t i = 0; i < req.messages.size(); ++i) {
-      if (i > 0) job.prompt += '\n';
-      job.prompt += req.messages[i].content;
-    }
+    job.prompt = ChatPrompt(req);
     job.prompt_param = "messages";
   }
   job.max_tokens = req.max_tokens;

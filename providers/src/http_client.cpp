@@ -105,6 +105,7 @@ std::string DescribeIoError(const error_code& ec) {
   if (ec == http::error::end_of_stream || ec == asio::error::eof) {
     return "closed the connection";
   }
+  if (ec == asio::error::operation_aborted) return "connection was aborted";
   if (ec == http::error::partial_message) return "closed the connection mid-response";
   // Servers often skip close_notify and just close TCP; OpenSSL reports that
   // as stream_truncated. Where the body is length-delimited or chunked (the
@@ -146,6 +147,7 @@ struct HttpClient::Impl {
           found = std::move(conn);
         } else {
           dead.push_back(std::move(conn));
+          ++dead_idle;
         }
       }
       while (!queue.empty() && now - queue.front()->idle_since >= ttl) {
@@ -184,6 +186,7 @@ struct HttpClient::Impl {
   std::atomic<std::uint64_t> opened{0};
   std::atomic<std::uint64_t> reused{0};
   std::atomic<std::uint64_t> stale_retries{0};
+  std::atomic<std::uint64_t> dead_idle{0};
 };
 
 namespace {
@@ -200,6 +203,7 @@ class Call : public std::enable_shared_from_this<Call> {
         handler_(std::move(handler)),
         strand_(asio::make_strand(client_->ioc)),
         timer_(strand_),
+        pause_(strand_),
         resolver_(strand_) {
     const auto& up = request_.upstream;
     const bool default_port = up.port == (up.tls ? 443 : 80);
@@ -269,19 +273,17 @@ class Call : public std::enable_shared_from_this<Call> {
         co_await resolver_.async_resolve(up.host, std::to_string(up.port), kAwait);
     if (aborted_) co_return FailAborted(false);
     if (resolve_ec) {
-      co_return Fail(HttpFailureKind::kConnect,
-                     "cannot resolve upstream host " + up.host + " (" + resolve_ec.message() + ")");
+      co_return Fail(HttpFailureKind::kConnect, "cannot resolve the upstream's host name (" + resolve_ec.message() + ")");
     }
 
     conn_ = std::make_unique<Connection>(client_->ioc, up.tls ? &client_->tls : nullptr);
     auto [connect_ec, endpoint] = co_await asio::async_connect(conn_->Socket(), endpoints, kAwait);
     if (aborted_) co_return FailAborted(false);
     if (connect_ec == asio::error::connection_refused) {
-      co_return Fail(HttpFailureKind::kConnect, "upstream " + authority_ + " refused the connection");
+      co_return Fail(HttpFailureKind::kConnect, "the upstream refused the connection");
     }
     if (connect_ec) {
-      co_return Fail(HttpFailureKind::kConnect,
-                     "cannot connect to upstream " + authority_ + " (" + connect_ec.message() + ")");
+      co_return Fail(HttpFailureKind::kConnect, "cannot connect to the upstream (" + connect_ec.message() + ")");
     }
     error_code ignored;
     conn_->Socket().set_option(tcp::no_delay(true), ignored);
@@ -292,7 +294,7 @@ class Call : public std::enable_shared_from_this<Call> {
       asio::ip::make_address(up.host, not_ip);
       // SNI carries host names only (RFC 6066 section 3).
       if (not_ip && SSL_set_tlsext_host_name(stream.native_handle(), up.host.c_str()) != 1) {
-        co_return Fail(HttpFailureKind::kConnect, "cannot set TLS server name " + up.host);
+        co_return Fail(HttpFailureKind::kConnect, "cannot set the TLS server name");
       }
       stream.set_verify_mode(ssl::verify_peer);
       stream.set_verify_callback(ssl::host_name_verification(up.host));
@@ -304,8 +306,7 @@ class Call : public std::enable_shared_from_this<Call> {
         if (verify != X509_V_OK) {
           why += std::string("; ") + X509_verify_cert_error_string(verify);
         }
-        co_return Fail(HttpFailureKind::kConnect,
-                       "TLS handshake with upstream " + authority_ + " failed (" + why + ")");
+        co_return Fail(HttpFailureKind::kConnect, "TLS handshake with the upstream failed (" + why + ")");
       }
     }
     ++client_->opened;
@@ -330,10 +331,10 @@ class Call : public std::enable_shared_from_this<Call> {
         co_return Outcome::kDone;
       }
       if (write_ec) {
+        // Not written whole: the upstream cannot have acted on it, so a
+        // reused connection that turned out dead may be retried on a new one.
         if (reused && IsStaleConnectionError(write_ec)) co_return Outcome::kRetryStale;
-        Fail(HttpFailureKind::kConnect,
-             "sending the request to upstream " + authority_ + " failed: upstream " +
-                 DescribeIoError(write_ec));
+        Fail(HttpFailureKind::kConnect, "sending the request failed: the upstream " + DescribeIoError(write_ec));
         co_return Outcome::kDone;
       }
     }
@@ -348,11 +349,12 @@ class Call : public std::enable_shared_from_this<Call> {
       co_return Outcome::kDone;
     }
     if (head_ec) {
-      if (reused && !parser.got_some() && IsStaleConnectionError(head_ec)) {
-        co_return Outcome::kRetryStale;
-      }
-      Fail(HttpFailureKind::kBrokenStream,
-           "upstream " + authority_ + " " + DescribeIoError(head_ec) + " before responding");
+      // The request was written whole: the upstream may have read it and
+      // started a (billed) generation, so it is never sent again, even on a
+      // reused connection (ARCHITECTURE.md: a POST that was fully written is
+      // never replayed). Dead idle connections are caught before use instead
+      // (LooksAlive).
+      Fail(HttpFailureKind::kBrokenStream, "the upstream " + DescribeIoError(head_ec) + " before responding");
       co_return Outcome::kDone;
     }
 
@@ -364,6 +366,13 @@ class Call : public std::enable_shared_from_this<Call> {
 
     char chunk[kReadChunkBytes];
     while (!parser.is_done()) {
+      if (!handler_->Ready(ResumeCallback())) {
+        co_await Pause();
+        if (aborted_) {
+          FailAborted(true);
+          co_return Outcome::kDone;
+        }
+      }
       auto& body = parser.get().body();
       body.data = chunk;
       body.size = sizeof chunk;
@@ -391,7 +400,7 @@ class Call : public std::enable_shared_from_this<Call> {
         }
       }
       if (read_ec) {
-        Fail(HttpFailureKind::kBrokenStream, "upstream " + authority_ + " " + DescribeIoError(read_ec));
+        Fail(HttpFailureKind::kBrokenStream, "the upstream " + DescribeIoError(read_ec), /*head_received=*/true);
         co_return Outcome::kDone;
       }
     }
@@ -425,6 +434,37 @@ class Call : public std::enable_shared_from_this<Call> {
 
   void Disarm() { timer_.expires_at(Clock::time_point::max()); }
 
+  // Flow control: the handler's consumer is behind. Stop reading until the
+  // resume callback (posted to the strand) wakes us; meanwhile only the
+  // deadline and cancellation (Abort) apply.
+  std::function<void()> ResumeCallback() {
+    resumed_ = false;
+    return [weak = weak_from_this(), strand = strand_] {
+      asio::post(strand, [weak] {
+        if (auto self = weak.lock()) {
+          self->resumed_ = true;
+          self->pause_.cancel();
+        }
+      });
+    };
+  }
+
+  asio::awaitable<void> Pause() {
+    const int idle_ms = armed_timeout_ms_;
+    const HttpFailureKind idle_kind = armed_kind_;
+    if (request_.deadline) {
+      timer_.expires_at(*request_.deadline);
+      armed_kind_ = HttpFailureKind::kDeadline;
+    } else {
+      Disarm();
+    }
+    while (!resumed_ && !aborted_) {
+      pause_.expires_at(Clock::time_point::max());
+      auto [ec] = co_await pause_.async_wait(kAwait);
+    }
+    if (!aborted_) Arm(idle_ms, idle_kind);
+  }
+
   void Watch() {
     timer_.async_wait([self = shared_from_this()](error_code) {
       if (self->finished_) return;
@@ -440,6 +480,7 @@ class Call : public std::enable_shared_from_this<Call> {
     if (finished_ || aborted_) return;
     aborted_ = kind;
     resolver_.cancel();
+    pause_.cancel();
     if (conn_) conn_->Close();
   }
 
@@ -457,17 +498,13 @@ class Call : public std::enable_shared_from_this<Call> {
       case HttpFailureKind::kCancelled:
         return Fail(kind, "request cancelled", head_received);
       case HttpFailureKind::kConnectTimeout:
-        return Fail(kind, "connecting to upstream " + authority_ + " timed out after " + ms + " ms",
-                    head_received);
+        return Fail(kind, "connecting to the upstream timed out after " + ms + " ms", head_received);
       case HttpFailureKind::kFirstByteTimeout:
-        return Fail(kind, "upstream " + authority_ + " sent nothing within " + ms + " ms",
-                    head_received);
+        return Fail(kind, "the upstream sent nothing within " + ms + " ms", head_received);
       case HttpFailureKind::kReadTimeout:
-        return Fail(kind, "upstream " + authority_ + " stalled for " + ms + " ms mid-response",
-                    head_received);
+        return Fail(kind, "the upstream stalled for " + ms + " ms mid-response", head_received);
       case HttpFailureKind::kDeadline:
-        return Fail(kind, "request deadline passed while waiting for upstream " + authority_,
-                    head_received);
+        return Fail(kind, "the request deadline passed while waiting for the upstream", head_received);
       case HttpFailureKind::kConnect:
       case HttpFailureKind::kBrokenStream:
         break;
@@ -490,6 +527,7 @@ class Call : public std::enable_shared_from_this<Call> {
   void Finish() {
     finished_ = true;
     timer_.cancel();
+    pause_.cancel();
     stop_cb_.reset();
     if (conn_) {
       conn_->Close();  // not fully read, failed, cancelled or stopped: never pooled
@@ -502,6 +540,7 @@ class Call : public std::enable_shared_from_this<Call> {
   std::shared_ptr<HttpResponseHandler> handler_;
   asio::strand<asio::io_context::executor_type> strand_;
   asio::steady_timer timer_;
+  asio::steady_timer pause_;  // flow control: waits for the handler's resume
   tcp::resolver resolver_;
   std::optional<std::stop_callback<std::function<void()>>> stop_cb_;
   std::unique_ptr<Connection> conn_;
@@ -514,6 +553,7 @@ class Call : public std::enable_shared_from_this<Call> {
   bool watching_ = false;
   bool finished_ = false;
   bool terminal_sent_ = false;
+  bool resumed_ = false;
 };
 
 }  // namespace
@@ -555,6 +595,7 @@ HttpClientStats HttpClient::Stats() const {
   stats.connections_opened = impl_->opened.load();
   stats.connections_reused = impl_->reused.load();
   stats.stale_retries = impl_->stale_retries.load();
+  stats.dead_idle_dropped = impl_->dead_idle.load();
   std::lock_guard lock(impl_->mu);
   for (const auto& [key, queue] : impl_->idle) stats.idle_connections += queue.size();
   return stats;

@@ -101,13 +101,20 @@ class HttpResponseHandler {
   virtual bool OnBody(std::string_view bytes) = 0;
   virtual void OnEnd() = 0;
   virtual void OnFailure(const HttpFailure& failure) = 0;
+  // Flow control, asked before each read of the body: true = read on; false =
+  // the consumer is behind: the client stops reading (TCP then slows the
+  // upstream) until `resume` is called, from any thread, once. While paused
+  // only the request deadline and cancellation apply, not the idle timeout.
+  virtual bool Ready(std::function<void()> resume) { return true; }
 };
 
 struct HttpClientStats {
   std::uint64_t connections_opened = 0;  // TCP (+TLS) connections established
   std::uint64_t connections_reused = 0;  // requests sent on a pooled connection
-  std::uint64_t stale_retries = 0;       // reused connection failed before any
-                                         // response byte; retried on a fresh one
+  std::uint64_t stale_retries = 0;       // writing to a reused connection failed before the
+                                         // request was sent whole; retried on a fresh one
+  std::uint64_t dead_idle_dropped = 0;   // pooled connections found dead (EOF, reset, stray
+                                         // bytes, TTL) before use
   std::size_t idle_connections = 0;      // pooled now, all upstreams
 };
 
@@ -118,8 +125,9 @@ class HttpClient {
   static Result<HttpClient> Create(boost::asio::io_context& ioc, HttpClientOptions options);
 
   // Starts one exchange and returns at once; events go to `handler`, which is
-  // kept alive until its last event. Retries once on a fresh connection when a
-  // pooled one fails before any response byte (stale keep-alive). When `cancel`
+  // kept alive until its last event. A request written whole is never sent
+  // again; one whose writing failed on a reused connection (closed by the
+  // upstream while idle) is retried once on a fresh one. When `cancel`
   // is signalled the connection is closed (never pooled) and the handler gets
   // OnFailure(kCancelled). Thread-safe.
   void Start(HttpRequest request, std::shared_ptr<HttpResponseHandler> handler,

@@ -1,6 +1,7 @@
 // A StreamSink for tests: records one call's events, lets a test wait for
 // them, and flags contract breaches (an event after the terminal one, two
-// calls at once; provider.hpp forbids both).
+// calls at once; provider.hpp forbids both). Text deltas are also kept apart
+// (deltas()), and the terminal OnComplete is summarised as completion().
 #pragma once
 
 #include "tollgate/core/provider.hpp"
@@ -20,30 +21,54 @@ namespace tollgate::test_support {
 
 using namespace std::chrono_literals;
 
+// What a completed call added up to: the finish reason of choice 0 and the
+// last usage report.
+struct RecordedCompletion {
+  FinishReason finish_reason = FinishReason::kStop;
+  Usage usage;
+  bool usage_known = false;
+};
+
 class RecordingSink final : public StreamSink {
  public:
-  // Runs inside OnDelta with the delta and the number of deltas so far.
+  // Runs inside OnEvent for text deltas, with the delta and the number of
+  // text deltas so far.
   std::function<void(const std::string&, std::size_t)> on_delta;
 
-  void OnDelta(std::string_view text) override {
+  void OnEvent(StreamEvent event) override {
     Enter();
-    std::size_t n;
+    std::size_t n = 0;
+    std::string text;
+    bool is_text = false;
     {
       std::lock_guard lock(mu_);
       if (terminal_count_ > 0) events_after_terminal_ = true;
-      deltas_.emplace_back(text);
-      n = deltas_.size();
+      if (const auto* t = std::get_if<TextDelta>(&event)) {
+        deltas_.push_back(t->text);
+        n = deltas_.size();
+        text = t->text;
+        is_text = true;
+      }
+      accumulator_.Add(event);
+      events_.push_back(std::move(event));
     }
     cv_.notify_all();
-    if (on_delta) on_delta(std::string(text), n);
+    if (is_text && on_delta) on_delta(text, n);
     Leave();
   }
-  void OnComplete(const Completion& completion) override {
+  void OnComplete() override {
     Enter();
     {
       std::lock_guard lock(mu_);
       ++terminal_count_;
-      completion_ = completion;
+      const ChatResponse r = accumulator_.Take();
+      RecordedCompletion c;
+      if (!r.choices.empty() && r.choices.front().finish) c.finish_reason = *r.choices.front().finish;
+      if (r.usage) {
+        c.usage = *r.usage;
+        c.usage_known = true;
+      }
+      completion_ = c;
     }
     cv_.notify_all();
     Leave();
@@ -84,9 +109,17 @@ class RecordingSink final : public StreamSink {
   void set_on_delta(std::function<void()> hook) {
     on_delta = [hook = std::move(hook)](const std::string&, std::size_t) { hook(); };
   }
-  std::optional<Completion> completion() const {
+  std::optional<RecordedCompletion> completion() const {
     std::lock_guard lock(mu_);
     return completion_;
+  }
+  std::vector<StreamEvent> events() const {
+    std::lock_guard lock(mu_);
+    return events_;
+  }
+  ChatResponse response() const {
+    std::lock_guard lock(mu_);
+    return accumulator_.Take();
   }
   std::optional<Error> error() const {
     std::lock_guard lock(mu_);
@@ -113,7 +146,9 @@ class RecordingSink final : public StreamSink {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::string> deltas_;
-  std::optional<Completion> completion_;
+  std::vector<StreamEvent> events_;
+  ResponseAccumulator accumulator_;
+  std::optional<RecordedCompletion> completion_;
   std::optional<Error> error_;
   int terminal_count_ = 0;
   bool events_after_terminal_ = false;

@@ -93,3 +93,54 @@ TEST(Config, DefaultConfigFileParses) {
 
 }  // namespace
 }  // namespace tollgate::gateway
+
+namespace tollgate::gateway {
+namespace {
+
+TEST(Config, PresetsSupplyBaseUrlAndName) {
+  auto config = ParseConfig(R"(
+providers:
+  ds: {type: openai_compatible, preset: deepseek, api_key: "k"}
+  mine: {type: openai_compatible, preset: vllm, base_url: "http://10.0.0.5:8000/v1", display_name: "GPU box", api_key: ""}
+  claude: {type: anthropic, api_key: "k", default_max_tokens: 8192}
+  gem: {type: gemini, api_key: "k", extra_headers: {X-Team: blue}}
+models:
+  - id: deepseek/chat
+    endpoint: {provider: ds, model: deepseek-chat, pricing: {prompt: "0.27", completion: "1.10", cache_write: "0.5"}}
+)",
+                            "/x", FakeEnv({}));
+  ASSERT_TRUE(config) << config.error().message;
+  const auto& p = config->providers;
+  EXPECT_EQ(p[0].preset, "deepseek");
+  EXPECT_EQ(p[0].base_url, "https://api.deepseek.com/v1");
+  EXPECT_EQ(p[0].display_name, "DeepSeek");
+  EXPECT_EQ(p[1].base_url, "http://10.0.0.5:8000/v1");
+  EXPECT_EQ(p[1].display_name, "GPU box");
+  EXPECT_EQ(p[2].base_url, "https://api.anthropic.com/v1");
+  EXPECT_EQ(p[2].default_max_tokens, 8192);
+  EXPECT_EQ(p[3].base_url, "https://generativelanguage.googleapis.com/v1beta");
+  EXPECT_EQ(p[3].extra_headers.at("X-Team"), "blue");
+  EXPECT_EQ(config->models[0].endpoints[0].pricing.cache_write.femto_usd_per_token, 500'000'000);
+}
+
+TEST(Config, PresetMistakesAreReportedWithTheirPath) {
+  ExpectError("providers: {x: {type: openai_compatible, preset: nosuch, api_key: k}}", "providers.x.preset");
+  ExpectError("providers: {x: {type: anthropic, preset: openai, api_key: k}}", "providers.x.preset");
+  ExpectError("providers: {x: {type: openai_compatible, api_key: k}}", "providers.x.base_url");
+}
+
+TEST(Config, TheShippedConfigLoads) {
+  auto config = LoadConfig(std::string(TOLLGATE_SOURCE_DIR) + "/config/tollgate.yaml",
+                           FakeEnv({{"TOLLGATE_DATABASE_URL", "postgresql://x@127.0.0.1/db"}}));
+  ASSERT_TRUE(config) << config.error().message;
+  int remote = 0;
+  for (const auto& p : config->providers) {
+    if (p.type == "local") continue;
+    ++remote;
+    EXPECT_FALSE(p.enabled) << p.id << " is on without its key";
+  }
+  EXPECT_GE(remote, 19);
+}
+
+}  // namespace
+}  // namespace tollgate::gateway

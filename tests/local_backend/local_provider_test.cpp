@@ -65,7 +65,7 @@ TEST_F(LocalProviderTest, GreedyCompletionStreamsTheReferenceContinuation) {
     ASSERT_TRUE(sink->completion()) << (sink->error() ? sink->error()->message : "");
     ASSERT_EQ(ref.text.substr(0, ref.prompt.size()), ref.prompt);
     EXPECT_EQ(sink->Text(), ref.text.substr(ref.prompt.size())) << ref.prompt;
-    const tollgate::Completion c = *sink->completion();
+    const auto c = *sink->completion();
     EXPECT_EQ(c.finish_reason, FinishReason::kLength);
     EXPECT_TRUE(c.usage_known);
     EXPECT_EQ(c.usage.prompt_tokens, static_cast<int64_t>(ref.prompt_ids.size()));
@@ -82,14 +82,15 @@ TEST_F(LocalProviderTest, GreedyCompletionStreamsTheReferenceContinuation) {
 TEST_F(LocalProviderTest, ChatJoinsMessageContentsWithNewlines) {
   ChatRequest chat;
   chat.kind = RequestKind::kChat;
-  chat.messages = {{"user", "Once upon a time"}};
+  chat.messages = {Message{Role::kUser, {TextPart{"Once upon a time", {}}}, {}}};
   chat.temperature = 0.0;
   chat.max_tokens = 30;
   ChatRequest completion = Completion("Once upon a time");
   completion.max_tokens = 30;
   EXPECT_EQ(Run(chat)->Text(), Run(completion)->Text());
 
-  chat.messages = {{"system", "Tom and Lily"}, {"user", "were friends"}};
+  chat.messages = {Message{Role::kSystem, {TextPart{"Tom and Lily", {}}}, {}},
+                   Message{Role::kUser, {TextPart{"were friends", {}}}, {}}};
   ChatRequest joined = Completion("Tom and Lily\nwere friends");
   joined.max_tokens = 30;
   auto a = Run(chat);

@@ -57,12 +57,17 @@ std::string StatusText(int status) {
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
+    case 402: return "Payment Required";
     case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Entity";
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 529: return "Overloaded";  // Anthropic (docs.anthropic.com/en/api/errors)
     default: return "Status";
   }
 }
@@ -217,7 +222,15 @@ struct FakeUpstream::Impl {
       return false;
     }
     void CloseAfterResponse() override { close_ = true; }
+    void ResetAfterResponse() override {
+      close_ = true;
+      reset_ = true;
+    }
+    void SetSendBufferBytes(int bytes) override {
+      ::setsockopt(t_.Fd(), SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    }
     bool close_ = false;
+    bool reset_ = false;
 
    private:
     Impl& impl_;
@@ -279,15 +292,25 @@ struct FakeUpstream::Impl {
     } else {
       transport = std::make_unique<PlainTransport>(*socket);
     }
-    if (transport) ServeRequests(id, *transport);
+    bool reset = false;
+    if (transport) reset = ServeRequests(id, *transport);
     std::lock_guard lock(mu);
     sockets.remove(socket.get());
     error_code ignored;
-    socket->shutdown(tcp::socket::shutdown_both, ignored);
+    if (reset) {
+      // SO_LINGER with a zero timeout: close() sends RST (and no FIN first,
+      // so no shutdown()).
+      socket->set_option(asio::socket_base::linger(true, 0), ignored);
+    } else {
+      socket->shutdown(tcp::socket::shutdown_both, ignored);
+    }
     socket->close(ignored);
+    ++closed;
   }
 
-  void ServeRequests(int id, Transport& t) {
+  // Serves requests until the peer or a handler closes; true when the handler
+  // asked for a reset.
+  bool ServeRequests(int id, Transport& t) {
     std::string buf;
     for (int index = 0;; ++index) {
       // Request head.
@@ -296,7 +319,7 @@ struct FakeUpstream::Impl {
         char tmp[4096];
         error_code ec;
         const auto n = t.ReadSome(tmp, sizeof tmp, ec);
-        if (ec || n == 0) return;
+        if (ec || n == 0) return false;
         buf.append(tmp, n);
       }
       FakeRequest req;
@@ -329,7 +352,7 @@ struct FakeUpstream::Impl {
         char tmp[4096];
         error_code ec;
         const auto n = t.ReadSome(tmp, sizeof tmp, ec);
-        if (ec || n == 0) return;
+        if (ec || n == 0) return false;
         buf.append(tmp, n);
       }
       req.body = buf.substr(0, length);
@@ -340,9 +363,9 @@ struct FakeUpstream::Impl {
       }
       Responder responder(*this, t);
       handler(req, responder);
-      if (responder.close_) return;
+      if (responder.close_) return responder.reset_;
       std::lock_guard lock(mu);
-      if (stopping) return;
+      if (stopping) return false;
     }
   }
 
@@ -358,6 +381,7 @@ struct FakeUpstream::Impl {
   std::condition_variable cv;
   bool stopping = false;
   int accepted = 0;
+  int closed = 0;
   std::list<tcp::socket*> sockets;
   std::list<std::thread> connection_threads;
   std::vector<FakeRequest> requests;
@@ -378,6 +402,11 @@ std::string FakeUpstream::BaseUrl(std::string_view host) const {
 int FakeUpstream::connections() const {
   std::lock_guard lock(impl_->mu);
   return impl_->accepted;
+}
+
+int FakeUpstream::closed_connections() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->closed;
 }
 
 std::vector<FakeRequest> FakeUpstream::requests() const {

@@ -40,6 +40,12 @@ class FakeResponder {
   virtual bool WaitForPeerClose(int timeout_ms) = 0;
   // Close the connection after the handler returns (no keep-alive).
   virtual void CloseAfterResponse() = 0;
+  // Abort the connection after the handler returns: close with SO_LINGER 0,
+  // so the peer gets a TCP RST instead of a FIN.
+  virtual void ResetAfterResponse() = 0;
+  // Shrinks this connection's kernel send buffer (SO_SNDBUF), so that writes
+  // block soon once the peer stops reading (flow-control tests).
+  virtual void SetSendBufferBytes(int bytes) = 0;
 
   // Full response with Content-Length; `extra_headers` are "Name: value\r\n" lines.
   bool SendResponse(int status, std::string_view content_type, std::string_view body,
@@ -74,6 +80,7 @@ class FakeUpstream {
   // "http://127.0.0.1:PORT/v1" (or https:// with TLS); `host` replaces 127.0.0.1.
   std::string BaseUrl(std::string_view host = "127.0.0.1") const;
   int connections() const;                   // accepted so far
+  int closed_connections() const;            // closed by this side so far (after its handler returned)
   std::vector<FakeRequest> requests() const;  // received so far, in order
 
  private:

@@ -9,7 +9,7 @@
 
 namespace tollgate::wire {
 
-std::string SseEvent(std::string_view data, std::string_view type) {
+std::string SseFrame(std::string_view data, std::string_view type) {
   std::string out;
   out.reserve(data.size() + type.size() + 16);
   if (!type.empty()) {

@@ -41,7 +41,7 @@ class UsageRecorder {
   // Connects to `database_url` (libpq connection string or URI), checks that
   // the tables it writes (usage_events, api_keys) exist, and starts the writer
   // thread. `flush_interval_ms` >= 1; the batch size is clamped to [1, 3000]
-  // (65535 bind parameters per statement / 20 columns).
+  // (65535 bind parameters per statement / 21 columns).
   // Errors: kInvalidArgument (bad URL or interval), kUnavailable (cannot
   // connect), kInternal (schema missing: the message says to run
   // `tollgate migrate`).

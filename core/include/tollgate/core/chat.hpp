@@ -240,8 +240,8 @@ struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
-  int64_t cache_write_tokens = 0;
   int64_t reasoning_tokens = 0;
+  int64_t cache_write_tokens = 0;
   int64_t total_tokens() const { return prompt_tokens + completion_tokens; }
   friend bool operator==(const Usage&, const Usage&) = default;
 };

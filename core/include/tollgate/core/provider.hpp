@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -42,7 +43,7 @@ class StreamSink {
 };
 
 struct ProviderRequest {
-  const ChatRequest* request = nullptr;  // valid until the terminal sink event
+  const ChatRequest* request = nullptr;  // valid during Start() only
   std::string upstream_model;            // the endpoint's model name at this provider
   // Absolute deadline for the whole call; the provider derives its connect and
   // first-byte timeouts from it and its own limits. time_point{} = none.
@@ -61,7 +62,13 @@ class Provider {
   // endpoint), so a provider may ignore anything it does not declare.
   virtual const ParameterSet& SupportedParameters() const = 0;
 
-  // Starts one generation and returns at once. The provider keeps `sink` alive
+  // The exact prompt tokens `request` would use, when this provider can tell
+  // without a call (the local engine's tokenizer); nullopt otherwise.
+  // Thread-safe.
+  virtual std::optional<int64_t> CountPromptTokens(const ChatRequest& request) const { return std::nullopt; }
+
+  // Starts one generation and returns at once. `*request.request` is read
+  // before Start returns (copy what is needed). The provider keeps `sink` alive
   // until it delivered the terminal event. When `cancel` is signalled (the
   // client went away, the deadline passed, shutdown) the provider stops as
   // soon as it can and delivers OnError(kCancelled) or OnComplete with what

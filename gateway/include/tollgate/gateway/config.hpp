@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,16 +34,20 @@ struct UsageConfig {
 
 struct ProviderConfig {
   std::string id;            // key under `providers:`
-  std::string type;          // "local" | "openai_compatible"
-  std::string display_name;  // shown as `provider` in responses; defaults to id
+  std::string type;          // "local" | "openai_compatible" | "anthropic" | "gemini"
+  std::string display_name;  // shown as `provider` in responses; defaults to the preset's, else id
   bool enabled = true;
   std::string disabled_reason;  // why not enabled ("OPENAI_API_KEY is not set")
-  // openai_compatible
-  std::string base_url;
-  std::string api_key;  // secret: never logged
+  // Remote providers (providers/remote_provider.hpp).
+  std::string preset;    // openai_compatible only: a preset name (providers/presets.hpp), or ""
+  std::string base_url;  // defaults: the preset's; Anthropic's and Gemini's public APIs
+  std::string api_key;   // secret: never logged
   std::string ca_file;
   int connect_timeout_ms = 10'000;
   int first_byte_timeout_ms = 60'000;
+  int max_idle_connections = 64;
+  int64_t default_max_tokens = 4096;  // anthropic: max_tokens when the caller gives none
+  std::map<std::string, std::string> extra_headers;
   // local (one inference thread per model file for now)
   int context_length = 0;  // 0 = the model file's
 };

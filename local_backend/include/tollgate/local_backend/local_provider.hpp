@@ -9,10 +9,15 @@
 // Prompt contract:
 //   - RequestKind::kCompletion: `prompt` is tokenized as raw text with BOS
 //     (when the vocabulary's add_bos_token says so); no template.
-//   - RequestKind::kChat: the messages' `content`s joined with "\n", roles
-//     dropped, tokenized the same way. So one user message "Once upon a time"
-//     is exactly the completion prompt "Once upon a time". A GGUF's
-//     `tokenizer.chat_template` is ignored for now (no Jinja engine here).
+//   - RequestKind::kChat: the messages' texts (tool results included) joined
+//     with "\n", roles dropped, tokenized the same way. So one user message
+//     "Once upon a time" is exactly the completion prompt "Once upon a time".
+//     A GGUF's `tokenizer.chat_template` is ignored for now (no Jinja engine
+//     here).
+//   - Supported parameters (SupportedParameters): max_tokens, temperature,
+//     top_p, stop, seed. Tools and image input are not supported, so the
+//     gateway refuses such requests with a 400 naming the parameter; other
+//     parameters are dropped by the gateway before Start.
 //   - `upstream_model` is ignored: the provider serves exactly its one model.
 //   - Special-token text such as "<s>" in the prompt is plain text.
 //
@@ -27,9 +32,12 @@
 // Deltas are complete UTF-8 (IncrementalDetokenizer) and never contain text
 // that may still turn out to be the start of a stop string.
 //
-// Usage (Completion): prompt_tokens counts BOS, completion_tokens the
-// generated tokens (EOS excluded, tokens cut by a stop string included),
-// cached_tokens 0, usage_known true, upstream_id empty.
+// Events: a UsageDelta with the prompt's tokens once it is tokenized, then
+// TextDelta (choice 0) per piece of text, then FinishDelta (native
+// reason "stop"/"length") and UsageDelta: prompt_tokens counts BOS,
+// completion_tokens the generated tokens (EOS excluded, tokens cut by a stop
+// string included), then OnComplete. Before each token the worker asks
+// StreamSink::Ready and waits while the consumer is behind.
 //
 // Errors (OnError, nothing emitted before unless stated):
 //   kInvalidArgument   prompt_tokens >= context length (no room to generate),
@@ -37,12 +45,12 @@
 //   kCancelled         `cancel` was signalled before any delta (checked
 //                      before the prompt and between tokens). Signalled after
 //                      deltas, the generation ends with OnComplete and the
-//                      exact usage of what was generated (finish_reason as of
-//                      the last token: kLength), so the caller can bill it;
+//                      exact usage of what was generated (finish reason
+//                      kLength), so the caller can bill it;
 //   kDeadlineExceeded  the request deadline passed before the first delta
 //                      (checked before prefill and between tokens). If it
 //                      passes after deltas were sent, the generation ends with
-//                      OnComplete(kLength) instead, so the client keeps what it
+//                      OnComplete (finish kLength) instead, so the client keeps what it
 //                      got. A default-constructed deadline (time_point{}) means
 //                      no deadline;
 //   kUnavailable       the provider was destroyed with the request still queued;
@@ -82,6 +90,10 @@ class LocalProvider final : public Provider {
   LocalProvider& operator=(const LocalProvider&) = delete;
 
   std::string_view Name() const override;
+  const ParameterSet& SupportedParameters() const override;
+  // The exact prompt tokens (BOS included) of `request`, by this model's
+  // tokenizer. Thread-safe.
+  std::optional<int64_t> CountPromptTokens(const ChatRequest& request) const override;
   // See the class comment. Copies what it needs from `request` before
   // returning, so `*request.request` need not outlive this call.
   void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink,

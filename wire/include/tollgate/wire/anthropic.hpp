@@ -28,9 +28,13 @@
 
 #include "tollgate/core/chat.hpp"
 #include "tollgate/core/error.hpp"
+#include "tollgate/core/text.hpp"
 #include "tollgate/wire/common.hpp"
 
 #include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,7 +51,14 @@ namespace tollgate::wire::anthropic {
 // and top-level fields Tollgate does not model (service_tier, container,
 // mcp_servers, context_management, output_config, ...) are kept in
 // `passthrough` for an Anthropic upstream and ignored by the others; an
-// unknown field is never an error. Document blocks and other block types
+// unknown field is never an error. `output_config.format` (and the older
+// beta `output_format`) json_schema -> response_format, the rest of
+// output_config stays in `passthrough`; `output_config.effort` sets
+// reasoning.effort when thinking is on ("max" -> "xhigh"); thinking
+// {type: adaptive} -> reasoning enabled, and the thinking object is kept in
+// `passthrough` (also when it has fields such as `display`). tool_result
+// blocks take a tool call's name from the tool_use with its id. Document
+// blocks, image sources other than base64/url, and other block types
 // Tollgate cannot carry are a 400 naming the block.
 // Errors: kInvalidArgument with `param` naming the field ("messages.2.content.0").
 Result<ChatRequest> DecodeMessagesRequest(std::string_view body);
@@ -91,13 +102,25 @@ struct RequestOptions {
 //     reasoning.max_tokens, else by effort (OpenRouter's rule: high 80 %,
 //     medium 50 %, low/minimal 20 % of max_tokens), at least 1024 and below
 //     max_tokens (max_tokens is raised to budget + 1024 when it is not above);
-//     enabled false or effort "none" -> no thinking;
-//   - response_format json_schema -> `output_format` {type: json_schema, schema}
-//     (Anthropic structured outputs); json_object -> left out (not supported);
+//     enabled false or effort "none" -> no thinking; with thinking built here,
+//     temperature and top_k are left out and top_p only kept in [0.95, 1]
+//     (Anthropic rejects the combination);
+//   - response_format json_schema -> `output_config.format` {type: json_schema,
+//     schema} (Anthropic structured outputs, generally available: no
+//     anthropic-beta header needed; the older beta field `output_format`
+//     needed `anthropic-beta: structured-outputs-2025-11-13` and is deprecated,
+//     so it is accepted from callers but never sent); merged with the
+//     caller's own output_config (effort) from `passthrough`; json_object ->
+//     left out (not supported);
 //   - cache_control on blocks passes through untouched;
 //   - user -> metadata.user_id;
+//   - empty and whitespace-only text blocks are left out, and a final
+//     assistant turn (a prefill) loses its trailing whitespace (Anthropic
+//     rejects both);
 //   - when request.api is kAnthropicMessages, `passthrough` fields are added
-//     at the top level (server tools appended to `tools`).
+//     at the top level (server tools appended to `tools`; a passthrough
+//     `thinking`, e.g. {type: adaptive}, replaces the one built from
+//     `reasoning`; `output_config` merged as above).
 std::string EncodeMessagesRequest(const ChatRequest& request, const RequestOptions& options);
 
 // ---------------------------------------------------------------- upstream responses (providers)
@@ -126,8 +149,30 @@ class ResponseDecoder {
   bool done() const { return done_; }
 
  private:
+  enum class BlockKind { kText, kThinking, kRedacted, kToolUse, kOther };
+  struct Block {
+    BlockKind kind = BlockKind::kOther;
+    int index = 0;            // canonical reasoning or tool-call index
+    bool has_input = false;   // tool_use: a non-empty input_json_delta came
+    bool stopped = false;
+    std::string start_input;  // tool_use: `input` of content_block_start when not {}
+    Utf8Stitcher stitcher;    // text / thinking
+  };
+  Result<void> OnBlockStart(const boost::json::object& event, std::vector<StreamEvent>& out);
+  Result<void> OnBlockDelta(const boost::json::object& event, std::vector<StreamEvent>& out);
+  void OnBlockStop(Block& block, std::vector<StreamEvent>& out);
+  void ReadUsage(const boost::json::object& usage);
+  Usage CurrentUsage() const;
+
   bool done_ = false;
-  // (per-block state: kinds by Anthropic index, canonical indexes, UTF-8 stitchers, usage so far)
+  std::map<int64_t, Block> blocks_;  // by Anthropic content block index
+  int next_reasoning_ = 0;
+  int next_tool_ = 0;
+  // Latest cumulative counts (message_start, then message_delta).
+  int64_t input_tokens_ = 0;
+  int64_t cache_read_tokens_ = 0;
+  int64_t cache_creation_tokens_ = 0;
+  int64_t output_tokens_ = 0;
 };
 
 // ---------------------------------------------------------------- responses to callers (gateway)
@@ -141,6 +186,15 @@ class ResponseDecoder {
 // Finish: the open block's stop, message_delta {stop_reason, stop_sequence:
 // null} with the final usage, message_stop. A stream that fails after its
 // first byte ends with ErrorEvent instead of Finish.
+// Details clients rely on: nothing is written before the first text,
+// reasoning or tool-call fragment (a UsageDelta is only remembered for
+// message_start), so started() stays false until then; every thinking block
+// ends with a signature_delta (empty for reasoning that is not Anthropic's,
+// whose signature Anthropic would reject on replay); redacted_thinking is
+// sent only for Anthropic data; a tool_use block that got no arguments gets
+// the input_json_delta "{}"; a turn that sent tool_use blocks and would end
+// with "end_turn" ends with "tool_use"; a fragment for a tool call whose
+// block was already stopped (calls interleaved by the upstream) is dropped.
 class StreamEncoder {
  public:
   StreamEncoder(ResponseMeta meta, int64_t input_tokens_hint);
@@ -152,17 +206,34 @@ class StreamEncoder {
   bool started() const { return started_; }
 
  private:
+  enum class OpenBlock { kNone, kText, kThinking, kToolUse };
+  void Start(std::string& out);
+  void CloseBlock(std::string& out);
+  void OpenNew(std::string& out, OpenBlock kind, int canonical_index, boost::json::object content_block);
+
   ResponseMeta meta_;
   int64_t input_tokens_hint_ = 0;
   bool started_ = false;
-  // (open block state, last finish reason, usage seen)
+  OpenBlock open_ = OpenBlock::kNone;
+  int open_index_ = -1;          // canonical reasoning / tool-call index of the open block
+  int next_block_ = 0;           // next Anthropic content block index
+  std::string open_signature_;   // thinking: signature to send before the block stops
+  bool open_foreign_ = false;    // thinking: reasoning of another provider's format (no signature)
+  bool open_has_input_ = false;  // tool_use: an input_json_delta was sent
+  std::set<int> closed_tool_calls_;
+  bool tool_use_sent_ = false;
+  std::optional<FinishReason> finish_;
+  std::string native_finish_;
+  std::optional<Usage> usage_;
 };
 
 // A whole Message body: id, type "message", role "assistant", model, content
 // blocks (thinking, redacted_thinking, text, tool_use with `input` objects) of
 // choice 0, stop_reason, stop_sequence null, usage (input_tokens = prompt -
 // cached - cache_write, cache_read_input_tokens, cache_creation_input_tokens,
-// output_tokens).
+// output_tokens). As in the stream: thinking of another provider's format has
+// an empty signature, redacted_thinking is kept for Anthropic data only, and
+// a turn with tool_use blocks says "tool_use" rather than "end_turn".
 std::string EncodeMessagesResponse(const ResponseMeta& meta, const ChatResponse& response, const Usage& usage);
 
 // Anthropic's stop_reason for a canonical finish ("end_turn", "max_tokens",

@@ -30,7 +30,7 @@ struct ResponseMeta {
 // One SSE event: "data: DATA\n\n", or "event: TYPE\ndata: DATA\n\n" when
 // `type` is not empty (WHATWG HTML 9.2.6). DATA must not contain CR or LF
 // (serialized JSON never does).
-std::string SseEvent(std::string_view data, std::string_view type = {});
+std::string SseFrame(std::string_view data, std::string_view type = {});
 
 // Usage sanitising. Token counts come from an upstream we do not control and
 // are billed as they are (core/money.hpp). An upstream must never be able to

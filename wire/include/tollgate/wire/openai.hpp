@@ -20,8 +20,13 @@
 #include "tollgate/core/chat.hpp"
 #include "tollgate/core/error.hpp"
 #include "tollgate/core/money.hpp"
+#include "tollgate/core/text.hpp"
 #include "tollgate/wire/common.hpp"
 
+#include <boost/json/object.hpp>
+
+#include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,9 +88,22 @@ struct RequestOptions {
 // string arguments; tool results become `tool` messages (text parts joined;
 // images in a tool result go in a following user message, which OpenAI
 // accepts); only parameters set in `request` are written.
+// Details: a message that is one text part (and no cache_control to keep) is
+// sent as a plain string; a tool result's text parts are joined with "\n";
+// the images of a run of consecutive tool messages go in one user message
+// after the run (each result's images after a line naming its call id), so
+// that every tool message still follows its assistant turn directly.
+// Reasoning replay on assistant turns: `reasoning_details` (kOpenRouter,
+// with each tool call's Gemini thought signature as a `reasoning.encrypted`
+// entry whose `id` is the call's id) and/or `reasoning_content` (the text
+// blocks, when replay_reasoning_content). `seed` is written as the signed
+// 64-bit integer the caller sent. A kCompletion request becomes one user
+// message holding its prompt.
 std::string EncodeChatRequest(const ChatRequest& request, const RequestOptions& options);
 
-// The JSON body for `POST {base}/completions` (kind kCompletion).
+// The JSON body for `POST {base}/completions` (kind kCompletion). The limit is
+// always `max_tokens` (the only spelling that endpoint knows), and logprobs
+// is the legacy integer (top_logprobs, or 0). No reasoning settings.
 std::string EncodeCompletionRequest(const ChatRequest& request, const RequestOptions& options);
 
 // ---------------------------------------------------------------- upstream responses (providers)
@@ -108,6 +126,21 @@ std::string EncodeCompletionRequest(const ChatRequest& request, const RequestOpt
 // reasoning_tokens; sanitised, common.hpp). `choices: []`, `choices: null`,
 // missing `choices` and `index` with n > 1 are all handled. Text is held back
 // at an incomplete UTF-8 character until it completes.
+//
+// Details: reasoning_details entries without an `index` continue the last
+// block of their kind in a stream and are one block each in a whole answer;
+// `reasoning`/`reasoning_content` are ignored in a delta whose
+// reasoning_details carry text (OpenRouter sends both). A `reasoning.encrypted`
+// entry with format google-gemini-v1 whose `id` is a tool call's id is that
+// call's thought signature (ToolCallDelta.thought_signature). A call whose
+// first fragment has no id gets one made up (NewToolCallId). Only the first
+// finish_reason of a choice counts; "stop" on a choice that made tool calls
+// reads kToolCalls (native_reason keeps "stop"). Held-back bytes of a choice
+// are flushed (U+FFFD) before its FinishDelta. Choice indexes outside
+// [0, 128) are ignored. `delta.refusal` is text; the deprecated
+// `function_call` is a tool call. Error messages are the upstream's text,
+// capped at 2000 bytes but not redacted: a provider that may see its own key
+// echoed redacts it before the error goes on.
 class ResponseDecoder {
  public:
   explicit ResponseDecoder(RequestKind kind) : kind_(kind) {}
@@ -129,9 +162,42 @@ class ResponseDecoder {
   bool finish_seen() const;
 
  private:
+  // One reasoning block of a choice; its canonical index is its position.
+  struct ReasoningBlock {
+    ReasoningPart::Kind kind = ReasoningPart::Kind::kText;
+    Utf8Stitcher text;
+  };
+  // One tool call of a choice; its canonical index is its position.
+  struct ToolCall {
+    std::string id;  // the upstream's, or one made up when it sent none
+    bool name_sent = false;
+    Utf8Stitcher arguments;
+  };
+  struct Choice {
+    bool produced = false;  // a text, reasoning or tool-call event went out
+    bool finished = false;  // a FinishDelta went out
+    Utf8Stitcher text;
+    std::vector<ReasoningBlock> reasoning;
+    std::map<std::string, int> reasoning_by_key;  // upstream block identity -> canonical index
+    int last_reasoning = -1;
+    std::vector<ToolCall> calls;
+    std::map<std::string, int> call_by_id;
+    std::map<int64_t, int> call_by_index;  // upstream `index` -> canonical index (latest call)
+    int last_call = -1;
+  };
+
+  Result<void> Absorb(const boost::json::object& body, bool whole, std::vector<StreamEvent>& out);
+  void AbsorbChoice(int index, const boost::json::object& choice, bool whole,
+                    std::vector<StreamEvent>& out);
+  void AbsorbReasoning(int index, Choice& choice, const boost::json::object& carrier, bool whole,
+                       std::vector<StreamEvent>& reasoning_out, std::vector<StreamEvent>& calls_out);
+  void AbsorbToolCall(int index, Choice& choice, const boost::json::object& call, bool whole,
+                      std::vector<StreamEvent>& out);
+  void FlushChoice(int index, Choice& choice, std::vector<StreamEvent>& out);
+
   RequestKind kind_;
   bool done_ = false;
-  // (per-choice state: UTF-8 stitchers, tool-call renumbering, finish seen)
+  std::map<int, Choice> choices_;
 };
 
 // ---------------------------------------------------------------- responses to callers (gateway)
@@ -153,6 +219,13 @@ struct ResponseOptions {
 // a chunk with `finish_reason`; UsageDelta -> nothing (the billed usage goes
 // in Finish). A stream that fails after its first byte ends with the gateway's
 // error event instead of Finish (never [DONE]).
+// Details: reasoning_details `index`es are numbered per choice in order of
+// first appearance; `format` is "unknown" when the block's is not known. A
+// ToolCallDelta's thought_signature goes out as a `reasoning.encrypted`
+// entry (format google-gemini-v1, `id` = the call's id), also when reasoning
+// is excluded: it is no reasoning text, and replays need it. A call whose
+// first fragment has no id gets one made up. A choice that finishes without
+// any output still gets `role` (and `content: ""`) on its finish chunk.
 class StreamEncoder {
  public:
   StreamEncoder(ResponseMeta meta, ResponseOptions options);
@@ -169,16 +242,37 @@ class StreamEncoder {
   bool started() const { return started_; }
 
  private:
+  // A reasoning block as sent: its `index` in reasoning_details, and the
+  // format and id it had on any fragment so far.
+  struct SentBlock {
+    int index = 0;
+    std::string format;
+    std::string id;
+  };
+  struct Choice {
+    bool role_sent = false;
+    std::map<int, std::string> call_ids;  // canonical tool-call index -> id sent
+    // `reasoning_details[].index` as sent: canonical reasoning blocks and
+    // tool-call thought signatures share one sequence per choice.
+    std::map<int, SentBlock> blocks;     // canonical block index -> as sent
+    std::map<int, int> signature_index;  // canonical tool-call index -> index sent
+    int next_detail_index = 0;
+  };
+
+  std::string Chunk(boost::json::object choice) const;
+
   ResponseMeta meta_;
   ResponseOptions options_;
   bool started_ = false;
-  // (per-choice state: role sent, tool calls seen)
+  std::map<int, Choice> choices_;
 };
 
 // A whole `chat.completion` (or `text_completion`) body: every choice with
 // its message (content, `reasoning`, `reasoning_details`, `tool_calls`,
 // `refusal: null`) and finish_reason; `usage` (as in Finish) with `cost`;
-// `system_fingerprint: null`; `provider`.
+// `system_fingerprint: null`; `provider`. `content` is null on a message that
+// only calls tools; `finish_reason` is null for a choice that never got one;
+// reasoning_details as in StreamEncoder (blocks, then thought signatures).
 std::string EncodeResponse(const ResponseMeta& meta, const ResponseOptions& options,
                            const ChatResponse& response, const Usage& usage, Money cost);
 

@@ -1,0 +1,248 @@
+// The call driver: owns one model call from admission to metering, apart from
+// the HTTP server, so it is tested with fake providers and a fake clock,
+// without sockets (gateway/docs/call_driver.md; Envoy keeps its router filter
+// apart from its codec the same way).
+//
+//   Start():  plan (routing::Plan) -> parameter check per endpoint (drop the
+//             unsupported ones, or skip the endpoint: parameters.hpp) ->
+//             admission (worst-case credit reservation, 402) -> attempts.
+//   attempt:  Provider::Start with a bounded AttemptSink. Events before the
+//             first output event (text, reasoning, tool call, finish) are held;
+//             the first output event commits the call to that endpoint
+//             (ClientSink::OnCommit). A retryable error before the commit moves
+//             on to the next endpoint of the plan; after it, the call fails.
+//   end:      exactly one of ClientSink::OnSuccess / OnFailure, then one usage
+//             row (UsageSink::Record), the actual cost as pending spend, the
+//             reservation released, metrics (CallObserver), and `on_done`.
+//
+// Deadline: `CallSpec::deadline` cancels the attempt; its error becomes 504.
+// Cancel() (client gone) and Shutdown() (server stopping) cancel it too; the
+// driver then waits for the provider's terminal event, at most kCancelGrace,
+// and after that finishes without it (late events are ignored).
+//
+// Flow control: the attempt's events queue in the AttemptSink (bounded:
+// kHighWaterBytes; above it the provider is told to wait, StreamSink::Ready);
+// they are handed to the ClientSink only while it is Ready(), so a slow client
+// slows its provider instead of growing memory.
+//
+// Threading: every method of CallDriver, and every ClientSink call it makes,
+// runs on its Executor (one strand), except Cancel() and Shutdown(), which
+// may be called from any thread. Providers call the AttemptSink from any
+// thread; it posts to the executor.
+#pragma once
+
+#include "tollgate/billing/key_cache.hpp"
+#include "tollgate/billing/usage_event.hpp"
+#include "tollgate/core/chat.hpp"
+#include "tollgate/core/error.hpp"
+#include "tollgate/core/money.hpp"
+#include "tollgate/core/parameters.hpp"
+#include "tollgate/routing/catalog.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace tollgate::gateway {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+using WallTime = std::chrono::system_clock::time_point;
+
+// Runs functions one at a time, in the order posted (a strand), and keeps
+// time. Production: an Asio strand and steady_timer (server.cpp); tests: a
+// manual queue and clock (tests/gateway/fake_executor.hpp).
+class Executor {
+ public:
+  class Timer {
+   public:
+    virtual ~Timer() = default;
+    virtual void Cancel() = 0;  // the function will not run (if it did not already)
+  };
+  virtual ~Executor() = default;
+  // Thread-safe. `fn` runs later, never inside Post.
+  virtual void Post(std::function<void()> fn) = 0;
+  // Runs `fn` on the executor at `at` unless the timer is cancelled or
+  // destroyed first. Called on the executor.
+  virtual std::unique_ptr<Timer> StartTimer(SteadyTime at, std::function<void()> fn) = 0;
+  virtual SteadyTime Now() const = 0;
+  virtual WallTime WallNow() const = 0;
+};
+
+// Credit admission and spend (billing::KeyCache in production).
+class Admission {
+ public:
+  virtual ~Admission() = default;
+  virtual bool TryReserve(const billing::KeyRecord& key, Money worst_case) = 0;
+  virtual void Release(int64_t key_id, Money worst_case) = 0;
+  virtual void AddPendingSpend(int64_t key_id, Money amount) = 0;
+};
+
+// Where usage rows go (billing::UsageRecorder in production).
+class UsageSink {
+ public:
+  virtual ~UsageSink() = default;
+  virtual void Record(billing::UsageEvent event) = 0;
+};
+
+// Metrics of calls and attempts (gateway Metrics in production).
+class CallObserver {
+ public:
+  virtual ~CallObserver() = default;
+  // A failed attempt that was followed by another endpoint (no usage row).
+  virtual void OnAttemptFailed(const std::string& model, const std::string& provider, int status,
+                               int64_t latency_ms) = 0;
+  // The call's final outcome, as recorded in its usage row.
+  virtual void OnCall(const billing::UsageEvent& event) = 0;
+};
+
+// What the connection learns when the call commits to an endpoint: enough to
+// write response headers.
+struct CommitInfo {
+  std::string provider;        // display name of the endpoint's provider
+  std::string upstream_model;  // the endpoint's model name
+  ParameterSet dropped;        // request parameters the endpoint does not support, dropped
+};
+
+// The end of a successful call.
+struct CallSummary {
+  Usage usage;            // what was billed (reported, or estimated: see usage_estimated)
+  bool usage_estimated = false;
+  Money cost;
+};
+
+// The client side of a call: the connection encodes and writes. Called on the
+// driver's executor, in this order:
+//   OnCommit? OnEvent*  then exactly one of  OnSuccess | OnFailure.
+// OnEvent only after OnCommit; OnSuccess always after OnCommit. OnFailure with
+// committed = false: nothing was committed (answer with the error's status);
+// with committed = true: events were handed over (a stream ends with an error
+// event). The driver hands over an event only when Ready() said yes.
+class ClientSink {
+ public:
+  virtual ~ClientSink() = default;
+  virtual void OnCommit(const CommitInfo& info) = 0;
+  virtual void OnEvent(const StreamEvent& event) = 0;
+  virtual void OnSuccess(const CallSummary& summary) = 0;
+  virtual void OnFailure(const Error& error, bool committed) = 0;
+  // True: send more. False: wait; `resume` is called (on the executor) when
+  // there is room again.
+  virtual bool Ready(std::function<void()> resume) = 0;
+};
+
+struct CallDeps {
+  const routing::Catalog* catalog = nullptr;
+  Admission* admission = nullptr;
+  UsageSink* usage = nullptr;
+  CallObserver* observer = nullptr;  // may be null
+};
+
+struct CallSpec {
+  ChatRequest request;
+  billing::KeyRecord key;
+  std::string request_id;  // "gen-...", the usage row's idempotency key
+  SteadyTime received;     // request received (latency and TTFT origin)
+  WallTime created_at;     // the same, wall clock (usage row)
+  SteadyTime deadline;     // the whole call; time_point{} = none
+};
+
+// Completion tokens assumed for a reservation when neither max_tokens nor a
+// context length is known.
+inline constexpr int64_t kDefaultCompletionBound = 4096;
+
+// The most `request` can cost at `endpoint`: prompt tokens bounded by the
+// prompt's bytes (+1 for BOS, +8 per message for a template, 4096 per image;
+// SentencePiece with byte fallback and byte-level BPE emit at most one token
+// per byte), completion tokens by max_tokens, else the endpoint's context
+// length, else kDefaultCompletionBound.
+Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint);
+
+// Usage estimated when a provider reported none: 4 bytes per token (OpenAI's
+// rule of thumb for English text) of the prompt and of the output.
+Usage EstimateUsage(const ChatRequest& request, const ChatResponse& output);
+
+class CallDriver : public std::enable_shared_from_this<CallDriver> {
+ public:
+  // Flow-control bounds of the attempt queue (bytes of queued events, see
+  // EventBytes).
+  static constexpr std::size_t kHighWaterBytes = 256 * 1024;
+  static constexpr std::size_t kLowWaterBytes = 64 * 1024;
+  // How long a cancelled provider may take to deliver its terminal event.
+  static constexpr std::chrono::milliseconds kCancelGrace{5000};
+
+  // `executor`, `deps` and `client` must outlive the driver's last callback
+  // (`on_done`). `on_done` runs once, on the executor, after metering.
+  static std::shared_ptr<CallDriver> Create(CallDeps deps, std::shared_ptr<Executor> executor,
+                                            CallSpec spec, std::shared_ptr<ClientSink> client,
+                                            std::function<void()> on_done);
+  ~CallDriver();
+
+  // Begins the call. Call once, on the executor.
+  void Start();
+  // The client went away: cancel; the row says 499. Thread-safe.
+  void Cancel();
+  // The server is stopping: cancel with 503 (if nothing was committed yet).
+  // Thread-safe.
+  void Shutdown();
+
+  const CallSpec& spec() const { return spec_; }
+
+ private:
+  class AttemptSink;
+  struct Item;
+  enum class Stop { kNone, kClientGone, kDeadline, kShutdown };
+
+  CallDriver(CallDeps deps, std::shared_ptr<Executor> executor, CallSpec spec,
+             std::shared_ptr<ClientSink> client, std::function<void()> on_done);
+
+  void StartAttempt();
+  void Drain();
+  void OnProviderEvent(StreamEvent event);
+  void OnProviderComplete();
+  void OnProviderError(Error error);
+  void Commit();
+  void Hand(const StreamEvent& event);
+  void RequestStop(Stop why);
+  void Succeed();
+  void Fail(Error error);
+  void Finish(const std::optional<Error>& error);
+  Error StoppedError(const Error& provider_error) const;
+
+  CallDeps deps_;
+  std::shared_ptr<Executor> executor_;
+  CallSpec spec_;
+  std::shared_ptr<ClientSink> client_;
+  std::function<void()> on_done_;
+
+  // Plan: the endpoints still to try and, per endpoint, the request to send.
+  struct Candidate {
+    const routing::Endpoint* endpoint = nullptr;
+    ParameterSet dropped;
+  };
+  std::vector<Candidate> plan_;
+  std::size_t next_ = 0;
+  Money reserved_;
+  bool admitted_ = false;
+
+  // The current attempt.
+  const Candidate* current_ = nullptr;
+  ChatRequest attempt_request_;
+  std::shared_ptr<AttemptSink> sink_;
+  std::unique_ptr<std::stop_source> cancel_;
+  SteadyTime attempt_started_;
+  std::vector<StreamEvent> held_;  // events before the commit (usage reports)
+
+  bool committed_ = false;
+  bool finished_ = false;
+  bool draining_ = false;
+  bool waiting_for_client_ = false;
+  Stop stop_ = Stop::kNone;
+  std::unique_ptr<Executor::Timer> deadline_timer_;
+  std::unique_ptr<Executor::Timer> grace_timer_;
+  std::optional<SteadyTime> first_output_at_;
+  ResponseAccumulator output_;
+};
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,77 @@
+// How each inbound API answers a call: the bridge between the call driver's
+// events (call_driver.hpp) and the wire encoders (wire/), per API. No sockets;
+// server.cpp writes what these return.
+//
+//   OpenAI Chat Completions, legacy Completions (/v1 and OpenRouter's /api/v1):
+//     wire::openai::StreamEncoder / EncodeResponse; errors in OpenAI's shape,
+//     or OpenRouter's under /api/v1 (core/error.hpp).
+//   Anthropic Messages (/v1/messages): wire::anthropic::StreamEncoder /
+//     EncodeMessagesResponse; errors in Anthropic's shape.
+// A stream that fails after its first byte ends with the API's error event,
+// which is the last thing sent (never followed by [DONE] or message_stop).
+#pragma once
+
+#include "call_driver.hpp"
+#include "tollgate/core/chat.hpp"
+#include "tollgate/core/error.hpp"
+#include "tollgate/wire/anthropic.hpp"
+#include "tollgate/wire/common.hpp"
+#include "tollgate/wire/openai.hpp"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate::gateway {
+
+class ResponseEncoder {
+ public:
+  // `request` is the decoded call (its api, kind, stream options); `meta.provider`
+  // is filled in at commit. `error_flavor` is the shape of errors (by path).
+  ResponseEncoder(const ChatRequest& request, wire::ResponseMeta meta, ErrorFlavor error_flavor,
+                  int64_t prompt_tokens_hint);
+
+  // The call committed to a provider (streamed calls start encoding now).
+  void Commit(const CommitInfo& info);
+
+  // Streamed: SSE bytes for one event (may be empty).
+  std::string Event(const StreamEvent& event);
+  // Streamed: the last bytes of a successful stream.
+  std::string StreamEnd(const CallSummary& summary);
+  // Streamed: the error event that ends a broken stream.
+  std::string StreamError(const Error& error) const;
+
+  // Not streamed: the whole body of a successful call, from its events.
+  void Accumulate(const StreamEvent& event) { whole_.Add(event); }
+  std::string WholeBody(const CallSummary& summary) const;
+
+  // The JSON error body for a call that failed before anything was sent.
+  std::string ErrorBody(const Error& error) const;
+
+  bool stream() const { return stream_; }
+
+ private:
+  ApiFlavor api_;
+  RequestKind kind_;
+  bool stream_;
+  bool include_usage_;
+  bool include_reasoning_;
+  wire::ResponseMeta meta_;
+  ErrorFlavor error_flavor_;
+  int64_t prompt_tokens_hint_;
+  std::optional<wire::openai::StreamEncoder> openai_;
+  std::optional<wire::anthropic::StreamEncoder> anthropic_;
+  ResponseAccumulator whole_;
+};
+
+// The caller's error shape for a request path: Anthropic's under /v1/messages
+// (and /api/v1/messages), OpenRouter's under /api/, else OpenAI's.
+ErrorFlavor ErrorFlavorForPath(std::string_view path);
+
+// A fresh request id: "gen-" + unix seconds + "-" + 20 base62 characters from
+// the kernel's CSPRNG (core/text.hpp RandomBase62), so replicas never collide
+// on the usage row's idempotency key.
+std::string NewRequestId(int64_t unix_seconds);
+
+}  // namespace tollgate::gateway

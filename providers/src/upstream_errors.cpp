@@ -1,0 +1,188 @@
+#include "upstream_errors.hpp"
+
+#include "tollgate/core/text.hpp"
+
+#include <boost/json/object.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <optional>
+
+namespace tollgate::providers::detail {
+namespace json = boost::json;
+namespace {
+
+constexpr std::size_t kMaxUpstreamParamBytes = 200;
+constexpr std::size_t kMaxCodeBytes = 100;
+
+const json::object* ObjectAt(const json::object& o, std::string_view key) {
+  const auto* v = o.if_contains(key);
+  return v != nullptr ? v->if_object() : nullptr;
+}
+
+std::string_view StringAt(const json::object& o, std::string_view key) {
+  const auto* v = o.if_contains(key);
+  if (v == nullptr || !v->is_string()) return {};
+  const auto& s = v->get_string();
+  return std::string_view(s.data(), s.size());
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+bool IsPrintableText(std::string_view text) {
+  for (unsigned char c : text) {
+    if (c < 0x20 && c != '\n' && c != '\r' && c != '\t') return false;
+  }
+  return true;
+}
+
+// At most `max` bytes, "..." included when cut; never cuts a UTF-8 sequence.
+// Redact before capping: a cut key would escape Redact.
+std::string Cap(std::string_view text, std::size_t max) {
+  if (text.size() <= max) return std::string(text);
+  constexpr std::string_view kEllipsis = "...";
+  text = text.substr(0, max - kEllipsis.size());
+  return std::string(text.substr(0, CompleteUtf8Prefix(text))) + std::string(kEllipsis);
+}
+
+std::optional<json::object> ParseObject(std::string_view body) {
+  boost::system::error_code ec;
+  json::value v = json::parse(Trim(body), ec);
+  if (ec || !v.is_object()) return std::nullopt;
+  return std::move(v.get_object());
+}
+
+// A short printable string from the body's error object: `field` of
+// `error` (or of the top level when `error` is absent).
+std::string ErrorField(const json::object& body, std::string_view field, std::string_view secret, std::size_t max) {
+  const json::object* err = ObjectAt(body, "error");
+  const json::value* v = (err != nullptr ? err : &body)->if_contains(field);
+  // Strings only: Gemini's `error.code` is the HTTP status number, and a
+  // numeric `param` names nothing.
+  std::string out;
+  if (v != nullptr && v->is_string()) out = std::string(v->get_string().c_str());
+  out = Redact(std::move(out), secret);
+  if (!IsPrintableText(out)) return {};
+  if (out.size() > max) out.resize(CompleteUtf8Prefix(std::string_view(out).substr(0, max)));
+  return out;
+}
+
+}  // namespace
+
+std::string Redact(std::string text, std::string_view secret) {
+  if (secret.empty()) return text;
+  constexpr std::string_view kMask = "[redacted]";
+  for (auto pos = text.find(secret); pos != std::string::npos; pos = text.find(secret, pos + kMask.size())) {
+    text.replace(pos, secret.size(), kMask);
+  }
+  return text;
+}
+
+std::string UpstreamErrorMessage(std::string_view body, std::string_view secret) {
+  body = Trim(body);
+  if (body.empty()) return {};
+  auto cap = [&](std::string_view text) { return Cap(Redact(std::string(text), secret), kMaxUpstreamMessageBytes); };
+  boost::system::error_code ec;
+  const json::value v = json::parse(body, ec);
+  if (!ec) {
+    // Some servers answer an array of errors (Gemini behind some proxies).
+    const json::object* o = v.if_object();
+    if (o == nullptr && v.is_array() && !v.get_array().empty()) o = v.get_array().front().if_object();
+    if (o != nullptr) {
+      if (const auto* err = o->if_contains("error"); err != nullptr && !err->is_null()) {
+        if (const auto* eo = err->if_object()) {
+          if (auto msg = StringAt(*eo, "message"); !msg.empty()) return cap(msg);
+        }
+        if (err->is_string()) return cap(std::string_view(err->get_string().data(), err->get_string().size()));
+      }
+      if (auto msg = StringAt(*o, "message"); !msg.empty()) return cap(msg);
+      if (const auto* detail = o->if_contains("detail")) {  // FastAPI-style servers
+        if (const auto* s = detail->if_string()) return cap(std::string_view(s->data(), s->size()));
+        return cap(json::serialize(*detail));
+      }
+    }
+    return {};
+  }
+  if (IsPrintableText(body)) return cap(body);
+  return {};
+}
+
+Error MapUpstreamStatus(int status, std::string_view body, std::string_view secret, std::string_view retry_after) {
+  const std::string upstream_msg = UpstreamErrorMessage(body, secret);
+  const std::string http = "HTTP " + std::to_string(status);
+  const auto parsed = status != 401 && status != 403 ? ParseObject(body) : std::nullopt;
+  auto make = [&](ErrorCode code, std::string what, bool pass_message) {
+    std::string message = std::move(what) + " (" + http + ")";
+    if (pass_message && !upstream_msg.empty()) message += ": " + upstream_msg;
+    return Error{code, std::move(message), {}, {}, {}, {}};
+  };
+  switch (status) {
+    case 400:
+    case 413:
+    case 422: {
+      Error e = upstream_msg.empty() ? make(ErrorCode::kInvalidArgument, "the provider rejected the request", false)
+                                     : Error{ErrorCode::kInvalidArgument, upstream_msg, {}, {}, {}, {}};
+      if (parsed) e.param = ErrorField(*parsed, "param", secret, kMaxUpstreamParamBytes);
+      return e;
+    }
+    case 401:
+    case 403:
+      // Never pass the upstream text on: it may echo (part of) our key.
+      return make(ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials", false);
+    case 404:
+      return make(ErrorCode::kBadGateway, "the provider does not know this model or path", true);
+    case 402:
+      return make(ErrorCode::kUnavailable, "the provider account has no credits", true);
+    case 408:
+    case 504:
+      return make(ErrorCode::kUpstreamTimeout, "the provider timed out", true);
+    case 429: {
+      Error e = make(ErrorCode::kResourceExhausted, "the provider rate limited the request", true);
+      if (!retry_after.empty() && retry_after.size() < 40 && IsPrintableText(retry_after)) {
+        e.retry_after = std::string(Trim(retry_after));
+      }
+      if (parsed) {
+        e.code_string = ErrorField(*parsed, "code", secret, kMaxCodeBytes);
+        if (e.code_string.empty()) e.code_string = ErrorField(*parsed, "type", secret, kMaxCodeBytes);
+        if (e.code_string.empty()) e.code_string = ErrorField(*parsed, "status", secret, kMaxCodeBytes);
+        if (e.code_string == "error") e.code_string.clear();  // Anthropic's outer `type`
+      }
+      if (e.code_string.empty()) e.code_string = "rate_limit_exceeded";
+      return e;
+    }
+    case 503:
+    case 529:  // Anthropic: overloaded
+      return make(ErrorCode::kUnavailable, "the provider is overloaded or unavailable", true);
+    default:
+      break;
+  }
+  if (status >= 500 && status <= 599) return make(ErrorCode::kBadGateway, "the provider failed", true);
+  return make(ErrorCode::kBadGateway, "unexpected status from the provider", true);
+}
+
+Error InStreamError(std::string_view type, std::string_view message, std::string_view secret) {
+  std::string text = Cap(Redact(std::string(message.empty() ? std::string_view("the provider reported an error")
+                                                            : message),
+                                secret),
+                         kMaxUpstreamMessageBytes);
+  ErrorCode code = ErrorCode::kBadGateway;
+  if (type == "overloaded_error" || type == "UNAVAILABLE" || type == "api_error" || type == "server_error") {
+    code = type == "overloaded_error" || type == "UNAVAILABLE" ? ErrorCode::kUnavailable : ErrorCode::kBadGateway;
+  } else if (type == "rate_limit_error" || type == "RESOURCE_EXHAUSTED" || type == "rate_limit_exceeded") {
+    code = ErrorCode::kResourceExhausted;
+  } else if (type == "invalid_request_error" || type == "INVALID_ARGUMENT") {
+    code = ErrorCode::kInvalidArgument;
+  }
+  return Error{code, "the provider reported an error mid-stream: " + text, {}, {}, {}, {}};
+}
+
+}  // namespace tollgate::providers::detail

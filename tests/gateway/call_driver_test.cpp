@@ -1,0 +1,540 @@
+// The call driver with fake providers, a fake client and a manual clock: no
+// sockets, no threads unless a test starts one.
+#include "call_driver.hpp"
+#include "fake_executor.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+namespace tollgate::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::ManualExecutor;
+
+// ---------------------------------------------------------------- fakes
+
+// A provider whose calls the test drives by hand through the sink it kept.
+class FakeProvider final : public Provider {
+ public:
+  FakeProvider(std::string name, ParameterSet params) : name_(std::move(name)), params_(params) {}
+
+  struct Call {
+    ChatRequest request;
+    std::string upstream_model;
+    std::shared_ptr<StreamSink> sink;
+    std::stop_token cancel;
+  };
+
+  std::string_view Name() const override { return name_; }
+  const ParameterSet& SupportedParameters() const override { return params_; }
+  void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink, std::stop_token cancel) override {
+    calls.push_back(Call{*request.request, request.upstream_model, std::move(sink), std::move(cancel)});
+    if (on_start) on_start(calls.back());
+  }
+
+  std::vector<Call> calls;
+  std::function<void(Call&)> on_start;  // answers at once when set
+
+ private:
+  std::string name_;
+  ParameterSet params_;
+};
+
+class FakeClient final : public ClientSink {
+ public:
+  void OnCommit(const CommitInfo& info) override {
+    EXPECT_FALSE(commit) << "committed twice";
+    commit = info;
+  }
+  void OnEvent(const StreamEvent& event) override {
+    EXPECT_TRUE(commit) << "event before the commit";
+    EXPECT_FALSE(ended) << "event after the end";
+    events.push_back(event);
+    if (const auto* t = std::get_if<TextDelta>(&event)) text += t->text;
+  }
+  void OnSuccess(const CallSummary& s) override {
+    EXPECT_FALSE(ended);
+    EXPECT_TRUE(commit) << "success without a commit";
+    ended = true;
+    summary = s;
+  }
+  void OnFailure(const Error& e, bool committed) override {
+    EXPECT_FALSE(ended);
+    ended = true;
+    error = e;
+    failed_committed = committed;
+  }
+  bool Ready(std::function<void()> resume) override {
+    if (ready) return true;
+    resume_ = std::move(resume);
+    return false;
+  }
+  void SetReady(bool r) {
+    ready = r;
+    if (r && resume_) std::exchange(resume_, nullptr)();
+  }
+
+  std::optional<CommitInfo> commit;
+  std::vector<StreamEvent> events;
+  std::string text;
+  std::optional<CallSummary> summary;
+  std::optional<Error> error;
+  bool failed_committed = false;
+  bool ended = false;
+  bool ready = true;
+
+ private:
+  std::function<void()> resume_;
+};
+
+class FakeAdmission final : public Admission {
+ public:
+  bool TryReserve(const billing::KeyRecord&, Money worst) override {
+    if (!admit) return false;
+    reserved += worst.nano_usd;
+    ++reservations;
+    return true;
+  }
+  void Release(int64_t, Money worst) override {
+    reserved -= worst.nano_usd;
+    ++releases;
+  }
+  void AddPendingSpend(int64_t, Money amount) override { pending += amount.nano_usd; }
+
+  bool admit = true;
+  int64_t reserved = 0;
+  int64_t pending = 0;
+  int reservations = 0;
+  int releases = 0;
+};
+
+class FakeUsage final : public UsageSink {
+ public:
+  void Record(billing::UsageEvent e) override { rows.push_back(std::move(e)); }
+  std::vector<billing::UsageEvent> rows;
+};
+
+class FakeObserver final : public CallObserver {
+ public:
+  void OnAttemptFailed(const std::string&, const std::string& provider, int status, int64_t) override {
+    failed.emplace_back(provider, status);
+  }
+  void OnCall(const billing::UsageEvent& e) override { calls.push_back(e.status); }
+  std::vector<std::pair<std::string, int>> failed;
+  std::vector<int> calls;
+};
+
+Pricing Price(int64_t prompt_femto, int64_t completion_femto) {
+  Pricing p;
+  p.prompt = TokenPrice{prompt_femto};
+  p.completion = TokenPrice{completion_femto};
+  p.cached_prompt = p.prompt;
+  p.cache_write = p.prompt;
+  return p;
+}
+
+const ParameterSet kBasic{Param::kMaxTokens, Param::kTemperature, Param::kStop};
+
+ChatRequest UserSays(std::string text, bool stream = true) {
+  ChatRequest r;
+  r.model = "test/model";
+  r.stream = stream;
+  r.max_tokens = 100;
+  r.messages.push_back(Message{Role::kUser, {TextPart{std::move(text), {}}}, {}});
+  return r;
+}
+
+Usage MakeUsage(int64_t prompt, int64_t completion) {
+  Usage u;
+  u.prompt_tokens = prompt;
+  u.completion_tokens = completion;
+  return u;
+}
+
+class CallDriverTest : public ::testing::Test {
+ protected:
+  // Two endpoints by default: primary, then fallback. Prices: 1000 / 2000
+  // femto-USD per token (nano-USD per million), i.e. 1e-6 / 2e-6 nano-USD.
+  void SetUp() override {
+    primary = std::make_unique<FakeProvider>("Primary", kBasic);
+    fallback = std::make_unique<FakeProvider>("Fallback", kBasic);
+    BuildCatalog({primary.get(), fallback.get()});
+  }
+
+  void BuildCatalog(const std::vector<FakeProvider*>& providers) {
+    routing::Model m{"test/model", "Test", 4096, 0, {}};
+    for (auto* p : providers) {
+      m.endpoints.push_back(routing::Endpoint{std::string(p->Name()), p, "up-" + std::string(p->Name()),
+                                              Price(1'000'000'000, 2'000'000'000), 4096});
+    }
+    catalog = routing::Catalog({m});
+  }
+
+  std::shared_ptr<CallDriver> Start(ChatRequest request, std::chrono::milliseconds timeout = 60s) {
+    CallSpec spec;
+    spec.request = std::move(request);
+    spec.key.id = 7;
+    spec.request_id = "gen-test-1";
+    spec.received = executor->Now();
+    spec.created_at = executor->WallNow();
+    spec.deadline = executor->Now() + timeout;
+    driver = CallDriver::Create(CallDeps{&catalog, &admission, &usage, &observer}, executor, std::move(spec), client,
+                                [this] { ++done; });
+    driver->Start();
+    executor->RunUntilIdle();
+    return driver;
+  }
+
+  std::shared_ptr<ManualExecutor> executor = std::make_shared<ManualExecutor>();
+  std::shared_ptr<FakeClient> client = std::make_shared<FakeClient>();
+  FakeAdmission admission;
+  FakeUsage usage;
+  FakeObserver observer;
+  routing::Catalog catalog;
+  std::unique_ptr<FakeProvider> primary;
+  std::unique_ptr<FakeProvider> fallback;
+  std::shared_ptr<CallDriver> driver;
+  int done = 0;
+};
+
+// ---------------------------------------------------------------- tests
+
+TEST_F(CallDriverTest, StreamsEventsThenMetersTheReportedUsage) {
+  Start(UserSays("hello"));
+  ASSERT_EQ(primary->calls.size(), 1u);
+  EXPECT_EQ(primary->calls[0].upstream_model, "up-Primary");
+  auto& sink = primary->calls[0].sink;
+  sink->OnEvent(TextDelta{0, "Hel"});
+  sink->OnEvent(TextDelta{0, "lo"});
+  sink->OnEvent(FinishDelta{0, FinishReason::kStop, "stop"});
+  sink->OnEvent(UsageDelta{MakeUsage(10, 2)});
+  sink->OnComplete();
+  executor->RunUntilIdle();
+
+  ASSERT_TRUE(client->commit);
+  EXPECT_EQ(client->commit->provider, "Primary");
+  EXPECT_EQ(client->text, "Hello");
+  ASSERT_TRUE(client->summary);
+  EXPECT_EQ(client->summary->usage, MakeUsage(10, 2));
+  EXPECT_FALSE(client->summary->usage_estimated);
+  EXPECT_EQ(client->summary->cost.nano_usd, 10 * 1000 + 2 * 2000);
+  ASSERT_EQ(usage.rows.size(), 1u);
+  const auto& row = usage.rows[0];
+  EXPECT_EQ(row.request_id, "gen-test-1");
+  EXPECT_EQ(row.provider, "Primary");
+  EXPECT_EQ(row.status, 200);
+  EXPECT_EQ(row.cost.nano_usd, 14000);
+  EXPECT_EQ(row.finish_reason, "stop");
+  EXPECT_TRUE(row.streamed);
+  EXPECT_EQ(admission.pending, 14000);
+  EXPECT_EQ(admission.reserved, 0);
+  EXPECT_EQ(admission.releases, 1);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(executor->pending_timers(), 0);
+}
+
+TEST_F(CallDriverTest, FallsBackWhenPrimaryFailsBeforeAnyOutput) {
+  Start(UserSays("hi"));
+  // A usage report before any output does not commit the call.
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(5, 0)});
+  primary->calls[0].sink->OnError(Error{ErrorCode::kUnavailable, "overloaded"});
+  executor->RunUntilIdle();
+  ASSERT_EQ(fallback->calls.size(), 1u);
+  EXPECT_FALSE(client->commit);
+  ASSERT_EQ(observer.failed.size(), 1u);
+  EXPECT_EQ(observer.failed[0], std::make_pair(std::string("Primary"), 503));
+
+  fallback->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  fallback->calls[0].sink->OnEvent(FinishDelta{0, FinishReason::kStop, ""});
+  fallback->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->summary);
+  EXPECT_EQ(client->commit->provider, "Fallback");
+  // No usage reported by the fallback: estimated, never the primary's report.
+  EXPECT_TRUE(client->summary->usage_estimated);
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].provider, "Fallback");
+  EXPECT_TRUE(usage.rows[0].usage_estimated);
+}
+
+TEST_F(CallDriverTest, NeverFallsBackAfterTheFirstOutput) {
+  Start(UserSays("hi"));
+  auto& sink = primary->calls[0].sink;
+  sink->OnEvent(TextDelta{0, "partial answer"});
+  sink->OnError(Error{ErrorCode::kBadGateway, "upstream cut"});
+  executor->RunUntilIdle();
+  EXPECT_TRUE(fallback->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_TRUE(client->failed_committed);
+  EXPECT_EQ(client->error->code, ErrorCode::kBadGateway);
+  EXPECT_EQ(client->error->provider_name, "Primary");
+  // A broken stream is billed for what it delivered (estimated).
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 502);
+  EXPECT_TRUE(usage.rows[0].usage_estimated);
+  EXPECT_GT(usage.rows[0].cost.nano_usd, 0);
+}
+
+TEST_F(CallDriverTest, ABrokenNonStreamedCallDeliveredNothingAndCostsNothing) {
+  Start(UserSays("hi", /*stream=*/false));
+  auto& sink = primary->calls[0].sink;
+  sink->OnEvent(TextDelta{0, "partial"});
+  sink->OnError(Error{ErrorCode::kBadGateway, "upstream cut"});
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].cost.nano_usd, 0);
+  EXPECT_EQ(admission.pending, 0);
+}
+
+TEST_F(CallDriverTest, AnInvalidRequestIsNotRetriedAndLeavesNoRow) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(Error{ErrorCode::kInvalidArgument, "bad temperature", "temperature"});
+  executor->RunUntilIdle();
+  EXPECT_TRUE(fallback->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_FALSE(client->failed_committed);
+  EXPECT_EQ(client->error->param, "temperature");
+  EXPECT_TRUE(usage.rows.empty());
+  EXPECT_EQ(admission.reserved, 0);
+}
+
+TEST_F(CallDriverTest, TheLastEndpointsErrorIsTheAnswer) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(Error{ErrorCode::kUnavailable, "down"});
+  executor->RunUntilIdle();
+  Error limited{ErrorCode::kResourceExhausted, "slow down"};
+  limited.retry_after = "7";
+  limited.code_string = "rate_limit_exceeded";
+  fallback->calls[0].sink->OnError(limited);
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(client->error->retry_after, "7");
+  EXPECT_EQ(client->error->provider_name, "Fallback");
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 429);
+  EXPECT_EQ(usage.rows[0].cost.nano_usd, 0);
+}
+
+TEST_F(CallDriverTest, TheDeadlineCancelsTheProviderAndAnswers504) {
+  Start(UserSays("hi"), 1000ms);
+  ASSERT_FALSE(primary->calls[0].cancel.stop_requested());
+  executor->Advance(999ms);
+  EXPECT_FALSE(primary->calls[0].cancel.stop_requested());
+  executor->Advance(1ms);
+  EXPECT_TRUE(primary->calls[0].cancel.stop_requested());
+  primary->calls[0].sink->OnError(Error{ErrorCode::kCancelled, "request cancelled"});
+  executor->RunUntilIdle();
+  EXPECT_TRUE(fallback->calls.empty()) << "a timed-out call is not retried";
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kUpstreamTimeout);
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 504);
+}
+
+TEST_F(CallDriverTest, AProviderThatIgnoresCancellationIsAbandonedAfterTheGrace) {
+  Start(UserSays("hi"), 1000ms);
+  primary->calls[0].sink->OnEvent(TextDelta{0, "a"});
+  executor->Advance(1000ms);
+  EXPECT_TRUE(primary->calls[0].cancel.stop_requested());
+  EXPECT_FALSE(client->ended);
+  executor->Advance(CallDriver::kCancelGrace);
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kUpstreamTimeout);
+  EXPECT_TRUE(client->failed_committed);
+  EXPECT_EQ(done, 1);
+  // Late events go nowhere.
+  primary->calls[0].sink->OnEvent(TextDelta{0, "late"});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  EXPECT_EQ(client->text, "a");
+  EXPECT_EQ(usage.rows.size(), 1u);
+}
+
+TEST_F(CallDriverTest, AClientThatLeavesCancelsTheCallAndTheRowSays499) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "some text"});
+  executor->RunUntilIdle();
+  driver->Cancel();
+  executor->RunUntilIdle();
+  EXPECT_TRUE(primary->calls[0].cancel.stop_requested());
+  primary->calls[0].sink->OnEvent(TextDelta{0, " more"});
+  primary->calls[0].sink->OnError(Error{ErrorCode::kCancelled, "request cancelled"});
+  executor->RunUntilIdle();
+  EXPECT_EQ(client->text, "some text") << "nothing is handed to a client that left";
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 499);
+  EXPECT_TRUE(usage.rows[0].cancelled);
+  EXPECT_GT(usage.rows[0].cost.nano_usd, 0) << "a stream that reached the client is billed";
+}
+
+TEST_F(CallDriverTest, ShutdownBeforeAnyOutputAnswers503) {
+  Start(UserSays("hi"));
+  driver->Shutdown();
+  executor->RunUntilIdle();
+  EXPECT_TRUE(primary->calls[0].cancel.stop_requested());
+  primary->calls[0].sink->OnError(Error{ErrorCode::kCancelled, "request cancelled"});
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kUnavailable);
+  EXPECT_FALSE(client->failed_committed);
+}
+
+TEST_F(CallDriverTest, UnsupportedParametersAreDroppedAndNamed) {
+  auto req = UserSays("hi");
+  req.top_k = 40;
+  req.temperature = 0.5;
+  Start(std::move(req));
+  ASSERT_EQ(primary->calls.size(), 1u);
+  EXPECT_FALSE(primary->calls[0].request.top_k) << "the provider never sees what it does not support";
+  EXPECT_EQ(primary->calls[0].request.temperature, 0.5);
+  primary->calls[0].sink->OnEvent(TextDelta{0, "x"});
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->commit);
+  EXPECT_EQ(client->commit->dropped, ParameterSet{Param::kTopK});
+}
+
+TEST_F(CallDriverTest, RequireParametersSkipsEndpointsThatLackOne) {
+  auto capable = std::make_unique<FakeProvider>("Capable", ParameterSet{Param::kMaxTokens, Param::kTopK});
+  BuildCatalog({primary.get(), capable.get()});
+  auto req = UserSays("hi");
+  req.top_k = 5;
+  req.provider.require_parameters = true;
+  Start(std::move(req));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_EQ(capable->calls.size(), 1u);
+  EXPECT_EQ(capable->calls[0].request.top_k, 5);
+}
+
+TEST_F(CallDriverTest, RequireParametersWithNoCapableEndpointIs400NamingIt) {
+  auto req = UserSays("hi");
+  req.top_k = 5;
+  req.provider.require_parameters = true;
+  Start(std::move(req));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->error->param, "top_k");
+  EXPECT_TRUE(usage.rows.empty());
+  EXPECT_EQ(admission.reservations, 0);
+}
+
+TEST_F(CallDriverTest, ToolsAreNeverDroppedSilently) {
+  auto req = UserSays("weather?");
+  req.tools.push_back(ToolDefinition{"get_weather", "", {}, {}, {}});
+  Start(std::move(req));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->error->param, "tools");
+  EXPECT_NE(client->error->message.find("tools"), std::string::npos);
+}
+
+TEST_F(CallDriverTest, ImagesGoOnlyToEndpointsThatTakeThem) {
+  auto vision = std::make_unique<FakeProvider>("Vision", ParameterSet{Param::kMaxTokens, Param::kImageInput});
+  BuildCatalog({primary.get(), vision.get()});
+  auto req = UserSays("what is this?");
+  req.messages[0].parts.push_back(ImagePart{"data:image/png;base64,iVBORw0KGgo=", "", {}});
+  Start(std::move(req));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_EQ(vision->calls.size(), 1u);
+}
+
+TEST_F(CallDriverTest, NoCreditIs402AndReservesNothing) {
+  admission.admit = false;
+  Start(UserSays("hi"));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kPaymentRequired);
+  EXPECT_EQ(admission.releases, 0);
+  EXPECT_TRUE(usage.rows.empty());
+  EXPECT_EQ(done, 1);
+}
+
+TEST_F(CallDriverTest, UnknownModelIs404WithoutARow) {
+  auto req = UserSays("hi");
+  req.model = "nobody/none";
+  Start(std::move(req));
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kNotFound);
+  EXPECT_TRUE(usage.rows.empty());
+}
+
+TEST_F(CallDriverTest, ReservesTheWorstCaseAtTheDearestEndpoint) {
+  Start(UserSays("hi"));
+  // max_tokens 100 at 2000 nano-USD per token at most, plus the prompt.
+  EXPECT_GE(admission.reserved, 100 * 2000);
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  EXPECT_EQ(admission.reserved, 0);
+}
+
+TEST_F(CallDriverTest, ASlowClientHoldsTheProviderBackWithinBounds) {
+  Start(UserSays("go"));
+  auto sink = primary->calls[0].sink;
+  sink->OnEvent(TextDelta{0, "first"});
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->commit);
+  client->SetReady(false);
+
+  // The provider produces as long as Ready lets it.
+  std::atomic<bool> resumed{false};
+  std::size_t produced = 0;
+  const std::string piece(1024, 'x');
+  while (sink->Ready([&] { resumed = true; })) {
+    sink->OnEvent(TextDelta{0, piece});
+    produced += piece.size();
+    ASSERT_LT(produced, 10u * CallDriver::kHighWaterBytes) << "Ready never said stop";
+    executor->RunUntilIdle();
+  }
+  EXPECT_GE(produced, CallDriver::kHighWaterBytes / 2);
+  EXPECT_LE(client->text.size(), 2 * piece.size()) << "nothing is handed to a client that is not ready";
+  EXPECT_FALSE(resumed);
+
+  client->SetReady(true);
+  executor->RunUntilIdle();
+  EXPECT_TRUE(resumed) << "the provider is resumed once the client caught up";
+  EXPECT_EQ(client->text.size(), std::string("first").size() + produced);
+  sink->OnComplete();
+  executor->RunUntilIdle();
+  EXPECT_TRUE(client->summary);
+}
+
+TEST_F(CallDriverTest, EventsFromAProviderThreadArriveInOrder) {
+  primary->on_start = [](FakeProvider::Call& call) {
+    std::thread([sink = call.sink] {
+      for (int i = 0; i < 1000; ++i) sink->OnEvent(TextDelta{0, std::to_string(i) + ","});
+      sink->OnEvent(FinishDelta{0, FinishReason::kStop, ""});
+      sink->OnComplete();
+    }).detach();
+  };
+  Start(UserSays("count"));
+  for (int i = 0; i < 2000 && !client->ended; ++i) {
+    executor->RunUntilIdle();
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_TRUE(client->summary);
+  std::string expected;
+  for (int i = 0; i < 1000; ++i) expected += std::to_string(i) + ",";
+  EXPECT_EQ(client->text, expected);
+}
+
+TEST(CallDriverHelpers, EstimateCountsFourBytesPerTokenAndImages) {
+  ChatRequest r = UserSays(std::string(400, 'a'));
+  ChatResponse out;
+  out.choices.resize(1);
+  out.choices[0].text = std::string(40, 'b');
+  Usage u = EstimateUsage(r, out);
+  EXPECT_EQ(u.prompt_tokens, (400 + 8) / 4 + 1);
+  EXPECT_EQ(u.completion_tokens, 10);
+  r.messages[0].parts.push_back(ImagePart{"https://example.com/cat.png", "", {}});
+  EXPECT_EQ(EstimateUsage(r, out).prompt_tokens, (400 + 8) / 4 + 1 + 1000);
+}
+
+}  // namespace
+}  // namespace tollgate::gateway
