@@ -65,19 +65,25 @@ std::size_t EventBytes(const StreamEvent& event) {
   return 32 + std::visit(Size{}, event);
 }
 
-ChoiceResult& ResponseAccumulator::Choice(int index) {
-  const auto i = static_cast<std::size_t>(std::max(index, 0));
+ChoiceResult* ResponseAccumulator::Choice(int index) {
+  if (index < 0 || index >= kMaxChoices) return nullptr;
+  const auto i = static_cast<std::size_t>(index);
   if (response_.choices.size() <= i) response_.choices.resize(i + 1);
-  return response_.choices[i];
+  return &response_.choices[i];
 }
 
 void ResponseAccumulator::Add(const StreamEvent& event) {
+  auto part_index = [](int index) { return index >= 0 && index < kMaxParts; };
   if (const auto* e = std::get_if<TextDelta>(&event)) {
-    Choice(e->choice).text += e->text;
+    ChoiceResult* choice = Choice(e->choice);
+    if (choice == nullptr) return;
+    choice->text += e->text;
     has_output_ = has_output_ || !e->text.empty();
   } else if (const auto* e = std::get_if<ReasoningDelta>(&event)) {
-    auto& blocks = Choice(e->choice).reasoning;
-    const auto i = static_cast<std::size_t>(std::max(e->index, 0));
+    ChoiceResult* choice = Choice(e->choice);
+    if (choice == nullptr || !part_index(e->index)) return;
+    auto& blocks = choice->reasoning;
+    const auto i = static_cast<std::size_t>(e->index);
     if (blocks.size() <= i) blocks.resize(i + 1);
     ReasoningPart& block = blocks[i];
     block.kind = e->kind;
@@ -88,8 +94,10 @@ void ResponseAccumulator::Add(const StreamEvent& event) {
     if (!e->id.empty()) block.id = e->id;
     has_output_ = true;
   } else if (const auto* e = std::get_if<ToolCallDelta>(&event)) {
-    auto& calls = Choice(e->choice).tool_calls;
-    const auto i = static_cast<std::size_t>(std::max(e->index, 0));
+    ChoiceResult* choice = Choice(e->choice);
+    if (choice == nullptr || !part_index(e->index)) return;
+    auto& calls = choice->tool_calls;
+    const auto i = static_cast<std::size_t>(e->index);
     if (calls.size() <= i) calls.resize(i + 1);
     ToolCallPart& call = calls[i];
     if (!e->id.empty()) call.id = e->id;
@@ -98,9 +106,10 @@ void ResponseAccumulator::Add(const StreamEvent& event) {
     if (!e->thought_signature.empty()) call.thought_signature = e->thought_signature;
     has_output_ = true;
   } else if (const auto* e = std::get_if<FinishDelta>(&event)) {
-    ChoiceResult& choice = Choice(e->choice);
-    choice.finish = e->reason;
-    choice.native_finish_reason = e->native_reason;
+    ChoiceResult* choice = Choice(e->choice);
+    if (choice == nullptr) return;
+    choice->finish = e->reason;
+    choice->native_finish_reason = e->native_reason;
   } else if (const auto* e = std::get_if<UsageDelta>(&event)) {
     response_.usage = e->usage;
   }

@@ -1,6 +1,6 @@
 // The call driver: owns one model call from admission to metering, apart from
 // the HTTP server, so it is tested with fake providers and a fake clock,
-// without sockets (gateway/docs/call_driver.md; Envoy keeps its router filter
+// without sockets (docs/request-lifecycle.md; Envoy keeps its router filter
 // apart from its codec the same way).
 //
 //   Start():  plan (routing::Plan) -> parameter check per endpoint (drop the

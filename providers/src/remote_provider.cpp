@@ -295,6 +295,7 @@ class RemoteProviderImpl final : public RemoteProvider {
         o.reasoning = StyleOf(preset_.reasoning);
         o.replay_reasoning_content = preset_.replay_reasoning_content;
         o.cache_control = preset_.cache_control;
+        if (preset_.seed_as_random_seed) o.seed_field = "random_seed";
         o.stream = true;
         if (chat.kind == RequestKind::kCompletion) {
           path = "/completions";
@@ -303,7 +304,6 @@ class RemoteProviderImpl final : public RemoteProvider {
           path = "/chat/completions";
           http.body = wire::openai::EncodeChatRequest(chat, o);
         }
-        if (preset_.seed_as_random_seed) RenameSeed(http.body);
         if (!options_.api_key.empty()) http.headers.emplace_back("Authorization", "Bearer " + options_.api_key);
         break;
       }
@@ -356,37 +356,6 @@ class RemoteProviderImpl final : public RemoteProvider {
   }
 
  private:
-  // Mistral names the sampling seed `random_seed` (docs.mistral.ai/api).
-  static void RenameSeed(std::string& body) {
-    constexpr std::string_view kSeed = "\"seed\":";
-    // The encoder writes top-level keys only once and message text is JSON-
-    // escaped, so the first `"seed":` at depth 1 is the field. Find it by depth.
-    int depth = 0;
-    bool in_string = false;
-    for (std::size_t i = 0; i < body.size(); ++i) {
-      const char c = body[i];
-      if (in_string) {
-        if (c == '\\') {
-          ++i;
-        } else if (c == '"') {
-          in_string = false;
-        }
-        continue;
-      }
-      if (c == '{' || c == '[') {
-        ++depth;
-      } else if (c == '}' || c == ']') {
-        --depth;
-      } else if (c == '"') {
-        if (depth == 1 && body.compare(i, kSeed.size(), kSeed) == 0) {
-          body.replace(i, kSeed.size(), "\"random_seed\":");
-          return;
-        }
-        in_string = true;
-      }
-    }
-  }
-
   RemoteProviderOptions options_;
   const Preset& preset_;
   Endpoint endpoint_;

@@ -169,20 +169,4 @@ Error MapUpstreamStatus(int status, std::string_view body, std::string_view secr
   return make(ErrorCode::kBadGateway, "unexpected status from the provider", true);
 }
 
-Error InStreamError(std::string_view type, std::string_view message, std::string_view secret) {
-  std::string text = Cap(Redact(std::string(message.empty() ? std::string_view("the provider reported an error")
-                                                            : message),
-                                secret),
-                         kMaxUpstreamMessageBytes);
-  ErrorCode code = ErrorCode::kBadGateway;
-  if (type == "overloaded_error" || type == "UNAVAILABLE" || type == "api_error" || type == "server_error") {
-    code = type == "overloaded_error" || type == "UNAVAILABLE" ? ErrorCode::kUnavailable : ErrorCode::kBadGateway;
-  } else if (type == "rate_limit_error" || type == "RESOURCE_EXHAUSTED" || type == "rate_limit_exceeded") {
-    code = ErrorCode::kResourceExhausted;
-  } else if (type == "invalid_request_error" || type == "INVALID_ARGUMENT") {
-    code = ErrorCode::kInvalidArgument;
-  }
-  return Error{code, "the provider reported an error mid-stream: " + text, {}, {}, {}, {}};
-}
-
 }  // namespace tollgate::providers::detail

@@ -36,10 +36,4 @@ std::string UpstreamErrorMessage(std::string_view body, std::string_view secret 
 Error MapUpstreamStatus(int status, std::string_view body, std::string_view secret,
                         std::string_view retry_after = {});
 
-// An error an upstream reported inside a 2xx stream, by its class: Anthropic's
-// `overloaded_error` and Gemini's UNAVAILABLE -> kUnavailable, rate limits ->
-// kResourceExhausted, invalid requests -> kInvalidArgument, anything else
-// kBadGateway; the message is `message` (redacted, capped).
-Error InStreamError(std::string_view type, std::string_view message, std::string_view secret);
-
 }  // namespace tollgate::providers::detail

@@ -51,3 +51,29 @@ TEST(Error, ResultCarriesError) {
 
 }  // namespace
 }  // namespace tollgate
+
+namespace tollgate {
+namespace {
+
+TEST(Error, AnthropicFlavorHasAnthropicsShape) {
+  Error e{ErrorCode::kUnavailable, "overloaded", "", ""};
+  auto v = boost::json::parse(ErrorBody(e, ErrorFlavor::kAnthropic));
+  EXPECT_EQ(v.at("type").as_string(), "error");
+  EXPECT_EQ(v.at("error").at("type").as_string(), "overloaded_error");
+  EXPECT_EQ(v.at("error").at("message").as_string(), "overloaded");
+  EXPECT_EQ(AnthropicErrorType(ErrorCode::kResourceExhausted), "rate_limit_error");
+  EXPECT_EQ(AnthropicErrorType(ErrorCode::kPaymentRequired), "billing_error");
+}
+
+TEST(Error, UpstreamErrorsNameTheirProvider) {
+  Error e{ErrorCode::kBadGateway, "the provider failed", "", ""};
+  e.provider_name = "Anthropic";
+  auto openai = boost::json::parse(ErrorBody(e, ErrorFlavor::kOpenAi));
+  EXPECT_EQ(openai.at("error").at("metadata").at("provider_name").as_string(), "Anthropic");
+  auto openrouter = boost::json::parse(ErrorBody(e, ErrorFlavor::kOpenRouter));
+  EXPECT_EQ(openrouter.at("error").at("metadata").at("provider_name").as_string(), "Anthropic");
+  EXPECT_EQ(openrouter.at("error").at("code").as_int64(), 502);
+}
+
+}  // namespace
+}  // namespace tollgate

@@ -70,3 +70,21 @@ TEST(Money, CallCostIsNeverNegative) {
 
 }  // namespace
 }  // namespace tollgate
+
+namespace tollgate {
+namespace {
+
+TEST(Money, CacheWritesArePricedApart) {
+  Pricing p;
+  p.prompt = TokenPrice{3'000'000'000};         // $3 / M
+  p.completion = TokenPrice{15'000'000'000};    // $15 / M
+  p.cached_prompt = TokenPrice{300'000'000};    // $0.30 / M
+  p.cache_write = TokenPrice{3'750'000'000};    // $3.75 / M
+  Usage u{1000, 100, 600, 0, 300};  // 100 plain prompt, 600 read, 300 written
+  EXPECT_EQ(CallCost(p, u).nano_usd, 100 * 3000 + 600 * 300 + 300 * 3750 + 100 * 15000);
+  u.cache_write_tokens = 5000;  // more than is left of prompt: clamped
+  EXPECT_EQ(CallCost(p, u).nano_usd, 600 * 300 + 400 * 3750 + 100 * 15000);
+}
+
+}  // namespace
+}  // namespace tollgate

@@ -930,6 +930,34 @@ TEST(OpenAiEncode, ReasoningContentIsReplayedWhenAsked) {
   EXPECT_FALSE(o.at("messages").at(1).as_object().contains("reasoning_content"));
 }
 
+TEST(OpenAiEncode, ReasoningContentIsNotReplayedOnPlainTurns) {
+  ChatRequest r;
+  r.model = "m";
+  r.messages.push_back(Message{Role::kUser, {TextPart{"hi", {}}}, {}});
+  r.messages.push_back(
+      Message{Role::kAssistant, {ReasoningPart{ReasoningPart::Kind::kText, "thinking", "", "", "", ""}, TextPart{"hello", {}}}, {}});
+  r.messages.push_back(Message{Role::kUser, {TextPart{"again", {}}}, {}});
+  RequestOptions options;
+  options.reasoning = ReasoningStyle::kDeepSeek;
+  options.replay_reasoning_content = true;
+  json::object o = Object(EncodeChatRequest(r, options));
+  EXPECT_FALSE(o.at("messages").at(1).as_object().contains("reasoning_content"))
+      << "deepseek-reasoner answers 400 to reasoning_content on a turn without tool calls";
+}
+
+TEST(OpenAiEncode, SeedFieldNameFollowsTheOption) {
+  ChatRequest r;
+  r.model = "m";
+  r.seed = 42;
+  r.messages.push_back(Message{Role::kUser, {TextPart{"hi", {}}}, {}});
+  RequestOptions options;
+  EXPECT_EQ(Object(EncodeChatRequest(r, options)).at("seed").as_int64(), 42);
+  options.seed_field = "random_seed";  // Mistral
+  json::object o = Object(EncodeChatRequest(r, options));
+  EXPECT_EQ(o.at("random_seed").as_int64(), 42);
+  EXPECT_FALSE(o.contains("seed"));
+}
+
 TEST(OpenAiEncode, CacheControlOnlyWhenAsked) {
   ChatRequest r;
   r.model = "m";

@@ -957,11 +957,13 @@ json::object AssistantJson(const Message& m, const RequestOptions& options) {
     json::array details = DetailsJson(reasoning, calls);
     if (!details.empty()) msg["reasoning_details"] = std::move(details);
   }
-  if (options.replay_reasoning_content) {
+  if (options.replay_reasoning_content && !calls.empty()) {
     // DeepSeek thinking mode: "for turns that do perform tool calls, the
     // reasoning_content must be fully passed back to the API in all
     // subsequent requests" (api-docs.deepseek.com/guides/thinking_mode);
-    // Moonshot's Kimi thinking models ask the same.
+    // Moonshot's Kimi thinking models ask the same. Only those turns: the
+    // older deepseek-reasoner answers 400 to reasoning_content on a plain
+    // turn (api-docs.deepseek.com/guides/reasoning_model).
     std::string replay;
     for (const ReasoningPart* r : reasoning) {
       if (r->kind == ReasoningPart::Kind::kText) replay += r->text;
@@ -1066,14 +1068,14 @@ json::array MessagesJson(const ChatRequest& request, const RequestOptions& optio
 }
 
 // Parameters both endpoints share.
-void SamplingJson(const ChatRequest& r, json::object& body) {
+void SamplingJson(const ChatRequest& r, const RequestOptions& options, json::object& body) {
   if (r.temperature) body["temperature"] = *r.temperature;
   if (r.top_p) body["top_p"] = *r.top_p;
   if (r.top_k) body["top_k"] = *r.top_k;
   if (r.frequency_penalty) body["frequency_penalty"] = *r.frequency_penalty;
   if (r.presence_penalty) body["presence_penalty"] = *r.presence_penalty;
   if (r.repetition_penalty) body["repetition_penalty"] = *r.repetition_penalty;
-  if (r.seed) body["seed"] = static_cast<int64_t>(*r.seed);  // signed, as it came in
+  if (r.seed) body[options.seed_field] = static_cast<int64_t>(*r.seed);  // signed, as it came in
   if (!r.stop.empty()) {
     json::array stop;
     for (const std::string& s : r.stop) stop.emplace_back(s);
@@ -1401,7 +1403,7 @@ std::string EncodeChatRequest(const ChatRequest& request, const RequestOptions& 
     if (field == MaxTokensField::kNone) field = request.max_tokens_field;
     body[field == MaxTokensField::kMaxCompletionTokens ? "max_completion_tokens" : "max_tokens"] = *request.max_tokens;
   }
-  SamplingJson(request, body);
+  SamplingJson(request, options, body);
   if (request.logprobs) body["logprobs"] = true;
   if (request.top_logprobs) body["top_logprobs"] = *request.top_logprobs;
   if (request.reasoning) ReasoningJson(*request.reasoning, options.reasoning, body);
@@ -1416,7 +1418,7 @@ std::string EncodeCompletionRequest(const ChatRequest& request, const RequestOpt
   body["prompt"] = request.prompt;
   // The legacy endpoint knows only max_tokens.
   if (request.max_tokens) body["max_tokens"] = *request.max_tokens;
-  SamplingJson(request, body);
+  SamplingJson(request, options, body);
   if (request.logprobs) body["logprobs"] = request.top_logprobs.value_or(0);
   StreamJson(options, body);
   return json::serialize(body);

@@ -316,10 +316,16 @@ struct ChatResponse {
 };
 
 // Folds a stream of events into a ChatResponse. Events for choices, blocks
-// and calls may arrive interleaved; indexes decide where they go. Not
+// and calls may arrive interleaved; indexes decide where they go. Indexes come
+// from upstreams: an event with a negative index, a choice index of
+// kMaxChoices or more, or a block or call index of kMaxParts or more is
+// ignored, so no upstream can make it allocate without bound. Not
 // thread-safe.
 class ResponseAccumulator {
  public:
+  static constexpr int kMaxChoices = 128;  // OpenAI's `n` limit
+  static constexpr int kMaxParts = 4096;   // reasoning blocks or tool calls per choice
+
   void Add(const StreamEvent& event);
   // The response so far. Tool calls without arguments read "{}".
   ChatResponse Take() const;
@@ -328,7 +334,7 @@ class ResponseAccumulator {
   bool has_output() const { return has_output_; }
 
  private:
-  ChoiceResult& Choice(int index);
+  ChoiceResult* Choice(int index);
   ChatResponse response_;
   bool has_output_ = false;
 };

@@ -76,10 +76,14 @@ struct RequestOptions {
   MaxTokensField max_tokens_field = MaxTokensField::kNone;
   bool developer_role = true;  // false: developer messages are sent as system
   ReasoningStyle reasoning = ReasoningStyle::kNone;
-  // Assistant turns carry their reasoning text back as `reasoning_content`
-  // (DeepSeek and Kimi require it on tool-call turns).
+  // Assistant turns that made tool calls carry their reasoning text back as
+  // `reasoning_content` (DeepSeek and Kimi require it there; plain turns
+  // never carry it).
   bool replay_reasoning_content = false;
   bool cache_control = false;  // keep `cache_control` on content parts (OpenRouter upstream)
+  // The name of the sampling seed field: "seed", or Mistral's "random_seed"
+  // (docs.mistral.ai/api, chat completion request).
+  std::string seed_field = "seed";
   bool stream = true;          // `"stream": true, "stream_options": {"include_usage": true}`
 };
 
