@@ -106,7 +106,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
   r.CheckKeys(root, "", {"server", "database", "usage", "providers", "models"});
 
   if (auto s = root["server"]) {
-    r.CheckKeys(s, "server", {"listen", "io_threads", "max_body_bytes", "request_timeout_ms"});
+    r.CheckKeys(s, "server", {"listen", "io_threads", "max_body_bytes", "request_timeout_ms", "drain_timeout_ms"});
     if (s["listen"]) ParseListen(r.String(s["listen"], "server.listen"), "server.listen", config.server);
     if (s["io_threads"]) config.server.io_threads = r.Int(s["io_threads"], "server.io_threads", 0, 1024);
     if (s["max_body_bytes"]) {
@@ -115,6 +115,9 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
     if (s["request_timeout_ms"]) {
       config.server.request_timeout_ms =
           r.Int(s["request_timeout_ms"], "server.request_timeout_ms", 100, 86'400'000);
+    }
+    if (s["drain_timeout_ms"]) {
+      config.server.drain_timeout_ms = r.Int(s["drain_timeout_ms"], "server.drain_timeout_ms", 0, 3'600'000);
     }
   }
   if (auto d = root["database"]) {

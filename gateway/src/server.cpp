@@ -44,8 +44,7 @@ namespace {
 constexpr size_t kHeaderLimitBytes = 16 * 1024;
 constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
-constexpr auto kDrainTimeout = std::chrono::seconds(30);
-// After the drain timeout, calls still running are cancelled; this long is
+// After server.drain_timeout_ms, calls still running are cancelled; this long is
 // left for them to end (CallDriver::kCancelGrace plus writing the end).
 constexpr auto kShutdownGrace = std::chrono::seconds(8);
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);
@@ -907,8 +906,8 @@ int Serve(const Config& config, const ServeOptions& options) {
     asio::co_spawn(ioc, Accept(services, acceptor), asio::detached);
 
     // Stop: close the listener, let in-flight calls finish (up to
-    // kDrainTimeout), then cancel the ones left and wait for them to end (up
-    // to kShutdownGrace), then stop the loop. Usage rows are flushed after
+    // server.drain_timeout_ms), then cancel the ones left and wait for them to
+    // end (up to kShutdownGrace), then stop the loop. Usage rows are flushed after
     // the threads are joined.
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     asio::steady_timer drain(ioc);
@@ -934,7 +933,7 @@ int Serve(const Config& config, const ServeOptions& options) {
       services.stopping = true;
       beast::error_code ignored;
       acceptor.close(ignored);
-      drain_until = Clock::now() + kDrainTimeout;
+      drain_until = Clock::now() + std::chrono::milliseconds(config.server.drain_timeout_ms);
       drain_poll();
     });
 

@@ -25,6 +25,9 @@ struct ServerConfig {
   int io_threads = 0;                        // 0 = one per core
   int64_t max_body_bytes = 4 * 1024 * 1024;  // larger bodies get 413
   int64_t request_timeout_ms = 600'000;      // whole call
+  // On SIGTERM/SIGINT: how long calls in flight may run on before they are
+  // cancelled (503 / an error event), then at most 8 s more for them to end.
+  int64_t drain_timeout_ms = 30'000;
 };
 
 struct UsageConfig {

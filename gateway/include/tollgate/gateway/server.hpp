@@ -1,7 +1,8 @@
 // `tollgate serve`: builds the providers, catalog, key cache and usage
 // recorder from a Config, runs the HTTP server on io_threads threads, and on
-// SIGTERM/SIGINT stops accepting, lets in-flight calls finish (up to 30 s),
-// flushes usage rows and returns.
+// SIGTERM/SIGINT stops accepting, lets in-flight calls finish (up to
+// server.drain_timeout_ms), cancels the ones left and waits for them to end
+// (docs/request-lifecycle.md, "Shutdown"), flushes usage rows and returns.
 //
 // Its implementation, gateway/src/server.cpp, is the gateway's only
 // translation unit that includes Beast (providers/src/http_client.cpp is the
