@@ -109,6 +109,14 @@ TEST(Utf8Stitcher, HoldsBackASplitCharacterUntilItCompletes) {
   EXPECT_EQ(s.Flush(), "\xEF\xBF\xBD");
 }
 
+TEST(ValidUtf8, ReplacesEveryByteOutsideAWellFormedSequence) {
+  EXPECT_EQ(ValidUtf8("plain \xE4\xBD\xA0"), "plain \xE4\xBD\xA0");
+  EXPECT_EQ(ValidUtf8("a\xE4\xBD" "b"), "a\xEF\xBF\xBD\xEF\xBF\xBD" "b");      // a cut character
+  EXPECT_EQ(ValidUtf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");            // overlong '/'
+  EXPECT_EQ(ValidUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // a surrogate
+  EXPECT_EQ(ValidUtf8("\xF4\x90\x80\x80").size(), 12u);                    // past U+10FFFF
+}
+
 TEST(RandomBase62, IsAlphanumericAndDoesNotRepeat) {
   std::set<std::string> seen;
   for (int i = 0; i < 1000; ++i) {

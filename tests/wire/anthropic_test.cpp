@@ -564,6 +564,29 @@ TEST(AnthropicDecode, ThinkingSplitInsideACharacterComesOutWhole) {
   EXPECT_EQ(Accumulate(d.events).choices[0].reasoning[0].text, think + "考");
 }
 
+TEST(AnthropicDecode, ToolArgumentsSplitInsideACharacterComeOutWhole) {
+  const std::string city = "\xE5\x8C\x97\xE4\xBA\xAC";  // 北京
+  const std::string body = Sse({
+      {"content_block_start",
+       R"({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"weather","input":{}}})"},
+      {"content_block_delta",
+       R"({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"city\":\")" +
+           city.substr(0, 4) + R"("}})"},
+      {"content_block_delta",
+       R"({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":")" +
+           city.substr(4) + R"(\"}"}})"},
+      {"content_block_stop", R"({"type":"content_block_stop","index":0})"},
+  });
+  const Decoded d = DecodeStream(body);
+  ASSERT_FALSE(d.error);
+  for (const auto& e : d.events) {
+    if (const auto* c = std::get_if<ToolCallDelta>(&e)) {
+      EXPECT_EQ(ValidUtf8(c->arguments), c->arguments) << "every fragment is valid UTF-8";
+    }
+  }
+  EXPECT_EQ(Accumulate(d.events).choices[0].tool_calls[0].arguments, "{\"city\":\"" + city + "\"}");
+}
+
 TEST(AnthropicDecode, TextCutInsideACharacterAtTheEndBecomesReplacementCharacter) {
   const std::string body = Sse({
       {"content_block_start",

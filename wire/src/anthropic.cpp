@@ -130,19 +130,6 @@ std::string Serialize(const json::value* v) {
   return json::serialize(*v);
 }
 
-// Upstream bodies: raw bytes of a character split across two deltas must
-// parse, so invalid UTF-8 inside strings is allowed here (the Utf8Stitcher
-// joins the halves).
-std::optional<json::value> ParseUpstream(std::string_view text) {
-  json::parse_options options;
-  options.max_depth = 64;
-  options.allow_invalid_utf8 = true;
-  boost::system::error_code ec;
-  json::value v = json::parse(text, ec, {}, options);
-  if (ec) return std::nullopt;
-  return v;
-}
-
 // ------------------------------------------------------------------ inbound decoding
 
 struct DecodeState {
@@ -630,17 +617,13 @@ json::object TextBlock(std::string_view text, const CacheControl& cc) {
 // (http(s) URLs; Anthropic rejects other schemes itself).
 json::object ImageBlock(const ImagePart& image) {
   json::object source;
-  const std::string_view url = image.url;
-  constexpr std::string_view kData = "data:";
-  constexpr std::string_view kBase64 = ";base64,";
-  const auto marker = url.find(kBase64);
-  if (url.substr(0, kData.size()) == kData && marker != std::string_view::npos) {
+  if (auto data = ParseDataUri(image.url)) {
     source["type"] = "base64";
-    source["media_type"] = url.substr(kData.size(), marker - kData.size());
-    source["data"] = url.substr(marker + kBase64.size());
+    source["media_type"] = data->media_type;
+    source["data"] = data->base64;
   } else {
     source["type"] = "url";
-    source["url"] = url;
+    source["url"] = image.url;
   }
   json::object block;
   block["type"] = "image";
@@ -1060,7 +1043,7 @@ Result<void> ResponseDecoder::OnBlockStart(const json::object& event, std::vecto
   const std::string_view type = StringAt(*content, "type");
   if (type == "text") {
     block.kind = BlockKind::kText;
-    const std::string text = block.stitcher.Push(StringAt(*content, "text"));
+    const std::string text = ValidUtf8(block.stitcher.Push(StringAt(*content, "text")));
     if (!text.empty()) out.emplace_back(TextDelta{0, text});
   } else if (type == "thinking") {
     block.kind = BlockKind::kThinking;
@@ -1068,7 +1051,7 @@ Result<void> ResponseDecoder::OnBlockStart(const json::object& event, std::vecto
     ReasoningDelta delta;
     delta.index = block.index;
     delta.kind = ReasoningPart::Kind::kText;
-    delta.text = block.stitcher.Push(StringAt(*content, "thinking"));
+    delta.text = ValidUtf8(block.stitcher.Push(StringAt(*content, "thinking")));
     delta.signature = Str(StringAt(*content, "signature"));
     delta.format = Str(kFormat);
     out.emplace_back(std::move(delta));
@@ -1108,10 +1091,10 @@ Result<void> ResponseDecoder::OnBlockDelta(const json::object& event, std::vecto
   Block& block = it->second;
   const std::string_view type = StringAt(*delta, "type");
   if (type == "text_delta" && block.kind == BlockKind::kText) {
-    const std::string text = block.stitcher.Push(StringAt(*delta, "text"));
+    const std::string text = ValidUtf8(block.stitcher.Push(StringAt(*delta, "text")));
     if (!text.empty()) out.emplace_back(TextDelta{0, text});
   } else if (type == "thinking_delta" && block.kind == BlockKind::kThinking) {
-    const std::string text = block.stitcher.Push(StringAt(*delta, "thinking"));
+    const std::string text = ValidUtf8(block.stitcher.Push(StringAt(*delta, "thinking")));
     if (!text.empty()) {
       ReasoningDelta r;
       r.index = block.index;
@@ -1124,10 +1107,11 @@ Result<void> ResponseDecoder::OnBlockDelta(const json::object& event, std::vecto
     r.signature = Str(StringAt(*delta, "signature"));
     out.emplace_back(std::move(r));
   } else if (type == "input_json_delta" && block.kind == BlockKind::kToolUse) {
-    const std::string_view partial = StringAt(*delta, "partial_json");
+    // A character of a string argument may be split between two deltas.
+    std::string partial = ValidUtf8(block.stitcher.Push(StringAt(*delta, "partial_json")));
     if (!partial.empty()) {
       block.has_input = true;
-      out.emplace_back(ToolCallDelta{0, block.index, {}, {}, Str(partial), {}});
+      out.emplace_back(ToolCallDelta{0, block.index, {}, {}, std::move(partial), {}});
     }
   }
   // citations_delta, deltas of server tool blocks, newer delta types: ignored.
@@ -1145,6 +1129,8 @@ void ResponseDecoder::OnBlockStop(Block& block, std::vector<StreamEvent>& out) {
     r.index = block.index;
     r.text = std::move(tail);
     out.emplace_back(std::move(r));
+  } else if (block.kind == BlockKind::kToolUse && !tail.empty()) {
+    out.emplace_back(ToolCallDelta{0, block.index, {}, {}, std::move(tail), {}});
   } else if (block.kind == BlockKind::kToolUse && !block.has_input) {
     // No input_json_delta with content: the call takes no arguments.
     out.emplace_back(ToolCallDelta{
@@ -1154,7 +1140,7 @@ void ResponseDecoder::OnBlockStop(Block& block, std::vector<StreamEvent>& out) {
 
 Result<void> ResponseDecoder::OnEvent(std::string_view type, std::string_view data,
                                       std::vector<StreamEvent>& out) {
-  const auto parsed = ParseUpstream(data);
+  const auto parsed = ParseUpstreamJson(data);
   if (!parsed || !parsed->is_object()) {
     return BadUpstream("Anthropic upstream sent an event that is not a JSON object");
   }
@@ -1200,7 +1186,7 @@ Result<void> ResponseDecoder::OnEvent(std::string_view type, std::string_view da
 }
 
 Result<void> ResponseDecoder::OnWholeResponse(std::string_view body, std::vector<StreamEvent>& out) {
-  const auto parsed = ParseUpstream(body);
+  const auto parsed = ParseUpstreamJson(body);
   if (!parsed || !parsed->is_object()) {
     return BadUpstream("Anthropic upstream answered with a body that is not JSON");
   }

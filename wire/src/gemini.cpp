@@ -51,147 +51,11 @@ constexpr int kMaxCandidates = 64;
 
 // ---------------------------------------------------------------- text helpers
 
-// Length of the well-formed UTF-8 sequence starting at `i` (RFC 3629 section 4:
-// no overlongs, no surrogates, nothing above U+10FFFF), or 0.
-std::size_t SequenceLength(std::string_view s, std::size_t i) {
-  const auto b0 = static_cast<unsigned char>(s[i]);
-  if (b0 < 0x80) return 1;
-  std::size_t n = 0;
-  uint32_t cp = 0;
-  uint32_t min = 0;
-  if ((b0 & 0xE0) == 0xC0) {
-    n = 2, cp = b0 & 0x1Fu, min = 0x80;
-  } else if ((b0 & 0xF0) == 0xE0) {
-    n = 3, cp = b0 & 0x0Fu, min = 0x800;
-  } else if ((b0 & 0xF8) == 0xF0) {
-    n = 4, cp = b0 & 0x07u, min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (std::size_t k = 1; k < n; ++k) {
-    const auto b = static_cast<unsigned char>(s[i + k]);
-    if ((b & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (b & 0x3Fu);
-  }
-  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return n;
-}
-
-// Upstream chunks are parsed with invalid UTF-8 allowed (so that a character
-// split across chunks reaches the stitcher); whatever is still invalid after
-// stitching becomes U+FFFD here, so no event carries bytes that would make
-// the JSON we serialize from it invalid.
-std::string SanitizeUtf8(std::string_view text) {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const std::size_t n = SequenceLength(text, i);
-    if (n == 0) break;
-    i += n;
-  }
-  if (i == text.size()) return std::string(text);
-  std::string out(text.substr(0, i));
-  while (i < text.size()) {
-    const std::size_t n = SequenceLength(text, i);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";  // U+FFFD
-      ++i;
-    } else {
-      out.append(text.substr(i, n));
-      i += n;
-    }
-  }
-  return out;
-}
-
-std::string Base64Encode(std::string_view bytes) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  std::size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v = (static_cast<unsigned char>(bytes[i]) << 16) |
-                       (static_cast<unsigned char>(bytes[i + 1]) << 8) |
-                       static_cast<unsigned char>(bytes[i + 2]);
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += kAlphabet[v & 63];
-  }
-  if (i + 1 == bytes.size()) {
-    const uint32_t v = static_cast<unsigned char>(bytes[i]) << 16;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == bytes.size()) {
-    const uint32_t v = (static_cast<unsigned char>(bytes[i]) << 16) |
-                       (static_cast<unsigned char>(bytes[i + 1]) << 8);
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
-}
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size()) {
-      const int hi = HexValue(s[i + 1]);
-      const int lo = HexValue(s[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        out += static_cast<char>(hi * 16 + lo);
-        i += 2;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
-
 std::string ToLower(std::string_view s) {
   std::string out(s);
   for (char& c : out) {
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   }
-  return out;
-}
-
-// A data URI (RFC 2397): "data:[<mediatype>][;base64],<data>".
-struct DataUri {
-  std::string mime_type;
-  std::string base64;
-};
-
-std::optional<DataUri> ParseDataUri(std::string_view url) {
-  constexpr std::string_view kPrefix = "data:";
-  if (url.size() < kPrefix.size() || ToLower(url.substr(0, kPrefix.size())) != kPrefix) {
-    return std::nullopt;
-  }
-  const std::size_t comma = url.find(',');
-  if (comma == std::string_view::npos) return std::nullopt;
-  std::string_view header = url.substr(kPrefix.size(), comma - kPrefix.size());
-  const std::string_view payload = url.substr(comma + 1);
-  bool base64 = false;
-  if (header.size() >= 7 && ToLower(header.substr(header.size() - 7)) == ";base64") {
-    base64 = true;
-    header.remove_suffix(7);
-  }
-  DataUri out;
-  out.mime_type = std::string(header.substr(0, header.find(';')));
-  if (out.mime_type.empty()) out.mime_type = "text/plain";  // RFC 2397 section 2 default
-  out.base64 = base64 ? std::string(payload) : Base64Encode(PercentDecode(payload));
   return out;
 }
 
@@ -210,18 +74,6 @@ std::string GuessMimeType(std::string_view url) {
   if (ext == "heif") return "image/heif";
   if (ext == "pdf") return "application/pdf";
   return {};
-}
-
-// Parses an upstream chunk: the gateway's depth limit, invalid UTF-8 let
-// through to the stitchers (see SanitizeUtf8).
-std::optional<json::value> ParseUpstreamJson(std::string_view text) {
-  json::parse_options options;
-  options.max_depth = 64;
-  options.allow_invalid_utf8 = true;
-  boost::system::error_code ec;
-  json::value v = json::parse(text, ec, {}, options);
-  if (ec) return std::nullopt;
-  return v;
 }
 
 int64_t ClampInt32(int64_t v) {
@@ -299,7 +151,7 @@ json::object UsageJson(Usage usage) {
 // streams send the same object as an SSE event.
 Error UpstreamError(const json::value& value) {
   const json::object* o = value.if_object();
-  std::string message = o != nullptr ? SanitizeUtf8(StringAt(*o, "message")) : std::string();
+  std::string message = o != nullptr ? ValidUtf8(StringAt(*o, "message")) : std::string();
   const std::string_view status = o != nullptr ? StringAt(*o, "status") : std::string_view();
   int64_t code = 0;
   if (o != nullptr) {
@@ -329,7 +181,7 @@ json::object TextJson(std::string_view text) { return json::object{{"text", text
 json::object ImageJson(const ImagePart& image) {
   if (auto data = ParseDataUri(image.url)) {
     return json::object{
-        {"inlineData", json::object{{"mimeType", data->mime_type}, {"data", data->base64}}}};
+        {"inlineData", json::object{{"mimeType", data->media_type}, {"data", data->base64}}}};
   }
   json::object file;
   if (std::string mime = GuessMimeType(image.url); !mime.empty()) file["mimeType"] = mime;
@@ -992,7 +844,7 @@ Result<void> ResponseDecoder::OnResponse(const json::value& response, std::vecto
 
 void ResponseDecoder::OnPart(int choice, Candidate& state, const json::object& part,
                              std::vector<StreamEvent>& out) {
-  const std::string signature = SanitizeUtf8(StringAt(part, "thoughtSignature"));
+  const std::string signature = ValidUtf8(StringAt(part, "thoughtSignature"));
   if (const json::object* fc = ObjectAt(part, "functionCall")) {
     CloseThought(choice, state, out);
     CloseText(choice, state, out);
@@ -1003,9 +855,9 @@ void ResponseDecoder::OnPart(int choice, Candidate& state, const json::object& p
     d.choice = choice;
     d.index = state.next_tool_index++;
     d.id = NewToolCallId();
-    d.name = SanitizeUtf8(StringAt(*fc, "name"));
+    d.name = ValidUtf8(StringAt(*fc, "name"));
     const json::object* args = ObjectAt(*fc, "args");
-    d.arguments = args != nullptr ? SanitizeUtf8(json::serialize(*args)) : "{}";
+    d.arguments = args != nullptr ? ValidUtf8(json::serialize(*args)) : "{}";
     d.thought_signature = signature;
     state.call_seen = true;
     out.emplace_back(std::move(d));
@@ -1020,7 +872,7 @@ void ResponseDecoder::OnPart(int choice, Candidate& state, const json::object& p
       // reasoning block for as long as thought parts follow each other.
       CloseText(choice, state, out);
       if (state.open_thought_block < 0) state.open_thought_block = state.next_reasoning_index++;
-      std::string piece = SanitizeUtf8(state.thought.Push(t));
+      std::string piece = ValidUtf8(state.thought.Push(t));
       if (!piece.empty() || !signature.empty()) {
         out.emplace_back(ReasoningDelta{choice, state.open_thought_block, ReasoningPart::Kind::kText,
                                         std::move(piece), signature, {}, std::string(kFormat), {}});
@@ -1035,7 +887,7 @@ void ResponseDecoder::OnPart(int choice, Candidate& state, const json::object& p
       out.emplace_back(ReasoningDelta{choice, state.next_reasoning_index++, ReasoningPart::Kind::kEncrypted,
                                       {}, {}, signature, std::string(kFormat), {}});
     }
-    std::string piece = SanitizeUtf8(state.text.Push(t));
+    std::string piece = ValidUtf8(state.text.Push(t));
     if (!piece.empty()) out.emplace_back(TextDelta{choice, std::move(piece)});
     return;
   }

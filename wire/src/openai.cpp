@@ -1134,59 +1134,6 @@ void ReasoningJson(const ReasoningSettings& s, ReasoningStyle style, json::objec
 
 // ---------------------------------------------------------------- upstream responses
 
-// Upstream bodies are parsed with invalid UTF-8 allowed: a server that splits
-// a character between two chunks sends each half as (invalid) string bytes;
-// the Utf8Stitcher of that text joins them again.
-std::optional<json::value> ParseUpstreamJson(std::string_view text) {
-  json::parse_options options;
-  options.max_depth = 64;
-  options.allow_invalid_utf8 = true;
-  boost::system::error_code ec;
-  json::value v = json::parse(text, ec, {}, options);
-  if (ec) return std::nullopt;
-  return v;
-}
-
-// `text` with every byte that is not part of a well-formed UTF-8 sequence
-// (Unicode 15.0, table 3-7: no overlongs, surrogates or values past U+10FFFF)
-// replaced by U+FFFD. Upstream JSON is parsed with invalid UTF-8 allowed (see
-// ParseUpstreamJson); what leaves the decoder is always valid UTF-8.
-std::string ValidUtf8(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  std::size_t i = 0;
-  auto continuation = [&](std::size_t k, unsigned char lo = 0x80, unsigned char hi = 0xBF) {
-    if (i + k >= text.size()) return false;
-    const auto b = static_cast<unsigned char>(text[i + k]);
-    return b >= lo && b <= hi;
-  };
-  while (i < text.size()) {
-    const auto b = static_cast<unsigned char>(text[i]);
-    std::size_t n = 0;  // length of the well-formed sequence at i, 0 if none
-    if (b < 0x80) {
-      n = 1;
-    } else if (b >= 0xC2 && b <= 0xDF) {
-      n = continuation(1) ? 2 : 0;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-      const unsigned char lo = b == 0xE0 ? 0xA0 : 0x80;
-      const unsigned char hi = b == 0xED ? 0x9F : 0xBF;
-      n = continuation(1, lo, hi) && continuation(2) ? 3 : 0;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-      const unsigned char lo = b == 0xF0 ? 0x90 : 0x80;
-      const unsigned char hi = b == 0xF4 ? 0x8F : 0xBF;
-      n = continuation(1, lo, hi) && continuation(2) && continuation(3) ? 4 : 0;
-    }
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";
-      ++i;
-    } else {
-      out.append(text.substr(i, n));
-      i += n;
-    }
-  }
-  return out;
-}
-
 std::string CapMessage(std::string_view text) {
   if (text.size() <= kMaxUpstreamMessageBytes) return std::string(text);
   constexpr std::string_view kEllipsis = "...";

@@ -29,6 +29,14 @@ class Utf8Stitcher {
   std::string tail_;
 };
 
+// `text` with every byte that is not part of a well-formed UTF-8 sequence
+// (RFC 3629 section 4: no overlong forms, no surrogates, nothing above
+// U+10FFFF) replaced by U+FFFD. Upstream JSON is parsed with invalid UTF-8
+// allowed (a character split across chunks arrives in invalid halves); what
+// leaves a decoder goes through this, so no event carries bytes that would
+// make the JSON serialized from it invalid.
+std::string ValidUtf8(std::string_view text);
+
 // `n` characters from [0-9A-Za-z], from the kernel's CSPRNG (getrandom(2)),
 // uniformly distributed (rejection sampling). Throws std::runtime_error only
 // if the kernel refuses randomness.

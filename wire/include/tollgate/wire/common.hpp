@@ -57,4 +57,20 @@ std::string NewToolCallId();
 // from callers). nullopt when it is not JSON.
 std::optional<boost::json::value> ParseJson(std::string_view text);
 
+// The same for an upstream's body or stream chunk, with invalid UTF-8 inside
+// strings allowed: a server that splits a character between two chunks sends
+// each half as invalid bytes. The decoders join the halves (Utf8Stitcher) and
+// pass what they emit through ValidUtf8 (core/text.hpp).
+std::optional<boost::json::value> ParseUpstreamJson(std::string_view text);
+
+// A data URI (RFC 2397: "data:[<mediatype>][;base64],<data>"), with its
+// payload as base64 (a percent-encoded payload is decoded and re-encoded).
+// The media type defaults to "text/plain" (RFC 2397 section 2). nullopt when
+// `url` is not a data URI.
+struct DataUri {
+  std::string media_type;
+  std::string base64;
+};
+std::optional<DataUri> ParseDataUri(std::string_view url);
+
 }  // namespace tollgate::wire
