@@ -58,7 +58,7 @@ std::size_t EventBytes(const StreamEvent& event) {
     std::size_t operator()(const ToolCallDelta& e) const {
       return e.id.size() + e.name.size() + e.arguments.size() + e.thought_signature.size();
     }
-    std::size_t operator()(const FinishDelta& e) const { return e.native_reason.size(); }
+    std::size_t operator()(const FinishDelta& e) const { return e.native_reason.size() + e.stop_sequence.size(); }
     std::size_t operator()(const UsageDelta&) const { return 0; }
   };
   // A fixed overhead per event, so that empty events still count.
@@ -110,6 +110,7 @@ void ResponseAccumulator::Add(const StreamEvent& event) {
     if (choice == nullptr) return;
     choice->finish = e->reason;
     choice->native_finish_reason = e->native_reason;
+    choice->stop_sequence = e->stop_sequence;
   } else if (const auto* e = std::get_if<UsageDelta>(&event)) {
     response_.usage = e->usage;
   }
@@ -142,7 +143,9 @@ std::vector<StreamEvent> ResponseEvents(const ChatResponse& response) {
       events.emplace_back(ToolCallDelta{ci, static_cast<int>(t), call.id, call.name, call.arguments,
                                         call.thought_signature});
     }
-    if (choice.finish) events.emplace_back(FinishDelta{ci, *choice.finish, choice.native_finish_reason});
+    if (choice.finish) {
+      events.emplace_back(FinishDelta{ci, *choice.finish, choice.native_finish_reason, choice.stop_sequence});
+    }
   }
   if (response.usage) events.emplace_back(UsageDelta{*response.usage});
   return events;

@@ -291,6 +291,7 @@ class ConnectionSink final : public ClientSink {
     }
   }
   std::string TakeOutput() { return std::exchange(out_, std::string()); }
+  bool has_output() const { return !out_.empty(); }
   // The writer sent what it took: let a waiting driver go on.
   void Written() {
     if (resume_ && out_.size() < kClientBufferBytes) {
@@ -694,6 +695,9 @@ class Connection {
         driver->Cancel();
       }
       sink->Written();
+      // The call may have ended while the write was in flight, adding its
+      // last events: write those first, so a stream always ends whole.
+      if (sink->has_output() && !client_gone) continue;
       if (sink->done() && !client_gone) {
         if (!http10) {
           stream_.expires_after(kWriteTimeout);

@@ -192,6 +192,7 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     };
 
     FinishReason finish = FinishReason::kLength;
+    std::string stop_sequence;
     bool stopped_by_string = false;
     int64_t generated = 0;
     while (true) {
@@ -219,6 +220,7 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
       emit(out.text);
       if (out.stopped) {
         finish = FinishReason::kStop;
+        stop_sequence = out.matched;
         stopped_by_string = true;
         break;
       }
@@ -234,10 +236,13 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     if (!stopped_by_string) {
       StopMatcher::Output out = stop_matcher.Push(detokenizer.Flush());
       emit(out.text);
-      if (out.stopped) finish = FinishReason::kStop;
+      if (out.stopped) {
+        finish = FinishReason::kStop;
+        stop_sequence = out.matched;
+      }
       emit(stop_matcher.Flush());
     }
-    sink.OnEvent(FinishDelta{0, finish, std::string(FinishReasonName(finish))});
+    sink.OnEvent(FinishDelta{0, finish, std::string(FinishReasonName(finish)), std::move(stop_sequence)});
     Usage usage;
     usage.prompt_tokens = prompt_tokens;
     usage.completion_tokens = generated;

@@ -94,10 +94,18 @@ StopMatcher::Output StopMatcher::Push(std::string_view text) {
   if (stopped_) return out;
   held_ += text;
   size_t first = std::string::npos;
-  for (const std::string& stop : stops_) first = std::min(first, held_.find(stop));
-  if (first != std::string::npos) {
+  const std::string* matched = nullptr;
+  for (const std::string& stop : stops_) {
+    const size_t at = held_.find(stop);
+    if (at < first) {
+      first = at;
+      matched = &stop;
+    }
+  }
+  if (matched != nullptr) {
     out.text = held_.substr(0, first);
     out.stopped = true;
+    out.matched = *matched;
     stopped_ = true;
     held_.clear();
     return out;

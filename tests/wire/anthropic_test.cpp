@@ -1572,6 +1572,26 @@ TEST(AnthropicStream, TextAnswerHasTheDocumentedEventOrder) {
     "usage":{"input_tokens":42,"cache_creation_input_tokens":0,"cache_read_input_tokens":10,"output_tokens":7}})"));
 }
 
+TEST(AnthropicStream, AMatchedStopSequenceIsNamed) {
+  StreamEncoder encoder(Meta(), 1);
+  encoder.Encode(TextDelta{0, "Once upon"});
+  encoder.Encode(FinishDelta{0, FinishReason::kStop, "stop", " a time"});
+  const auto events = ParseSse(encoder.Finish(Usage{5, 2}));
+  const auto& delta = events.at(events.size() - 2).second.at("delta");
+  EXPECT_EQ(delta.at("stop_reason"), "stop_sequence");
+  EXPECT_EQ(delta.at("stop_sequence"), " a time");
+
+  ChatResponse r;
+  r.choices.resize(1);
+  r.choices[0].text = "Once upon";
+  r.choices[0].finish = FinishReason::kStop;
+  r.choices[0].native_finish_reason = "stop_sequence";
+  r.choices[0].stop_sequence = " a time";
+  const json::value body = J(EncodeMessagesResponse(Meta(), r, Usage{5, 2}));
+  EXPECT_EQ(body.at("stop_reason"), "stop_sequence");
+  EXPECT_EQ(body.at("stop_sequence"), " a time");
+}
+
 TEST(AnthropicStream, MessageStartUsesUsageKnownBeforeContent) {
   StreamEncoder encoder(Meta(), 1);
   Usage early{2125, 1, 2000, 0, 100};

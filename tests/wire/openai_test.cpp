@@ -1553,9 +1553,13 @@ TEST(OpenAiResponse, AToolCallWithoutArgumentsReadsEmptyObjectAndGetsAnId) {
   const auto events = FeedChat({DeltaChunk(R"({"tool_calls":[{"index":0,"type":"function","function":{"name":"ping"}}]})"),
                                 DeltaChunk("{}", 0, R"("tool_calls")")});
   const auto calls = All<ToolCallDelta>(events);
-  ASSERT_EQ(calls.size(), 1u);
-  EXPECT_TRUE(calls[0].arguments.empty());  // the decoder emits what came
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_TRUE(calls[0].arguments.empty());
   EXPECT_EQ(calls[0].id.rfind("call_", 0), 0u);  // made up: the upstream sent none
+  // At the finish the call still has no arguments: the stream says "{}", so
+  // a client that concatenates the fragments gets valid JSON.
+  EXPECT_EQ(calls[1].arguments, "{}");
+  EXPECT_EQ(calls[1].index, 0);
   const ChatResponse r = Fold(events);
   EXPECT_EQ(r.choices[0].tool_calls[0].arguments, "{}");
   EXPECT_EQ(r.choices[0].tool_calls[0].name, "ping");

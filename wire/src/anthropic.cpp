@@ -1169,7 +1169,10 @@ Result<void> ResponseDecoder::OnEvent(std::string_view type, std::string_view da
   } else if (kind == "message_delta") {
     if (const json::object* delta = ObjectAt(event, "delta")) {
       const std::string_view reason = StringAt(*delta, "stop_reason");
-      if (!reason.empty()) out.emplace_back(FinishDelta{0, MapStopReason(reason), Str(reason)});
+      if (!reason.empty()) {
+        out.emplace_back(
+            FinishDelta{0, MapStopReason(reason), Str(reason), ValidUtf8(StringAt(*delta, "stop_sequence"))});
+      }
     }
     if (const json::object* usage = ObjectAt(event, "usage")) {
       ReadUsage(*usage);
@@ -1225,7 +1228,10 @@ Result<void> ResponseDecoder::OnWholeResponse(std::string_view body, std::vector
     }
   }
   const std::string_view reason = StringAt(message, "stop_reason");
-  if (!reason.empty()) out.emplace_back(FinishDelta{0, MapStopReason(reason), Str(reason)});
+  if (!reason.empty()) {
+    out.emplace_back(
+        FinishDelta{0, MapStopReason(reason), Str(reason), ValidUtf8(StringAt(message, "stop_sequence"))});
+  }
   if (const json::object* usage = ObjectAt(message, "usage")) {
     ReadUsage(*usage);
     out.emplace_back(UsageDelta{CurrentUsage()});
@@ -1361,6 +1367,7 @@ std::string StreamEncoder::Encode(const StreamEvent& event) {
     if (e->choice == 0) {
       finish_ = e->reason;
       native_finish_ = e->native_reason;
+      stop_sequence_ = e->stop_sequence;
     }
     return out;
   }
@@ -1442,9 +1449,14 @@ std::string StreamEncoder::Finish(const Usage& usage) {
   // Clients run tools when the turn says so; some upstreams end a tool-call
   // turn with a plain "stop".
   if (tool_use_sent_ && stop_reason == "end_turn") stop_reason = "tool_use";
+  json::value stop_sequence = nullptr;
+  if (!stop_sequence_.empty() && (stop_reason == "end_turn" || stop_reason == "stop_sequence")) {
+    stop_reason = "stop_sequence";
+    stop_sequence = stop_sequence_;
+  }
   AppendEvent(out,
               json::object{{"type", "message_delta"},
-                           {"delta", json::object{{"stop_reason", stop_reason}, {"stop_sequence", nullptr}}},
+                           {"delta", json::object{{"stop_reason", stop_reason}, {"stop_sequence", stop_sequence}}},
                            {"usage", UsageObject(usage)}});
   AppendEvent(out, json::object{{"type", "message_stop"}});
   return out;
@@ -1462,6 +1474,7 @@ std::string EncodeMessagesResponse(const ResponseMeta& meta, const ChatResponse&
   json::array content;
   bool tool_use = false;
   std::string_view stop_reason = "end_turn";
+  json::value stop_sequence = nullptr;
   if (!response.choices.empty()) {
     const ChoiceResult& choice = response.choices[0];
     for (const ReasoningPart& part : choice.reasoning) {
@@ -1485,6 +1498,10 @@ std::string EncodeMessagesResponse(const ResponseMeta& meta, const ChatResponse&
       tool_use = true;
     }
     stop_reason = StopReason(choice.finish.value_or(FinishReason::kStop), choice.native_finish_reason);
+    if (!choice.stop_sequence.empty() && (stop_reason == "end_turn" || stop_reason == "stop_sequence")) {
+      stop_reason = "stop_sequence";
+      stop_sequence = choice.stop_sequence;
+    }
   }
   if (tool_use && stop_reason == "end_turn") stop_reason = "tool_use";
   json::object body;
@@ -1494,7 +1511,7 @@ std::string EncodeMessagesResponse(const ResponseMeta& meta, const ChatResponse&
   body["model"] = meta.model;
   body["content"] = std::move(content);
   body["stop_reason"] = stop_reason;
-  body["stop_sequence"] = nullptr;
+  body["stop_sequence"] = stop_sequence;
   body["usage"] = UsageObject(usage);
   return json::serialize(body);
 }

@@ -1633,6 +1633,7 @@ void ResponseDecoder::AbsorbToolCall(int index, Choice& state, const json::objec
     call.name_sent = true;
   }
   delta.arguments = ValidUtf8(call.arguments.Push(arguments));
+  if (!arguments.empty()) call.has_arguments = true;
   if (is_new || !delta.name.empty() || !delta.arguments.empty()) out.emplace_back(std::move(delta));
 }
 
@@ -1646,6 +1647,12 @@ void ResponseDecoder::FlushChoice(int index, Choice& state, std::vector<StreamEv
   for (std::size_t i = 0; i < state.calls.size(); ++i) {
     if (std::string rest = state.calls[i].arguments.Flush(); !rest.empty()) {
       out.emplace_back(ToolCallDelta{index, static_cast<int>(i), {}, {}, std::move(rest)});
+    } else if (!state.calls[i].has_arguments) {
+      // A call that never sent an argument fragment takes no arguments: the
+      // canonical stream says "{}" (core/chat.hpp ToolCallDelta), so that a
+      // client concatenating fragments gets valid JSON.
+      state.calls[i].has_arguments = true;
+      out.emplace_back(ToolCallDelta{index, static_cast<int>(i), {}, {}, "{}"});
     }
   }
 }

@@ -269,8 +269,9 @@ struct ReasoningDelta {
 
 // A fragment of tool call `index` (0, 1, ... within the choice, distinct per
 // call even when the upstream repeats or omits indexes). The first fragment of
-// a call carries `id` and `name`; `arguments` fragments are concatenated (a
-// call that never sends any has arguments "{}").
+// a call carries `id` and `name`; `arguments` fragments are concatenated into
+// JSON text. A provider sends "{}" for a call without arguments, so the
+// concatenation is always a JSON object.
 struct ToolCallDelta {
   int choice = 0;
   int index = 0;
@@ -281,11 +282,14 @@ struct ToolCallDelta {
 };
 
 // Choice `choice` ended. `native_reason` is the provider's own word
-// ("end_turn", "MAX_TOKENS"), for usage rows.
+// ("end_turn", "MAX_TOKENS"), for usage rows. `stop_sequence` is the stop
+// string that ended it, when the provider says which (Anthropic's
+// `stop_sequence`, the local engine), else empty.
 struct FinishDelta {
   int choice = 0;
   FinishReason reason = FinishReason::kStop;
   std::string native_reason;
+  std::string stop_sequence;
 };
 
 // Usage of the whole call so far. Reports are cumulative: a later one
@@ -307,6 +311,7 @@ struct ChoiceResult {
   std::vector<ToolCallPart> tool_calls;   // in index order; arguments "{}" when none came
   std::optional<FinishReason> finish;     // nullopt until a FinishDelta
   std::string native_finish_reason;
+  std::string stop_sequence;              // FinishDelta::stop_sequence
 };
 
 // A whole answer: what a stream of events adds up to.

@@ -33,7 +33,8 @@
 // that may still turn out to be the start of a stop string.
 //
 // Events: a UsageDelta with the prompt's tokens once it is tokenized, then
-// TextDelta (choice 0) per piece of text, then FinishDelta (native
+// TextDelta (choice 0) per piece of text, then FinishDelta (with the matched
+// `stop_sequence` when a stop string ended it; native
 // reason "stop"/"length") and UsageDelta: prompt_tokens counts BOS,
 // completion_tokens the generated tokens (EOS excluded, tokens cut by a stop
 // string included), then OnComplete. Before each token the worker asks

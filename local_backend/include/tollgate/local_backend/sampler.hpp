@@ -60,6 +60,7 @@ class StopMatcher {
   struct Output {
     std::string text;      // safe to emit now
     bool stopped = false;  // a stop string was found; `text` ends right before it
+    std::string matched;   // that stop string (the earliest in the text)
   };
 
   // Appends generated text and returns what can be emitted. After a result

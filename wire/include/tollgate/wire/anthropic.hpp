@@ -184,7 +184,8 @@ class ResponseDecoder {
 // signature_delta, input_json_delta) and content_block_stop, one block open at
 // a time, each tool call its own tool_use block; a ping after message_start.
 // Finish: the open block's stop, message_delta {stop_reason, stop_sequence:
-// null} with the final usage, message_stop. A stream that fails after its
+// the matched stop string when the FinishDelta named one (stop_reason is then
+// "stop_sequence"), else null} with the final usage, message_stop. A stream that fails after its
 // first byte ends with ErrorEvent instead of Finish.
 // Details clients rely on: nothing is written before the first text,
 // reasoning or tool-call fragment (a UsageDelta is only remembered for
@@ -224,12 +225,13 @@ class StreamEncoder {
   bool tool_use_sent_ = false;
   std::optional<FinishReason> finish_;
   std::string native_finish_;
+  std::string stop_sequence_;
   std::optional<Usage> usage_;
 };
 
 // A whole Message body: id, type "message", role "assistant", model, content
 // blocks (thinking, redacted_thinking, text, tool_use with `input` objects) of
-// choice 0, stop_reason, stop_sequence null, usage (input_tokens = prompt -
+// choice 0, stop_reason, stop_sequence (as in the stream's Finish), usage (input_tokens = prompt -
 // cached - cache_write, cache_read_input_tokens, cache_creation_input_tokens,
 // output_tokens). As in the stream: thinking of another provider's format has
 // an empty signature, redacted_thinking is kept for Anthropic data only, and

@@ -175,6 +175,7 @@ class ResponseDecoder {
   struct ToolCall {
     std::string id;  // the upstream's, or one made up when it sent none
     bool name_sent = false;
+    bool has_arguments = false;  // a non-empty argument fragment came
     Utf8Stitcher arguments;
   };
   struct Choice {
