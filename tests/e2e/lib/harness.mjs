@@ -376,3 +376,297 @@ export function parseSse(text) {
 function assert_(cond, msg) {
   if (!cond) throw new Error(msg);
 }
+
+// ---------------------------------------------------------------- several upstream kinds
+//
+// What the SDK test files (test/providers.test.mjs, test/anthropic_api.test.mjs) share: the
+// @anthropic-ai/sdk import, a config writer for any set of providers and models, exact prices, the
+// local model's vocabulary (exact token counts for cut and stopped generations), named SSE events,
+// and a stack that starts a database, mocks and one gateway and always stops them by PID.
+
+/** Imports @anthropic-ai/sdk, failing with a clear message when `npm ci` has not been run. */
+export async function loadAnthropicSdk() {
+  const dir = path.join(E2E_DIR, 'node_modules', '@anthropic-ai', 'sdk');
+  if (!fs.existsSync(path.join(dir, 'package.json'))) {
+    throw new Error(`e2e: ${dir} is missing. Run \`npm ci\` in ${E2E_DIR} (scripts/test.sh does this for you).`);
+  }
+  const mod = await import('@anthropic-ai/sdk');
+  return { Anthropic: mod.default, AnthropicErrors: mod };
+}
+
+/**
+ * Writes a gateway config with any providers and models; returns its path.
+ *   providers: { id: { type, preset?, display_name?, base_url?, api_key? } }
+ *   models:    [{ id, name?, context_length?, endpoints: [{ provider, model, pricing: { prompt,
+ *               completion, cached_prompt?, cache_write? } (USD per million tokens, strings) }] }]
+ */
+export function writeGatewayConfig(workDir, {
+  databaseUrl, providers, models, maxBodyBytes = 1 << 20, flushIntervalMs = 50, batchSize = 64,
+  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml',
+}) {
+  const q = (s) => JSON.stringify(String(s));
+  let yaml = `# Written by tests/e2e/lib/harness.mjs (writeGatewayConfig) for one test run.
+server:
+  listen: "127.0.0.1:0"
+  io_threads: ${ioThreads}
+  max_body_bytes: ${maxBodyBytes}
+  request_timeout_ms: ${requestTimeoutMs}
+
+database:
+  url: ${q(databaseUrl)}
+
+usage:
+  flush_interval_ms: ${flushIntervalMs}
+  batch_size: ${batchSize}
+
+providers:
+`;
+  for (const [id, p] of Object.entries(providers)) {
+    yaml += `  ${id}:\n`;
+    for (const k of ['type', 'preset', 'display_name', 'base_url', 'api_key']) {
+      if (p[k] !== undefined) yaml += `    ${k}: ${q(p[k])}\n`;
+    }
+  }
+  yaml += '\nmodels:\n';
+  for (const m of models) {
+    yaml += `  - id: ${q(m.id)}\n`;
+    if (m.name !== undefined) yaml += `    name: ${q(m.name)}\n`;
+    if (m.context_length !== undefined) yaml += `    context_length: ${m.context_length}\n`;
+    yaml += '    endpoints:\n';
+    for (const e of m.endpoints) {
+      const pr = Object.entries(e.pricing).map(([k, v]) => `${k}: ${q(v)}`).join(', ');
+      yaml += `      - provider: ${q(e.provider)}\n        model: ${q(e.model)}\n        pricing: {${pr}}\n`;
+    }
+  }
+  const out = path.join(workDir, file);
+  fs.writeFileSync(out, yaml);
+  return out;
+}
+
+/** A price in USD per million tokens ("0.30") as BigInt femto-USD per token (= nano-USD per million). */
+function femtoPerToken(usdPerMillion) {
+  const m = /^(\d+)(?:\.(\d{1,9}))?$/.exec(String(usdPerMillion));
+  if (!m) throw new Error(`e2e: bad price ${usdPerMillion}`);
+  return BigInt(m[1]) * 1_000_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
+}
+
+/**
+ * The exact cost in nano-USD of a call, as core/money.hpp defines it: cache reads at cached_prompt,
+ * cache writes at cache_write (both default to prompt), the rest of the prompt at prompt,
+ * completion at completion; rounded half up to whole nano-USD. `pricing` is a config pricing
+ * object (USD per million tokens); `usage` {prompt, completion, cached?, cacheWrite?}.
+ */
+export function costNano(pricing, { prompt, completion, cached = 0, cacheWrite = 0 }) {
+  const p = femtoPerToken(pricing.prompt);
+  const c = femtoPerToken(pricing.completion);
+  const cr = pricing.cached_prompt !== undefined ? femtoPerToken(pricing.cached_prompt) : p;
+  const cw = pricing.cache_write !== undefined ? femtoPerToken(pricing.cache_write) : p;
+  const femto = BigInt(prompt - cached - cacheWrite) * p + BigInt(cached) * cr + BigInt(cacheWrite) * cw
+    + BigInt(completion) * c;
+  return Number((femto + 500_000n) / 1_000_000n);
+}
+
+/** GGUF metadata (key -> value) of a model file; arrays of strings and scalars only as needed. */
+function readGgufMetadata(file) {
+  const buf = fs.readFileSync(file);
+  if (buf.toString('latin1', 0, 4) !== 'GGUF') throw new Error(`e2e: ${file} is not a GGUF file`);
+  let off = 8; // magic, version
+  const u32 = () => { const v = buf.readUInt32LE(off); off += 4; return v; };
+  const u64 = () => { const v = Number(buf.readBigUInt64LE(off)); off += 8; return v; };
+  const str = () => { const n = u64(); const s = buf.toString('utf8', off, off + n); off += n; return s; };
+  const SIZE = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+  const value = (type) => {
+    if (type === 8) return str();
+    if (type === 9) {
+      const et = u32();
+      const n = u64();
+      const out = [];
+      for (let i = 0; i < n; i++) out.push(value(et));
+      return out;
+    }
+    if (!SIZE[type]) throw new Error(`e2e: GGUF value type ${type} in ${file}`);
+    const v = type === 4 ? buf.readUInt32LE(off) : type === 5 ? buf.readInt32LE(off) : type === 7 ? buf[off] !== 0 : null;
+    off += SIZE[type];
+    return v;
+  };
+  u64(); // tensor count
+  const n = u64();
+  const meta = {};
+  for (let i = 0; i < n; i++) {
+    const key = str();
+    meta[key] = value(u32());
+  }
+  return meta;
+}
+
+/**
+ * The local model's greedy generation for `prompt` (the reference), token by token, from the
+ * model file's own vocabulary: generated(maxTokens) and stopped(stop) give the exact text, token
+ * count and finish reason the engine must report (local_provider.cpp: a token that completes a
+ * stop string is counted; the stop string and what follows are cut).
+ */
+export function localGeneration(prompt) {
+  const ref = referenceFor(prompt);
+  const meta = readGgufMetadata(path.join(modelDir(), 'stories260K.gguf'));
+  const tokens = meta['tokenizer.ggml.tokens'];
+  const piece = (id) => {
+    const byte = /^<0x([0-9A-F]{2})>$/.exec(tokens[id]);
+    return byte ? String.fromCharCode(parseInt(byte[1], 16)) : tokens[id].replaceAll('\u2581', ' ');
+  };
+  const file = [process.env.TOLLGATE_MODEL_DIR, path.join(REPO_ROOT, 'models'), path.join(REPO_ROOT, '..', 'shared', 'models')]
+    .filter(Boolean).map((d) => path.join(d, 'stories260K-reference.json')).find((f) => fs.existsSync(f));
+  const entry = JSON.parse(fs.readFileSync(file, 'utf8')).prompts.find((p) => p.prompt === prompt);
+  const pieces = entry.llama_cpp_f32.generated_ids.map(piece);
+  if (pieces.join('') !== ref.generatedText) throw new Error('e2e: the vocabulary does not reproduce the reference text');
+  return {
+    promptTokens: ref.promptTokensWithBos,
+    pieces,
+    text: ref.generatedText,
+    generated(maxTokens) {
+      if (maxTokens > pieces.length) throw new Error(`e2e: the reference has only ${pieces.length} tokens`);
+      return { text: pieces.slice(0, maxTokens).join(''), completionTokens: maxTokens, finish: 'length' };
+    },
+    stopped(stop) {
+      let text = '';
+      for (let i = 0; i < pieces.length; i++) {
+        text += pieces[i];
+        const at = text.indexOf(stop);
+        if (at >= 0) return { text: text.slice(0, at), completionTokens: i + 1, finish: 'stop' };
+      }
+      throw new Error(`e2e: ${JSON.stringify(stop)} does not occur in the reference`);
+    },
+  };
+}
+
+/** Reads an SSE body into [{event, data}] (event null when unnamed), checking the framing strictly. */
+export function parseSseEvents(text) {
+  const body = text.replaceAll('\r\n', '\n');
+  assert_(body.endsWith('\n\n'), `SSE body must end with a blank line, ends with ${JSON.stringify(body.slice(-20))}`);
+  const out = [];
+  for (const block of body.split('\n\n').slice(0, -1)) {
+    const lines = block.split('\n').filter((l) => !l.startsWith(':'));
+    if (lines.length === 0) continue;
+    let event = null;
+    const data = [];
+    for (const l of lines) {
+      if (l.startsWith('event:')) event = l.slice(6).trim();
+      else if (l.startsWith('data:')) data.push(l.slice(5).replace(/^ /, ''));
+      else throw new Error(`e2e: unexpected SSE line ${JSON.stringify(l)}`);
+    }
+    out.push({ event, data: data.join('\n') });
+  }
+  return out;
+}
+
+/** Waits `ms` for the write-behind flush, then resolves the rows of `requestId` (normally none). */
+export async function usageRowsAfter(db, requestId, ms = 400) {
+  await sleep(ms);
+  return (await db.query('SELECT * FROM usage_events WHERE request_id = $1', [requestId])).rows;
+}
+
+/**
+ * One database, the mocks and one gateway for a test file, stopped by stop() whatever happened:
+ *   const stack = createStack('tag');
+ *   before(() => stack.start({ pg, mocks: { openai: () => startMockOpenAI() }, keys: ['main'],
+ *                              config: (mocks, databaseUrl) => ({ providers, models }) }));
+ *   after(() => stack.stop());
+ * Then stack.gw (the gateway), stack.db (a pg.Client on its database), stack.keys.main,
+ * stack.mocks.openai, stack.env.
+ */
+export function createStack(tag) {
+  const stack = {
+    workDir: null, database: null, gw: null, db: null, mocks: {}, keys: {}, env: {}, stopped: null,
+    async start({ pg, mocks = {}, keys = ['main'], config, gatewayEnv = {} }) {
+      stack.workDir = makeWorkDir(tag);
+      for (const [name, start] of Object.entries(mocks)) stack.mocks[name] = await start();
+      stack.database = await createDatabase(pg, `tollgate_${tag.replace(/[^a-z0-9_]/gi, '_')}`);
+      stack.env = { TOLLGATE_DATABASE_URL: stack.database.url };
+      await runCliOk(['migrate'], { env: stack.env });
+      for (const k of keys) {
+        stack.keys[k] = (await runCliOk(['keys', 'create', '--name', `${tag}-${k}`], { env: stack.env })).stdout.trim();
+      }
+      stack.db = new pg.Client({ connectionString: stack.database.url });
+      await stack.db.connect();
+      const { providers, models, ...options } = config(stack.mocks, stack.database.url);
+      const configPath = writeGatewayConfig(stack.workDir, { databaseUrl: stack.database.url, providers, models, ...options });
+      stack.gw = await startGateway({ configPath, workDir: stack.workDir, env: { ...stack.env, ...gatewayEnv } });
+      return stack;
+    },
+    async stop({ logLines = 60 } = {}) {
+      if (stack.gw) stack.stopped = await stack.gw.stop('SIGTERM');
+      for (const m of Object.values(stack.mocks)) await m.close().catch(() => {});
+      if (stack.db) await stack.db.end().catch(() => {});
+      if (stack.database) {
+        await stack.database.drop().catch((e) => console.error(`e2e: could not drop ${stack.database.name}: ${e.message}`));
+      }
+      if (stack.gw) {
+        console.error(`--- gateway log (${stack.gw.logFile}), exit ${JSON.stringify(stack.stopped)} ---\n${tail(stack.gw.logFile, logLines)}`);
+      }
+      if (stack.workDir) fs.rmSync(stack.workDir, { recursive: true, force: true });
+    },
+  };
+  return stack;
+}
+
+// ---------------------------------------------------------------- the upstream matrix
+//
+// One gateway serving every kind of model the SDK test files drive: the local model, a mock
+// OpenAI-compatible upstream through preset `openai` and through preset `deepseek` (base_url
+// pointed at the mock), a mock Anthropic upstream and a mock Gemini upstream. Model ids are
+// KIND/SCENARIO ("anthropic/mock-tools"); the upstream model is the scenario's magic name
+// (mock_openai.mjs), or KIND-test-upstream for "KIND/default". Prices (USD per million tokens)
+// differ per kind and are whole nano-USD per token, so every cost is exact.
+
+export const MATRIX_KINDS = ['openai', 'deepseek', 'anthropic', 'gemini'];
+export const MATRIX_PRICES = {
+  local: { prompt: '0.01', completion: '0.02' },
+  openai: { prompt: '1.00', completion: '2.00', cached_prompt: '0.50' },
+  deepseek: { prompt: '0.25', completion: '1.10', cached_prompt: '0.07' },
+  anthropic: { prompt: '3', completion: '15', cached_prompt: '0.30', cache_write: '3.75' },
+  gemini: { prompt: '0.30', completion: '2.50', cached_prompt: '0.03' },
+};
+/** The display names usage rows and answers carry (the presets' own for openai and deepseek). */
+export const MATRIX_PROVIDER_NAMES = {
+  local: 'Local', openai: 'OpenAI', deepseek: 'DeepSeek', anthropic: 'Anthropic', gemini: 'Google AI Studio',
+};
+export const MATRIX_SCENARIOS = [
+  'default', 'mock-tools', 'mock-parallel-tools', 'mock-tool-no-args', 'mock-reasoning', 'mock-json', 'mock-stop',
+  'mock-length', 'mock-image', 'mock-cjk', 'mock-cache', 'mock-error-400', 'mock-error-401', 'mock-error-429',
+  'mock-error-500', 'mock-error-529', 'mock-truncated', 'mock-midstream-error',
+];
+export const LOCAL_MODEL = 'local/stories260k';
+
+/** The upstream model name of a matrix model id ("gemini/mock-json" -> "mock-json"). */
+export function matrixUpstreamModel(id) {
+  const [kind, scenario] = id.split('/');
+  return scenario === 'default' ? `${kind}-test-upstream` : scenario;
+}
+
+/**
+ * The config (providers and models) of the matrix for started mocks {openai, anthropic, gemini}.
+ * `extraModels` are appended as they are (e.g. models with several endpoints).
+ */
+export function matrixConfig({ openai, anthropic, gemini }, { extraModels = [] } = {}) {
+  const providers = {
+    local: { type: 'local', display_name: MATRIX_PROVIDER_NAMES.local },
+    openai: { type: 'openai_compatible', preset: 'openai', base_url: openai.baseURL, api_key: openai.apiKey },
+    deepseek: { type: 'openai_compatible', preset: 'deepseek', base_url: openai.baseURL, api_key: openai.apiKey },
+    anthropic: { type: 'anthropic', display_name: MATRIX_PROVIDER_NAMES.anthropic, base_url: anthropic.baseURL, api_key: anthropic.apiKey },
+    gemini: { type: 'gemini', display_name: MATRIX_PROVIDER_NAMES.gemini, base_url: gemini.baseURL, api_key: gemini.apiKey },
+  };
+  const models = [{
+    id: LOCAL_MODEL,
+    name: 'Local: stories260K',
+    endpoints: [{ provider: 'local', model: path.join(modelDir(), 'stories260K.gguf'), pricing: MATRIX_PRICES.local }],
+  }];
+  for (const kind of MATRIX_KINDS) {
+    for (const scenario of MATRIX_SCENARIOS) {
+      const id = `${kind}/${scenario}`;
+      models.push({
+        id, name: `Matrix: ${id}`, context_length: 65536,
+        endpoints: [{ provider: kind, model: matrixUpstreamModel(id), pricing: MATRIX_PRICES[kind] }],
+      });
+    }
+  }
+  return { providers, models: [...models, ...extraModels] };
+}
