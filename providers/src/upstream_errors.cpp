@@ -7,7 +7,9 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <cmath>
 #include <optional>
+#include <string>
 
 namespace tollgate::providers::detail {
 namespace json = boost::json;
@@ -76,6 +78,51 @@ std::string ErrorField(const json::object& body, std::string_view field, std::st
   return out;
 }
 
+// Google APIs put machine-readable facts in `error.details` (google.rpc
+// Status: cloud.google.com/apis/design/errors): ErrorInfo.reason
+// "API_KEY_INVALID" on a rejected key (sent as HTTP 400), RetryInfo.retryDelay
+// ("22s", a google.protobuf.Duration) on a 429.
+const json::array* GoogleDetails(const json::object& body) {
+  const json::object* err = ObjectAt(body, "error");
+  if (err == nullptr) return nullptr;
+  const auto* details = err->if_contains("details");
+  return details != nullptr ? details->if_array() : nullptr;
+}
+
+bool IsRejectedGoogleKey(const json::object& body) {
+  const json::array* details = GoogleDetails(body);
+  if (details == nullptr) return false;
+  for (const auto& d : *details) {
+    const auto* o = d.if_object();
+    if (o != nullptr && StringAt(*o, "reason") == "API_KEY_INVALID") return true;
+  }
+  return false;
+}
+
+// Whole seconds (rounded up) of RetryInfo.retryDelay, or "".
+std::string GoogleRetryDelay(const json::object& body) {
+  const json::array* details = GoogleDetails(body);
+  if (details == nullptr) return {};
+  for (const auto& d : *details) {
+    const auto* o = d.if_object();
+    if (o == nullptr) continue;
+    std::string_view delay = StringAt(*o, "retryDelay");
+    if (delay.size() < 2 || delay.back() != 's') continue;
+    delay.remove_suffix(1);
+    double seconds = 0;
+    try {
+      std::size_t used = 0;
+      seconds = std::stod(std::string(delay), &used);
+      if (used != delay.size()) continue;
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (!(seconds >= 0) || seconds > 86400) continue;
+    return std::to_string(static_cast<int64_t>(std::ceil(seconds)));
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string Redact(std::string text, std::string_view secret) {
@@ -125,6 +172,11 @@ Error MapUpstreamStatus(int status, std::string_view body, std::string_view secr
     if (pass_message && !upstream_msg.empty()) message += ": " + upstream_msg;
     return Error{code, std::move(message), {}, {}, {}, {}};
   };
+  // Gemini answers a rejected key with 400 INVALID_ARGUMENT: it is our
+  // credentials, not the caller's request.
+  if (status == 400 && parsed && IsRejectedGoogleKey(*parsed)) {
+    return make(ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials", false);
+  }
   switch (status) {
     case 400:
     case 413:
@@ -149,6 +201,8 @@ Error MapUpstreamStatus(int status, std::string_view body, std::string_view secr
       Error e = make(ErrorCode::kResourceExhausted, "the provider rate limited the request", true);
       if (!retry_after.empty() && retry_after.size() < 40 && IsPrintableText(retry_after)) {
         e.retry_after = std::string(Trim(retry_after));
+      } else if (parsed) {
+        e.retry_after = GoogleRetryDelay(*parsed);  // Gemini sends no Retry-After header
       }
       if (parsed) {
         e.code_string = ErrorField(*parsed, "code", secret, kMaxCodeBytes);

@@ -32,7 +32,10 @@ std::string UpstreamErrorMessage(std::string_view body, std::string_view secret 
 // bytes). For 429, `retry_after` (when printable and short) becomes
 // Error::retry_after and the upstream's error code (`error.code`, or
 // Anthropic's `error.type`, or Gemini's `error.status`) Error::code_string.
-// 401/403 pass nothing from the body on (it may echo our key).
+// 401/403 pass nothing from the body on (it may echo our key); neither does a
+// 400 whose Google error details say API_KEY_INVALID (Gemini's answer to a bad
+// key), which maps like 401. A Gemini 429's RetryInfo.retryDelay stands in for
+// the Retry-After header it does not send.
 Error MapUpstreamStatus(int status, std::string_view body, std::string_view secret,
                         std::string_view retry_after = {});
 

@@ -76,14 +76,38 @@ TEST(UpstreamErrors, InvalidRequestsCarryTheUpstreamMessage) {
             "messages: roles must alternate");
   // Gemini's google.rpc.Status shape.
   EXPECT_EQ(MapUpstreamStatus(400,
-                              R"({"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT"}})",
+                              R"({"error":{"code":400,"message":"Invalid value at 'generation_config.temperature'","status":"INVALID_ARGUMENT"}})",
                               kKey)
                 .message,
-            "API key not valid. Please pass a valid API key.");
+            "Invalid value at 'generation_config.temperature'");
   // Without any message the caller still learns what happened.
   const Error bare = MapUpstreamStatus(422, "", kKey);
   EXPECT_EQ(bare.code, ErrorCode::kInvalidArgument);
   EXPECT_NE(bare.message.find("HTTP 422"), std::string::npos) << bare.message;
+}
+
+TEST(UpstreamErrors, GeminiRejectingTheKeyIsACredentialsFailureNotTheCallers) {
+  // What the Gemini API answers a bad key: HTTP 400 with ErrorInfo reason
+  // API_KEY_INVALID (google.rpc.Status details).
+  const std::string body =
+      R"({"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT",)"
+      R"("details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}})";
+  const Error e = MapUpstreamStatus(400, body, kKey);
+  EXPECT_EQ(e.code, ErrorCode::kBadGateway);
+  EXPECT_EQ(HttpStatus(e.code), 502);
+  EXPECT_EQ(e.message.find("API key not valid"), std::string::npos) << "nothing from the body: " << e.message;
+  EXPECT_TRUE(IsRetryable(e.code));
+}
+
+TEST(UpstreamErrors, GeminiRetryInfoStandsInForRetryAfter) {
+  const std::string body =
+      R"({"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED",)"
+      R"("details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"21.4s"}]}})";
+  const Error e = MapUpstreamStatus(429, body, kKey);
+  EXPECT_EQ(e.code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(e.retry_after, "22");
+  EXPECT_EQ(e.code_string, "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(MapUpstreamStatus(429, body, kKey, "3").retry_after, "3") << "a Retry-After header wins";
 }
 
 TEST(UpstreamErrors, OtherStatusesNameTheStatusAndPassTheUpstreamTextOn) {

@@ -1165,7 +1165,10 @@ FinishReason ParseFinishReason(std::string_view name) {
   if (name == "length") return FinishReason::kLength;
   if (name == "tool_calls" || name == "function_call") return FinishReason::kToolCalls;
   if (name == "content_filter") return FinishReason::kContentFilter;
-  if (name == "error") return FinishReason::kError;
+  // DeepSeek: "the request is interrupted due to insufficient resource of the
+  // inference system" (api-docs.deepseek.com, Create Chat Completion): a cut
+  // answer, never a finished one.
+  if (name == "error" || name == "insufficient_system_resource") return FinishReason::kError;
   return FinishReason::kStop;  // "stop", and the rest (llama.cpp's "eos", ...)
 }
 
