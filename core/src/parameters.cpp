@@ -25,13 +25,15 @@ std::string_view ParamName(Param param) {
     case Param::kUser: return "user";
     case Param::kMetadata: return "metadata";
     case Param::kImageInput: return "image_input";
+    case Param::kDocumentInput: return "document_input";
     case Param::kCount_: break;
   }
   return "unknown";
 }
 
 bool IsEssential(Param param) {
-  return param == Param::kTools || param == Param::kToolChoice || param == Param::kImageInput;
+  return param == Param::kTools || param == Param::kToolChoice || param == Param::kImageInput ||
+         param == Param::kDocumentInput;
 }
 
 ParameterSet::ParameterSet(std::initializer_list<Param> params) {
@@ -70,10 +72,8 @@ std::string ParameterSet::Names() const {
 ParameterSet ParametersUsed(const ChatRequest& r) {
   ParameterSet used;
   if (!r.tools.empty()) used.Add(Param::kTools);
-  if (r.tool_choice && (!r.tools.empty() || r.tool_choice->mode == ToolChoice::Mode::kRequired ||
-                        r.tool_choice->mode == ToolChoice::Mode::kFunction)) {
-    used.Add(Param::kToolChoice);
-  }
+  // An explicit "auto" is the default: it asks nothing of the provider.
+  if (r.tool_choice && r.tool_choice->mode != ToolChoice::Mode::kAuto) used.Add(Param::kToolChoice);
   if (r.parallel_tool_calls) used.Add(Param::kParallelToolCalls);
   if (r.response_format) {
     if (r.response_format->type == ResponseFormat::Type::kJsonObject) used.Add(Param::kResponseFormat);
@@ -97,6 +97,9 @@ ParameterSet ParametersUsed(const ChatRequest& r) {
   for (const auto& m : r.messages) {
     for (const auto& part : m.parts) {
       if (std::holds_alternative<ImagePart>(part)) used.Add(Param::kImageInput);
+      if (const auto* opaque = std::get_if<OpaquePart>(&part); opaque != nullptr && opaque->essential) {
+        used.Add(Param::kDocumentInput);
+      }
       if (const auto* result = std::get_if<ToolResultPart>(&part)) {
         for (const auto& c : result->content) {
           if (std::holds_alternative<ImagePart>(c)) used.Add(Param::kImageInput);
@@ -142,6 +145,7 @@ void DropParameters(ChatRequest& r, const ParameterSet& drop) {
       case Param::kTools:
       case Param::kToolChoice:
       case Param::kImageInput:
+      case Param::kDocumentInput:
       case Param::kCount_:
         break;  // essential: never dropped
     }

@@ -38,7 +38,7 @@ json::object PricingObject(const Pricing& p) {
 json::array SupportedParameters(const ParameterSet& params) {
   json::array out;
   for (Param p : params.List()) {
-    if (p != Param::kImageInput) out.emplace_back(ParamName(p));
+    if (p != Param::kImageInput && p != Param::kDocumentInput) out.emplace_back(ParamName(p));
   }
   return out;
 }

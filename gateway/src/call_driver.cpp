@@ -34,6 +34,8 @@ int64_t PromptBytes(const ChatRequest& r, int64_t* images) {
         }
       } else if (const auto* reasoning = std::get_if<ReasoningPart>(&part)) {
         bytes += static_cast<int64_t>(reasoning->text.size() + reasoning->data.size());
+      } else if (const auto* opaque = std::get_if<OpaquePart>(&part)) {
+        bytes += static_cast<int64_t>(boost::json::serialize(opaque->block).size());
       }
     }
   }
@@ -63,10 +65,14 @@ Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoin
                              : endpoint.context_length > 0 ? endpoint.context_length
                                                            : kDefaultCompletionBound;
   const int64_t choices = std::max<int64_t>(request.n.value_or(1), 1);
+  // Every prompt token at the dearest prompt-side price (cache writes cost
+  // more than plain prompt tokens at Anthropic).
+  Pricing dearest = endpoint.pricing;
+  dearest.prompt = std::max(dearest.prompt, dearest.cache_write);
   Usage worst;
   worst.prompt_tokens = prompt;
   worst.completion_tokens = completion * choices;
-  return CallCost(endpoint.pricing, worst);
+  return CallCost(dearest, worst);
 }
 
 Usage EstimateUsage(const ChatRequest& request, const ChatResponse& output) {
@@ -218,9 +224,11 @@ void CallDriver::Start() {
   }
   if (plan_.empty()) {
     const Param p = missing_essential ? *missing_essential : *missing_required;
-    std::string what = p == Param::kImageInput ? std::string("image input")
-                                               : "the parameter '" + std::string(ParamName(p)) + "'";
-    std::string param = p == Param::kImageInput ? "messages" : std::string(ParamName(p));
+    const bool input = p == Param::kImageInput || p == Param::kDocumentInput;
+    std::string what = p == Param::kImageInput      ? std::string("image input")
+                       : p == Param::kDocumentInput ? std::string("document input (a block only its own API carries)")
+                                                    : "the parameter '" + std::string(ParamName(p)) + "'";
+    std::string param = input ? "messages" : std::string(ParamName(p));
     std::string why = missing_essential ? "" : " (provider.require_parameters is set)";
     return Fail(Error{ErrorCode::kInvalidArgument,
                       "no endpoint of model '" + spec_.request.model + "' supports " + what + why, param,
@@ -317,6 +325,13 @@ void CallDriver::Hand(const StreamEvent& event) {
 }
 
 void CallDriver::OnProviderComplete() {
+  // A provider may end normally when told to stop (the local engine finishes
+  // with what it has). Stopped by the deadline or a shutdown, the answer was
+  // cut: it must not look complete. (A client that left gets nothing either
+  // way; its row keeps the exact usage.)
+  if (stop_ == Stop::kDeadline || stop_ == Stop::kShutdown) {
+    return Fail(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+  }
   if (!committed_) Commit();  // an empty answer is still an answer
   Succeed();
 }

@@ -18,7 +18,9 @@
 // Deadline: `CallSpec::deadline` cancels the attempt; its error becomes 504.
 // Cancel() (client gone) and Shutdown() (server stopping) cancel it too; the
 // driver then waits for the provider's terminal event, at most kCancelGrace,
-// and after that finishes without it (late events are ignored).
+// and after that finishes without it (late events are ignored). A provider
+// that completes normally after the deadline or a shutdown stopped it still
+// ends the call with the 504 / 503: a cut answer never looks complete.
 //
 // Flow control: the attempt's events queue in the AttemptSink (bounded:
 // kHighWaterBytes; above it the provider is told to wait, StreamSink::Ready);
@@ -155,8 +157,9 @@ inline constexpr int64_t kDefaultCompletionBound = 4096;
 // The most `request` can cost at `endpoint`: prompt tokens bounded by the
 // prompt's bytes (+1 for BOS, +8 per message for a template, 4096 per image;
 // SentencePiece with byte fallback and byte-level BPE emit at most one token
-// per byte), completion tokens by max_tokens, else the endpoint's context
-// length, else kDefaultCompletionBound.
+// per byte) at the dearer of the prompt and cache-write prices, completion
+// tokens by max_tokens, else the endpoint's context length, else
+// kDefaultCompletionBound, times n.
 Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint);
 
 // Usage estimated when a provider reported none: 4 bytes per token (OpenAI's

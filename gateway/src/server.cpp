@@ -615,9 +615,10 @@ class Connection {
     registration = s_.Register(driver);
     driver->Start();
 
-    // A non-streamed call writes nothing until it ends, so a client that
-    // leaves is noticed by watching its socket for EOF meanwhile.
-    if (!stream) asio::co_spawn(strand, WatchForClose(stream_.socket(), driver), asio::detached);
+    // A client that leaves is noticed by watching its socket for EOF: a
+    // non-streamed call writes nothing until it ends, and a stream nothing
+    // before its first event (a failed write notices it after that).
+    asio::co_spawn(strand, WatchForClose(stream_.socket(), driver), asio::detached);
 
     bool client_gone = false;
     bool cancelled = false;
@@ -713,7 +714,8 @@ class Connection {
     if (stream) {
       keep = keep && !client_gone && !http10;
       if (client_gone) status = 499;
-    } else {
+    }
+    {
       beast::error_code ignored;
       stream_.socket().cancel(ignored);  // ends WatchForClose
     }

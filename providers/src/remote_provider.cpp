@@ -253,15 +253,14 @@ class RemoteProviderImpl final : public RemoteProvider {
         supported_ = ParameterSet{Param::kTools, Param::kToolChoice, Param::kParallelToolCalls,
                                   Param::kStructuredOutputs, Param::kStop, Param::kTemperature, Param::kTopP,
                                   Param::kTopK, Param::kMaxTokens, Param::kReasoning, Param::kUser,
-                                  Param::kImageInput};
+                                  Param::kImageInput, Param::kDocumentInput};
         break;
       case RemoteApi::kGemini:
         // ai.google.dev/api/generate-content#generationconfig
         supported_ = ParameterSet{Param::kTools, Param::kToolChoice, Param::kResponseFormat,
                                   Param::kStructuredOutputs, Param::kStop, Param::kSeed, Param::kTemperature,
                                   Param::kTopP, Param::kTopK, Param::kFrequencyPenalty, Param::kPresencePenalty,
-                                  Param::kMaxTokens, Param::kN, Param::kLogprobs, Param::kTopLogprobs,
-                                  Param::kReasoning, Param::kImageInput};
+                                  Param::kMaxTokens, Param::kN, Param::kReasoning, Param::kImageInput};
         break;
     }
   }
@@ -295,6 +294,7 @@ class RemoteProviderImpl final : public RemoteProvider {
         o.reasoning = StyleOf(preset_.reasoning);
         o.replay_reasoning_content = preset_.replay_reasoning_content;
         o.cache_control = preset_.cache_control;
+        o.stream_options = preset_.stream_options;
         if (preset_.seed_as_random_seed) o.seed_field = "random_seed";
         o.stream = true;
         if (chat.kind == RequestKind::kCompletion) {

@@ -445,6 +445,35 @@ TEST_F(CallDriverTest, ImagesGoOnlyToEndpointsThatTakeThem) {
   ASSERT_EQ(vision->calls.size(), 1u);
 }
 
+TEST_F(CallDriverTest, DocumentsGoOnlyToEndpointsThatTakeThem) {
+  auto req = UserSays("summarize");
+  req.messages[0].parts.push_back(OpaquePart{ApiFlavor::kAnthropicMessages, {{"type", "document"}}, true});
+  Start(std::move(req));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(client->error->param, "messages");
+  EXPECT_NE(client->error->message.find("document input"), std::string::npos);
+}
+
+TEST_F(CallDriverTest, AnAnswerCutByTheDeadlineNeverLooksComplete) {
+  // A provider that ends normally when told to stop (the local engine does).
+  Start(UserSays("hi"), 1000ms);
+  primary->calls[0].sink->OnEvent(TextDelta{0, "some"});
+  executor->Advance(1000ms);
+  ASSERT_TRUE(primary->calls[0].cancel.stop_requested());
+  primary->calls[0].sink->OnEvent(FinishDelta{0, FinishReason::kLength, "length"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(3, 1)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error) << "a stream cut by the deadline ends with an error, not a success";
+  EXPECT_EQ(client->error->code, ErrorCode::kUpstreamTimeout);
+  EXPECT_TRUE(client->failed_committed);
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 504);
+  EXPECT_EQ(usage.rows[0].usage.prompt_tokens, 3) << "the reported usage is kept";
+}
+
 TEST_F(CallDriverTest, NoCreditIs402AndReservesNothing) {
   admission.admit = false;
   Start(UserSays("hi"));

@@ -5,6 +5,7 @@
 // Covers pooling and reuse, TLS, timeouts, cancellation, the deadline, error
 // statuses, cut-off streams, flow control, and what error messages may say.
 // Per-API wire conformance lives in conformance_test.cpp.
+#include "tollgate/providers/presets.hpp"
 #include "tollgate/providers/remote_provider.hpp"
 
 #include "fake_upstream.hpp"
@@ -22,8 +23,10 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 namespace tollgate::providers {
@@ -246,6 +249,99 @@ TEST_F(RemoteProviderTest, PresetsApplyTheirQuirks) {
     EXPECT_EQ(body.at("max_tokens").as_int64(), 32);
   }
   EXPECT_EQ(provider_->Name(), kProviderName);  // display_name wins over the preset's
+}
+
+// Every preset, with every parameter a caller can set: what the gateway
+// leaves after dropping the undeclared ones (core/parameters.hpp) is all the
+// upstream gets, under the names and with the quirks its API documents.
+TEST_F(RemoteProviderTest, EveryPresetSendsOnlyWhatItDeclaresInItsOwnSpelling) {
+  FakeUpstream upstream(StreamHello);
+  ChatRequest full = request_;
+  full.messages.insert(full.messages.begin() + 1, Msg(Role::kDeveloper, "dev note"));
+  full.tools.push_back(ToolDefinition{"get_weather", "Weather", boost::json::parse(R"({"type":"object"})"), {}, {}});
+  full.tool_choice = ToolChoice{ToolChoice::Mode::kRequired, ""};
+  full.parallel_tool_calls = false;
+  full.response_format = ResponseFormat{ResponseFormat::Type::kJsonSchema, "s", "", boost::json::parse("{}"), true};
+  full.stop = {"END"};
+  full.seed = 7;
+  full.temperature = 0.5;
+  full.top_p = 0.9;
+  full.top_k = 40;
+  full.frequency_penalty = 0.1;
+  full.presence_penalty = 0.2;
+  full.repetition_penalty = 1.1;
+  full.n = 2;
+  full.logprobs = true;
+  full.top_logprobs = 3;
+  full.reasoning = ReasoningSettings{"high", std::nullopt, false, std::nullopt};
+  full.user = "end-user";
+  full.metadata = boost::json::parse(R"({"trace":"t"})").as_object();
+
+  // The body fields each parameter may show up as, whatever the spelling.
+  const std::map<Param, std::vector<std::string>> fields = {
+      {Param::kTools, {"tools"}},
+      {Param::kToolChoice, {"tool_choice"}},
+      {Param::kParallelToolCalls, {"parallel_tool_calls"}},
+      {Param::kResponseFormat, {"response_format"}},
+      {Param::kStructuredOutputs, {"response_format"}},
+      {Param::kStop, {"stop"}},
+      {Param::kSeed, {"seed", "random_seed"}},
+      {Param::kTemperature, {"temperature"}},
+      {Param::kTopP, {"top_p"}},
+      {Param::kTopK, {"top_k"}},
+      {Param::kFrequencyPenalty, {"frequency_penalty"}},
+      {Param::kPresencePenalty, {"presence_penalty"}},
+      {Param::kRepetitionPenalty, {"repetition_penalty"}},
+      {Param::kMaxTokens, {"max_tokens", "max_completion_tokens"}},
+      {Param::kN, {"n"}},
+      {Param::kLogprobs, {"logprobs"}},
+      {Param::kTopLogprobs, {"top_logprobs"}},
+      {Param::kReasoning, {"reasoning_effort", "reasoning", "enable_thinking", "thinking_budget", "thinking"}},
+      {Param::kUser, {"user"}},
+      {Param::kMetadata, {"metadata"}},
+  };
+  for (const Preset& preset : Presets()) {
+    SCOPED_TRACE(std::string(preset.name));
+    auto options = Options(upstream.BaseUrl());
+    options.preset = std::string(preset.name);
+    Make(options);
+    ASSERT_EQ(provider_->SupportedParameters(), preset.supported);
+    request_ = full;
+    DropParameters(request_, ParametersUsed(full).Minus(provider_->SupportedParameters()));
+    // Essential parameters are never dropped: the gateway would not use this
+    // endpoint for such a call at all.
+    if (!preset.supported.Has(Param::kTools)) request_.tools.clear();
+    if (!preset.supported.Has(Param::kToolChoice)) request_.tool_choice.reset();
+    ASSERT_TRUE(Run()->completion());
+    const auto body = boost::json::parse(upstream.requests().back().body).as_object();
+
+    std::set<std::string> allowed = {"model", "messages", "stream", "stream_options"};
+    for (Param p : preset.supported.List()) {
+      if (auto it = fields.find(p); it != fields.end()) allowed.insert(it->second.begin(), it->second.end());
+    }
+    for (const auto& [key, value] : body) {
+      EXPECT_TRUE(allowed.contains(std::string(key))) << "undeclared field sent: " << key;
+    }
+    // Quirks.
+    EXPECT_EQ(body.contains("stream_options"), preset.stream_options);
+    EXPECT_EQ(body.contains("random_seed"), preset.seed_as_random_seed && preset.supported.Has(Param::kSeed));
+    EXPECT_EQ(body.at("messages").at(1).at("role").as_string(), preset.developer_role ? "developer" : "system");
+    if (preset.max_tokens_field == MaxTokensField::kMaxCompletionTokens) {
+      EXPECT_TRUE(body.contains("max_completion_tokens"));
+      EXPECT_FALSE(body.contains("max_tokens"));
+    }
+    if (preset.supported.Has(Param::kReasoning)) {
+      switch (preset.reasoning) {
+        case PresetReasoning::kOpenAi: EXPECT_EQ(body.at("reasoning_effort").as_string(), "high"); break;
+        case PresetReasoning::kOpenRouter: EXPECT_EQ(body.at("reasoning").at("effort").as_string(), "high"); break;
+        case PresetReasoning::kQwen: EXPECT_TRUE(body.at("enable_thinking").as_bool()); break;
+        case PresetReasoning::kZhipu: EXPECT_EQ(body.at("thinking").at("type").as_string(), "enabled"); break;
+        case PresetReasoning::kDeepSeek:
+        case PresetReasoning::kNone: break;
+      }
+    }
+    EXPECT_FALSE(body.contains("logprobs")) << "no preset takes logprobs: they would never reach the caller";
+  }
 }
 
 TEST_F(RemoteProviderTest, CompletionsUseTheCompletionsEndpointAndText) {

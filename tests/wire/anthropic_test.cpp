@@ -3,6 +3,7 @@
 // tool use with input_json_delta, extended thinking with signature_delta,
 // ping, mid-stream errors); ids, texts and signatures are made up.
 #include "tollgate/wire/anthropic.hpp"
+#include "tollgate/core/parameters.hpp"
 
 #include "tollgate/wire/sse_parser.hpp"
 
@@ -777,10 +778,10 @@ TEST(AnthropicRequest, InvalidBodiesNameTheField) {
       {R"({"model":"m","max_tokens":5,"messages":[{"role":"user"}]})", "messages.0.content"},
       {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text"}]}]})",
        "messages.0.content.0.text"},
-      {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"x"},{"type":"document","source":{"type":"text","media_type":"text/plain","data":"d"}}]}]})",
-       "messages.0.content.1.type"},
-      {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"file","file_id":"file_1"}}]}]})",
+      {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"nope"}}]}]})",
        "messages.0.content.0.source.type"},
+      {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"text":"no type"}]}]})",
+       "messages.0.content.0.type"},
       {R"({"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":[{"type":"tool_result","tool_use_id":"t","content":"x"}]}]})",
        "messages.0.content.0"},
       {R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"document"}]}]}]})",
@@ -1102,6 +1103,38 @@ json::object Encode(const ChatRequest& request, RequestOptions options = {}) {
   return json::parse(EncodeMessagesRequest(request, options)).as_object();
 }
 
+TEST(AnthropicRequest, BlocksWithoutACanonicalFormTravelVerbatimToAnthropic) {
+  const std::string body = R"({"model":"m","max_tokens":100,"messages":[
+    {"role":"user","content":[
+      {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="},"cache_control":{"type":"ephemeral"}},
+      {"type":"image","source":{"type":"file","file_id":"file_011"}},
+      {"type":"text","text":"Summarize both."}]},
+    {"role":"assistant","content":[
+      {"type":"server_tool_use","id":"srvtoolu_1","name":"web_search","input":{"query":"q"}},
+      {"type":"web_search_tool_result","tool_use_id":"srvtoolu_1","content":[]},
+      {"type":"text","text":"Done."}]},
+    {"role":"user","content":"thanks"}]})";
+  auto r = DecodeMessagesRequest(body);
+  ASSERT_TRUE(r) << r.error().message;
+  const auto& user = r->messages[0].parts;
+  ASSERT_EQ(user.size(), 3u);
+  ASSERT_TRUE(std::holds_alternative<OpaquePart>(user[0]));
+  EXPECT_TRUE(std::get<OpaquePart>(user[0]).essential) << "a document is content the model must read";
+  EXPECT_TRUE(std::get<OpaquePart>(user[1]).essential);
+  const auto& assistant = r->messages[1].parts;
+  EXPECT_FALSE(std::get<OpaquePart>(assistant[0]).essential) << "a server tool's record is history";
+  EXPECT_TRUE(ParametersUsed(*r).Has(Param::kDocumentInput));
+
+  // Back to an Anthropic upstream exactly as they came.
+  json::object out = Encode(*r);
+  const auto& first = out.at("messages").at(0).at("content").as_array();
+  EXPECT_EQ(first.at(0), J(R"({"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="},"cache_control":{"type":"ephemeral"}})"));
+  EXPECT_EQ(first.at(1), J(R"({"type":"image","source":{"type":"file","file_id":"file_011"}})"));
+  const auto& second = out.at("messages").at(1).at("content").as_array();
+  EXPECT_EQ(second.at(0).at("type"), "server_tool_use");
+  EXPECT_EQ(second.at(1).at("type"), "web_search_tool_result");
+}
+
 TEST(AnthropicEncode, SystemAndDeveloperMessagesGoToTopLevelSystemInOrder) {
   ChatRequest r = BaseRequest();
   r.messages = {Msg(Role::kSystem, {Text("You are helpful.")}),
@@ -1298,14 +1331,23 @@ TEST(AnthropicEncode, ReasoningBecomesAThinkingBudget) {
   r.reasoning = ReasoningSettings{"", 3000, false, std::nullopt};
   EXPECT_EQ(Encode(r).at("thinking").at("budget_tokens"), 3000);
 
-  // Small limits: budget at least 1024, max_tokens raised above it.
+  // The caller's max_tokens caps what it pays: never raised. The budget
+  // shrinks under it, and below Anthropic's minimum of 1024 there is no
+  // thinking.
+  r.max_tokens = 3000;
+  r.reasoning = ReasoningSettings{"", 5000, false, true};
+  body = Encode(r);
+  EXPECT_EQ(body.at("thinking").at("budget_tokens"), 2999);
+  EXPECT_EQ(body.at("max_tokens"), 3000);
   r.max_tokens = 1000;
   r.reasoning = ReasoningSettings{"low", std::nullopt, false, std::nullopt};
   body = Encode(r);
-  EXPECT_EQ(body.at("thinking").at("budget_tokens"), 1024);
-  EXPECT_EQ(body.at("max_tokens"), 2048);
+  EXPECT_FALSE(body.contains("thinking"));
+  EXPECT_EQ(body.at("max_tokens"), 1000);
+  // Without a caller max_tokens the default is raised to make room.
+  r.max_tokens.reset();
   r.reasoning = ReasoningSettings{"", 5000, false, true};
-  body = Encode(r);
+  body = Encode(r);  // default_max_tokens 4096
   EXPECT_EQ(body.at("thinking").at("budget_tokens"), 5000);
   EXPECT_EQ(body.at("max_tokens"), 6024);
 
@@ -1344,6 +1386,7 @@ TEST(AnthropicEncode, UserBecomesMetadataUserId) {
 
 TEST(AnthropicEncode, PassthroughOnlyForAnthropicCallers) {
   ChatRequest r = BaseRequest();
+  r.max_tokens = 16000;  // room for a thinking budget
   r.messages = {Msg(Role::kUser, {Text("hi")})};
   r.tools = {ToolDefinition{"f", "", nullptr, std::nullopt, {}}};
   r.reasoning = ReasoningSettings{"high", std::nullopt, false, true};
@@ -1370,7 +1413,7 @@ TEST(AnthropicEncode, PassthroughOnlyForAnthropicCallers) {
   EXPECT_EQ(body.at("tools"), J(R"([{"name":"f","input_schema":{"type":"object","properties":{}}},
     {"type":"web_search_20250305","name":"web_search"}])"));
   EXPECT_EQ(body.at("thinking"), J(R"({"type":"adaptive","display":"omitted"})"));
-  EXPECT_EQ(body.at("max_tokens"), 1000);  // no budget of ours to make room for
+  EXPECT_EQ(body.at("max_tokens"), 16000);  // the caller's, untouched
   EXPECT_EQ(body.at("temperature"), 1.0);  // the Anthropic caller's own choice
   EXPECT_EQ(body.at("output_config"),
             J(R"({"effort":"high","format":{"type":"json_schema","schema":{"type":"object"}}})"));
@@ -1390,6 +1433,7 @@ TEST(AnthropicEncode, BlankTextIsDroppedAndTheFinalAssistantTurnTrimmed) {
 
 TEST(AnthropicEncode, ToolLoopBegunOnAnotherModelIsSentWithoutThinking) {
   ChatRequest r = BaseRequest();
+  r.max_tokens = 16000;  // room for a thinking budget
   r.reasoning = ReasoningSettings{"high", std::nullopt, false, true};
   ReasoningPart foreign{ReasoningPart::Kind::kText, "deepseek thoughts", "", "", "", ""};
   r.messages = {Msg(Role::kUser, {Text("list files")}),
@@ -1426,6 +1470,7 @@ TEST(AnthropicEncode, AssistantTurnsNeverEndInThinking) {
 
 TEST(AnthropicEncode, PrefillLosesThinkingWhenThinkingIsOff) {
   ChatRequest r = BaseRequest();
+  r.max_tokens = 16000;  // room for a thinking budget
   ReasoningPart signed_block{ReasoningPart::Kind::kText, "t", "sig", "", "anthropic-claude-v1", ""};
   r.messages = {Msg(Role::kUser, {Text("q")}), Msg(Role::kAssistant, {signed_block, Text("Sure: ")})};
   EXPECT_EQ(Encode(r).at("messages").at(1),
@@ -1570,6 +1615,48 @@ TEST(AnthropicStream, TextAnswerHasTheDocumentedEventOrder) {
   EXPECT_EQ(events[6].second,
             J(R"({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
     "usage":{"input_tokens":42,"cache_creation_input_tokens":0,"cache_read_input_tokens":10,"output_tokens":7}})"));
+}
+
+TEST(AnthropicStream, InterleavedParallelCallsLoseNoFragment) {
+  StreamEncoder encoder(Meta(), 1);
+  std::string sse;
+  sse += encoder.Encode(ToolCallDelta{0, 0, "call_a", "f", R"({"x":)", ""});
+  sse += encoder.Encode(ToolCallDelta{0, 1, "call_b", "g", R"({"y":)", ""});
+  sse += encoder.Encode(ToolCallDelta{0, 0, "", "", "1}", ""});
+  sse += encoder.Encode(ToolCallDelta{0, 1, "", "", "2}", ""});
+  sse += encoder.Encode(FinishDelta{0, FinishReason::kToolCalls, "tool_calls"});
+  sse += encoder.Finish(Usage{5, 9});
+  // Reassemble what a client would: partial_json per block index.
+  std::map<int64_t, std::string> input;
+  std::map<int64_t, std::string> ids;
+  for (const auto& [type, data] : ParseSse(sse)) {
+    if (type == "content_block_start") ids[data.at("index").as_int64()] = data.at("content_block").at("id").as_string().c_str();
+    if (type == "content_block_delta") {
+      input[data.at("index").as_int64()] += data.at("delta").at("partial_json").as_string().c_str();
+    }
+  }
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_EQ(ids[0], "call_a");
+  EXPECT_EQ(input[0], R"({"x":1})");
+  EXPECT_EQ(ids[1], "call_b");
+  EXPECT_EQ(input[1], R"({"y":2})");
+}
+
+TEST(AnthropicStream, AnErrorFinishEndsWithAnErrorEventNotMessageStop) {
+  StreamEncoder encoder(Meta(), 1);
+  std::string sse = encoder.Encode(TextDelta{0, "partial"});
+  sse += encoder.Encode(FinishDelta{0, FinishReason::kError, "insufficient_system_resource"});
+  sse += encoder.Finish(Usage{5, 2});
+  const auto events = ParseSse(sse);
+  EXPECT_EQ(events.back().first, "error");
+  EXPECT_NE(sse.find("insufficient_system_resource"), std::string::npos);
+  EXPECT_EQ(sse.find("message_stop"), std::string::npos);
+
+  ChatResponse r;
+  r.choices.resize(1);
+  r.choices[0].text = "partial";
+  r.choices[0].finish = FinishReason::kError;
+  EXPECT_TRUE(J(EncodeMessagesResponse(Meta(), r, Usage{5, 2})).at("stop_reason").is_null());
 }
 
 TEST(AnthropicStream, AMatchedStopSequenceIsNamed) {

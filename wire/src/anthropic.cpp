@@ -154,9 +154,12 @@ Result<ImagePart> DecodeImage(const json::object& block, const std::string& path
     const std::string_view url = StringAt(*source, "url");
     if (url.empty()) return BadRequest(path + ".source.url: field required", path + ".source.url");
     image.url = Str(url);
+  } else if (type.empty()) {
+    return BadRequest(path + ".source.type: field required", path + ".source.type");
   } else {
-    // "file" (Files API, beta) and anything newer: no canonical form.
-    return BadRequest(path + ".source.type: image source \"" + Str(type) + "\" is not supported",
+    // "file" (Files API) and anything newer: no canonical form; DecodeMessage
+    // keeps such images as they are (OpaquePart).
+    return BadRequest(path + ".source.type: image source \"" + Str(type) + "\" has no canonical form",
                       path + ".source.type");
   }
   return image;
@@ -261,6 +264,13 @@ Result<void> DecodeMessage(const json::value& value, std::size_t i, DecodeState&
       if (!text) return text.error();
       main.parts.emplace_back(std::move(*text));
     } else if (type == "image") {
+      const json::object* source = ObjectAt(*block, "source");
+      const std::string_view source_type = source != nullptr ? StringAt(*source, "type") : std::string_view{};
+      if (source_type == "file") {
+        // A Files API image: only Anthropic can resolve it.
+        main.parts.emplace_back(OpaquePart{ApiFlavor::kAnthropicMessages, *block, /*essential=*/true});
+        continue;
+      }
       auto image = DecodeImage(*block, block_path);
       if (!image) return image.error();
       main.parts.emplace_back(std::move(*image));
@@ -299,11 +309,16 @@ Result<void> DecodeMessage(const json::value& value, std::size_t i, DecodeState&
       if (part.data.empty()) return BadRequest(block_path + ".data: field required", block_path + ".data");
       part.format = Str(kFormat);
       main.parts.emplace_back(std::move(part));
+    } else if (type.empty()) {
+      return BadRequest(block_path + ".type: field required", block_path + ".type");
     } else {
-      // document, search_result, server_tool_use, web_search_tool_result,
-      // container_upload, ...: the canonical model cannot carry them.
-      return BadRequest(block_path + ".type: content block type \"" + Str(type) + "\" is not supported",
-                        block_path + ".type");
+      // document, search_result, container_upload, server_tool_use,
+      // web_search_tool_result and newer block types: kept as they came for
+      // an Anthropic upstream (OpaquePart). What the model must read
+      // (documents, search results, uploads) is essential; the record of a
+      // server tool's run is history other providers can do without.
+      const bool essential = !(type == "server_tool_use" || type.ends_with("_tool_result"));
+      main.parts.emplace_back(OpaquePart{ApiFlavor::kAnthropicMessages, *block, essential});
     }
   }
   // Tool results first: in Anthropic's shape they open the user turn that
@@ -715,6 +730,10 @@ Turn ToTurn(const Message& message) {
     } else if (const auto* reasoning = std::get_if<ReasoningPart>(&part)) {
       if (!turn.assistant) continue;
       if (auto block = ReasoningBlock(*reasoning)) turn.blocks.push_back(std::move(*block));
+    } else if (const auto* opaque = std::get_if<OpaquePart>(&part)) {
+      // Anthropic's own blocks that the canonical model does not carry, as
+      // the caller sent them.
+      if (opaque->api == ApiFlavor::kAnthropicMessages) turn.blocks.push_back(opaque->block);
     }
   }
   return turn;
@@ -879,10 +898,20 @@ std::string EncodeMessagesRequest(const ChatRequest& request, const RequestOptio
   } else if (caller_thinking != nullptr) {
     thinking = *caller_thinking;
   } else if (wants_thinking) {
-    const int64_t budget = ThinkingBudget(*request.reasoning, max_tokens);
-    if (budget >= max_tokens) max_tokens = budget + 1024;
-    thinking = json::object{{"type", "enabled"}, {"budget_tokens", budget}};
-    built_thinking = true;
+    int64_t budget = ThinkingBudget(*request.reasoning, max_tokens);
+    if (!request.max_tokens) {
+      // No cap from the caller: make room for the budget.
+      if (budget >= max_tokens) max_tokens = budget + 1024;
+    } else {
+      // The caller's max_tokens is its cap on what it pays for: the budget
+      // fits under it (Anthropic: 1024 <= budget_tokens < max_tokens), or
+      // there is no thinking.
+      budget = std::min(budget, max_tokens - 1);
+    }
+    if (budget >= 1024) {
+      thinking = json::object{{"type", "enabled"}, {"budget_tokens", budget}};
+      built_thinking = true;
+    }
   }
   const bool thinking_on = thinking && ThinkingIsOn(*thinking);
   if (!thinking_on) DropFinalReasoning(turns);
@@ -1339,11 +1368,32 @@ void StreamEncoder::CloseBlock(std::string& out) {
     closed_tool_calls_.insert(open_index_);
   }
   AppendEvent(out, json::object{{"type", "content_block_stop"}, {"index", index}});
+  const bool was_tool_use = open_ == OpenBlock::kToolUse;
   open_ = OpenBlock::kNone;
   open_index_ = -1;
   open_signature_.clear();
   open_foreign_ = false;
   open_has_input_ = false;
+  if (was_tool_use) {
+    // The calls held while this one streamed, each as a whole block.
+    for (auto& [call_index, held] : pending_calls_) {
+      const int block = next_block_++;
+      AppendEvent(out, json::object{{"type", "content_block_start"},
+                                    {"index", block},
+                                    {"content_block", json::object{{"type", "tool_use"},
+                                                                   {"id", held.id.empty() ? "toolu_" + RandomBase62(24) : held.id},
+                                                                   {"name", held.name},
+                                                                   {"input", json::object{}}}}});
+      AppendEvent(out, json::object{{"type", "content_block_delta"},
+                                    {"index", block},
+                                    {"delta", json::object{{"type", "input_json_delta"},
+                                                           {"partial_json", held.arguments.empty() ? std::string("{}")
+                                                                                                   : held.arguments}}}});
+      AppendEvent(out, json::object{{"type", "content_block_stop"}, {"index", block}});
+      closed_tool_calls_.insert(call_index);
+    }
+    pending_calls_.clear();
+  }
 }
 
 void StreamEncoder::OpenNew(std::string& out, OpenBlock kind, int canonical_index,
@@ -1422,6 +1472,16 @@ std::string StreamEncoder::Encode(const StreamEvent& event) {
       // A fragment of a call whose block already stopped cannot be sent: one
       // block is open at a time and a stopped block does not reopen.
       if (closed_tool_calls_.count(e->index) != 0) return out;
+      // Upstreams may interleave the fragments of parallel calls; the first
+      // call streams, the others are held and sent whole once its block
+      // stops (CloseBlock), so no fragment is lost.
+      if (open_ == OpenBlock::kToolUse || pending_calls_.count(e->index) != 0) {
+        PendingCall& held = pending_calls_[e->index];
+        if (!e->id.empty()) held.id = e->id;
+        if (!e->name.empty()) held.name = e->name;
+        held.arguments += e->arguments;
+        return out;
+      }
       Start(out);
       std::string id = e->id.empty() ? "toolu_" + RandomBase62(24) : e->id;
       OpenNew(out, OpenBlock::kToolUse, e->index,
@@ -1453,6 +1513,15 @@ std::string StreamEncoder::Finish(const Usage& usage) {
   if (!stop_sequence_.empty() && (stop_reason == "end_turn" || stop_reason == "stop_sequence")) {
     stop_reason = "stop_sequence";
     stop_sequence = stop_sequence_;
+  }
+  if (finish_ == FinishReason::kError) {
+    // The provider ended the answer with an error (DeepSeek's
+    // insufficient_system_resource, Gemini's MALFORMED_FUNCTION_CALL):
+    // Anthropic has no stop_reason for that, and a cut answer must not look
+    // complete, so the stream ends with an error event.
+    out += ErrorEvent(Error{ErrorCode::kBadGateway,
+                            "the provider ended the answer with an error (" + native_finish_ + ")", {}, {}});
+    return out;
   }
   AppendEvent(out,
               json::object{{"type", "message_delta"},
@@ -1504,13 +1573,15 @@ std::string EncodeMessagesResponse(const ResponseMeta& meta, const ChatResponse&
     }
   }
   if (tool_use && stop_reason == "end_turn") stop_reason = "tool_use";
+  // An answer the provider ended with an error has no Anthropic stop_reason.
+  const bool errored = !response.choices.empty() && response.choices[0].finish == FinishReason::kError;
   json::object body;
   body["id"] = meta.id;
   body["type"] = "message";
   body["role"] = "assistant";
   body["model"] = meta.model;
   body["content"] = std::move(content);
-  body["stop_reason"] = stop_reason;
+  body["stop_reason"] = errored ? json::value(nullptr) : json::value(stop_reason);
   body["stop_sequence"] = stop_sequence;
   body["usage"] = UsageObject(usage);
   return json::serialize(body);

@@ -1090,7 +1090,7 @@ void StreamJson(const RequestOptions& options, json::object& body) {
   // Without include_usage an OpenAI stream carries no usage at all
   // (WIRE-FORMATS.md 3.1), and usage is what we bill.
   body["stream"] = true;
-  body["stream_options"] = json::object{{"include_usage", true}};
+  if (options.stream_options) body["stream_options"] = json::object{{"include_usage", true}};
 }
 
 void ReasoningJson(const ReasoningSettings& s, ReasoningStyle style, json::object& body) {

@@ -106,7 +106,22 @@ struct ReasoningPart {
   std::string id;  // OpenRouter's block `id`, when one was given
 };
 
-using ContentPart = std::variant<TextPart, ImagePart, ToolCallPart, ToolResultPart, ReasoningPart>;
+enum class ApiFlavor;
+
+// A block of one API that the canonical model does not carry (Anthropic's
+// document, search_result, server_tool_use and *_tool_result blocks, images
+// sourced from its Files API), kept verbatim so that an upstream speaking the
+// same API gets it back unchanged. Other upstreams never see it: an
+// `essential` block (a document the model must read) makes the request need
+// Param::kDocumentInput (parameters.hpp), so only endpoints of that API serve
+// it; a non-essential one (the record of a server tool's run) is left out.
+struct OpaquePart {
+  ApiFlavor api;
+  boost::json::object block;
+  bool essential = false;
+};
+
+using ContentPart = std::variant<TextPart, ImagePart, ToolCallPart, ToolResultPart, ReasoningPart, OpaquePart>;
 
 struct Message {
   Role role = Role::kUser;

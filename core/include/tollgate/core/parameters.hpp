@@ -46,14 +46,15 @@ enum class Param : uint8_t {
   kUser,               // "user"
   kMetadata,           // "metadata"
   kImageInput,         // "image_input": image content parts (a modality, not a field)
+  kDocumentInput,      // "document_input": essential OpaquePart blocks (Anthropic documents)
   kCount_,
 };
 
 // The OpenRouter name of `param` (above).
 std::string_view ParamName(Param param);
 
-// Tools, tool_choice and image input: dropping them would change what the
-// conversation means, so they are never dropped.
+// Tools, tool_choice, image and document input: dropping them would change
+// what the conversation means, so they are never dropped.
 bool IsEssential(Param param);
 
 class ParameterSet {
@@ -79,9 +80,9 @@ class ParameterSet {
   uint32_t bits_ = 0;
 };
 
-// The parameters `request` uses: set fields (a tool_choice of auto counts
-// only with tools; n only when > 1; logprobs only when true) and image parts
-// in its messages.
+// The parameters `request` uses: set fields (tool_choice only when it is not
+// "auto", the default; n only when > 1; logprobs only when true) and image
+// parts in its messages.
 ParameterSet ParametersUsed(const ChatRequest& request);
 
 // Clears the fields of the parameters in `drop` (image input and tools are

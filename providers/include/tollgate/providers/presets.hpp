@@ -50,6 +50,7 @@ struct Preset {
   bool replay_reasoning_content;      // assistant tool-call turns carry reasoning_content
   bool seed_as_random_seed;           // Mistral: `random_seed`
   bool cache_control;                 // passes cache_control on content parts
+  bool stream_options;                // sends stream_options.include_usage (Mistral rejects it)
   ParameterSet supported;
 };
 
@@ -60,7 +61,8 @@ const std::vector<Preset>& Presets();
 const Preset* FindPreset(std::string_view name);
 
 // What a generic OpenAI-compatible server without a preset gets: every
-// parameter, passed on as given.
+// parameter passed on as given, but logprobs (the canonical events do not
+// carry them back yet).
 const Preset& GenericPreset();
 
 }  // namespace tollgate::providers

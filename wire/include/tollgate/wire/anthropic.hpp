@@ -57,9 +57,13 @@ namespace tollgate::wire::anthropic {
 // reasoning.effort when thinking is on ("max" -> "xhigh"); thinking
 // {type: adaptive} -> reasoning enabled, and the thinking object is kept in
 // `passthrough` (also when it has fields such as `display`). tool_result
-// blocks take a tool call's name from the tool_use with its id. Document
-// blocks, image sources other than base64/url, and other block types
-// Tollgate cannot carry are a 400 naming the block.
+// blocks take a tool call's name from the tool_use with its id. Block types
+// the canonical model does not carry (document, search_result,
+// container_upload, server_tool_use, *_tool_result, newer ones) and images
+// from the Files API are kept verbatim as OpaquePart (core/chat.hpp) and sent
+// back as they came to an Anthropic upstream: documents, search results,
+// uploads and Files images are essential (only Anthropic endpoints serve the
+// call), a server tool's record is left out for other upstreams.
 // Errors: kInvalidArgument with `param` naming the field ("messages.2.content.0").
 Result<ChatRequest> DecodeMessagesRequest(std::string_view body);
 
@@ -101,8 +105,10 @@ struct RequestOptions {
 //   - reasoning -> `thinking` {type: enabled, budget_tokens}: the budget is
 //     reasoning.max_tokens, else by effort (OpenRouter's rule: high 80 %,
 //     medium 50 %, low/minimal 20 % of max_tokens), at least 1024 and below
-//     max_tokens (max_tokens is raised to budget + 1024 when it is not above);
-//     enabled false or effort "none" -> no thinking; with thinking built here,
+//     max_tokens. The caller's max_tokens is never raised (it caps what the
+//     caller pays): the budget shrinks to fit, and under 1024 there is no
+//     thinking; without a caller max_tokens, the default is raised to budget
+//     + 1024 when needed. enabled false or effort "none" -> no thinking; with thinking built here,
 //     temperature and top_k are left out and top_p only kept in [0.95, 1]
 //     (Anthropic rejects the combination);
 //   - response_format json_schema -> `output_config.format` {type: json_schema,
@@ -182,11 +188,14 @@ class ResponseDecoder {
 // input counts known so far, else `input_tokens_hint`), then per output block
 // content_block_start, content_block_delta (text_delta, thinking_delta,
 // signature_delta, input_json_delta) and content_block_stop, one block open at
-// a time, each tool call its own tool_use block; a ping after message_start.
+// a time, each tool call its own tool_use block (the fragments of parallel
+// calls an upstream interleaves: the first call streams, the others are sent
+// whole when its block stops); a ping after message_start.
 // Finish: the open block's stop, message_delta {stop_reason, stop_sequence:
 // the matched stop string when the FinishDelta named one (stop_reason is then
 // "stop_sequence"), else null} with the final usage, message_stop. A stream that fails after its
-// first byte ends with ErrorEvent instead of Finish.
+// first byte ends with ErrorEvent instead of Finish; so does one whose
+// provider finished with an error (FinishReason::kError, no stop_reason for it).
 // Details clients rely on: nothing is written before the first text,
 // reasoning or tool-call fragment (a UsageDelta is only remembered for
 // message_start), so started() stays false until then; every thinking block
@@ -222,6 +231,12 @@ class StreamEncoder {
   bool open_foreign_ = false;    // thinking: reasoning of another provider's format (no signature)
   bool open_has_input_ = false;  // tool_use: an input_json_delta was sent
   std::set<int> closed_tool_calls_;
+  struct PendingCall {
+    std::string id;
+    std::string name;
+    std::string arguments;
+  };
+  std::map<int, PendingCall> pending_calls_;  // calls held while another tool_use block streams
   bool tool_use_sent_ = false;
   std::optional<FinishReason> finish_;
   std::string native_finish_;

@@ -85,6 +85,9 @@ struct RequestOptions {
   // (docs.mistral.ai/api, chat completion request).
   std::string seed_field = "seed";
   bool stream = true;          // `"stream": true, "stream_options": {"include_usage": true}`
+  // false: no `stream_options` (Mistral rejects the field, docs.mistral.ai/api,
+  // and puts usage on its last chunk anyway).
+  bool stream_options = true;
 };
 
 // The JSON body for `POST {base}/chat/completions`. Messages keep their
