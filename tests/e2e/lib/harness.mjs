@@ -15,6 +15,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { answerFor as anthropicAnswerFor } from '../mock_anthropic.mjs';
+import { answerFor as geminiAnswerFor } from '../mock_gemini.mjs';
+import { answerFor as openaiAnswerFor } from '../mock_openai.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const E2E_DIR = path.resolve(here, '..');
 export const REPO_ROOT = path.resolve(process.env.TOLLGATE_REPO_ROOT || path.join(E2E_DIR, '..', '..'));
@@ -669,4 +673,40 @@ export function matrixConfig({ openai, anthropic, gemini }, { extraModels = [] }
     }
   }
   return { providers, models: [...models, ...extraModels] };
+}
+
+// ---------------------------------------------------------------- what the mock upstreams saw and reported
+
+/** The mock a kind of upstream runs on (DeepSeek's preset talks to the OpenAI mock). */
+export const mockOf = (stack, kind) => stack.mocks[kind === 'deepseek' ? 'openai' : kind];
+
+/** The one upstream request of `kind` whose body carries `word`. */
+export function upstreamRequest(stack, kind, word) {
+  const hits = mockOf(stack, kind).requests.filter((r) => r.rawBody.includes(word));
+  if (hits.length !== 1) throw new Error(`${kind}: exactly one upstream request carries ${word}, got ${hits.length}`);
+  return hits[0];
+}
+
+/** What the upstream reported for request record `rec`, as the gateway must bill it (OpenAI semantics:
+ * prompt includes cache reads and writes, completion includes reasoning). */
+export function reportedUsage(kind, rec) {
+  if (kind === 'openai' || kind === 'deepseek') {
+    const u = openaiAnswerFor(rec.body).usage;
+    return {
+      prompt: u.prompt_tokens, completion: u.completion_tokens, cached: u.prompt_tokens_details.cached_tokens,
+      cacheWrite: 0, reasoning: u.completion_tokens_details.reasoning_tokens,
+    };
+  }
+  if (kind === 'anthropic') {
+    const u = anthropicAnswerFor(rec.body).usage;
+    return {
+      prompt: u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens, completion: u.output_tokens,
+      cached: u.cache_read_input_tokens, cacheWrite: u.cache_creation_input_tokens, reasoning: 0,
+    };
+  }
+  const u = geminiAnswerFor(rec.body, rec.model).usageMetadata;
+  return {
+    prompt: u.promptTokenCount, completion: (u.candidatesTokenCount ?? 0) + (u.thoughtsTokenCount ?? 0),
+    cached: u.cachedContentTokenCount ?? 0, cacheWrite: 0, reasoning: u.thoughtsTokenCount ?? 0,
+  };
 }

@@ -16,13 +16,14 @@ import { after, before, describe, test } from 'node:test';
 import {
   LOCAL_MODEL, MATRIX_PRICES, MATRIX_PROVIDER_NAMES, adminDatabaseUrl, costNano, createStack, loadAnthropicSdk,
   loadDeps, localGeneration, matrixConfig, modelDir, matrixUpstreamModel, parseSseEvents, requireBinary, usageRow, usageRowsAfter,
+  mockOf as sharedMockOf, reportedUsage, upstreamRequest,
 } from '../lib/harness.mjs';
 import {
   CJK_TEXT, JSON_TEXT, REASONING_SIGNATURE, REASONING_TEXT, REPLY_PIECES, REPLY_TEXT, RETRY_AFTER_SECONDS, TOOL_ARGS,
   TOOL_ARGS_2, answerFor as openaiAnswerFor, promptTokens as openaiPromptTokens, startMockOpenAI,
 } from '../mock_openai.mjs';
 import { answerFor as anthropicAnswerFor, startMockAnthropic } from '../mock_anthropic.mjs';
-import { answerFor as geminiAnswerFor, startMockGemini } from '../mock_gemini.mjs';
+import { startMockGemini } from '../mock_gemini.mjs';
 
 const { pg } = await loadDeps();
 const { Anthropic } = await loadAnthropicSdk();
@@ -51,37 +52,11 @@ const stack = createStack('e2e-anthropic-api');
 let client; // @anthropic-ai/sdk, base URL the gateway (the SDK appends /v1/messages)
 let seq = 0;
 const tag = () => `zq${++seq}x`;
-const mockOf = (kind) => stack.mocks[kind === 'deepseek' ? 'openai' : kind];
+const mockOf = (kind) => sharedMockOf(stack, kind);
 
-/** The one upstream request whose body carries `word`. */
-function upstream(kind, word) {
-  const hits = mockOf(kind).requests.filter((r) => r.rawBody.includes(word));
-  assert.equal(hits.length, 1, `${kind}: exactly one upstream request carries ${word}, got ${hits.length}`);
-  return hits[0];
-}
+const upstream = (kind, word) => upstreamRequest(stack, kind, word);
 
-/** What the upstream reported for request record `rec`, in OpenAI semantics (prompt includes cache). */
-function reported(kind, rec) {
-  if (kind === 'openai' || kind === 'deepseek') {
-    const u = openaiAnswerFor(rec.body).usage;
-    return {
-      prompt: u.prompt_tokens, completion: u.completion_tokens, cached: u.prompt_tokens_details.cached_tokens,
-      cacheWrite: 0, reasoning: u.completion_tokens_details.reasoning_tokens,
-    };
-  }
-  if (kind === 'anthropic') {
-    const u = anthropicAnswerFor(rec.body).usage;
-    return {
-      prompt: u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens, completion: u.output_tokens,
-      cached: u.cache_read_input_tokens, cacheWrite: u.cache_creation_input_tokens, reasoning: 0,
-    };
-  }
-  const u = geminiAnswerFor(rec.body, rec.model).usageMetadata;
-  return {
-    prompt: u.promptTokenCount, completion: (u.candidatesTokenCount ?? 0) + (u.thoughtsTokenCount ?? 0),
-    cached: u.cachedContentTokenCount ?? 0, cacheWrite: 0, reasoning: u.thoughtsTokenCount ?? 0,
-  };
-}
+const reported = reportedUsage;
 
 /** Anthropic's `usage` for usage `u`: input_tokens exclude cache reads and writes. */
 const anthropicUsage = (u) => ({

@@ -16,6 +16,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   LOCAL_MODEL, MATRIX_PRICES, MATRIX_PROVIDER_NAMES, adminDatabaseUrl, costNano, createStack, loadDeps,
   localGeneration, matrixConfig, modelDir, matrixUpstreamModel, parseSse, requireBinary, usageRow, usageRowsAfter, usd,
+  mockOf as sharedMockOf, reportedUsage, upstreamRequest,
 } from '../lib/harness.mjs';
 import {
   CJK_TEXT, FUNCTION_CALL_SIGNATURE, JSON_TEXT, REASONING_SIGNATURE, REASONING_TEXT, REPLY_PIECES, REPLY_TEXT,
@@ -23,7 +24,7 @@ import {
   startMockOpenAI,
 } from '../mock_openai.mjs';
 import { answerFor as anthropicAnswerFor, startMockAnthropic } from '../mock_anthropic.mjs';
-import { answerFor as geminiAnswerFor, startMockGemini } from '../mock_gemini.mjs';
+import { startMockGemini } from '../mock_gemini.mjs';
 
 const { OpenAI, pg } = await loadDeps();
 adminDatabaseUrl(); // fail at once, clearly, without a database
@@ -66,37 +67,11 @@ let seq = 0;
 /** A unique word for one call's prompt (no tag is a substring of another). */
 const tag = () => `zq${++seq}x`;
 
-const mockOf = (kind) => stack.mocks[kind === 'deepseek' ? 'openai' : kind];
+const mockOf = (kind) => sharedMockOf(stack, kind);
 
-/** The one upstream request whose body carries `word`. */
-function upstream(kind, word) {
-  const hits = mockOf(kind).requests.filter((r) => r.rawBody.includes(word));
-  assert.equal(hits.length, 1, `${kind}: exactly one upstream request carries ${word}, got ${hits.length}`);
-  return hits[0];
-}
+const upstream = (kind, word) => upstreamRequest(stack, kind, word);
 
-/** What the upstream reported for request record `rec`, as the gateway must bill it (OpenAI semantics). */
-function reported(kind, rec) {
-  if (kind === 'openai' || kind === 'deepseek') {
-    const u = openaiAnswerFor(rec.body).usage;
-    return {
-      prompt: u.prompt_tokens, completion: u.completion_tokens, cached: u.prompt_tokens_details.cached_tokens,
-      cacheWrite: 0, reasoning: u.completion_tokens_details.reasoning_tokens,
-    };
-  }
-  if (kind === 'anthropic') {
-    const u = anthropicAnswerFor(rec.body).usage;
-    return {
-      prompt: u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens, completion: u.output_tokens,
-      cached: u.cache_read_input_tokens, cacheWrite: u.cache_creation_input_tokens, reasoning: 0,
-    };
-  }
-  const u = geminiAnswerFor(rec.body, rec.model).usageMetadata;
-  return {
-    prompt: u.promptTokenCount, completion: (u.candidatesTokenCount ?? 0) + (u.thoughtsTokenCount ?? 0),
-    cached: u.cachedContentTokenCount ?? 0, cacheWrite: 0, reasoning: u.thoughtsTokenCount ?? 0,
-  };
-}
+const reported = reportedUsage;
 
 /** The `usage` object of an OpenAI-shaped answer for usage `u` of `kind`. */
 function usageJson(kind, u) {
