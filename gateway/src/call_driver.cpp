@@ -75,6 +75,57 @@ Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoin
   return CallCost(dearest, worst);
 }
 
+Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, const std::optional<Usage>& reported,
+                       bool complete, const routing::Endpoint& endpoint) {
+  const Usage estimate = EstimateUsage(request, output);
+  int64_t images = 0;
+  const int64_t prompt_bytes = PromptBytes(request, &images);
+  const int64_t output_bytes = OutputBytes(output);
+  // Bounds no honest report exceeds: at most one token per prompt byte, plus
+  // images and what a provider adds (tool schemas, templates, its own system
+  // text); at most the output limit per choice plus a reasoning budget.
+  const int64_t prompt_bound = 2 * (prompt_bytes + 1 + images * 4096) + 16384;
+  const int64_t limit = request.max_tokens          ? *request.max_tokens
+                        : endpoint.context_length > 0 ? endpoint.context_length
+                                                      : kDefaultCompletionBound;
+  const int64_t budget = request.reasoning && request.reasoning->max_tokens ? *request.reasoning->max_tokens : 0;
+  const int64_t completion_bound = limit * std::max<int64_t>(request.n.value_or(1), 1) + budget + 1024;
+
+  Billable out{estimate, true};
+  if (!reported) return out;
+  Usage u = *reported;
+  bool estimated = !complete;
+  if (!complete) {
+    // A broken call: what was reported so far, raised to what the output shows.
+    u.prompt_tokens = std::max(u.prompt_tokens, estimate.prompt_tokens);
+    u.completion_tokens = std::max(u.completion_tokens, estimate.completion_tokens);
+  }
+  // Implausibly low: no prompt for a prompt, or fewer completion tokens than
+  // one per 16 bytes of output (tokens average 3 to 5 bytes).
+  if (u.prompt_tokens <= 0 && prompt_bytes > 0) {
+    u.prompt_tokens = estimate.prompt_tokens;
+    estimated = true;
+  }
+  if (u.completion_tokens < output_bytes / 16) {
+    u.completion_tokens = estimate.completion_tokens;
+    estimated = true;
+  }
+  // Implausibly high: clamped to the bound, so no call costs more than its
+  // admission assumed (plus slack).
+  if (u.prompt_tokens > prompt_bound) {
+    u.prompt_tokens = prompt_bound;
+    estimated = true;
+  }
+  if (u.completion_tokens > completion_bound) {
+    u.completion_tokens = completion_bound;
+    estimated = true;
+  }
+  u.cached_tokens = std::clamp<int64_t>(u.cached_tokens, 0, u.prompt_tokens);
+  u.cache_write_tokens = std::clamp<int64_t>(u.cache_write_tokens, 0, u.prompt_tokens - u.cached_tokens);
+  u.reasoning_tokens = std::clamp<int64_t>(u.reasoning_tokens, 0, u.completion_tokens);
+  return Billable{u, estimated};
+}
+
 Usage EstimateUsage(const ChatRequest& request, const ChatResponse& output) {
   int64_t images = 0;
   Usage u;
@@ -264,6 +315,10 @@ void CallDriver::StartAttempt() {
   sink_ = std::make_shared<AttemptSink>(weak_from_this(), executor_);
   cancel_ = std::make_unique<std::stop_source>();
   held_.clear();
+  output_ = ResponseAccumulator{};
+  output_bytes_ = 0;
+  first_output_at_.reset();
+  finish_ = std::nullopt;
   attempt_started_ = executor_->Now();
   const routing::Endpoint& e = *current_->endpoint;
   e.provider->Start(ProviderRequest{&attempt_request_, e.upstream_model, spec_.deadline}, sink_, cancel_->get_token());
@@ -299,9 +354,20 @@ void CallDriver::Drain() {
 }
 
 void CallDriver::OnProviderEvent(StreamEvent event) {
+  if (IsOutput(event) && !first_output_at_) first_output_at_ = executor_->Now();
+  if (const auto* f = std::get_if<FinishDelta>(&event); f != nullptr && f->choice == 0) finish_ = *f;
+  output_.Add(event);
+  output_bytes_ += EventBytes(event);
   if (!committed_) {
-    if (!IsOutput(event)) {
+    // A stream commits at its first output: from then on the client has it.
+    // A whole answer reaches the client only when it is complete, so it
+    // commits then, and a provider that breaks mid-way can still be replaced.
+    if (!IsOutput(event) || !spec_.request.stream) {
       held_.push_back(std::move(event));
+      if (output_bytes_ > kMaxWholeAnswerBytes) {
+        cancel_->request_stop();
+        OnProviderError(Error{ErrorCode::kBadGateway, "the provider's answer is larger than the gateway holds"});
+      }
       return;
     }
     Commit();
@@ -319,8 +385,6 @@ void CallDriver::Commit() {
 }
 
 void CallDriver::Hand(const StreamEvent& event) {
-  if (IsOutput(event) && !first_output_at_) first_output_at_ = executor_->Now();
-  output_.Add(event);
   if (stop_ != Stop::kClientGone) client_->OnEvent(event);
 }
 
@@ -331,6 +395,15 @@ void CallDriver::OnProviderComplete() {
   // way; its row keeps the exact usage.)
   if (stop_ == Stop::kDeadline || stop_ == Stop::kShutdown) {
     return Fail(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+  }
+  // A provider that ended the answer with an error (DeepSeek's
+  // insufficient_system_resource, Gemini's MALFORMED_FUNCTION_CALL) cut it:
+  // a failure like a broken stream, retried elsewhere while uncommitted.
+  if (finish_ && finish_->reason == FinishReason::kError && stop_ == Stop::kNone) {
+    return OnProviderError(Error{ErrorCode::kBadGateway,
+                                 "the provider ended the answer with an error (" +
+                                     (finish_->native_reason.empty() ? std::string("error") : finish_->native_reason) +
+                                     ")"});
   }
   if (!committed_) Commit();  // an empty answer is still an answer
   Succeed();
@@ -416,25 +489,18 @@ void CallDriver::Finish(const std::optional<Error>& error) {
   // What reached the client and is billed: a whole answer, or the part of a
   // stream that went out before it broke. A non-streamed call that failed
   // delivered nothing.
-  const bool delivered = !error || (committed_ && spec_.request.stream);
+  // What reached the client is billed: a whole answer, or the part of a
+  // stream that went out before it broke. A non-streamed call that failed
+  // delivered nothing, unless its client left: then the provider had already
+  // done the work it was asked for.
+  const bool delivered = !error || (committed_ && spec_.request.stream) || stop_ == Stop::kClientGone;
   CallSummary summary;
-  if (delivered) {
-    if (output_.usage() && !error) {
-      summary.usage = *output_.usage();
-    } else {
-      // No usage, or a stream that broke: estimate, keeping what was reported.
-      summary.usage = EstimateUsage(spec_.request, output);
-      summary.usage_estimated = true;
-      if (output_.usage()) {
-        const Usage& r = *output_.usage();
-        summary.usage.prompt_tokens = std::max(r.prompt_tokens, summary.usage.prompt_tokens);
-        summary.usage.cached_tokens = r.cached_tokens;
-        summary.usage.cache_write_tokens = r.cache_write_tokens;
-        summary.usage.completion_tokens = std::max(r.completion_tokens, summary.usage.completion_tokens);
-        summary.usage.reasoning_tokens = std::min(r.reasoning_tokens, summary.usage.completion_tokens);
-      }
-    }
-    if (current_ != nullptr) summary.cost = CallCost(current_->endpoint->pricing, summary.usage);
+  if (delivered && current_ != nullptr) {
+    const Billable billable =
+        BillableUsage(spec_.request, output, output_.usage(), /*complete=*/!error, *current_->endpoint);
+    summary.usage = billable.usage;
+    summary.usage_estimated = billable.estimated;
+    summary.cost = CallCost(current_->endpoint->pricing, summary.usage);
   }
 
   if (error) {

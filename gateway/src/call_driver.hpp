@@ -7,10 +7,13 @@
 //             unsupported ones, or skip the endpoint: parameters.hpp) ->
 //             admission (worst-case credit reservation, 402) -> attempts.
 //   attempt:  Provider::Start with a bounded AttemptSink. Events before the
-//             first output event (text, reasoning, tool call, finish) are held;
-//             the first output event commits the call to that endpoint
-//             (ClientSink::OnCommit). A retryable error before the commit moves
-//             on to the next endpoint of the plan; after it, the call fails.
+//             commit are held: a stream commits to the endpoint at its first
+//             output event (text, reasoning, tool call, finish), a whole
+//             (non-streamed) answer when the provider completed it
+//             (ClientSink::OnCommit), since nothing reaches its client before.
+//             A retryable error before the commit moves on to the next
+//             endpoint of the plan; after it, the call fails. A provider that
+//             finishes choice 0 with FinishReason::kError failed too.
 //   end:      exactly one of ClientSink::OnSuccess / OnFailure, then one usage
 //             row (UsageSink::Record), the actual cost as pending spend, the
 //             reservation released, metrics (CallObserver), and `on_done`.
@@ -166,6 +169,28 @@ Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoin
 // rule of thumb for English text) of the prompt and of the output.
 Usage EstimateUsage(const ChatRequest& request, const ChatResponse& output);
 
+// What a call is billed for, from what its provider reported (nullopt:
+// nothing) and what it produced. An upstream's counts are not trusted
+// blindly (a bad one must neither bill a fortune nor make a call free):
+//   - nothing reported: the estimate;
+//   - the call broke (`complete` false): the report so far, raised to the
+//     estimate of what the output shows;
+//   - a report below what the output proves (no prompt tokens for a prompt,
+//     fewer completion tokens than output bytes / 16) takes the estimate
+//     there;
+//   - a report above what the request allows (prompt: 2 x (prompt bytes + 1
+//     + 4096 per image) + 16384 for what a provider adds; completion: the
+//     output limit (max_tokens, else the context length, else
+//     kDefaultCompletionBound) x n + the reasoning budget + 1024) is clamped
+//     to that bound.
+// `estimated` is true whenever the estimate or a bound decided a count.
+struct Billable {
+  Usage usage;
+  bool estimated = false;
+};
+Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, const std::optional<Usage>& reported,
+                       bool complete, const routing::Endpoint& endpoint);
+
 class CallDriver : public std::enable_shared_from_this<CallDriver> {
  public:
   // Flow-control bounds of the attempt queue (bytes of queued events, see
@@ -174,6 +199,8 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   static constexpr std::size_t kLowWaterBytes = 64 * 1024;
   // How long a cancelled provider may take to deliver its terminal event.
   static constexpr std::chrono::milliseconds kCancelGrace{5000};
+  // The most a whole (non-streamed) answer may hold before it is committed.
+  static constexpr std::size_t kMaxWholeAnswerBytes = 32 * 1024 * 1024;
 
   // `executor`, `deps` and `client` must outlive the driver's last callback
   // (`on_done`). `on_done` runs once, on the executor, after metering.
@@ -235,7 +262,9 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   std::shared_ptr<AttemptSink> sink_;
   std::unique_ptr<std::stop_source> cancel_;
   SteadyTime attempt_started_;
-  std::vector<StreamEvent> held_;  // events before the commit (usage reports)
+  std::vector<StreamEvent> held_;  // events before the commit: usage reports; a whole answer
+  std::size_t output_bytes_ = 0;   // EventBytes of this attempt's events
+  std::optional<FinishDelta> finish_;  // choice 0's finish in this attempt
 
   bool committed_ = false;
   bool finished_ = false;
@@ -245,7 +274,7 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   std::unique_ptr<Executor::Timer> deadline_timer_;
   std::unique_ptr<Executor::Timer> grace_timer_;
   std::optional<SteadyTime> first_output_at_;
-  ResponseAccumulator output_;
+  ResponseAccumulator output_;  // everything this attempt produced
 };
 
 }  // namespace tollgate::gateway

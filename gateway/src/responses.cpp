@@ -2,6 +2,8 @@
 
 #include "tollgate/core/text.hpp"
 
+#include <boost/json.hpp>
+
 namespace tollgate::gateway {
 
 ResponseEncoder::ResponseEncoder(const ChatRequest& request, wire::ResponseMeta meta, ErrorFlavor error_flavor,
@@ -42,9 +44,25 @@ std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
 
 std::string ResponseEncoder::StreamError(const Error& error) const {
   if (api_ == ApiFlavor::kAnthropicMessages) return wire::anthropic::StreamEncoder::ErrorEvent(error);
-  // OpenRouter's mid-stream error (openrouter.ai/docs/api-reference/streaming):
-  // a data event whose object has `error`; no [DONE] after it.
-  return wire::SseFrame(tollgate::ErrorBody(error, error_flavor_));
+  // OpenRouter's mid-stream error (openrouter.ai/docs/api-reference/streaming,
+  // "Mid-stream errors"): a chunk with the stream's id, `error`, and choice 0
+  // ending with finish_reason "error" (@openrouter/sdk parses it as a chunk;
+  // the openai SDK raises on `error`); no [DONE] after it.
+  boost::json::value body = boost::json::parse(tollgate::ErrorBody(error, error_flavor_));
+  boost::json::object choice{{"index", 0}, {"finish_reason", "error"}};
+  if (kind_ == RequestKind::kChat) {
+    choice["delta"] = boost::json::object{{"content", ""}};
+  } else {
+    choice["text"] = "";
+  }
+  boost::json::object chunk{{"id", meta_.id},
+                            {"object", kind_ == RequestKind::kChat ? "chat.completion.chunk" : "text_completion"},
+                            {"created", meta_.created},
+                            {"model", meta_.model},
+                            {"provider", meta_.provider},
+                            {"error", std::move(body.as_object()["error"])},
+                            {"choices", boost::json::array{std::move(choice)}}};
+  return wire::SseFrame(boost::json::serialize(chunk));
 }
 
 std::string ResponseEncoder::WholeBody(const CallSummary& summary) const {

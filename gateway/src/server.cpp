@@ -287,7 +287,7 @@ class ConnectionSink final : public ClientSink {
   awaitable<void> Wait() {
     while (!HasWork()) {
       wake_.expires_at(Clock::time_point::max());
-      auto [ec] = co_await wake_.async_wait(kUseTuple);
+      co_await wake_.async_wait(kUseTuple);  // woken by cancel
     }
   }
   std::string TakeOutput() { return std::exchange(out_, std::string()); }

@@ -460,7 +460,7 @@ class Call : public std::enable_shared_from_this<Call> {
     }
     while (!resumed_ && !aborted_) {
       pause_.expires_at(Clock::time_point::max());
-      auto [ec] = co_await pause_.async_wait(kAwait);
+      co_await pause_.async_wait(kAwait);  // woken by cancel (resume or abort)
     }
     if (!aborted_) Arm(idle_ms, idle_kind);
   }

@@ -77,12 +77,16 @@ ChatRequest AsChat(const ChatRequest& request) {
 // strand (HttpClient guarantees it), so it needs no locking.
 class Call final : public detail::HttpResponseHandler {
  public:
+  // `hidden`: what no message may show (the upstream's host and host:port,
+  // besides the key `secret`), even when the upstream itself writes it into
+  // an error text.
   Call(std::shared_ptr<StreamSink> sink, RemoteApi api, RequestKind kind, std::stop_token cancel, std::string secret,
-       std::string provider_name)
+       std::string provider_name, std::vector<std::string> hidden)
       : sink_(std::move(sink)),
         cancel_(std::move(cancel)),
         secret_(secret),
         provider_name_(std::move(provider_name)),
+        hidden_(std::move(hidden)),
         reader_(api, kind, std::move(secret)) {}
 
   void OnHead(const HttpResponseHead& head) override {
@@ -187,6 +191,7 @@ class Call final : public detail::HttpResponseHandler {
     if (terminal_) return;
     terminal_ = true;
     error.message = detail::Redact(std::move(error.message), secret_);
+    for (const std::string& h : hidden_) error.message = detail::Redact(std::move(error.message), h);
     if (error.code != ErrorCode::kCancelled) error.provider_name = provider_name_;
     auto sink = std::move(sink_);
     sink->OnError(error);
@@ -196,6 +201,7 @@ class Call final : public detail::HttpResponseHandler {
   std::stop_token cancel_;
   std::string secret_;
   std::string provider_name_;
+  std::vector<std::string> hidden_;
   detail::ResponseReader reader_;
   std::vector<StreamEvent> events_;
   std::size_t drained_bytes_ = 0;
@@ -243,6 +249,10 @@ class RemoteProviderImpl final : public RemoteProvider {
   RemoteProviderImpl(RemoteProviderOptions options, const Preset& preset, Endpoint endpoint,
                      detail::HttpClient client)
       : options_(std::move(options)), preset_(preset), endpoint_(std::move(endpoint)), client_(std::move(client)) {
+    // Longest first, so "host:port" goes before "host".
+    hidden_ = {options_.base_url,
+               endpoint_.upstream.host + ":" + std::to_string(endpoint_.upstream.port),
+               endpoint_.upstream.host};
     switch (options_.api) {
       case RemoteApi::kOpenAiCompatible:
         supported_ = preset_.supported;
@@ -346,7 +356,7 @@ class RemoteProviderImpl final : public RemoteProvider {
     if (request.deadline != std::chrono::steady_clock::time_point{}) http.deadline = request.deadline;
 
     auto handler = std::make_shared<Call>(std::move(sink), options_.api, kind, cancel, options_.api_key,
-                                          options_.display_name);
+                                          options_.display_name, hidden_);
     client_.Start(std::move(http), std::move(handler), std::move(cancel));
   }
 
@@ -361,6 +371,7 @@ class RemoteProviderImpl final : public RemoteProvider {
   Endpoint endpoint_;
   detail::HttpClient client_;
   ParameterSet supported_;
+  std::vector<std::string> hidden_;  // in no message: base URL, host:port, host
 };
 
 }  // namespace

@@ -159,6 +159,9 @@ std::string UpstreamErrorMessage(std::string_view body, std::string_view secret)
     }
     return {};
   }
+  // A markup page (a proxy's or load balancer's HTML error page) says nothing
+  // a caller can use and may name internal hosts: not passed on.
+  if (body.front() == '<') return {};
   if (IsPrintableText(body)) return cap(body);
   return {};
 }

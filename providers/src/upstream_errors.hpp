@@ -21,7 +21,8 @@ std::string Redact(std::string text, std::string_view secret);
 
 // The human-readable message in an upstream error body: `error.message`
 // (OpenAI, Anthropic, Gemini, OpenRouter), `error` (when a string), `message`
-// (vLLM), `detail` (FastAPI), else the body itself when it is printable text;
+// (vLLM), `detail` (FastAPI), else the body itself when it is printable text
+// and not markup (an HTML error page may name internal hosts);
 // `secret` redacted, then capped at kMaxUpstreamMessageBytes; empty if none.
 std::string UpstreamErrorMessage(std::string_view body, std::string_view secret = {});
 

@@ -279,16 +279,75 @@ TEST_F(CallDriverTest, NeverFallsBackAfterTheFirstOutput) {
   EXPECT_GT(usage.rows[0].cost.nano_usd, 0);
 }
 
-TEST_F(CallDriverTest, ABrokenNonStreamedCallDeliveredNothingAndCostsNothing) {
+TEST_F(CallDriverTest, ANonStreamedAnswerThatBreaksMidWayIsReplacedByTheNextEndpoint) {
   Start(UserSays("hi", /*stream=*/false));
-  auto& sink = primary->calls[0].sink;
-  sink->OnEvent(TextDelta{0, "partial"});
-  sink->OnError(Error{ErrorCode::kBadGateway, "upstream cut"});
+  primary->calls[0].sink->OnEvent(TextDelta{0, "partial"});
+  primary->calls[0].sink->OnError(Error{ErrorCode::kBadGateway, "upstream cut"});
+  executor->RunUntilIdle();
+  EXPECT_FALSE(client->commit) << "nothing reached the client";
+  ASSERT_EQ(fallback->calls.size(), 1u);
+  fallback->calls[0].sink->OnEvent(TextDelta{0, "whole"});
+  fallback->calls[0].sink->OnEvent(FinishDelta{0, FinishReason::kStop, "stop"});
+  fallback->calls[0].sink->OnEvent(UsageDelta{MakeUsage(4, 1)});
+  fallback->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->summary);
+  EXPECT_EQ(client->text, "whole") << "only the answer that completed";
+  EXPECT_EQ(client->commit->provider, "Fallback");
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].usage, MakeUsage(4, 1));
+}
+
+TEST_F(CallDriverTest, ABrokenNonStreamedCallDeliveredNothingAndCostsNothing) {
+  BuildCatalog({primary.get()});
+  Start(UserSays("hi", /*stream=*/false));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "partial"});
+  primary->calls[0].sink->OnError(Error{ErrorCode::kBadGateway, "upstream cut"});
   executor->RunUntilIdle();
   ASSERT_TRUE(client->error);
+  EXPECT_FALSE(client->failed_committed);
   ASSERT_EQ(usage.rows.size(), 1u);
   EXPECT_EQ(usage.rows[0].cost.nano_usd, 0);
   EXPECT_EQ(admission.pending, 0);
+}
+
+TEST_F(CallDriverTest, AnErrorFinishIsAFailureThatFallsBackBeforeTheCommit) {
+  Start(UserSays("hi", /*stream=*/false));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "cut"});
+  primary->calls[0].sink->OnEvent(FinishDelta{0, FinishReason::kError, "insufficient_system_resource"});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_EQ(fallback->calls.size(), 1u) << "a cut answer is not an answer";
+  ASSERT_EQ(observer.failed.size(), 1u);
+  EXPECT_EQ(observer.failed[0].second, 502);
+}
+
+TEST_F(CallDriverTest, AnErrorFinishOfAStreamEndsItWithAnError) {
+  BuildCatalog({primary.get()});
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "cut"});
+  primary->calls[0].sink->OnEvent(FinishDelta{0, FinishReason::kError, "insufficient_system_resource"});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_TRUE(client->failed_committed);
+  EXPECT_NE(client->error->message.find("insufficient_system_resource"), std::string::npos);
+  EXPECT_EQ(usage.rows.at(0).status, 502);
+}
+
+TEST_F(CallDriverTest, ANonStreamedClientThatLeavesIsBilledForWhatTheProviderDid) {
+  Start(UserSays("a long prompt", /*stream=*/false));
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(50, 0)});
+  primary->calls[0].sink->OnEvent(TextDelta{0, "some words"});
+  executor->RunUntilIdle();
+  driver->Cancel();
+  executor->RunUntilIdle();
+  primary->calls[0].sink->OnError(Error{ErrorCode::kCancelled, "request cancelled"});
+  executor->RunUntilIdle();
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 499);
+  EXPECT_EQ(usage.rows[0].usage.prompt_tokens, 50);
+  EXPECT_GT(usage.rows[0].cost.nano_usd, 0);
 }
 
 TEST_F(CallDriverTest, AnInvalidRequestIsNotRetriedAndLeavesNoRow) {
@@ -551,6 +610,34 @@ TEST_F(CallDriverTest, EventsFromAProviderThreadArriveInOrder) {
   std::string expected;
   for (int i = 0; i < 1000; ++i) expected += std::to_string(i) + ",";
   EXPECT_EQ(client->text, expected);
+}
+
+TEST(CallDriverHelpers, UpstreamUsageIsBoundedByWhatTheRequestAllows) {
+  routing::Endpoint e{"p", nullptr, "m", Price(1000, 2000), 8192};
+  ChatRequest r = UserSays("hello there");
+  r.max_tokens = 10;
+  ChatResponse out;
+  out.choices.resize(1);
+  out.choices[0].text = "hi";
+  // 1e30 completion tokens from a broken or hostile upstream.
+  Billable b = BillableUsage(r, out, Usage{5, 1'000'000'000'000, 0, 0, 0}, true, e);
+  EXPECT_EQ(b.usage.completion_tokens, 10 + 1024);
+  EXPECT_TRUE(b.estimated);
+  // Negative or zero counts for a real answer: the estimate, not a free call.
+  b = BillableUsage(r, out, Usage{0, 0, 0, 0, 0}, true, e);
+  EXPECT_GT(b.usage.prompt_tokens, 0);
+  EXPECT_TRUE(b.estimated);
+  // One completion token for 400 bytes of output (a stream that lost its final count).
+  out.choices[0].text = std::string(400, 'x');
+  b = BillableUsage(r, out, Usage{5, 1, 0, 0, 0}, true, e);
+  EXPECT_EQ(b.usage.completion_tokens, 100);
+  // An honest report is taken as it is.
+  out.choices[0].text = "hi";
+  b = BillableUsage(r, out, Usage{7, 2, 3, 0, 1}, true, e);
+  EXPECT_EQ(b.usage, (Usage{7, 2, 3, 0, 1}));
+  EXPECT_FALSE(b.estimated);
+  // Nothing reported: the estimate.
+  EXPECT_TRUE(BillableUsage(r, out, std::nullopt, true, e).estimated);
 }
 
 TEST(CallDriverHelpers, EstimateCountsFourBytesPerTokenAndImages) {

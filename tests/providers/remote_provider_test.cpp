@@ -405,6 +405,29 @@ TEST_F(RemoteProviderTest, ForwardsEachEventWithoutWaitingForTheNext) {
   ASSERT_TRUE(sink->completion());
 }
 
+TEST_F(RemoteProviderTest, AnUpstreamThatWritesItsOwnAddressIntoAnErrorDoesNotLeakIt) {
+  std::string base;
+  FakeUpstream upstream([&](const FakeRequest& req, FakeResponder& r) {
+    if (req.body.find("html") != std::string::npos) {
+      r.SendResponse(502, "text/html", "<html><body>502 Bad Gateway from vllm-prod-7.internal.corp:8000</body></html>");
+      return;
+    }
+    const std::string message = "Invalid model for host " + base + " (" + base + "/chat/completions)";
+    r.SendResponse(400, "application/json", R"({"error":{"message":")" + message + R"(","type":"invalid_request_error"}})");
+  });
+  base = upstream.BaseUrl();
+  Make(Options(base));
+  auto sink = Run();
+  ASSERT_TRUE(sink->error());
+  EXPECT_EQ(sink->error()->code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(sink->error()->message.find("Invalid model for host"), std::string::npos) << sink->error()->message;
+  ExpectCleanError(*sink->error(), upstream.port());
+  request_.messages[0].parts = {TextPart{"html please", {}}};
+  sink = Run();
+  ASSERT_TRUE(sink->error());
+  EXPECT_EQ(sink->error()->message.find("internal.corp"), std::string::npos) << sink->error()->message;
+}
+
 TEST_F(RemoteProviderTest, MapsUpstreamErrorStatusesWithoutLeakingKeyOrHost) {
   struct Case {
     int status;

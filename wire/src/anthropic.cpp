@@ -574,11 +574,14 @@ Result<ChatRequest> DecodeRequest(std::string_view body, bool count_tokens) {
     if (v == nullptr || v->is_null()) continue;
     const auto number = NumberOf(*v);
     if (!number) return BadRequest(Str(key) + ": must be a number", Str(key));
+    // Both range over [0, 1] in the Messages API reference.
+    if (!(*number >= 0.0 && *number <= 1.0)) return BadRequest(Str(key) + ": must be between 0 and 1", Str(key));
     (key == "temperature" ? request.temperature : request.top_p) = *number;
   }
   if (const auto* v = root->if_contains("top_k"); v != nullptr && !v->is_null()) {
     const auto n = IntegerOf(*v);
     if (!n) return BadRequest("top_k: must be an integer", "top_k");
+    if (*n < 0) return BadRequest("top_k: must not be negative", "top_k");
     request.top_k = *n;
   }
   if (const auto* v = root->if_contains("stream"); v != nullptr && !v->is_null()) {
