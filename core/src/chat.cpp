@@ -78,7 +78,6 @@ void ResponseAccumulator::Add(const StreamEvent& event) {
     ChoiceResult* choice = Choice(e->choice);
     if (choice == nullptr) return;
     choice->text += e->text;
-    has_output_ = has_output_ || !e->text.empty();
   } else if (const auto* e = std::get_if<ReasoningDelta>(&event)) {
     ChoiceResult* choice = Choice(e->choice);
     if (choice == nullptr || !part_index(e->index)) return;
@@ -92,7 +91,6 @@ void ResponseAccumulator::Add(const StreamEvent& event) {
     if (!e->data.empty()) block.data += e->data;
     if (!e->format.empty()) block.format = e->format;
     if (!e->id.empty()) block.id = e->id;
-    has_output_ = true;
   } else if (const auto* e = std::get_if<ToolCallDelta>(&event)) {
     ChoiceResult* choice = Choice(e->choice);
     if (choice == nullptr || !part_index(e->index)) return;
@@ -104,7 +102,6 @@ void ResponseAccumulator::Add(const StreamEvent& event) {
     if (!e->name.empty()) call.name = e->name;
     call.arguments += e->arguments;
     if (!e->thought_signature.empty()) call.thought_signature = e->thought_signature;
-    has_output_ = true;
   } else if (const auto* e = std::get_if<FinishDelta>(&event)) {
     ChoiceResult* choice = Choice(e->choice);
     if (choice == nullptr) return;

@@ -319,7 +319,6 @@ void CallDriver::StartAttempt() {
   output_bytes_ = 0;
   first_output_at_.reset();
   finish_ = std::nullopt;
-  attempt_started_ = executor_->Now();
   const routing::Endpoint& e = *current_->endpoint;
   e.provider->Start(ProviderRequest{&attempt_request_, e.upstream_model, spec_.deadline}, sink_, cancel_->get_token());
 }

@@ -314,7 +314,6 @@ class ConnectionSink final : public ClientSink {
   const CommitInfo& info() const { return info_; }
   const std::optional<Error>& error() const { return error_; }
   std::string& body() { return body_; }
-  const ResponseEncoder& encoder() const { return encoder_; }
 
  private:
   // Streamed calls wake the writer for output and for the commit (headers);
@@ -815,7 +814,6 @@ int Serve(const Config& config, const ServeOptions& options) {
   if (!generations) return StartupError("database: " + generations.error().message);
   services.generations = std::move(*generations);
 
-  int rc = 0;
   {
     asio::io_context ioc(threads);
     // Providers: one instance per remote provider, one local engine per model file.
@@ -962,7 +960,7 @@ int Serve(const Config& config, const ServeOptions& options) {
   }
   services.keys->Stop();
   std::cerr << "tollgate: stopped; " << services.recorder->rows_written() << " usage rows written" << std::endl;
-  return rc;
+  return 0;
 }
 
 }  // namespace tollgate::gateway

@@ -350,13 +350,10 @@ class ResponseAccumulator {
   // The response so far. Tool calls without arguments read "{}".
   ChatResponse Take() const;
   const std::optional<Usage>& usage() const { return response_.usage; }
-  // True once any text, reasoning or tool-call fragment arrived.
-  bool has_output() const { return has_output_; }
 
  private:
   ChoiceResult* Choice(int index);
   ChatResponse response_;
-  bool has_output_ = false;
 };
 
 // The events that replay `response` in order: per choice its reasoning
