@@ -9,6 +9,7 @@
 //   TOLLGATE_MODEL_DIR            folder holding stories260K.gguf (default: <repo>/models, then
 //                                 <repo>/../shared/models)
 // Nothing here skips: a missing piece fails the test with a message saying what to do.
+import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -709,4 +710,22 @@ export function reportedUsage(kind, rec) {
     prompt: u.promptTokenCount, completion: (u.candidatesTokenCount ?? 0) + (u.thoughtsTokenCount ?? 0),
     cached: u.cachedContentTokenCount ?? 0, cacheWrite: 0, reasoning: u.thoughtsTokenCount ?? 0,
   };
+}
+
+/** Checks the usage row of call `id` of a createStack() gateway field by field against the matrix prices. */
+export async function checkUsageRow(stack, id, { model, kind, u, streamed, finish = 'stop', status = 200, estimated = false, errorCode = null }) {
+  const row = await usageRow(stack.db, id);
+  const got = {
+    model: row.model, provider: row.provider, upstream_model: row.upstream_model, prompt_tokens: row.prompt_tokens,
+    completion_tokens: row.completion_tokens, cached_tokens: row.cached_tokens, reasoning_tokens: row.reasoning_tokens,
+    cache_write_tokens: row.cache_write_tokens, cost_nano_usd: row.cost_nano_usd, status: row.status, streamed: row.streamed,
+    finish_reason: row.finish_reason, usage_estimated: row.usage_estimated, error_code: row.error_code,
+  };
+  assert.deepStrictEqual(got, {
+    model, provider: MATRIX_PROVIDER_NAMES[kind],
+    upstream_model: kind === 'local' ? path.join(modelDir(), 'stories260K.gguf') : matrixUpstreamModel(model),
+    prompt_tokens: u.prompt, completion_tokens: u.completion, cached_tokens: u.cached ?? 0, reasoning_tokens: u.reasoning ?? 0,
+    cache_write_tokens: u.cacheWrite ?? 0, cost_nano_usd: costNano(MATRIX_PRICES[kind], u), status, streamed,
+    finish_reason: finish, usage_estimated: estimated, error_code: errorCode,
+  }, `usage row of ${id} (${model})`);
 }

@@ -10,13 +10,12 @@
 // Each call carries a unique word ("zq17x") in its last user message, so the upstream request it
 // caused is found in the mock's records.
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  LOCAL_MODEL, MATRIX_PRICES, MATRIX_PROVIDER_NAMES, adminDatabaseUrl, costNano, createStack, loadAnthropicSdk,
-  loadDeps, localGeneration, matrixConfig, modelDir, matrixUpstreamModel, parseSseEvents, requireBinary, usageRow, usageRowsAfter,
-  mockOf as sharedMockOf, reportedUsage, upstreamRequest,
+  LOCAL_MODEL, adminDatabaseUrl, createStack, loadAnthropicSdk,
+  loadDeps, localGeneration, matrixConfig, parseSseEvents, requireBinary, usageRowsAfter,
+  checkUsageRow, mockOf as sharedMockOf, reportedUsage, upstreamRequest,
 } from '../lib/harness.mjs';
 import {
   CJK_TEXT, JSON_TEXT, REASONING_SIGNATURE, REASONING_TEXT, REPLY_PIECES, REPLY_TEXT, RETRY_AFTER_SECONDS, TOOL_ARGS,
@@ -64,23 +63,7 @@ const anthropicUsage = (u) => ({
   cache_read_input_tokens: u.cached ?? 0, output_tokens: u.completion,
 });
 
-/** Checks the usage row of call `id` field by field. */
-async function checkRow(id, { model, kind, u, streamed, finish = 'stop', status = 200, estimated = false, errorCode = null }) {
-  const row = await usageRow(stack.db, id);
-  const got = {
-    model: row.model, provider: row.provider, upstream_model: row.upstream_model, prompt_tokens: row.prompt_tokens,
-    completion_tokens: row.completion_tokens, cached_tokens: row.cached_tokens, reasoning_tokens: row.reasoning_tokens,
-    cache_write_tokens: row.cache_write_tokens, cost_nano_usd: row.cost_nano_usd, status: row.status, streamed: row.streamed,
-    finish_reason: row.finish_reason, usage_estimated: row.usage_estimated, error_code: row.error_code,
-  };
-  assert.deepEqual(got, {
-    model, provider: MATRIX_PROVIDER_NAMES[kind],
-    upstream_model: kind === 'local' ? path.join(modelDir(), 'stories260K.gguf') : matrixUpstreamModel(model),
-    prompt_tokens: u.prompt, completion_tokens: u.completion, cached_tokens: u.cached ?? 0, reasoning_tokens: u.reasoning ?? 0,
-    cache_write_tokens: u.cacheWrite ?? 0, cost_nano_usd: costNano(MATRIX_PRICES[kind], u), status, streamed,
-    finish_reason: finish, usage_estimated: estimated, error_code: errorCode,
-  }, `usage row of ${id} (${model})`);
-}
+const checkRow = (id, expected) => checkUsageRow(stack, id, expected);
 
 /** messages.create() with its response headers. */
 async function create(params, options) {
