@@ -361,12 +361,16 @@ void CallDriver::OnProviderEvent(StreamEvent event) {
     // A stream commits at its first output: from then on the client has it.
     // A whole answer reaches the client only when it is complete, so it
     // commits then, and a provider that breaks mid-way can still be replaced.
-    if (!IsOutput(event) || !spec_.request.stream) {
-      held_.push_back(std::move(event));
+    // (Commit hands a whole answer over from output_, which already holds it.)
+    if (!spec_.request.stream) {
       if (output_bytes_ > kMaxWholeAnswerBytes) {
         cancel_->request_stop();
         OnProviderError(Error{ErrorCode::kBadGateway, "the provider's answer is larger than the gateway holds"});
       }
+      return;
+    }
+    if (!IsOutput(event)) {
+      held_.push_back(std::move(event));
       return;
     }
     Commit();
@@ -378,7 +382,7 @@ void CallDriver::Commit() {
   committed_ = true;
   client_->OnCommit(CommitInfo{std::string(current_->endpoint->provider->Name()), current_->endpoint->upstream_model,
                                current_->dropped});
-  std::vector<StreamEvent> held = std::move(held_);
+  std::vector<StreamEvent> held = spec_.request.stream ? std::move(held_) : ResponseEvents(output_.Take());
   held_.clear();
   for (const auto& e : held) Hand(e);
 }

@@ -261,7 +261,7 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   ChatRequest attempt_request_;
   std::shared_ptr<AttemptSink> sink_;
   std::unique_ptr<std::stop_source> cancel_;
-  std::vector<StreamEvent> held_;  // events before the commit: usage reports; a whole answer
+  std::vector<StreamEvent> held_;  // a stream's events before its commit (usage reports)
   std::size_t output_bytes_ = 0;   // EventBytes of this attempt's events
   std::optional<FinishDelta> finish_;  // choice 0's finish in this attempt
 
