@@ -3,6 +3,8 @@
 #include "log_internal.hpp"
 #include "pg.hpp"
 
+#include <boost/json.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -21,7 +23,7 @@ using internal::PgOutcome;
 using internal::PgParam;
 using EventPtr = std::shared_ptr<const UsageEvent>;
 
-constexpr int kColumns = 21;
+constexpr int kColumns = 22;
 // PostgreSQL's protocol allows at most 65535 bind parameters per statement.
 constexpr int kMaxBatchSize = 3000;
 constexpr std::chrono::milliseconds kInitialBackoff{100};
@@ -33,10 +35,11 @@ constexpr const char* kInsertHead =
     "INSERT INTO usage_events (request_id, api_key_id, model, provider, upstream_model,"
     " prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_nano_usd,"
     " latency_ms, ttft_ms, status, finish_reason, streamed, cancelled, usage_estimated,"
-    " error_code, created_at, finished_at, cache_write_tokens) VALUES ";
+    " error_code, created_at, finished_at, cache_write_tokens, endpoint_id) VALUES ";
 constexpr const char* kColumnCasts[kColumns] = {
     "text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
-    "bigint", "bigint", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz", "bigint"};
+    "bigint", "bigint", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz", "bigint",
+    "text"};
 
 std::string BoolParam(bool value) { return value ? "t" : "f"; }
 
@@ -62,7 +65,48 @@ void AppendParams(const UsageEvent& e, std::vector<PgParam>& params) {
   params.emplace_back(internal::PgTimestamp(e.created_at));
   params.emplace_back(internal::PgTimestamp(e.finished_at));
   params.emplace_back(std::to_string(e.usage.cache_write_tokens));
+  params.emplace_back(e.endpoint_id.empty() ? std::nullopt : PgParam(e.endpoint_id));
 }
+
+// The attempts of `events` as one JSON array for jsonb_to_recordset: one
+// parameter however many attempts there are.
+std::string AttemptsJson(std::span<const EventPtr> events) {
+  boost::json::array rows;
+  for (const EventPtr& e : events) {
+    for (const AttemptRecord& a : e->attempts) {
+      rows.push_back(boost::json::object{
+          {"request_id", e->request_id},
+          {"attempt", a.attempt},
+          {"endpoint_id", a.endpoint_id},
+          {"provider", a.provider},
+          {"upstream_model", a.upstream_model},
+          {"outcome", a.outcome},
+          {"status", a.status},
+          {"error_code", a.error_code ? boost::json::value(*a.error_code) : boost::json::value(nullptr)},
+          {"started_ms", a.started_ms},
+          {"latency_ms", a.latency_ms},
+          {"ttft_ms", a.ttft_ms ? boost::json::value(*a.ttft_ms) : boost::json::value(nullptr)},
+          {"prompt_tokens", a.usage.prompt_tokens},
+          {"completion_tokens", a.usage.completion_tokens},
+          {"cached_tokens", a.usage.cached_tokens},
+          {"cost_nano_usd", a.cost.nano_usd},
+      });
+    }
+  }
+  return boost::json::serialize(rows);
+}
+
+// Inserts the attempts beside their calls' rows, in the same transaction; a
+// retried batch finds them there (ON CONFLICT).
+constexpr const char* kInsertAttempts =
+    "INSERT INTO call_attempts (request_id, attempt, endpoint_id, provider, upstream_model, outcome, status,"
+    " error_code, started_ms, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, cost_nano_usd)"
+    " SELECT request_id, attempt, endpoint_id, provider, upstream_model, outcome, status, error_code, started_ms,"
+    " latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens, cost_nano_usd"
+    " FROM jsonb_to_recordset($1::jsonb) AS x(request_id text, attempt int, endpoint_id text, provider text,"
+    " upstream_model text, outcome text, status int, error_code text, started_ms bigint, latency_ms bigint,"
+    " ttft_ms bigint, prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint, cost_nano_usd bigint)"
+    " ON CONFLICT (request_id, attempt) DO NOTHING";
 
 // One statement that inserts the rows and charges their keys for exactly the
 // rows it inserted: data-modifying CTEs see each other's RETURNING output, and
@@ -157,6 +201,12 @@ struct UsageRecorder::Impl {
     if (out.ok()) {
       out = PgExec(c, InsertSql(events.size()), params);
       if (out.ok()) *inserted = internal::PgInt64(out.result.get(), 0, 0);
+    }
+    const bool any_attempts =
+        std::any_of(events.begin(), events.end(), [](const EventPtr& e) { return !e->attempts.empty(); });
+    if (out.ok() && any_attempts) {
+      PgOutcome attempts = PgExec(c, kInsertAttempts, {AttemptsJson(events)});
+      if (!attempts.ok()) out = std::move(attempts);
     }
     if (out.ok()) {
       // If this reply is lost the batch may or may not be committed; the

@@ -98,12 +98,16 @@ Money CallCost(const Pricing& pricing, const Usage& usage) {
   const int64_t completion_tokens = std::max<int64_t>(usage.completion_tokens, 0);
   const int64_t cached_tokens = std::clamp<int64_t>(usage.cached_tokens, 0, prompt_tokens);
   const int64_t write_tokens = std::clamp<int64_t>(usage.cache_write_tokens, 0, prompt_tokens - cached_tokens);
+  const int64_t reasoning_tokens = std::clamp<int64_t>(usage.reasoning_tokens, 0, completion_tokens);
+  const TokenPrice reasoning_price = pricing.reasoning.value_or(pricing.completion);
   __int128 femto = static_cast<__int128>(prompt_tokens - cached_tokens - write_tokens) *
                        pricing.prompt.femto_usd_per_token +
                    static_cast<__int128>(cached_tokens) * pricing.cached_prompt.femto_usd_per_token +
                    static_cast<__int128>(write_tokens) * pricing.cache_write.femto_usd_per_token +
-                   static_cast<__int128>(completion_tokens) * pricing.completion.femto_usd_per_token;
-  __int128 nano = (femto + 500'000) / 1'000'000;  // round half up; femto >= 0
+                   static_cast<__int128>(completion_tokens - reasoning_tokens) * pricing.completion.femto_usd_per_token +
+                   static_cast<__int128>(reasoning_tokens) * reasoning_price.femto_usd_per_token;
+  __int128 nano = (femto + 500'000) / 1'000'000 +  // round half up; femto >= 0
+                  std::max<int64_t>(pricing.per_request.nano_usd, 0);
   return Money{static_cast<int64_t>(std::min<__int128>(nano, INT64_MAX))};
 }
 

@@ -31,6 +31,15 @@ std::string_view ParamName(Param param) {
   return "unknown";
 }
 
+std::optional<Param> ParamFromName(std::string_view name) {
+  for (unsigned i = 0; i < static_cast<unsigned>(Param::kCount_); ++i) {
+    if (ParamName(static_cast<Param>(i)) == name) return static_cast<Param>(i);
+  }
+  if (name == "max_completion_tokens") return Param::kMaxTokens;
+  if (name == "reasoning_effort") return Param::kReasoning;
+  return std::nullopt;
+}
+
 bool IsEssential(Param param) {
   return param == Param::kTools || param == Param::kToolChoice || param == Param::kImageInput ||
          param == Param::kDocumentInput;

@@ -4,6 +4,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
+#include <set>
+#include <string_view>
+#include <vector>
 
 namespace tollgate::gateway {
 namespace json = boost::json;
@@ -24,12 +28,66 @@ std::string Iso8601(std::chrono::system_clock::time_point t) {
 
 namespace {
 
-// OpenRouter `pricing`: decimal strings in USD per token.
-json::object PricingObject(const Pricing& p) {
+// OpenRouter `pricing` (api.hpp): decimal strings in USD per token; the fee
+// per request in USD.
+json::object PriceKeys(const Pricing& p, bool overrides) {
   json::object pricing{{"prompt", FormatUsdPerToken(p.prompt)}, {"completion", FormatUsdPerToken(p.completion)}};
-  if (p.cached_prompt != p.prompt) pricing["input_cache_read"] = FormatUsdPerToken(p.cached_prompt);
-  if (p.cache_write != p.prompt) pricing["input_cache_write"] = FormatUsdPerToken(p.cache_write);
+  // An override states every price it sets (a tier defaults within itself,
+  // not to the base, so nothing may be left to inherit).
+  if (overrides || p.cached_prompt != p.prompt) pricing["input_cache_read"] = FormatUsdPerToken(p.cached_prompt);
+  if (overrides || p.cache_write != p.prompt) pricing["input_cache_write"] = FormatUsdPerToken(p.cache_write);
   return pricing;
+}
+
+json::object PricingObject(const Pricing& p, const std::vector<routing::PriceTier>& tiers) {
+  json::object pricing = PriceKeys(p, false);
+  if (p.reasoning) pricing["internal_reasoning"] = FormatUsdPerToken(*p.reasoning);
+  if (p.per_request.nano_usd > 0) pricing["request"] = FormatUsd(p.per_request);
+  if (!tiers.empty()) {
+    json::array overrides;
+    for (const auto& tier : tiers) {
+      json::object o = PriceKeys(tier.pricing, true);
+      o["min_prompt_tokens"] = tier.above_prompt_tokens;
+      overrides.push_back(std::move(o));
+    }
+    pricing["overrides"] = std::move(overrides);
+  }
+  return pricing;
+}
+
+json::value OrNull(const std::optional<double>& v) { return v ? json::value(*v) : json::value(nullptr); }
+
+// PercentileStats requires all four; Tollgate keeps medians (api.hpp).
+json::value PercentileObject(const std::optional<double>& p50) {
+  if (!p50) return nullptr;
+  return json::object{{"p50", *p50}, {"p75", *p50}, {"p90", *p50}, {"p99", *p50}};
+}
+
+std::string_view CircuitName(routing::CircuitState state) {
+  switch (state) {
+    case routing::CircuitState::kClosed: return "closed";
+    case routing::CircuitState::kOpen: return "open";
+    case routing::CircuitState::kHalfOpen: return "half_open";
+  }
+  return "closed";
+}
+
+std::string_view AvailabilityName(routing::Availability availability) {
+  switch (availability) {
+    case routing::Availability::kAvailable: return "available";
+    case routing::Availability::kCircuitOpen: return "circuit_open";
+    case routing::Availability::kCoolingDown: return "cooling_down";
+    case routing::Availability::kAtCapacity: return "at_capacity";
+  }
+  return "available";
+}
+
+// OpenRouter's EndpointStatus (api.hpp): 0 serving, lower is worse.
+int EndpointStatus(const routing::LiveStats& stats) {
+  if (stats.circuit == routing::CircuitState::kOpen) return -3;
+  if (stats.circuit == routing::CircuitState::kHalfOpen) return -2;
+  if (stats.availability == routing::Availability::kCoolingDown) return -1;
+  return 0;
 }
 
 // `tokenizer` is optional in a /models entry but required (nullable) in an
@@ -47,7 +105,7 @@ json::array SupportedParameters(const ParameterSet& params) {
 ParameterSet ModelParameters(const routing::Model& m) {
   ParameterSet all;
   for (const auto& e : m.endpoints) {
-    for (Param p : e.provider->SupportedParameters().List()) all.Add(p);
+    for (Param p : e.supported.List()) all.Add(p);
   }
   return all;
 }
@@ -81,9 +139,12 @@ std::string RenderModels(const routing::Catalog& catalog) {
         {"created", m.created},
         {"context_length", context},
         {"architecture", ArchitectureObject(false, ModelParameters(m))},
-        {"pricing", PricingObject(top.pricing)},
-        {"top_provider", json::object{{"context_length", context},
-                                      {"max_completion_tokens", nullptr},
+        {"pricing", PricingObject(top.pricing, top.tiers)},
+        {"top_provider", json::object{{"context_length", top.context_length > 0 ? json::value(top.context_length)
+                                                                                  : context},
+                                      {"max_completion_tokens", top.max_output_tokens > 0
+                                                                    ? json::value(top.max_output_tokens)
+                                                                    : json::value(nullptr)},
                                       {"is_moderated", false}}},
         {"per_request_limits", nullptr},
         {"supported_parameters", SupportedParameters(ModelParameters(m))},
@@ -102,31 +163,49 @@ std::string RenderModels(const routing::Catalog& catalog) {
   return json::serialize(out);
 }
 
-std::string RenderModelEndpoints(const routing::Model& m) {
+std::string RenderModelEndpoints(const routing::Model& m, const routing::Router& router, routing::SteadyTime now) {
   json::array endpoints;
   for (const auto& e : m.endpoints) {
     std::string provider(e.provider->Name());
-    const bool tools = e.provider->SupportedParameters().Has(Param::kToolChoice);
+    const bool tools = e.supported.Has(Param::kToolChoice);
+    const routing::LiveStats stats = router.health(e).Stats(now);
+    json::object tollgate{
+        {"endpoint_id", e.id},
+        {"provider", e.provider_id},
+        {"in_flight", stats.in_flight},
+        {"max_concurrency", e.max_concurrency > 0 ? json::value(e.max_concurrency) : json::value(nullptr)},
+        {"circuit", CircuitName(stats.circuit)},
+        {"availability", AvailabilityName(stats.availability)},
+        {"p50_latency_ms", OrNull(stats.p50_latency_ms)},
+        {"p50_ttft_ms", OrNull(stats.p50_ttft_ms)},
+        {"p50_throughput_tps", OrNull(stats.p50_throughput_tps)},
+        {"weight", e.weight},
+        {"data_policy", json::object{{"trains_on_prompts", e.data_policy.trains_on_prompts},
+                                     {"retains_prompts", e.data_policy.retains_prompts},
+                                     {"zero_data_retention", e.data_policy.zero_data_retention}}},
+    };
     endpoints.push_back(json::object{
         {"name", provider + " | " + m.id},
         {"model_id", m.id},
         {"model_name", m.name},
         {"context_length", e.context_length > 0 ? e.context_length : m.context_length},
-        {"pricing", PricingObject(e.pricing)},
+        {"pricing", PricingObject(e.pricing, e.tiers)},
         {"provider_name", provider},
-        {"tag", e.provider_id},
-        {"quantization", nullptr},
-        {"max_completion_tokens", nullptr},
+        {"tag", e.id},
+        {"quantization", e.quantization.empty() ? json::value(nullptr) : json::value(e.quantization)},
+        {"max_completion_tokens", e.max_output_tokens > 0 ? json::value(e.max_output_tokens) : json::value(nullptr)},
         {"max_prompt_tokens", nullptr},
-        {"supported_parameters", SupportedParameters(e.provider->SupportedParameters())},
+        {"supported_parameters", SupportedParameters(e.supported)},
         {"supports_implicit_caching", false},
         {"supports_tool_choice", json::object{{"auto", tools}, {"function", tools}, {"none", tools},
                                               {"required", tools}}},
-        {"latency_last_30m", nullptr},
-        {"throughput_last_30m", nullptr},
+        {"status", EndpointStatus(stats)},
+        {"latency_last_30m", PercentileObject(stats.p50_ttft_ms)},
+        {"throughput_last_30m", PercentileObject(stats.p50_throughput_tps)},
         {"uptime_last_5m", nullptr},
-        {"uptime_last_30m", nullptr},
+        {"uptime_last_30m", OrNull(stats.uptime_30m)},
         {"uptime_last_1d", nullptr},
+        {"tollgate", std::move(tollgate)},
     });
   }
   json::object data{{"id", m.id},
@@ -134,7 +213,26 @@ std::string RenderModelEndpoints(const routing::Model& m) {
                     {"created", m.created},
                     {"description", ""},
                     {"architecture", ArchitectureObject(true, ModelParameters(m))},
-                    {"endpoints", std::move(endpoints)}};
+                    {"endpoints", std::move(endpoints)},
+                    {"tollgate", json::object{{"queued", router.queued(m)}}}};
+  return json::serialize(json::object{{"data", std::move(data)}});
+}
+
+std::string RenderProviders(const routing::Catalog& catalog) {
+  json::array data;
+  std::set<std::string_view> seen;
+  for (const auto& m : catalog.models()) {
+    for (const auto& e : m.endpoints) {
+      if (!seen.insert(e.provider_id).second) continue;
+      data.push_back(json::object{
+          {"slug", e.provider_id},
+          {"name", e.provider->Name()},
+          {"privacy_policy_url", nullptr},
+          {"terms_of_service_url", nullptr},
+          {"status_page_url", nullptr},
+      });
+    }
+  }
   return json::serialize(json::object{{"data", std::move(data)}});
 }
 

@@ -3,6 +3,7 @@
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <deque>
 #include <mutex>
 #include <stop_token>
@@ -58,20 +59,27 @@ int64_t OutputBytes(const ChatResponse& output) {
 
 }  // namespace
 
+int64_t OutputLimit(const ChatRequest& request, const routing::Endpoint& endpoint) {
+  if (request.max_tokens) return *request.max_tokens;
+  if (endpoint.max_output_tokens > 0) return endpoint.max_output_tokens;
+  if (endpoint.context_length > 0) return endpoint.context_length;
+  return kDefaultCompletionBound;
+}
+
 Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint) {
   int64_t images = 0;
   const int64_t prompt = PromptBytes(request, &images) + 1 + images * 4096;
-  const int64_t completion = request.max_tokens          ? *request.max_tokens
-                             : endpoint.context_length > 0 ? endpoint.context_length
-                                                           : kDefaultCompletionBound;
   const int64_t choices = std::max<int64_t>(request.n.value_or(1), 1);
-  // Every prompt token at the dearest prompt-side price (cache writes cost
-  // more than plain prompt tokens at Anthropic).
-  Pricing dearest = endpoint.pricing;
+  // Every prompt token at the dearest prompt-side price of any tier (cache
+  // writes cost more than plain prompt tokens at Anthropic), every
+  // completion token at the dearer of the completion and reasoning prices.
+  Pricing dearest = endpoint.Dearest();
   dearest.prompt = std::max(dearest.prompt, dearest.cache_write);
+  dearest.completion = std::max(dearest.completion, dearest.reasoning.value_or(dearest.completion));
+  dearest.reasoning.reset();
   Usage worst;
   worst.prompt_tokens = prompt;
-  worst.completion_tokens = completion * choices;
+  worst.completion_tokens = OutputLimit(request, endpoint) * choices;
   return CallCost(dearest, worst);
 }
 
@@ -85,9 +93,7 @@ Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, c
   // images and what a provider adds (tool schemas, templates, its own system
   // text); at most the output limit per choice plus a reasoning budget.
   const int64_t prompt_bound = 2 * (prompt_bytes + 1 + images * 4096) + 16384;
-  const int64_t limit = request.max_tokens          ? *request.max_tokens
-                        : endpoint.context_length > 0 ? endpoint.context_length
-                                                      : kDefaultCompletionBound;
+  const int64_t limit = OutputLimit(request, endpoint);
   const int64_t budget = request.reasoning && request.reasoning->max_tokens ? *request.reasoning->max_tokens : 0;
   const int64_t completion_bound = limit * std::max<int64_t>(request.n.value_or(1), 1) + budget + 1024;
 
@@ -147,8 +153,8 @@ struct CallDriver::Item {
 // by kHighWaterBytes through StreamSink::Ready.
 class CallDriver::AttemptSink final : public StreamSink {
  public:
-  AttemptSink(std::weak_ptr<CallDriver> driver, std::shared_ptr<Executor> executor)
-      : driver_(std::move(driver)), executor_(std::move(executor)) {}
+  AttemptSink(std::weak_ptr<CallDriver> driver, std::shared_ptr<Executor> executor, std::size_t attempt)
+      : driver_(std::move(driver)), executor_(std::move(executor)), attempt_(attempt) {}
 
   void OnEvent(StreamEvent event) override {
     Item item;
@@ -211,14 +217,15 @@ class CallDriver::AttemptSink final : public StreamSink {
       scheduled_ = true;
     }
     if (schedule) {
-      executor_->Post([weak = driver_] {
-        if (auto driver = weak.lock()) driver->Drain();
+      executor_->Post([weak = driver_, attempt = attempt_] {
+        if (auto driver = weak.lock()) driver->Drain(attempt);
       });
     }
   }
 
   std::weak_ptr<CallDriver> driver_;
   std::shared_ptr<Executor> executor_;
+  const std::size_t attempt_;
   std::mutex mu_;
   std::deque<Item> queue_;           // guarded by mu_
   std::size_t bytes_ = 0;            // EventBytes of queued events; guarded by mu_
@@ -226,6 +233,42 @@ class CallDriver::AttemptSink final : public StreamSink {
   bool detached_ = false;            // guarded by mu_
   std::function<void()> resume_;     // a provider waiting for room; guarded by mu_
 };
+
+// One attempt at one endpoint.
+struct CallDriver::Attempt {
+  std::size_t index = 0;      // in attempts_
+  std::size_t candidate = 0;  // in plan_.candidates
+  int retry = 0;              // 0: first try at this endpoint
+  const routing::Endpoint* endpoint = nullptr;
+  ChatRequest request;  // what was sent: the call's, minus dropped parameters
+  std::shared_ptr<AttemptSink> sink;
+  std::stop_source cancel;
+  SteadyTime started;
+  std::optional<SteadyTime> first_event_at;   // any event: "a first byte" for hedging
+  std::optional<SteadyTime> first_output_at;  // first output event (TTFT)
+  std::vector<StreamEvent> held;              // a stream's events before its commit (usage reports)
+  std::size_t output_bytes = 0;               // EventBytes of its events
+  std::optional<FinishDelta> finish;          // choice 0's finish
+  ResponseAccumulator output;                 // everything it produced
+  bool running = true;                        // no terminal event handled and not abandoned
+  billing::AttemptRecord record;
+};
+
+namespace {
+
+// Retry-After as routing's cooldown: delay-seconds (RFC 9110 10.2.3); an
+// HTTP-date or nothing gives nullopt (the default cooldown).
+std::optional<routing::Millis> RetryAfter(const std::string& value) {
+  if (value.empty()) return std::nullopt;
+  int64_t seconds = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), seconds);
+  if (ec != std::errc() || end != value.data() + value.size() || seconds < 0) return std::nullopt;
+  return routing::Millis(std::min<int64_t>(seconds, 86'400) * 1000);
+}
+
+int64_t Ms(std::chrono::steady_clock::duration d) { return duration_cast<milliseconds>(d).count(); }
+
+}  // namespace
 
 // ---------------------------------------------------------------- CallDriver
 
@@ -244,58 +287,36 @@ CallDriver::CallDriver(CallDeps deps, std::shared_ptr<Executor> executor, CallSp
       on_done_(std::move(on_done)) {}
 
 CallDriver::~CallDriver() {
-  if (sink_) sink_->Detach();
+  // Finish() ends everything; this only covers a driver dropped unfinished.
+  for (auto& a : attempts_) {
+    if (a->sink) a->sink->Detach();
+  }
 }
 
 void CallDriver::Start() {
-  if (stop_ != Stop::kNone) return Fail(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
-  auto plan = routing::Plan(*deps_.catalog, spec_.request.model);
-  if (!plan) return Fail(plan.error());
-
-  // Parameters: drop what an endpoint does not support, or skip the endpoint
-  // (parameters.hpp).
-  const ParameterSet used = ParametersUsed(spec_.request);
-  std::optional<Param> missing_essential;
-  std::optional<Param> missing_required;
-  for (const routing::Endpoint* e : *plan) {
-    const ParameterSet unsupported = used.Minus(e->provider->SupportedParameters());
-    bool essential = false;
-    for (Param p : unsupported.List()) {
-      if (IsEssential(p)) {
-        essential = true;
-        if (!missing_essential) missing_essential = p;
-      }
-    }
-    if (essential) continue;
-    if (spec_.request.provider.require_parameters && !unsupported.empty()) {
-      if (!missing_required) missing_required = unsupported.List().front();
-      continue;
-    }
-    plan_.push_back(Candidate{e, unsupported});
-  }
-  if (plan_.empty()) {
-    const Param p = missing_essential ? *missing_essential : *missing_required;
-    const bool input = p == Param::kImageInput || p == Param::kDocumentInput;
-    std::string what = p == Param::kImageInput      ? std::string("image input")
-                       : p == Param::kDocumentInput ? std::string("document input (a block only its own API carries)")
-                                                    : "the parameter '" + std::string(ParamName(p)) + "'";
-    std::string param = input ? "messages" : std::string(ParamName(p));
-    std::string why = missing_essential ? "" : " (provider.require_parameters is set)";
-    return Fail(Error{ErrorCode::kInvalidArgument,
-                      "no endpoint of model '" + spec_.request.model + "' supports " + what + why, param,
-                      "unsupported_parameter"});
-  }
+  if (stop_ != Stop::kNone) return Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+  routing::RouteQuery query;
+  query.model = spec_.request.model;
+  query.fallback_models = &spec_.request.fallback_models;
+  query.preferences = &spec_.request.provider;
+  query.parameters = ParametersUsed(spec_.request);
+  query.prompt_tokens = EstimateUsage(spec_.request, ChatResponse{}).prompt_tokens;
+  query.session = spec_.session;
+  std::mt19937_64 rng(spec_.seed);
+  if (auto error = deps_.router->Decide(query, executor_->Now(), rng, &plan_)) return Finish(*error);
+  tried_.assign(plan_.candidates.size(), false);
 
   // Admission: the worst case at the plan's most expensive endpoint.
-  for (const Candidate& c : plan_) {
+  for (const routing::Candidate& c : plan_.candidates) {
     ChatRequest trimmed = spec_.request;
     DropParameters(trimmed, c.dropped);
     reserved_ = std::max(reserved_, WorstCaseCost(trimmed, *c.endpoint));
   }
   if (!deps_.admission->TryReserve(spec_.key, reserved_)) {
     reserved_ = Money{};
-    return Fail(Error{ErrorCode::kPaymentRequired, "this API key has no credits left; raise its limit or use another key",
-                      "", "insufficient_credits"});
+    return Finish(Error{ErrorCode::kPaymentRequired,
+                        "this API key has no credits left; raise its limit or use another key", "",
+                        "insufficient_credits"});
   }
   admitted_ = true;
 
@@ -304,36 +325,165 @@ void CallDriver::Start() {
       if (auto self = weak.lock()) self->RequestStop(Stop::kDeadline);
     });
   }
-  StartAttempt();
+  Advance();
 }
 
-void CallDriver::StartAttempt() {
-  current_ = &plan_[next_++];
-  attempt_request_ = spec_.request;
-  DropParameters(attempt_request_, current_->dropped);
-  if (sink_) sink_->Detach();
-  sink_ = std::make_shared<AttemptSink>(weak_from_this(), executor_);
-  cancel_ = std::make_unique<std::stop_source>();
-  held_.clear();
-  output_ = ResponseAccumulator{};
-  output_bytes_ = 0;
-  first_output_at_.reset();
-  finish_ = std::nullopt;
-  const routing::Endpoint& e = *current_->endpoint;
-  e.provider->Start(ProviderRequest{&attempt_request_, e.upstream_model, spec_.deadline}, sink_, cancel_->get_token());
+int CallDriver::Running() const {
+  int n = 0;
+  for (const auto& a : attempts_) n += a->running ? 1 : 0;
+  return n;
 }
 
-void CallDriver::Drain() {
-  if (draining_ || finished_ || !sink_) return;
+bool CallDriver::TryStart(std::size_t index, bool* full) {
+  *full = false;
+  const routing::Endpoint& e = *plan_.candidates[index].endpoint;
+  switch (deps_.router->health(e).Acquire(executor_->Now())) {
+    case routing::Availability::kAvailable:
+      tried_[index] = true;
+      StartAttempt(index, 0);
+      return true;
+    case routing::Availability::kAtCapacity:
+      *full = true;
+      return false;
+    case routing::Availability::kCircuitOpen:
+    case routing::Availability::kCoolingDown:
+      // Became unavailable since the plan was made (another call's failure).
+      tried_[index] = true;
+      return false;
+  }
+  return false;
+}
+
+void CallDriver::Advance() {
+  if (finished_ || committed_) return;
+  if (stop_ != Stop::kNone) {
+    if (Running() == 0) Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+    return;
+  }
+  bool any_full = false;
+  for (std::size_t i = 0; i < plan_.candidates.size(); ++i) {
+    if (tried_[i]) continue;
+    bool full = false;
+    if (TryStart(i, &full)) return;
+    any_full = any_full || full;
+  }
+  if (Running() > 0) return;  // a hedged attempt is still going
+  if (any_full) return WaitForCapacity();
+  Finish(StoppedError(last_error_.value_or(Error{ErrorCode::kUnavailable,
+                                    "no endpoint of model '" + spec_.request.model + "' is available; retry later",
+                                    "", "no_endpoints"})));
+}
+
+void CallDriver::WaitForCapacity() {
+  const SteadyTime now = executor_->Now();
+  const routing::Model* model = nullptr;
+  for (std::size_t i = 0; i < plan_.candidates.size() && model == nullptr; ++i) {
+    if (!tried_[i]) model = plan_.candidates[i].model;
+  }
+  auto at_capacity = [this] {
+    Error e{ErrorCode::kResourceExhausted,
+            "every endpoint of model '" + spec_.request.model + "' is at capacity; retry shortly", "",
+            "at_capacity"};
+    e.retry_after = "1";
+    return e;
+  };
+  if (!queue_deadline_) queue_deadline_ = now + deps_.router->options().queue_timeout;
+  if (now >= *queue_deadline_) return Finish(at_capacity());
+  queue_ticket_ = deps_.router->WaitForCapacity(*model, [weak = weak_from_this(), executor = executor_] {
+    executor->Post([weak] {
+      auto self = weak.lock();
+      if (!self || self->finished_ || self->queue_ticket_ == 0) return;
+      self->queue_ticket_ = 0;
+      if (self->queue_timer_) self->queue_timer_->Cancel();
+      self->Advance();
+    });
+  });
+  if (queue_ticket_ == 0) return Finish(at_capacity());  // the queue is full
+  // A slot freed between our look and the registration woke nobody: look again.
+  for (std::size_t i = 0; i < plan_.candidates.size(); ++i) {
+    if (!tried_[i] && deps_.router->health(*plan_.candidates[i].endpoint).Check(now) ==
+                          routing::Availability::kAvailable) {
+      if (deps_.router->CancelWait(queue_ticket_)) {
+        queue_ticket_ = 0;
+        return Advance();
+      }
+      return;  // woken meanwhile: the wake-up's post goes on
+    }
+  }
+  queue_timer_ = executor_->StartTimer(*queue_deadline_, [weak = weak_from_this(), at_capacity] {
+    auto self = weak.lock();
+    if (!self || self->finished_ || self->queue_ticket_ == 0) return;
+    // Woken at the same moment: the wake-up's post goes on.
+    if (!self->deps_.router->CancelWait(self->queue_ticket_)) return;
+    self->queue_ticket_ = 0;
+    self->Finish(at_capacity());
+  });
+}
+
+void CallDriver::StartAttempt(std::size_t candidate, int retry) {
+  const routing::Candidate& c = plan_.candidates[candidate];
+  auto owned = std::make_unique<Attempt>();
+  Attempt& a = *owned;
+  a.index = attempts_.size();
+  a.candidate = candidate;
+  a.retry = retry;
+  a.endpoint = c.endpoint;
+  a.request = spec_.request;
+  a.request.model = c.model->id;
+  DropParameters(a.request, c.dropped);
+  a.sink = std::make_shared<AttemptSink>(weak_from_this(), executor_, a.index);
+  a.started = executor_->Now();
+  a.record.attempt = static_cast<int>(a.index + 1);
+  a.record.endpoint_id = c.endpoint->id;
+  a.record.provider = std::string(c.endpoint->provider->Name());
+  a.record.upstream_model = c.endpoint->upstream_model;
+  a.record.started_ms = Ms(a.started - spec_.received);
+  attempts_.push_back(std::move(owned));
+  ArmHedge();
+  c.endpoint->provider->Start(ProviderRequest{&a.request, c.endpoint->upstream_model, spec_.deadline}, a.sink,
+                              a.cancel.get_token());
+}
+
+void CallDriver::ArmHedge() {
+  const auto hedge_after = plan_.candidates.front().model->routing.hedge_after;
+  if (hedged_ || hedge_armed_ || hedge_after.count() <= 0) return;
+  hedge_armed_ = true;
+  hedge_timer_ = executor_->StartTimer(executor_->Now() + hedge_after, [weak = weak_from_this()] {
+    auto self = weak.lock();
+    if (!self) return;
+    self->hedge_armed_ = false;
+    if (self->finished_ || self->committed_ || self->stop_ != Stop::kNone || self->Running() != 1) return;
+    for (const auto& a : self->attempts_) {
+      if (a->running && a->first_event_at) return;  // it answered in time: no hedge
+    }
+    self->hedged_ = true;
+    for (std::size_t i = 0; i < self->plan_.candidates.size(); ++i) {
+      bool full = false;
+      if (!self->tried_[i] && self->TryStart(i, &full)) return;
+    }
+  });
+}
+
+void CallDriver::Drain(std::size_t index) {
+  if (finished_) return;
+  if (draining_) {
+    // Called from inside another drain (a client's resume): come back after it.
+    executor_->Post([weak = weak_from_this(), index] {
+      if (auto driver = weak.lock()) driver->Drain(index);
+    });
+    return;
+  }
+  Attempt& a = *attempts_[index];
+  if (!a.running) return;
   draining_ = true;
   auto self = shared_from_this();  // a terminal item may end the call; stay alive until the loop exits
-  while (!finished_) {
-    if (committed_ && stop_ != Stop::kClientGone) {
+  while (!finished_ && a.running) {
+    if (committed_ && winner_ == &a && stop_ != Stop::kClientGone) {
       if (waiting_for_client_) break;
-      const bool ready = client_->Ready([weak = weak_from_this()] {
+      const bool ready = client_->Ready([weak = weak_from_this(), index] {
         if (auto driver = weak.lock()) {
           driver->waiting_for_client_ = false;
-          driver->Drain();
+          driver->Drain(index);
         }
       });
       if (!ready) {
@@ -341,49 +491,61 @@ void CallDriver::Drain() {
         break;
       }
     }
-    std::optional<Item> item = sink_->Pop();
+    std::optional<Item> item = a.sink->Pop();
     if (!item) break;
     switch (item->kind) {
-      case Item::Kind::kEvent: OnProviderEvent(std::move(item->event)); break;
-      case Item::Kind::kComplete: OnProviderComplete(); break;
-      case Item::Kind::kError: OnProviderError(std::move(item->error)); break;
+      case Item::Kind::kEvent: OnProviderEvent(a, std::move(item->event)); break;
+      case Item::Kind::kComplete: OnProviderComplete(a); break;
+      case Item::Kind::kError: OnProviderError(a, std::move(item->error)); break;
     }
   }
   draining_ = false;
 }
 
-void CallDriver::OnProviderEvent(StreamEvent event) {
-  if (IsOutput(event) && !first_output_at_) first_output_at_ = executor_->Now();
-  if (const auto* f = std::get_if<FinishDelta>(&event); f != nullptr && f->choice == 0) finish_ = *f;
-  output_.Add(event);
-  output_bytes_ += EventBytes(event);
+void CallDriver::OnProviderEvent(Attempt& a, StreamEvent event) {
+  const SteadyTime now = executor_->Now();
+  if (!a.first_event_at) a.first_event_at = now;
+  if (IsOutput(event) && !a.first_output_at) a.first_output_at = now;
+  if (const auto* f = std::get_if<FinishDelta>(&event); f != nullptr && f->choice == 0) a.finish = *f;
+  a.output.Add(event);
+  a.output_bytes += EventBytes(event);
   if (!committed_) {
     // A stream commits at its first output: from then on the client has it.
     // A whole answer reaches the client only when it is complete, so it
     // commits then, and a provider that breaks mid-way can still be replaced.
-    // (Commit hands a whole answer over from output_, which already holds it.)
+    // (Commit hands a whole answer over from the attempt's output.)
     if (!spec_.request.stream) {
-      if (output_bytes_ > kMaxWholeAnswerBytes) {
-        cancel_->request_stop();
-        OnProviderError(Error{ErrorCode::kBadGateway, "the provider's answer is larger than the gateway holds"});
+      if (a.output_bytes > kMaxWholeAnswerBytes) {
+        a.cancel.request_stop();
+        OnProviderError(a, Error{ErrorCode::kBadGateway, "the provider's answer is larger than the gateway holds"});
       }
       return;
     }
     if (!IsOutput(event)) {
-      held_.push_back(std::move(event));
+      a.held.push_back(std::move(event));
       return;
     }
-    Commit();
+    Commit(a);
   }
-  Hand(event);
+  if (winner_ == &a) Hand(event);
 }
 
-void CallDriver::Commit() {
+void CallDriver::Commit(Attempt& a) {
   committed_ = true;
-  client_->OnCommit(CommitInfo{std::string(current_->endpoint->provider->Name()), current_->endpoint->upstream_model,
-                               current_->dropped});
-  std::vector<StreamEvent> held = spec_.request.stream ? std::move(held_) : ResponseEvents(output_.Take());
-  held_.clear();
+  winner_ = &a;
+  if (hedge_timer_) hedge_timer_->Cancel();
+  // The first to answer wins; the others are cancelled.
+  for (auto& other : attempts_) {
+    if (other.get() != &a && other->running) {
+      other->cancel.request_stop();
+      EndAttempt(*other, routing::Outcome::kNeutral, "hedge_lost", 499, std::nullopt);
+    }
+  }
+  const routing::Candidate& c = plan_.candidates[a.candidate];
+  client_->OnCommit(CommitInfo{a.record.provider, c.endpoint->upstream_model, c.endpoint->id, c.model->id,
+                               c.dropped, spec_.request.explain_routing ? &plan_ : nullptr});
+  std::vector<StreamEvent> held = spec_.request.stream ? std::move(a.held) : ResponseEvents(a.output.Take());
+  a.held.clear();
   for (const auto& e : held) Hand(e);
 }
 
@@ -391,55 +553,154 @@ void CallDriver::Hand(const StreamEvent& event) {
   if (stop_ != Stop::kClientGone) client_->OnEvent(event);
 }
 
-void CallDriver::OnProviderComplete() {
+void CallDriver::OnProviderComplete(Attempt& a) {
   // A provider may end normally when told to stop (the local engine finishes
   // with what it has). Stopped by the deadline or a shutdown, the answer was
   // cut: it must not look complete. (A client that left gets nothing either
   // way; its row keeps the exact usage.)
   if (stop_ == Stop::kDeadline || stop_ == Stop::kShutdown) {
-    return Fail(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+    EndAttempt(a, routing::Outcome::kNeutral, "cancelled", 499, std::nullopt);
+    return Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
   }
   // A provider that ended the answer with an error (DeepSeek's
   // insufficient_system_resource, Gemini's MALFORMED_FUNCTION_CALL) cut it:
   // a failure like a broken stream, retried elsewhere while uncommitted.
-  if (finish_ && finish_->reason == FinishReason::kError && stop_ == Stop::kNone) {
-    return OnProviderError(Error{ErrorCode::kBadGateway,
-                                 "the provider ended the answer with an error (" +
-                                     (finish_->native_reason.empty() ? std::string("error") : finish_->native_reason) +
-                                     ")"});
+  if (a.finish && a.finish->reason == FinishReason::kError && stop_ == Stop::kNone) {
+    return OnProviderError(a, Error{ErrorCode::kBadGateway,
+                                    "the provider ended the answer with an error (" +
+                                        (a.finish->native_reason.empty() ? std::string("error")
+                                                                         : a.finish->native_reason) +
+                                        ")"});
   }
-  if (!committed_) Commit();  // an empty answer is still an answer
-  Succeed();
+  if (!committed_) Commit(a);  // an empty answer is still an answer
+  if (winner_ != &a) return;
+  if (stop_ == Stop::kClientGone) {
+    EndAttempt(a, routing::Outcome::kNeutral, "cancelled", 499, std::nullopt);
+  } else {
+    EndAttempt(a, routing::Outcome::kSuccess, "served", 200, std::nullopt);
+  }
+  if (spec_.session != 0 && stop_ == Stop::kNone) deps_.router->Remember(spec_.session, *a.endpoint, executor_->Now());
+  Finish(std::nullopt);
 }
 
-void CallDriver::OnProviderError(Error error) {
-  if (error.provider_name.empty() && error.code != ErrorCode::kCancelled) {
-    error.provider_name = std::string(current_->endpoint->provider->Name());
-  }
-  if (!committed_ && stop_ == Stop::kNone && IsRetryable(error.code) && next_ < plan_.size()) {
-    if (deps_.observer != nullptr) {
-      deps_.observer->OnAttemptFailed(spec_.request.model, std::string(current_->endpoint->provider->Name()),
-                                      HttpStatus(error.code),
-                                      duration_cast<milliseconds>(executor_->Now() - spec_.received).count());
+void CallDriver::OnProviderError(Attempt& a, Error error) {
+  if (error.provider_name.empty() && error.code != ErrorCode::kCancelled) error.provider_name = a.record.provider;
+  const bool mine = winner_ == &a;
+  if (committed_ && !mine) return;  // a loser's late error
+  if (mine) {
+    // After the commit nothing is retried: the client has part of the answer.
+    if (stop_ == Stop::kNone) {
+      EndAttempt(a, routing::Outcome::kFailure, "broken", HttpStatus(error.code), error);
+    } else {
+      EndAttempt(a, routing::Outcome::kNeutral, "cancelled", HttpStatus(StoppedError(error).code), error);
     }
-    StartAttempt();
+    return Finish(StoppedError(error));
+  }
+  if (stop_ != Stop::kNone || error.code == ErrorCode::kDeadlineExceeded) {
+    // Stopped, or the call's own deadline passed at the provider: no time
+    // is left for another endpoint.
+    EndAttempt(a, routing::Outcome::kNeutral, "cancelled", 499, error);
+    if (Running() == 0) Finish(StoppedError(error));
     return;
   }
-  Fail(StoppedError(error));
+  const bool retryable = IsRetryable(error.code);
+  const bool rate_limited = error.code == ErrorCode::kResourceExhausted;
+  EndAttempt(a,
+             rate_limited  ? routing::Outcome::kRateLimited
+             : retryable   ? routing::Outcome::kFailure
+                           : routing::Outcome::kNeutral,
+             rate_limited ? "rate_limited" : retryable ? "failed" : "rejected", HttpStatus(error.code), error);
+  if (!retryable) {
+    // The request caused it (a 4xx): another endpoint would refuse it too.
+    for (auto& other : attempts_) {
+      if (other->running) {
+        other->cancel.request_stop();
+        EndAttempt(*other, routing::Outcome::kNeutral, "cancelled", 499, std::nullopt);
+      }
+    }
+    return Finish(error);
+  }
+  last_error_ = error;
+  if (deps_.observer != nullptr) {
+    deps_.observer->OnAttemptFailed(spec_.request.model, a.record.provider, HttpStatus(error.code),
+                                    Ms(executor_->Now() - spec_.received));
+  }
+  if (Running() > 0) return;  // a hedged attempt goes on
+  // Retries on the same endpoint (never after a 429: it asked us to stay away).
+  const routing::RoutingPolicy& policy = plan_.candidates[a.candidate].model->routing;
+  if (!rate_limited && a.retry < policy.retries) {
+    const auto backoff = policy.retry_backoff * (int64_t{1} << std::min(a.retry, 16));
+    const std::size_t candidate = a.candidate;
+    const int retry = a.retry + 1;
+    retry_timer_ = executor_->StartTimer(executor_->Now() + backoff, [weak = weak_from_this(), candidate, retry] {
+      auto self = weak.lock();
+      if (!self || self->finished_ || self->committed_) return;
+      if (self->stop_ != Stop::kNone) return self->Advance();
+      const routing::Endpoint& e = *self->plan_.candidates[candidate].endpoint;
+      if (self->deps_.router->health(e).Acquire(self->executor_->Now()) == routing::Availability::kAvailable) {
+        return self->StartAttempt(candidate, retry);
+      }
+      self->Advance();  // full or no longer healthy: move on
+    });
+    return;
+  }
+  Advance();
+}
+
+void CallDriver::EndAttempt(Attempt& a, routing::Outcome outcome, const std::string& what, int status,
+                            const std::optional<Error>& error) {
+  if (!a.running) return;
+  a.running = false;
+  a.sink->Detach();
+  const SteadyTime now = executor_->Now();
+  const std::optional<Usage> reported = a.output.usage();
+  a.record.outcome = what;
+  a.record.status = status;
+  if (error) a.record.error_code = error->code_string.empty() ? std::string(ErrorType(error->code)) : error->code_string;
+  a.record.latency_ms = Ms(now - a.started);
+  if (a.first_output_at) a.record.ttft_ms = Ms(*a.first_output_at - a.started);
+  if (what != "served") {
+    // What it cost the operator: what it reported or produced; an attempt cut
+    // off while the upstream worked (a lost hedge, a stop) at least its prompt.
+    const ChatResponse output = a.output.Take();
+    const bool worked = reported.has_value() || a.output_bytes > 0 || what == "hedge_lost" || what == "cancelled" ||
+                        what == "broken";
+    if (worked) {
+      a.record.usage = BillableUsage(a.request, output, reported, /*complete=*/false, *a.endpoint).usage;
+      a.record.cost = CallCost(a.endpoint->PricingFor(a.record.usage.prompt_tokens), a.record.usage);
+    }
+  }
+  routing::AttemptReport report;
+  report.outcome = outcome;
+  report.started = a.started;
+  report.first_token = a.first_output_at;
+  report.ended = now;
+  const Usage used = reported.value_or(Usage{});
+  report.prompt_tokens = used.prompt_tokens;
+  report.cached_tokens = used.cached_tokens;
+  report.completion_tokens = used.completion_tokens;
+  if (error) report.retry_after = RetryAfter(error->retry_after);
+  deps_.router->Report(*a.endpoint, report);
 }
 
 void CallDriver::RequestStop(Stop why) {
   if (finished_) return;
   if (stop_ == Stop::kNone) stop_ = why;
-  if (cancel_ == nullptr) return;  // not started: Start() sees stop_
-  cancel_->request_stop();
+  if (attempts_.empty() || Running() == 0) {
+    // Not started yet (Start() sees stop_), waiting for capacity or a retry.
+    if (admitted_ && !committed_) Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+    return;
+  }
+  for (auto& a : attempts_) {
+    if (a->running) a->cancel.request_stop();
+  }
   if (!grace_timer_) {
     grace_timer_ = executor_->StartTimer(executor_->Now() + kCancelGrace, [weak = weak_from_this()] {
       auto self = weak.lock();
       if (!self || self->finished_) return;
       // The provider did not answer its cancellation in time: end the call
       // without it; what it sends later is dropped (AttemptSink::Detach).
-      self->Fail(self->StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+      self->Finish(self->StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
     });
   }
 }
@@ -475,35 +736,39 @@ Error CallDriver::StoppedError(const Error& provider_error) const {
   return provider_error;
 }
 
-void CallDriver::Succeed() {
-  Finish(std::nullopt);
-}
-
-void CallDriver::Fail(Error error) { Finish(error); }
-
 void CallDriver::Finish(const std::optional<Error>& error) {
   if (finished_) return;
   finished_ = true;
-  if (deadline_timer_) deadline_timer_->Cancel();
-  if (grace_timer_) grace_timer_->Cancel();
-  if (sink_) sink_->Detach();
+  for (auto* timer : {&deadline_timer_, &grace_timer_, &hedge_timer_, &retry_timer_, &queue_timer_}) {
+    if (*timer) (*timer)->Cancel();
+  }
+  if (queue_ticket_ != 0) deps_.router->CancelWait(std::exchange(queue_ticket_, 0));
+  for (auto& a : attempts_) {
+    if (a->running) {
+      a->cancel.request_stop();
+      const bool broke = winner_ == a.get() && error && stop_ == Stop::kNone;
+      EndAttempt(*a, broke ? routing::Outcome::kFailure : routing::Outcome::kNeutral,
+                 winner_ == a.get() && !error ? "served" : broke ? "broken" : "cancelled",
+                 winner_ == a.get() && !error ? 200 : error ? HttpStatus(error->code) : 499, error);
+    }
+  }
+  // The attempt the row is about: the one that served, else the last tried.
+  Attempt* a = winner_ != nullptr ? winner_ : attempts_.empty() ? nullptr : attempts_.back().get();
 
-  const ChatResponse output = output_.Take();
-  // What reached the client and is billed: a whole answer, or the part of a
-  // stream that went out before it broke. A non-streamed call that failed
-  // delivered nothing.
+  const ChatResponse output = a != nullptr ? a->output.Take() : ChatResponse{};
   // What reached the client is billed: a whole answer, or the part of a
   // stream that went out before it broke. A non-streamed call that failed
   // delivered nothing, unless its client left: then the provider had already
   // done the work it was asked for.
-  const bool delivered = !error || (committed_ && spec_.request.stream) || stop_ == Stop::kClientGone;
+  const bool delivered = a != nullptr && (!error || (committed_ && spec_.request.stream) || stop_ == Stop::kClientGone);
   CallSummary summary;
-  if (delivered && current_ != nullptr) {
-    const Billable billable =
-        BillableUsage(spec_.request, output, output_.usage(), /*complete=*/!error, *current_->endpoint);
+  if (delivered) {
+    const Billable billable = BillableUsage(a->request, output, a->output.usage(), /*complete=*/!error, *a->endpoint);
     summary.usage = billable.usage;
     summary.usage_estimated = billable.estimated;
-    summary.cost = CallCost(current_->endpoint->pricing, summary.usage);
+    summary.cost = CallCost(a->endpoint->PricingFor(summary.usage.prompt_tokens), summary.usage);
+    a->record.usage = summary.usage;
+    a->record.cost = summary.cost;
   }
 
   if (error) {
@@ -514,20 +779,20 @@ void CallDriver::Finish(const std::optional<Error>& error) {
 
   // Metering. No row when no provider was ever asked (a rejection), or when a
   // provider refused the request as invalid before producing anything.
-  const bool rejected = current_ == nullptr || (error && !committed_ && error->code == ErrorCode::kInvalidArgument);
+  const bool rejected = a == nullptr || (error && !committed_ && error->code == ErrorCode::kInvalidArgument);
   if (!rejected) {
-    const SteadyTime now = executor_->Now();
     billing::UsageEvent row;
     row.request_id = spec_.request_id;
     row.api_key_id = spec_.key.id;
-    row.model = spec_.request.model;
-    row.provider = std::string(current_->endpoint->provider->Name());
-    row.upstream_model = current_->endpoint->upstream_model;
+    row.model = plan_.candidates[a->candidate].model->id;
+    row.provider = a->record.provider;
+    row.upstream_model = a->endpoint->upstream_model;
+    row.endpoint_id = a->endpoint->id;
     row.usage = summary.usage;
     row.usage_estimated = summary.usage_estimated;
     row.cost = summary.cost;
-    row.latency_ms = duration_cast<milliseconds>(now - spec_.received).count();
-    if (first_output_at_) row.ttft_ms = duration_cast<milliseconds>(*first_output_at_ - spec_.received).count();
+    row.latency_ms = Ms(executor_->Now() - spec_.received);
+    if (a->first_output_at) row.ttft_ms = Ms(*a->first_output_at - spec_.received);
     const bool client_gone = stop_ == Stop::kClientGone;
     row.status = client_gone ? 499 : error ? HttpStatus(error->code) : 200;
     if (!output.choices.empty() && output.choices.front().finish) {
@@ -541,6 +806,7 @@ void CallDriver::Finish(const std::optional<Error>& error) {
     row.cancelled = client_gone;
     row.created_at = spec_.created_at;
     row.finished_at = executor_->WallNow();
+    for (const auto& attempt : attempts_) row.attempts.push_back(attempt->record);
     if (row.cost.nano_usd > 0) deps_.admission->AddPendingSpend(spec_.key.id, row.cost);
     if (deps_.observer != nullptr) deps_.observer->OnCall(row);
     deps_.usage->Record(std::move(row));

@@ -3,32 +3,52 @@
 // without sockets (docs/request-lifecycle.md; Envoy keeps its router filter
 // apart from its codec the same way).
 //
-//   Start():  plan (routing::Plan) -> parameter check per endpoint (drop the
-//             unsupported ones, or skip the endpoint: parameters.hpp) ->
-//             admission (worst-case credit reservation, 402) -> attempts.
-//   attempt:  Provider::Start with a bounded AttemptSink. Events before the
-//             commit are held: a stream commits to the endpoint at its first
-//             output event (text, reasoning, tool call, finish), a whole
-//             (non-streamed) answer when the provider completed it
-//             (ClientSink::OnCommit), since nothing reaches its client before.
-//             A retryable error before the commit moves on to the next
-//             endpoint of the plan; after it, the call fails. A provider that
-//             finishes choice 0 with FinishReason::kError failed too.
+//   Start():  plan (routing::Router::Decide: preferences, parameters, live
+//             health, docs/routing.md) -> admission (worst-case credit
+//             reservation at the plan's dearest endpoint, 402) -> attempts.
+//   attempt:  claims a slot at the endpoint (EndpointHealth::Acquire: its
+//             concurrency cap and breaker), then Provider::Start with a
+//             bounded AttemptSink. A full endpoint is passed over for the next
+//             one ("local first, cloud on overflow"); when every remaining
+//             endpoint is full the call waits in the router's capacity queue,
+//             at most RouterOptions::queue_timeout, then fails with 429 and
+//             Retry-After.
+//             Events before the commit are held: a stream commits to the
+//             endpoint at its first output event (text, reasoning, tool
+//             call, finish), a whole (non-streamed) answer when the provider
+//             completed it (ClientSink::OnCommit), since nothing reaches its
+//             client before.
+//   failure:  a retryable error before the commit (connect failure, timeout
+//             before the first byte, 408, 429, 5xx, overload: core/error.hpp
+//             IsRetryable) is retried on the same endpoint when the model's
+//             policy allows (RoutingPolicy::retries, with backoff; never a
+//             429), else the next endpoint of the plan is tried. After the
+//             commit, or for an error the request caused (4xx), the call
+//             fails. A provider that finishes choice 0 with
+//             FinishReason::kError failed too.
+//   hedging:  with RoutingPolicy::hedge_after, if no attempt has delivered
+//             any event by then, the next endpoint starts in parallel (once
+//             per call); the first to commit wins and the other is cancelled.
 //   end:      exactly one of ClientSink::OnSuccess / OnFailure, then one usage
-//             row (UsageSink::Record), the actual cost as pending spend, the
+//             row (UsageSink::Record) with every attempt beside it
+//             (billing::AttemptRecord), the actual cost as pending spend, the
 //             reservation released, metrics (CallObserver), and `on_done`.
+//             Each attempt's outcome went to routing's health as it ended
+//             (Router::Report). The caller pays for the attempt that served
+//             only; the others' estimated costs are in their records.
 //
-// Deadline: `CallSpec::deadline` cancels the attempt; its error becomes 504.
-// Cancel() (client gone) and Shutdown() (server stopping) cancel it too; the
-// driver then waits for the provider's terminal event, at most kCancelGrace,
-// and after that finishes without it (late events are ignored). A provider
-// that completes normally after the deadline or a shutdown stopped it still
-// ends the call with the 504 / 503: a cut answer never looks complete.
+// Deadline: `CallSpec::deadline` cancels the attempts; the error becomes 504.
+// Cancel() (client gone) and Shutdown() (server stopping) cancel them too;
+// the driver then waits for a provider's terminal event, at most
+// kCancelGrace, and after that finishes without it (late events are
+// ignored). A provider that completes normally after the deadline or a
+// shutdown stopped it still ends the call with the 504 / 503: a cut answer
+// never looks complete.
 //
-// Flow control: the attempt's events queue in the AttemptSink (bounded:
+// Flow control: each attempt's events queue in its AttemptSink (bounded:
 // kHighWaterBytes; above it the provider is told to wait, StreamSink::Ready);
-// they are handed to the ClientSink only while it is Ready(), so a slow client
-// slows its provider instead of growing memory.
+// the committed attempt's are handed to the ClientSink only while it is
+// Ready(), so a slow client slows its provider instead of growing memory.
 //
 // Threading: every method of CallDriver, and every ClientSink call it makes,
 // runs on its Executor (one strand), except Cancel() and Shutdown(), which
@@ -43,6 +63,7 @@
 #include "tollgate/core/money.hpp"
 #include "tollgate/core/parameters.hpp"
 #include "tollgate/routing/catalog.hpp"
+#include "tollgate/routing/router.hpp"
 
 #include <chrono>
 #include <cstddef>
@@ -50,6 +71,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace tollgate::gateway {
 
@@ -108,7 +130,12 @@ class CallObserver {
 struct CommitInfo {
   std::string provider;        // display name of the endpoint's provider
   std::string upstream_model;  // the endpoint's model name
+  std::string endpoint_id;     // routing::Endpoint::id
+  std::string model;           // the model that serves (a `models` fallback may replace the one asked for)
   ParameterSet dropped;        // request parameters the endpoint does not support, dropped
+  // The routing decision when the request asked for it (explain_routing),
+  // else null. Valid during OnCommit only.
+  const routing::Plan* plan = nullptr;
 };
 
 // The end of a successful call.
@@ -138,7 +165,7 @@ class ClientSink {
 };
 
 struct CallDeps {
-  const routing::Catalog* catalog = nullptr;
+  routing::Router* router = nullptr;  // plans, health, stickiness, capacity queue
   Admission* admission = nullptr;
   UsageSink* usage = nullptr;
   CallObserver* observer = nullptr;  // may be null
@@ -151,18 +178,25 @@ struct CallSpec {
   SteadyTime received;     // request received (latency and TTFT origin)
   WallTime created_at;     // the same, wall clock (usage row)
   SteadyTime deadline;     // the whole call; time_point{} = none
+  uint64_t session = 0;    // routing::SessionKey of the request; 0 = no stickiness
+  uint64_t seed = 0;       // seeds the routing draws of this call
 };
 
 // Completion tokens assumed for a reservation when neither max_tokens nor a
 // context length is known.
 inline constexpr int64_t kDefaultCompletionBound = 4096;
 
+// The completion tokens one choice of `request` may produce at `endpoint`:
+// max_tokens, else the endpoint's max output tokens, else its context
+// length, else kDefaultCompletionBound.
+int64_t OutputLimit(const ChatRequest& request, const routing::Endpoint& endpoint);
+
 // The most `request` can cost at `endpoint`: prompt tokens bounded by the
 // prompt's bytes (+1 for BOS, +8 per message for a template, 4096 per image;
 // SentencePiece with byte fallback and byte-level BPE emit at most one token
-// per byte) at the dearer of the prompt and cache-write prices, completion
-// tokens by max_tokens, else the endpoint's context length, else
-// kDefaultCompletionBound, times n.
+// per byte) at the dearest prompt-side price of any tier (Endpoint::Dearest),
+// completion tokens by OutputLimit times n at the dearer of the completion
+// and reasoning prices, plus the per-request price.
 Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint);
 
 // Usage estimated when a provider reported none: 4 bytes per token (OpenAI's
@@ -180,9 +214,8 @@ Usage EstimateUsage(const ChatRequest& request, const ChatResponse& output);
 //     there;
 //   - a report above what the request allows (prompt: 2 x (prompt bytes + 1
 //     + 4096 per image) + 16384 for what a provider adds; completion: the
-//     output limit (max_tokens, else the context length, else
-//     kDefaultCompletionBound) x n + the reasoning budget + 1024) is clamped
-//     to that bound.
+//     output limit x n + the reasoning budget + 1024) is clamped
+//     to that bound (the output limit is OutputLimit).
 // `estimated` is true whenever the estimate or a bound decided a count.
 struct Billable {
   Usage usage;
@@ -222,23 +255,33 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
  private:
   class AttemptSink;
   struct Item;
+  struct Attempt;
   enum class Stop { kNone, kClientGone, kDeadline, kShutdown };
 
   CallDriver(CallDeps deps, std::shared_ptr<Executor> executor, CallSpec spec,
              std::shared_ptr<ClientSink> client, std::function<void()> on_done);
 
-  void StartAttempt();
-  void Drain();
-  void OnProviderEvent(StreamEvent event);
-  void OnProviderComplete();
-  void OnProviderError(Error error);
-  void Commit();
+  // Starts the next attempt the plan allows, or waits for capacity, or fails.
+  void Advance();
+  // Claims a slot at candidate `index` and starts it; false when it is full
+  // or no longer available (then `*full` says whether it was full).
+  bool TryStart(std::size_t index, bool* full);
+  void StartAttempt(std::size_t candidate, int retry);
+  void ArmHedge();
+  void WaitForCapacity();
+  void Drain(std::size_t attempt);
+  void OnProviderEvent(Attempt& a, StreamEvent event);
+  void OnProviderComplete(Attempt& a);
+  void OnProviderError(Attempt& a, Error error);
+  void Commit(Attempt& a);
   void Hand(const StreamEvent& event);
+  // Ends attempt `a` (its slot released, its outcome reported to routing).
+  void EndAttempt(Attempt& a, routing::Outcome outcome, const std::string& what, int status,
+                  const std::optional<Error>& error);
   void RequestStop(Stop why);
-  void Succeed();
-  void Fail(Error error);
   void Finish(const std::optional<Error>& error);
   Error StoppedError(const Error& provider_error) const;
+  int Running() const;
 
   CallDeps deps_;
   std::shared_ptr<Executor> executor_;
@@ -246,24 +289,22 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   std::shared_ptr<ClientSink> client_;
   std::function<void()> on_done_;
 
-  // Plan: the endpoints still to try and, per endpoint, the request to send.
-  struct Candidate {
-    const routing::Endpoint* endpoint = nullptr;
-    ParameterSet dropped;
-  };
-  std::vector<Candidate> plan_;
-  std::size_t next_ = 0;
+  routing::Plan plan_;
+  std::vector<bool> tried_;  // by candidate: an attempt ran there (or it became unavailable)
   Money reserved_;
   bool admitted_ = false;
+  std::optional<Error> last_error_;  // of the last failed attempt
 
-  // The current attempt.
-  const Candidate* current_ = nullptr;
-  ChatRequest attempt_request_;
-  std::shared_ptr<AttemptSink> sink_;
-  std::unique_ptr<std::stop_source> cancel_;
-  std::vector<StreamEvent> held_;  // a stream's events before its commit (usage reports)
-  std::size_t output_bytes_ = 0;   // EventBytes of this attempt's events
-  std::optional<FinishDelta> finish_;  // choice 0's finish in this attempt
+  std::vector<std::unique_ptr<Attempt>> attempts_;  // in start order
+  Attempt* winner_ = nullptr;                       // the committed attempt
+  bool hedged_ = false;
+  bool hedge_armed_ = false;
+  std::unique_ptr<Executor::Timer> hedge_timer_;
+  std::unique_ptr<Executor::Timer> retry_timer_;
+  // Capacity queue.
+  uint64_t queue_ticket_ = 0;
+  std::optional<SteadyTime> queue_deadline_;
+  std::unique_ptr<Executor::Timer> queue_timer_;
 
   bool committed_ = false;
   bool finished_ = false;
@@ -272,8 +313,6 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   Stop stop_ = Stop::kNone;
   std::unique_ptr<Executor::Timer> deadline_timer_;
   std::unique_ptr<Executor::Timer> grace_timer_;
-  std::optional<SteadyTime> first_output_at_;
-  ResponseAccumulator output_;  // everything this attempt produced
 };
 
 }  // namespace tollgate::gateway

@@ -4,10 +4,15 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -25,6 +30,53 @@ struct ConfigError {
 
 std::string Join(const std::string& path, const std::string& key) {
   return path.empty() ? key : path + "." + key;
+}
+
+std::string Num(double d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", d);
+  return buf;
+}
+
+enum class PriceUnit { kPerMillionTokens, kPerToken };
+
+// USD per token -> femto-USD per token: the same digits read as USD per
+// million tokens with the point moved six places right ("0.00000015" ->
+// "0.15"), so the conversion is exact.
+Result<TokenPrice> ParsePerToken(const std::string& text) {
+  const size_t dot = text.find('.');
+  if (dot != std::string::npos && dot + 1 == text.size()) return InvalidArgument("not a decimal number");
+  const std::string whole = text.substr(0, dot);
+  std::string frac = dot == std::string::npos ? std::string() : text.substr(dot + 1);
+  if (frac.size() < 6) frac.resize(6, '0');
+  std::string shifted = whole + frac.substr(0, 6);
+  if (frac.size() > 6) shifted += "." + frac.substr(6);
+  return ParsePricePerMillion(shifted);
+}
+
+// The unit check. Providers publish prices per million tokens (OpenAI,
+// Anthropic, Google pricing pages) while OpenRouter's API lists them per token,
+// so the two are easily confused, and a confusion is a factor of a million in
+// what callers are charged. Real prices sit between $0.01 and a few hundred
+// dollars per million tokens: a nonzero per-million figure below $0.001 is a
+// per-token figure, and a per-token figure above $0.001 ($1000 per million) is
+// a per-million one. Either stops startup.
+constexpr int64_t kLowestPerMillionFemto = 1'000'000;       // $0.001 per million tokens
+constexpr int64_t kHighestPerTokenFemto = 1'000'000'000'000;  // $0.001 per token
+
+void CheckMagnitude(TokenPrice price, const std::string& text, const std::string& path, PriceUnit unit) {
+  const int64_t femto = price.femto_usd_per_token;
+  if (unit == PriceUnit::kPerMillionTokens && femto != 0 && femto < kLowestPerMillionFemto) {
+    // Read as USD per token, it would be femto * 1e6 nano-USD per million.
+    Fail(path, "'" + text + "' USD per million tokens looks like a per-token price (it would be $" +
+                   FormatUsd(Money{femto * 1'000'000}) +
+                   " per million tokens); write the per-million figure, or set pricing.unit: per_token");
+  }
+  if (unit == PriceUnit::kPerToken && femto > kHighestPerTokenFemto) {
+    Fail(path, "'" + text + "' USD per token looks like a per-million-tokens price (it would be $" +
+                   FormatUsdPerToken(TokenPrice{femto / 1'000'000}) +
+                   " per token); write USD per token, or drop pricing.unit (per_million_tokens is the default)");
+  }
 }
 
 class Reader {
@@ -75,6 +127,46 @@ class Reader {
     return *price;
   }
 
+  // A token price in `unit`, checked for the other unit's magnitude (below).
+  TokenPrice PriceIn(const YAML::Node& node, const std::string& path, PriceUnit unit) {
+    const std::string text = String(node, path);
+    if (unit == PriceUnit::kPerMillionTokens) {
+      auto price = ParsePricePerMillion(text);
+      if (!price) Fail(path, price.error().message);
+      CheckMagnitude(*price, text, path, unit);
+      return *price;
+    }
+    auto price = ParsePerToken(text);
+    if (!price) Fail(path, "'" + text + "' is not a non-negative decimal of USD per token with at most 15 decimal places");
+    CheckMagnitude(*price, text, path, unit);
+    return *price;
+  }
+
+  Money Usd(const YAML::Node& node, const std::string& path) {
+    auto usd = ParseUsd(String(node, path));
+    if (!usd) Fail(path, usd.error().message);
+    return *usd;
+  }
+
+  double Double(const YAML::Node& node, const std::string& path, double min, double max) {
+    const std::string text = String(node, path);
+    double value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(value)) {
+      Fail(path, "'" + text + "' is not a number");
+    }
+    if (value < min || value > max) Fail(path, text + " is out of range [" + Num(min) + ", " + Num(max) + "]");
+    return value;
+  }
+
+  bool Bool(const YAML::Node& node, const std::string& path) {
+    const std::string text = String(node, path);
+    // YAML 1.2 core schema booleans.
+    if (text == "true" || text == "True" || text == "TRUE") return true;
+    if (text == "false" || text == "False" || text == "FALSE") return false;
+    Fail(path, "'" + text + "' is not true or false");
+  }
+
   std::string Path(const YAML::Node& node, const std::string& path) {
     std::filesystem::path p(String(node, path));
     if (p.is_relative()) p = std::filesystem::path(base_dir_) / p;
@@ -100,10 +192,206 @@ void ParseListen(const std::string& text, const std::string& path, ServerConfig&
   server.port = static_cast<uint16_t>(port);
 }
 
+// `pricing:` of an endpoint: the base prices, per_request, and the tiers.
+void ParsePricing(const YAML::Node& pn, const std::string& path, Reader& r, EndpointConfig& e) {
+  r.CheckKeys(pn, path, {"prompt", "completion", "cached_prompt", "cache_write", "reasoning", "per_request", "unit",
+                         "tiers"});
+  PriceUnit unit = PriceUnit::kPerMillionTokens;
+  if (pn["unit"]) {
+    const std::string u = r.String(pn["unit"], path + ".unit");
+    if (u == "per_token") {
+      unit = PriceUnit::kPerToken;
+    } else if (u != "per_million_tokens") {
+      Fail(path + ".unit", "'" + u + "' is not a unit (per_million_tokens, per_token)");
+    }
+  }
+  // Prompt and completion are required; cache reads and writes default to
+  // the prompt price, reasoning tokens to the completion price (money.hpp).
+  auto read = [&](const YAML::Node& node, const std::string& at, Pricing& out) {
+    if (!node["prompt"]) Fail(at + ".prompt", "is required");
+    if (!node["completion"]) Fail(at + ".completion", "is required");
+    out.prompt = r.PriceIn(node["prompt"], at + ".prompt", unit);
+    out.completion = r.PriceIn(node["completion"], at + ".completion", unit);
+    out.cached_prompt = node["cached_prompt"] ? r.PriceIn(node["cached_prompt"], at + ".cached_prompt", unit) : out.prompt;
+    out.cache_write = node["cache_write"] ? r.PriceIn(node["cache_write"], at + ".cache_write", unit) : out.prompt;
+    if (node["reasoning"]) out.reasoning = r.PriceIn(node["reasoning"], at + ".reasoning", unit);
+  };
+  read(pn, path, e.pricing);
+  if (pn["per_request"]) e.pricing.per_request = r.Usd(pn["per_request"], path + ".per_request");
+  if (auto ts = pn["tiers"]) {
+    if (!ts.IsSequence()) Fail(path + ".tiers", "must be a list of {above_prompt_tokens, prompt, completion, ...}");
+    int64_t last = 0;
+    for (size_t k = 0; k < ts.size(); ++k) {
+      const std::string tpath = path + ".tiers[" + std::to_string(k) + "]";
+      r.CheckKeys(ts[k], tpath, {"above_prompt_tokens", "prompt", "completion", "cached_prompt", "cache_write",
+                                 "reasoning"});
+      if (!ts[k]["above_prompt_tokens"]) Fail(tpath + ".above_prompt_tokens", "is required");
+      routing::PriceTier tier;
+      tier.above_prompt_tokens = r.Int(ts[k]["above_prompt_tokens"], tpath + ".above_prompt_tokens", 1, 1LL << 32);
+      if (tier.above_prompt_tokens <= last) {
+        Fail(tpath + ".above_prompt_tokens", "tiers must be in ascending order of above_prompt_tokens");
+      }
+      last = tier.above_prompt_tokens;
+      // A tier prices the whole request; what it leaves out defaults within
+      // the tier, as at the base, and the per-request fee is the base's.
+      read(ts[k], tpath, tier.pricing);
+      tier.pricing.per_request = e.pricing.per_request;
+      e.tiers.push_back(std::move(tier));
+    }
+  }
+}
+
+EndpointConfig ParseEndpoint(const YAML::Node& en, const std::string& epath,
+                             const std::vector<ProviderConfig>& providers, Reader& r) {
+  r.CheckKeys(en, epath, {"id", "provider", "model", "pricing", "context_length", "max_output_tokens", "quantization",
+                          "supported_parameters", "data_policy", "max_concurrency", "weight"});
+  EndpointConfig e;
+  e.config_path = epath;
+  if (!en["provider"]) Fail(epath + ".provider", "is required");
+  e.provider = r.String(en["provider"], epath + ".provider");
+  const ProviderConfig* provider = nullptr;
+  for (const auto& p : providers) {
+    if (p.id == e.provider) provider = &p;
+  }
+  if (provider == nullptr) Fail(epath + ".provider", "'" + e.provider + "' is not under providers:");
+  const bool local = provider->type == "local";
+  if (!en["model"]) Fail(epath + ".model", "is required");
+  e.model = local ? r.Path(en["model"], epath + ".model") : r.String(en["model"], epath + ".model");
+  if (en["id"]) {
+    e.id = r.String(en["id"], epath + ".id");
+    if (e.id.empty()) Fail(epath + ".id", "must not be empty");
+  } else {
+    // A local model is named by its file, not by where the file lies.
+    e.id = e.provider + "/" + (local ? std::filesystem::path(e.model).stem().string() : e.model);
+  }
+  if (!en["pricing"]) Fail(epath + ".pricing", "is required (USD per million tokens)");
+  ParsePricing(en["pricing"], epath + ".pricing", r, e);
+  if (en["context_length"]) e.context_length = r.Int(en["context_length"], epath + ".context_length", 1, 1LL << 32);
+  if (en["max_output_tokens"]) {
+    e.max_output_tokens = r.Int(en["max_output_tokens"], epath + ".max_output_tokens", 1, 1LL << 32);
+  }
+  if (en["quantization"]) {
+    e.quantization = r.String(en["quantization"], epath + ".quantization");
+    std::transform(e.quantization.begin(), e.quantization.end(), e.quantization.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  }
+  if (auto sp = en["supported_parameters"]) {
+    const std::string spath = epath + ".supported_parameters";
+    if (!sp.IsSequence()) Fail(spath, "must be a list of parameter names (temperature, tools, ...)");
+    ParameterSet set;
+    for (size_t k = 0; k < sp.size(); ++k) {
+      const std::string at = spath + "[" + std::to_string(k) + "]";
+      const std::string name = r.String(sp[k], at);
+      std::optional<Param> param = ParamFromName(name);
+      if (!param) Fail(at, "'" + name + "' is not a parameter name (" + ParameterSet::All().Names() + ")");
+      set.Add(*param);
+    }
+    e.supported_parameters = set;
+  }
+  if (auto dp = en["data_policy"]) {
+    const std::string dpath = epath + ".data_policy";
+    r.CheckKeys(dp, dpath, {"trains_on_prompts", "retains_prompts", "zero_data_retention"});
+    if (dp["trains_on_prompts"]) e.data_policy.trains_on_prompts = r.Bool(dp["trains_on_prompts"], dpath + ".trains_on_prompts");
+    if (dp["retains_prompts"]) e.data_policy.retains_prompts = r.Bool(dp["retains_prompts"], dpath + ".retains_prompts");
+    if (dp["zero_data_retention"]) {
+      e.data_policy.zero_data_retention = r.Bool(dp["zero_data_retention"], dpath + ".zero_data_retention");
+    }
+    if (e.data_policy.zero_data_retention && (e.data_policy.retains_prompts || e.data_policy.trains_on_prompts)) {
+      Fail(dpath + ".zero_data_retention", "contradicts retains_prompts / trains_on_prompts");
+    }
+  }
+  // The local engine runs one sequence per model file at a time for now:
+  // more calls than that wait (or spill to another endpoint) rather than
+  // pile up behind it.
+  e.max_concurrency = local ? 1 : 0;
+  if (en["max_concurrency"]) {
+    e.max_concurrency = static_cast<int>(r.Int(en["max_concurrency"], epath + ".max_concurrency", 0, 1'000'000));
+  }
+  if (en["weight"]) {
+    e.weight = r.Double(en["weight"], epath + ".weight", 0, 1e6);
+    if (e.weight <= 0) Fail(epath + ".weight", "must be greater than 0");
+  }
+  return e;
+}
+
+// `routing:` of a model (routing/catalog.hpp RoutingPolicy).
+routing::RoutingPolicy ParseModelRouting(const YAML::Node& n, const std::string& path, Reader& r) {
+  r.CheckKeys(n, path, {"strategy", "retries", "retry_backoff_ms", "hedge_after_ms", "sticky_ttl_s"});
+  routing::RoutingPolicy policy;
+  using Strategy = routing::RoutingPolicy::Strategy;
+  if (n["strategy"]) {
+    static const std::pair<std::string_view, Strategy> kStrategies[] = {
+        {"shares", Strategy::kShares},         {"price", Strategy::kPrice},     {"throughput", Strategy::kThroughput},
+        {"latency", Strategy::kLatency},       {"ordered", Strategy::kOrdered},
+    };
+    const std::string name = r.String(n["strategy"], path + ".strategy");
+    bool found = false;
+    for (const auto& [key, value] : kStrategies) {
+      if (key == name) {
+        policy.strategy = value;
+        found = true;
+      }
+    }
+    if (!found) Fail(path + ".strategy", "'" + name + "' is not a strategy (shares, price, throughput, latency, ordered)");
+  }
+  if (n["retries"]) policy.retries = static_cast<int>(r.Int(n["retries"], path + ".retries", 0, 10));
+  if (n["retry_backoff_ms"]) {
+    policy.retry_backoff = std::chrono::milliseconds(r.Int(n["retry_backoff_ms"], path + ".retry_backoff_ms", 0, 600'000));
+  }
+  if (n["hedge_after_ms"]) {
+    policy.hedge_after = std::chrono::milliseconds(r.Int(n["hedge_after_ms"], path + ".hedge_after_ms", 0, 600'000));
+  }
+  if (n["sticky_ttl_s"]) {
+    policy.sticky_ttl = std::chrono::seconds(r.Int(n["sticky_ttl_s"], path + ".sticky_ttl_s", 0, 7 * 86'400));
+  }
+  return policy;
+}
+
+// Top-level `routing:` (routing/router.hpp RouterOptions, health.hpp HealthOptions).
+routing::RouterOptions ParseRouterOptions(const YAML::Node& n, Reader& r) {
+  r.CheckKeys(n, "routing", {"queue_timeout_ms", "max_queued", "sticky_capacity", "exploration_share",
+                             "competitive_ratio", "breaker", "default_cooldown_ms", "max_cooldown_ms"});
+  routing::RouterOptions o;
+  if (n["queue_timeout_ms"]) {
+    o.queue_timeout = routing::Millis(r.Int(n["queue_timeout_ms"], "routing.queue_timeout_ms", 0, 3'600'000));
+  }
+  if (n["max_queued"]) o.max_queued = static_cast<std::size_t>(r.Int(n["max_queued"], "routing.max_queued", 0, 1'000'000));
+  if (n["sticky_capacity"]) {
+    o.sticky_capacity = static_cast<std::size_t>(r.Int(n["sticky_capacity"], "routing.sticky_capacity", 0, 100'000'000));
+  }
+  if (n["exploration_share"]) {
+    o.exploration_share = r.Double(n["exploration_share"], "routing.exploration_share", 0, 0.5);
+  }
+  if (n["competitive_ratio"]) {
+    o.competitive_ratio = r.Double(n["competitive_ratio"], "routing.competitive_ratio", 1, 1000);
+  }
+  routing::HealthOptions& h = o.health;
+  if (auto b = n["breaker"]) {
+    r.CheckKeys(b, "routing.breaker", {"consecutive_failures", "open_ms", "max_open_ms"});
+    if (b["consecutive_failures"]) {
+      h.consecutive_failures =
+          static_cast<int>(r.Int(b["consecutive_failures"], "routing.breaker.consecutive_failures", 1, 1000));
+    }
+    if (b["open_ms"]) h.open_for = routing::Millis(r.Int(b["open_ms"], "routing.breaker.open_ms", 1, 3'600'000));
+    if (b["max_open_ms"]) {
+      h.max_open_for = routing::Millis(r.Int(b["max_open_ms"], "routing.breaker.max_open_ms", 1, 86'400'000));
+    }
+    if (h.max_open_for < h.open_for) Fail("routing.breaker.max_open_ms", "must be at least open_ms");
+  }
+  if (n["default_cooldown_ms"]) {
+    h.default_cooldown = routing::Millis(r.Int(n["default_cooldown_ms"], "routing.default_cooldown_ms", 0, 3'600'000));
+  }
+  if (n["max_cooldown_ms"]) {
+    h.max_cooldown = routing::Millis(r.Int(n["max_cooldown_ms"], "routing.max_cooldown_ms", 0, 86'400'000));
+  }
+  if (h.max_cooldown < h.default_cooldown) Fail("routing.max_cooldown_ms", "must be at least default_cooldown_ms");
+  return o;
+}
+
 Config ParseRoot(const YAML::Node& root, Reader& r) {
   Config config;
   if (!root.IsDefined() || root.IsNull()) Fail("(top level)", "the file is empty");
-  r.CheckKeys(root, "", {"server", "database", "usage", "providers", "models"});
+  r.CheckKeys(root, "", {"server", "database", "usage", "providers", "models", "routing"});
 
   if (auto s = root["server"]) {
     r.CheckKeys(s, "server", {"listen", "io_threads", "max_body_bytes", "request_timeout_ms", "drain_timeout_ms"});
@@ -214,12 +502,13 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
   }
 
   std::set<std::string> model_ids;
+  std::map<std::string, std::string> endpoint_ids;  // written-out id -> where, for the duplicate message
   if (auto ms = root["models"]) {
     if (!ms.IsSequence()) Fail("models", "must be a list");
     for (size_t i = 0; i < ms.size(); ++i) {
       std::string path = "models[" + std::to_string(i) + "]";
       const YAML::Node& n = ms[i];
-      r.CheckKeys(n, path, {"id", "name", "context_length", "endpoint", "endpoints"});
+      r.CheckKeys(n, path, {"id", "name", "context_length", "endpoint", "endpoints", "routing"});
       ModelConfig m;
       if (!n["id"]) Fail(path + ".id", "is required");
       m.id = r.String(n["id"], path + ".id");
@@ -227,6 +516,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       if (!model_ids.insert(m.id).second) Fail(path + ".id", "'" + m.id + "' is listed twice");
       m.name = n["name"] ? r.String(n["name"], path + ".name") : m.id;
       if (n["context_length"]) m.context_length = r.Int(n["context_length"], path + ".context_length", 1, 1LL << 32);
+      if (n["routing"]) m.routing = ParseModelRouting(n["routing"], path + ".routing", r);
       std::vector<std::pair<YAML::Node, std::string>> endpoint_nodes;
       if (n["endpoint"] && n["endpoints"]) Fail(path, "give either endpoint or endpoints, not both");
       if (n["endpoint"]) endpoint_nodes.emplace_back(n["endpoint"], path + ".endpoint");
@@ -238,33 +528,29 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       }
       if (endpoint_nodes.empty()) Fail(path, "needs an endpoint");
       for (auto& [en, epath] : endpoint_nodes) {
-        r.CheckKeys(en, epath, {"provider", "model", "pricing", "context_length"});
-        EndpointConfig e;
-        e.config_path = epath;
-        if (!en["provider"]) Fail(epath + ".provider", "is required");
-        e.provider = r.String(en["provider"], epath + ".provider");
-        if (!provider_ids.count(e.provider)) Fail(epath + ".provider", "'" + e.provider + "' is not under providers:");
-        if (!en["model"]) Fail(epath + ".model", "is required");
-        bool local = false;
-        for (const auto& p : config.providers) local = local || (p.id == e.provider && p.type == "local");
-        e.model = local ? r.Path(en["model"], epath + ".model") : r.String(en["model"], epath + ".model");
-        if (!en["pricing"]) Fail(epath + ".pricing", "is required (USD per million tokens)");
-        const YAML::Node& pn = en["pricing"];
-        r.CheckKeys(pn, epath + ".pricing", {"prompt", "completion", "cached_prompt", "cache_write"});
-        if (!pn["prompt"]) Fail(epath + ".pricing.prompt", "is required");
-        if (!pn["completion"]) Fail(epath + ".pricing.completion", "is required");
-        e.pricing.prompt = r.Price(pn["prompt"], epath + ".pricing.prompt");
-        e.pricing.completion = r.Price(pn["completion"], epath + ".pricing.completion");
-        e.pricing.cached_prompt =
-            pn["cached_prompt"] ? r.Price(pn["cached_prompt"], epath + ".pricing.cached_prompt") : e.pricing.prompt;
-        e.pricing.cache_write =
-            pn["cache_write"] ? r.Price(pn["cache_write"], epath + ".pricing.cache_write") : e.pricing.prompt;
-        if (en["context_length"]) e.context_length = r.Int(en["context_length"], epath + ".context_length", 1, 1LL << 32);
+        EndpointConfig e = ParseEndpoint(en, epath, config.providers, r);
+        // A default id ("<provider>/<model>") may recur in another model (an
+        // alias of the same upstream model); within a model, and for ids
+        // written out, it names one endpoint.
+        for (const EndpointConfig& sibling : m.endpoints) {
+          if (sibling.id == e.id) {
+            Fail(epath + ".id", "'" + e.id + "' is already the id of " + sibling.config_path +
+                                    " (give one of them its own `id:`)");
+          }
+        }
+        if (en["id"]) {
+          auto [it, fresh] = endpoint_ids.emplace(e.id, epath);
+          if (!fresh) {
+            Fail(epath + ".id", "'" + e.id + "' is already the id of " + it->second +
+                                    " (an `id:` written out is unique in the whole file)");
+          }
+        }
         m.endpoints.push_back(std::move(e));
       }
       config.models.push_back(std::move(m));
     }
   }
+  if (auto rn = root["routing"]) config.routing = ParseRouterOptions(rn, r);
   return config;
 }
 

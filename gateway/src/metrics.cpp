@@ -24,6 +24,11 @@ struct Metrics::Impl {
       prometheus::BuildHistogram().Name("tollgate_call_duration_seconds").Help("Whole call duration").Register(*registry);
   prometheus::Family<prometheus::Gauge>& background =
       prometheus::BuildGauge().Name("tollgate_background").Help("Usage recorder and key cache state, by item").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& endpoints =
+      prometheus::BuildGauge()
+          .Name("tollgate_endpoint_state")
+          .Help("Routing state per endpoint: in_flight, queued (its model's capacity queue), circuit (0 closed, 1 half-open, 2 open), cooling_down")
+          .Register(*registry);
   const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 };
 
@@ -58,6 +63,17 @@ void Metrics::SetBackground(const BackgroundStats& s) {
   set("usage_write_failures", s.usage_write_failures);
   set("keys_loaded", s.keys_loaded);
   set("key_reload_failures", s.key_reload_failures);
+}
+
+void Metrics::SetEndpoint(std::string_view model, std::string_view endpoint_id, const EndpointState& s) {
+  auto set = [&](const char* item, double value) {
+    impl_->endpoints.Add({{"model", std::string(model)}, {"endpoint", std::string(endpoint_id)}, {"item", item}})
+        .Set(value);
+  };
+  set("in_flight", static_cast<double>(s.in_flight));
+  set("queued", static_cast<double>(s.queued));
+  set("circuit", s.circuit);
+  set("cooling_down", s.cooling_down ? 1 : 0);
 }
 
 std::string Metrics::Serialize() const {

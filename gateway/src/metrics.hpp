@@ -40,6 +40,17 @@ class Metrics {
   };
   void SetBackground(const BackgroundStats& stats);
 
+  // Routing state of one endpoint, read at each scrape: calls in flight,
+  // calls of its model waiting in the capacity queue, breaker state
+  // (0 closed, 1 half-open, 2 open) and whether it cools down after a 429.
+  struct EndpointState {
+    int64_t in_flight = 0;
+    int64_t queued = 0;
+    int circuit = 0;
+    bool cooling_down = false;
+  };
+  void SetEndpoint(std::string_view model, std::string_view endpoint_id, const EndpointState& state);
+
   // The text exposition of all metrics.
   std::string Serialize() const;
 

@@ -4,6 +4,8 @@
 
 #include <boost/json.hpp>
 
+#include <utility>
+
 namespace tollgate::gateway {
 
 ResponseEncoder::ResponseEncoder(const ChatRequest& request, wire::ResponseMeta meta, ErrorFlavor error_flavor,
@@ -17,8 +19,65 @@ ResponseEncoder::ResponseEncoder(const ChatRequest& request, wire::ResponseMeta 
       error_flavor_(error_flavor),
       prompt_tokens_hint_(prompt_tokens_hint) {}
 
+namespace {
+
+// Adds `"routing": routing` to the JSON object `json` (serialized).
+std::string WithRouting(const std::string& json, const boost::json::value& routing) {
+  boost::json::error_code ec;
+  boost::json::value v = boost::json::parse(json, ec);
+  if (ec || !v.is_object()) return json;
+  v.as_object()["routing"] = routing;
+  return boost::json::serialize(v);
+}
+
+// The first SSE frame of `bytes` with `"routing"` added to its JSON data.
+std::string FirstFrameWithRouting(const std::string& bytes, const boost::json::value& routing) {
+  const std::size_t data = bytes.find("data: ");
+  if (data == std::string::npos) return bytes;
+  const std::size_t end = bytes.find("\n\n", data);
+  if (end == std::string::npos) return bytes;
+  const std::size_t start = data + 6;
+  return bytes.substr(0, start) + WithRouting(bytes.substr(start, end - start), routing) + bytes.substr(end);
+}
+
+}  // namespace
+
+boost::json::value RoutingExplanation(const routing::Plan& plan) {
+  boost::json::array candidates;
+  for (const routing::Considered& c : plan.considered) {
+    boost::json::object o{{"endpoint", c.endpoint->id},
+                          {"provider", c.endpoint->provider != nullptr ? std::string(c.endpoint->provider->Name())
+                                                                       : c.endpoint->provider_id},
+                          {"model", c.model->id}};
+    if (c.skipped == routing::SkipReason::kNone) {
+      o["share"] = c.share;
+      o["effective_price"] = c.effective_price;
+    } else {
+      o["skipped"] = std::string(routing::SkipReasonName(c.skipped));
+      if (!c.unsupported.empty()) o["unsupported_parameters"] = c.unsupported.Names();
+    }
+    candidates.push_back(std::move(o));
+  }
+  boost::json::array order;
+  for (const routing::Candidate& c : plan.candidates) order.emplace_back(c.endpoint->id);
+  std::string_view strategy;
+  switch (plan.strategy) {
+    case routing::RoutingPolicy::Strategy::kShares: strategy = "shares"; break;
+    case routing::RoutingPolicy::Strategy::kPrice: strategy = "price"; break;
+    case routing::RoutingPolicy::Strategy::kThroughput: strategy = "throughput"; break;
+    case routing::RoutingPolicy::Strategy::kLatency: strategy = "latency"; break;
+    case routing::RoutingPolicy::Strategy::kOrdered: strategy = "ordered"; break;
+  }
+  return boost::json::object{{"strategy", strategy},
+                             {"sticky", !plan.candidates.empty() && plan.candidates.front().sticky},
+                             {"order", std::move(order)},
+                             {"candidates", std::move(candidates)}};
+}
+
 void ResponseEncoder::Commit(const CommitInfo& info) {
   meta_.provider = info.provider;
+  meta_.model = info.model.empty() ? meta_.model : info.model;
+  if (info.plan != nullptr) routing_ = RoutingExplanation(*info.plan);
   if (!stream_) return;
   if (api_ == ApiFlavor::kAnthropicMessages) {
     anthropic_.emplace(meta_, prompt_tokens_hint_);
@@ -28,12 +87,17 @@ void ResponseEncoder::Commit(const CommitInfo& info) {
 }
 
 std::string ResponseEncoder::Event(const StreamEvent& event) {
+  std::string bytes;
   if (anthropic_) {
     if (!include_reasoning_ && std::holds_alternative<ReasoningDelta>(event)) return {};
-    return anthropic_->Encode(event);
+    bytes = anthropic_->Encode(event);
+  } else if (openai_) {
+    bytes = openai_->Encode(event);
   }
-  if (openai_) return openai_->Encode(event);
-  return {};
+  // The routing explanation rides on the stream's first chunk (OpenAI shapes)
+  // or its message_start event (Anthropic's).
+  if (routing_ && !bytes.empty()) bytes = FirstFrameWithRouting(bytes, *std::exchange(routing_, std::nullopt));
+  return bytes;
 }
 
 std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
@@ -70,11 +134,12 @@ std::string ResponseEncoder::WholeBody(const CallSummary& summary) const {
   if (!include_reasoning_) {
     for (auto& choice : response.choices) choice.reasoning.clear();
   }
-  if (api_ == ApiFlavor::kAnthropicMessages) {
-    return wire::anthropic::EncodeMessagesResponse(meta_, response, summary.usage);
-  }
-  return wire::openai::EncodeResponse(meta_, wire::openai::ResponseOptions{kind_, include_usage_, include_reasoning_},
-                                      response, summary.usage, summary.cost);
+  std::string body = api_ == ApiFlavor::kAnthropicMessages
+                         ? wire::anthropic::EncodeMessagesResponse(meta_, response, summary.usage)
+                         : wire::openai::EncodeResponse(
+                               meta_, wire::openai::ResponseOptions{kind_, include_usage_, include_reasoning_},
+                               response, summary.usage, summary.cost);
+  return routing_ ? WithRouting(body, *routing_) : body;
 }
 
 std::string ResponseEncoder::ErrorBody(const Error& error) const { return tollgate::ErrorBody(error, error_flavor_); }

@@ -18,6 +18,8 @@
 #include "tollgate/wire/common.hpp"
 #include "tollgate/wire/openai.hpp"
 
+#include <boost/json/value.hpp>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,7 +65,14 @@ class ResponseEncoder {
   std::optional<wire::openai::StreamEncoder> openai_;
   std::optional<wire::anthropic::StreamEncoder> anthropic_;
   ResponseAccumulator whole_;
+  std::optional<boost::json::value> routing_;  // the explanation, until it is sent
 };
+
+// The routing decision as the answer's `routing` object (explain_routing):
+// {"strategy", "sticky", "order": [endpoint ids], "candidates": [{"endpoint",
+// "provider", "model", "share", "effective_price"} or {..., "skipped":
+// reason, "unsupported_parameters"}]}.
+boost::json::value RoutingExplanation(const routing::Plan& plan);
 
 // The caller's error shape for a request path: Anthropic's under /v1/messages
 // (and /api/v1/messages), OpenRouter's under /api/, else OpenAI's.

@@ -24,6 +24,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <random>
 #include <mutex>
 #include <thread>
 
@@ -40,6 +41,13 @@ using awaitable = asio::awaitable<T>;
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
+
+// Seeds one call's routing draws: a per-thread generator, seeded once from
+// the OS, so draws are independent across calls and threads.
+uint64_t CallSeed() {
+  thread_local std::mt19937_64 generator{std::random_device{}()};
+  return generator();
+}
 
 constexpr size_t kHeaderLimitBytes = 16 * 1024;
 constexpr auto kIdleTimeout = std::chrono::seconds(75);
@@ -131,6 +139,7 @@ class MetricsObserver final : public CallObserver {
 struct Services {
   const Config* config = nullptr;
   routing::Catalog catalog;
+  std::unique_ptr<routing::Router> router;  // over `catalog`
   std::unique_ptr<billing::KeyCache> keys;
   std::unique_ptr<billing::UsageRecorder> recorder;
   std::unique_ptr<billing::GenerationStore> generations;
@@ -150,7 +159,7 @@ struct Services {
   std::map<uint64_t, std::weak_ptr<CallDriver>> calls;  // guarded by calls_mu
   uint64_t next_call = 0;                                // guarded by calls_mu
 
-  CallDeps Deps() const { return CallDeps{&catalog, admission.get(), usage.get(), observer.get()}; }
+  CallDeps Deps() const { return CallDeps{router.get(), admission.get(), usage.get(), observer.get()}; }
 
   uint64_t Register(const std::shared_ptr<CallDriver>& driver) {
     std::lock_guard lock(calls_mu);
@@ -432,9 +441,23 @@ class Connection {
       const billing::UsageRecorder& r = *s_.recorder;
       s_.metrics->SetBackground({r.rows_written(), r.pending(), r.rows_rejected(), r.rows_lost(), r.failures(),
                                  static_cast<int64_t>(s_.keys->size()), s_.keys->refresh_failures()});
+      const auto now = Clock::now();
+      for (const routing::Model& m : s_.catalog.models()) {
+        for (const routing::Endpoint& e : m.endpoints) {
+          const routing::HealthSnapshot h = s_.router->health(e).Snapshot(now);
+          s_.metrics->SetEndpoint(m.id, e.id,
+                                  {h.in_flight, static_cast<int64_t>(s_.router->queued(m)),
+                                   h.circuit == routing::CircuitState::kOpen       ? 2
+                                   : h.circuit == routing::CircuitState::kHalfOpen ? 1
+                                                                                   : 0,
+                                   h.availability == routing::Availability::kCoolingDown});
+        }
+      }
       res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
     } else if (route == "/v1/models" && get) {
       res = JsonResponse(req, 200, RenderModels(s_.catalog));
+    } else if (route == "/v1/providers" && get) {
+      res = JsonResponse(req, 200, RenderProviders(s_.catalog));
     } else if (route == "/v1/messages/count_tokens" && post) {
       res = co_await HandleCountTokens(req);
     } else if (route == "/v1/generation" && get) {
@@ -444,10 +467,11 @@ class Connection {
       std::string id = route.substr(11, route.size() - 11 - 10);
       const routing::Model* model = s_.catalog.Find(id);
       route = "/v1/models/{id}/endpoints";
-      res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model))
+      res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model, *s_.router, Clock::now()))
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
+               route == "/v1/providers" ||
                call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation") {
       Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
       res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
@@ -510,9 +534,14 @@ class Connection {
     if (!key || key->revoked) co_return ErrorResponse(req, AuthError(req));
     Result<ChatRequest> parsed = wire::anthropic::DecodeCountTokensRequest(req.body());
     if (!parsed) co_return ErrorResponse(req, parsed.error());
-    auto plan = routing::Plan(s_.catalog, parsed->model);
-    if (!plan) co_return ErrorResponse(req, plan.error());
-    std::optional<int64_t> counted = plan->front()->provider->CountPromptTokens(*parsed);
+    const routing::Model* model = s_.catalog.Find(routing::SplitVariant(parsed->model).first);
+    if (model == nullptr) {
+      co_return ErrorResponse(req, Error{ErrorCode::kNotFound,
+                                         "The model '" + parsed->model.substr(0, 200) +
+                                             "' does not exist; GET /v1/models lists the models",
+                                         "model", "model_not_found"});
+    }
+    std::optional<int64_t> counted = model->endpoints.front().provider->CountPromptTokens(*parsed);
     const int64_t tokens = counted ? *counted : EstimateUsage(*parsed, ChatResponse{}).prompt_tokens;
     co_return JsonResponse(req, 200, wire::anthropic::EncodeCountTokensResponse(tokens));
   }
@@ -584,6 +613,7 @@ class Connection {
     }
     ChatRequest chat = std::move(*parsed);
     if (api == ApiFlavor::kAnthropicMessages) chat.anthropic_beta = AnthropicBetas(req);
+    if (chat.session_id.empty()) chat.session_id = std::string(req["x-session-id"]).substr(0, 256);
 
     s_.active_calls++;
     struct Guard {
@@ -607,6 +637,8 @@ class Connection {
     spec.received = received;
     spec.created_at = created_at;
     spec.deadline = received + std::chrono::milliseconds(s_.config->server.request_timeout_ms);
+    spec.session = routing::SessionKey(spec.request);
+    spec.seed = CallSeed();
     uint64_t registration = 0;
     Services* services = &s_;
     auto driver = CallDriver::Create(s_.Deps(), std::make_shared<StrandExecutor>(strand), std::move(spec), sink,
@@ -729,6 +761,7 @@ class Connection {
     // Parameters the serving endpoint does not support were dropped
     // (core/parameters.hpp); say which, in OpenRouter's parameter names.
     if (!info.dropped.empty()) res.set("x-tollgate-unsupported-parameters", info.dropped.Names());
+    res.set("x-tollgate-endpoint", info.endpoint_id);
   }
 
   // Completes when the client closes its connection during a non-streamed
@@ -848,12 +881,23 @@ int Serve(const Config& config, const ServeOptions& options) {
                             std::chrono::system_clock::now().time_since_epoch()).count();
     for (size_t i = 0; i < config.models.size(); ++i) {
       const ModelConfig& mc = config.models[i];
-      routing::Model m{mc.id, mc.name, mc.context_length, now, {}};
+      routing::Model m{mc.id, mc.name, mc.context_length, now, {}, mc.routing};
       for (size_t j = 0; j < mc.endpoints.size(); ++j) {
         const EndpointConfig& ec = mc.endpoints[j];
         const ProviderConfig& pc = *provider_configs.at(ec.provider);
         if (!pc.enabled) continue;
-        routing::Endpoint e{ec.provider, nullptr, ec.model, ec.pricing, ec.context_length};
+        routing::Endpoint e;
+        e.id = ec.id;
+        e.provider_id = ec.provider;
+        e.upstream_model = ec.model;
+        e.pricing = ec.pricing;
+        e.tiers = ec.tiers;
+        e.context_length = ec.context_length;
+        e.max_output_tokens = ec.max_output_tokens;
+        e.quantization = ec.quantization;
+        e.data_policy = ec.data_policy;
+        e.max_concurrency = ec.max_concurrency;
+        e.weight = ec.weight;
         if (pc.type == "local") {
           auto& engine = local[ec.model];
           if (!engine) {
@@ -871,6 +915,9 @@ int Serve(const Config& config, const ServeOptions& options) {
         } else {
           e.provider = remote.at(ec.provider).get();
         }
+        // What the endpoint honours: its provider's parameters, narrowed by the config.
+        e.supported = e.provider->SupportedParameters();
+        if (ec.supported_parameters) e.supported = e.supported.Minus(e.supported.Minus(*ec.supported_parameters));
         m.context_length = std::max(m.context_length, e.context_length);
         m.endpoints.push_back(std::move(e));
       }
@@ -882,6 +929,7 @@ int Serve(const Config& config, const ServeOptions& options) {
           "no model is available: the config lists none, or every model's providers are disabled");
     }
     services.catalog = routing::Catalog(std::move(models));
+    services.router = std::make_unique<routing::Router>(&services.catalog, config.routing);
 
     tcp::acceptor acceptor(ioc);
     {

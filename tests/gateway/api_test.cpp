@@ -20,13 +20,30 @@ class NamedProvider : public Provider {
   ParameterSet params_;
 };
 
+// A catalog endpoint; `supported` is what the provider declares, as the
+// server sets it when the config does not narrow it.
+routing::Endpoint MakeEndpoint(std::string id, std::string provider_id, Provider* provider, Pricing pricing,
+                               int64_t context_length) {
+  routing::Endpoint e;
+  e.id = std::move(id);
+  e.provider_id = std::move(provider_id);
+  e.provider = provider;
+  e.upstream_model = "upstream";
+  e.pricing = pricing;
+  e.context_length = context_length;
+  e.supported = provider->SupportedParameters();
+  return e;
+}
+
+Pricing Prices(int64_t prompt, int64_t completion, int64_t cached, int64_t write) {
+  return Pricing{TokenPrice{prompt}, TokenPrice{completion}, TokenPrice{cached}, TokenPrice{write}};
+}
+
 TEST(Api, ModelsListHasOpenRouterShape) {
   NamedProvider provider({Param::kMaxTokens, Param::kTools, Param::kImageInput});
   routing::Model m{"openai/gpt-4o-mini", "GPT-4o mini", 128000, 1700000000, {}};
-  m.endpoints.push_back(routing::Endpoint{"openai", &provider, "gpt-4o-mini",
-                                          Pricing{TokenPrice{150'000'000}, TokenPrice{600'000'000},
-                                                  TokenPrice{75'000'000}, TokenPrice{150'000'000}},
-                                          128000});
+  m.endpoints.push_back(MakeEndpoint("openai/gpt-4o-mini", "openai", &provider,
+                                     Prices(150'000'000, 600'000'000, 75'000'000, 150'000'000), 128000));
   routing::Catalog catalog({m});
   auto v = json::parse(RenderModels(catalog));
   EXPECT_EQ(v.at("total_count").to_number<int64_t>(), 1);
@@ -35,7 +52,10 @@ TEST(Api, ModelsListHasOpenRouterShape) {
   EXPECT_EQ(model.at("pricing").at("prompt").as_string(), "0.00000015");
   EXPECT_EQ(model.at("pricing").at("completion").as_string(), "0.0000006");
   EXPECT_EQ(model.at("pricing").at("input_cache_read").as_string(), "0.000000075");
+  EXPECT_FALSE(model.at("pricing").as_object().contains("internal_reasoning"));
+  EXPECT_FALSE(model.at("pricing").as_object().contains("request"));
   EXPECT_EQ(model.at("context_length").as_int64(), 128000);
+  EXPECT_TRUE(model.at("top_provider").at("max_completion_tokens").is_null());
   EXPECT_TRUE(v.at("links").at("next").is_null());
   // What the model's providers declare, in OpenRouter's parameter names; the
   // image modality shows in the architecture, not as a parameter.
@@ -43,23 +63,169 @@ TEST(Api, ModelsListHasOpenRouterShape) {
   EXPECT_EQ(json::serialize(model.at("architecture").at("input_modalities")), R"(["text","image"])");
 }
 
+TEST(Api, ModelsListUsesTheCatalogsNewFields) {
+  NamedProvider provider({Param::kMaxTokens, Param::kTools, Param::kTemperature});
+  routing::Model m{"google/gemini-pro", "Gemini Pro", 1048576, 1700000000, {}};
+  routing::Endpoint e = MakeEndpoint("google/gemini-pro", "google", &provider,
+                                     Prices(1'250'000'000, 10'000'000'000, 310'000'000, 1'250'000'000), 1048576);
+  e.pricing.reasoning = TokenPrice{12'000'000'000};
+  e.pricing.per_request = Money{400'000};  // $0.0004
+  e.tiers.push_back(routing::PriceTier{200000, Prices(2'500'000'000, 15'000'000'000, 625'000'000, 2'500'000'000)});
+  e.max_output_tokens = 65536;
+  e.supported = ParameterSet{Param::kMaxTokens, Param::kTemperature};  // narrowed by the config
+  m.endpoints.push_back(e);
+  routing::Catalog catalog({m});
+  auto v = json::parse(RenderModels(catalog));
+  const auto& model = v.at("data").at(0);
+  EXPECT_EQ(model.at("top_provider").at("max_completion_tokens").as_int64(), 65536);
+  EXPECT_EQ(model.at("top_provider").at("context_length").as_int64(), 1048576);
+  EXPECT_EQ(json::serialize(model.at("supported_parameters")), R"(["temperature","max_tokens"])");
+  const auto& pricing = model.at("pricing");
+  EXPECT_EQ(pricing.at("internal_reasoning").as_string(), "0.000012");
+  EXPECT_EQ(pricing.at("request").as_string(), "0.0004");  // USD per request
+  EXPECT_FALSE(pricing.as_object().contains("input_cache_write"));
+  // Context tiers as PricingOverride entries, every price stated.
+  EXPECT_EQ(pricing.at("overrides"), json::parse(R"([{"prompt":"0.0000025","completion":"0.000015",
+      "input_cache_read":"0.000000625","input_cache_write":"0.0000025","min_prompt_tokens":200000}])"));
+}
+
 TEST(Api, ModelEndpointsListEachEndpointWithItsPrice) {
   NamedProvider provider;
   routing::Model m{"openai/gpt-4o-mini", "GPT-4o mini", 128000, 1700000000, {}};
-  m.endpoints.push_back(routing::Endpoint{"openai", &provider, "gpt-4o-mini",
-                                          Pricing{TokenPrice{150'000'000}, TokenPrice{600'000'000},
-                                                  TokenPrice{150'000'000}, TokenPrice{150'000'000}},
-                                          0});
-  auto v = json::parse(RenderModelEndpoints(m));
+  m.endpoints.push_back(MakeEndpoint("openai/gpt-4o-mini", "openai", &provider,
+                                     Prices(150'000'000, 600'000'000, 150'000'000, 150'000'000), 0));
+  routing::Catalog catalog({m});
+  routing::Router router(&catalog, routing::RouterOptions{});
+  auto v = json::parse(RenderModelEndpoints(*catalog.Find("openai/gpt-4o-mini"), router, routing::SteadyTime{}));
   const auto& d = v.at("data");
   EXPECT_EQ(d.at("id").as_string(), "openai/gpt-4o-mini");
+  EXPECT_EQ(d.at("tollgate").at("queued").as_int64(), 0);
   const auto& e = d.at("endpoints").at(0);
   EXPECT_EQ(e.at("provider_name").as_string(), "OpenAI");
+  EXPECT_EQ(e.at("tag").as_string(), "openai/gpt-4o-mini");
   EXPECT_EQ(e.at("context_length").as_int64(), 128000);
   EXPECT_EQ(e.at("pricing").at("prompt").as_string(), "0.00000015");
   EXPECT_FALSE(e.at("pricing").as_object().contains("input_cache_read"));
-  EXPECT_TRUE(e.at("uptime_last_30m").is_null());
   EXPECT_TRUE(e.at("supports_tool_choice").at("auto").as_bool());
+  EXPECT_TRUE(e.at("quantization").is_null());
+  EXPECT_TRUE(e.at("max_completion_tokens").is_null());
+  // No call yet: no figures, and serving.
+  EXPECT_TRUE(e.at("uptime_last_30m").is_null());
+  EXPECT_TRUE(e.at("latency_last_30m").is_null());
+  EXPECT_TRUE(e.at("throughput_last_30m").is_null());
+  EXPECT_EQ(e.at("status").as_int64(), 0);
+  const auto& t = e.at("tollgate");
+  EXPECT_EQ(t.at("endpoint_id").as_string(), "openai/gpt-4o-mini");
+  EXPECT_EQ(t.at("provider").as_string(), "openai");
+  EXPECT_EQ(t.at("circuit").as_string(), "closed");
+  EXPECT_EQ(t.at("availability").as_string(), "available");
+  EXPECT_EQ(t.at("in_flight").as_int64(), 0);
+  EXPECT_TRUE(t.at("max_concurrency").is_null());
+  EXPECT_TRUE(t.at("p50_ttft_ms").is_null());
+  EXPECT_EQ(t.at("data_policy"),
+            json::parse(R"({"trains_on_prompts":false,"retains_prompts":false,"zero_data_retention":false})"));
+}
+
+TEST(Api, ModelEndpointsCarryLiveFigures) {
+  using std::chrono::milliseconds;
+  NamedProvider provider;
+  routing::Model m{"meta/llama", "Llama", 131072, 1700000000, {}};
+  routing::Endpoint fast = MakeEndpoint("groq/llama", "groq", &provider, Prices(590'000'000, 790'000'000, 0, 0), 0);
+  fast.quantization = "fp8";
+  fast.max_output_tokens = 8192;
+  fast.max_concurrency = 4;
+  fast.data_policy.zero_data_retention = true;
+  m.endpoints.push_back(fast);
+  m.endpoints.push_back(MakeEndpoint("together/llama", "together", &provider, Prices(880'000'000, 880'000'000, 0, 0), 0));
+  m.endpoints.push_back(MakeEndpoint("fireworks/llama", "fireworks", &provider, Prices(900'000'000, 900'000'000, 0, 0), 0));
+  routing::Catalog catalog({m});
+  routing::Router router(&catalog, routing::RouterOptions{});
+  const routing::Model& model = *catalog.Find("meta/llama");
+  const routing::SteadyTime t0 = routing::SteadyTime{} + std::chrono::hours(1);
+
+  // Three served calls on the first endpoint: TTFT 100, 200 and 300 ms, then
+  // 50 tokens in half a second (100 tokens/s).
+  routing::SteadyTime now = t0;
+  for (int ttft_ms : {100, 300, 200}) {
+    routing::EndpointHealth& h = router.health(model.endpoints[0]);
+    ASSERT_EQ(h.Acquire(now), routing::Availability::kAvailable);
+    routing::AttemptReport r;
+    r.outcome = routing::Outcome::kSuccess;
+    r.started = now;
+    r.first_token = now + milliseconds(ttft_ms);
+    r.ended = *r.first_token + milliseconds(500);
+    r.prompt_tokens = 10;
+    r.completion_tokens = 50;
+    h.Release(r);
+    now += std::chrono::seconds(1);
+  }
+  ASSERT_EQ(router.health(model.endpoints[0]).Acquire(now), routing::Availability::kAvailable);  // one in flight
+  // A 429 on the second endpoint cools it down; failures open the third's breaker.
+  auto fail = [&](const routing::Endpoint& e, routing::Outcome outcome) {
+    ASSERT_EQ(router.health(e).Acquire(now), routing::Availability::kAvailable);
+    routing::AttemptReport r;
+    r.outcome = outcome;
+    r.started = now;
+    r.ended = now + milliseconds(5);
+    if (outcome == routing::Outcome::kRateLimited) r.retry_after = milliseconds(60'000);
+    router.health(e).Release(r);
+  };
+  fail(model.endpoints[1], routing::Outcome::kRateLimited);
+  for (int i = 0; i < routing::HealthOptions{}.consecutive_failures; ++i) {
+    fail(model.endpoints[2], routing::Outcome::kFailure);
+  }
+  now += milliseconds(10);
+
+  auto v = json::parse(RenderModelEndpoints(model, router, now));
+  const auto& endpoints = v.at("data").at("endpoints");
+  const auto& e0 = endpoints.at(0);
+  EXPECT_EQ(e0.at("latency_last_30m"), json::parse(R"({"p50":200.0,"p75":200.0,"p90":200.0,"p99":200.0})"));
+  EXPECT_EQ(e0.at("throughput_last_30m").at("p50").to_number<double>(), 100.0);
+  EXPECT_EQ(e0.at("uptime_last_30m").to_number<double>(), 100.0);
+  EXPECT_EQ(e0.at("status").as_int64(), 0);
+  EXPECT_EQ(e0.at("quantization").as_string(), "fp8");
+  EXPECT_EQ(e0.at("max_completion_tokens").as_int64(), 8192);
+  const auto& t0_extras = e0.at("tollgate");
+  EXPECT_EQ(t0_extras.at("in_flight").as_int64(), 1);
+  EXPECT_EQ(t0_extras.at("max_concurrency").as_int64(), 4);
+  EXPECT_EQ(t0_extras.at("p50_ttft_ms").to_number<double>(), 200.0);
+  EXPECT_EQ(t0_extras.at("p50_latency_ms").to_number<double>(), 700.0);
+  EXPECT_TRUE(t0_extras.at("data_policy").at("zero_data_retention").as_bool());
+
+  const auto& e1 = endpoints.at(1);
+  EXPECT_EQ(e1.at("status").as_int64(), -1);
+  EXPECT_EQ(e1.at("tollgate").at("availability").as_string(), "cooling_down");
+  EXPECT_EQ(e1.at("uptime_last_30m").to_number<double>(), 0.0);
+  EXPECT_TRUE(e1.at("latency_last_30m").is_null());  // timings come from served calls only
+
+  const auto& e2 = endpoints.at(2);
+  EXPECT_EQ(e2.at("status").as_int64(), -3);
+  EXPECT_EQ(e2.at("tollgate").at("circuit").as_string(), "open");
+  EXPECT_EQ(e2.at("tollgate").at("availability").as_string(), "circuit_open");
+}
+
+TEST(Api, ProvidersListEachProviderOnce) {
+  class Named : public NamedProvider {
+   public:
+    explicit Named(std::string_view name) : name_(name) {}
+    std::string_view Name() const override { return name_; }
+
+   private:
+    std::string_view name_;
+  };
+  Named openai("OpenAI"), groq("Groq"), local("Local");
+  routing::Model a{"openai/gpt", "GPT", 0, 0, {}};
+  a.endpoints.push_back(MakeEndpoint("openai/gpt", "openai", &openai, Prices(1, 1, 1, 1), 0));
+  a.endpoints.push_back(MakeEndpoint("groq/gpt", "groq", &groq, Prices(1, 1, 1, 1), 0));
+  routing::Model b{"meta/llama", "Llama", 0, 0, {}};
+  b.endpoints.push_back(MakeEndpoint("groq/llama", "groq", &groq, Prices(1, 1, 1, 1), 0));
+  b.endpoints.push_back(MakeEndpoint("local/llama", "local", &local, Prices(0, 0, 0, 0), 0));
+  routing::Catalog catalog({a, b});
+  auto v = json::parse(RenderProviders(catalog));
+  EXPECT_EQ(v, json::parse(R"({"data":[
+      {"slug":"openai","name":"OpenAI","privacy_policy_url":null,"terms_of_service_url":null,"status_page_url":null},
+      {"slug":"groq","name":"Groq","privacy_policy_url":null,"terms_of_service_url":null,"status_page_url":null},
+      {"slug":"local","name":"Local","privacy_policy_url":null,"terms_of_service_url":null,"status_page_url":null}]})"));
 }
 
 TEST(Api, GenerationReportsTheMeteredRecord) {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 
 namespace tollgate::gateway {
@@ -165,13 +166,26 @@ class CallDriverTest : public ::testing::Test {
     BuildCatalog({primary.get(), fallback.get()});
   }
 
+  // Config order (RoutingPolicy kOrdered) unless a test sets `policy`.
   void BuildCatalog(const std::vector<FakeProvider*>& providers) {
-    routing::Model m{"test/model", "Test", 4096, 0, {}};
+    router.reset();
+    routing::Model m{"test/model", "Test", 4096, 0, {}, policy};
     for (auto* p : providers) {
-      m.endpoints.push_back(routing::Endpoint{std::string(p->Name()), p, "up-" + std::string(p->Name()),
-                                              Price(1'000'000'000, 2'000'000'000), 4096});
+      routing::Endpoint e;
+      e.id = std::string(p->Name());
+      e.provider_id = std::string(p->Name());
+      e.provider = p;
+      e.upstream_model = "up-" + std::string(p->Name());
+      e.pricing = pricing;
+      e.context_length = 4096;
+      e.supported = p->SupportedParameters();
+      e.max_concurrency = max_concurrency;
+      m.endpoints.push_back(std::move(e));
     }
-    catalog = routing::Catalog({m});
+    std::vector<routing::Model> models;
+    models.push_back(std::move(m));
+    catalog = routing::Catalog(std::move(models));
+    router = std::make_unique<routing::Router>(&catalog, router_options);
   }
 
   std::shared_ptr<CallDriver> Start(ChatRequest request, std::chrono::milliseconds timeout = 60s) {
@@ -182,7 +196,9 @@ class CallDriverTest : public ::testing::Test {
     spec.received = executor->Now();
     spec.created_at = executor->WallNow();
     spec.deadline = executor->Now() + timeout;
-    driver = CallDriver::Create(CallDeps{&catalog, &admission, &usage, &observer}, executor, std::move(spec), client,
+    spec.session = session;
+    spec.seed = ++calls_started;
+    driver = CallDriver::Create(CallDeps{router.get(), &admission, &usage, &observer}, executor, std::move(spec), client,
                                 [this] { ++done; });
     driver->Start();
     executor->RunUntilIdle();
@@ -194,7 +210,14 @@ class CallDriverTest : public ::testing::Test {
   FakeAdmission admission;
   FakeUsage usage;
   FakeObserver observer;
+  routing::RoutingPolicy policy{routing::RoutingPolicy::Strategy::kOrdered};
+  routing::RouterOptions router_options;
+  int max_concurrency = 0;
+  Pricing pricing = Price(1'000'000'000, 2'000'000'000);
+  uint64_t session = 0;
+  uint64_t calls_started = 0;
   routing::Catalog catalog;
+  std::unique_ptr<routing::Router> router;
   std::unique_ptr<FakeProvider> primary;
   std::unique_ptr<FakeProvider> fallback;
   std::shared_ptr<CallDriver> driver;
@@ -613,7 +636,9 @@ TEST_F(CallDriverTest, EventsFromAProviderThreadArriveInOrder) {
 }
 
 TEST(CallDriverHelpers, UpstreamUsageIsBoundedByWhatTheRequestAllows) {
-  routing::Endpoint e{"p", nullptr, "m", Price(1000, 2000), 8192};
+  routing::Endpoint e;
+  e.pricing = Price(1000, 2000);
+  e.context_length = 8192;
   ChatRequest r = UserSays("hello there");
   r.max_tokens = 10;
   ChatResponse out;
@@ -650,6 +675,212 @@ TEST(CallDriverHelpers, EstimateCountsFourBytesPerTokenAndImages) {
   EXPECT_EQ(u.completion_tokens, 10);
   r.messages[0].parts.push_back(ImagePart{"https://example.com/cat.png", "", {}});
   EXPECT_EQ(EstimateUsage(r, out).prompt_tokens, (400 + 8) / 4 + 1 + 1000);
+}
+
+// ---------------------------------------------------------------- routing
+
+void Answer(StreamSink& sink, const std::string& text, Usage usage) {
+  sink.OnEvent(TextDelta{0, text});
+  sink.OnEvent(FinishDelta{0, FinishReason::kStop, "stop"});
+  sink.OnEvent(UsageDelta{usage});
+  sink.OnComplete();
+}
+
+TEST_F(CallDriverTest, EveryAttemptIsRecordedBesideTheRowAndOnlyTheServedOneIsCharged) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(Error{ErrorCode::kUnavailable, "overloaded"});
+  executor->RunUntilIdle();
+  Answer(*fallback->calls[0].sink, "ok", MakeUsage(10, 2));
+  executor->RunUntilIdle();
+  ASSERT_EQ(usage.rows.size(), 1u);
+  const auto& row = usage.rows[0];
+  EXPECT_EQ(row.endpoint_id, "Fallback");
+  ASSERT_EQ(row.attempts.size(), 2u);
+  EXPECT_EQ(row.attempts[0].attempt, 1);
+  EXPECT_EQ(row.attempts[0].endpoint_id, "Primary");
+  EXPECT_EQ(row.attempts[0].outcome, "failed");
+  EXPECT_EQ(row.attempts[0].status, 503);
+  EXPECT_EQ(row.attempts[0].cost.nano_usd, 0) << "an upstream error answer costs nothing";
+  EXPECT_EQ(row.attempts[1].outcome, "served");
+  EXPECT_EQ(row.attempts[1].cost, row.cost);
+  EXPECT_EQ(row.cost.nano_usd, 14000);
+  EXPECT_EQ(admission.pending, 14000);
+  // Routing learned both outcomes and freed both slots.
+  EXPECT_EQ(router->health(catalog.models()[0].endpoints[0]).Snapshot(executor->Now()).error_rate, 1.0);
+  EXPECT_EQ(router->health(catalog.models()[0].endpoints[0]).Snapshot(executor->Now()).in_flight, 0);
+  EXPECT_EQ(router->health(catalog.models()[0].endpoints[1]).Snapshot(executor->Now()).in_flight, 0);
+}
+
+TEST_F(CallDriverTest, A429CoolsTheEndpointDownForItsRetryAfter) {
+  Start(UserSays("hi"));
+  Error limited{ErrorCode::kResourceExhausted, "slow down"};
+  limited.retry_after = "30";
+  primary->calls[0].sink->OnError(limited);
+  executor->RunUntilIdle();
+  Answer(*fallback->calls[0].sink, "ok", MakeUsage(1, 1));
+  executor->RunUntilIdle();
+  EXPECT_EQ(usage.rows[0].attempts[0].outcome, "rate_limited");
+
+  // The next call does not try the primary while it cools down...
+  client = std::make_shared<FakeClient>();
+  Start(UserSays("again"));
+  EXPECT_EQ(primary->calls.size(), 1u);
+  ASSERT_EQ(fallback->calls.size(), 2u);
+  Answer(*fallback->calls[1].sink, "ok", MakeUsage(1, 1));
+  executor->RunUntilIdle();
+  // ...and goes back to it once the 30 s are over.
+  executor->Advance(30s);
+  client = std::make_shared<FakeClient>();
+  Start(UserSays("later"));
+  EXPECT_EQ(primary->calls.size(), 2u);
+}
+
+TEST_F(CallDriverTest, RetriesTheSameEndpointWithBackoffWhenThePolicySaysSo) {
+  policy.retries = 2;
+  policy.retry_backoff = 100ms;
+  BuildCatalog({primary.get(), fallback.get()});
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(Error{ErrorCode::kBadGateway, "reset"});
+  executor->RunUntilIdle();
+  EXPECT_EQ(primary->calls.size(), 1u) << "waits for the backoff";
+  executor->Advance(100ms);
+  ASSERT_EQ(primary->calls.size(), 2u);
+  primary->calls[1].sink->OnError(Error{ErrorCode::kBadGateway, "reset"});
+  executor->RunUntilIdle();
+  executor->Advance(150ms);
+  EXPECT_EQ(primary->calls.size(), 2u) << "the second backoff is 200 ms";
+  executor->Advance(50ms);
+  ASSERT_EQ(primary->calls.size(), 3u);
+  primary->calls[2].sink->OnError(Error{ErrorCode::kBadGateway, "reset"});
+  executor->RunUntilIdle();
+  ASSERT_EQ(fallback->calls.size(), 1u) << "retries spent: the next endpoint";
+  Answer(*fallback->calls[0].sink, "ok", MakeUsage(1, 1));
+  executor->RunUntilIdle();
+  EXPECT_EQ(usage.rows[0].attempts.size(), 4u);
+}
+
+TEST_F(CallDriverTest, NeverRetriesARequestErrorElsewhere) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(Error{ErrorCode::kInvalidArgument, "bad image", "messages"});
+  executor->RunUntilIdle();
+  EXPECT_TRUE(fallback->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
+}
+
+TEST_F(CallDriverTest, HedgesAfterTheConfiguredDelayAndTheFirstToAnswerWins) {
+  policy.hedge_after = 500ms;
+  BuildCatalog({primary.get(), fallback.get()});
+  Start(UserSays("hi"));
+  ASSERT_EQ(primary->calls.size(), 1u);
+  executor->Advance(499ms);
+  EXPECT_TRUE(fallback->calls.empty());
+  executor->Advance(1ms);
+  ASSERT_EQ(fallback->calls.size(), 1u) << "no first byte after 500 ms: the next endpoint starts too";
+  fallback->calls[0].sink->OnEvent(TextDelta{0, "fast"});
+  executor->RunUntilIdle();
+  EXPECT_TRUE(primary->calls[0].cancel.stop_requested()) << "the loser is cancelled";
+  EXPECT_EQ(client->commit->provider, "Fallback");
+  // The loser's late output never reaches the client.
+  primary->calls[0].sink->OnEvent(TextDelta{0, "slow"});
+  primary->calls[0].sink->OnError(Error{ErrorCode::kCancelled, "cancelled"});
+  fallback->calls[0].sink->OnEvent(FinishDelta{0, FinishReason::kStop, "stop"});
+  fallback->calls[0].sink->OnEvent(UsageDelta{MakeUsage(3, 1)});
+  fallback->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  EXPECT_EQ(client->text, "fast");
+  ASSERT_EQ(usage.rows.size(), 1u);
+  const auto& row = usage.rows[0];
+  ASSERT_EQ(row.attempts.size(), 2u);
+  EXPECT_EQ(row.attempts[0].outcome, "hedge_lost");
+  EXPECT_GT(row.attempts[0].cost.nano_usd, 0) << "the operator sees what the loser cost";
+  EXPECT_EQ(row.attempts[1].outcome, "served");
+  EXPECT_EQ(row.cost, row.attempts[1].cost) << "the caller pays only the winner";
+  EXPECT_EQ(admission.pending, row.cost.nano_usd);
+}
+
+TEST_F(CallDriverTest, NoHedgeWhenTheFirstEndpointAnsweredInTime) {
+  policy.hedge_after = 500ms;
+  BuildCatalog({primary.get(), fallback.get()});
+  Start(UserSays("hi", /*stream=*/false));
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(3, 0)});
+  executor->RunUntilIdle();
+  executor->Advance(1s);
+  EXPECT_TRUE(fallback->calls.empty());
+}
+
+TEST_F(CallDriverTest, AFullEndpointSpillsOverToTheNext) {
+  max_concurrency = 1;
+  BuildCatalog({primary.get(), fallback.get()});
+  Start(UserSays("one"));
+  auto first = driver;
+  auto first_client = client;
+  client = std::make_shared<FakeClient>();
+  Start(UserSays("two"));
+  EXPECT_EQ(primary->calls.size(), 1u);
+  EXPECT_EQ(fallback->calls.size(), 1u) << "the primary is at its cap: overflow";
+}
+
+TEST_F(CallDriverTest, CallsBeyondEveryEndpointsCapacityWaitThenGetA429) {
+  max_concurrency = 1;
+  router_options.queue_timeout = 2s;
+  BuildCatalog({primary.get()});
+  Start(UserSays("one"));
+  auto first_client = client;
+  auto first = driver;
+  client = std::make_shared<FakeClient>();
+  Start(UserSays("two"));
+  auto second = driver;
+  auto second_client = client;
+  EXPECT_EQ(primary->calls.size(), 1u);
+  EXPECT_EQ(router->queued(catalog.models()[0]), 1u);
+  // The first call ends: the waiting one gets the slot.
+  Answer(*primary->calls[0].sink, "a", MakeUsage(1, 1));
+  executor->RunUntilIdle();
+  ASSERT_EQ(primary->calls.size(), 2u);
+  EXPECT_EQ(router->queued(catalog.models()[0]), 0u);
+
+  // A third waits, and nothing frees in time: 429 with Retry-After.
+  client = std::make_shared<FakeClient>();
+  Start(UserSays("three"));
+  executor->Advance(2s);
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kResourceExhausted);
+  EXPECT_FALSE(client->error->retry_after.empty());
+  EXPECT_EQ(primary->calls.size(), 2u);
+  EXPECT_EQ(router->queued(catalog.models()[0]), 0u);
+}
+
+TEST_F(CallDriverTest, AConversationSticksToTheEndpointThatServedIt) {
+  policy.strategy = routing::RoutingPolicy::Strategy::kShares;
+  pricing.cached_prompt = TokenPrice{100'000'000};  // cache reads 10x cheaper: stickiness pays
+  BuildCatalog({primary.get(), fallback.get()});
+  session = 42;
+  std::vector<FakeProvider*> served;
+  for (int i = 0; i < 12; ++i) {
+    client = std::make_shared<FakeClient>();
+    const size_t before = fallback->calls.size();
+    Start(UserSays("hi"));
+    FakeProvider* p = fallback->calls.size() > before ? fallback.get() : primary.get();
+    Answer(*p->calls.back().sink, "ok", MakeUsage(1, 1));
+    executor->RunUntilIdle();
+    served.push_back(p);
+  }
+  for (FakeProvider* p : served) EXPECT_EQ(p, served.front()) << "every call went back to the first endpoint";
+
+  // Without a session the same draws spread over both endpoints.
+  session = 0;
+  std::set<FakeProvider*> seen;
+  for (int i = 0; i < 40; ++i) {
+    client = std::make_shared<FakeClient>();
+    const size_t before = fallback->calls.size();
+    Start(UserSays("hi"));
+    FakeProvider* p = fallback->calls.size() > before ? fallback.get() : primary.get();
+    Answer(*p->calls.back().sink, "ok", MakeUsage(1, 1));
+    executor->RunUntilIdle();
+    seen.insert(p);
+  }
+  EXPECT_EQ(seen.size(), 2u);
 }
 
 }  // namespace

@@ -2,7 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace tollgate::gateway {
 namespace {
@@ -140,6 +145,329 @@ TEST(Config, TheShippedConfigLoads) {
     EXPECT_FALSE(p.enabled) << p.id << " is on without its key";
   }
   EXPECT_GE(remote, 19);
+}
+
+}  // namespace
+}  // namespace tollgate::gateway
+
+// ---------------------------------------------------------------- routing: endpoints and policies (issue 6)
+
+namespace tollgate::gateway {
+namespace {
+
+constexpr const char* kProviders = R"(
+providers:
+  local: {type: local}
+  openai: {type: openai_compatible, preset: openai, api_key: k}
+  together: {type: openai_compatible, preset: together, api_key: k}
+)";
+
+Result<Config> Parse(const std::string& models_and_more) {
+  return ParseConfig(std::string(kProviders) + models_and_more, "/etc/tollgate", FakeEnv({}));
+}
+
+void ExpectRefused(const std::string& models_and_more, const std::string& path, const std::string& words = {}) {
+  auto config = Parse(models_and_more);
+  ASSERT_FALSE(config) << "accepted: " << models_and_more;
+  EXPECT_EQ(config.error().message.rfind(path + ":", 0), 0u) << config.error().message;
+  if (!words.empty()) {
+    EXPECT_NE(config.error().message.find(words), std::string::npos) << config.error().message;
+  }
+}
+
+TEST(Config, EndpointKeysParse) {
+  auto config = Parse(R"(
+models:
+  - id: meta/llama
+    routing: {strategy: ordered, retries: 2, retry_backoff_ms: 100, hedge_after_ms: 1500, sticky_ttl_s: 300}
+    endpoints:
+      - id: llama-on-together
+        provider: together
+        model: meta-llama/Llama-3.3-70B
+        pricing:
+          prompt: "0.88"
+          completion: "0.88"
+          cached_prompt: "0.44"
+          cache_write: "1.1"
+          reasoning: "1.5"
+          per_request: "0.0004"
+          tiers:
+            - {above_prompt_tokens: 128000, prompt: "1.76", completion: "1.76", cached_prompt: "0.88"}
+            - {above_prompt_tokens: 200000, prompt: "3", completion: "4", reasoning: "5"}
+        context_length: 262144
+        max_output_tokens: 8192
+        quantization: FP8
+        supported_parameters: [temperature, top_p, tools, tool_choice, max_completion_tokens, image_input]
+        data_policy: {trains_on_prompts: false, retains_prompts: true, zero_data_retention: false}
+        max_concurrency: 32
+        weight: 2.5
+)");
+  ASSERT_TRUE(config) << config.error().message;
+  const ModelConfig& m = config->models[0];
+  EXPECT_EQ(m.routing.strategy, routing::RoutingPolicy::Strategy::kOrdered);
+  EXPECT_EQ(m.routing.retries, 2);
+  EXPECT_EQ(m.routing.retry_backoff, std::chrono::milliseconds(100));
+  EXPECT_EQ(m.routing.hedge_after, std::chrono::milliseconds(1500));
+  EXPECT_EQ(m.routing.sticky_ttl, std::chrono::seconds(300));
+  const EndpointConfig& e = m.endpoints[0];
+  EXPECT_EQ(e.id, "llama-on-together");
+  EXPECT_EQ(e.pricing.prompt.femto_usd_per_token, 880'000'000);
+  EXPECT_EQ(e.pricing.cached_prompt.femto_usd_per_token, 440'000'000);
+  EXPECT_EQ(e.pricing.cache_write.femto_usd_per_token, 1'100'000'000);
+  ASSERT_TRUE(e.pricing.reasoning);
+  EXPECT_EQ(e.pricing.reasoning->femto_usd_per_token, 1'500'000'000);
+  EXPECT_EQ(e.pricing.per_request.nano_usd, 400'000);  // $0.0004 per request
+  ASSERT_EQ(e.tiers.size(), 2u);
+  EXPECT_EQ(e.tiers[0].above_prompt_tokens, 128000);
+  EXPECT_EQ(e.tiers[0].pricing.prompt.femto_usd_per_token, 1'760'000'000);
+  EXPECT_EQ(e.tiers[0].pricing.cached_prompt.femto_usd_per_token, 880'000'000);
+  EXPECT_EQ(e.tiers[0].pricing.cache_write, e.tiers[0].pricing.prompt);  // defaults within the tier
+  EXPECT_FALSE(e.tiers[0].pricing.reasoning);                            // the tier's completion price
+  EXPECT_EQ(e.tiers[0].pricing.per_request.nano_usd, 400'000);           // the base's fee
+  EXPECT_EQ(e.tiers[1].pricing.reasoning->femto_usd_per_token, 5'000'000'000);
+  EXPECT_EQ(e.context_length, 262144);
+  EXPECT_EQ(e.max_output_tokens, 8192);
+  EXPECT_EQ(e.quantization, "fp8");
+  ASSERT_TRUE(e.supported_parameters);
+  EXPECT_EQ(*e.supported_parameters, (ParameterSet{Param::kTemperature, Param::kTopP, Param::kTools,
+                                                    Param::kToolChoice, Param::kMaxTokens, Param::kImageInput}));
+  EXPECT_FALSE(e.data_policy.trains_on_prompts);
+  EXPECT_TRUE(e.data_policy.retains_prompts);
+  EXPECT_FALSE(e.data_policy.zero_data_retention);
+  EXPECT_EQ(e.max_concurrency, 32);
+  EXPECT_EQ(e.weight, 2.5);
+}
+
+TEST(Config, EndpointDefaults) {
+  auto config = Parse(R"(
+models:
+  - id: a/m
+    endpoints:
+      - {provider: local, model: "models/tiny-q8.gguf", pricing: {prompt: "0", completion: "0"}}
+      - {provider: openai, model: gpt-4o-mini, pricing: {prompt: "0.15", completion: "0.60"}}
+)");
+  ASSERT_TRUE(config) << config.error().message;
+  const ModelConfig& m = config->models[0];
+  EXPECT_EQ(m.routing.strategy, routing::RoutingPolicy::Strategy::kShares);
+  EXPECT_EQ(m.routing.sticky_ttl, std::chrono::seconds(600));
+  const EndpointConfig& local = m.endpoints[0];
+  EXPECT_EQ(local.id, "local/tiny-q8");  // the model file's stem
+  EXPECT_EQ(local.max_concurrency, 1);   // one sequence at a time in the engine
+  const EndpointConfig& remote = m.endpoints[1];
+  EXPECT_EQ(remote.id, "openai/gpt-4o-mini");
+  EXPECT_EQ(remote.max_concurrency, 0);  // unlimited
+  EXPECT_EQ(remote.weight, 1.0);
+  EXPECT_FALSE(remote.supported_parameters);
+  EXPECT_FALSE(remote.pricing.reasoning);
+  EXPECT_EQ(remote.pricing.per_request.nano_usd, 0);
+  EXPECT_TRUE(remote.tiers.empty());
+  EXPECT_EQ(remote.quantization, "");
+  EXPECT_FALSE(remote.data_policy.trains_on_prompts || remote.data_policy.retains_prompts ||
+               remote.data_policy.zero_data_retention);
+  // Top-level routing: RouterOptions' defaults.
+  EXPECT_EQ(config->routing.queue_timeout, routing::RouterOptions{}.queue_timeout);
+  EXPECT_EQ(config->routing.health.consecutive_failures, routing::HealthOptions{}.consecutive_failures);
+}
+
+TEST(Config, EndpointIdsAreUniqueInAModelAndWrittenOutOnesInTheWholeFile) {
+  // The same upstream model behind two model ids (an alias) keeps its default id.
+  auto aliases = Parse(R"(
+models:
+  - id: a/m
+    endpoint: {provider: openai, model: gpt-4o-mini, pricing: {prompt: "1", completion: "1"}}
+  - id: b/m
+    endpoint: {provider: openai, model: gpt-4o-mini, pricing: {prompt: "1", completion: "1"}}
+)");
+  ASSERT_TRUE(aliases) << aliases.error().message;
+  EXPECT_EQ(aliases->models[1].endpoints[0].id, "openai/gpt-4o-mini");
+  ExpectRefused(R"(
+models:
+  - id: a/m
+    endpoints:
+      - {provider: openai, model: gpt-4o-mini, pricing: {prompt: "1", completion: "1"}}
+      - {provider: openai, model: gpt-4o-mini, pricing: {prompt: "2", completion: "2"}}
+)",
+                "models[0].endpoints[1].id", "'openai/gpt-4o-mini' is already the id of models[0].endpoints[0]");
+  ExpectRefused(R"(
+models:
+  - id: a/m
+    endpoint: {id: shared, provider: openai, model: one, pricing: {prompt: "1", completion: "1"}}
+  - id: b/m
+    endpoint: {id: shared, provider: openai, model: two, pricing: {prompt: "1", completion: "1"}}
+)",
+                "models[1].endpoint.id", "'shared' is already the id of models[0].endpoint");
+  ExpectRefused(R"(
+models:
+  - id: a/m
+    endpoints:
+      - {id: x, provider: openai, model: one, pricing: {prompt: "1", completion: "1"}}
+      - {id: x, provider: together, model: two, pricing: {prompt: "1", completion: "1"}}
+)",
+                "models[0].endpoints[1].id", "already the id of models[0].endpoints[0]");
+  // Two endpoints of one upstream model are fine once each has an id.
+  auto config = Parse(R"(
+models:
+  - id: a/m
+    endpoint: {provider: openai, model: gpt-4o-mini, pricing: {prompt: "1", completion: "1"}}
+  - id: b/m
+    endpoint: {id: openai-alias, provider: openai, model: gpt-4o-mini, pricing: {prompt: "1", completion: "1"}}
+)");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->models[1].endpoints[0].id, "openai-alias");
+  ExpectRefused("models:\n  - id: a\n    endpoint: {id: '', provider: openai, model: m, pricing: {prompt: '1', "
+                "completion: '1'}}",
+                "models[0].endpoint.id");
+}
+
+std::string WithPricing(const std::string& pricing) {
+  return "models:\n  - id: a/m\n    endpoint: {provider: openai, model: m, pricing: " + pricing + "}\n";
+}
+
+TEST(Config, PricesInTheOtherUnitAreRefusedAtStart) {
+  // A per-token figure in a per-million field (OpenRouter's API lists per token).
+  ExpectRefused(WithPricing("{prompt: '0.00000015', completion: '0.6'}"), "models[0].endpoint.pricing.prompt",
+                "looks like a per-token price (it would be $0.15 per million tokens)");
+  ExpectRefused(WithPricing("{prompt: '0.15', completion: '0.0000006'}"), "models[0].endpoint.pricing.completion",
+                "pricing.unit: per_token");
+  ExpectRefused(WithPricing("{prompt: '0.15', completion: '0.6', cached_prompt: '0.000000075'}"),
+                "models[0].endpoint.pricing.cached_prompt", "per-token");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{above_prompt_tokens: 10, prompt: '0.0000002', "
+                            "completion: '1'}]}"),
+                "models[0].endpoint.pricing.tiers[0].prompt", "per-token");
+  // A per-million figure under unit: per_token.
+  ExpectRefused(WithPricing("{unit: per_token, prompt: '0.15', completion: '0.0000006'}"),
+                "models[0].endpoint.pricing.prompt",
+                "looks like a per-million-tokens price (it would be $0.00000015 per token)");
+  ExpectRefused(WithPricing("{unit: per_token, prompt: '0.00000015', completion: '2', reasoning: '0.000002'}"),
+                "models[0].endpoint.pricing.completion", "per-million");
+  ExpectRefused(WithPricing("{unit: per_gallon, prompt: '1', completion: '1'}"), "models[0].endpoint.pricing.unit");
+  ExpectRefused(WithPricing("{unit: per_token, prompt: '0.0000000000000001', completion: '0'}"),
+                "models[0].endpoint.pricing.prompt", "15 decimal places");
+  ExpectRefused(WithPricing("{unit: per_token, prompt: 'x', completion: '0'}"), "models[0].endpoint.pricing.prompt");
+}
+
+TEST(Config, PerTokenPricesConvertExactly) {
+  auto config = Parse(WithPricing(
+      "{unit: per_token, prompt: '0.00000015', completion: '0.0000006', cached_prompt: '0.000000075', "
+      "cache_write: '.0000001', reasoning: '0.000001', per_request: '0.002', "
+      "tiers: [{above_prompt_tokens: 200000, prompt: '0.0000003', completion: '0.0000012'}]}"));
+  ASSERT_TRUE(config) << config.error().message;
+  const EndpointConfig& e = config->models[0].endpoints[0];
+  EXPECT_EQ(e.pricing.prompt.femto_usd_per_token, 150'000'000);
+  EXPECT_EQ(e.pricing.completion.femto_usd_per_token, 600'000'000);
+  EXPECT_EQ(e.pricing.cached_prompt.femto_usd_per_token, 75'000'000);
+  EXPECT_EQ(e.pricing.cache_write.femto_usd_per_token, 100'000'000);
+  EXPECT_EQ(e.pricing.reasoning->femto_usd_per_token, 1'000'000'000);
+  EXPECT_EQ(e.pricing.per_request.nano_usd, 2'000'000);  // USD per request whatever the unit
+  EXPECT_EQ(e.tiers[0].pricing.prompt.femto_usd_per_token, 300'000'000);
+  // Free is free in either unit; the smallest real per-million price passes.
+  EXPECT_TRUE(Parse(WithPricing("{unit: per_token, prompt: '0', completion: '0.001'}")));
+  EXPECT_TRUE(Parse(WithPricing("{prompt: '0', completion: '0.001'}")));
+  EXPECT_TRUE(Parse(WithPricing("{prompt: '0.02', completion: '1000'}")));
+}
+
+TEST(Config, BadEndpointValuesAreReportedWithTheirPath) {
+  const std::string e = "models:\n  - id: a/m\n    endpoint: {provider: openai, model: m, pricing: {prompt: '1', "
+                        "completion: '1'}, ";
+  ExpectRefused(e + "colour: blue}", "models[0].endpoint.colour", "unknown key");
+  ExpectRefused(e + "max_output_tokens: 0}", "models[0].endpoint.max_output_tokens");
+  ExpectRefused(e + "supported_parameters: [temperature, logit_bias]}", "models[0].endpoint.supported_parameters[1]",
+                "'logit_bias' is not a parameter name");
+  ExpectRefused(e + "supported_parameters: temperature}", "models[0].endpoint.supported_parameters");
+  ExpectRefused(e + "data_policy: {trains_on_prompts: maybe}}", "models[0].endpoint.data_policy.trains_on_prompts");
+  ExpectRefused(e + "data_policy: {logs: true}}", "models[0].endpoint.data_policy.logs", "unknown key");
+  ExpectRefused(e + "data_policy: {zero_data_retention: true, retains_prompts: true}}",
+                "models[0].endpoint.data_policy.zero_data_retention");
+  ExpectRefused(e + "max_concurrency: -1}", "models[0].endpoint.max_concurrency");
+  ExpectRefused(e + "weight: 0}", "models[0].endpoint.weight");
+  ExpectRefused(e + "weight: heavy}", "models[0].endpoint.weight");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', per_request: '-1'}"),
+                "models[0].endpoint.pricing.per_request");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', surge: '2'}"), "models[0].endpoint.pricing.surge");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: {above_prompt_tokens: 5}}"),
+                "models[0].endpoint.pricing.tiers");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{prompt: '2', completion: '2'}]}"),
+                "models[0].endpoint.pricing.tiers[0].above_prompt_tokens");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{above_prompt_tokens: 100, prompt: '2'}]}"),
+                "models[0].endpoint.pricing.tiers[0].completion");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{above_prompt_tokens: 100, prompt: '2', "
+                            "completion: '2'}, {above_prompt_tokens: 100, prompt: '3', completion: '3'}]}"),
+                "models[0].endpoint.pricing.tiers[1].above_prompt_tokens", "ascending");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{above_prompt_tokens: 100, prompt: '2', "
+                            "completion: '2', per_request: '1'}]}"),
+                "models[0].endpoint.pricing.tiers[0].per_request", "unknown key");
+}
+
+TEST(Config, ModelRoutingPolicy) {
+  for (const auto& [name, strategy] : std::vector<std::pair<std::string, routing::RoutingPolicy::Strategy>>{
+           {"shares", routing::RoutingPolicy::Strategy::kShares},
+           {"price", routing::RoutingPolicy::Strategy::kPrice},
+           {"throughput", routing::RoutingPolicy::Strategy::kThroughput},
+           {"latency", routing::RoutingPolicy::Strategy::kLatency},
+           {"ordered", routing::RoutingPolicy::Strategy::kOrdered},
+       }) {
+    auto config = Parse("models:\n  - id: a/m\n    routing: {strategy: " + name +
+                        "}\n    endpoint: {provider: openai, model: m, pricing: {prompt: '1', completion: '1'}}\n");
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_EQ(config->models[0].routing.strategy, strategy) << name;
+  }
+  const std::string head = "models:\n  - id: a/m\n    endpoint: {provider: openai, model: m, pricing: {prompt: '1', "
+                           "completion: '1'}}\n    routing: ";
+  ExpectRefused(head + "{strategy: random}", "models[0].routing.strategy", "not a strategy");
+  ExpectRefused(head + "{retries: 11}", "models[0].routing.retries");
+  ExpectRefused(head + "{retry_backoff_ms: -5}", "models[0].routing.retry_backoff_ms");
+  ExpectRefused(head + "{hedge_after_ms: soon}", "models[0].routing.hedge_after_ms");
+  ExpectRefused(head + "{sticky_ttl_s: -1}", "models[0].routing.sticky_ttl_s");
+  ExpectRefused(head + "{sticky: true}", "models[0].routing.sticky", "unknown key");
+  ExpectRefused(head + "ordered", "models[0].routing", "must be a mapping");
+}
+
+TEST(Config, TopLevelRoutingOptions) {
+  auto config = Parse(R"(
+routing:
+  queue_timeout_ms: 5000
+  max_queued: 64
+  sticky_capacity: 1000
+  exploration_share: 0.1
+  competitive_ratio: 1.5
+  breaker: {consecutive_failures: 3, open_ms: 2000, max_open_ms: 60000}
+  default_cooldown_ms: 15000
+  max_cooldown_ms: 120000
+models: []
+)");
+  ASSERT_TRUE(config) << config.error().message;
+  const routing::RouterOptions& o = config->routing;
+  EXPECT_EQ(o.queue_timeout, routing::Millis(5000));
+  EXPECT_EQ(o.max_queued, 64u);
+  EXPECT_EQ(o.sticky_capacity, 1000u);
+  EXPECT_EQ(o.exploration_share, 0.1);
+  EXPECT_EQ(o.competitive_ratio, 1.5);
+  EXPECT_EQ(o.health.consecutive_failures, 3);
+  EXPECT_EQ(o.health.open_for, routing::Millis(2000));
+  EXPECT_EQ(o.health.max_open_for, routing::Millis(60000));
+  EXPECT_EQ(o.health.default_cooldown, routing::Millis(15000));
+  EXPECT_EQ(o.health.max_cooldown, routing::Millis(120000));
+
+  ExpectRefused("routing: {queue_timeout_ms: -1}", "routing.queue_timeout_ms");
+  ExpectRefused("routing: {exploration_share: 0.9}", "routing.exploration_share");
+  ExpectRefused("routing: {exploration_share: some}", "routing.exploration_share", "not a number");
+  ExpectRefused("routing: {competitive_ratio: 0.5}", "routing.competitive_ratio");
+  ExpectRefused("routing: {breaker: {consecutive_failures: 0}}", "routing.breaker.consecutive_failures");
+  ExpectRefused("routing: {breaker: {open_ms: 60000, max_open_ms: 1000}}", "routing.breaker.max_open_ms");
+  ExpectRefused("routing: {breaker: {half_open_probes: 2}}", "routing.breaker.half_open_probes", "unknown key");
+  ExpectRefused("routing: {default_cooldown_ms: 5000, max_cooldown_ms: 1000}", "routing.max_cooldown_ms");
+  ExpectRefused("routing: {strategy: price}", "routing.strategy", "unknown key");
+}
+
+TEST(Config, TheShippedConfigDocumentsRoutedModels) {
+  auto config = LoadConfig(std::string(TOLLGATE_SOURCE_DIR) + "/config/tollgate.yaml",
+                           FakeEnv({{"TOLLGATE_DATABASE_URL", "postgresql://x@127.0.0.1/db"}}));
+  ASSERT_TRUE(config) << config.error().message;
+  std::set<std::string> ids;
+  for (const auto& m : config->models) {
+    for (const auto& e : m.endpoints) EXPECT_TRUE(ids.insert(e.id).second) << e.id;
+  }
+  EXPECT_TRUE(ids.count("local/stories260K"));
 }
 
 }  // namespace

@@ -1025,6 +1025,97 @@ TEST(AnthropicRequest, UnknownAndBetaOnlyFieldsGoToPassthrough) {
   EXPECT_EQ(r->passthrough.size(), 7u);
 }
 
+// OpenRouter accepts its routing fields on its Messages endpoint too
+// (@openrouter/sdk 1.3 MessagesRequest); they are Tollgate's, never an
+// upstream's.
+TEST(AnthropicRequest, OpenRouterRoutingFieldsAreDecodedAndNotPassedOn) {
+  auto r = DecodeMessagesRequest(R"({"model":"anthropic/claude","max_tokens":5,
+    "messages":[{"role":"user","content":"x"}],
+    "provider":{"order":["anthropic","bedrock"],"allow_fallbacks":false,"data_collection":"deny","zdr":true,
+      "only":["anthropic"],"ignore":["vertex"],"quantizations":["BF16"],"require_parameters":true,
+      "sort":{"by":"latency","partition":"none"},"max_price":{"prompt":3,"completion":"15","request":0.01},
+      "preferred_min_throughput":{"p50":40},"preferred_max_latency":0.8},
+    "models":["anthropic/claude","openai/gpt"],"session_id":"conv-7","debug":{"routing":true},
+    "user":"ignored-when-metadata-names-one","metadata":{"user_id":"u-1"}})");
+  ASSERT_TRUE(r) << r.error().message;
+  const ProviderPreferences& p = r->provider;
+  EXPECT_EQ(p.order, (std::vector<std::string>{"anthropic", "bedrock"}));
+  EXPECT_FALSE(p.allow_fallbacks);
+  EXPECT_TRUE(p.deny_data_collection);
+  EXPECT_TRUE(p.zdr);
+  EXPECT_TRUE(p.require_parameters);
+  EXPECT_EQ(p.only, (std::vector<std::string>{"anthropic"}));
+  EXPECT_EQ(p.ignore, (std::vector<std::string>{"vertex"}));
+  EXPECT_EQ(p.quantizations, (std::vector<std::string>{"bf16"}));
+  EXPECT_EQ(p.sort, ProviderPreferences::Sort::kLatency);
+  EXPECT_EQ(p.partition, ProviderPreferences::Partition::kNone);
+  EXPECT_EQ(p.max_prompt_price, 3'000'000'000);
+  EXPECT_EQ(p.max_completion_price, 15'000'000'000);
+  EXPECT_EQ(p.max_request_price, 10'000'000);
+  EXPECT_EQ(p.preferred_min_throughput, 40.0);
+  EXPECT_EQ(p.preferred_max_latency_s, 0.8);
+  EXPECT_EQ(r->fallback_models, (std::vector<std::string>{"openai/gpt"}));
+  EXPECT_EQ(r->session_id, "conv-7");
+  EXPECT_TRUE(r->explain_routing);
+  EXPECT_EQ(r->user, "u-1");  // the native metadata.user_id first
+  EXPECT_TRUE(r->passthrough.empty()) << json::serialize(r->passthrough);
+}
+
+TEST(AnthropicRequest, TopLevelUserFillsInWithoutMetadata) {
+  auto r = DecodeMessagesRequest(R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],
+    "user":"end-user-9"})");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->user, "end-user-9");
+  EXPECT_FALSE(r->passthrough.contains("user"));
+  auto bad = DecodeMessagesRequest(R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],
+    "user":7})");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().param, "user");
+}
+
+TEST(AnthropicRequest, FallbacksBecomeFallbackModels) {
+  const std::string head = R"({"model":"a/m","max_tokens":5,"messages":[{"role":"user","content":"x"}],)";
+  auto r = DecodeMessagesRequest(head + R"("fallbacks":[{"model":"b/m"},{"model":"a/m"},{"model":"c/m"}]})");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->fallback_models, (std::vector<std::string>{"b/m", "c/m"}));
+  EXPECT_FALSE(r->passthrough.contains("fallbacks"));
+
+  auto expect_bad = [&](std::string_view extra, std::string_view param) {
+    auto bad = DecodeMessagesRequest(head + std::string(extra) + "}");
+    ASSERT_FALSE(bad) << extra;
+    EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(bad.error().param, param) << bad.error().message;
+  };
+  expect_bad(R"("fallbacks":[{"model":"b/m"}],"models":["c/m"])", "fallbacks");
+  expect_bad(R"("fallbacks":{"model":"b/m"})", "fallbacks");
+  expect_bad(R"("fallbacks":[{"model":"b"},{"model":"c"},{"model":"d"},{"model":"e"}])", "fallbacks");
+  expect_bad(R"("fallbacks":[{"model":"b"},{"name":"c"}])", "fallbacks.1.model");
+}
+
+TEST(AnthropicRequest, BadRoutingFieldsNameTheirPathInAnthropicStyle) {
+  const std::string head = R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],)";
+  for (const auto& [extra, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"("provider":"anthropic")", "provider"},
+           {R"("provider":{"order":["a",1]})", "provider.order.1"},
+           {R"("provider":{"allow_fallbacks":"no"})", "provider.allow_fallbacks"},
+           {R"("provider":{"data_collection":"never"})", "provider.data_collection"},
+           {R"("provider":{"sort":"fastest"})", "provider.sort"},
+           {R"("provider":{"sort":{"partition":"all"}})", "provider.sort.partition"},
+           {R"("provider":{"max_price":{"prompt":"-1"}})", "provider.max_price.prompt"},
+           {R"("provider":{"max_price":{"request":{}}})", "provider.max_price.request"},
+           {R"("provider":{"preferred_max_latency":"1s"})", "provider.preferred_max_latency"},
+           {R"("models":["a",false])", "models.1"},
+           {R"("session_id":{})", "session_id"},
+           {R"("debug":{"routing":1})", "debug.routing"},
+       }) {
+    auto r = DecodeMessagesRequest(head + extra + "}");
+    ASSERT_FALSE(r) << extra;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << extra;
+    EXPECT_EQ(r.error().param, param) << r.error().message;
+    EXPECT_EQ(r.error().message.rfind(param + ": ", 0), 0u) << r.error().message;  // Anthropic's "path: what"
+  }
+}
+
 TEST(AnthropicRequest, StructuredOutputFormatsBecomeResponseFormat) {
   const std::string head = R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],)";
   auto ga = DecodeMessagesRequest(

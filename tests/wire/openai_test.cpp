@@ -641,6 +641,191 @@ TEST(OpenAiDecode, UserMetadataStreamOptionsAndProvider) {
   ExpectRejected(Body(R"("provider":"openai")"), "provider");
 }
 
+// OpenRouter's `provider` object, field for field
+// (openrouter.ai/docs/features/provider-routing; @openrouter/sdk 1.3
+// ProviderPreferences).
+TEST(OpenAiDecode, ProviderPreferencesDecodeEveryField) {
+  ChatRequest r = Decode(Body(R"("provider":{"order":["openai","Together"],"allow_fallbacks":false,
+      "require_parameters":true,"data_collection":"deny","zdr":true,"only":["openai","groq"],
+      "ignore":["deepinfra"],"quantizations":["FP8","int4"],"sort":"throughput",
+      "max_price":{"prompt":1,"completion":"2.5","request":0.001},
+      "preferred_min_throughput":50,"preferred_max_latency":{"p50":1.5,"p90":3}})"));
+  const ProviderPreferences& p = r.provider;
+  EXPECT_EQ(p.order, (std::vector<std::string>{"openai", "Together"}));
+  EXPECT_FALSE(p.allow_fallbacks);
+  EXPECT_TRUE(p.require_parameters);
+  EXPECT_TRUE(p.deny_data_collection);
+  EXPECT_TRUE(p.zdr);
+  EXPECT_EQ(p.only, (std::vector<std::string>{"openai", "groq"}));
+  EXPECT_EQ(p.ignore, (std::vector<std::string>{"deepinfra"}));
+  EXPECT_EQ(p.quantizations, (std::vector<std::string>{"fp8", "int4"}));  // lower-cased
+  EXPECT_EQ(p.sort, ProviderPreferences::Sort::kThroughput);
+  EXPECT_EQ(p.partition, ProviderPreferences::Partition::kModel);
+  EXPECT_EQ(p.max_prompt_price, 1'000'000'000);      // $1 / M = 1e9 femto-USD per token
+  EXPECT_EQ(p.max_completion_price, 2'500'000'000);  // "2.5"
+  EXPECT_EQ(p.max_request_price, 1'000'000);        // $0.001 = 1e6 nano-USD
+  EXPECT_EQ(p.preferred_min_throughput, 50.0);
+  EXPECT_EQ(p.preferred_max_latency_s, 1.5);  // p50 of the cutoffs
+}
+
+TEST(OpenAiDecode, ProviderDefaultsWhenAbsentOrNull) {
+  for (std::string_view extra : {std::string_view(), std::string_view(R"("provider":null)"),
+                                 std::string_view(R"("provider":{"order":null,"allow_fallbacks":null,
+                                     "data_collection":null,"sort":null,"max_price":null,
+                                     "preferred_max_latency":null})")}) {
+    ChatRequest r = Decode(Body(extra));
+    const ProviderPreferences& p = r.provider;
+    EXPECT_TRUE(p.order.empty()) << extra;
+    EXPECT_TRUE(p.allow_fallbacks) << extra;
+    EXPECT_FALSE(p.deny_data_collection) << extra;
+    EXPECT_EQ(p.sort, ProviderPreferences::Sort::kDefault) << extra;
+    EXPECT_FALSE(p.max_prompt_price) << extra;
+    EXPECT_FALSE(p.preferred_max_latency_s) << extra;
+    EXPECT_TRUE(r.fallback_models.empty());
+    EXPECT_TRUE(r.session_id.empty());
+    EXPECT_FALSE(r.explain_routing);
+  }
+  EXPECT_FALSE(Decode(Body(R"("provider":{"data_collection":"allow"})")).provider.deny_data_collection);
+}
+
+TEST(OpenAiDecode, ProviderSortIsAStringOrAnObjectWithAPartition) {
+  EXPECT_EQ(Decode(Body(R"("provider":{"sort":"price"})")).provider.sort, ProviderPreferences::Sort::kPrice);
+  EXPECT_EQ(Decode(Body(R"("provider":{"sort":"latency"})")).provider.sort, ProviderPreferences::Sort::kLatency);
+  ChatRequest r = Decode(Body(R"("provider":{"sort":{"by":"throughput","partition":"none"}})"));
+  EXPECT_EQ(r.provider.sort, ProviderPreferences::Sort::kThroughput);
+  EXPECT_EQ(r.provider.partition, ProviderPreferences::Partition::kNone);
+  r = Decode(Body(R"("provider":{"sort":{"partition":"model"}})"));
+  EXPECT_EQ(r.provider.sort, ProviderPreferences::Sort::kDefault);
+  EXPECT_EQ(r.provider.partition, ProviderPreferences::Partition::kModel);
+  // Documented, measured by nothing Tollgate has: the model's own strategy.
+  EXPECT_EQ(Decode(Body(R"("provider":{"sort":"exacto"})")).provider.sort, ProviderPreferences::Sort::kDefault);
+}
+
+TEST(OpenAiDecode, MaxPricesConvertExactlyFromNumbersAndStrings) {
+  auto prompt = [](std::string_view value) {
+    return Decode(Body(R"("provider":{"max_price":{"prompt":)" + std::string(value) + "}}")).provider.max_prompt_price;
+  };
+  // Through the number's shortest decimal text: no binary-float residue.
+  EXPECT_EQ(prompt("0.1"), 100'000'000);
+  EXPECT_EQ(prompt("0.3"), 300'000'000);
+  EXPECT_EQ(prompt("1e-7"), 100);  // 0.0000001 USD / M = 100 femto-USD per token
+  EXPECT_EQ(prompt("2E1"), 20'000'000'000);
+  EXPECT_EQ(prompt("0"), 0);
+  EXPECT_EQ(prompt("-0.0"), 0);
+  EXPECT_EQ(prompt("15"), 15'000'000'000);
+  EXPECT_EQ(prompt(R"("0.15")"), 150'000'000);
+  EXPECT_EQ(prompt(R"("1000")"), 1'000'000'000'000);
+  // Past the 9th decimal: dropped, which only lowers the cap.
+  EXPECT_EQ(prompt("0.0000000019"), 1);
+  EXPECT_EQ(prompt("1e-12"), 0);
+  auto request = [](std::string_view value) {
+    return Decode(Body(R"("provider":{"max_price":{"request":)" + std::string(value) + "}}")).provider.max_request_price;
+  };
+  EXPECT_EQ(request("0.005"), 5'000'000);  // USD per request -> nano-USD
+  EXPECT_EQ(request(R"("2")"), 2'000'000'000);
+  // Documented caps Tollgate has nothing to hold against.
+  ChatRequest r = Decode(Body(R"("provider":{"max_price":{"image":"1","audio":2,"completion":3}})"));
+  EXPECT_EQ(r.provider.max_completion_price, 3'000'000'000);
+  EXPECT_FALSE(r.provider.max_prompt_price);
+}
+
+TEST(OpenAiDecode, PerformancePreferencesTakeANumberOrTheP50Cutoff) {
+  ChatRequest r = Decode(Body(R"("provider":{"preferred_min_throughput":{"p50":100,"p99":20},
+      "preferred_max_latency":2})"));
+  EXPECT_EQ(r.provider.preferred_min_throughput, 100.0);
+  EXPECT_EQ(r.provider.preferred_max_latency_s, 2.0);
+  // Only tail cutoffs: nothing Tollgate's medians can be held against.
+  r = Decode(Body(R"("provider":{"preferred_min_throughput":{"p90":10}})"));
+  EXPECT_FALSE(r.provider.preferred_min_throughput);
+}
+
+TEST(OpenAiDecode, DocumentedButUnusedProviderFieldsAreIgnored) {
+  ChatRequest r = Decode(Body(R"("provider":{"enforce_distillable_text":true,"something_new":{"x":1}},
+      "debug":{"echo_upstream_body":true})"));
+  EXPECT_TRUE(r.provider.allow_fallbacks);
+  EXPECT_FALSE(r.explain_routing);
+}
+
+TEST(OpenAiDecode, BadProviderFieldsNameTheirExactPath) {
+  ExpectRejected(Body(R"("provider":[])"), "provider");
+  ExpectRejected(Body(R"("provider":{"order":"openai"})"), "provider.order");
+  ExpectRejected(Body(R"("provider":{"order":["openai",7]})"), "provider.order[1]");
+  ExpectRejected(Body(R"("provider":{"only":[null]})"), "provider.only[0]");
+  ExpectRejected(Body(R"("provider":{"ignore":{}})"), "provider.ignore");
+  ExpectRejected(Body(R"("provider":{"quantizations":[1]})"), "provider.quantizations[0]");
+  ExpectRejected(Body(R"("provider":{"allow_fallbacks":"no"})"), "provider.allow_fallbacks");
+  ExpectRejected(Body(R"("provider":{"zdr":1})"), "provider.zdr");
+  ExpectRejected(Body(R"("provider":{"data_collection":"maybe"})"), "provider.data_collection");
+  ExpectRejected(Body(R"("provider":{"data_collection":false})"), "provider.data_collection");
+  ExpectRejected(Body(R"("provider":{"sort":"cheapest"})"), "provider.sort");
+  ExpectRejected(Body(R"("provider":{"sort":3})"), "provider.sort");
+  ExpectRejected(Body(R"("provider":{"sort":{"by":"speed"}})"), "provider.sort.by");
+  ExpectRejected(Body(R"("provider":{"sort":{"by":"price","partition":"provider"}})"), "provider.sort.partition");
+  ExpectRejected(Body(R"("provider":{"max_price":5})"), "provider.max_price");
+  ExpectRejected(Body(R"("provider":{"max_price":{"prompt":-1}})"), "provider.max_price.prompt");
+  ExpectRejected(Body(R"("provider":{"max_price":{"prompt":"cheap"}})"), "provider.max_price.prompt");
+  ExpectRejected(Body(R"("provider":{"max_price":{"prompt":"1e-3"}})"), "provider.max_price.prompt");
+  ExpectRejected(Body(R"("provider":{"max_price":{"prompt":true}})"), "provider.max_price.prompt");
+  ExpectRejected(Body(R"("provider":{"max_price":{"completion":[1]}})"), "provider.max_price.completion");
+  ExpectRejected(Body(R"("provider":{"max_price":{"request":"-0.5"}})"), "provider.max_price.request");
+  ExpectRejected(Body(R"("provider":{"max_price":{"prompt":1e300}})"), "provider.max_price.prompt");
+  ExpectRejected(Body(R"("provider":{"preferred_min_throughput":"fast"})"), "provider.preferred_min_throughput");
+  ExpectRejected(Body(R"("provider":{"preferred_min_throughput":-5})"), "provider.preferred_min_throughput");
+  ExpectRejected(Body(R"("provider":{"preferred_max_latency":{"p50":"1s"}})"), "provider.preferred_max_latency.p50");
+  ExpectRejected(Body(R"("provider":{"preferred_max_latency":{"p90":[]}})"), "provider.preferred_max_latency.p90");
+  ExpectRejected(Body(R"("provider":{"preferred_max_latency":[1]})"), "provider.preferred_max_latency");
+}
+
+TEST(OpenAiDecode, ModelsAreFallbacksInOrderWithoutRepeats) {
+  ChatRequest r = Decode(Body(R"("models":["m","a/x","b/y:nitro","a/x"])"));
+  EXPECT_EQ(r.model, "m");
+  EXPECT_EQ(r.fallback_models, (std::vector<std::string>{"a/x", "b/y:nitro"}));
+  // `models` alone: its first entry is the model (OpenRouter's own examples).
+  r = Decode(R"({"models":["a/x","b/y"],"messages":[{"role":"user","content":"hi"}]})");
+  EXPECT_EQ(r.model, "a/x");
+  EXPECT_EQ(r.fallback_models, (std::vector<std::string>{"b/y"}));
+  EXPECT_TRUE(Decode(Body(R"("models":[])")).fallback_models.empty());
+  EXPECT_TRUE(Decode(Body(R"("models":null)")).fallback_models.empty());
+
+  ExpectRejected(R"({"messages":[{"role":"user","content":"hi"}],"models":[]})", "model");
+  ExpectRejected(R"({"messages":[{"role":"user","content":"hi"}],"models":[3]})", "models[0]");
+  ExpectRejected(Body(R"("models":"a/x")"), "models");
+  ExpectRejected(Body(R"("models":["a/x",""])"), "models[1]");
+  json::array many;  // one more fallback than allowed
+  for (std::size_t i = 0; i <= kMaxFallbackModels; ++i) many.emplace_back(std::to_string(i) + "/fallback");
+  ExpectRejected(Body(R"("models":)" + json::serialize(many)), "models");
+}
+
+TEST(OpenAiDecode, SessionIdAndTheRoutingExplainFlag) {
+  ChatRequest r = Decode(Body(R"("session_id":"conv-42","debug":{"routing":true,"echo_upstream_body":false})"));
+  EXPECT_EQ(r.session_id, "conv-42");
+  EXPECT_TRUE(r.explain_routing);
+  EXPECT_FALSE(Decode(Body(R"("debug":{"routing":false})")).explain_routing);
+  ExpectRejected(Body(R"("session_id":42)"), "session_id");
+  ExpectRejected(Body(R"("session_id":")" + std::string(kMaxSessionIdBytes + 1, 's') + "\""), "session_id");
+  EXPECT_EQ(Decode(Body(R"("session_id":")" + std::string(kMaxSessionIdBytes, 's') + "\"")).session_id.size(),
+            kMaxSessionIdBytes);
+  ExpectRejected(Body(R"("debug":true)"), "debug");
+  ExpectRejected(Body(R"("debug":{"routing":"yes"})"), "debug.routing");
+}
+
+TEST(OpenAiDecode, CompletionsTakeTheSameRoutingFields) {
+  Result<ChatRequest> r = DecodeCompletionRequest(
+      R"({"models":["a/x","b/y"],"prompt":"Once","provider":{"sort":"price","max_price":{"completion":0.5}},
+          "session_id":"s","debug":{"routing":true}})");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->model, "a/x");
+  EXPECT_EQ(r->fallback_models, (std::vector<std::string>{"b/y"}));
+  EXPECT_EQ(r->provider.sort, ProviderPreferences::Sort::kPrice);
+  EXPECT_EQ(r->provider.max_completion_price, 500'000'000);
+  EXPECT_EQ(r->session_id, "s");
+  EXPECT_TRUE(r->explain_routing);
+  ExpectRejected(R"({"model":"m","prompt":"x","provider":{"max_price":{"prompt":"x"}}})", "provider.max_price.prompt",
+                 true);
+  ExpectRejected(R"({"model":"m","prompt":"x","models":[1]})", "models[0]", true);
+  ExpectRejected(R"({"prompt":"x"})", "model", true);
+}
+
 TEST(OpenAiDecode, UnknownFieldsAreIgnored) {
   ChatRequest r = Decode(Body(R"("logit_bias":{"50256":-100},"service_tier":"auto","modalities":["text"],
       "prediction":{"type":"content"},"web_search_options":{},"transforms":["middle-out"],"x_custom":[1,2])"));

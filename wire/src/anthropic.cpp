@@ -74,6 +74,8 @@ using detail::StringAt;
 
 // OpenRouter's `format` of Anthropic reasoning blocks.
 constexpr std::string_view kFormat = "anthropic-claude-v1";
+// OpenRouter's limit on `fallbacks` entries (model-fallbacks guide, "Limitations").
+constexpr std::size_t kMaxFallbacks = 3;
 
 std::string Str(std::string_view s) { return std::string(s); }
 
@@ -505,12 +507,57 @@ Result<void> DecodeMetadata(const json::value& value, DecodeState& state) {
   return {};
 }
 
+// OpenRouter's additions to the Messages API (openrouter.ai/docs/api-reference,
+// "Create a message"; @openrouter/sdk 1.3 MessagesRequest): the routing fields
+// every inbound API shares (DecodeRoutingFields), Anthropic-SDK-shaped
+// `fallbacks` [{model}] (at most 3, not together with `models`;
+// openrouter.ai/docs/guides/routing/model-fallbacks), and a top-level `user`,
+// which fills `user` when metadata.user_id (the native field, read first)
+// did not.
+Result<void> DecodeOpenRouterFields(const json::object& root, DecodeState& state) {
+  ChatRequest& request = state.request;
+  if (auto e = DecodeRoutingFields(root, ParamStyle::kAnthropic, false, request)) return *e;
+  if (const auto* v = root.if_contains("fallbacks"); v != nullptr && !v->is_null()) {
+    if (const auto* models = root.if_contains("models"); models != nullptr && !models->is_null()) {
+      return BadRequest("fallbacks: cannot be combined with models", "fallbacks");
+    }
+    const json::array* entries = v->if_array();
+    if (entries == nullptr) return BadRequest("fallbacks: must be an array of {\"model\": ...}", "fallbacks");
+    if (entries->size() > kMaxFallbacks) {
+      return BadRequest("fallbacks: takes at most " + std::to_string(kMaxFallbacks) + " entries", "fallbacks");
+    }
+    for (std::size_t i = 0; i < entries->size(); ++i) {
+      const std::string path = Path(Path("fallbacks", i), std::string_view("model"));
+      const json::object* entry = (*entries)[i].if_object();
+      const json::value* model = entry != nullptr ? entry->if_contains("model") : nullptr;
+      if (model == nullptr || !model->is_string() || model->get_string().empty()) {
+        return BadRequest(path + ": must be a non-empty string", path);
+      }
+      const std::string id = Str(detail::View(model->get_string()));
+      if (id == request.model ||
+          std::find(request.fallback_models.begin(), request.fallback_models.end(), id) !=
+              request.fallback_models.end()) {
+        continue;  // a repeat adds nothing, as in `models`
+      }
+      request.fallback_models.push_back(id);
+    }
+  }
+  if (const auto* v = root.if_contains("user"); v != nullptr && !v->is_null()) {
+    if (!v->is_string()) return BadRequest("user: must be a string", "user");
+    if (request.user.empty()) request.user = Str(detail::View(v->get_string()));
+  }
+  return {};
+}
+
 // The fields this codec models; everything else goes to `passthrough`.
 bool IsModeledField(std::string_view key) {
   static constexpr std::string_view kFields[] = {
       "model",       "messages", "system", "max_tokens",    "stop_sequences",
       "temperature", "top_p",    "top_k",  "tools",         "tool_choice",
       "thinking",    "metadata", "stream", "output_config", "output_format",
+      // OpenRouter's fields on its Messages endpoint: Tollgate's own routing
+      // input, never sent to an upstream (Anthropic rejects unknown fields).
+      "provider",    "models",   "fallbacks", "session_id", "debug", "user",
   };
   return std::find(std::begin(kFields), std::end(kFields), key) != std::end(kFields);
 }
@@ -612,6 +659,10 @@ Result<ChatRequest> DecodeRequest(std::string_view body, bool count_tokens) {
   }
   if (const auto* v = root->if_contains("metadata")) {
     auto r = DecodeMetadata(*v, state);
+    if (!r) return r.error();
+  }
+  {
+    auto r = DecodeOpenRouterFields(*root, state);
     if (!r) return r.error();
   }
 

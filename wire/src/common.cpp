@@ -2,12 +2,17 @@
 
 #include "tollgate/core/text.hpp"
 
+#include "json_util.hpp"
+
 #include <boost/json/parse.hpp>
 #include <boost/url/pct_string_view.hpp>
 #include <openssl/evp.h>
 #include <boost/json/value.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <set>
 
 namespace tollgate::wire {
 
@@ -109,6 +114,281 @@ std::optional<DataUri> ParseDataUri(std::string_view url) {
     out.base64 = Base64(pct ? pct->decode() : std::string(payload));
   }
   return out;
+}
+
+// ---------------------------------------------------------------- routing fields
+
+namespace {
+
+namespace json = boost::json;
+using detail::View;
+using Status = std::optional<Error>;
+
+// Paths and messages in the caller's API's own style.
+class Paths {
+ public:
+  explicit Paths(ParamStyle style) : style_(style) {}
+
+  std::string Item(std::string_view base, std::size_t i) const {
+    return style_ == ParamStyle::kOpenAi ? std::string(base) + "[" + std::to_string(i) + "]"
+                                         : std::string(base) + "." + std::to_string(i);
+  }
+  // `what` reads after the path: "must be a string".
+  Error Bad(const std::string& param, std::string_view what) const {
+    std::string message = param + (style_ == ParamStyle::kOpenAi ? " " : ": ");
+    message += what;
+    return detail::BadRequest(std::move(message), param);
+  }
+
+ private:
+  ParamStyle style_;
+};
+
+// The value at `key` unless absent or null (SDKs send null for unset fields).
+const json::value* Present(const json::object& o, std::string_view key) {
+  const json::value* v = o.if_contains(key);
+  return v != nullptr && !v->is_null() ? v : nullptr;
+}
+
+Status ReadFlag(const json::object& o, std::string_view key, const std::string& param, const Paths& paths,
+                bool& out) {
+  const json::value* v = Present(o, key);
+  if (v == nullptr) return {};
+  if (!v->is_bool()) return paths.Bad(param, "must be a boolean");
+  out = v->get_bool();
+  return {};
+}
+
+Status ReadNames(const json::object& o, std::string_view key, const std::string& param, const Paths& paths,
+                 bool lower, std::vector<std::string>& out) {
+  const json::value* v = Present(o, key);
+  if (v == nullptr) return {};
+  if (!v->is_array()) return paths.Bad(param, "must be an array of strings");
+  const json::array& items = v->get_array();
+  out.clear();
+  out.reserve(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (!items[i].is_string()) return paths.Bad(paths.Item(param, i), "must be a string");
+    std::string name(View(items[i].get_string()));
+    if (lower) {
+      std::transform(name.begin(), name.end(), name.begin(),
+                     [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+    }
+    out.push_back(std::move(name));
+  }
+  return {};
+}
+
+// A JSON number or decimal string as plain decimal text. A double goes
+// through its shortest round-trip fixed-point text (std::to_chars without a
+// precision), so 0.1 reads "0.1" and 1e-7 reads "0.0000001": what the caller
+// wrote, not the binary value's long expansion. nullopt for other types.
+std::optional<std::string> DecimalText(const json::value& v) {
+  if (v.is_string()) return std::string(View(v.get_string()));
+  if (v.is_int64()) return std::to_string(v.get_int64());
+  if (v.is_uint64()) return std::to_string(v.get_uint64());
+  if (v.is_double()) {
+    const double d = v.get_double();
+    if (d == 0) return std::string("0");  // -0 too
+    char buf[512];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::fixed);
+    if (ec != std::errc()) return std::string("too large");  // beyond any price; the parser rejects it
+    return std::string(buf, end);
+  }
+  return std::nullopt;
+}
+
+// Drops decimals past the 9th (nano-USD, or femto-USD per token), which only
+// lowers a cap. A tail that is not all digits is left for the parser to reject.
+std::string TruncateDecimals(std::string text) {
+  const std::size_t dot = text.find('.');
+  if (dot == std::string::npos || text.size() - dot - 1 <= 9) return text;
+  const std::string_view tail = std::string_view(text).substr(dot + 10);
+  if (!std::all_of(tail.begin(), tail.end(), [](char c) { return c >= '0' && c <= '9'; })) return text;
+  text.resize(dot + 10);
+  return text;
+}
+
+// max_price.prompt / .completion (USD per million tokens -> femto-USD per
+// token) and .request (USD -> nano-USD).
+Status ReadMaxPrice(const json::object& o, std::string_view key, const std::string& param, const Paths& paths,
+                    bool per_request, std::optional<int64_t>& out) {
+  const json::value* v = Present(o, key);
+  if (v == nullptr) return {};
+  const std::string_view unit = per_request ? "USD per request" : "USD per million tokens";
+  std::optional<std::string> text = DecimalText(*v);
+  if (!text) {
+    return paths.Bad(param, "must be a number (" + std::string(unit) + ") or a decimal string");
+  }
+  const std::string decimal = TruncateDecimals(*text);
+  if (per_request) {
+    Result<Money> usd = ParseUsd(decimal);
+    if (!usd) return paths.Bad(param, "must be a non-negative amount of " + std::string(unit) + " ('" + *text + "')");
+    out = usd->nano_usd;
+  } else {
+    Result<TokenPrice> price = ParsePricePerMillion(decimal);
+    if (!price) {
+      return paths.Bad(param, "must be a non-negative price in " + std::string(unit) + " ('" + *text + "')");
+    }
+    out = price->femto_usd_per_token;
+  }
+  return {};
+}
+
+// preferred_min_throughput / preferred_max_latency: a number (the p50 cutoff)
+// or {p50, p75, p90, p99}, of which Tollgate's live figures (medians) can
+// only be held against p50.
+Status ReadCutoff(const json::object& o, std::string_view key, const std::string& param, const Paths& paths,
+                  std::optional<double>& out) {
+  const json::value* v = Present(o, key);
+  if (v == nullptr) return {};
+  auto number = [&](const json::value& n, const std::string& p) -> Status {
+    const double d = n.to_number<double>();
+    if (!std::isfinite(d) || d < 0) return paths.Bad(p, "must be a non-negative number");
+    out = d;
+    return {};
+  };
+  if (v->is_number()) return number(*v, param);
+  if (!v->is_object()) return paths.Bad(param, "must be a number or an object of percentile cutoffs (p50, ...)");
+  for (std::string_view p : {"p50", "p75", "p90", "p99"}) {
+    const json::value* cutoff = Present(v->get_object(), p);
+    if (cutoff != nullptr && !cutoff->is_number()) return paths.Bad(param + "." + std::string(p), "must be a number");
+  }
+  if (const json::value* p50 = Present(v->get_object(), "p50")) return number(*p50, param + ".p50");
+  return {};
+}
+
+Status ReadSortBy(const json::value& v, const std::string& param, const Paths& paths,
+                  ProviderPreferences::Sort& out) {
+  const std::string_view by = v.is_string() ? View(v.get_string()) : std::string_view{};
+  if (by == "price") {
+    out = ProviderPreferences::Sort::kPrice;
+  } else if (by == "throughput") {
+    out = ProviderPreferences::Sort::kThroughput;
+  } else if (by == "latency") {
+    out = ProviderPreferences::Sort::kLatency;
+  } else if (by == "exacto") {
+    // OpenRouter ranks by measured tool-calling quality; Tollgate measures
+    // none, so the model's own strategy decides.
+    out = ProviderPreferences::Sort::kDefault;
+  } else {
+    return paths.Bad(param, "must be one of price, throughput, latency");
+  }
+  return {};
+}
+
+Status DecodeProvider(const json::value& value, const Paths& paths, ProviderPreferences& out) {
+  if (!value.is_object()) return paths.Bad("provider", "must be an object");
+  const json::object& o = value.get_object();
+  if (auto e = ReadNames(o, "order", "provider.order", paths, false, out.order)) return e;
+  if (auto e = ReadFlag(o, "allow_fallbacks", "provider.allow_fallbacks", paths, out.allow_fallbacks)) return e;
+  if (auto e = ReadFlag(o, "require_parameters", "provider.require_parameters", paths, out.require_parameters)) {
+    return e;
+  }
+  if (const json::value* v = Present(o, "data_collection")) {
+    const std::string_view policy = v->is_string() ? View(v->get_string()) : std::string_view{};
+    if (policy != "allow" && policy != "deny") {
+      return paths.Bad("provider.data_collection", "must be \"allow\" or \"deny\"");
+    }
+    out.deny_data_collection = policy == "deny";
+  }
+  if (auto e = ReadFlag(o, "zdr", "provider.zdr", paths, out.zdr)) return e;
+  if (auto e = ReadNames(o, "only", "provider.only", paths, false, out.only)) return e;
+  if (auto e = ReadNames(o, "ignore", "provider.ignore", paths, false, out.ignore)) return e;
+  if (auto e = ReadNames(o, "quantizations", "provider.quantizations", paths, true, out.quantizations)) return e;
+  if (const json::value* v = Present(o, "sort")) {
+    if (v->is_string()) {
+      if (auto e = ReadSortBy(*v, "provider.sort", paths, out.sort)) return e;
+    } else if (v->is_object()) {
+      const json::object& sort = v->get_object();
+      if (const json::value* by = Present(sort, "by")) {
+        if (auto e = ReadSortBy(*by, "provider.sort.by", paths, out.sort)) return e;
+      }
+      if (const json::value* partition = Present(sort, "partition")) {
+        const std::string_view p = partition->is_string() ? View(partition->get_string()) : std::string_view{};
+        if (p == "model") {
+          out.partition = ProviderPreferences::Partition::kModel;
+        } else if (p == "none") {
+          out.partition = ProviderPreferences::Partition::kNone;
+        } else {
+          return paths.Bad("provider.sort.partition", "must be \"model\" or \"none\"");
+        }
+      }
+    } else {
+      return paths.Bad("provider.sort", "must be a string (price, throughput, latency) or an object {by, partition}");
+    }
+  }
+  if (const json::value* v = Present(o, "max_price")) {
+    if (!v->is_object()) return paths.Bad("provider.max_price", "must be an object");
+    const json::object& max = v->get_object();
+    if (auto e = ReadMaxPrice(max, "prompt", "provider.max_price.prompt", paths, false, out.max_prompt_price)) return e;
+    if (auto e = ReadMaxPrice(max, "completion", "provider.max_price.completion", paths, false,
+                              out.max_completion_price)) {
+      return e;
+    }
+    if (auto e = ReadMaxPrice(max, "request", "provider.max_price.request", paths, true, out.max_request_price)) {
+      return e;
+    }
+  }
+  if (auto e = ReadCutoff(o, "preferred_min_throughput", "provider.preferred_min_throughput", paths,
+                          out.preferred_min_throughput)) {
+    return e;
+  }
+  if (auto e = ReadCutoff(o, "preferred_max_latency", "provider.preferred_max_latency", paths,
+                          out.preferred_max_latency_s)) {
+    return e;
+  }
+  return {};
+}
+
+Status DecodeModels(const json::value& value, const Paths& paths, bool model_optional, ChatRequest& request) {
+  if (!value.is_array()) return paths.Bad("models", "must be an array of model ids");
+  const json::array& items = value.get_array();
+  std::set<std::string_view> seen;
+  if (!request.model.empty()) seen.insert(request.model);
+  std::vector<std::string> models;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const std::string param = paths.Item("models", i);
+    if (!items[i].is_string() || items[i].get_string().empty()) return paths.Bad(param, "must be a non-empty string");
+    const std::string_view id = View(items[i].get_string());
+    if (request.model.empty() && model_optional) {
+      request.model = std::string(id);  // `models` alone: its first entry is the model
+      seen.insert(id);
+      continue;
+    }
+    if (!seen.insert(id).second) continue;
+    models.emplace_back(id);
+  }
+  if (models.size() > kMaxFallbackModels) {
+    return paths.Bad("models", "takes at most " + std::to_string(kMaxFallbackModels) + " fallback models");
+  }
+  request.fallback_models = std::move(models);
+  return {};
+}
+
+}  // namespace
+
+std::optional<Error> DecodeRoutingFields(const json::object& body, ParamStyle style, bool model_optional,
+                                         ChatRequest& request) {
+  const Paths paths(style);
+  if (const json::value* v = Present(body, "provider")) {
+    if (auto e = DecodeProvider(*v, paths, request.provider)) return e;
+  }
+  if (const json::value* v = Present(body, "models")) {
+    if (auto e = DecodeModels(*v, paths, model_optional, request)) return e;
+  }
+  if (const json::value* v = Present(body, "session_id")) {
+    if (!v->is_string()) return paths.Bad("session_id", "must be a string");
+    if (v->get_string().size() > kMaxSessionIdBytes) {
+      return paths.Bad("session_id", "must be at most " + std::to_string(kMaxSessionIdBytes) + " characters");
+    }
+    request.session_id = std::string(View(v->get_string()));
+  }
+  if (const json::value* v = Present(body, "debug")) {
+    if (!v->is_object()) return paths.Bad("debug", "must be an object");
+    if (auto e = ReadFlag(v->get_object(), "routing", "debug.routing", paths, request.explain_routing)) return e;
+  }
+  return {};
 }
 
 }  // namespace tollgate::wire

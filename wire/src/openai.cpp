@@ -806,14 +806,10 @@ Status DecodeSampling(const json::object& o, ChatRequest& req) {
     if (auto e = ReadBool(so->get_object(), "include_usage", "stream_options.include_usage", include_usage)) return e;
     req.include_usage = include_usage.value_or(false);
   }
-  if (const json::value* provider = Present(o, "provider")) {
-    if (!provider->is_object()) return Bad("provider must be an object", "provider");
-    std::optional<bool> require;
-    if (auto e = ReadBool(provider->get_object(), "require_parameters", "provider.require_parameters", require)) {
-      return e;
-    }
-    req.provider.require_parameters = require.value_or(false);
-  }
+  // OpenRouter's provider, models, session_id and debug.routing, shared with
+  // the Anthropic decoder. `models` alone names the model (its first entry).
+  if (auto e = DecodeRoutingFields(o, ParamStyle::kOpenAi, true, req)) return e;
+  if (req.model.empty()) return Bad("you must provide a model parameter", "model");
   return {};
 }
 
@@ -823,7 +819,15 @@ Result<json::object> ParseRequestBody(std::string_view body, ChatRequest& req) {
   if (!root->is_object()) return Bad("request body must be a JSON object", "");
   json::object& o = root->get_object();
   const json::value* model = o.if_contains("model");
-  if (model == nullptr || model->is_null()) return Bad("you must provide a model parameter", "model");
+  if (model == nullptr || model->is_null()) {
+    // OpenRouter takes `models` without `model` (its first entry is the
+    // model; DecodeSampling reads it).
+    const json::value* models = Present(o, "models");
+    if (models == nullptr || !models->is_array() || models->get_array().empty()) {
+      return Bad("you must provide a model parameter", "model");
+    }
+    return std::move(o);
+  }
   if (!model->is_string() || model->get_string().empty()) return Bad("model must be a non-empty string", "model");
   req.model = std::string(View(model->get_string()));
   return std::move(o);

@@ -401,13 +401,16 @@ export async function loadAnthropicSdk() {
 
 /**
  * Writes a gateway config with any providers and models; returns its path.
- *   providers: { id: { type, preset?, display_name?, base_url?, api_key? } }
- *   models:    [{ id, name?, context_length?, endpoints: [{ provider, model, pricing: { prompt,
- *               completion, cached_prompt?, cache_write? } (USD per million tokens, strings) }] }]
+ *   providers: { id: { type, preset?, display_name?, base_url?, api_key?, ...other keys } }
+ *   models:    [{ id, name?, context_length?, routing?, endpoints: [{ provider, model, pricing: { prompt,
+ *               completion, cached_prompt?, cache_write? } (USD per million tokens, strings), ...other keys }] }]
+ *   routing:   the top-level `routing:` mapping, or undefined for none
+ * Keys beyond those named (a provider's context_length, an endpoint's id, max_concurrency, data_policy,
+ * a pricing's tiers, a model's routing) are written as JSON flow values, which YAML reads as they are.
  */
 export function writeGatewayConfig(workDir, {
   databaseUrl, providers, models, maxBodyBytes = 1 << 20, flushIntervalMs = 50, batchSize = 64,
-  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml',
+  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml', routing,
 }) {
   const q = (s) => JSON.stringify(String(s));
   let yaml = `# Written by tests/e2e/lib/harness.mjs (writeGatewayConfig) for one test run.
@@ -431,16 +434,24 @@ providers:
     for (const k of ['type', 'preset', 'display_name', 'base_url', 'api_key']) {
       if (p[k] !== undefined) yaml += `    ${k}: ${q(p[k])}\n`;
     }
+    for (const [k, v] of Object.entries(p)) {
+      if (!['type', 'preset', 'display_name', 'base_url', 'api_key'].includes(k) && v !== undefined) yaml += `    ${k}: ${JSON.stringify(v)}\n`;
+    }
   }
+  if (routing !== undefined) yaml += `\nrouting: ${JSON.stringify(routing)}\n`;
   yaml += '\nmodels:\n';
   for (const m of models) {
     yaml += `  - id: ${q(m.id)}\n`;
     if (m.name !== undefined) yaml += `    name: ${q(m.name)}\n`;
     if (m.context_length !== undefined) yaml += `    context_length: ${m.context_length}\n`;
+    if (m.routing !== undefined) yaml += `    routing: ${JSON.stringify(m.routing)}\n`;
     yaml += '    endpoints:\n';
     for (const e of m.endpoints) {
-      const pr = Object.entries(e.pricing).map(([k, v]) => `${k}: ${q(v)}`).join(', ');
+      const pr = Object.entries(e.pricing).map(([k, v]) => `${k}: ${v !== null && typeof v === 'object' ? JSON.stringify(v) : q(v)}`).join(', ');
       yaml += `      - provider: ${q(e.provider)}\n        model: ${q(e.model)}\n        pricing: {${pr}}\n`;
+      for (const [k, v] of Object.entries(e)) {
+        if (!['provider', 'model', 'pricing'].includes(k) && v !== undefined) yaml += `        ${k}: ${JSON.stringify(v)}\n`;
+      }
     }
   }
   const out = path.join(workDir, file);

@@ -9,8 +9,33 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace tollgate::billing {
+
+// One attempt of a call at one endpoint (migrations/003_routing.sql,
+// call_attempts): a call that fell back, retried or hedged has several; the
+// one that served has `served` set. `cost` is what the attempt cost the
+// operator (estimated for attempts cut short), never charged to the caller
+// except for the served attempt, whose cost is the call's.
+struct AttemptRecord {
+  int attempt = 0;             // 1, 2, ... in start order
+  std::string endpoint_id;     // routing::Endpoint::id
+  std::string provider;        // display name
+  std::string upstream_model;
+  // "served", "failed" (error before the commit), "broken" (failed after it),
+  // "rate_limited" (429), "rejected" (a 4xx the request caused),
+  // "hedge_lost" (cancelled: another attempt won), "cancelled" (the call
+  // stopped: client gone, deadline, shutdown).
+  std::string outcome;
+  int status = 0;                         // HTTP status of the attempt's outcome (200 when served)
+  std::optional<std::string> error_code;  // the upstream's error code/type, when it failed
+  int64_t started_ms = 0;                 // after the call was received
+  int64_t latency_ms = 0;                 // attempt start to its end
+  std::optional<int64_t> ttft_ms;         // attempt start to its first output
+  Usage usage;                            // what it used (reported, or estimated)
+  Money cost;
+};
 
 struct UsageEvent {
   std::string request_id;  // "gen-...": the response id; primary and idempotency key
@@ -32,6 +57,8 @@ struct UsageEvent {
   // truncated toward the past.
   std::chrono::system_clock::time_point created_at;   // request received
   std::chrono::system_clock::time_point finished_at;  // last byte sent / call ended
+  std::string endpoint_id;              // routing::Endpoint::id of the endpoint that served (or last tried)
+  std::vector<AttemptRecord> attempts;  // every attempt, in start order (call_attempts rows)
 };
 
 }  // namespace tollgate::billing

@@ -179,10 +179,36 @@ struct ReasoningSettings {
 // otherwise (OpenAI's reasoning models accept only max_completion_tokens).
 enum class MaxTokensField { kNone, kMaxTokens, kMaxCompletionTokens };
 
-// OpenRouter's `provider` preferences (openrouter.ai/docs/features/provider-routing);
-// only what routing uses so far.
+// OpenRouter's `provider` preferences, field for field
+// (openrouter.ai/docs/features/provider-routing). Provider names in `order`,
+// `only` and `ignore` match an endpoint's provider slug (config key,
+// "openai"), its display name ("OpenAI") or its endpoint id, case-insensitive.
+// routing/router.hpp applies them; docs/routing.md explains each.
 struct ProviderPreferences {
+  enum class Sort { kDefault, kPrice, kThroughput, kLatency };
+  // With a `models` fallback list: sort each model's endpoints in turn
+  // (kModel, OpenRouter's default) or all models' endpoints together (kNone).
+  enum class Partition { kModel, kNone };
+
+  std::vector<std::string> order;  // try these first, in this order
+  bool allow_fallbacks = true;     // false: only `order` (or, without it, only the first choice)
   bool require_parameters = false;  // skip endpoints that do not support every parameter given
+  bool deny_data_collection = false;  // data_collection "deny": no endpoint that trains on or retains prompts
+  bool zdr = false;                   // only zero-data-retention endpoints
+  std::vector<std::string> only;      // only these
+  std::vector<std::string> ignore;    // never these
+  std::vector<std::string> quantizations;  // only endpoints of these quantizations ("fp8", "int4", "q4_k_m")
+  Sort sort = Sort::kDefault;
+  Partition partition = Partition::kModel;
+  // max_price, from USD per million tokens (prompt, completion) and USD per
+  // request: femto-USD per token (money.hpp TokenPrice units) and nano-USD.
+  std::optional<int64_t> max_prompt_price;
+  std::optional<int64_t> max_completion_price;
+  std::optional<int64_t> max_request_price;
+  // Soft preferences: endpoints whose live p50 is known and misses them go
+  // after those that meet them (or are unknown). Tokens per second; seconds.
+  std::optional<double> preferred_min_throughput;
+  std::optional<double> preferred_max_latency_s;
 };
 
 enum class RequestKind {
@@ -232,6 +258,16 @@ struct ChatRequest {
   bool include_usage = false;  // stream_options.include_usage
 
   ProviderPreferences provider;
+  // OpenRouter's `models`: models to fall back to, in order, after `model`
+  // (openrouter.ai/docs/features/model-routing).
+  std::vector<std::string> fallback_models;
+  // Conversation identity for prompt-cache stickiness: the caller's
+  // `session_id` (body) or `x-session-id` header. Empty: routing uses `user`,
+  // else a hash of the conversation's first messages.
+  std::string session_id;
+  // `debug.routing: true`: the answer carries the routing decision (the
+  // candidates with their shares, or why each was skipped).
+  bool explain_routing = false;
 
   // Anthropic clients: `anthropic-beta` header values, and top-level request
   // fields Tollgate does not model, passed on to an Anthropic upstream only

@@ -12,8 +12,9 @@
 // completion tokens):
 //   femto = (prompt - cached - cache_write) * prompt_price
 //         + cached * cached_price + cache_write * cache_write_price
-//         + completion * completion_price
-//   cost_nano_usd = round_half_up(femto / 1'000'000)
+//         + (completion - reasoning) * completion_price
+//         + reasoning * reasoning_price
+//   cost_nano_usd = round_half_up(femto / 1'000'000) + per_request
 // computed in 128-bit integers, so no intermediate overflows.
 #pragma once
 
@@ -21,6 +22,7 @@
 #include "tollgate/core/error.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,12 +41,16 @@ struct TokenPrice {
 
 // Per-token prices of one endpoint. `cached_prompt` (cache reads) and
 // `cache_write` default to `prompt` when a config gives none (the config
-// loader sets them; this struct holds what is configured).
+// loader sets them; this struct holds what is configured); reasoning tokens
+// cost `reasoning` when set, else `completion`. `per_request` is charged once
+// per billed call.
 struct Pricing {
   TokenPrice prompt;
   TokenPrice completion;
   TokenPrice cached_prompt;
   TokenPrice cache_write;
+  std::optional<TokenPrice> reasoning;
+  Money per_request;
 };
 
 // Parses a non-negative decimal USD amount ("12", "0.5", "1e-3" is rejected) with

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,11 @@ enum class Param : uint8_t {
 
 // The OpenRouter name of `param` (above).
 std::string_view ParamName(Param param);
+
+// The inverse of ParamName: the parameter named `name` (exact, lower case as
+// above), or nullopt for any other name. "max_completion_tokens" and
+// "reasoning_effort" name kMaxTokens and kReasoning, whose spellings they are.
+std::optional<Param> ParamFromName(std::string_view name);
 
 // Tools, tool_choice, image and document input: dropping them would change
 // what the conversation means, so they are never dropped.

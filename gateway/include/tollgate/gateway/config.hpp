@@ -8,6 +8,9 @@
 
 #include "tollgate/core/error.hpp"
 #include "tollgate/core/money.hpp"
+#include "tollgate/core/parameters.hpp"
+#include "tollgate/routing/catalog.hpp"
+#include "tollgate/routing/router.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -55,11 +58,21 @@ struct ProviderConfig {
   int context_length = 0;  // 0 = the model file's
 };
 
+// One endpoint of a model (routing/catalog.hpp Endpoint has the meanings).
 struct EndpointConfig {
+  std::string id;        // `id`, else "<provider>/<model>" (a local model's file stem); unique
   std::string provider;  // a key of `providers:`
   std::string model;     // upstream model name; for local providers a GGUF path (resolved)
-  Pricing pricing;       // from USD per million tokens in the file
+  Pricing pricing;       // from USD per million tokens (or per token: pricing.unit) in the file
+  std::vector<routing::PriceTier> tiers;  // pricing.tiers, ascending
   int64_t context_length = 0;
+  int64_t max_output_tokens = 0;
+  std::string quantization;  // lower-cased
+  // `supported_parameters`: narrows what the provider declares; nullopt = all of it.
+  std::optional<ParameterSet> supported_parameters;
+  routing::DataPolicy data_policy;
+  int max_concurrency = 0;  // 0 = unlimited; local endpoints default to 1
+  double weight = 1.0;
   std::string config_path;  // where it stands in the file, "models[0].endpoint", for messages
 };
 
@@ -68,6 +81,7 @@ struct ModelConfig {
   std::string name;
   int64_t context_length = 0;
   std::vector<EndpointConfig> endpoints;  // `endpoint:` (one) or `endpoints:` (list)
+  routing::RoutingPolicy routing;         // `routing:` of the model
 };
 
 struct Config {
@@ -76,6 +90,7 @@ struct Config {
   UsageConfig usage;
   std::vector<ProviderConfig> providers;
   std::vector<ModelConfig> models;
+  routing::RouterOptions routing;  // top-level `routing:` (health, queue, shares constants)
 };
 
 // Returns the value of an environment variable, or nullopt when unset.

@@ -64,6 +64,10 @@ namespace tollgate::wire::anthropic {
 // back as they came to an Anthropic upstream: documents, search results,
 // uploads and Files images are essential (only Anthropic endpoints serve the
 // call), a server tool's record is left out for other upstreams.
+// OpenRouter's additions are read and never passed upstream: provider,
+// models, session_id, debug.routing (DecodeRoutingFields in common.hpp),
+// `fallbacks` [{model}] (at most 3; not with `models`) into fallback_models,
+// and a top-level `user` when metadata.user_id gives none.
 // Errors: kInvalidArgument with `param` naming the field ("messages.2.content.0").
 Result<ChatRequest> DecodeMessagesRequest(std::string_view body);
 

@@ -8,10 +8,12 @@
 #pragma once
 
 #include "tollgate/core/chat.hpp"
+#include "tollgate/core/error.hpp"
 #include "tollgate/core/money.hpp"
 
 #include <boost/json/fwd.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -72,5 +74,53 @@ struct DataUri {
   std::string base64;
 };
 std::optional<DataUri> ParseDataUri(std::string_view url);
+
+// How an inbound API spells the path of a bad field in its 400 answers:
+// OpenAI's "provider.order[1]" with messages "X must be ...", or Anthropic's
+// "provider.order.1" with messages "X: must be ...".
+enum class ParamStyle { kOpenAi, kAnthropic };
+
+// At most this many entries in `models` (after dropping repeats of `model`
+// and of each other): bounds the work one request can ask of the router.
+inline constexpr std::size_t kMaxFallbackModels = 16;
+// OpenRouter's limit on `session_id` (API reference, ChatRequest.session_id).
+inline constexpr std::size_t kMaxSessionIdBytes = 256;
+
+// OpenRouter's routing fields of a request body, the same on every inbound
+// API (OpenRouter accepts them on Chat Completions, Completions and its
+// Anthropic Messages endpoint alike):
+//   provider          the whole ProviderPreferences object
+//                     (openrouter.ai/docs/features/provider-routing;
+//                     @openrouter/sdk 1.3 ProviderPreferences): order, only,
+//                     ignore, quantizations (arrays of strings; quantizations
+//                     lower-cased), allow_fallbacks, require_parameters, zdr
+//                     (booleans), data_collection ("allow" | "deny"), sort
+//                     ("price" | "throughput" | "latency", or {by, partition:
+//                     "model" | "none"}; "exacto", which ranks by tool-calling
+//                     quality Tollgate does not measure, means the default),
+//                     max_price {prompt, completion (USD per million tokens),
+//                     request (USD)} as a JSON number or a decimal string,
+//                     preferred_min_throughput (tokens/s) and
+//                     preferred_max_latency (seconds), each a number or an
+//                     object of percentile cutoffs of which p50 is used;
+//                     documented fields Tollgate has no use for
+//                     (enforce_distillable_text, max_price.image/.audio, the
+//                     p75/p90/p99 cutoffs) and unknown ones are ignored;
+//   models            fallback models (strings), in order; repeats of `model`
+//                     and of each other are dropped. When `model` is
+//                     `model_optional` and absent, the first entry is the model;
+//   session_id        string of at most 256 bytes (prompt-cache stickiness);
+//   debug.routing     boolean -> explain_routing; other `debug` keys
+//                     (echo_upstream_body) are ignored.
+// null counts as absent everywhere (what SDKs send for unset fields).
+// max_price numbers are converted through their shortest round-trip decimal
+// text (0.1 -> "0.1", never 0.1000000000000000055...), then read with
+// ParsePricePerMillion / ParseUsd; digits past the 9th decimal are dropped,
+// which only ever lowers a cap.
+// `request.model` is read first (it may already be set by the caller).
+// Errors: kInvalidArgument with `param` the exact path
+// ("provider.max_price.prompt", "models[2]") in `style`.
+std::optional<Error> DecodeRoutingFields(const boost::json::object& body, ParamStyle style, bool model_optional,
+                                         ChatRequest& request);
 
 }  // namespace tollgate::wire

@@ -46,7 +46,9 @@ namespace tollgate::wire::openai {
 // frequency/presence/repetition penalties, max_tokens and
 // max_completion_tokens (the latter wins), n, logprobs, top_logprobs,
 // reasoning / reasoning_effort / include_reasoning, user, metadata, stream,
-// stream_options, provider.require_parameters, per-part cache_control.
+// stream_options, per-part cache_control, and OpenRouter's routing fields
+// (provider, models, session_id, debug.routing: DecodeRoutingFields in
+// common.hpp); `model` may be left out when `models` names it.
 // Unknown fields are ignored. JSON depth is limited to 64.
 // Errors: kInvalidArgument with `param` naming the offending field
 // ("messages[2].content[0].type").
