@@ -57,10 +57,10 @@ json::object PricingObject(const Pricing& p, const std::vector<routing::PriceTie
 
 json::value OrNull(const std::optional<double>& v) { return v ? json::value(*v) : json::value(nullptr); }
 
-// PercentileStats requires all four; Tollgate keeps medians (api.hpp).
-json::value PercentileObject(const std::optional<double>& p50) {
-  if (!p50) return nullptr;
-  return json::object{{"p50", *p50}, {"p75", *p50}, {"p90", *p50}, {"p99", *p50}};
+// OpenRouter's PercentileStats {p50, p75, p90, p99}, or null before a sample.
+json::value PercentileObject(const std::optional<routing::Percentiles>& p) {
+  if (!p) return nullptr;
+  return json::object{{"p50", p->p50}, {"p75", p->p75}, {"p90", p->p90}, {"p99", p->p99}};
 }
 
 std::string_view CircuitName(routing::CircuitState state) {
@@ -200,8 +200,8 @@ std::string RenderModelEndpoints(const routing::Model& m, const routing::Router&
         {"supports_tool_choice", json::object{{"auto", tools}, {"function", tools}, {"none", tools},
                                               {"required", tools}}},
         {"status", EndpointStatus(stats)},
-        {"latency_last_30m", PercentileObject(stats.p50_ttft_ms)},
-        {"throughput_last_30m", PercentileObject(stats.p50_throughput_tps)},
+        {"latency_last_30m", PercentileObject(stats.ttft_ms)},
+        {"throughput_last_30m", PercentileObject(stats.throughput_tps)},
         {"uptime_last_5m", nullptr},
         {"uptime_last_30m", OrNull(stats.uptime_30m)},
         {"uptime_last_1d", nullptr},

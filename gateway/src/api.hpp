@@ -40,10 +40,9 @@ std::string RenderModels(const routing::Catalog& catalog);
 // from router.health(e).Stats(now) (the last samples of real calls):
 //   latency_last_30m     time to first token in ms (OpenRouter's meaning),
 //   throughput_last_30m  completion tokens per second after the first token,
-//                        both as PercentileStats {p50, p75, p90, p99}, which
-//                        the schema requires whole; Tollgate keeps medians
-//                        only, so p75, p90 and p99 repeat p50. null before the
-//                        first sample;
+//                        both as PercentileStats {p50, p75, p90, p99} of the
+//                        last EndpointHealth::kSamples successful calls; null
+//                        before the first;
 //   uptime_last_30m      percent of attempts that succeeded (null without
 //                        any); uptime_last_5m and uptime_last_1d are null;
 //   status               0 serving (also at its concurrency cap), -1 cooling

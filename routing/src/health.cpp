@@ -63,11 +63,17 @@ Totals SumOf(const Ring& ring, int64_t width_s, int64_t now_s) {
 }
 
 template <std::size_t N>
-std::optional<double> Median(std::array<float, N>& values, int count) {
+std::optional<Percentiles> PercentilesOf(std::array<float, N>& values, int count) {
   if (count == 0) return std::nullopt;
   std::sort(values.begin(), values.begin() + count);
-  if (count % 2 == 1) return values[count / 2];
-  return (static_cast<double>(values[count / 2 - 1]) + values[count / 2]) / 2;
+  // Hyndman and Fan's definition 7: position q x (n - 1), interpolated.
+  auto at = [&](double q) {
+    const double pos = q * (count - 1);
+    const int lo = static_cast<int>(pos);
+    const int hi = std::min(lo + 1, count - 1);
+    return values[lo] + (pos - lo) * (static_cast<double>(values[hi]) - values[lo]);
+  };
+  return Percentiles{at(0.50), at(0.75), at(0.90), at(0.99)};
 }
 
 constexpr int64_t kMinuteS = 60;
@@ -264,9 +270,12 @@ LiveStats EndpointHealth::Stats(SteadyTime now) const {
     out.in_flight = in_flight_;
   }
   // Sorted outside the lock: the decision path may be waiting on it.
-  out.p50_latency_ms = Median(latency, n_latency);
-  out.p50_ttft_ms = Median(ttft, n_ttft);
-  out.p50_throughput_tps = Median(throughput, n_throughput);
+  out.latency_ms = PercentilesOf(latency, n_latency);
+  out.ttft_ms = PercentilesOf(ttft, n_ttft);
+  out.throughput_tps = PercentilesOf(throughput, n_throughput);
+  if (out.latency_ms) out.p50_latency_ms = out.latency_ms->p50;
+  if (out.ttft_ms) out.p50_ttft_ms = out.ttft_ms->p50;
+  if (out.throughput_tps) out.p50_throughput_tps = out.throughput_tps->p50;
   return out;
 }
 

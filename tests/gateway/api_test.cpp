@@ -179,7 +179,8 @@ TEST(Api, ModelEndpointsCarryLiveFigures) {
   auto v = json::parse(RenderModelEndpoints(model, router, now));
   const auto& endpoints = v.at("data").at("endpoints");
   const auto& e0 = endpoints.at(0);
-  EXPECT_EQ(e0.at("latency_last_30m"), json::parse(R"({"p50":200.0,"p75":200.0,"p90":200.0,"p99":200.0})"));
+  // TTFTs 100, 200, 300 ms: interpolated percentiles.
+  EXPECT_EQ(e0.at("latency_last_30m"), json::parse(R"({"p50":200.0,"p75":250.0,"p90":280.0,"p99":298.0})"));
   EXPECT_EQ(e0.at("throughput_last_30m").at("p50").to_number<double>(), 100.0);
   EXPECT_EQ(e0.at("uptime_last_30m").to_number<double>(), 100.0);
   EXPECT_EQ(e0.at("status").as_int64(), 0);

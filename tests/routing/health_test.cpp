@@ -450,6 +450,24 @@ TEST(Health, StatsReportMediansOfRecentSamples) {
   EXPECT_DOUBLE_EQ(s.p50_ttft_ms.value(), 20);
 }
 
+TEST(Health, StatsInterpolateTheUpperPercentiles) {
+  HealthOptions o = Options();
+  EndpointHealth h(&o, 0);
+  FakeClock clock;
+  // Latencies 1..64 ms in a shuffled order.
+  for (int i = 0; i < EndpointHealth::kSamples; ++i) {
+    h.Release(Report(clock, Outcome::kSuccess, Millis{(i * 37) % EndpointHealth::kSamples + 1}));
+  }
+  const LiveStats s = h.Stats(clock.now);
+  ASSERT_TRUE(s.latency_ms);
+  EXPECT_DOUBLE_EQ(s.latency_ms->p50, 32.5);
+  EXPECT_DOUBLE_EQ(s.latency_ms->p75, 1 + 0.75 * 63);
+  EXPECT_DOUBLE_EQ(s.latency_ms->p90, 1 + 0.90 * 63);
+  EXPECT_DOUBLE_EQ(s.latency_ms->p99, 1 + 0.99 * 63);
+  EXPECT_DOUBLE_EQ(*s.p50_latency_ms, 32.5);
+  EXPECT_FALSE(s.ttft_ms) << "no sample had a first token";
+}
+
 TEST(Health, StatsKeepOnlyTheLastSamples) {
   HealthOptions o = Options();
   EndpointHealth h(&o, 0);

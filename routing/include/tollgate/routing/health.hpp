@@ -94,11 +94,22 @@ struct HealthSnapshot {
   int64_t window_attempts = 0;
 };
 
-// For GET /api/v1/models/{id}/endpoints: medians of the last samples.
+// Percentiles of the last samples, linearly interpolated between order
+// statistics (Hyndman and Fan's definition 7, numpy's default): p50 of an
+// even count is the mean of the middle two.
+struct Percentiles {
+  double p50 = 0, p75 = 0, p90 = 0, p99 = 0;
+};
+
+// For GET /api/v1/models/{id}/endpoints: figures of the last kSamples
+// successful calls (nullopt before the first), uptime, state.
 struct LiveStats {
-  std::optional<double> p50_latency_ms;
-  std::optional<double> p50_ttft_ms;
-  std::optional<double> p50_throughput_tps;
+  std::optional<Percentiles> latency_ms;      // whole attempt
+  std::optional<Percentiles> ttft_ms;         // time to first token
+  std::optional<Percentiles> throughput_tps;  // completion tokens per second after the first token
+  std::optional<double> p50_latency_ms;       // = latency_ms->p50
+  std::optional<double> p50_ttft_ms;          // = ttft_ms->p50
+  std::optional<double> p50_throughput_tps;   // = throughput_tps->p50
   std::optional<double> uptime_30m;  // successes / (successes + failures + 429s), percent 0..100
   CircuitState circuit = CircuitState::kClosed;
   Availability availability = Availability::kAvailable;
