@@ -777,9 +777,11 @@ void CallDriver::Finish(const std::optional<Error>& error) {
     client_->OnSuccess(summary);
   }
 
-  // Metering. No row when no provider was ever asked (a rejection), or when a
-  // provider refused the request as invalid before producing anything.
-  const bool rejected = a == nullptr || (error && !committed_ && error->code == ErrorCode::kInvalidArgument);
+  // Metering. No row when no provider was ever asked (a rejection), or when
+  // the only provider asked refused the request as invalid before producing
+  // anything; after other attempts the row keeps their records.
+  const bool rejected = a == nullptr || (error && !committed_ && error->code == ErrorCode::kInvalidArgument &&
+                                         attempts_.size() == 1);
   if (!rejected) {
     billing::UsageEvent row;
     row.request_id = spec_.request_id;

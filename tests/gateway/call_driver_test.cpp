@@ -766,6 +766,22 @@ TEST_F(CallDriverTest, NeverRetriesARequestErrorElsewhere) {
   EXPECT_TRUE(fallback->calls.empty());
   ASSERT_TRUE(client->error);
   EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(usage.rows.empty()) << "a refused request is not metered";
+}
+
+TEST_F(CallDriverTest, ARequestErrorAfterAFallbackKeepsTheAttemptsOnRecord) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(Error{ErrorCode::kUnavailable, "overloaded"});
+  executor->RunUntilIdle();
+  fallback->calls[0].sink->OnError(Error{ErrorCode::kInvalidArgument, "bad image", "messages"});
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_EQ(usage.rows[0].status, 400);
+  EXPECT_EQ(usage.rows[0].cost.nano_usd, 0);
+  ASSERT_EQ(usage.rows[0].attempts.size(), 2u);
+  EXPECT_EQ(usage.rows[0].attempts[1].outcome, "rejected");
 }
 
 TEST_F(CallDriverTest, HedgesAfterTheConfiguredDelayAndTheFirstToAnswerWins) {
