@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <ctime>
 #include <deque>
 #include <mutex>
 #include <stop_token>
@@ -66,9 +67,13 @@ int64_t OutputLimit(const ChatRequest& request, const routing::Endpoint& endpoin
   return kDefaultCompletionBound;
 }
 
-Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint) {
+int64_t PromptTokensBound(const ChatRequest& request) {
   int64_t images = 0;
-  const int64_t prompt = PromptBytes(request, &images) + 1 + images * 4096;
+  return PromptBytes(request, &images) + 1 + images * 4096;
+}
+
+Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint) {
+  const int64_t prompt = PromptTokensBound(request);
   const int64_t choices = std::max<int64_t>(request.n.value_or(1), 1);
   // Every prompt token at the dearest prompt-side price of any tier (cache
   // writes cost more than plain prompt tokens at Anthropic), every
@@ -256,15 +261,27 @@ struct CallDriver::Attempt {
 
 namespace {
 
-// Retry-After as routing's cooldown: delay-seconds (RFC 9110 10.2.3); an
-// HTTP-date or nothing gives nullopt (the default cooldown).
-std::optional<routing::Millis> RetryAfter(const std::string& value) {
+// Retry-After (RFC 9110 10.2.3): delay-seconds or an HTTP-date (IMF-fixdate),
+// as a wait from `now`, capped at a day; nullopt when absent or unreadable.
+std::optional<routing::Millis> RetryAfter(const std::string& value, WallTime now) {
   if (value.empty()) return std::nullopt;
+  constexpr int64_t kDayMs = 86'400'000;
   int64_t seconds = 0;
   auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), seconds);
-  if (ec != std::errc() || end != value.data() + value.size() || seconds < 0) return std::nullopt;
-  return routing::Millis(std::min<int64_t>(seconds, 86'400) * 1000);
+  if (ec == std::errc() && end == value.data() + value.size() && seconds >= 0) {
+    return routing::Millis(std::min<int64_t>(seconds, kDayMs / 1000) * 1000);
+  }
+  if (ec == std::errc::result_out_of_range) return routing::Millis(kDayMs);
+  std::tm tm{};
+  const char* parsed = strptime(value.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (parsed == nullptr || *parsed != '\0') return std::nullopt;
+  const auto at = std::chrono::system_clock::from_time_t(timegm(&tm));
+  const int64_t ms = duration_cast<milliseconds>(at - now).count();
+  return routing::Millis(std::clamp<int64_t>(ms, 0, kDayMs));
 }
+
+// Whole seconds, rounded up: what a client is told to wait.
+std::string RetryAfterSeconds(routing::Millis wait) { return std::to_string((wait.count() + 999) / 1000); }
 
 int64_t Ms(std::chrono::steady_clock::duration d) { return duration_cast<milliseconds>(d).count(); }
 
@@ -301,6 +318,7 @@ void CallDriver::Start() {
   query.preferences = &spec_.request.provider;
   query.parameters = ParametersUsed(spec_.request);
   query.prompt_tokens = EstimateUsage(spec_.request, ChatResponse{}).prompt_tokens;
+  query.prompt_tokens_bound = PromptTokensBound(spec_.request);
   query.session = spec_.session;
   std::mt19937_64 rng(spec_.seed);
   if (auto error = deps_.router->Decide(query, executor_->Now(), rng, &plan_)) return Finish(*error);
@@ -389,15 +407,22 @@ void CallDriver::WaitForCapacity() {
   };
   if (!queue_deadline_) queue_deadline_ = now + deps_.router->options().queue_timeout;
   if (now >= *queue_deadline_) return Finish(at_capacity());
-  queue_ticket_ = deps_.router->WaitForCapacity(*model, [weak = weak_from_this(), executor = executor_] {
-    executor->Post([weak] {
+  // The slot that frees is claimed for this call (Router::Report) and handed
+  // over on the executor; a call that ended meanwhile gives it back.
+  std::vector<const routing::Endpoint*> usable;
+  for (std::size_t i = 0; i < plan_.candidates.size(); ++i) {
+    if (!tried_[i]) usable.push_back(plan_.candidates[i].endpoint);
+  }
+  auto wake = [weak = weak_from_this(), executor = executor_, router = deps_.router](const routing::Endpoint& e) {
+    executor->Post([weak, executor, router, endpoint = &e] {
       auto self = weak.lock();
-      if (!self || self->finished_ || self->queue_ticket_ == 0) return;
-      self->queue_ticket_ = 0;
-      if (self->queue_timer_) self->queue_timer_->Cancel();
-      self->Advance();
+      if (self && self->StartClaimed(*endpoint)) return;
+      routing::AttemptReport unused;
+      unused.started = unused.ended = executor->Now();
+      router->Report(*endpoint, unused);
     });
-  });
+  };
+  queue_ticket_ = deps_.router->WaitForCapacity(*model, std::move(usable), std::move(wake));
   if (queue_ticket_ == 0) return Finish(at_capacity());  // the queue is full
   // A slot freed between our look and the registration woke nobody: look again.
   for (std::size_t i = 0; i < plan_.candidates.size(); ++i) {
@@ -418,6 +443,20 @@ void CallDriver::WaitForCapacity() {
     self->queue_ticket_ = 0;
     self->Finish(at_capacity());
   });
+}
+
+bool CallDriver::StartClaimed(const routing::Endpoint& endpoint) {
+  if (finished_ || committed_ || queue_ticket_ == 0 || stop_ != Stop::kNone) return false;
+  for (std::size_t i = 0; i < plan_.candidates.size(); ++i) {
+    if (!tried_[i] && plan_.candidates[i].endpoint == &endpoint) {
+      queue_ticket_ = 0;
+      if (queue_timer_) queue_timer_->Cancel();
+      tried_[i] = true;
+      StartAttempt(i, 0);
+      return true;
+    }
+  }
+  return false;
 }
 
 void CallDriver::StartAttempt(std::size_t candidate, int retry) {
@@ -446,12 +485,12 @@ void CallDriver::StartAttempt(std::size_t candidate, int retry) {
 
 void CallDriver::ArmHedge() {
   const auto hedge_after = plan_.candidates.front().model->routing.hedge_after;
-  if (hedged_ || hedge_armed_ || hedge_after.count() <= 0) return;
-  hedge_armed_ = true;
+  if (hedged_ || hedge_after.count() <= 0) return;
+  // Counted from the start of the attempt now running (a fallback after a
+  // quick failure gets its own hedge_after); replaces an earlier timer.
   hedge_timer_ = executor_->StartTimer(executor_->Now() + hedge_after, [weak = weak_from_this()] {
     auto self = weak.lock();
     if (!self) return;
-    self->hedge_armed_ = false;
     if (self->finished_ || self->committed_ || self->stop_ != Stop::kNone || self->Running() != 1) return;
     for (const auto& a : self->attempts_) {
       if (a->running && a->first_event_at) return;  // it answered in time: no hedge
@@ -679,7 +718,7 @@ void CallDriver::EndAttempt(Attempt& a, routing::Outcome outcome, const std::str
   report.prompt_tokens = used.prompt_tokens;
   report.cached_tokens = used.cached_tokens;
   report.completion_tokens = used.completion_tokens;
-  if (error) report.retry_after = RetryAfter(error->retry_after);
+  if (error) report.retry_after = RetryAfter(error->retry_after, executor_->WallNow());
   deps_.router->Report(*a.endpoint, report);
 }
 
@@ -736,9 +775,28 @@ Error CallDriver::StoppedError(const Error& provider_error) const {
   return provider_error;
 }
 
-void CallDriver::Finish(const std::optional<Error>& error) {
+void CallDriver::Finish(const std::optional<Error>& outcome) {
   if (finished_) return;
   finished_ = true;
+  // What the client is told to wait: the upstream's Retry-After in whole
+  // seconds (never its raw text), or, for a 429 without one, until the
+  // plan's first endpoint is out of its cooldown.
+  std::optional<Error> error = outcome;
+  if (error && !error->retry_after.empty()) {
+    const auto wait = RetryAfter(error->retry_after, executor_->WallNow());
+    error->retry_after = wait ? RetryAfterSeconds(*wait) : std::string();
+  }
+  if (error && error->code == ErrorCode::kResourceExhausted && error->retry_after.empty()) {
+    const SteadyTime now = executor_->Now();
+    std::optional<SteadyTime> soonest;
+    for (const routing::Candidate& c : plan_.candidates) {
+      const routing::HealthSnapshot h = deps_.router->health(*c.endpoint).Snapshot(now);
+      if (h.availability == routing::Availability::kCoolingDown && (!soonest || h.available_at < *soonest)) {
+        soonest = h.available_at;
+      }
+    }
+    if (soonest) error->retry_after = RetryAfterSeconds(duration_cast<routing::Millis>(*soonest - now));
+  }
   for (auto* timer : {&deadline_timer_, &grace_timer_, &hedge_timer_, &retry_timer_, &queue_timer_}) {
     if (*timer) (*timer)->Cancel();
   }

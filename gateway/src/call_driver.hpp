@@ -186,15 +186,18 @@ struct CallSpec {
 // context length is known.
 inline constexpr int64_t kDefaultCompletionBound = 4096;
 
+// The most prompt tokens `request` can have: its bytes (+1 for BOS, +8 per
+// message for a template, 4096 per image; SentencePiece with byte fallback
+// and byte-level BPE emit at most one token per byte).
+int64_t PromptTokensBound(const ChatRequest& request);
+
 // The completion tokens one choice of `request` may produce at `endpoint`:
 // max_tokens, else the endpoint's max output tokens, else its context
 // length, else kDefaultCompletionBound.
 int64_t OutputLimit(const ChatRequest& request, const routing::Endpoint& endpoint);
 
-// The most `request` can cost at `endpoint`: prompt tokens bounded by the
-// prompt's bytes (+1 for BOS, +8 per message for a template, 4096 per image;
-// SentencePiece with byte fallback and byte-level BPE emit at most one token
-// per byte) at the dearest prompt-side price of any tier (Endpoint::Dearest),
+// The most `request` can cost at `endpoint`: PromptTokensBound prompt tokens
+// at the dearest prompt-side price of any tier (Endpoint::Dearest),
 // completion tokens by OutputLimit times n at the dearer of the completion
 // and reasoning prices, plus the per-request price.
 Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint);
@@ -267,6 +270,9 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   // or no longer available (then `*full` says whether it was full).
   bool TryStart(std::size_t index, bool* full);
   void StartAttempt(std::size_t candidate, int retry);
+  // Starts an attempt on a slot the capacity queue claimed for this call;
+  // false when the call no longer wants it (the caller gives it back).
+  bool StartClaimed(const routing::Endpoint& endpoint);
   void ArmHedge();
   void WaitForCapacity();
   void Drain(std::size_t attempt);
@@ -279,7 +285,7 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   void EndAttempt(Attempt& a, routing::Outcome outcome, const std::string& what, int status,
                   const std::optional<Error>& error);
   void RequestStop(Stop why);
-  void Finish(const std::optional<Error>& error);
+  void Finish(const std::optional<Error>& outcome);
   Error StoppedError(const Error& provider_error) const;
   int Running() const;
 
@@ -298,7 +304,6 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
   std::vector<std::unique_ptr<Attempt>> attempts_;  // in start order
   Attempt* winner_ = nullptr;                       // the committed attempt
   bool hedged_ = false;
-  bool hedge_armed_ = false;
   std::unique_ptr<Executor::Timer> hedge_timer_;
   std::unique_ptr<Executor::Timer> retry_timer_;
   // Capacity queue.

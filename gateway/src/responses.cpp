@@ -50,7 +50,9 @@ boost::json::value RoutingExplanation(const routing::Plan& plan) {
                                                                        : c.endpoint->provider_id},
                           {"model", c.model->id}};
     if (c.skipped == routing::SkipReason::kNone) {
-      o["share"] = c.share;
+      // Shares are what the default strategy draws by; sorts and the
+      // configured order have none (the position in `order` says it all).
+      if (plan.strategy == routing::RoutingPolicy::Strategy::kShares) o["share"] = c.share;
       o["effective_price"] = c.effective_price;
     } else {
       o["skipped"] = std::string(routing::SkipReasonName(c.skipped));

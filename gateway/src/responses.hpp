@@ -70,8 +70,9 @@ class ResponseEncoder {
 
 // The routing decision as the answer's `routing` object (explain_routing):
 // {"strategy", "sticky", "order": [endpoint ids], "candidates": [{"endpoint",
-// "provider", "model", "share", "effective_price"} or {..., "skipped":
-// reason, "unsupported_parameters"}]}.
+// "provider", "model", "share" (strategy "shares" only), "effective_price"
+// (femto-USD per blended token, docs/routing.md)} or {..., "skipped": reason,
+// "unsupported_parameters"}]}.
 boost::json::value RoutingExplanation(const routing::Plan& plan);
 
 // The caller's error shape for a request path: Anthropic's under /v1/messages

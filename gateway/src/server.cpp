@@ -637,7 +637,7 @@ class Connection {
     spec.received = received;
     spec.created_at = created_at;
     spec.deadline = received + std::chrono::milliseconds(s_.config->server.request_timeout_ms);
-    spec.session = routing::SessionKey(spec.request);
+    spec.session = routing::SessionKey(spec.request, spec.key.id);
     spec.seed = CallSeed();
     uint64_t registration = 0;
     Services* services = &s_;

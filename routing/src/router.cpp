@@ -270,7 +270,8 @@ std::optional<Error> Router::Decide(const RouteQuery& query, SteadyTime now, std
       Considered c;
       c.model = &model;
       c.endpoint = &e;
-      const Pricing& price = e.PricingFor(query.prompt_tokens);
+      // max_price holds at the dearest tier the prompt can reach.
+      const Pricing& cap_price = e.PricingFor(std::max(query.prompt_tokens, query.prompt_tokens_bound));
       const ParameterSet unsupported = query.parameters.Minus(e.supported);
       bool essential_missing = false;
       for (unsigned i = 0; i < static_cast<unsigned>(Param::kCount_); ++i) {
@@ -289,9 +290,10 @@ std::optional<Error> Router::Decide(const RouteQuery& query, SteadyTime now, std
         c.skipped = SkipReason::kDataCollection;
       } else if (prefs.zdr && !e.data_policy.zero_data_retention) {
         c.skipped = SkipReason::kNotZdr;
-      } else if ((prefs.max_prompt_price && price.prompt.femto_usd_per_token > *prefs.max_prompt_price) ||
-                 (prefs.max_completion_price && price.completion.femto_usd_per_token > *prefs.max_completion_price) ||
-                 (prefs.max_request_price && price.per_request.nano_usd > *prefs.max_request_price)) {
+      } else if ((prefs.max_prompt_price && cap_price.prompt.femto_usd_per_token > *prefs.max_prompt_price) ||
+                 (prefs.max_completion_price &&
+                  cap_price.completion.femto_usd_per_token > *prefs.max_completion_price) ||
+                 (prefs.max_request_price && cap_price.per_request.nano_usd > *prefs.max_request_price)) {
         c.skipped = SkipReason::kMaxPrice;
       } else if (essential_missing) {
         c.skipped = SkipReason::kUnsupportedParameter;
@@ -606,17 +608,21 @@ void Router::Report(const Endpoint& endpoint, const AttemptReport& report) {
     }
   }
 
-  // A slot freed on this model: the oldest waiter may try again.
-  std::function<void()> wake;
+  // A slot freed: claimed for the oldest waiter that can use it, so a call
+  // that arrives now cannot take it from one that waited, and a waiter that
+  // cannot use it does not swallow the wake-up.
+  std::function<void(const Endpoint&)> wake;
   {
     std::lock_guard lock(queue_mu_);
-    auto it = std::find_if(waiters_.begin(), waiters_.end(), [&](const Waiter& w) { return w.model == &model; });
-    if (it != waiters_.end()) {
+    auto it = std::find_if(waiters_.begin(), waiters_.end(), [&](const Waiter& w) {
+      return std::find(w.usable.begin(), w.usable.end(), &endpoint) != w.usable.end();
+    });
+    if (it != waiters_.end() && h.Acquire(now) == Availability::kAvailable) {
       wake = std::move(it->wake);
       waiters_.erase(it);
     }
   }
-  if (wake) wake();
+  if (wake) wake(endpoint);
 }
 
 // ---------------------------------------------------------------- stickiness
@@ -635,7 +641,11 @@ void Router::Remember(uint64_t session, const Endpoint& endpoint, SteadyTime now
     // Full: drop what has expired. A table still full of live conversations
     // keeps them; the newcomer is simply not sticky (it costs a cache miss,
     // nothing else).
+    // A sweep walks the whole table under the lock every decision takes:
+    // at most once a second.
+    if (now < next_sweep_) return;
     std::erase_if(sticky_, [&](const auto& kv) { return kv.second.expires <= now; });
+    next_sweep_ = now + std::chrono::seconds(1);
     if (sticky_.size() >= options_.sticky_capacity) return;
   }
   sticky_.emplace(session, entry);
@@ -643,16 +653,17 @@ void Router::Remember(uint64_t session, const Endpoint& endpoint, SteadyTime now
 
 // ---------------------------------------------------------------- capacity queue
 
-uint64_t Router::WaitForCapacity(const Model& model, std::function<void()> wake) {
+uint64_t Router::WaitForCapacity(const Model& model, std::vector<const Endpoint*> usable,
+                                 std::function<void(const Endpoint&)> wake) {
   std::lock_guard lock(queue_mu_);
   if (waiters_.size() >= options_.max_queued) return 0;
   const uint64_t ticket = next_ticket_++;
-  waiters_.push_back(Waiter{ticket, &model, std::move(wake)});
+  waiters_.push_back(Waiter{ticket, &model, std::move(usable), std::move(wake)});
   return ticket;
 }
 
 bool Router::CancelWait(uint64_t ticket) {
-  std::function<void()> dropped;  // destroyed outside the lock: it may own anything
+  std::function<void(const Endpoint&)> dropped;  // destroyed outside the lock: it may own anything
   std::lock_guard lock(queue_mu_);
   auto it = std::find_if(waiters_.begin(), waiters_.end(), [&](const Waiter& w) { return w.ticket == ticket; });
   if (it == waiters_.end()) return false;
@@ -691,8 +702,10 @@ void FnvText(uint64_t& h, const Message& m) {
 
 }  // namespace
 
-uint64_t SessionKey(const ChatRequest& request) {
+uint64_t SessionKey(const ChatRequest& request, int64_t tenant) {
   uint64_t h = kFnvOffset;
+  Fnv(h, std::to_string(tenant));
+  Fnv(h, std::string_view("\0", 1));
   // The model (variant aside: "x:nitro" and "x" share a provider's cache),
   // then a tag per source so that a session id never collides with an equal
   // user id or message text.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <ctime>
 #include <map>
 #include <set>
 #include <thread>
@@ -735,6 +736,64 @@ TEST_F(CallDriverTest, A429CoolsTheEndpointDownForItsRetryAfter) {
   EXPECT_EQ(primary->calls.size(), 2u);
 }
 
+TEST_F(CallDriverTest, TheClientIsToldToWaitInWholeSecondsNeverTheUpstreamsRawText) {
+  BuildCatalog({primary.get()});
+  Error limited{ErrorCode::kResourceExhausted, "slow down"};
+  limited.retry_after = "999999999999999999999";  // no int64 holds it
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(limited);
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->retry_after, "86400") << "capped at a day";
+
+  // An HTTP-date (RFC 9110) counts from now.
+  executor->Advance(std::chrono::hours(25));
+  client = std::make_shared<FakeClient>();
+  char date[64];
+  const std::time_t at = std::chrono::system_clock::to_time_t(executor->WallNow() + 30s);
+  std::tm tm{};
+  gmtime_r(&at, &tm);
+  std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  limited.retry_after = date;
+  Start(UserSays("again"));
+  ASSERT_EQ(primary->calls.size(), 2u);
+  primary->calls[1].sink->OnError(limited);
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  const int told = std::stoi(client->error->retry_after);
+  EXPECT_GE(told, 29);
+  EXPECT_LE(told, 31);
+}
+
+TEST_F(CallDriverTest, WhenEveryEndpointSaid429TheAnswerCarriesTheSoonestCooldown) {
+  Error with{ErrorCode::kResourceExhausted, "slow down"};
+  with.retry_after = "3";
+  const Error without{ErrorCode::kResourceExhausted, "slow down"};
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnError(with);
+  executor->RunUntilIdle();
+  fallback->calls[0].sink->OnError(without);
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(client->error->retry_after, "3") << "the primary is back first";
+}
+
+TEST_F(CallDriverTest, AFallbackAfterAQuickFailureGetsItsOwnHedgeDelay) {
+  policy.hedge_after = 500ms;
+  auto third = std::make_unique<FakeProvider>("Third", kBasic);
+  BuildCatalog({primary.get(), fallback.get(), third.get()});
+  Start(UserSays("hi"));
+  executor->Advance(400ms);
+  primary->calls[0].sink->OnError(Error{ErrorCode::kUnavailable, "overloaded"});
+  executor->RunUntilIdle();
+  ASSERT_EQ(fallback->calls.size(), 1u);
+  executor->Advance(400ms);
+  EXPECT_TRUE(third->calls.empty()) << "500 ms from the fallback's start, not the first attempt's";
+  executor->Advance(100ms);
+  EXPECT_EQ(third->calls.size(), 1u);
+}
+
 TEST_F(CallDriverTest, RetriesTheSameEndpointWithBackoffWhenThePolicySaysSo) {
   policy.retries = 2;
   policy.retry_backoff = 100ms;
@@ -757,16 +816,6 @@ TEST_F(CallDriverTest, RetriesTheSameEndpointWithBackoffWhenThePolicySaysSo) {
   Answer(*fallback->calls[0].sink, "ok", MakeUsage(1, 1));
   executor->RunUntilIdle();
   EXPECT_EQ(usage.rows[0].attempts.size(), 4u);
-}
-
-TEST_F(CallDriverTest, NeverRetriesARequestErrorElsewhere) {
-  Start(UserSays("hi"));
-  primary->calls[0].sink->OnError(Error{ErrorCode::kInvalidArgument, "bad image", "messages"});
-  executor->RunUntilIdle();
-  EXPECT_TRUE(fallback->calls.empty());
-  ASSERT_TRUE(client->error);
-  EXPECT_EQ(client->error->code, ErrorCode::kInvalidArgument);
-  EXPECT_TRUE(usage.rows.empty()) << "a refused request is not metered";
 }
 
 TEST_F(CallDriverTest, ARequestErrorAfterAFallbackKeepsTheAttemptsOnRecord) {

@@ -626,32 +626,37 @@ TEST(Router, StickyTableIsBoundedAndSweepsExpiredEntries) {
 TEST(Router, SessionKeyComesFromSessionUserOrFirstMessages) {
   ChatRequest a;
   a.model = "m/cached";
-  EXPECT_EQ(SessionKey(a), 0u);  // nothing to key on
+  EXPECT_EQ(SessionKey(a, 7), 0u);  // nothing to key on
 
   a.messages.push_back(Message{Role::kSystem, {TextPart{"be brief", {}}}, ""});
   a.messages.push_back(Message{Role::kUser, {TextPart{"hello", {}}}, ""});
-  const uint64_t by_messages = SessionKey(a);
+  const uint64_t by_messages = SessionKey(a, 7);
   EXPECT_NE(by_messages, 0u);
   // Later turns of the same conversation keep the key.
   ChatRequest later = a;
   later.messages.push_back(Message{Role::kAssistant, {TextPart{"hi", {}}}, ""});
   later.messages.push_back(Message{Role::kUser, {TextPart{"more", {}}}, ""});
-  EXPECT_EQ(SessionKey(later), by_messages);
+  EXPECT_EQ(SessionKey(later, 7), by_messages);
   // A variant is the same conversation; another model is not.
   later.model = "m/cached:nitro";
-  EXPECT_EQ(SessionKey(later), by_messages);
+  EXPECT_EQ(SessionKey(later, 7), by_messages);
   later.model = "m/other";
-  EXPECT_NE(SessionKey(later), by_messages);
+  EXPECT_NE(SessionKey(later, 7), by_messages);
 
   ChatRequest user = a;
   user.user = "u-1";
   ChatRequest session = a;
   session.session_id = "u-1";
-  EXPECT_NE(SessionKey(user), by_messages);
-  EXPECT_NE(SessionKey(session), SessionKey(user));
+  EXPECT_NE(SessionKey(user, 7), by_messages);
+  EXPECT_NE(SessionKey(session, 7), SessionKey(user, 7));
   ChatRequest both = user;
   both.session_id = "u-1";
-  EXPECT_EQ(SessionKey(both), SessionKey(session));  // session_id wins over user
+  EXPECT_EQ(SessionKey(both, 7), SessionKey(session, 7));  // session_id wins over user
+
+  // Never across API keys: the same conversation under another key is
+  // another session (no key learns from stickiness what another sent).
+  EXPECT_NE(SessionKey(a, 8), by_messages);
+  EXPECT_NE(SessionKey(session, 8), SessionKey(session, 7));
 }
 
 // ---------------------------------------------------------------- preferences
@@ -1010,35 +1015,53 @@ TEST(Router, ModelErrors) {
 
 // ---------------------------------------------------------------- capacity queue
 
-TEST(Router, CapacityQueueWakesTheOldestWaiterOfTheModel) {
-  World w({{"m/local", {{"local", 0, 0, -1, "", "", ParameterSet::All(), {}, 1}}, {}}, ThreePriced()});
-  const Model& local_model = w.model("m/local");
-  const Model& other = w.model("m/three");
-  std::vector<int> woken;
-  const uint64_t t1 = w.router().WaitForCapacity(local_model, [&] { woken.push_back(1); });
-  const uint64_t t_other = w.router().WaitForCapacity(other, [&] { woken.push_back(99); });
-  const uint64_t t2 = w.router().WaitForCapacity(local_model, [&] { woken.push_back(2); });
-  const uint64_t t3 = w.router().WaitForCapacity(local_model, [&] { woken.push_back(3); });
-  ASSERT_NE(t1, 0u);
-  ASSERT_NE(t2, 0u);
-  ASSERT_NE(t3, 0u);
-  ASSERT_NE(t_other, 0u);
-  EXPECT_EQ(w.router().queued(local_model), 3u);
-  EXPECT_EQ(w.router().queued(other), 1u);
+// Ends a claimed attempt at `e` without teaching health anything.
+void Free(World& w, const Endpoint& e) {
+  AttemptReport r;
+  r.started = r.ended = w.now();
+  w.router().Report(e, r);
+}
+
+TEST(Router, CapacityQueueHandsTheFreedSlotToTheOldestWaiterThatCanUseIt) {
+  // Two one-slot endpoints, both busy.
+  World w({{"m/two", {{"a", 1, 1, -1, "", "", ParameterSet::All(), {}, 1}, {"b", 1, 1, -1, "", "", ParameterSet::All(), {}, 1}}, {}}});
+  const Model& m = w.model("m/two");
+  const Endpoint& a = w.endpoint("m/two", "a");
+  const Endpoint& b = w.endpoint("m/two", "b");
+  ASSERT_EQ(w.router().health(a).Acquire(w.now()), Availability::kAvailable);
+  ASSERT_EQ(w.router().health(b).Acquire(w.now()), Availability::kAvailable);
+
+  std::vector<std::pair<int, std::string>> woken;
+  auto waiter = [&](int id) { return [&woken, id](const Endpoint& e) { woken.emplace_back(id, e.id); }; };
+  const uint64_t only_b = w.router().WaitForCapacity(m, {&b}, waiter(1));  // provider.only: b
+  const uint64_t any1 = w.router().WaitForCapacity(m, {&a, &b}, waiter(2));
+  const uint64_t any2 = w.router().WaitForCapacity(m, {&a, &b}, waiter(3));
+  ASSERT_NE(only_b, 0u);
+  ASSERT_NE(any1, 0u);
+  ASSERT_NE(any2, 0u);
+  EXPECT_EQ(w.router().queued(m), 3u);
   EXPECT_TRUE(woken.empty());  // never called from inside WaitForCapacity
 
-  const Endpoint& local = w.endpoint("m/local", "local");
-  w.Attempt(local, Outcome::kSuccess);
-  EXPECT_EQ(woken, (std::vector<int>{1}));
-  EXPECT_TRUE(w.router().CancelWait(t2));   // gave up: skipped
-  EXPECT_FALSE(w.router().CancelWait(t1));  // already woken
-  w.Attempt(local, Outcome::kFailure);      // any end frees the slot
-  EXPECT_EQ(woken, (std::vector<int>{1, 3}));
-  w.Attempt(local, Outcome::kSuccess);  // nobody left on this model
-  EXPECT_EQ(woken, (std::vector<int>{1, 3}));
-  EXPECT_EQ(w.router().queued(local_model), 0u);
-  EXPECT_EQ(w.router().queued(other), 1u);
-  EXPECT_TRUE(w.router().CancelWait(t_other));
+  // a frees: the oldest waiter that can use a gets it (not the older one
+  // that only takes b, which would swallow the wake-up), claimed for it.
+  Free(w, a);
+  ASSERT_EQ(woken.size(), 1u);
+  EXPECT_EQ(woken[0], std::make_pair(2, a.id));
+  EXPECT_EQ(w.router().health(a).Snapshot(w.now()).in_flight, 1) << "the slot went straight to the waiter";
+  EXPECT_EQ(w.router().health(a).Acquire(w.now()), Availability::kAtCapacity) << "a newcomer cannot take it";
+  EXPECT_FALSE(w.router().CancelWait(any1)) << "already handed a slot";
+
+  // b frees: the b-only waiter, first in line.
+  Free(w, b);
+  ASSERT_EQ(woken.size(), 2u);
+  EXPECT_EQ(woken[1], std::make_pair(1, b.id));
+  EXPECT_TRUE(w.router().CancelWait(any2));  // gave up
+  Free(w, a);
+  Free(w, b);
+  EXPECT_EQ(woken.size(), 2u) << "nobody waits";
+  EXPECT_EQ(w.router().queued(m), 0u);
+  EXPECT_EQ(w.router().health(a).Snapshot(w.now()).in_flight, 0);
+  EXPECT_EQ(w.router().health(b).Snapshot(w.now()).in_flight, 0);
 }
 
 TEST(Router, CapacityQueueIsBounded) {
@@ -1046,31 +1069,33 @@ TEST(Router, CapacityQueueIsBounded) {
   options.max_queued = 2;
   World w({ThreePriced()}, options);
   const Model& m = w.model("m/three");
-  bool called = false;
-  EXPECT_NE(w.router().WaitForCapacity(m, [] {}), 0u);
-  EXPECT_NE(w.router().WaitForCapacity(m, [] {}), 0u);
-  EXPECT_EQ(w.router().WaitForCapacity(m, [&] { called = true; }), 0u);
+  const Endpoint& cheap = w.endpoint("m/three", "cheap");
+  int called = 0;
+  EXPECT_NE(w.router().WaitForCapacity(m, {&cheap}, [&](const Endpoint& e) { ++called; Free(w, e); }), 0u);
+  EXPECT_NE(w.router().WaitForCapacity(m, {&cheap}, [&](const Endpoint& e) { ++called; Free(w, e); }), 0u);
+  bool refused_called = false;
+  EXPECT_EQ(w.router().WaitForCapacity(m, {&cheap}, [&](const Endpoint&) { refused_called = true; }), 0u);
   EXPECT_EQ(w.router().queued(m), 2u);
-  w.Attempt(w.endpoint("m/three", "cheap"), Outcome::kSuccess);
-  w.Attempt(w.endpoint("m/three", "cheap"), Outcome::kSuccess);
-  w.Attempt(w.endpoint("m/three", "cheap"), Outcome::kSuccess);
-  EXPECT_FALSE(called);
+  w.Attempt(cheap, Outcome::kSuccess);
+  EXPECT_EQ(called, 2) << "each freed slot went to the next waiter, who gave it back";
+  EXPECT_FALSE(refused_called);
   EXPECT_EQ(w.router().queued(m), 0u);
 }
 
-TEST(Router, WakeMayQueueAgainWithoutDeadlock) {
+TEST(Router, AWokenWaiterMayQueueAgainWithoutDeadlock) {
   World w({ThreePriced()});
   const Model& m = w.model("m/three");
+  const Endpoint& mid = w.endpoint("m/three", "mid");
   int wakes = 0;
-  std::function<void()> again = [&] {
+  std::function<void(const Endpoint&)> again = [&](const Endpoint& e) {
     ++wakes;
-    if (wakes < 3) {
-      EXPECT_NE(w.router().WaitForCapacity(m, again), 0u);
-    }
+    if (wakes < 3) EXPECT_NE(w.router().WaitForCapacity(m, {&mid}, again), 0u);
+    Free(w, e);  // from inside a wake: Report may hand the slot on at once
   };
-  w.router().WaitForCapacity(m, again);
-  for (int i = 0; i < 5; ++i) w.Attempt(w.endpoint("m/three", "mid"), Outcome::kSuccess);
+  w.router().WaitForCapacity(m, {&mid}, again);
+  w.Attempt(mid, Outcome::kSuccess);
   EXPECT_EQ(wakes, 3);
+  EXPECT_EQ(w.router().health(mid).Snapshot(w.now()).in_flight, 0);
 }
 
 // ---------------------------------------------------------------- peer comparison
@@ -1143,7 +1168,12 @@ TEST(Router, ConcurrentDecisionsAndReportsKeepTheInvariants) {
         if (router.Decide(q, now, rng, &plan)) continue;  // all cooling down for a moment
         const Endpoint& e = *plan.candidates[0].endpoint;
         if (router.health(e).Acquire(now) != Availability::kAvailable) continue;
-        if (i % 50 == 0 && router.WaitForCapacity(*plan.candidates[0].model, [&] { woken.fetch_add(1); }) != 0) {
+        if (i % 50 == 0 && router.WaitForCapacity(*plan.candidates[0].model, {&e}, [&](const Endpoint& freed) {
+                               woken.fetch_add(1);
+                               AttemptReport unused;
+                               unused.started = unused.ended = now;
+                               router.Report(freed, unused);
+                             }) != 0) {
           registered.fetch_add(1);
         }
         AttemptReport r;

@@ -111,6 +111,11 @@ struct RouteQuery {
   const ProviderPreferences* preferences = nullptr;           // null = none
   ParameterSet parameters;    // ParametersUsed(request)
   int64_t prompt_tokens = 0;  // estimate (EstimateUsage); prices the tier, checks the context
+  // The most prompt tokens the request can have (call_driver.hpp
+  // PromptTokensBound); 0 = prompt_tokens. max_price is checked at the tier
+  // this many tokens reach, so an estimate that undercounts never lets a
+  // dearer tier through.
+  int64_t prompt_tokens_bound = 0;
   uint64_t session = 0;       // SessionKey(request); 0 = no stickiness
 };
 
@@ -172,7 +177,8 @@ class Router {
 
   // Ends an attempt claimed with health(e).Acquire(): releases its slot,
   // learns from it, trips the breaker when it is far worse than its peers,
-  // and wakes the oldest call waiting for capacity on its model.
+  // and hands the freed slot to the oldest call waiting for one that can use
+  // `endpoint` (claimed for it: see WaitForCapacity).
   void Report(const Endpoint& endpoint, const AttemptReport& report);
 
   // Stickiness: `session` was served by `endpoint` at `now`; for the model's
@@ -180,14 +186,20 @@ class Router {
   // Allocates (one table entry).
   void Remember(uint64_t session, const Endpoint& endpoint, SteadyTime now);
 
-  // Capacity queue. Registers `wake`, called once (from the thread that
-  // frees a slot on `model`, never inside this call) when a slot frees.
-  // Returns a ticket, or 0 when max_queued calls already wait (then `wake`
-  // is never called). A slot freed between the caller's own check and this
-  // call wakes nobody: check capacity again after registering.
-  uint64_t WaitForCapacity(const Model& model, std::function<void()> wake);
+  // Capacity queue, first come first served. Registers a call that can use
+  // any of `usable` (endpoints of its plan, all full now). When a slot of one
+  // of them frees (Report), it is claimed for the oldest waiter that can use
+  // it and `wake(endpoint)` is called once, from the thread that freed it,
+  // never inside this call: the waiter then owns that slot and must end it
+  // with Report (or start its attempt there). Returns a ticket, or 0 when
+  // max_queued calls already wait (then `wake` is never called). A slot
+  // freed between the caller's own check and this call wakes nobody: check
+  // again after registering (and CancelWait if one is free).
+  uint64_t WaitForCapacity(const Model& model, std::vector<const Endpoint*> usable,
+                           std::function<void(const Endpoint&)> wake);
   // Withdraws a waiter (timed out, client gone). True when it still waited
-  // (its `wake` will not be called).
+  // (its `wake` will not be called); false when a slot was already handed to
+  // it (its `wake` is on its way).
   bool CancelWait(uint64_t ticket);
   // Calls waiting on `model` now.
   std::size_t queued(const Model& model) const;
@@ -203,7 +215,8 @@ class Router {
   struct Waiter {
     uint64_t ticket = 0;
     const Model* model = nullptr;
-    std::function<void()> wake;
+    std::vector<const Endpoint*> usable;
+    std::function<void(const Endpoint&)> wake;
   };
 
   const Catalog* catalog_;
@@ -212,15 +225,18 @@ class Router {
 
   mutable std::mutex sticky_mu_;
   std::unordered_map<uint64_t, Sticky> sticky_;  // guarded by sticky_mu_
+  SteadyTime next_sweep_;  // a full table is swept at most once a second; guarded by sticky_mu_
 
   mutable std::mutex queue_mu_;
   std::deque<Waiter> waiters_;  // FIFO; guarded by queue_mu_
   uint64_t next_ticket_ = 1;    // guarded by queue_mu_
 };
 
-// The stickiness key of a conversation (never 0): FNV-1a 64 of the model slug
-// and request.session_id, else `user`, else the text of the conversation's
-// first system and first user message. 0 for a request with none of these.
-uint64_t SessionKey(const ChatRequest& request);
+// The stickiness key of a conversation (never 0): FNV-1a 64 of `tenant` (the
+// caller's API key id: stickiness never crosses keys, so no key can learn
+// from a sticky answer what another key sent), the model slug, and
+// request.session_id, else `user`, else the text of the conversation's first
+// system and first user message. 0 for a request with none of these.
+uint64_t SessionKey(const ChatRequest& request, int64_t tenant);
 
 }  // namespace tollgate::routing
