@@ -179,6 +179,10 @@ std::string RenderModelEndpoints(const routing::Model& m, const routing::Router&
         {"p50_latency_ms", OrNull(stats.p50_latency_ms)},
         {"p50_ttft_ms", OrNull(stats.p50_ttft_ms)},
         {"p50_throughput_tps", OrNull(stats.p50_throughput_tps)},
+        // The endpoint's own context (null when unknown): `context_length`
+        // above must be an integer (@openrouter/sdk PublicEndpoint), so it
+        // falls back to the model's.
+        {"context_length", e.context_length > 0 ? json::value(e.context_length) : json::value(nullptr)},
         {"weight", e.weight},
         {"data_policy", json::object{{"trains_on_prompts", e.data_policy.trains_on_prompts},
                                      {"retains_prompts", e.data_policy.retains_prompts},
@@ -188,6 +192,9 @@ std::string RenderModelEndpoints(const routing::Model& m, const routing::Router&
         {"name", provider + " | " + m.id},
         {"model_id", m.id},
         {"model_name", m.name},
+        // An integer in OpenRouter's schema (PublicEndpoint: z.int(), not
+        // nullable): an unknown endpoint context is the model's (the largest
+        // of its endpoints'), and 0 only when no context is known at all.
         {"context_length", e.context_length > 0 ? e.context_length : m.context_length},
         {"pricing", PricingObject(e.pricing, e.tiers)},
         {"provider_name", provider},

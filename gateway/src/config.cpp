@@ -63,6 +63,7 @@ Result<TokenPrice> ParsePerToken(const std::string& text) {
 // a per-million one. Either stops startup.
 constexpr int64_t kLowestPerMillionFemto = 1'000'000;       // $0.001 per million tokens
 constexpr int64_t kHighestPerTokenFemto = 1'000'000'000'000;  // $0.001 per token
+constexpr Money kHighestPerRequest{10'000'000'000};            // $10 per call
 
 void CheckMagnitude(TokenPrice price, const std::string& text, const std::string& path, PriceUnit unit) {
   const int64_t femto = price.femto_usd_per_token;
@@ -215,9 +216,30 @@ void ParsePricing(const YAML::Node& pn, const std::string& path, Reader& r, Endp
     out.cached_prompt = node["cached_prompt"] ? r.PriceIn(node["cached_prompt"], at + ".cached_prompt", unit) : out.prompt;
     out.cache_write = node["cache_write"] ? r.PriceIn(node["cache_write"], at + ".cache_write", unit) : out.prompt;
     if (node["reasoning"]) out.reasoning = r.PriceIn(node["reasoning"], at + ".reasoning", unit);
+    // Cache reads are discounted prompt tokens everywhere (cache writes may
+    // cost more, reads never do): a dearer one is a typo, and would also make
+    // stickiness and the cache discount in the routing price run backwards.
+    if (out.cached_prompt > out.prompt) {
+      auto text = [&](TokenPrice p) {
+        return unit == PriceUnit::kPerToken ? FormatUsdPerToken(p) : FormatUsd(Money{p.femto_usd_per_token});
+      };
+      Fail(at + ".cached_prompt", text(out.cached_prompt) + " is above this pricing's prompt price " +
+                                      text(out.prompt) +
+                                      ": cache reads are never dearer than prompt tokens (cache writes may be), "
+                                      "so this is likely a typo");
+    }
   };
   read(pn, path, e.pricing);
-  if (pn["per_request"]) e.pricing.per_request = r.Usd(pn["per_request"], path + ".per_request");
+  if (pn["per_request"]) {
+    e.pricing.per_request = r.Usd(pn["per_request"], path + ".per_request");
+    // A fee of more than $10 on every call is a unit mistake (a per-million
+    // token price, or cents), not a real price.
+    if (e.pricing.per_request > kHighestPerRequest) {
+      Fail(path + ".per_request", "$" + FormatUsd(e.pricing.per_request) + " per call is above $" +
+                                      FormatUsd(kHighestPerRequest) +
+                                      ", likely a unit mistake: per_request is USD per request, e.g. 0.005");
+    }
+  }
   if (auto ts = pn["tiers"]) {
     if (!ts.IsSequence()) Fail(path + ".tiers", "must be a list of {above_prompt_tokens, prompt, completion, ...}");
     int64_t last = 0;
@@ -240,6 +262,9 @@ void ParsePricing(const YAML::Node& pn, const std::string& path, Reader& r, Endp
     }
   }
 }
+
+constexpr double kLowestWeight = 0.001;
+constexpr double kHighestWeight = 1000;
 
 EndpointConfig ParseEndpoint(const YAML::Node& en, const std::string& epath,
                              const std::vector<ProviderConfig>& providers, Reader& r) {
@@ -308,8 +333,9 @@ EndpointConfig ParseEndpoint(const YAML::Node& en, const std::string& epath,
     e.max_concurrency = static_cast<int>(r.Int(en["max_concurrency"], epath + ".max_concurrency", 0, 1'000'000));
   }
   if (en["weight"]) {
-    e.weight = r.Double(en["weight"], epath + ".weight", 0, 1e6);
-    if (e.weight <= 0) Fail(epath + ".weight", "must be greater than 0");
+    // Bounded so that weight times the inverse-square price share stays a
+    // normal double (a weight of 1e-300 made every share NaN).
+    e.weight = r.Double(en["weight"], epath + ".weight", kLowestWeight, kHighestWeight);
   }
   return e;
 }

@@ -117,6 +117,9 @@ TEST(Api, ModelEndpointsListEachEndpointWithItsPrice) {
   const auto& t = e.at("tollgate");
   EXPECT_EQ(t.at("endpoint_id").as_string(), "openai/gpt-4o-mini");
   EXPECT_EQ(t.at("provider").as_string(), "openai");
+  // The endpoint's context is unknown: the model's above (the SDK's
+  // PublicEndpoint.context_length is a non-null integer), null here.
+  EXPECT_TRUE(t.at("context_length").is_null());
   EXPECT_EQ(t.at("circuit").as_string(), "closed");
   EXPECT_EQ(t.at("availability").as_string(), "available");
   EXPECT_EQ(t.at("in_flight").as_int64(), 0);
@@ -124,6 +127,33 @@ TEST(Api, ModelEndpointsListEachEndpointWithItsPrice) {
   EXPECT_TRUE(t.at("p50_ttft_ms").is_null());
   EXPECT_EQ(t.at("data_policy"),
             json::parse(R"({"trains_on_prompts":false,"retains_prompts":false,"zero_data_retention":false})"));
+}
+
+TEST(Api, EndpointContextLengthsAreTheirOwnOrTheModels) {
+  NamedProvider provider;
+  routing::Model m{"meta/llama", "Llama", 131072, 1700000000, {}};
+  m.endpoints.push_back(MakeEndpoint("groq/llama", "groq", &provider, Prices(1, 1, 1, 1), 8192));
+  m.endpoints.push_back(MakeEndpoint("together/llama", "together", &provider, Prices(1, 1, 1, 1), 0));
+  routing::Model unknown{"local/tiny", "Tiny", 0, 1700000000, {}};
+  unknown.endpoints.push_back(MakeEndpoint("local/tiny", "local", &provider, Prices(1, 1, 1, 1), 0));
+  routing::Catalog catalog({m, unknown});
+  routing::Router router(&catalog, routing::RouterOptions{});
+  auto v = json::parse(RenderModelEndpoints(*catalog.Find("meta/llama"), router, routing::SteadyTime{}));
+  const auto& endpoints = v.at("data").at("endpoints");
+  EXPECT_EQ(endpoints.at(0).at("context_length").as_int64(), 8192);
+  EXPECT_EQ(endpoints.at(0).at("tollgate").at("context_length").as_int64(), 8192);
+  EXPECT_EQ(endpoints.at(1).at("context_length").as_int64(), 131072);
+  EXPECT_TRUE(endpoints.at(1).at("tollgate").at("context_length").is_null());
+  // Nothing known at all: still an integer where the SDK requires one, null
+  // in Tollgate's own figure and in the models list (Model.context_length is
+  // nullable there).
+  v = json::parse(RenderModelEndpoints(*catalog.Find("local/tiny"), router, routing::SteadyTime{}));
+  const auto& tiny = v.at("data").at("endpoints").at(0);
+  EXPECT_EQ(tiny.at("context_length").as_int64(), 0);
+  EXPECT_TRUE(tiny.at("tollgate").at("context_length").is_null());
+  auto models = json::parse(RenderModels(catalog));
+  EXPECT_TRUE(models.at("data").at(1).at("context_length").is_null());
+  EXPECT_TRUE(models.at("data").at(1).at("top_provider").at("context_length").is_null());
 }
 
 TEST(Api, ModelEndpointsCarryLiveFigures) {

@@ -379,7 +379,7 @@ TEST(Config, BadEndpointValuesAreReportedWithTheirPath) {
   ExpectRefused(e + "data_policy: {zero_data_retention: true, retains_prompts: true}}",
                 "models[0].endpoint.data_policy.zero_data_retention");
   ExpectRefused(e + "max_concurrency: -1}", "models[0].endpoint.max_concurrency");
-  ExpectRefused(e + "weight: 0}", "models[0].endpoint.weight");
+  ExpectRefused(e + "weight: 0}", "models[0].endpoint.weight", "out of range");
   ExpectRefused(e + "weight: heavy}", "models[0].endpoint.weight");
   ExpectRefused(WithPricing("{prompt: '1', completion: '1', per_request: '-1'}"),
                 "models[0].endpoint.pricing.per_request");
@@ -396,6 +396,49 @@ TEST(Config, BadEndpointValuesAreReportedWithTheirPath) {
   ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{above_prompt_tokens: 100, prompt: '2', "
                             "completion: '2', per_request: '1'}]}"),
                 "models[0].endpoint.pricing.tiers[0].per_request", "unknown key");
+}
+
+TEST(Config, WeightIsBetweenAThousandthAndAThousand) {
+  const std::string e = "models:\n  - id: a/m\n    endpoint: {provider: openai, model: m, pricing: {prompt: '1', "
+                        "completion: '1'}, ";
+  for (const std::string& w : {"0.001", "1", "2.5", "1000"}) {
+    auto config = Parse(e + "weight: " + w + "}");
+    ASSERT_TRUE(config) << w << ": " << config.error().message;
+    EXPECT_EQ(config->models[0].endpoints[0].weight, std::stod(w));
+  }
+  // 1e-300 once passed and underflowed every traffic share to NaN.
+  for (const std::string& w : {"1e-300", "0.0009", "-1", "1000.5", "1e6", "1e300"}) {
+    ExpectRefused(e + "weight: " + w + "}", "models[0].endpoint.weight", "out of range [0.001, 1000]");
+  }
+}
+
+TEST(Config, CacheReadsDearerThanPromptTokensAreRefused) {
+  ExpectRefused(WithPricing("{prompt: '0.15', completion: '0.6', cached_prompt: '1.5'}"),
+                "models[0].endpoint.pricing.cached_prompt",
+                "1.5 is above this pricing's prompt price 0.15: cache reads are never dearer than prompt tokens");
+  ExpectRefused(WithPricing("{unit: per_token, prompt: '0.00000015', completion: '0.0000006', "
+                            "cached_prompt: '0.0000002'}"),
+                "models[0].endpoint.pricing.cached_prompt", "0.0000002 is above this pricing's prompt price 0.00000015");
+  // Each tier against its own prompt price, not the base's.
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', tiers: [{above_prompt_tokens: 100, prompt: '2', "
+                            "completion: '2', cached_prompt: '3'}]}"),
+                "models[0].endpoint.pricing.tiers[0].cached_prompt", "likely a typo");
+  auto tier = Parse(WithPricing("{prompt: '1', completion: '1', cached_prompt: '0.5', tiers: [{above_prompt_tokens: "
+                                "100, prompt: '2', completion: '2', cached_prompt: '1.5'}]}"));
+  ASSERT_TRUE(tier) << tier.error().message;
+  // Equal is fine (no discount), and cache writes may cost more than prompt tokens.
+  auto config = Parse(WithPricing("{prompt: '3', completion: '15', cached_prompt: '3', cache_write: '3.75'}"));
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->models[0].endpoints[0].pricing.cache_write.femto_usd_per_token, 3'750'000'000);
+}
+
+TEST(Config, PerRequestFeesAboveTenDollarsAreRefused) {
+  ASSERT_TRUE(Parse(WithPricing("{prompt: '1', completion: '1', per_request: '10'}")));
+  ASSERT_TRUE(Parse(WithPricing("{unit: per_token, prompt: '0.000001', completion: '0.000001', per_request: '0.005'}")));
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', per_request: '10.000000001'}"),
+                "models[0].endpoint.pricing.per_request", "per_request is USD per request, e.g. 0.005");
+  ExpectRefused(WithPricing("{prompt: '1', completion: '1', per_request: '500'}"),
+                "models[0].endpoint.pricing.per_request", "likely a unit mistake");
 }
 
 TEST(Config, ModelRoutingPolicy) {

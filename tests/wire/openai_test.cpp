@@ -729,6 +729,40 @@ TEST(OpenAiDecode, MaxPricesConvertExactlyFromNumbersAndStrings) {
   EXPECT_FALSE(r.provider.max_prompt_price);
 }
 
+// int64 femto-USD per token holds up to 9223372036.854775807 USD per million
+// tokens (int64 nano-USD per request: the same figure in USD). A cap above that
+// caps nothing: no limit, not an error.
+TEST(OpenAiDecode, MaxPricesBeyondTheLargestHeldAmountAreNoCap) {
+  auto caps = [](const std::string& value) {
+    return Decode(Body(R"("provider":{"max_price":{"prompt":)" + value + R"(,"completion":)" + value +
+                       R"(,"request":)" + value + "}}"))
+        .provider;
+  };
+  for (const std::string& huge :
+       {std::string("1e20"), std::string("1e300"), std::string("1.7976931348623157e308"),
+        std::string("9223372036.854775808"), std::string("10000000000"), std::string("18446744073709551615"),
+        std::string("184467440737095516150"), std::string(R"("99999999999999999999")"),
+        "\"" + std::string(300, '9') + ".5\""}) {
+    const ProviderPreferences p = caps(huge);
+    EXPECT_FALSE(p.max_prompt_price) << huge;
+    EXPECT_FALSE(p.max_completion_price) << huge;
+    EXPECT_FALSE(p.max_request_price) << huge;
+  }
+  // The largest held amount itself is a cap.
+  EXPECT_EQ(caps(R"("9223372036.854775807")").max_prompt_price, INT64_MAX);
+  EXPECT_EQ(caps(R"("9223372036.854775807")").max_request_price, INT64_MAX);
+  EXPECT_EQ(caps(R"("9223372036.8547758079")").max_completion_price, INT64_MAX);  // the 10th decimal is dropped
+  EXPECT_EQ(caps("1e9").max_prompt_price, 1'000'000'000'000'000'000);
+  // Huge but malformed is still an error, quoting at most 40 characters.
+  for (const std::string& bad : {std::string("-1e300"), "\"-" + std::string(300, '9') + "\"",
+                                 "\"" + std::string(300, '9') + "x\"", std::string("\"1e300\"")}) {
+    Result<ChatRequest> r = DecodeChatRequest(Body(R"("provider":{"max_price":{"prompt":)" + bad + "}}"));
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().param, "provider.max_price.prompt");
+    EXPECT_LT(r.error().message.size(), 140u) << r.error().message;
+  }
+}
+
 TEST(OpenAiDecode, PerformancePreferencesTakeANumberOrTheP50Cutoff) {
   ChatRequest r = Decode(Body(R"("provider":{"preferred_min_throughput":{"p50":100,"p99":20},
       "preferred_max_latency":2})"));
@@ -768,7 +802,6 @@ TEST(OpenAiDecode, BadProviderFieldsNameTheirExactPath) {
   ExpectRejected(Body(R"("provider":{"max_price":{"prompt":true}})"), "provider.max_price.prompt");
   ExpectRejected(Body(R"("provider":{"max_price":{"completion":[1]}})"), "provider.max_price.completion");
   ExpectRejected(Body(R"("provider":{"max_price":{"request":"-0.5"}})"), "provider.max_price.request");
-  ExpectRejected(Body(R"("provider":{"max_price":{"prompt":1e300}})"), "provider.max_price.prompt");
   ExpectRejected(Body(R"("provider":{"preferred_min_throughput":"fast"})"), "provider.preferred_min_throughput");
   ExpectRejected(Body(R"("provider":{"preferred_min_throughput":-5})"), "provider.preferred_min_throughput");
   ExpectRejected(Body(R"("provider":{"preferred_max_latency":{"p50":"1s"}})"), "provider.preferred_max_latency.p50");

@@ -190,9 +190,9 @@ std::optional<std::string> DecimalText(const json::value& v) {
   if (v.is_double()) {
     const double d = v.get_double();
     if (d == 0) return std::string("0");  // -0 too
-    char buf[512];
+    char buf[512];  // the largest double, 1.8e308, is 309 digits in fixed notation
     auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::fixed);
-    if (ec != std::errc()) return std::string("too large");  // beyond any price; the parser rejects it
+    if (ec != std::errc()) return std::string(d < 0 ? "-" : "") + std::string(400, '9');  // never happens
     return std::string(buf, end);
   }
   return std::nullopt;
@@ -209,8 +209,42 @@ std::string TruncateDecimals(std::string text) {
   return text;
 }
 
+// At most this much of a caller's number goes back in an error message.
+constexpr std::size_t kMaxEchoedChars = 40;
+
+std::string Abridged(const std::string& text) {
+  if (text.size() <= kMaxEchoedChars) return text;
+  return text.substr(0, kMaxEchoedChars - 3) + "...";
+}
+
+// True when `text` is a plain non-negative decimal ("123", "4.5") whose value,
+// scaled by 10^9, is beyond int64: a cap above any price Tollgate can hold
+// (about 9.2e9 USD per million tokens, or per request), which caps nothing.
+bool BeyondLargestCap(std::string_view text) {
+  const std::size_t dot = text.find('.');
+  const std::string_view whole = text.substr(0, dot);
+  const std::string_view frac = dot == std::string_view::npos ? std::string_view{} : text.substr(dot + 1);
+  auto digits = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (whole.empty() || !digits(whole) || (dot != std::string_view::npos && (frac.empty() || !digits(frac)))) {
+    return false;
+  }
+  __int128 value = 0;
+  for (char c : whole) {
+    value = value * 10 + (c - '0');
+    if (value > INT64_MAX) return true;  // stops before __int128 could overflow
+  }
+  for (std::size_t i = 0; i < 9; ++i) {
+    value = value * 10 + (i < frac.size() ? frac[i] - '0' : 0);
+    if (value > INT64_MAX) return true;
+  }
+  return false;
+}
+
 // max_price.prompt / .completion (USD per million tokens -> femto-USD per
-// token) and .request (USD -> nano-USD).
+// token) and .request (USD -> nano-USD). A cap beyond the largest
+// representable amount leaves `out` empty: no cap.
 Status ReadMaxPrice(const json::object& o, std::string_view key, const std::string& param, const Paths& paths,
                     bool per_request, std::optional<int64_t>& out) {
   const json::value* v = Present(o, key);
@@ -221,14 +255,21 @@ Status ReadMaxPrice(const json::object& o, std::string_view key, const std::stri
     return paths.Bad(param, "must be a number (" + std::string(unit) + ") or a decimal string");
   }
   const std::string decimal = TruncateDecimals(*text);
+  if (BeyondLargestCap(decimal)) {
+    out.reset();
+    return {};
+  }
   if (per_request) {
     Result<Money> usd = ParseUsd(decimal);
-    if (!usd) return paths.Bad(param, "must be a non-negative amount of " + std::string(unit) + " ('" + *text + "')");
+    if (!usd) {
+      return paths.Bad(param,
+                       "must be a non-negative amount of " + std::string(unit) + " ('" + Abridged(*text) + "')");
+    }
     out = usd->nano_usd;
   } else {
     Result<TokenPrice> price = ParsePricePerMillion(decimal);
     if (!price) {
-      return paths.Bad(param, "must be a non-negative price in " + std::string(unit) + " ('" + *text + "')");
+      return paths.Bad(param, "must be a non-negative price in " + std::string(unit) + " ('" + Abridged(*text) + "')");
     }
     out = price->femto_usd_per_token;
   }

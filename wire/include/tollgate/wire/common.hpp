@@ -116,7 +116,10 @@ inline constexpr std::size_t kMaxSessionIdBytes = 256;
 // max_price numbers are converted through their shortest round-trip decimal
 // text (0.1 -> "0.1", never 0.1000000000000000055...), then read with
 // ParsePricePerMillion / ParseUsd; digits past the 9th decimal are dropped,
-// which only ever lowers a cap.
+// which only ever lowers a cap. A cap beyond the largest amount Tollgate
+// holds (about 9.2e9 USD per million tokens, or per request; 1e20, 1e300)
+// caps nothing and is left unset. Error messages quote at most 40 characters
+// of the caller's number.
 // `request.model` is read first (it may already be set by the caller).
 // Errors: kInvalidArgument with `param` the exact path
 // ("provider.max_price.prompt", "models[2]") in `style`.
