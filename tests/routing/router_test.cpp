@@ -1,5 +1,7 @@
 #include "tollgate/routing/router.hpp"
 
+#include "fake_provider.hpp"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -16,28 +18,14 @@
 namespace tollgate::routing {
 namespace {
 
+using testing::FakeProvider;
+using testing::PerMillion;
+
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 // ---------------------------------------------------------------- fixtures
 
-// A provider the router only looks at: its name and declared parameters.
-class FakeProvider final : public Provider {
- public:
-  FakeProvider(std::string name, ParameterSet supported) : name_(std::move(name)), supported_(supported) {}
-  std::string_view Name() const override { return name_; }
-  const ParameterSet& SupportedParameters() const override { return supported_; }
-  void Start(const ProviderRequest&, std::shared_ptr<StreamSink>, std::stop_token) override {
-    ADD_FAILURE() << "routing never calls a provider";
-  }
-
- private:
-  std::string name_;
-  ParameterSet supported_;
-};
-
-// Prices in USD per million tokens, as configs write them.
-TokenPrice PerMillion(double usd) { return TokenPrice{std::llround(usd * 1e9)}; }
 
 struct EndpointSpec {
   std::string id;           // also the provider id unless provider_id is set

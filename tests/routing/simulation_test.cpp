@@ -15,6 +15,8 @@
 //   - an endpoint answering many 429s loses its share.
 #include "tollgate/routing/router.hpp"
 
+#include "fake_provider.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -31,26 +33,12 @@
 namespace tollgate::routing {
 namespace {
 
+using testing::FakeProvider;
+using testing::PerMillion;
+
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-// A provider the router only looks at (its name and parameters).
-class SimProvider final : public Provider {
- public:
-  explicit SimProvider(std::string name) : name_(std::move(name)) {}
-  std::string_view Name() const override { return name_; }
-  const ParameterSet& SupportedParameters() const override { return supported_; }
-  void Start(const ProviderRequest&, std::shared_ptr<StreamSink>, std::stop_token) override {
-    ADD_FAILURE() << "routing never calls a provider";
-  }
-
- private:
-  std::string name_;
-  ParameterSet supported_ = ParameterSet::All();
-};
-
-// Prices in USD per million tokens, as configs write them.
-TokenPrice PerMillion(double usd) { return TokenPrice{std::llround(usd * 1e9)}; }
 
 // How a simulated endpoint behaves. Times in ms, throughput in tokens/s.
 struct Behaviour {
@@ -83,7 +71,7 @@ class Simulation {
     m.id = "sim/model";
     m.name = "Simulated model";
     for (const SimEndpoint& s : specs_) {
-      providers_.push_back(std::make_unique<SimProvider>(s.id));
+      providers_.push_back(std::make_unique<FakeProvider>(s.id));
       Endpoint e;
       e.id = s.id;
       e.provider_id = s.id;
@@ -323,7 +311,7 @@ class Simulation {
   }
 
   std::vector<SimEndpoint> specs_;
-  std::vector<std::unique_ptr<SimProvider>> providers_;
+  std::vector<std::unique_ptr<FakeProvider>> providers_;
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<Router> router_;
   std::mt19937_64 world_rng_;  // outcomes
