@@ -17,6 +17,8 @@ std::string_view ParamName(Param param) {
     case Param::kFrequencyPenalty: return "frequency_penalty";
     case Param::kPresencePenalty: return "presence_penalty";
     case Param::kRepetitionPenalty: return "repetition_penalty";
+    case Param::kMinP: return "min_p";
+    case Param::kLogitBias: return "logit_bias";
     case Param::kMaxTokens: return "max_tokens";
     case Param::kN: return "n";
     case Param::kLogprobs: return "logprobs";
@@ -96,6 +98,8 @@ ParameterSet ParametersUsed(const ChatRequest& r) {
   if (r.frequency_penalty) used.Add(Param::kFrequencyPenalty);
   if (r.presence_penalty) used.Add(Param::kPresencePenalty);
   if (r.repetition_penalty) used.Add(Param::kRepetitionPenalty);
+  if (r.min_p) used.Add(Param::kMinP);
+  if (!r.logit_bias.empty()) used.Add(Param::kLogitBias);
   if (r.max_tokens) used.Add(Param::kMaxTokens);
   if (r.n && *r.n > 1) used.Add(Param::kN);
   if (r.logprobs) used.Add(Param::kLogprobs);
@@ -141,6 +145,8 @@ void DropParameters(ChatRequest& r, const ParameterSet& drop) {
       case Param::kFrequencyPenalty: r.frequency_penalty.reset(); break;
       case Param::kPresencePenalty: r.presence_penalty.reset(); break;
       case Param::kRepetitionPenalty: r.repetition_penalty.reset(); break;
+      case Param::kMinP: r.min_p.reset(); break;
+      case Param::kLogitBias: r.logit_bias.clear(); break;
       case Param::kMaxTokens:
         r.max_tokens.reset();
         r.max_tokens_field = MaxTokensField::kNone;

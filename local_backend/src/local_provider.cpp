@@ -36,11 +36,14 @@ Error MakeError(ErrorCode code, std::string message, std::string param = {}) {
   return Error{code, std::move(message), std::move(param), {}};
 }
 
-// What this engine honours (core/parameters.hpp): no tools and no image input
-// (no chat template yet: the local engine issue adds them), so requests with
-// those are refused with a 400 naming them, never silently flattened.
+// What this engine honours (core/parameters.hpp): sampling, limits and stop
+// strings; no tools and no image input (no chat template yet), so requests
+// with those are refused with a 400 naming them, never silently flattened.
 const ParameterSet& LocalParameters() {
-  static const ParameterSet params{Param::kMaxTokens, Param::kTemperature, Param::kTopP, Param::kStop, Param::kSeed};
+  static const ParameterSet params{Param::kMaxTokens,         Param::kTemperature,      Param::kTopP,
+                                   Param::kTopK,              Param::kMinP,             Param::kRepetitionPenalty,
+                                   Param::kPresencePenalty,   Param::kFrequencyPenalty, Param::kLogitBias,
+                                   Param::kStop,              Param::kSeed};
   return params;
 }
 
@@ -181,7 +184,7 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
 
     int64_t limit = context_length - prompt_tokens;
     if (job.max_tokens) limit = std::min(limit, *job.max_tokens);
-    Sampler sampler(job.sampling);
+    Sampler sampler(job.sampling, prompt);
     IncrementalDetokenizer detokenizer(*tokenizer, prompt.back());
     StopMatcher stop_matcher(std::move(job.stop));
     bool emitted = false;
@@ -211,6 +214,7 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
       if (job.cancel.stop_requested() && emitted) break;
       if (auto e = interrupted()) return fail(*e);
       const TokenId token = sampler.Sample(logits);
+      sampler.Accept(token);
       if (token == tokenizer->eos_id()) {
         finish = FinishReason::kStop;
         break;
@@ -312,6 +316,14 @@ void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<Stream
   job.max_tokens = req.max_tokens;
   job.sampling.temperature = req.temperature.value_or(1.0);
   job.sampling.top_p = req.top_p.value_or(1.0);
+  job.sampling.top_k = req.top_k.value_or(0);
+  job.sampling.min_p = req.min_p.value_or(0.0);
+  job.sampling.repetition_penalty = req.repetition_penalty.value_or(1.0);
+  job.sampling.presence_penalty = req.presence_penalty.value_or(0.0);
+  job.sampling.frequency_penalty = req.frequency_penalty.value_or(0.0);
+  for (const auto& [token, bias] : req.logit_bias) {
+    job.sampling.logit_bias.emplace_back(static_cast<TokenId>(token), static_cast<float>(bias));
+  }
   job.sampling.seed = req.seed;
   job.stop = req.stop;
   job.deadline = request.deadline;

@@ -33,7 +33,7 @@ std::vector<Preset> MakePresets() {
   // `metadata` only with `store: true` ("The 'metadata' parameter is only
   // allowed when 'store' is enabled"), which Tollgate never sets: not declared.
   p.push_back({"openai", "OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY", MaxTokensField::kMaxCompletionTokens,
-               true, PresetReasoning::kOpenAi, false, false, false, true, With(Common(), {P::kReasoning})});
+               true, PresetReasoning::kOpenAi, false, false, false, true, With(Common(), {P::kReasoning, P::kLogitBias})});
   p.push_back({"deepseek", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", MaxTokensField::kMaxTokens,
                false, PresetReasoning::kDeepSeek, true, false, false, true,
                ParameterSet{P::kTools, P::kToolChoice, P::kResponseFormat, P::kStop, P::kTemperature, P::kTopP,
@@ -69,25 +69,26 @@ std::vector<Preset> MakePresets() {
                Without(With(Common(), {P::kReasoning}), {P::kN})});
   p.push_back({"together", "Together", "https://api.together.xyz/v1", "TOGETHER_API_KEY", MaxTokensField::kMaxTokens,
                false, PresetReasoning::kNone, false, false, false, true,
-               With(Common(), {P::kTopK, P::kRepetitionPenalty})});
+               With(Common(), {P::kTopK, P::kRepetitionPenalty, P::kMinP, P::kLogitBias})});
   p.push_back({"fireworks", "Fireworks", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
                MaxTokensField::kMaxTokens, false, PresetReasoning::kNone, false, false, false, true,
-               With(Common(), {P::kTopK, P::kRepetitionPenalty})});
+               With(Common(), {P::kTopK, P::kRepetitionPenalty, P::kMinP, P::kLogitBias})});
   p.push_back({"xai", "xAI", "https://api.x.ai/v1", "XAI_API_KEY", kAsGiven, false, PresetReasoning::kOpenAi, false, false, false, true, With(Common(), {P::kReasoning})});
   p.push_back({"openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", kAsGiven, true,
                PresetReasoning::kOpenRouter, false, false, true, true,
                ParameterSet::All().Minus({P::kLogprobs, P::kTopLogprobs})});
   p.push_back({"vllm", "vLLM", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", kAsGiven, false, PresetReasoning::kNone,
-               false, false, false, true, With(Common(), {P::kTopK, P::kRepetitionPenalty})});
+               false, false, false, true, With(Common(), {P::kTopK, P::kRepetitionPenalty, P::kMinP, P::kLogitBias})});
   p.push_back({"sglang", "SGLang", "http://127.0.0.1:30000/v1", "SGLANG_API_KEY", kAsGiven, false,
-               PresetReasoning::kNone, false, false, false, true, With(Common(), {P::kTopK, P::kRepetitionPenalty})});
+               PresetReasoning::kNone, false, false, false, true,
+               With(Common(), {P::kTopK, P::kRepetitionPenalty, P::kMinP})});
   p.push_back({"ollama", "Ollama", "http://127.0.0.1:11434/v1", "OLLAMA_API_KEY", MaxTokensField::kMaxTokens, false,
                PresetReasoning::kNone, false, false, false, true,
                ParameterSet{P::kTools, P::kResponseFormat, P::kStructuredOutputs, P::kStop, P::kSeed, P::kTemperature,
                             P::kTopP, P::kFrequencyPenalty, P::kPresencePenalty, P::kMaxTokens, P::kImageInput}});
   p.push_back({"llamacpp", "llama.cpp", "http://127.0.0.1:8080/v1", "LLAMACPP_API_KEY", MaxTokensField::kMaxTokens,
                false, PresetReasoning::kNone, false, false, false, true,
-               With(Without(Common(), {P::kN}), {P::kTopK})});
+               With(Without(Common(), {P::kN}), {P::kTopK, P::kMinP, P::kLogitBias})});
   return p;
 }
 

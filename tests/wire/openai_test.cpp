@@ -1,4 +1,5 @@
 #include "tollgate/wire/openai.hpp"
+#include "tollgate/core/parameters.hpp"
 
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
@@ -226,6 +227,13 @@ TEST(OpenAiDecode, SamplingRangesAreEnforced) {
            Case{R"("presence_penalty":-2.5)", "presence_penalty"},
            Case{R"("repetition_penalty":0)", "repetition_penalty"},
            Case{R"("repetition_penalty":2.1)", "repetition_penalty"},
+           Case{R"("min_p":-0.1)", "min_p"},
+           Case{R"("min_p":1.5)", "min_p"},
+           Case{R"("logit_bias":[1])", "logit_bias"},
+           Case{R"("logit_bias":{"abc":1})", "logit_bias"},
+           Case{R"("logit_bias":{"-1":1})", "logit_bias"},
+           Case{R"("logit_bias":{"5":101})", "logit_bias"},
+           Case{R"("logit_bias":{"5":"1"})", "logit_bias"},
            Case{R"("max_tokens":16777217)", "max_tokens"},
            Case{R"("max_tokens":-5)", "max_tokens"},
            Case{R"("max_tokens":"10")", "max_tokens"},
@@ -860,10 +868,27 @@ TEST(OpenAiDecode, CompletionsTakeTheSameRoutingFields) {
 }
 
 TEST(OpenAiDecode, UnknownFieldsAreIgnored) {
-  ChatRequest r = Decode(Body(R"("logit_bias":{"50256":-100},"service_tier":"auto","modalities":["text"],
+  ChatRequest r = Decode(Body(R"("service_tier":"auto","modalities":["text"],
       "prediction":{"type":"content"},"web_search_options":{},"transforms":["middle-out"],"x_custom":[1,2])"));
   EXPECT_EQ(r.model, "m");
   ASSERT_EQ(r.messages.size(), 1u);
+}
+
+TEST(OpenAiDecode, MinPAndLogitBiasRoundTrip) {
+  ChatRequest r = Decode(Body(R"("min_p":0.05,"logit_bias":{"50256":-100,"7":2.5})"));
+  ASSERT_TRUE(r.min_p);
+  EXPECT_DOUBLE_EQ(*r.min_p, 0.05);
+  ASSERT_EQ(r.logit_bias.size(), 2u);
+  EXPECT_EQ(r.logit_bias[0], (std::pair<int64_t, double>{50256, -100}));
+  EXPECT_EQ(r.logit_bias[1], (std::pair<int64_t, double>{7, 2.5}));
+  EXPECT_TRUE(tollgate::ParametersUsed(r).Has(tollgate::Param::kMinP));
+  EXPECT_TRUE(tollgate::ParametersUsed(r).Has(tollgate::Param::kLogitBias));
+  const json::object o = Object(EncodeChatRequest(r, RequestOptions{}));
+  EXPECT_DOUBLE_EQ(o.at("min_p").to_number<double>(), 0.05);
+  EXPECT_DOUBLE_EQ(o.at("logit_bias").at("50256").to_number<double>(), -100);
+  std::string many = "{";
+  for (int i = 0; i < 1025; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + "\":1";
+  ExpectRejected(Body(R"("logit_bias":)" + many + "}"), "logit_bias");
 }
 
 TEST(OpenAiDecode, CompletionRequestsTakeAPrompt) {

@@ -11,6 +11,7 @@
 #include <boost/json/string.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -179,6 +180,34 @@ Status ReadInteger(const json::object& o, std::string_view key, const std::strin
     return Bad(param + range, param);
   }
   out = *i;
+  return {};
+}
+
+// OpenAI `logit_bias`: an object of token ids (decimal strings) to biases in
+// [-100, 100] (API reference, chat/create). At most kMaxLogitBias entries.
+constexpr std::size_t kMaxLogitBias = 1024;
+Status ReadLogitBias(const json::object& o, std::vector<std::pair<int64_t, double>>& out) {
+  const json::value* v = Present(o, "logit_bias");
+  if (v == nullptr) return {};
+  if (!v->is_object()) return Bad("logit_bias must be an object of token ids to biases", "logit_bias");
+  if (v->get_object().size() > kMaxLogitBias) {
+    return Bad("logit_bias may hold at most " + std::to_string(kMaxLogitBias) + " tokens", "logit_bias");
+  }
+  for (const auto& kv : v->get_object()) {
+    const std::string_view key = kv.key();
+    int64_t token = -1;
+    auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), token);
+    const std::string shown(key.substr(0, 24));
+    if (ec != std::errc() || end != key.data() + key.size() || token < 0 || token > INT32_MAX) {
+      return Bad("logit_bias keys must be token ids (non-negative integers), got '" + shown + "'", "logit_bias");
+    }
+    if (!kv.value().is_number()) return Bad("logit_bias['" + shown + "'] must be a number", "logit_bias");
+    const double bias = kv.value().to_number<double>();
+    if (!std::isfinite(bias) || bias < -100 || bias > 100) {
+      return Bad("logit_bias['" + shown + "'] must be between -100 and 100", "logit_bias");
+    }
+    out.emplace_back(token, bias);
+  }
   return {};
 }
 
@@ -752,6 +781,8 @@ Status DecodeSampling(const json::object& o, ChatRequest& req) {
   if (auto e = ReadNumber(o, "repetition_penalty", "repetition_penalty", 0, 2, true, req.repetition_penalty)) {
     return e;
   }
+  if (auto e = ReadNumber(o, "min_p", "min_p", 0, 1, false, req.min_p)) return e;
+  if (auto e = ReadLogitBias(o, req.logit_bias)) return e;
   // `seed` is a signed 64-bit integer (API reference); the canonical field
   // keeps its bits, EncodeChatRequest writes it back signed.
   if (const json::value* seed = Present(o, "seed")) {
@@ -1079,6 +1110,12 @@ void SamplingJson(const ChatRequest& r, const RequestOptions& options, json::obj
   if (r.frequency_penalty) body["frequency_penalty"] = *r.frequency_penalty;
   if (r.presence_penalty) body["presence_penalty"] = *r.presence_penalty;
   if (r.repetition_penalty) body["repetition_penalty"] = *r.repetition_penalty;
+  if (r.min_p) body["min_p"] = *r.min_p;
+  if (!r.logit_bias.empty()) {
+    json::object bias;
+    for (const auto& [token, value] : r.logit_bias) bias[std::to_string(token)] = value;
+    body["logit_bias"] = std::move(bias);
+  }
   if (r.seed) body[options.seed_field] = static_cast<int64_t>(*r.seed);  // signed, as it came in
   if (!r.stop.empty()) {
     json::array stop;

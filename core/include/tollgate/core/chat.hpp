@@ -243,6 +243,10 @@ struct ChatRequest {
   std::optional<double> frequency_penalty;
   std::optional<double> presence_penalty;
   std::optional<double> repetition_penalty;
+  std::optional<double> min_p;  // keep tokens with p >= min_p * p_max (OpenRouter, vLLM, llama.cpp)
+  // OpenAI `logit_bias`: token id -> bias in [-100, 100] added to its logit,
+  // in the order given. Token ids are the serving model's own.
+  std::vector<std::pair<int64_t, double>> logit_bias;
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
   std::optional<int64_t> n;  // choices to generate

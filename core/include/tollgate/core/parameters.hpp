@@ -39,6 +39,8 @@ enum class Param : uint8_t {
   kFrequencyPenalty,   // "frequency_penalty"
   kPresencePenalty,    // "presence_penalty"
   kRepetitionPenalty,  // "repetition_penalty"
+  kMinP,               // "min_p"
+  kLogitBias,          // "logit_bias"
   kMaxTokens,          // "max_tokens" (max_completion_tokens too)
   kN,                  // "n"
   kLogprobs,           // "logprobs"

@@ -15,14 +15,18 @@
 //     A GGUF's `tokenizer.chat_template` is ignored for now (no Jinja engine
 //     here).
 //   - Supported parameters (SupportedParameters): max_tokens, temperature,
-//     top_p, stop, seed. Tools and image input are not supported, so the
-//     gateway refuses such requests with a 400 naming the parameter; other
-//     parameters are dropped by the gateway before Start.
+//     top_p, top_k, min_p, repetition_penalty, presence_penalty,
+//     frequency_penalty, logit_bias, stop, seed. Tools and image input are
+//     not supported, so the gateway refuses such requests with a 400 naming
+//     the parameter; other parameters are dropped by the gateway before
+//     Start.
 //   - `upstream_model` is ignored: the provider serves exactly its one model.
 //   - Special-token text such as "<s>" in the prompt is plain text.
 //
-// Generation: Sampler (sampler.hpp) with request temperature (default 1.0,
-// as in the OpenAI API; 0 = greedy), top_p (default 1.0) and seed. It ends
+// Generation: Sampler (sampler.hpp) with the request's temperature (default
+// 1.0, as in the OpenAI API; 0 = greedy), top_p (default 1.0), top_k, min_p,
+// penalties (repetition over prompt and output, presence and frequency over
+// the output), logit_bias and seed. It ends
 //   - at EOS                              -> finish kStop (EOS not emitted or counted);
 //   - at a `stop` string                  -> finish kStop, the stop string and what
 //                                            follows it not emitted;
