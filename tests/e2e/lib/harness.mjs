@@ -96,6 +96,7 @@ export function referenceFor(prompt) {
   return {
     promptTokensWithBos: entry.prompt_ids_with_bos.length,
     generatedTokens: entry.llama_cpp_f32.generated_ids.length,
+    generatedIds: entry.llama_cpp_f32.generated_ids,
     generatedText: text.slice(prompt.length), // what the model adds after the prompt
   };
 }

@@ -472,6 +472,23 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.equal(row.finish_reason, 'length');
   });
 
+  test('local model, chat, greedy with logit_bias and penalties: the sampler honours them', async () => {
+    const ask = (extra) => client.chat.completions.create({
+      model: LOCAL, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0, max_tokens: 8, ...extra,
+    });
+    const plain = (await ask({})).choices[0].message.content;
+    assert.ok(REF.generatedText.startsWith(plain), 'greedy without extras is the reference');
+    // Banning the reference's first token changes the answer's start; min_p and top_k with greedy change nothing.
+    const banned = (await ask({ logit_bias: { [String(REF.generatedIds[0])]: -100 } })).choices[0].message.content;
+    assert.notEqual(banned.slice(0, 3), plain.slice(0, 3), `banned first token: ${JSON.stringify(banned)}`);
+    assert.equal((await ask({ min_p: 0.1, top_k: 5 })).choices[0].message.content, plain);
+    // A strong repetition penalty steers greedy decoding away from the reference.
+    const penalised = (await ask({ repetition_penalty: 2, max_tokens: 24 })).choices[0].message.content;
+    assert.notEqual(penalised, REF.generatedText.slice(0, penalised.length), `penalised: ${JSON.stringify(penalised)}`);
+    // Out of range: a 400 naming the field.
+    await assert.rejects(ask({ logit_bias: { 5: 101 } }), (e) => e.status === 400 && /logit_bias/.test(e.message));
+  });
+
   test('local model, chat, streamed with include_usage: same text as plain', async () => {
     const N = 40;
     const body = { model: LOCAL, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0, max_tokens: N };
