@@ -7,9 +7,11 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libboost-json1.81-dev libboost-url1.81-dev libboost-system1.81-dev
+  libboost-program-options1.81-dev
   libssl-dev ca-certificates libpq-dev postgresql
   prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev
   nodejs curl
 )
 

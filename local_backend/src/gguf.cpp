@@ -1,5 +1,7 @@
 #include "tollgate/local_backend/gguf.hpp"
 
+#include "tollgate/local_backend/quant.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -17,36 +19,10 @@ constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as little-endian u32
 constexpr int kMaxArrayDepth = 8;
 constexpr uint64_t kMaxDims = 4;  // GGML_MAX_DIMS
 
-struct TypeTraits {
-  int64_t block_size = 0;  // elements per block
-  int64_t type_size = 0;   // bytes per block
-};
-
-// Block sizes from ggml.c `type_traits`. Ids absent here are rejected at Open.
-bool LookupTraits(uint32_t id, TypeTraits* out) {
-  switch (id) {
-    case 0: *out = {1, 4}; return true;       // F32
-    case 1: *out = {1, 2}; return true;       // F16
-    case 2: *out = {32, 18}; return true;     // Q4_0
-    case 3: *out = {32, 20}; return true;     // Q4_1
-    case 6: *out = {32, 22}; return true;     // Q5_0
-    case 7: *out = {32, 24}; return true;     // Q5_1
-    case 8: *out = {32, 34}; return true;     // Q8_0
-    case 9: *out = {32, 36}; return true;     // Q8_1
-    case 10: *out = {256, 84}; return true;   // Q2_K
-    case 11: *out = {256, 110}; return true;  // Q3_K
-    case 12: *out = {256, 144}; return true;  // Q4_K
-    case 13: *out = {256, 176}; return true;  // Q5_K
-    case 14: *out = {256, 210}; return true;  // Q6_K
-    case 15: *out = {256, 292}; return true;  // Q8_K
-    case 24: *out = {1, 1}; return true;      // I8
-    case 25: *out = {1, 2}; return true;      // I16
-    case 26: *out = {1, 4}; return true;      // I32
-    case 27: *out = {1, 8}; return true;      // I64
-    case 28: *out = {1, 8}; return true;      // F64
-    case 30: *out = {1, 2}; return true;      // BF16
-    default: return false;
-  }
+// Block sizes come from quant.cpp's table (ggml.c `type_traits`), so reader,
+// writer and kernels agree. Ids absent there are rejected at Open.
+bool LookupTraits(uint32_t id, GgmlTypeTraits* out) {
+  return LookupGgmlTypeTraits(static_cast<GgmlType>(id), out);
 }
 
 Error Invalid(std::string message) { return InvalidArgument(std::move(message)); }
@@ -274,7 +250,7 @@ class GgufParser {
     }
     uint32_t type = 0;
     if (auto r = ReadU32("tensor type", type); !r) return r;
-    TypeTraits traits;
+    GgmlTypeTraits traits;
     if (!LookupTraits(type, &traits)) {
       return Invalid("tensor '" + info.name + "' has unknown or unsupported ggml type id " + std::to_string(type));
     }
@@ -284,7 +260,7 @@ class GgufParser {
                      " elements is not a multiple of the " + GgmlTypeName(info.type) + " block size " +
                      std::to_string(traits.block_size));
     }
-    info.size_bytes = static_cast<uint64_t>(elements / traits.block_size) * static_cast<uint64_t>(traits.type_size);
+    info.size_bytes = static_cast<uint64_t>(elements / traits.block_size) * static_cast<uint64_t>(traits.block_bytes);
     if (auto r = ReadU64("tensor offset", info.offset); !r) return r;
     return {};
   }
@@ -436,45 +412,18 @@ std::span<const std::byte> GgufFile::TensorData(const GgufTensorInfo& info) cons
 }
 
 Result<std::vector<float>> GgufFile::ToF32(const GgufTensorInfo& info) const {
-  const std::span<const std::byte> bytes = TensorData(info);
-  const auto n = static_cast<size_t>(info.element_count());
-  std::vector<float> out(n);
-  switch (info.type) {
-    case GgmlType::kF32:
-      std::memcpy(out.data(), bytes.data(), n * sizeof(float));
-      return out;
-    case GgmlType::kF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, bytes.data() + 2 * i, 2);
-        out[i] = HalfToFloat(h);
-      }
-      return out;
-    case GgmlType::kBF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, bytes.data() + 2 * i, 2);
-        out[i] = std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
-      }
-      return out;
-    case GgmlType::kQ8_0: {
-      // block_q8_0 (ggml-common.h): { ggml_half d; int8_t qs[32]; }, 34 bytes.
-      const size_t blocks = n / 32;
-      for (size_t b = 0; b < blocks; ++b) {
-        const std::byte* blk = bytes.data() + 34 * b;
-        uint16_t dh;
-        std::memcpy(&dh, blk, 2);
-        const float d = HalfToFloat(dh);
-        for (size_t j = 0; j < 32; ++j) {
-          out[32 * b + j] = d * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
-        }
-      }
-      return out;
-    }
-    default:
-      return Invalid("tensor '" + info.name + "' has type " + GgmlTypeName(info.type) +
-                     ", which the CPU engine cannot compute (supported: F32, F16, BF16, Q8_0)");
+  if (!IsDequantizeSupported(info.type)) {
+    return Invalid("tensor '" + info.name + "' has type " + GgmlTypeName(info.type) +
+                   ", which cannot be converted to F32 (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, "
+                   "Q8_0, Q4_K, Q5_K, Q6_K, Q8_K)");
   }
+  // Open() checked that ne[0] is a multiple of the block size and that
+  // size_bytes lies inside the mapping, so DequantizeRow reads only the tensor.
+  const std::span<const std::byte> bytes = TensorData(info);
+  const int64_t n = info.element_count();
+  std::vector<float> out(static_cast<size_t>(n));
+  if (n > 0) DequantizeRow(info.type, bytes.data(), out.data(), n);
+  return out;
 }
 
 }  // namespace tollgate::local_backend

@@ -1,7 +1,9 @@
 #include "tollgate/local_backend/local_provider.hpp"
 
+#include "tollgate/local_backend/chat_template.hpp"
 #include "tollgate/local_backend/gguf.hpp"
 #include "tollgate/local_backend/model.hpp"
+#include "tollgate/local_backend/output_parser.hpp"
 #include "tollgate/local_backend/sampler.hpp"
 #include "tollgate/local_backend/tokenizer.hpp"
 
@@ -21,9 +23,19 @@ namespace {
 // honoured during a long prefill.
 constexpr size_t kPrefillChunk = 128;
 
+// A request's prompt as the model reads it.
+struct Prompt {
+  std::string text;
+  EncodeOptions encode;      // a rendered template already holds its special tokens
+  std::string param;         // request field named in errors: "prompt" or "messages"
+  std::optional<OutputParserOptions> output;  // reasoning and tool calls to parse (templated chats)
+};
+
 struct Job {
   std::string prompt;
   std::string prompt_param;  // request field named in errors: "prompt" or "messages"
+  EncodeOptions encode;
+  std::optional<OutputParserOptions> output;
   std::optional<int64_t> max_tokens;
   SamplingParams sampling;
   std::vector<std::string> stop;
@@ -36,15 +48,14 @@ Error MakeError(ErrorCode code, std::string message, std::string param = {}) {
   return Error{code, std::move(message), std::move(param), {}};
 }
 
-// What this engine honours (core/parameters.hpp): sampling, limits and stop
-// strings; no tools and no image input (no chat template yet), so requests
-// with those are refused with a 400 naming them, never silently flattened.
-const ParameterSet& LocalParameters() {
-  static const ParameterSet params{Param::kMaxTokens,         Param::kTemperature,      Param::kTopP,
-                                   Param::kTopK,              Param::kMinP,             Param::kRepetitionPenalty,
-                                   Param::kPresencePenalty,   Param::kFrequencyPenalty, Param::kLogitBias,
-                                   Param::kStop,              Param::kSeed};
-  return params;
+// What every model of this engine honours (core/parameters.hpp): sampling,
+// limits and stop strings. Tools and reasoning come with a chat template that
+// renders them; image input never (refused with a 400 naming it, never
+// silently flattened).
+ParameterSet BaseParameters() {
+  return ParameterSet{Param::kMaxTokens,       Param::kTemperature,      Param::kTopP,      Param::kTopK,
+                      Param::kMinP,            Param::kRepetitionPenalty, Param::kPresencePenalty,
+                      Param::kFrequencyPenalty, Param::kLogitBias,       Param::kStop,      Param::kSeed};
 }
 
 // Blocks the worker while `sink` says its consumer is behind, until it
@@ -68,9 +79,9 @@ void WaitUntilReady(StreamSink& sink, const std::stop_token& cancel, const std::
   }
 }
 
-// The prompt of a chat: the messages' texts joined with "\n" (roles dropped;
-// no chat template yet). Tool results count as their text.
-std::string ChatPrompt(const ChatRequest& req) {
+// The prompt of a chat for a model without a chat template: the messages'
+// texts joined with "\n" (roles dropped). Tool results count as their text.
+std::string PlainChatPrompt(const ChatRequest& req) {
   std::string prompt;
   for (size_t i = 0; i < req.messages.size(); ++i) {
     if (i > 0) prompt += '\n';
@@ -93,6 +104,11 @@ struct LocalProvider::Impl {
   std::string name;
   std::shared_ptr<const GgufFile> gguf;
   std::optional<Tokenizer> tokenizer;
+  // The model's tokenizer.chat_template, parsed; or why it could not be.
+  std::optional<ChatTemplate> chat_template;
+  std::string template_source;
+  std::optional<Error> template_error;
+  ParameterSet params;
   std::shared_ptr<const LlamaModel> model;
   std::unique_ptr<LlamaContext> context;
 
@@ -104,7 +120,43 @@ struct LocalProvider::Impl {
 
   void Run(std::stop_token stop);
   void Serve(Job& job, const std::stop_token& shutdown);
+  Result<Prompt> BuildPrompt(const ChatRequest& req) const;
 };
+
+Result<Prompt> LocalProvider::Impl::BuildPrompt(const ChatRequest& req) const {
+  Prompt prompt;
+  if (req.kind == RequestKind::kCompletion) {
+    prompt.text = req.prompt;
+    prompt.param = "prompt";
+    return prompt;
+  }
+  prompt.param = "messages";
+  if (template_error) return *template_error;
+  if (!chat_template) {
+    prompt.text = PlainChatPrompt(req);
+    return prompt;
+  }
+  ChatTemplateOptions options;
+  options.add_generation_prompt = true;
+  // OpenRouter's `reasoning` switches Qwen3's thinking: enabled unless the
+  // caller turned it off (effort "none" or enabled false).
+  if (chat_template->caps().supports_enable_thinking && req.reasoning) {
+    const bool off = (req.reasoning->enabled && !*req.reasoning->enabled) || req.reasoning->effort == "none";
+    options.enable_thinking = !off;
+  }
+  auto text = chat_template->Render(req.messages, req.tools, options);
+  if (!text) {
+    return Error{ErrorCode::kInvalidArgument,
+                 "the chat template of local model '" + name + "' cannot render this conversation: " +
+                     text.error().message,
+                 "messages", {}};
+  }
+  prompt.text = std::move(*text);
+  // Hugging Face's apply_chat_template: the template writes BOS itself.
+  prompt.encode = EncodeOptions{.add_special = false, .parse_special = true};
+  prompt.output = OutputOptionsFor(template_source, prompt.text, req.tools);
+  return prompt;
+}
 
 void LocalProvider::Impl::Run(std::stop_token stop) {
   while (true) {
@@ -150,7 +202,7 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     if (job.max_tokens && *job.max_tokens < 1) {
       return fail(MakeError(ErrorCode::kInvalidArgument, "max_tokens must be at least 1", "max_tokens"));
     }
-    const std::vector<TokenId> prompt = tokenizer->Encode(job.prompt, /*add_bos=*/true);
+    const std::vector<TokenId> prompt = tokenizer->Encode(job.prompt, job.encode);
     const int64_t context_length = context->context_length();
     const auto prompt_tokens = static_cast<int64_t>(prompt.size());
     if (prompt.empty()) {
@@ -187,11 +239,22 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
     Sampler sampler(job.sampling, prompt);
     IncrementalDetokenizer detokenizer(*tokenizer, prompt.back());
     StopMatcher stop_matcher(std::move(job.stop));
+    // A templated chat's text goes through the output parser (reasoning
+    // blocks and tool calls become their own events); plain text otherwise.
+    std::optional<OutputParser> parser;
+    if (job.output) parser.emplace(*job.output);
+    std::vector<StreamEvent> events;
     bool emitted = false;
     auto emit = [&](const std::string& text) {
       if (text.empty()) return;
       emitted = true;
-      sink.OnEvent(TextDelta{0, text});
+      if (!parser) {
+        sink.OnEvent(TextDelta{0, text});
+        return;
+      }
+      events.clear();
+      parser->Push(text, events);
+      for (StreamEvent& e : events) sink.OnEvent(std::move(e));
     };
 
     FinishReason finish = FinishReason::kLength;
@@ -215,7 +278,7 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
       if (auto e = interrupted()) return fail(*e);
       const TokenId token = sampler.Sample(logits);
       sampler.Accept(token);
-      if (token == tokenizer->eos_id()) {
+      if (tokenizer->IsEndOfGeneration(token)) {
         finish = FinishReason::kStop;
         break;
       }
@@ -246,7 +309,14 @@ void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
       }
       emit(stop_matcher.Flush());
     }
-    sink.OnEvent(FinishDelta{0, finish, std::string(FinishReasonName(finish)), std::move(stop_sequence)});
+    FinishDelta finish_delta{0, finish, std::string(FinishReasonName(finish)), std::move(stop_sequence)};
+    if (parser) {
+      events.clear();
+      parser->Finish(std::move(finish_delta), events);
+      for (StreamEvent& e : events) sink.OnEvent(std::move(e));
+    } else {
+      sink.OnEvent(std::move(finish_delta));
+    }
     Usage usage;
     usage.prompt_tokens = prompt_tokens;
     usage.completion_tokens = generated;
@@ -269,6 +339,25 @@ Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProvider
   auto tokenizer = Tokenizer::FromGguf(*impl->gguf);
   if (!tokenizer) return tokenizer.error();
   impl->tokenizer.emplace(std::move(*tokenizer));
+  impl->params = BaseParameters();
+  if (auto source = impl->gguf->GetString("tokenizer.chat_template")) {
+    impl->template_source = std::string(*source);
+    auto text_of = [&](TokenId id) { return id >= 0 ? impl->tokenizer->Text(id) : std::string(); };
+    auto parsed = ChatTemplate::Parse(impl->template_source, text_of(impl->tokenizer->bos_id()),
+                                      text_of(impl->tokenizer->eos_id()));
+    if (parsed) {
+      impl->chat_template.emplace(std::move(*parsed));
+      if (impl->chat_template->caps().supports_tools) impl->params.Add(Param::kTools);
+      if (impl->chat_template->caps().supports_enable_thinking) impl->params.Add(Param::kReasoning);
+    } else {
+      // The model still serves completions; chats get a 400 naming it.
+      impl->template_error = Error{ErrorCode::kInvalidArgument,
+                                   "the chat template of local model '" + options.display_name +
+                                       "' is beyond what the engine renders (" + parsed.error().message +
+                                       "); use /v1/completions with your own prompt",
+                                   "messages", "unsupported_chat_template"};
+    }
+  }
   auto model = LlamaModel::Load(impl->gguf);
   if (!model) return model.error();
   impl->model = *model;
@@ -296,23 +385,26 @@ std::string_view LocalProvider::Name() const { return impl_->name; }
 
 int LocalProvider::ContextLength() const { return impl_->context->context_length(); }
 
-const ParameterSet& LocalProvider::SupportedParameters() const { return LocalParameters(); }
+const ParameterSet& LocalProvider::SupportedParameters() const { return impl_->params; }
 
 std::optional<int64_t> LocalProvider::CountPromptTokens(const ChatRequest& request) const {
-  const std::string prompt = request.kind == RequestKind::kCompletion ? request.prompt : ChatPrompt(request);
-  return static_cast<int64_t>(impl_->tokenizer->Encode(prompt, /*add_bos=*/true).size());
+  auto prompt = impl_->BuildPrompt(request);
+  if (!prompt) return std::nullopt;
+  return static_cast<int64_t>(impl_->tokenizer->Encode(prompt->text, prompt->encode).size());
 }
 
 void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink, std::stop_token cancel) {
   const ChatRequest& req = *request.request;
-  Job job;
-  if (req.kind == RequestKind::kCompletion) {
-    job.prompt = req.prompt;
-    job.prompt_param = "prompt";
-  } else {
-    job.prompt = ChatPrompt(req);
-    job.prompt_param = "messages";
+  auto prompt = impl_->BuildPrompt(req);
+  if (!prompt) {
+    sink->OnError(prompt.error());
+    return;
   }
+  Job job;
+  job.prompt = std::move(prompt->text);
+  job.prompt_param = std::move(prompt->param);
+  job.encode = prompt->encode;
+  job.output = std::move(prompt->output);
   job.max_tokens = req.max_tokens;
   job.sampling.temperature = req.temperature.value_or(1.0);
   job.sampling.top_p = req.top_p.value_or(1.0);

@@ -1,20 +1,17 @@
 #include "tollgate/local_backend/model.hpp"
 
-#include "cpu_kernels.hpp"
+#include "tollgate/local_backend/quant.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <string>
 
 namespace tollgate::local_backend {
 namespace {
 
-// Prompt tokens run through the layers together so each weight row is read
-// once per batch rather than once per token.
-constexpr int kMaxBatch = 32;
+constexpr float kPi = 3.14159265358979323846f;
 
 std::string Shape(const std::vector<int64_t>& ne) {
   std::string s = "[";
@@ -22,178 +19,420 @@ std::string Shape(const std::vector<int64_t>& ne) {
   return s + "]";
 }
 
-Result<int> ReadDim(const GgufFile& gguf, const std::string& key, std::optional<int> fallback) {
-  if (!gguf.Find(key)) {
-    if (fallback) return *fallback;
-    return InvalidArgument("GGUF lacks required metadata " + key);
+struct ArchTraits {
+  const char* name;
+  RopeMode rope_mode;
+  bool qk_norm;
+};
+
+// Per architecture what llama.cpp's graph builders do differently
+// (llama-model.cpp `llama_model_rope_type` and `llm_build_*`).
+const ArchTraits* FindArch(std::string_view arch) {
+  static constexpr ArchTraits kArchs[] = {
+      {"llama", RopeMode::kNormal, false},
+      {"mistral", RopeMode::kNormal, false},
+      {"qwen2", RopeMode::kNeox, false},
+      {"qwen3", RopeMode::kNeox, true},
+  };
+  for (const ArchTraits& a : kArchs) {
+    if (arch == a.name) return &a;
   }
-  auto v = gguf.GetInt(key);
-  if (!v || *v <= 0 || *v > (int64_t{1} << 24)) {
-    return InvalidArgument("GGUF metadata " + key + " must be a positive integer below 2^24");
-  }
-  return static_cast<int>(*v);
+  return nullptr;
+}
+
+// ggml.c `ggml_rope_yarn_corr_dim`: the dimension whose wavelength spans
+// `n_rot` turns over the original context.
+float YarnCorrDim(int n_dims, int n_ctx_orig, float n_rot, float base) {
+  return static_cast<float>(n_dims) * std::log(static_cast<float>(n_ctx_orig) / (n_rot * 2 * kPi)) /
+         (2 * std::log(base));
 }
 
 }  // namespace
 
-Result<const float*> LlamaModel::Vector(const std::string& name, int n) {
-  const GgufTensorInfo* t = gguf_->FindTensor(name);
-  if (!t) return InvalidArgument("model lacks tensor " + name);
-  if (t->ne.size() != 1 || t->ne[0] != n) {
-    return InvalidArgument("tensor " + name + " has shape " + Shape(t->ne) + ", expected [" +
-                           std::to_string(n) + "]");
+// Reads metadata and tensors for LlamaModel::Load.
+class ModelLoader {
+ public:
+  ModelLoader(const GgufFile& gguf, Backend& backend, std::string arch)
+      : gguf_(gguf), backend_(backend), arch_(std::move(arch)) {}
+
+  std::string Key(const char* suffix) const { return arch_ + "." + suffix; }
+
+  // A positive integer below 2^24, or `fallback` when absent.
+  Result<int> Dim(const char* suffix, std::optional<int> fallback) const {
+    const std::string key = Key(suffix);
+    if (!gguf_.Find(key)) {
+      if (fallback) return *fallback;
+      return InvalidArgument("GGUF lacks required metadata " + key);
+    }
+    auto v = gguf_.GetInt(key);
+    if (!v || *v <= 0 || *v > (int64_t{1} << 24)) {
+      return InvalidArgument("GGUF metadata " + key + " must be a positive integer below 2^24");
+    }
+    return static_cast<int>(*v);
   }
-  Result<Matrix> m = Mat(name, n, 1);  // shares the conversion path
-  if (!m) return m.error();
-  return m->data;
+
+  // A positive float, or `fallback` when absent.
+  Result<float> Positive(const char* suffix, float fallback) const {
+    const std::string key = Key(suffix);
+    if (!gguf_.Find(key)) return fallback;
+    auto v = gguf_.GetFloat(key);
+    if (!v || !(*v > 0.0) || !std::isfinite(*v)) return InvalidArgument("GGUF metadata " + key + " must be > 0");
+    return static_cast<float>(*v);
+  }
+
+  Result<std::unique_ptr<BackendWeight>> Matrix(const std::string& name, int in, int out) {
+    const GgufTensorInfo* t = gguf_.FindTensor(name);
+    if (!t) return InvalidArgument("model lacks tensor " + name);
+    if (t->ne.size() != 2 || t->ne[0] != in || t->ne[1] != out) {
+      return InvalidArgument("tensor " + name + " has shape " + Shape(t->ne) + ", expected [" + std::to_string(in) +
+                             ", " + std::to_string(out) + "]");
+    }
+    WeightData d;
+    d.name = name;
+    d.type = t->type;
+    d.rows = out;
+    d.cols = in;
+    d.bytes = gguf_.TensorData(*t);
+    d.file_mapped = true;
+    auto w = backend_.PrepareWeight(d);
+    if (w) decode_bytes_ += d.bytes.size();
+    return w;
+  }
+
+  // A 1-D tensor of n values as float32 (exact conversion from F16/BF16/...).
+  Result<std::vector<float>> Floats(const std::string& name, int n) {
+    const GgufTensorInfo* t = gguf_.FindTensor(name);
+    if (!t) return InvalidArgument("model lacks tensor " + name);
+    if (t->ne.size() != 1 || t->ne[0] != n) {
+      return InvalidArgument("tensor " + name + " has shape " + Shape(t->ne) + ", expected [" + std::to_string(n) + "]");
+    }
+    if (!IsDequantizeSupported(t->type) || n % QuantBlockSize(t->type) != 0) {
+      return InvalidArgument("tensor " + name + " has type " + GgmlTypeName(t->type) + ", which cannot be read");
+    }
+    std::vector<float> out(static_cast<size_t>(n));
+    DequantizeRow(t->type, gguf_.TensorData(*t).data(), out.data(), n);
+    return out;
+  }
+
+  Result<std::unique_ptr<BackendVector>> Vector(const std::string& name, int n) {
+    auto v = Floats(name, n);
+    if (!v) return v.error();
+    return backend_.PrepareVector(*v);
+  }
+
+  // The vector when the tensor exists, null when it does not.
+  Result<std::unique_ptr<BackendVector>> OptionalVector(const std::string& name, int n) {
+    if (!gguf_.FindTensor(name)) return std::unique_ptr<BackendVector>();
+    return Vector(name, n);
+  }
+
+  size_t decode_bytes() const { return decode_bytes_; }
+  void forget_decode_bytes(size_t bytes) { decode_bytes_ -= bytes; }
+
+  Result<void> ReadHparams(LlamaHparams& hp, const ArchTraits& traits);
+  Result<void> ReadRopeScaling(LlamaHparams& hp);
+
+ private:
+  const GgufFile& gguf_;
+  Backend& backend_;
+  std::string arch_;
+  size_t decode_bytes_ = 0;
+};
+
+Result<void> ModelLoader::ReadHparams(LlamaHparams& hp, const ArchTraits& traits) {
+  hp.architecture = arch_;
+  hp.rope_mode = traits.rope_mode;
+  auto set = [](Result<int> r, int* out) -> Result<void> {
+    if (!r) return r.error();
+    *out = *r;
+    return {};
+  };
+  if (auto r = set(Dim("embedding_length", {}), &hp.embedding_length); !r) return r;
+  if (auto r = set(Dim("block_count", {}), &hp.block_count); !r) return r;
+  if (auto r = set(Dim("feed_forward_length", {}), &hp.feed_forward_length); !r) return r;
+  if (auto r = set(Dim("attention.head_count", {}), &hp.head_count); !r) return r;
+  if (auto r = set(Dim("attention.head_count_kv", hp.head_count), &hp.head_count_kv); !r) return r;
+  if (auto r = set(Dim("context_length", {}), &hp.context_length); !r) return r;
+  if (hp.embedding_length % hp.head_count != 0 && !gguf_.Find(Key("attention.key_length"))) {
+    return InvalidArgument(Key("embedding_length") + " is not a multiple of " + Key("attention.head_count"));
+  }
+  if (auto r = set(Dim("attention.key_length", hp.embedding_length / hp.head_count), &hp.head_dim); !r) return r;
+  if (gguf_.Find(Key("attention.value_length"))) {
+    auto v = gguf_.GetInt(Key("attention.value_length"));
+    if (!v || *v != hp.head_dim) {
+      return InvalidArgument(Key("attention.value_length") + " different from key_length is not supported");
+    }
+  }
+  if (hp.head_dim % 8 != 0) {
+    return InvalidArgument("head size " + std::to_string(hp.head_dim) + " is not a multiple of 8, which the engine needs");
+  }
+  if (auto r = set(Dim("rope.dimension_count", hp.head_dim), &hp.rope_dims); !r) return r;
+  if (hp.rope_dims > hp.head_dim || hp.rope_dims % 2 != 0) {
+    return InvalidArgument(Key("rope.dimension_count") + " must be even and at most the head size");
+  }
+  if (hp.head_count % hp.head_count_kv != 0) {
+    return InvalidArgument(Key("attention.head_count") + " must be a multiple of head_count_kv");
+  }
+  auto eps = Positive("attention.layer_norm_rms_epsilon", 1e-5f);
+  if (!eps) return eps.error();
+  hp.rms_eps = *eps;
+  auto base = Positive("rope.freq_base", 10000.0f);
+  if (!base) return base.error();
+  hp.rope_freq_base = *base;
+  return ReadRopeScaling(hp);
 }
 
-Result<LlamaModel::Matrix> LlamaModel::Mat(const std::string& name, int in, int out) {
-  const GgufTensorInfo* t = gguf_->FindTensor(name);
-  if (!t) return InvalidArgument("model lacks tensor " + name);
-  const bool shape_ok = (t->ne.size() == 2 && t->ne[0] == in && t->ne[1] == out) ||
-                        (out == 1 && t->ne.size() == 1 && t->ne[0] == in);
-  if (!shape_ok) {
-    return InvalidArgument("tensor " + name + " has shape " + Shape(t->ne) + ", expected [" +
-                           std::to_string(in) + ", " + std::to_string(out) + "]");
+// Keys as llama.cpp reads them (llama-model.cpp `load_hparams`,
+// llama-context.cpp for the YaRN defaults).
+Result<void> ModelLoader::ReadRopeScaling(LlamaHparams& hp) {
+  RopeScaling& rs = hp.rope_scaling;
+  std::string type = "none";
+  if (gguf_.Find(Key("rope.scaling.type"))) {
+    auto t = gguf_.GetString(Key("rope.scaling.type"));
+    if (!t) return InvalidArgument(Key("rope.scaling.type") + " must be a string");
+    type = std::string(*t);
   }
-  const std::span<const std::byte> bytes = gguf_->TensorData(*t);
-  const bool aligned = reinterpret_cast<uintptr_t>(bytes.data()) % alignof(float) == 0;
-  if (t->type == GgmlType::kF32 && aligned) {
-    return Matrix{reinterpret_cast<const float*>(bytes.data()), out, in};
+  float factor = 0.0f;
+  for (const char* key : {"rope.scaling.factor", "rope.scale_linear"}) {
+    if (factor != 0.0f || !gguf_.Find(Key(key))) continue;
+    auto f = Positive(key, 1.0f);
+    if (!f) return f.error();
+    factor = *f;
   }
-  auto converted = gguf_->ToF32(*t);
-  if (!converted) return converted.error();
-  converted_.push_back(std::move(*converted));
-  return Matrix{converted_.back().data(), out, in};
+  if (type == "none") {
+    rs.type = RopeScaling::Type::kNone;
+  } else if (type == "linear") {
+    // A file with a linear type but no factor scales nothing.
+    rs.type = factor > 0.0f && factor != 1.0f ? RopeScaling::Type::kLinear : RopeScaling::Type::kNone;
+  } else if (type == "yarn") {
+    rs.type = RopeScaling::Type::kYarn;
+  } else {
+    return InvalidArgument("rope scaling type '" + type + "' is not supported (none, linear, yarn)");
+  }
+  rs.factor = factor > 0.0f ? factor : 1.0f;
+  auto attn = Positive("rope.scaling.attn_factor", 1.0f);
+  if (!attn) return attn.error();
+  rs.attn_factor = *attn;
+  auto orig = Dim("rope.scaling.original_context_length", hp.context_length);
+  if (!orig) return orig.error();
+  rs.original_context_length = *orig;
+  if (rs.type == RopeScaling::Type::kYarn) {
+    rs.yarn_ext_factor = 1.0f;
+    if (gguf_.Find(Key("rope.scaling.yarn_ext_factor"))) {
+      auto e = gguf_.GetFloat(Key("rope.scaling.yarn_ext_factor"));
+      if (!e || *e < 0.0) return InvalidArgument(Key("rope.scaling.yarn_ext_factor") + " must be >= 0");
+      rs.yarn_ext_factor = static_cast<float>(*e);
+    }
+    auto fast = Positive("rope.scaling.yarn_beta_fast", 32.0f);
+    if (!fast) return fast.error();
+    auto slow = Positive("rope.scaling.yarn_beta_slow", 1.0f);
+    if (!slow) return slow.error();
+    rs.yarn_beta_fast = *fast;
+    rs.yarn_beta_slow = *slow;
+  }
+  return {};
 }
 
-Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(std::shared_ptr<const GgufFile> gguf) {
-  auto arch = gguf->GetString("general.architecture");
-  if (!arch) return InvalidArgument("GGUF lacks general.architecture");
-  if (*arch != "llama") {
-    return InvalidArgument("architecture '" + std::string(*arch) + "' is not supported (only \"llama\")");
+Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(std::shared_ptr<const GgufFile> gguf,
+                                                           const ModelOptions& options) {
+  auto arch_name = gguf->GetString("general.architecture");
+  if (!arch_name) return InvalidArgument("GGUF lacks general.architecture");
+  const ArchTraits* traits = FindArch(*arch_name);
+  if (!traits) {
+    return InvalidArgument("architecture '" + std::string(*arch_name) +
+                           "' is not supported (llama, mistral, qwen2, qwen3)");
   }
   std::shared_ptr<LlamaModel> m(new LlamaModel());
   m->gguf_ = gguf;
+  m->backend_ = options.backend;
+  if (!m->backend_) {
+    CpuBackendOptions cpu;
+    cpu.threads = options.threads;
+    auto b = CreateCpuBackend(cpu);
+    if (!b) return b.error();
+    m->backend_ = *b;
+  }
+  ModelLoader ld(*gguf, *m->backend_, std::string(*arch_name));
   LlamaHparams& hp = m->hparams_;
-  auto dim = [&](const char* key, std::optional<int> fallback, int* out) -> Result<void> {
-    auto v = ReadDim(*gguf, key, fallback);
-    if (!v) return v.error();
-    *out = *v;
-    return {};
-  };
-  if (auto r = dim("llama.embedding_length", {}, &hp.embedding_length); !r) return r.error();
-  if (auto r = dim("llama.block_count", {}, &hp.block_count); !r) return r.error();
-  if (auto r = dim("llama.feed_forward_length", {}, &hp.feed_forward_length); !r) return r.error();
-  if (auto r = dim("llama.attention.head_count", {}, &hp.head_count); !r) return r.error();
-  if (auto r = dim("llama.attention.head_count_kv", hp.head_count, &hp.head_count_kv); !r) return r.error();
-  if (auto r = dim("llama.context_length", {}, &hp.context_length); !r) return r.error();
-  if (hp.embedding_length % hp.head_count != 0 && !gguf->Find("llama.attention.key_length")) {
-    return InvalidArgument("llama.embedding_length is not a multiple of llama.attention.head_count");
-  }
-  if (auto r = dim("llama.attention.key_length", hp.embedding_length / hp.head_count, &hp.head_dim); !r) {
-    return r.error();
-  }
-  if (gguf->Find("llama.attention.value_length")) {
-    auto v = gguf->GetInt("llama.attention.value_length");
-    if (!v || *v != hp.head_dim) {
-      return InvalidArgument("llama.attention.value_length different from key_length is not supported");
-    }
-  }
-  if (auto r = dim("llama.rope.dimension_count", hp.head_dim, &hp.rope_dims); !r) return r.error();
-  if (hp.rope_dims > hp.head_dim || hp.rope_dims % 2 != 0) {
-    return InvalidArgument("llama.rope.dimension_count must be even and at most the head size");
-  }
-  if (hp.head_count % hp.head_count_kv != 0) {
-    return InvalidArgument("llama.attention.head_count must be a multiple of head_count_kv");
-  }
-  if (gguf->Find("llama.attention.layer_norm_rms_epsilon")) {
-    auto eps = gguf->GetFloat("llama.attention.layer_norm_rms_epsilon");
-    if (!eps || !(*eps > 0.0)) return InvalidArgument("llama.attention.layer_norm_rms_epsilon must be > 0");
-    hp.rms_eps = static_cast<float>(*eps);
-  }
-  if (gguf->Find("llama.rope.freq_base")) {
-    auto base = gguf->GetFloat("llama.rope.freq_base");
-    if (!base || !(*base > 0.0)) return InvalidArgument("llama.rope.freq_base must be > 0");
-    hp.rope_freq_base = static_cast<float>(*base);
-  }
+  if (auto r = ld.ReadHparams(hp, *traits); !r) return r.error();
 
   const GgufTensorInfo* embd = gguf->FindTensor("token_embd.weight");
   if (!embd || embd->ne.size() != 2) return InvalidArgument("model lacks a 2-D token_embd.weight");
-  if (auto r = dim("llama.vocab_size", static_cast<int>(std::min<int64_t>(embd->ne[1], INT32_MAX)), &hp.vocab_size);
-      !r) {
-    return r.error();
-  }
+  auto vocab = ld.Dim("vocab_size", static_cast<int>(std::min<int64_t>(embd->ne[1], INT32_MAX)));
+  if (!vocab) return vocab.error();
+  hp.vocab_size = *vocab;
 
   const int n_embd = hp.embedding_length;
-  const int q_dim = hp.head_count * hp.head_dim;
-  const int kv_dim = hp.head_count_kv * hp.head_dim;
+  const int hd = hp.head_dim;
+  const int q_dim = hp.head_count * hd;
+  const int kv_dim = hp.head_count_kv * hd;
   const int n_ff = hp.feed_forward_length;
-  auto te = m->Mat("token_embd.weight", n_embd, hp.vocab_size);
+  auto te = ld.Matrix("token_embd.weight", n_embd, hp.vocab_size);
   if (!te) return te.error();
-  m->token_embd_ = *te;
+  m->token_embd_ = std::move(*te);
+  // Decode reads one embedding row, not the table, unless it is also the classifier.
+  const size_t embd_bytes = gguf->TensorData(*embd).size();
+  ld.forget_decode_bytes(embd_bytes);
+
+  hp.attention_bias = gguf->FindTensor("blk.0.attn_q.bias") != nullptr;
+  hp.qk_norm = traits->qk_norm;
   m->layers_.resize(static_cast<size_t>(hp.block_count));
   for (int l = 0; l < hp.block_count; ++l) {
     Layer& layer = m->layers_[static_cast<size_t>(l)];
     const std::string p = "blk." + std::to_string(l) + ".";
-    auto attn_norm = m->Vector(p + "attn_norm.weight", n_embd);
-    if (!attn_norm) return attn_norm.error();
-    layer.attn_norm = *attn_norm;
-    auto ffn_norm = m->Vector(p + "ffn_norm.weight", n_embd);
-    if (!ffn_norm) return ffn_norm.error();
-    layer.ffn_norm = *ffn_norm;
-    struct Spec {
+    struct VectorSpec {
+      const char* name;
+      int n;
+      std::unique_ptr<BackendVector>* dst;
+      bool required;
+    } vectors[] = {
+        {"attn_norm.weight", n_embd, &layer.attn_norm, true},
+        {"ffn_norm.weight", n_embd, &layer.ffn_norm, true},
+        {"attn_q.bias", q_dim, &layer.bq, hp.attention_bias},
+        {"attn_k.bias", kv_dim, &layer.bk, hp.attention_bias},
+        {"attn_v.bias", kv_dim, &layer.bv, hp.attention_bias},
+        {"attn_q_norm.weight", hd, &layer.q_norm, hp.qk_norm},
+        {"attn_k_norm.weight", hd, &layer.k_norm, hp.qk_norm},
+    };
+    for (const VectorSpec& s : vectors) {
+      if (!s.required) continue;
+      auto v = ld.Vector(p + s.name, s.n);
+      if (!v) return v.error();
+      *s.dst = std::move(*v);
+    }
+    struct MatrixSpec {
       const char* name;
       int in;
       int out;
-      Matrix* dst;
-    } specs[] = {
-        {"attn_q.weight", n_embd, q_dim, &layer.wq},       {"attn_k.weight", n_embd, kv_dim, &layer.wk},
-        {"attn_v.weight", n_embd, kv_dim, &layer.wv},      {"attn_output.weight", q_dim, n_embd, &layer.wo},
-        {"ffn_gate.weight", n_embd, n_ff, &layer.w_gate},  {"ffn_up.weight", n_embd, n_ff, &layer.w_up},
+      std::unique_ptr<BackendWeight>* dst;
+    } matrices[] = {
+        {"attn_q.weight", n_embd, q_dim, &layer.wq},      {"attn_k.weight", n_embd, kv_dim, &layer.wk},
+        {"attn_v.weight", n_embd, kv_dim, &layer.wv},     {"attn_output.weight", q_dim, n_embd, &layer.wo},
+        {"ffn_gate.weight", n_embd, n_ff, &layer.w_gate}, {"ffn_up.weight", n_embd, n_ff, &layer.w_up},
         {"ffn_down.weight", n_ff, n_embd, &layer.w_down},
     };
-    for (const Spec& s : specs) {
-      auto mat = m->Mat(p + s.name, s.in, s.out);
-      if (!mat) return mat.error();
-      *s.dst = *mat;
+    for (const MatrixSpec& s : matrices) {
+      auto w = ld.Matrix(p + s.name, s.in, s.out);
+      if (!w) return w.error();
+      *s.dst = std::move(*w);
     }
   }
-  auto out_norm = m->Vector("output_norm.weight", n_embd);
+  auto out_norm = ld.Vector("output_norm.weight", n_embd);
   if (!out_norm) return out_norm.error();
-  m->output_norm_ = *out_norm;
+  m->output_norm_ = std::move(*out_norm);
   if (gguf->FindTensor("output.weight")) {
-    auto out = m->Mat("output.weight", n_embd, hp.vocab_size);
+    auto out = ld.Matrix("output.weight", n_embd, hp.vocab_size);
     if (!out) return out.error();
-    m->output_ = *out;
+    m->output_ = std::move(*out);
   } else {
-    m->output_ = m->token_embd_;  // tied classifier
+    hp.tied_output = true;
+  }
+  m->decode_weight_bytes_ = ld.decode_bytes() + (hp.tied_output ? embd_bytes : 0);
+
+  // RoPE frequencies, computed as llama2.c run.c does (float powf), which the
+  // stories260K reference outputs were produced with; ggml's iterated product
+  // differs in the last bits only.
+  const int half = hp.rope_dims / 2;
+  m->inv_freq_.resize(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    m->inv_freq_[static_cast<size_t>(i)] =
+        1.0f / std::pow(hp.rope_freq_base, static_cast<float>(2 * i) / static_cast<float>(hp.rope_dims));
+  }
+  if (gguf->FindTensor("rope_freqs.weight")) {
+    auto ff = ld.Floats("rope_freqs.weight", half);
+    if (!ff) return ff.error();
+    for (int i = 0; i < half; ++i) {
+      const float f = (*ff)[static_cast<size_t>(i)];
+      if (!(f > 0.0f) || !std::isfinite(f)) return InvalidArgument("rope_freqs.weight must be positive");
+    }
+    hp.rope_freq_factors = true;
+    for (int i = 0; i < half; ++i) m->inv_freq_[static_cast<size_t>(i)] /= (*ff)[static_cast<size_t>(i)];
+  }
+  if (hp.rope_scaling.type == RopeScaling::Type::kYarn) {
+    // ggml.c `ggml_rope_yarn_corr_dims`.
+    const RopeScaling& rs = hp.rope_scaling;
+    const float start = std::floor(YarnCorrDim(hp.rope_dims, rs.original_context_length, rs.yarn_beta_fast, hp.rope_freq_base));
+    const float end = std::ceil(YarnCorrDim(hp.rope_dims, rs.original_context_length, rs.yarn_beta_slow, hp.rope_freq_base));
+    m->yarn_corr_[0] = std::max(0.0f, start);
+    m->yarn_corr_[1] = std::min(static_cast<float>(hp.rope_dims - 1), end);
   }
   return std::shared_ptr<const LlamaModel>(std::move(m));
 }
 
+void LlamaModel::RopeRow(int pos, float* out) const {
+  const LlamaHparams& hp = hparams_;
+  const RopeScaling& rs = hp.rope_scaling;
+  const int half = hp.rope_dims / 2;
+  const float freq_scale = rs.type == RopeScaling::Type::kNone ? 1.0f : 1.0f / rs.factor;
+  float mscale = rs.attn_factor;
+  const bool yarn = rs.type == RopeScaling::Type::kYarn && rs.yarn_ext_factor != 0.0f;
+  if (yarn) mscale *= 1.0f + 0.1f * std::log(1.0f / freq_scale);
+  for (int i = 0; i < half; ++i) {
+    // Frequency factors divide theta before scaling, as ggml's rope cache.
+    const float theta_extrap = static_cast<float>(pos) * inv_freq_[static_cast<size_t>(i)];
+    float theta = rs.type == RopeScaling::Type::kNone ? theta_extrap : freq_scale * theta_extrap;
+    if (yarn) {
+      // ggml-cpu ops.cpp `rope_yarn` / `rope_yarn_ramp` (i0 = 2i).
+      const float y = (static_cast<float>(i) - yarn_corr_[0]) / std::max(0.001f, yarn_corr_[1] - yarn_corr_[0]);
+      const float ramp_mix = (1.0f - std::min(1.0f, std::max(0.0f, y))) * rs.yarn_ext_factor;
+      theta = theta * (1.0f - ramp_mix) + theta_extrap * ramp_mix;
+    }
+    out[2 * i] = std::cos(theta) * mscale;
+    out[2 * i + 1] = std::sin(theta) * mscale;
+  }
+}
+
 Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const LlamaModel> model,
                                                            int context_length) {
-  if (context_length < 0) return InvalidArgument("context_length must be >= 0");
+  ContextOptions options;
+  options.context_length = context_length;
+  return Create(std::move(model), options);
+}
+
+Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const LlamaModel> model,
+                                                           const ContextOptions& options) {
+  if (options.context_length < 0) return InvalidArgument("context_length must be >= 0");
+  if (options.max_batch < 1) return InvalidArgument("max_batch must be >= 1");
   const LlamaHparams& hp = model->hparams();
+  Backend& be = model->backend();
   std::unique_ptr<LlamaContext> c(new LlamaContext());
-  c->context_length_ = context_length == 0 ? hp.context_length : context_length;
-  const size_t kv_dim = static_cast<size_t>(hp.head_count_kv) * static_cast<size_t>(hp.head_dim);
-  const size_t cache = static_cast<size_t>(hp.block_count) * static_cast<size_t>(c->context_length_) * kv_dim;
-  c->k_cache_.assign(cache, 0.0f);
-  c->v_cache_.assign(cache, 0.0f);
-  const size_t b = kMaxBatch;
-  const size_t q_dim = static_cast<size_t>(hp.head_count) * static_cast<size_t>(hp.head_dim);
-  c->x_.resize(b * static_cast<size_t>(hp.embedding_length));
-  c->xb_.resize(b * std::max<size_t>(static_cast<size_t>(hp.embedding_length), q_dim));
-  c->q_.resize(b * q_dim);
-  c->att_out_.resize(b * q_dim);
-  c->hb_.resize(b * static_cast<size_t>(hp.feed_forward_length));
-  c->hb2_.resize(b * static_cast<size_t>(hp.feed_forward_length));
-  c->scores_.resize(static_cast<size_t>(c->context_length_));
-  c->rope_cos_.resize(static_cast<size_t>(hp.rope_dims / 2));
-  c->rope_sin_.resize(static_cast<size_t>(hp.rope_dims / 2));
+  c->context_length_ = options.context_length == 0 ? hp.context_length : options.context_length;
+  c->max_batch_ = std::min(options.max_batch, c->context_length_);
+  KvCacheShape shape;
+  shape.layers = hp.block_count;
+  shape.kv_heads = hp.head_count_kv;
+  shape.head_dim = hp.head_dim;
+  shape.type = options.kv_type;
+  shape.max_tokens = c->context_length_;
+  auto cache = be.CreateKvCache(shape);
+  if (!cache) return cache.error();
+  c->cache_ = std::move(*cache);
+
+  const int b = c->max_batch_;
+  const int q_dim = hp.head_count * hp.head_dim;
+  const int kv_dim = hp.head_count_kv * hp.head_dim;
+  struct Part {
+    ActTensor* dst;
+    int rows;
+    int cols;
+  } parts[] = {
+      {&c->x_, b, hp.embedding_length},   {&c->xb_, b, hp.embedding_length}, {&c->q_, b, q_dim},
+      {&c->k_, b, kv_dim},                {&c->v_, b, kv_dim},               {&c->att_, b, q_dim},
+      {&c->hb_, b, hp.feed_forward_length}, {&c->hb2_, b, hp.feed_forward_length},
+      {&c->logits_act_, 1, hp.vocab_size},
+  };
+  // Each tensor starts on a 64-byte boundary.
+  auto padded = [](size_t floats) { return (floats + 15) / 16 * 16; };
+  size_t total = 0;
+  for (const Part& p : parts) total += padded(static_cast<size_t>(p.rows) * static_cast<size_t>(p.cols));
+  c->buffer_ = be.AllocActivations(total);
+  size_t offset = 0;
+  for (const Part& p : parts) {
+    *p.dst = c->buffer_->Tensor(offset, p.rows, p.cols);
+    offset += padded(static_cast<size_t>(p.rows) * static_cast<size_t>(p.cols));
+  }
+  c->rope_.resize(static_cast<size_t>(b) * static_cast<size_t>(hp.rope_dims));
+  c->ids_.resize(static_cast<size_t>(b));
   c->logits_.resize(static_cast<size_t>(hp.vocab_size));
   c->model_ = std::move(model);
   return c;
@@ -209,8 +448,9 @@ Result<std::span<const float>> LlamaContext::Decode(std::span<const TokenId> tok
     return InvalidArgument("sequence of " + std::to_string(position_ + tokens.size()) +
                            " tokens exceeds the context length " + std::to_string(context_length_));
   }
+  if (auto r = cache_->Reserve(position_ + static_cast<int>(tokens.size())); !r) return r.error();
   for (size_t done = 0; done < tokens.size();) {
-    const int n = static_cast<int>(std::min<size_t>(kMaxBatch, tokens.size() - done));
+    const int n = static_cast<int>(std::min<size_t>(static_cast<size_t>(max_batch_), tokens.size() - done));
     ForwardBatch(tokens.data() + done, n);
     done += static_cast<size_t>(n);
   }
@@ -220,115 +460,64 @@ Result<std::span<const float>> LlamaContext::Decode(std::span<const TokenId> tok
 void LlamaContext::ForwardBatch(const TokenId* tokens, int n) {
   const LlamaModel& m = *model_;
   const LlamaHparams& hp = m.hparams();
-  const int dim = hp.embedding_length;
-  const int hd = hp.head_dim;
-  const int q_dim = hp.head_count * hd;
-  const int kv_dim = hp.head_count_kv * hd;
-  const int n_ff = hp.feed_forward_length;
-  const int group = hp.head_count / hp.head_count_kv;
-  const float inv_sqrt_hd = 1.0f / std::sqrt(static_cast<float>(hd));
-  const size_t layer_stride = static_cast<size_t>(context_length_) * static_cast<size_t>(kv_dim);
+  Backend& be = m.backend();
+  const float eps = hp.rms_eps;
+  const ActTensor x = x_.Rows(0, n);
+  const ActTensor xb = xb_.Rows(0, n);
+  const ActTensor q = q_.Rows(0, n);
+  const ActTensor k = k_.Rows(0, n);
+  const ActTensor v = v_.Rows(0, n);
+  const ActTensor att = att_.Rows(0, n);
+  const ActTensor hb = hb_.Rows(0, n);
+  const ActTensor hb2 = hb2_.Rows(0, n);
 
-  for (int b = 0; b < n; ++b) {
-    const float* row = m.token_embd().data + static_cast<size_t>(tokens[b]) * static_cast<size_t>(dim);
-    std::copy(row, row + dim, x_.data() + static_cast<size_t>(b) * dim);
+  for (int i = 0; i < n; ++i) {
+    ids_[static_cast<size_t>(i)] = tokens[i];
+    m.RopeRow(position_ + i, rope_.data() + static_cast<size_t>(i) * static_cast<size_t>(hp.rope_dims));
   }
+  be.GetRows(m.token_embd(), std::span<const int32_t>(ids_.data(), static_cast<size_t>(n)), x);
+  const RopeTable rope{rope_.data(), hp.rope_dims};
+  const AttentionSeq seq{cache_.get(), 0, n, position_};
+  AttentionShape shape;
+  shape.head_count = hp.head_count;
+  shape.head_count_kv = hp.head_count_kv;
+  shape.head_dim = hp.head_dim;
+  shape.scale = 1.0f / std::sqrt(static_cast<float>(hp.head_dim));
 
   for (int l = 0; l < hp.block_count; ++l) {
-    const LlamaModel::Layer& layer = m.layers()[static_cast<size_t>(l)];
-    float* k_layer = k_cache_.data() + static_cast<size_t>(l) * layer_stride;
-    float* v_layer = v_cache_.data() + static_cast<size_t>(l) * layer_stride;
+    const LlamaModel::Layer& L = m.layers()[static_cast<size_t>(l)];
+    be.RmsNorm(x, L.attn_norm.get(), eps, xb);
+    const MatMulTarget qkv[] = {{L.wq.get(), q, false}, {L.wk.get(), k, false}, {L.wv.get(), v, false}};
+    be.MatMul(xb, qkv);
+    if (L.bq) {
+      be.AddBias(q, *L.bq);
+      be.AddBias(k, *L.bk);
+      be.AddBias(v, *L.bv);
+    }
+    if (L.q_norm) {
+      be.RmsNorm(q.Split(hp.head_dim), L.q_norm.get(), eps, q.Split(hp.head_dim));
+      be.RmsNorm(k.Split(hp.head_dim), L.k_norm.get(), eps, k.Split(hp.head_dim));
+    }
+    be.Rope(q, hp.head_count, hp.head_dim, rope, hp.rope_mode);
+    be.Rope(k, hp.head_count_kv, hp.head_dim, rope, hp.rope_mode);
+    be.Attention(l, q, k, v, std::span<const AttentionSeq>(&seq, 1), shape, att);
+    const MatMulTarget wo[] = {{L.wo.get(), x, true}};
+    be.MatMul(att, wo);
 
-    for (int b = 0; b < n; ++b) {
-      cpu::RmsNorm(xb_.data() + static_cast<size_t>(b) * dim, x_.data() + static_cast<size_t>(b) * dim,
-                   layer.attn_norm, dim, hp.rms_eps);
-    }
-    cpu::MatMul(q_.data(), layer.wq.data, xb_.data(), n, q_dim, dim);
-    // K and V go straight into the cache rows of their positions.
-    float* k_rows = k_layer + static_cast<size_t>(position_) * kv_dim;
-    float* v_rows = v_layer + static_cast<size_t>(position_) * kv_dim;
-    cpu::MatMul(k_rows, layer.wk.data, xb_.data(), n, kv_dim, dim);
-    cpu::MatMul(v_rows, layer.wv.data, xb_.data(), n, kv_dim, dim);
-
-    for (int b = 0; b < n; ++b) {
-      const int pos = position_ + b;
-      // Frequencies as llama2.c run.c computes them (float powf, then cos/sin
-      // of pos * freq), which the greedy reference outputs were produced with.
-      for (int i = 0; i < hp.rope_dims / 2; ++i) {
-        const float freq =
-            1.0f / std::pow(hp.rope_freq_base, static_cast<float>(2 * i) / static_cast<float>(hp.rope_dims));
-        const float val = static_cast<float>(pos) * freq;
-        rope_cos_[static_cast<size_t>(i)] = std::cos(val);
-        rope_sin_[static_cast<size_t>(i)] = std::sin(val);
-      }
-      auto rotate = [&](float* vec, int heads) {
-        for (int h = 0; h < heads; ++h) {
-          float* v = vec + static_cast<size_t>(h) * hd;
-          for (int i = 0; i < hp.rope_dims / 2; ++i) {
-            const float c = rope_cos_[static_cast<size_t>(i)];
-            const float s = rope_sin_[static_cast<size_t>(i)];
-            const float v0 = v[2 * i];
-            const float v1 = v[2 * i + 1];
-            v[2 * i] = v0 * c - v1 * s;
-            v[2 * i + 1] = v0 * s + v1 * c;
-          }
-        }
-      };
-      rotate(q_.data() + static_cast<size_t>(b) * q_dim, hp.head_count);
-      rotate(k_rows + static_cast<size_t>(b) * kv_dim, hp.head_count_kv);
-    }
-
-    // Causal attention: token b sees positions 0 .. position_ + b.
-    for (int b = 0; b < n; ++b) {
-      const int last = position_ + b;
-      for (int h = 0; h < hp.head_count; ++h) {
-        const float* q = q_.data() + static_cast<size_t>(b) * q_dim + static_cast<size_t>(h) * hd;
-        const size_t kv_off = static_cast<size_t>(h / group) * hd;
-        float max_score = -std::numeric_limits<float>::infinity();
-        for (int t = 0; t <= last; ++t) {
-          // Head vectors are short (8..128): a plain loop beats a dispatched call.
-          const float* k = k_layer + static_cast<size_t>(t) * kv_dim + kv_off;
-          float dot = 0.0f;
-          for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
-          const float score = dot * inv_sqrt_hd;
-          scores_[static_cast<size_t>(t)] = score;
-          max_score = std::max(max_score, score);
-        }
-        float sum = 0.0f;
-        for (int t = 0; t <= last; ++t) {
-          scores_[static_cast<size_t>(t)] = std::exp(scores_[static_cast<size_t>(t)] - max_score);
-          sum += scores_[static_cast<size_t>(t)];
-        }
-        float* out = att_out_.data() + static_cast<size_t>(b) * q_dim + static_cast<size_t>(h) * hd;
-        std::fill(out, out + hd, 0.0f);
-        for (int t = 0; t <= last; ++t) {
-          const float a = scores_[static_cast<size_t>(t)] / sum;
-          const float* v = v_layer + static_cast<size_t>(t) * kv_dim + kv_off;
-          for (int i = 0; i < hd; ++i) out[i] += a * v[i];
-        }
-      }
-    }
-    cpu::MatMul(xb_.data(), layer.wo.data, att_out_.data(), n, dim, q_dim);
-    for (size_t i = 0; i < static_cast<size_t>(n) * dim; ++i) x_[i] += xb_[i];
-
-    for (int b = 0; b < n; ++b) {
-      cpu::RmsNorm(xb_.data() + static_cast<size_t>(b) * dim, x_.data() + static_cast<size_t>(b) * dim,
-                   layer.ffn_norm, dim, hp.rms_eps);
-    }
-    cpu::MatMul(hb_.data(), layer.w_gate.data, xb_.data(), n, n_ff, dim);
-    cpu::MatMul(hb2_.data(), layer.w_up.data, xb_.data(), n, n_ff, dim);
-    for (size_t i = 0; i < static_cast<size_t>(n) * n_ff; ++i) {
-      const float g = hb_[i];
-      hb_[i] = g * (1.0f / (1.0f + std::exp(-g))) * hb2_[i];  // SiLU(gate) * up
-    }
-    cpu::MatMul(xb_.data(), layer.w_down.data, hb_.data(), n, dim, n_ff);
-    for (size_t i = 0; i < static_cast<size_t>(n) * dim; ++i) x_[i] += xb_[i];
+    be.RmsNorm(x, L.ffn_norm.get(), eps, xb);
+    const MatMulTarget gate_up[] = {{L.w_gate.get(), hb, false}, {L.w_up.get(), hb2, false}};
+    be.MatMul(xb, gate_up);
+    be.SwiGlu(hb, hb2, hb);
+    const MatMulTarget down[] = {{L.w_down.get(), x, true}};
+    be.MatMul(hb, down);
   }
 
   // Logits only for the batch's last token: that is all generation needs.
-  float* last = x_.data() + static_cast<size_t>(n - 1) * dim;
-  cpu::RmsNorm(xb_.data(), last, m.output_norm(), dim, hp.rms_eps);
-  cpu::MatMul(logits_.data(), m.output().data, xb_.data(), 1, hp.vocab_size, dim);
+  const ActTensor last = xb_.Rows(0, 1);
+  be.RmsNorm(x.Rows(n - 1, 1), &m.output_norm(), eps, last);
+  const MatMulTarget out[] = {{&m.output(), logits_act_, false}};
+  be.MatMul(last, out);
+  be.ReadRows(logits_act_, logits_);
   position_ += n;
 }
 

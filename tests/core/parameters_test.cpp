@@ -17,7 +17,9 @@ TEST(Parameters, OtherSpellingsOfTheSameFieldAndUnknownNames) {
   EXPECT_EQ(ParamFromName("reasoning_effort"), Param::kReasoning);
   EXPECT_EQ(ParamFromName("image_input"), Param::kImageInput);
   EXPECT_FALSE(ParamFromName("Temperature"));  // exact, as OpenRouter lists them
-  EXPECT_FALSE(ParamFromName("logit_bias"));
+  EXPECT_FALSE(ParamFromName("top_a"));
+  EXPECT_EQ(ParamFromName("logit_bias"), Param::kLogitBias);
+  EXPECT_EQ(ParamFromName("min_p"), Param::kMinP);
   EXPECT_FALSE(ParamFromName(""));
   EXPECT_FALSE(ParamFromName("unknown"));  // what ParamName prints for no parameter
 }

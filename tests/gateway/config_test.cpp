@@ -371,8 +371,8 @@ TEST(Config, BadEndpointValuesAreReportedWithTheirPath) {
                         "completion: '1'}, ";
   ExpectRefused(e + "colour: blue}", "models[0].endpoint.colour", "unknown key");
   ExpectRefused(e + "max_output_tokens: 0}", "models[0].endpoint.max_output_tokens");
-  ExpectRefused(e + "supported_parameters: [temperature, logit_bias]}", "models[0].endpoint.supported_parameters[1]",
-                "'logit_bias' is not a parameter name");
+  ExpectRefused(e + "supported_parameters: [temperature, top_a]}", "models[0].endpoint.supported_parameters[1]",
+                "'top_a' is not a parameter name");
   ExpectRefused(e + "supported_parameters: temperature}", "models[0].endpoint.supported_parameters");
   ExpectRefused(e + "data_policy: {trains_on_prompts: maybe}}", "models[0].endpoint.data_policy.trains_on_prompts");
   ExpectRefused(e + "data_policy: {logs: true}}", "models[0].endpoint.data_policy.logs", "unknown key");

@@ -53,8 +53,8 @@ enum class GgufType : uint32_t {
 
 // Tensor element types (ggml.h `enum ggml_type`). Open() accepts exactly these
 // ids, because it must know each type's block size to bounds-check the data
-// (other ids, e.g. the IQ* types, give kInvalidArgument). Of these, ToF32 and
-// the model compute F32, F16, BF16 and Q8_0.
+// (other ids, e.g. the IQ* types, give kInvalidArgument). Block sizes and
+// layouts: quant.hpp.
 enum class GgmlType : uint32_t {
   kF32 = 0,
   kF16 = 1,
@@ -139,9 +139,11 @@ class GgufFile {
   // The tensor's bytes inside the mapping (size_bytes long, aligned to alignment()).
   std::span<const std::byte> TensorData(const GgufTensorInfo& info) const;
 
-  // The tensor converted to float32, ne[0]-fastest order. Supports F32 (copied),
-  // F16, BF16 and Q8_0 (dequantised as ggml's `dequantize_row_q8_0`: y = d * q).
-  // Errors: kInvalidArgument for any other type, naming the type and tensor.
+  // The tensor converted to float32, ne[0]-fastest order, with DequantizeRow
+  // (quant.hpp: exactly as ggml's `dequantize_row_*`). Supports the types
+  // IsDequantizeSupported() accepts: F32 (copied), F16, BF16, Q4_0, Q4_1, Q5_0,
+  // Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K. Errors: kInvalidArgument for any other
+  // type, naming the type and tensor.
   Result<std::vector<float>> ToF32(const GgufTensorInfo& info) const;
 
  private:

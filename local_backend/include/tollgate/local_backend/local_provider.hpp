@@ -1,7 +1,7 @@
 // The bundled inference engine behind the `Provider` interface.
 //
-// One LocalProvider serves one GGUF model (llama architecture, SentencePiece
-// "llama" vocabulary; see model.hpp and tokenizer.hpp) on the CPU. It owns one
+// One LocalProvider serves one GGUF model (see model.hpp and tokenizer.hpp
+// for the architectures and vocabularies) on the CPU. It owns one
 // worker thread with one KV cache; Start() only enqueues, and the worker runs
 // requests one after another in arrival order (pattern: llama.cpp
 // tools/server/server-queue.h). The sink is called from the worker thread.
@@ -9,25 +9,35 @@
 // Prompt contract:
 //   - RequestKind::kCompletion: `prompt` is tokenized as raw text with BOS
 //     (when the vocabulary's add_bos_token says so); no template.
-//   - RequestKind::kChat: the messages' texts (tool results included) joined
-//     with "\n", roles dropped, tokenized the same way. So one user message
-//     "Once upon a time" is exactly the completion prompt "Once upon a time".
-//     A GGUF's `tokenizer.chat_template` is ignored for now (no Jinja engine
-//     here).
+//   - RequestKind::kChat, model with a `tokenizer.chat_template`: the
+//     template renders the messages and tools (chat_template.hpp, as Hugging
+//     Face's apply_chat_template; OpenRouter's `reasoning` switches Qwen3's
+//     enable_thinking) and the text is tokenized with its special tokens and
+//     no added BOS (the template writes it). The output goes through
+//     OutputParser (output_parser.hpp): `<think>` blocks become reasoning
+//     events, Qwen `<tool_call>` and Llama 3.1 JSON calls tool-call events.
+//     A template beyond the engine's Jinja subset leaves completions working
+//     and answers chats with a 400 naming the model.
+//   - RequestKind::kChat, no template: the messages' texts (tool results
+//     included) joined with "\n", roles dropped, tokenized like a
+//     completion. So one user message "Once upon a time" is exactly the
+//     completion prompt "Once upon a time".
 //   - Supported parameters (SupportedParameters): max_tokens, temperature,
 //     top_p, top_k, min_p, repetition_penalty, presence_penalty,
-//     frequency_penalty, logit_bias, stop, seed. Tools and image input are
-//     not supported, so the gateway refuses such requests with a 400 naming
-//     the parameter; other parameters are dropped by the gateway before
-//     Start.
+//     frequency_penalty, logit_bias, stop, seed; `tools` when the template
+//     renders them, `reasoning` when it has a thinking switch. tool_choice
+//     other than "auto" and image input are not supported, so the gateway
+//     refuses such requests with a 400 naming the parameter; other
+//     parameters are dropped by the gateway before Start.
 //   - `upstream_model` is ignored: the provider serves exactly its one model.
-//   - Special-token text such as "<s>" in the prompt is plain text.
+//   - Special-token text such as "<s>" in a caller's text is plain text.
 //
 // Generation: Sampler (sampler.hpp) with the request's temperature (default
 // 1.0, as in the OpenAI API; 0 = greedy), top_p (default 1.0), top_k, min_p,
 // penalties (repetition over prompt and output, presence and frequency over
 // the output), logit_bias and seed. It ends
-//   - at EOS                              -> finish kStop (EOS not emitted or counted);
+//   - at an end-of-generation token (EOS, EOT, <|im_end|>, <|eot_id|>:
+//     Tokenizer::IsEndOfGeneration) -> finish kStop (not emitted or counted);
 //   - at a `stop` string                  -> finish kStop, the stop string and what
 //                                            follows it not emitted;
 //   - after `max_tokens` generated tokens -> finish kLength;
@@ -37,7 +47,8 @@
 // that may still turn out to be the start of a stop string.
 //
 // Events: a UsageDelta with the prompt's tokens once it is tokenized, then
-// TextDelta (choice 0) per piece of text, then FinishDelta (with the matched
+// TextDelta (choice 0) per piece of text (with a template: ReasoningDelta and
+// ToolCallDelta too; finish kToolCalls after calls), then FinishDelta (with the matched
 // `stop_sequence` when a stop string ended it; native
 // reason "stop"/"length") and UsageDelta: prompt_tokens counts BOS,
 // completion_tokens the generated tokens (EOS excluded, tokens cut by a stop

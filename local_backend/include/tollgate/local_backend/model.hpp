@@ -1,103 +1,167 @@
-// Llama-architecture decoder on the CPU, float32 compute.
+// Decoder-only transformer graphs of the Llama family, run through a compute
+// backend (backend.hpp): architectures "llama" (Llama 2/3/3.1/3.2, TinyLlama,
+// SmolLM), "mistral", "qwen2" (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen) and
+// "qwen3", as llama.cpp names them in `general.architecture`.
 //
-// Graph per layer (Touvron et al., "LLaMA", arXiv:2302.13971; same as llama2.c
-// run.c and llama.cpp `llm_build_llama`):
-//   h   = x + Wo * Attn(RoPE(Wq * RMSNorm(x)), RoPE(Wk * RMSNorm(x)), Wv * RMSNorm(x))
-//   out = h + Wdown * (SiLU(Wgate * RMSNorm(h)) (.) (Wup * RMSNorm(h)))
-// then logits = Woutput * RMSNorm(x_last).
-//   RMSNorm: Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019:
-//     y = w (.) x / sqrt(mean(x^2) + eps), eps = llama.attention.layer_norm_rms_epsilon.
-//   RoPE: Su et al., "RoFormer", arXiv:2104.09864, llama.cpp "normal" mode (rope
-//     type 0): within each head, consecutive pairs (x[2i], x[2i+1]) for
-//     2i < llama.rope.dimension_count rotate by pos * freq_base^(-2i/rope_dims).
+// Graph per layer (Touvron et al., "LLaMA", arXiv:2302.13971; llama.cpp
+// `llm_build_llama`, `llm_build_qwen2`, `llm_build_qwen3`):
+//   q, k, v = Wq n, Wk n, Wv n (+ bq, bk, bv when the file has attention biases:
+//             qwen2), n = RMSNorm(x) (.) attn_norm
+//   qwen3:    q, k = RMSNorm per head (.) attn_q_norm / attn_k_norm
+//   q, k    = RoPE(q), RoPE(k)
+//   h   = x + Wo Attn(q, k, v)
+//   out = h + Wdown (SiLU(Wgate m) (.) Wup m), m = RMSNorm(h) (.) ffn_norm
+// then logits = Woutput (RMSNorm(x_last) (.) output_norm).
+//   RMSNorm: Zhang & Sennrich, NeurIPS 2019, eps = {arch}.attention.layer_norm_rms_epsilon.
+//   RoPE: Su et al., RoFormer, arXiv:2104.09864. llama/mistral rotate
+//     consecutive pairs (ggml rope type 0), qwen2/qwen3 the halves of each head
+//     (GGML_ROPE_TYPE_NEOX); theta_i = pos * base^(-2i/dims) with base =
+//     {arch}.rope.freq_base, divided by `rope_freqs.weight[i]` when present
+//     (Llama 3.1's frequency factors); rope.scaling.type "linear" multiplies
+//     theta by 1/factor; "yarn" blends interpolated and extrapolated theta per
+//     dimension and scales cos/sin by 1 + 0.1 ln(factor) (Peng et al., "YaRN",
+//     arXiv:2309.00071, as ggml's `rope_yarn`).
 //   Attention: causal softmax(q k^T / sqrt(head_dim)) v, grouped-query
-//     (Ainslie et al., "GQA", arXiv:2305.13245): query head h reads KV head
-//     h / (head_count / head_count_kv).
-//   SwiGLU: Shazeer, "GLU Variants Improve Transformer", arXiv:2002.05202.
+//     (Ainslie et al., arXiv:2305.13245).
+//   SwiGLU: Shazeer, arXiv:2002.05202.
 //
-// Tensors (llama.cpp names): token_embd, blk.N.{attn_norm, attn_q, attn_k,
-// attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}, output_norm and
-// output (token_embd is reused when output.weight is absent), all ".weight".
-// A ggml matrix with ne = [in, out] is used as a row-major (out x in) matrix.
-// F32 tensors are used in place from the mapping; F16, BF16 and Q8_0 are
-// converted to F32 at load (4x the memory of Q8_0, exact values).
-// Unsupported: rope scaling metadata, MoE, biases, other architectures.
+// Tensors (llama.cpp names, ".weight"/".bias"): token_embd, blk.N.{attn_norm,
+// attn_q, attn_k, attn_v, attn_output, attn_q_norm, attn_k_norm, ffn_norm,
+// ffn_gate, ffn_up, ffn_down}, output_norm, output (token_embd is reused when
+// output.weight is absent), optional rope_freqs. A ggml matrix with
+// ne = [in, out] is `out` rows of `in` values.
+//
+// Weights stay in their file type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
+// Q6_K) and are used in place from the mapping; the backend computes with them
+// directly (cpu_kernels.hpp). Norm weights and biases are converted to F32
+// (a few KB). Unsupported: MoE, sliding-window attention, other architectures.
 #pragma once
 
 #include "tollgate/core/error.hpp"
+#include "tollgate/local_backend/backend.hpp"
 #include "tollgate/local_backend/gguf.hpp"
 #include "tollgate/local_backend/tokenizer.hpp"
 
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace tollgate::local_backend {
 
-struct LlamaHparams {
-  int vocab_size = 0;
-  int context_length = 0;     // llama.context_length (trained), tokens
-  int embedding_length = 0;   // llama.embedding_length
-  int block_count = 0;        // llama.block_count
-  int feed_forward_length = 0;
-  int head_count = 0;
-  int head_count_kv = 0;      // llama.attention.head_count_kv, default head_count
-  int head_dim = 0;           // llama.attention.key_length, default embedding_length / head_count
-  int rope_dims = 0;          // llama.rope.dimension_count, default head_dim
-  float rms_eps = 1e-5f;      // llama.attention.layer_norm_rms_epsilon
-  float rope_freq_base = 10000.0f;  // llama.rope.freq_base
+struct RopeScaling {
+  enum class Type { kNone, kLinear, kYarn };
+  Type type = Type::kNone;           // {arch}.rope.scaling.type ("none", "linear", "yarn")
+  float factor = 1.0f;               // {arch}.rope.scaling.factor (context extension factor)
+  float attn_factor = 1.0f;          // {arch}.rope.scaling.attn_factor (cos/sin magnitude)
+  int original_context_length = 0;   // {arch}.rope.scaling.original_context_length (YaRN)
+  float yarn_ext_factor = 0.0f;      // 1 for YaRN unless {arch}.rope.scaling.yarn_ext_factor
+  float yarn_beta_fast = 32.0f;      // {arch}.rope.scaling.yarn_beta_fast
+  float yarn_beta_slow = 1.0f;       // {arch}.rope.scaling.yarn_beta_slow
 };
 
-// Immutable weights. Thread-safety: const after Load; share one across any
-// number of LlamaContexts and threads.
+struct LlamaHparams {
+  std::string architecture;   // general.architecture: "llama", "mistral", "qwen2", "qwen3"
+  int vocab_size = 0;         // {arch}.vocab_size, default token_embd rows
+  int context_length = 0;     // {arch}.context_length (trained), tokens
+  int embedding_length = 0;   // {arch}.embedding_length
+  int block_count = 0;        // {arch}.block_count
+  int feed_forward_length = 0;
+  int head_count = 0;
+  int head_count_kv = 0;      // {arch}.attention.head_count_kv, default head_count
+  int head_dim = 0;           // {arch}.attention.key_length, default embedding_length / head_count
+  int rope_dims = 0;          // {arch}.rope.dimension_count, default head_dim
+  float rms_eps = 1e-5f;      // {arch}.attention.layer_norm_rms_epsilon
+  float rope_freq_base = 10000.0f;  // {arch}.rope.freq_base
+  RopeMode rope_mode = RopeMode::kNormal;
+  RopeScaling rope_scaling;
+  bool rope_freq_factors = false;  // rope_freqs.weight present
+  bool attention_bias = false;     // attn_q/k/v.bias present
+  bool qk_norm = false;            // attn_q_norm / attn_k_norm (qwen3)
+  bool tied_output = false;        // output.weight absent: token_embd is the classifier
+};
+
+struct ModelOptions {
+  // Backend that holds the weights and runs every context of this model. Null:
+  // a CPU backend with `threads` threads (0 = every core).
+  std::shared_ptr<Backend> backend;
+  int threads = 0;
+};
+
+// Immutable weights. Thread-safety: const after Load. Contexts of one model
+// share its backend, so their Decode calls must not overlap (see backend.hpp).
 class LlamaModel {
  public:
-  // Reads hyperparameters and weights from a GGUF whose general.architecture
-  // is "llama". Keeps `gguf` alive (F32 weights point into its mapping).
-  // Errors (kInvalidArgument): other architecture, missing or inconsistent
-  // hyperparameters, a missing tensor, a tensor whose shape does not match the
-  // hyperparameters, or a tensor type the CPU engine cannot compute.
-  static Result<std::shared_ptr<const LlamaModel>> Load(std::shared_ptr<const GgufFile> gguf);
+  // Reads hyperparameters and weights from `gguf`; keeps `gguf` alive (weights
+  // point into its mapping). Errors (kInvalidArgument): unsupported
+  // architecture, missing or inconsistent hyperparameters or rope scaling, a
+  // missing tensor, a tensor whose shape does not match the hyperparameters, a
+  // tensor type the backend cannot compute; or the backend's own error.
+  static Result<std::shared_ptr<const LlamaModel>> Load(std::shared_ptr<const GgufFile> gguf,
+                                                        const ModelOptions& options = {});
 
   const LlamaHparams& hparams() const { return hparams_; }
+  Backend& backend() const { return *backend_; }
 
-  struct Matrix {
-    const float* data = nullptr;  // rows x cols, row-major
-    int rows = 0;
-    int cols = 0;
-  };
   struct Layer {
-    const float* attn_norm = nullptr;  // embedding_length
-    Matrix wq, wk, wv, wo;
-    const float* ffn_norm = nullptr;
-    Matrix w_gate, w_up, w_down;
+    std::unique_ptr<BackendVector> attn_norm;
+    std::unique_ptr<BackendWeight> wq, wk, wv, wo;
+    std::unique_ptr<BackendVector> bq, bk, bv;          // null without attention biases
+    std::unique_ptr<BackendVector> q_norm, k_norm;      // qwen3 only
+    std::unique_ptr<BackendVector> ffn_norm;
+    std::unique_ptr<BackendWeight> w_gate, w_up, w_down;
   };
-  const Matrix& token_embd() const { return token_embd_; }
+  const BackendWeight& token_embd() const { return *token_embd_; }
   const std::vector<Layer>& layers() const { return layers_; }
-  const float* output_norm() const { return output_norm_; }
-  const Matrix& output() const { return output_; }
+  const BackendVector& output_norm() const { return *output_norm_; }
+  // The classifier: output.weight, or token_embd when tied.
+  const BackendWeight& output() const { return output_ ? *output_ : *token_embd_; }
+
+  // Bytes of weights one decode step reads: every layer matrix and the
+  // classifier (one embedding row is negligible).
+  size_t decode_weight_bytes() const { return decode_weight_bytes_; }
+
+  // cos/sin of each rotated pair at `pos` (hparams().rope_dims floats, layout of
+  // RopeTable), with the file's frequency factors and rope scaling.
+  void RopeRow(int pos, float* out) const;
 
  private:
   LlamaModel() = default;
-  Result<const float*> Vector(const std::string& name, int n);
-  Result<Matrix> Mat(const std::string& name, int in, int out);
 
   std::shared_ptr<const GgufFile> gguf_;
-  std::vector<std::vector<float>> converted_;  // owned storage of non-F32 tensors
+  std::shared_ptr<Backend> backend_;
   LlamaHparams hparams_;
-  Matrix token_embd_;
+  std::unique_ptr<BackendWeight> token_embd_;
   std::vector<Layer> layers_;
-  const float* output_norm_ = nullptr;
-  Matrix output_;
+  std::unique_ptr<BackendVector> output_norm_;
+  std::unique_ptr<BackendWeight> output_;  // null when tied
+  std::vector<float> inv_freq_;            // base^(-2i/dims) / freq factor, i < rope_dims / 2
+  float yarn_corr_[2] = {0.0f, 0.0f};
+  size_t decode_weight_bytes_ = 0;
+
+  friend class ModelLoader;
 };
 
-// One sequence's KV cache and scratch buffers. Thread-safety: none; use one
-// context per thread. Memory: 2 * block_count * context_length *
-// head_count_kv * head_dim floats for the cache.
+struct ContextOptions {
+  // Longest sequence, tokens; 0 means the model's trained context length. The
+  // KV cache grows with the sequence (64-token pages), so this costs nothing
+  // until used.
+  int context_length = 0;
+  KvType kv_type = KvType::kF16;  // as llama.cpp's default
+  // Prompt tokens run through the layers together (each weight is read once
+  // per batch); larger batches use more scratch memory.
+  int max_batch = 64;
+};
+
+// One sequence's KV cache and scratch buffers. Thread-safety: none; one
+// context per thread, and Decode calls of contexts sharing a model's backend
+// must not overlap.
 class LlamaContext {
  public:
-  // `context_length` tokens of KV cache; 0 means the model's trained length.
-  // Errors: kInvalidArgument when context_length < 0.
+  // Errors: kInvalidArgument when context_length < 0 or max_batch < 1.
+  static Result<std::unique_ptr<LlamaContext>> Create(std::shared_ptr<const LlamaModel> model,
+                                                      const ContextOptions& options);
+  // Same as Create(model, {.context_length = context_length}).
   static Result<std::unique_ptr<LlamaContext>> Create(std::shared_ptr<const LlamaModel> model,
                                                       int context_length);
 
@@ -105,15 +169,19 @@ class LlamaContext {
   // processed in batches), appends them to the KV cache and returns the
   // logits (vocab_size floats, unnormalised) for the last one. The span is
   // valid until the next Decode/Reset.
-  // Errors (kInvalidArgument): empty input, a token id outside the
-  // vocabulary, or position() + size > context_length() (nothing is run then).
+  // Errors: kInvalidArgument for empty input, a token id outside the
+  // vocabulary, or position() + size > context_length() (nothing is run
+  // then); kResourceExhausted when KV memory cannot be allocated (the position
+  // is unchanged).
   Result<std::span<const float>> Decode(std::span<const TokenId> tokens);
 
-  // Forgets the sequence (position 0).
+  // Forgets the sequence (position 0); the KV pages are kept for reuse.
   void Reset() { position_ = 0; }
   int position() const { return position_; }
   int context_length() const { return context_length_; }
   const LlamaModel& model() const { return *model_; }
+  // Bytes held by the KV cache now.
+  size_t kv_bytes() const { return cache_->bytes(); }
 
  private:
   LlamaContext() = default;
@@ -121,11 +189,14 @@ class LlamaContext {
 
   std::shared_ptr<const LlamaModel> model_;
   int context_length_ = 0;
+  int max_batch_ = 0;
   int position_ = 0;
-  std::vector<float> k_cache_;  // [layer][pos][head_count_kv * head_dim]
-  std::vector<float> v_cache_;
-  // Scratch, sized for kMaxBatch tokens.
-  std::vector<float> x_, xb_, q_, att_out_, hb_, hb2_, scores_, rope_cos_, rope_sin_, logits_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<ActivationBuffer> buffer_;
+  ActTensor x_, xb_, q_, k_, v_, att_, hb_, hb2_, logits_act_;
+  std::vector<float> rope_;  // max_batch * rope_dims
+  std::vector<int32_t> ids_;
+  std::vector<float> logits_;
 };
 
 }  // namespace tollgate::local_backend
