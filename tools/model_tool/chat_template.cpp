@@ -103,6 +103,10 @@ int ChatTemplate(int argc, char** argv) {
     }
   }
   if (template_path.empty() == model_path.empty()) return Usage("give one of --template-file and --model");
+  // The conversation is read first, whatever fails later: a caller writing
+  // it must never see a broken pipe.
+  std::string input;
+  if (!caps) input.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
 
   std::string source;
   std::string model_bos;
@@ -137,7 +141,6 @@ int ChatTemplate(int argc, char** argv) {
     return 0;
   }
 
-  const std::string input{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
   boost::system::error_code ec;
   json::value body = json::parse(input, ec);
   if (ec || !body.is_object()) return Fail("stdin must hold a JSON object {\"messages\": [...], ...}");

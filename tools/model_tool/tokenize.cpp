@@ -69,6 +69,9 @@ int Tokenize(int argc, char** argv) {
     }
   }
   if (model_path.empty()) return Usage("--model is required");
+  // The input is read first, whatever fails later: a caller writing it must
+  // never see a broken pipe.
+  const std::string input{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
 
   auto file = local_backend::GgufFile::Open(model_path);
   if (!file) {
@@ -81,7 +84,6 @@ int Tokenize(int argc, char** argv) {
     return 1;
   }
 
-  const std::string input{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
   boost::system::error_code ec;
   json::value parsed = json::parse(input, ec);
   if (ec || !parsed.is_array()) {
