@@ -46,6 +46,9 @@ using cpu::Kernels;
 
 // Positions per KV cache page. Results do not depend on it (see Attention).
 constexpr int kKvPageTokens = 64;
+// Below this many multiply-adds an operation runs on the calling thread: waking
+// the pool costs microseconds, more than tiny models' whole operations.
+constexpr double kMinParallelWork = 1 << 17;
 constexpr size_t kAlign = 64;
 
 struct FreeDeleter {
@@ -309,10 +312,13 @@ class CpuBackend final : public Backend {
   void RmsNorm(const ActTensor& x, const BackendVector* weight, float eps, ActTensor out) override {
     assert(out.rows == x.rows && out.cols == x.cols && (!weight || weight->size() == x.cols));
     const float* w = weight ? static_cast<const CpuVector*>(weight)->data() : nullptr;
-    RunRows(x.rows, [&](int r) {
-      cpu::RmsNorm(x.data + static_cast<size_t>(r) * static_cast<size_t>(x.stride), w, x.cols, eps,
-                   out.data + static_cast<size_t>(r) * static_cast<size_t>(out.stride));
-    });
+    RunRows(
+        x.rows,
+        [&](int r) {
+          cpu::RmsNorm(x.data + static_cast<size_t>(r) * static_cast<size_t>(x.stride), w, x.cols, eps,
+                       out.data + static_cast<size_t>(r) * static_cast<size_t>(out.stride));
+        },
+        x.cols);
   }
 
   void MatMul(const ActTensor& x, std::span<const MatMulTarget> targets) override;
@@ -353,11 +359,14 @@ class CpuBackend final : public Backend {
 
   void SwiGlu(const ActTensor& gate, const ActTensor& up, ActTensor out) override {
     assert(gate.rows == up.rows && gate.cols == up.cols && out.rows == gate.rows && out.cols == gate.cols);
-    RunRows(gate.rows, [&](int r) {
-      k_.swiglu(gate.data + static_cast<size_t>(r) * static_cast<size_t>(gate.stride),
-                up.data + static_cast<size_t>(r) * static_cast<size_t>(up.stride),
-                out.data + static_cast<size_t>(r) * static_cast<size_t>(out.stride), gate.cols);
-    });
+    RunRows(
+        gate.rows,
+        [&](int r) {
+          k_.swiglu(gate.data + static_cast<size_t>(r) * static_cast<size_t>(gate.stride),
+                    up.data + static_cast<size_t>(r) * static_cast<size_t>(up.stride),
+                    out.data + static_cast<size_t>(r) * static_cast<size_t>(out.stride), gate.cols);
+        },
+        8.0 * gate.cols);
   }
 
   void Add(ActTensor x, const ActTensor& y) override {
@@ -379,14 +388,25 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  // fn(row) for every row, spread over the pool when there are several.
+  // fn(row) for every row, spread over the pool when there are several and
+  // rows * work_per_row is worth it.
   template <class F>
-  void RunRows(int rows, F&& fn) {
-    if (rows <= 1) {
-      if (rows == 1) fn(0);
+  void RunRows(int rows, F&& fn, double work_per_row = kMinParallelWork) {
+    if (rows <= 1 || rows * work_per_row < kMinParallelWork) {
+      for (int r = 0; r < rows; ++r) fn(r);
       return;
     }
     pool_.Run(rows, [&](int r, int) { fn(r); });
+  }
+
+  // pool_.Run, or a plain loop on this thread when `work` is small.
+  template <class F>
+  void RunTasks(int tasks, double work, F&& fn) {
+    if (work < kMinParallelWork) {
+      for (int t = 0; t < tasks; ++t) fn(t, 0);
+      return;
+    }
+    pool_.Run(tasks, fn);
   }
 
   const Kernels& k_;
@@ -416,10 +436,13 @@ void CpuBackend::MatMul(const ActTensor& x, std::span<const MatMulTarget> target
     std::byte* dst = act_[static_cast<int>(f)].Get(in.row_bytes * static_cast<size_t>(x.rows));
     in.data = dst;
     auto quantize = f == ActFormat::kQ8_0 ? k_.quantize_q8_0 : k_.quantize_q8_K;
-    RunRows(x.rows, [&](int r) {
-      quantize(x.data + static_cast<size_t>(r) * static_cast<size_t>(x.stride), dst + static_cast<size_t>(r) * in.row_bytes,
-               x.cols);
-    });
+    RunRows(
+        x.rows,
+        [&](int r) {
+          quantize(x.data + static_cast<size_t>(r) * static_cast<size_t>(x.stride),
+                   dst + static_cast<size_t>(r) * in.row_bytes, x.cols);
+        },
+        4.0 * x.cols);
   }
 
   // Work items: row ranges of each target, with every token. Small enough that
@@ -442,7 +465,8 @@ void CpuBackend::MatMul(const ActTensor& x, std::span<const MatMulTarget> target
     const int rows = targets[i].weight->rows();
     for (int r = 0; r < rows; r += chunk) items.push_back({static_cast<int>(i), r, std::min(chunk, rows - r)});
   }
-  pool_.Run(static_cast<int>(items.size()), [&](int index, int) {
+  const double work = static_cast<double>(total_rows) * x.cols * x.rows;
+  RunTasks(static_cast<int>(items.size()), work, [&](int index, int) {
     const Item& item = items[static_cast<size_t>(index)];
     const MatMulTarget& t = targets[static_cast<size_t>(item.target)];
     const auto* w = static_cast<const CpuWeight*>(t.weight);
@@ -504,7 +528,11 @@ void CpuBackend::Attention(int layer, const ActTensor& q, const ActTensor& k, co
   // One job per (row, query head). Scores and the weighted sum of values run
   // page by page; each position's score and each output value's sum (in
   // position order) are the same whatever the page size.
-  pool_.Run(jobs, [&](int job, int thread) {
+  double work = 0;
+  for (const AttentionSeq& s : seqs) {
+    work += 2.0 * shape.head_count * hd * s.rows * (s.first_pos + (s.rows + 1) / 2.0);
+  }
+  RunTasks(jobs, work, [&](int job, int thread) {
     int seq_index = 0;
     while (job >= seqs[static_cast<size_t>(seq_index)].rows * shape.head_count) {
       job -= seqs[static_cast<size_t>(seq_index)].rows * shape.head_count;
