@@ -93,7 +93,13 @@ TEST(CpuKernels, SelectsTheWidestSupportedTable) {
   ASSERT_NE(best, nullptr);
   EXPECT_EQ(best->isa, BestIsa());
   EXPECT_TRUE(MatchesGeneric(*best));
-  if (VectorTables().empty()) GTEST_SKIP() << "no vector table on this CPU or build: only the portable one ran";
+  // Every x86-64 machine this project runs on has AVX2 (the brief): a build
+  // or dispatch that lost the vector kernels must fail here, not pass quietly.
+#if defined(__x86_64__) && !defined(TOLLGATE_LOCAL_BACKEND_NO_MULTIVERSION)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_FALSE(VectorTables().empty()) << "this CPU has AVX2+FMA, yet no vector kernel table was chosen";
+  }
+#endif
 }
 
 TEST(CpuKernels, VectorTablesMatchThePortableOneBitForBit) {

