@@ -10,7 +10,7 @@
 // so resident memory stays at one copy. That costs a pass over the Q4_0 bytes
 // at load (parallel over the pool). Activations quantized for a
 // matrix multiply go to per-format scratch buffers that grow to the largest
-// batch seen. KV caches grow in pages of kKvPageTokens positions.
+// batch seen. KV pools allocate each page when first used.
 #include "tollgate/local_backend/backend.hpp"
 
 #include "cpu_kernels.hpp"
@@ -37,15 +37,32 @@ ActTensor ActTensor::Split(int width) const {
   return {data, rows * (cols / width), width, width};
 }
 
-std::string_view KvTypeName(KvType type) { return type == KvType::kF16 ? "f16" : "f32"; }
+std::string_view KvTypeName(KvType type) {
+  switch (type) {
+    case KvType::kF32: return "f32";
+    case KvType::kF16: return "f16";
+    case KvType::kQ8: return "q8";
+  }
+  return "?";
+}
+
+size_t KvRowBytes(KvType type, int head_dim) {
+  const auto n = static_cast<size_t>(head_dim);
+  switch (type) {
+    case KvType::kF32: return n * 4;
+    case KvType::kF16: return n * 2;
+    case KvType::kQ8: return n + 2;
+  }
+  return 0;
+}
 
 namespace {
+
+static_assert(kKvPageTokens <= cpu::kKvQ8MaxRows);
 
 using cpu::ActFormat;
 using cpu::Kernels;
 
-// Positions per KV cache page. Results do not depend on it (see Attention).
-constexpr int kKvPageTokens = 64;
 // Below this many multiply-adds an operation runs on the calling thread: waking
 // the pool costs microseconds, more than tiny models' whole operations.
 constexpr double kMinParallelWork = 1 << 17;
@@ -177,28 +194,25 @@ class CpuActivations final : public ActivationBuffer {
   size_t floats_;
 };
 
-// Page layout: [layer][0 = K, 1 = V][kv_head][position in page][head_dim].
-class CpuKvCache final : public KvCache {
+// Page layout: [layer][0 = K, 1 = V][kv_head] runs of kKvPageTokens rows of
+// KvRowBytes; in kQ8 a run is the kKvPageTokens int8 rows, then their
+// kKvPageTokens half scales.
+class CpuKvPool final : public KvPool {
  public:
-  explicit CpuKvCache(const KvCacheShape& shape)
-      : KvCache(shape),
-        elem_bytes_(shape.type == KvType::kF16 ? 2 : 4),
-        head_stride_(static_cast<size_t>(kKvPageTokens) * static_cast<size_t>(shape.head_dim)),
-        page_bytes_(static_cast<size_t>(shape.layers) * 2 * static_cast<size_t>(shape.kv_heads) * head_stride_ *
-                    elem_bytes_) {}
+  explicit CpuKvPool(const KvPoolShape& shape)
+      : KvPool(shape), run_bytes_(static_cast<size_t>(kKvPageTokens) * KvRowBytes(shape.type, shape.head_dim)) {}
 
-  int capacity() const override { return static_cast<int>(pages_.size()) * kKvPageTokens; }
-  size_t bytes() const override { return pages_.size() * page_bytes_; }
+  int allocated_pages() const override { return static_cast<int>(pages_.size()); }
 
-  Result<void> Reserve(int tokens) override {
-    if (tokens > shape().max_tokens) {
-      return InvalidArgument("KV cache of " + std::to_string(shape().max_tokens) + " tokens cannot hold " +
-                             std::to_string(tokens));
+  Result<void> Grow(int pages) override {
+    if (pages > shape().max_pages) {
+      return InvalidArgument("KV pool of " + std::to_string(shape().max_pages) + " pages cannot grow to " +
+                             std::to_string(pages));
     }
-    while (capacity() < tokens) {
-      AlignedBytes page = AllocAligned(page_bytes_);
+    while (allocated_pages() < pages) {
+      AlignedBytes page = AllocAligned(page_bytes());
       if (!page) {
-        return Error{ErrorCode::kResourceExhausted, "cannot allocate " + std::to_string(page_bytes_) +
+        return Error{ErrorCode::kResourceExhausted, "cannot allocate " + std::to_string(page_bytes()) +
                                                         " bytes of KV cache"};
       }
       pages_.push_back(std::move(page));
@@ -206,22 +220,17 @@ class CpuKvCache final : public KvCache {
     return {};
   }
 
-  // First element of the run of positions [page * kKvPageTokens, ...) of one head.
-  std::byte* Head(int layer, int kv, int head, int page) const {
+  // The run of one (layer, K or V, head) in `page`.
+  std::byte* Run(int layer, int kv, int head, int32_t page) const {
+    assert(page >= 0 && page < allocated_pages());
     const size_t index = (static_cast<size_t>(layer) * 2 + static_cast<size_t>(kv)) *
                              static_cast<size_t>(shape().kv_heads) +
                          static_cast<size_t>(head);
-    return pages_[static_cast<size_t>(page)].get() + index * head_stride_ * elem_bytes_;
-  }
-  std::byte* Row(int layer, int kv, int head, int pos) const {
-    return Head(layer, kv, head, pos / kKvPageTokens) +
-           static_cast<size_t>(pos % kKvPageTokens) * static_cast<size_t>(shape().head_dim) * elem_bytes_;
+    return pages_[static_cast<size_t>(page)].get() + index * run_bytes_;
   }
 
  private:
-  size_t elem_bytes_;
-  size_t head_stride_;  // elements per (layer, kv, head) run in a page
-  size_t page_bytes_;
+  size_t run_bytes_;
   std::vector<AlignedBytes> pages_;
 };
 
@@ -286,12 +295,12 @@ class CpuBackend final : public Backend {
     return std::make_unique<CpuActivations>(std::move(data), floats);
   }
 
-  Result<std::unique_ptr<KvCache>> CreateKvCache(const KvCacheShape& shape) override {
+  Result<std::unique_ptr<KvPool>> CreateKvPool(const KvPoolShape& shape) override {
     if (shape.layers <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0 || shape.head_dim % 8 != 0 ||
-        shape.max_tokens <= 0) {
-      return InvalidArgument("bad KV cache shape (head size must be a positive multiple of 8)");
+        shape.max_pages <= 0) {
+      return InvalidArgument("bad KV pool shape (head size must be a positive multiple of 8)");
     }
-    return std::unique_ptr<KvCache>(new CpuKvCache(shape));
+    return std::unique_ptr<KvPool>(new CpuKvPool(shape));
   }
 
   void GetRows(const BackendWeight& table, std::span<const int32_t> ids, ActTensor out) override {
@@ -354,7 +363,7 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void Attention(int layer, const ActTensor& q, const ActTensor& k, const ActTensor& v,
+  void Attention(int layer, KvPool& pool, const ActTensor& q, const ActTensor& k, const ActTensor& v,
                  std::span<const AttentionSeq> seqs, const AttentionShape& shape, ActTensor out) override;
 
   void SwiGlu(const ActTensor& gate, const ActTensor& up, ActTensor out) override {
@@ -486,33 +495,44 @@ void CpuBackend::MatMul(const ActTensor& x, std::span<const MatMulTarget> target
   });
 }
 
-void CpuBackend::Attention(int layer, const ActTensor& q, const ActTensor& k, const ActTensor& v,
+void CpuBackend::Attention(int layer, KvPool& kv_pool, const ActTensor& q, const ActTensor& k, const ActTensor& v,
                            std::span<const AttentionSeq> seqs, const AttentionShape& shape, ActTensor out) {
+  auto& pool = static_cast<CpuKvPool&>(kv_pool);
   const int hd = shape.head_dim;
   const int kv_heads = shape.head_count_kv;
   const int group = shape.head_count / kv_heads;
+  const KvType type = pool.shape().type;
+  const size_t row_bytes = KvRowBytes(type, hd);
   assert(q.cols == shape.head_count * hd && k.cols == kv_heads * hd && v.cols == kv_heads * hd &&
-         out.cols == q.cols && hd % 8 == 0);
+         out.cols == q.cols && hd % 8 == 0 && pool.shape().head_dim == hd && pool.shape().kv_heads == kv_heads);
 
   // Store the new keys and values.
   int max_positions = 0;
   int jobs = 0;
   for (const AttentionSeq& s : seqs) {
-    auto* cache = static_cast<CpuKvCache*>(s.cache);
-    assert(cache->capacity() >= s.first_pos + s.rows && cache->shape().head_dim == hd &&
-           cache->shape().kv_heads == kv_heads);
-    const bool f16 = cache->shape().type == KvType::kF16;
+    assert(s.pages.size() * kKvPageTokens >= static_cast<size_t>(s.first_pos + s.rows));
     for (int i = 0; i < s.rows; ++i) {
       const int row = s.first_row + i;
+      const int pos = s.first_pos + i;
+      const int32_t page = s.pages[static_cast<size_t>(pos / kKvPageTokens)];
+      const int slot = pos % kKvPageTokens;
       for (int g = 0; g < kv_heads; ++g) {
         const float* src[2] = {k.data + static_cast<size_t>(row) * static_cast<size_t>(k.stride) + static_cast<size_t>(g * hd),
                                v.data + static_cast<size_t>(row) * static_cast<size_t>(v.stride) + static_cast<size_t>(g * hd)};
         for (int kv = 0; kv < 2; ++kv) {
-          std::byte* dst = cache->Row(layer, kv, g, s.first_pos + i);
-          if (f16) {
-            k_.to_f16(src[kv], reinterpret_cast<uint16_t*>(dst), hd);
-          } else {
-            std::memcpy(dst, src[kv], static_cast<size_t>(hd) * sizeof(float));
+          std::byte* run = pool.Run(layer, kv, g, page);
+          switch (type) {
+            case KvType::kF32:
+              std::memcpy(run + static_cast<size_t>(slot) * row_bytes, src[kv], static_cast<size_t>(hd) * sizeof(float));
+              break;
+            case KvType::kF16:
+              k_.to_f16(src[kv], reinterpret_cast<uint16_t*>(run + static_cast<size_t>(slot) * row_bytes), hd);
+              break;
+            case KvType::kQ8:
+              k_.to_q8(src[kv], reinterpret_cast<int8_t*>(run) + static_cast<size_t>(slot) * static_cast<size_t>(hd),
+                       reinterpret_cast<uint16_t*>(run + static_cast<size_t>(kKvPageTokens) * static_cast<size_t>(hd)) + slot,
+                       hd);
+              break;
           }
         }
       }
@@ -527,11 +547,12 @@ void CpuBackend::Attention(int layer, const ActTensor& q, const ActTensor& k, co
 
   // One job per (row, query head). Scores and the weighted sum of values run
   // page by page; each position's score and each output value's sum (in
-  // position order) are the same whatever the page size.
+  // position order) are the same whatever the page size and batch.
   double work = 0;
   for (const AttentionSeq& s : seqs) {
     work += 2.0 * shape.head_count * hd * s.rows * (s.first_pos + (s.rows + 1) / 2.0);
   }
+  const size_t q8_scales = static_cast<size_t>(kKvPageTokens) * static_cast<size_t>(hd);  // byte offset in a run
   RunTasks(jobs, work, [&](int job, int thread) {
     int seq_index = 0;
     while (job >= seqs[static_cast<size_t>(seq_index)].rows * shape.head_count) {
@@ -539,8 +560,6 @@ void CpuBackend::Attention(int layer, const ActTensor& q, const ActTensor& k, co
       ++seq_index;
     }
     const AttentionSeq& s = seqs[static_cast<size_t>(seq_index)];
-    const auto* cache = static_cast<const CpuKvCache*>(s.cache);
-    const bool f16 = cache->shape().type == KvType::kF16;
     const int i = job / shape.head_count;
     const int h = job % shape.head_count;
     const int g = h / group;
@@ -552,12 +571,19 @@ void CpuBackend::Attention(int layer, const ActTensor& q, const ActTensor& k, co
     const int pages = (n + kKvPageTokens - 1) / kKvPageTokens;
     for (int p = 0; p < pages; ++p) {
       const int count = std::min(kKvPageTokens, n - p * kKvPageTokens);
-      const std::byte* kp = cache->Head(layer, 0, g, p);
+      const std::byte* kp = pool.Run(layer, 0, g, s.pages[static_cast<size_t>(p)]);
       float* sp = scores + static_cast<size_t>(p) * kKvPageTokens;
-      if (f16) {
-        k_.kq_f16(qh, reinterpret_cast<const uint16_t*>(kp), static_cast<size_t>(hd), count, hd, shape.scale, sp);
-      } else {
-        k_.kq_f32(qh, reinterpret_cast<const float*>(kp), static_cast<size_t>(hd), count, hd, shape.scale, sp);
+      switch (type) {
+        case KvType::kF32:
+          k_.kq_f32(qh, reinterpret_cast<const float*>(kp), static_cast<size_t>(hd), count, hd, shape.scale, sp);
+          break;
+        case KvType::kF16:
+          k_.kq_f16(qh, reinterpret_cast<const uint16_t*>(kp), static_cast<size_t>(hd), count, hd, shape.scale, sp);
+          break;
+        case KvType::kQ8:
+          k_.kq_q8(qh, reinterpret_cast<const int8_t*>(kp), reinterpret_cast<const uint16_t*>(kp + q8_scales), count,
+                   hd, shape.scale, sp);
+          break;
       }
     }
     const float max = k_.max(scores, n);
@@ -565,12 +591,19 @@ void CpuBackend::Attention(int layer, const ActTensor& q, const ActTensor& k, co
     std::memset(oh, 0, static_cast<size_t>(hd) * sizeof(float));
     for (int p = 0; p < pages; ++p) {
       const int count = std::min(kKvPageTokens, n - p * kKvPageTokens);
-      const std::byte* vp = cache->Head(layer, 1, g, p);
+      const std::byte* vp = pool.Run(layer, 1, g, s.pages[static_cast<size_t>(p)]);
       const float* sp = scores + static_cast<size_t>(p) * kKvPageTokens;
-      if (f16) {
-        k_.av_f16(sp, reinterpret_cast<const uint16_t*>(vp), static_cast<size_t>(hd), count, hd, oh);
-      } else {
-        k_.av_f32(sp, reinterpret_cast<const float*>(vp), static_cast<size_t>(hd), count, hd, oh);
+      switch (type) {
+        case KvType::kF32:
+          k_.av_f32(sp, reinterpret_cast<const float*>(vp), static_cast<size_t>(hd), count, hd, oh);
+          break;
+        case KvType::kF16:
+          k_.av_f16(sp, reinterpret_cast<const uint16_t*>(vp), static_cast<size_t>(hd), count, hd, oh);
+          break;
+        case KvType::kQ8:
+          k_.av_q8(sp, reinterpret_cast<const int8_t*>(vp), reinterpret_cast<const uint16_t*>(vp + q8_scales), count, hd,
+                   oh);
+          break;
       }
     }
     k_.scale(oh, 1.0f / sum, oh, hd);

@@ -22,6 +22,7 @@ TOLLGATE_SAME_LAYOUT(Q8_KBlock, BlockQ8_K, bsums);
 #undef TOLLGATE_SAME_LAYOUT
 
 uint16_t HalfFromFloat(float x) { return FloatToHalf(x); }
+float FloatFromHalf(uint16_t h) { return HalfToFloat(h); }
 
 void QuantizeQ8_KReference(const float* x, void* out, int cols) { QuantizeRow(GgmlType::kQ8_K, x, out, cols); }
 
@@ -241,6 +242,23 @@ bool MatchesGeneric(const Kernels& k) {
       g.av_f32(sg, kv.data(), kHead, kPositions, kHead, og.data());
       k.av_f32(sk, kv.data(), kHead, kPositions, kHead, ok.data());
     }
+    if (!same(og.data(), ok.data(), og.size() * sizeof(float))) return false;
+  }
+  {
+    std::vector<int8_t> k8g(kv.size()), k8k(kv.size());
+    uint16_t dg[kPositions], dk[kPositions];
+    for (int i = 0; i < kPositions; ++i) {
+      g.to_q8(kv.data() + i * kHead, k8g.data() + i * kHead, &dg[i], kHead);
+      k.to_q8(kv.data() + i * kHead, k8k.data() + i * kHead, &dk[i], kHead);
+    }
+    if (!same(k8g.data(), k8k.data(), k8g.size()) || !same(dg, dk, sizeof(dg))) return false;
+    g.kq_q8(q.data(), k8g.data(), dg, kPositions, kHead, 0.125f, sg);
+    k.kq_q8(q.data(), k8g.data(), dg, kPositions, kHead, 0.125f, sk);
+    if (!same(sg, sk, sizeof(sg))) return false;
+    std::vector<float> og(kHead, 0.5f);
+    std::vector<float> ok = og;
+    g.av_q8(sg, k8g.data(), dg, kPositions, kHead, og.data());
+    k.av_q8(sg, k8g.data(), dg, kPositions, kHead, ok.data());
     if (!same(og.data(), ok.data(), og.size() * sizeof(float))) return false;
   }
   const std::vector<float> gate = randoms(37);

@@ -69,11 +69,15 @@ static_assert(sizeof(Q8_0Block) == 34 && sizeof(Q4_0Block) == 18 && sizeof(Q4_0x
 // rounding to nearest even (quant.hpp FloatToHalf) and ggml's reference Q8_K
 // quantizer (quant.hpp QuantizeRow).
 uint16_t HalfFromFloat(float x);
+float FloatFromHalf(uint16_t h);
 void QuantizeQ8_KReference(const float* x, void* out, int cols);
 
 // out[t * out_stride + r] (+)= dot(weight row r, activation row t) for r < rows,
 // t < tokens. Weight rows are `w_row_bytes` apart in the weight's own ggml
 // layout; activation rows `x_row_bytes` apart in ActFormatFor(type).
+// Rows av_q8 takes at once (a KV page).
+constexpr int kKvQ8MaxRows = 64;
+
 struct GemmArgs {
   const std::byte* w = nullptr;
   size_t w_row_bytes = 0;
@@ -103,6 +107,10 @@ struct Kernels {
                  float* scores) = nullptr;
   void (*kq_f16)(const float* q, const uint16_t* k, size_t k_stride, int n, int head_dim, float scale,
                  float* scores) = nullptr;
+  // The same over 8-bit rows (KvType::kQ8): row i is k + i * head_dim int8
+  // values times the half k_scales[i].
+  void (*kq_q8)(const float* q, const int8_t* k, const uint16_t* k_scales, int n, int head_dim, float scale,
+                float* scores) = nullptr;
   // scores[i] = exp(scores[i] - max) for i < n; returns their sum (8 lanes + tree + tail).
   float (*softmax)(float* scores, int n, float max) = nullptr;
   // max of scores[0..n) (n >= 1).
@@ -110,6 +118,11 @@ struct Kernels {
   // out[d] += sum_i p[i] * v[i * v_stride + d], i in order, for d < head_dim.
   void (*av_f32)(const float* p, const float* v, size_t v_stride, int n, int head_dim, float* out) = nullptr;
   void (*av_f16)(const float* p, const uint16_t* v, size_t v_stride, int n, int head_dim, float* out) = nullptr;
+  // out[d] += sum_i p[i] * v_scales[i] * v[i * head_dim + d] (n <= kKvQ8MaxRows).
+  void (*av_q8)(const float* p, const int8_t* v, const uint16_t* v_scales, int n, int head_dim, float* out) = nullptr;
+  // One row of n floats (a multiple of 8) -> int8 q = round(x / d) with d = max|x| / 127 stored as a half in *scale
+  // (q = 0 and d = 0 for an all-zero row). Rounding: nearest, ties to even.
+  void (*to_q8)(const float* x, int8_t* out, uint16_t* scale, int n) = nullptr;
   // n floats -> halves (n a multiple of 8), round to nearest even.
   void (*to_f16)(const float* x, uint16_t* out, int n) = nullptr;
   // out[i] = g[i] / (1 + exp(-g[i])) * u[i] (out may alias g or u).

@@ -382,33 +382,33 @@ void LlamaModel::RopeRow(int pos, float* out) const {
   }
 }
 
-Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const LlamaModel> model,
-                                                           int context_length) {
-  ContextOptions options;
-  options.context_length = context_length;
-  return Create(std::move(model), options);
+KvPoolShape LlamaModel::KvShape(KvType type, int64_t budget_bytes) const {
+  KvPoolShape shape;
+  shape.layers = hparams_.block_count;
+  shape.kv_heads = hparams_.head_count_kv;
+  shape.head_dim = hparams_.head_dim;
+  shape.type = type;
+  const auto page = static_cast<int64_t>(KvBytesPerToken(type)) * kKvPageTokens;
+  shape.max_pages = static_cast<int>(std::clamp<int64_t>(budget_bytes / page, 1, 1 << 30));
+  return shape;
 }
 
-Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const LlamaModel> model,
-                                                           const ContextOptions& options) {
-  if (options.context_length < 0) return InvalidArgument("context_length must be >= 0");
-  if (options.max_batch < 1) return InvalidArgument("max_batch must be >= 1");
+size_t LlamaModel::KvBytesPerToken(KvType type) const {
+  return static_cast<size_t>(hparams_.block_count) * 2 * static_cast<size_t>(hparams_.head_count_kv) *
+         KvRowBytes(type, hparams_.head_dim);
+}
+
+Result<std::unique_ptr<LlamaRunner>> LlamaRunner::Create(std::shared_ptr<const LlamaModel> model, int max_batch_tokens,
+                                                         int max_logits) {
+  if (max_batch_tokens < 1) return InvalidArgument("max_batch_tokens must be >= 1");
+  if (max_logits < 1) return InvalidArgument("max_logits must be >= 1");
   const LlamaHparams& hp = model->hparams();
   Backend& be = model->backend();
-  std::unique_ptr<LlamaContext> c(new LlamaContext());
-  c->context_length_ = options.context_length == 0 ? hp.context_length : options.context_length;
-  c->max_batch_ = std::min(options.max_batch, c->context_length_);
-  KvCacheShape shape;
-  shape.layers = hp.block_count;
-  shape.kv_heads = hp.head_count_kv;
-  shape.head_dim = hp.head_dim;
-  shape.type = options.kv_type;
-  shape.max_tokens = c->context_length_;
-  auto cache = be.CreateKvCache(shape);
-  if (!cache) return cache.error();
-  c->cache_ = std::move(*cache);
-
-  const int b = c->max_batch_;
+  std::unique_ptr<LlamaRunner> r(new LlamaRunner());
+  r->max_batch_ = max_batch_tokens;
+  r->max_logits_ = std::min(max_logits, max_batch_tokens);
+  const int b = r->max_batch_;
+  const int lb = r->max_logits_;
   const int q_dim = hp.head_count * hp.head_dim;
   const int kv_dim = hp.head_count_kv * hp.head_dim;
   struct Part {
@@ -416,48 +416,64 @@ Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const
     int rows;
     int cols;
   } parts[] = {
-      {&c->x_, b, hp.embedding_length},   {&c->xb_, b, hp.embedding_length}, {&c->q_, b, q_dim},
-      {&c->k_, b, kv_dim},                {&c->v_, b, kv_dim},               {&c->att_, b, q_dim},
-      {&c->hb_, b, hp.feed_forward_length}, {&c->hb2_, b, hp.feed_forward_length},
-      {&c->logits_act_, 1, hp.vocab_size},
+      {&r->x_, b, hp.embedding_length},     {&r->xb_, b, hp.embedding_length}, {&r->q_, b, q_dim},
+      {&r->k_, b, kv_dim},                  {&r->v_, b, kv_dim},               {&r->att_, b, q_dim},
+      {&r->hb_, b, hp.feed_forward_length}, {&r->hb2_, b, hp.feed_forward_length},
+      {&r->last_, lb, hp.embedding_length}, {&r->logits_act_, lb, hp.vocab_size},
   };
   // Each tensor starts on a 64-byte boundary.
   auto padded = [](size_t floats) { return (floats + 15) / 16 * 16; };
   size_t total = 0;
   for (const Part& p : parts) total += padded(static_cast<size_t>(p.rows) * static_cast<size_t>(p.cols));
-  c->buffer_ = be.AllocActivations(total);
+  r->buffer_ = be.AllocActivations(total);
   size_t offset = 0;
   for (const Part& p : parts) {
-    *p.dst = c->buffer_->Tensor(offset, p.rows, p.cols);
+    *p.dst = r->buffer_->Tensor(offset, p.rows, p.cols);
     offset += padded(static_cast<size_t>(p.rows) * static_cast<size_t>(p.cols));
   }
-  c->rope_.resize(static_cast<size_t>(b) * static_cast<size_t>(hp.rope_dims));
-  c->ids_.resize(static_cast<size_t>(b));
-  c->logits_.resize(static_cast<size_t>(hp.vocab_size));
-  c->model_ = std::move(model);
-  return c;
+  r->rope_.resize(static_cast<size_t>(b) * static_cast<size_t>(hp.rope_dims));
+  r->ids_.resize(static_cast<size_t>(b));
+  r->logits_.resize(static_cast<size_t>(lb) * static_cast<size_t>(hp.vocab_size));
+  r->model_ = std::move(model);
+  return r;
 }
 
-Result<std::span<const float>> LlamaContext::Decode(std::span<const TokenId> tokens) {
-  if (tokens.empty()) return InvalidArgument("Decode called with no tokens");
+Result<std::span<const float>> LlamaRunner::Decode(PagedKvCache& cache, std::span<const BatchItem> items) {
+  if (items.empty()) return InvalidArgument("Decode called with no sequences");
   const int vocab = model_->hparams().vocab_size;
-  for (TokenId t : tokens) {
-    if (t < 0 || t >= vocab) return InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
+  size_t tokens = 0;
+  int logit_rows = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const BatchItem& item = items[i];
+    if (item.seq == nullptr || item.tokens.empty()) return InvalidArgument("Decode called with an empty sequence");
+    for (size_t j = 0; j < i; ++j) {
+      if (items[j].seq == item.seq) return InvalidArgument("Decode called with one sequence twice");
+    }
+    for (TokenId t : item.tokens) {
+      if (t < 0 || t >= vocab) return InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
+    }
+    tokens += item.tokens.size();
+    logit_rows += item.logits ? 1 : 0;
   }
-  if (tokens.size() > static_cast<size_t>(context_length_ - position_)) {
-    return InvalidArgument("sequence of " + std::to_string(position_ + tokens.size()) +
-                           " tokens exceeds the context length " + std::to_string(context_length_));
+  if (tokens > static_cast<size_t>(max_batch_)) {
+    return InvalidArgument("batch of " + std::to_string(tokens) + " tokens exceeds max_batch_tokens " +
+                           std::to_string(max_batch_));
   }
-  if (auto r = cache_->Reserve(position_ + static_cast<int>(tokens.size())); !r) return r.error();
-  for (size_t done = 0; done < tokens.size();) {
-    const int n = static_cast<int>(std::min<size_t>(static_cast<size_t>(max_batch_), tokens.size() - done));
-    ForwardBatch(tokens.data() + done, n);
-    done += static_cast<size_t>(n);
+  if (logit_rows > max_logits_) {
+    return InvalidArgument("batch asks for " + std::to_string(logit_rows) + " logit rows, more than " +
+                           std::to_string(max_logits_));
   }
-  return std::span<const float>(logits_);
+  for (const BatchItem& item : items) {
+    if (auto r = cache.Reserve(*item.seq, item.seq->tokens() + static_cast<int>(item.tokens.size())); !r) {
+      return r.error();
+    }
+  }
+  Forward(cache, items, static_cast<int>(tokens), logit_rows);
+  for (const BatchItem& item : items) cache.Append(*item.seq, item.tokens);
+  return std::span<const float>(logits_.data(), static_cast<size_t>(logit_rows) * static_cast<size_t>(vocab));
 }
 
-void LlamaContext::ForwardBatch(const TokenId* tokens, int n) {
+void LlamaRunner::Forward(PagedKvCache& cache, std::span<const BatchItem> items, int n, int logit_rows) {
   const LlamaModel& m = *model_;
   const LlamaHparams& hp = m.hparams();
   Backend& be = m.backend();
@@ -471,13 +487,20 @@ void LlamaContext::ForwardBatch(const TokenId* tokens, int n) {
   const ActTensor hb = hb_.Rows(0, n);
   const ActTensor hb2 = hb2_.Rows(0, n);
 
-  for (int i = 0; i < n; ++i) {
-    ids_[static_cast<size_t>(i)] = tokens[i];
-    m.RopeRow(position_ + i, rope_.data() + static_cast<size_t>(i) * static_cast<size_t>(hp.rope_dims));
+  seqs_.clear();
+  int row = 0;
+  for (const BatchItem& item : items) {
+    const int first_pos = item.seq->tokens();
+    const int rows = static_cast<int>(item.tokens.size());
+    for (int i = 0; i < rows; ++i) {
+      ids_[static_cast<size_t>(row + i)] = item.tokens[static_cast<size_t>(i)];
+      m.RopeRow(first_pos + i, rope_.data() + static_cast<size_t>(row + i) * static_cast<size_t>(hp.rope_dims));
+    }
+    seqs_.push_back(AttentionSeq{item.seq->pages(), row, rows, first_pos});
+    row += rows;
   }
   be.GetRows(m.token_embd(), std::span<const int32_t>(ids_.data(), static_cast<size_t>(n)), x);
   const RopeTable rope{rope_.data(), hp.rope_dims};
-  const AttentionSeq seq{cache_.get(), 0, n, position_};
   AttentionShape shape;
   shape.head_count = hp.head_count;
   shape.head_count_kv = hp.head_count_kv;
@@ -500,7 +523,7 @@ void LlamaContext::ForwardBatch(const TokenId* tokens, int n) {
     }
     be.Rope(q, hp.head_count, hp.head_dim, rope, hp.rope_mode);
     be.Rope(k, hp.head_count_kv, hp.head_dim, rope, hp.rope_mode);
-    be.Attention(l, q, k, v, std::span<const AttentionSeq>(&seq, 1), shape, att);
+    be.Attention(l, cache.pool(), q, k, v, seqs_, shape, att);
     const MatMulTarget wo[] = {{L.wo.get(), x, true}};
     be.MatMul(att, wo);
 
@@ -512,13 +535,77 @@ void LlamaContext::ForwardBatch(const TokenId* tokens, int n) {
     be.MatMul(hb, down);
   }
 
-  // Logits only for the batch's last token: that is all generation needs.
-  const ActTensor last = xb_.Rows(0, 1);
-  be.RmsNorm(x.Rows(n - 1, 1), &m.output_norm(), eps, last);
-  const MatMulTarget out[] = {{&m.output(), logits_act_, false}};
-  be.MatMul(last, out);
-  be.ReadRows(logits_act_, logits_);
-  position_ += n;
+  // Logits only for the last token of the items that want them: that is all
+  // generation needs.
+  if (logit_rows == 0) return;
+  int out_row = 0;
+  row = 0;
+  for (const BatchItem& item : items) {
+    row += static_cast<int>(item.tokens.size());
+    if (!item.logits) continue;
+    be.RmsNorm(x.Rows(row - 1, 1), &m.output_norm(), eps, last_.Rows(out_row, 1));
+    ++out_row;
+  }
+  const ActTensor logits = logits_act_.Rows(0, logit_rows);
+  const MatMulTarget out[] = {{&m.output(), logits, false}};
+  be.MatMul(last_.Rows(0, logit_rows), out);
+  be.ReadRows(logits, std::span<float>(logits_.data(), static_cast<size_t>(logit_rows) * static_cast<size_t>(hp.vocab_size)));
+}
+
+Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const LlamaModel> model,
+                                                           int context_length) {
+  ContextOptions options;
+  options.context_length = context_length;
+  return Create(std::move(model), options);
+}
+
+Result<std::unique_ptr<LlamaContext>> LlamaContext::Create(std::shared_ptr<const LlamaModel> model,
+                                                           const ContextOptions& options) {
+  if (options.context_length < 0) return InvalidArgument("context_length must be >= 0");
+  if (options.max_batch < 1) return InvalidArgument("max_batch must be >= 1");
+  std::unique_ptr<LlamaContext> c(new LlamaContext());
+  c->context_length_ = options.context_length == 0 ? model->hparams().context_length : options.context_length;
+  // Exactly the pages one sequence of context_length tokens needs.
+  const auto pages = (static_cast<int64_t>(c->context_length_) + kKvPageTokens - 1) / kKvPageTokens;
+  const KvPoolShape shape = model->KvShape(
+      options.kv_type, pages * kKvPageTokens * static_cast<int64_t>(model->KvBytesPerToken(options.kv_type)));
+  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false);
+  if (!cache) return cache.error();
+  c->cache_ = std::move(*cache);
+  auto runner = LlamaRunner::Create(std::move(model), std::min(options.max_batch, c->context_length_), 1);
+  if (!runner) return runner.error();
+  c->runner_ = std::move(*runner);
+  return c;
+}
+
+LlamaContext::~LlamaContext() {
+  if (cache_) cache_->Release(seq_);
+}
+
+void LlamaContext::Reset() { cache_->Release(seq_); }
+
+Result<std::span<const float>> LlamaContext::Decode(std::span<const TokenId> tokens) {
+  if (tokens.empty()) return InvalidArgument("Decode called with no tokens");
+  if (tokens.size() > static_cast<size_t>(context_length_ - position())) {
+    return InvalidArgument("sequence of " + std::to_string(position() + tokens.size()) +
+                           " tokens exceeds the context length " + std::to_string(context_length_));
+  }
+  const int vocab = model().hparams().vocab_size;
+  for (TokenId t : tokens) {
+    if (t < 0 || t >= vocab) return InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
+  }
+  if (auto r = cache_->Reserve(seq_, position() + static_cast<int>(tokens.size())); !r) return r.error();
+  std::span<const float> logits;
+  const auto batch = static_cast<size_t>(runner_->max_batch_tokens());
+  for (size_t done = 0; done < tokens.size();) {
+    const size_t n = std::min(batch, tokens.size() - done);
+    const BatchItem item{&seq_, tokens.subspan(done, n), done + n == tokens.size()};
+    auto r = runner_->Decode(*cache_, std::span<const BatchItem>(&item, 1));
+    if (!r) return r.error();
+    logits = *r;
+    done += n;
+  }
+  return logits;
 }
 
 }  // namespace tollgate::local_backend

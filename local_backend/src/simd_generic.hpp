@@ -67,6 +67,11 @@ inline F8 F8LoadF16(const uint16_t* p) {
   for (int i = 0; i < 8; ++i) r.v[i] = Half(p[i]);
   return r;
 }
+inline F8 F8LoadI8(const int8_t* p) {
+  F8 r;
+  for (int i = 0; i < 8; ++i) r.v[i] = static_cast<float>(p[i]);
+  return r;
+}
 inline F8 F8LoadBf16(const uint16_t* p) {
   F8 r;
   for (int i = 0; i < 8; ++i) r.v[i] = Bf16(p[i]);

@@ -47,6 +47,10 @@ TOLLGATE_SIMD_INLINE void F8Store(float* p, F8 a) { _mm256_storeu_ps(p, a.v); }
 TOLLGATE_SIMD_INLINE F8 F8LoadF16(const uint16_t* p) {
   return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
 }
+// 8 int8 -> floats (exact).
+TOLLGATE_SIMD_INLINE F8 F8LoadI8(const int8_t* p) {
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
 // 8 bfloat16 -> floats (exact: the bits move to the top half).
 TOLLGATE_SIMD_INLINE F8 F8LoadBf16(const uint16_t* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

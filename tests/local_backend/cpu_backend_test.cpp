@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -148,41 +149,67 @@ TEST(CpuBackend, RopeRotatesPairsOrHalves) {
   }
 }
 
-TEST(CpuBackend, KvCacheGrowsInPagesUpToItsLimit) {
+TEST(CpuBackend, KvPoolGrowsPageByPageUpToItsBudget) {
   auto be = Cpu();
-  KvCacheShape shape{3, 2, 64, KvType::kF16, 100};
-  auto cache = be->CreateKvCache(shape).value();
-  EXPECT_EQ(cache->capacity(), 0);
-  EXPECT_EQ(cache->bytes(), 0u);
-  ASSERT_TRUE(cache->Reserve(1));
-  EXPECT_EQ(cache->capacity(), 64);
-  EXPECT_EQ(cache->bytes(), 3u * 2 * 2 * 64 * 64 * 2);
-  ASSERT_TRUE(cache->Reserve(100));
-  EXPECT_EQ(cache->capacity(), 128);
-  auto over = cache->Reserve(101);
-  ASSERT_FALSE(over);
-  EXPECT_EQ(over.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_FALSE(be->CreateKvCache({3, 2, 60, KvType::kF16, 100}));  // head size not a multiple of 8
+  for (KvType type : {KvType::kF32, KvType::kF16, KvType::kQ8}) {
+    KvPoolShape shape{3, 2, 64, type, 2};
+    auto pool = be->CreateKvPool(shape).value();
+    EXPECT_EQ(pool->allocated_pages(), 0);
+    EXPECT_EQ(pool->bytes(), 0u);
+    // 3 layers x (K, V) x 2 KV heads x 64 positions x one row.
+    const size_t row = type == KvType::kF32 ? 256 : (type == KvType::kF16 ? 128 : 66);
+    EXPECT_EQ(pool->page_bytes(), 3u * 2 * 2 * 64 * row);
+    ASSERT_TRUE(pool->Grow(1));
+    EXPECT_EQ(pool->bytes(), pool->page_bytes());
+    ASSERT_TRUE(pool->Grow(2));
+    auto over = pool->Grow(3);
+    ASSERT_FALSE(over);
+    EXPECT_EQ(over.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(pool->allocated_pages(), 2);
+  }
+  EXPECT_FALSE(be->CreateKvPool({3, 2, 60, KvType::kF16, 100}));  // head size not a multiple of 8
+  // 8 bits per value and one half scale per row: 1.94x the rows of F16 at head size 64.
+  EXPECT_NEAR(static_cast<double>(KvRowBytes(KvType::kF16, 64)) / KvRowBytes(KvType::kQ8, 64), 1.94, 0.01);
 }
 
-// Two sequences in one call (different caches and start positions, one
+// What the pool holds for one row of a head: rounded to F16, or 8-bit
+// quantized as the kernels do (d = half(max|x| / 127), q = round(x * (1/d))).
+void RoundAsStored(KvType type, float* row, int n) {
+  if (type == KvType::kF16) {
+    for (int i = 0; i < n; ++i) row[i] = HalfToFloat(FloatToHalf(row[i]));
+  } else if (type == KvType::kQ8) {
+    float amax = 0;
+    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float d = HalfToFloat(FloatToHalf(amax / 127.0f));
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float q = std::clamp(std::nearbyint(row[i] * id), -127.0f, 127.0f);
+      row[i] = q * d;
+    }
+  }
+}
+
+// Two sequences in one call (their own pages of one pool, start positions, one
 // crossing a page), grouped-query heads, against float64 attention over the
 // same keys and values (rounded to F16 for the F16 cache).
 TEST(CpuBackend, AttentionMatchesFloat64) {
   auto be = Cpu(2);
   std::mt19937 rng(11);
   const int heads = 4, kv_heads = 2, hd = 64, q_dim = heads * hd, kv_dim = kv_heads * hd;
-  for (KvType kv_type : {KvType::kF32, KvType::kF16}) {
-    auto round = [&](float v) { return kv_type == KvType::kF16 ? HalfToFloat(FloatToHalf(v)) : v; };
-    KvCacheShape shape{2, kv_heads, hd, kv_type, 256};
-    std::unique_ptr<KvCache> caches[2] = {be->CreateKvCache(shape).value(), be->CreateKvCache(shape).value()};
+  for (KvType kv_type : {KvType::kF32, KvType::kF16, KvType::kQ8}) {
+    auto round = [&](std::vector<float>& kv_row) {
+      for (int g = 0; g < kv_heads; ++g) RoundAsStored(kv_type, kv_row.data() + g * hd, hd);
+    };
+    // Pages of the two sequences interleaved in one pool, not in order.
+    auto pool = be->CreateKvPool(KvPoolShape{2, kv_heads, hd, kv_type, 8}).value();
+    ASSERT_TRUE(pool->Grow(8));
+    const std::vector<int32_t> tables[2] = {{5, 0}, {3}};
     // Sequence s has `before[s]` earlier positions already cached, then `rows[s]` new rows.
     const int before[2] = {60, 3};
     const int rows[2] = {9, 4};
     std::vector<std::vector<float>> keys[2], values[2];  // per position, kv_dim (as the cache holds them)
     const int layer = 1;
     for (int s = 0; s < 2; ++s) {
-      ASSERT_TRUE(caches[s]->Reserve(before[s] + rows[s]));
       // Fill the earlier positions through Attention itself, one row at a time.
       auto buf = be->AllocActivations(4 * q_dim);
       for (int p = 0; p < before[s]; ++p) {
@@ -193,12 +220,12 @@ TEST(CpuBackend, AttentionMatchesFloat64) {
           std::copy(r.begin(), r.end(), t->data);
         }
         std::vector<float> kr(k.data, k.data + kv_dim), vr(v.data, v.data + kv_dim);
-        for (float& f : kr) f = round(f);
-        for (float& f : vr) f = round(f);
+        round(kr);
+        round(vr);
         keys[s].push_back(kr);
         values[s].push_back(vr);
-        const AttentionSeq seq{caches[s].get(), 0, 1, p};
-        be->Attention(layer, q, k, v, std::span<const AttentionSeq>(&seq, 1),
+        const AttentionSeq seq{tables[s], 0, 1, p};
+        be->Attention(layer, *pool, q, k, v, std::span<const AttentionSeq>(&seq, 1),
                       AttentionShape{heads, kv_heads, hd, 0.125f}, o);
       }
     }
@@ -211,15 +238,15 @@ TEST(CpuBackend, AttentionMatchesFloat64) {
       const std::vector<float> r = Randoms(rng, static_cast<size_t>(t->rows * t->cols));
       std::copy(r.begin(), r.end(), t->data);
     }
-    const AttentionSeq seqs[2] = {{caches[0].get(), 0, rows[0], before[0]}, {caches[1].get(), rows[0], rows[1], before[1]}};
-    be->Attention(layer, q, k, v, seqs, AttentionShape{heads, kv_heads, hd, 0.125f}, out);
+    const AttentionSeq seqs[2] = {{tables[0], 0, rows[0], before[0]}, {tables[1], rows[0], rows[1], before[1]}};
+    be->Attention(layer, *pool, q, k, v, seqs, AttentionShape{heads, kv_heads, hd, 0.125f}, out);
     for (int s = 0; s < 2; ++s) {
       for (int i = 0; i < rows[s]; ++i) {
         const int row = seqs[s].first_row + i;
         std::vector<float> kr(k.data + row * kv_dim, k.data + (row + 1) * kv_dim);
         std::vector<float> vr(v.data + row * kv_dim, v.data + (row + 1) * kv_dim);
-        for (float& f : kr) f = round(f);
-        for (float& f : vr) f = round(f);
+        round(kr);
+        round(vr);
         keys[s].push_back(kr);
         values[s].push_back(vr);
       }
@@ -240,7 +267,8 @@ TEST(CpuBackend, AttentionMatchesFloat64) {
           for (int j = 0; j < hd; ++j) {
             double o = 0;
             for (int p = 0; p < n; ++p) o += sc[p] / sum * values[s][p][g * hd + j];
-            ASSERT_NEAR(out.data[row * q_dim + h * hd + j], o, 2e-5) << "seq " << s << " row " << i << " head " << h;
+            ASSERT_NEAR(out.data[row * q_dim + h * hd + j], o, 2e-5)
+                << KvTypeName(kv_type) << " seq " << s << " row " << i << " head " << h;
           }
         }
       }

@@ -15,8 +15,8 @@
 //   - BackendVector: a float32 vector (norm weights, biases).
 //   - ActTensor: float32 activations, `rows` (tokens or heads) x `cols`, in
 //     memory from AllocActivations(); a view, never owning.
-//   - KvCache: one sequence's keys and values for every layer, grown in pages
-//     as positions are reserved, in F32 or F16.
+//   - KvPool: keys and values of many sequences in fixed-size pages, in F32,
+//     F16 or 8 bits; sequences name their pages in AttentionSeq.
 //
 // Operations run in call order; on the CPU backend each returns when done (a
 // device backend may queue them, so results are only defined for the host after
@@ -98,35 +98,59 @@ class ActivationBuffer {
   virtual ActTensor Tensor(size_t offset, int rows, int cols) = 0;
 };
 
-enum class KvType { kF32, kF16 };
+// How keys and values are stored.
+//   kF32, kF16: as computed / IEEE half (llama.cpp's default, --cache-type-k f16).
+//   kQ8: each head's row of head_dim values as int8 q = round(x / d) with
+//        one IEEE-half scale d = max|x| / 127 per row (symmetric absmax, as
+//        ggml's Q8_0 but with one scale per row instead of per 32 values, so
+//        a row costs head_dim + 2 bytes: 1.94x fewer than F16 at head_dim 64,
+//        1.97x at 128). Its effect on output is measured in
+//        tests/local_backend/kv_cache_test.cpp and docs/local-engine.md.
+enum class KvType { kF32, kF16, kQ8 };
 std::string_view KvTypeName(KvType type);
+// Bytes one head's row of `head_dim` keys (or values) takes in `type`.
+size_t KvRowBytes(KvType type, int head_dim);
 
-struct KvCacheShape {
+// Positions per KV page, the same for every backend (a page table entry
+// covers positions [i * kKvPageTokens, (i + 1) * kKvPageTokens)).
+constexpr int kKvPageTokens = 64;
+
+struct KvPoolShape {
   int layers = 0;
   int kv_heads = 0;
   int head_dim = 0;  // a multiple of 8
   KvType type = KvType::kF16;
-  int max_tokens = 0;  // Reserve() beyond this fails
+  int max_pages = 0;  // Grow() beyond this fails: the memory budget
 };
 
-class KvCache {
+// Keys and values of many sequences in fixed-size pages (after vLLM's
+// PagedAttention, Kwon et al., SOSP 2023): a page holds kKvPageTokens
+// positions of every layer, K and V, for all KV heads. Which page holds which
+// sequence's positions is the caller's business (PagedKvCache, kv_cache.hpp,
+// passes page tables to Attention). Memory is taken as pages are first
+// needed (Grow) and kept for reuse until the pool is destroyed.
+class KvPool {
  public:
-  virtual ~KvCache() = default;
-  const KvCacheShape& shape() const { return shape_; }
-  // Tokens that fit without allocating.
-  virtual int capacity() const = 0;
-  // Makes room for `tokens` positions (allocating pages as needed; never
-  // shrinks). Errors: kInvalidArgument beyond shape().max_tokens,
-  // kResourceExhausted when memory cannot be allocated.
-  virtual Result<void> Reserve(int tokens) = 0;
-  // Bytes allocated for keys and values.
-  virtual size_t bytes() const = 0;
+  virtual ~KvPool() = default;
+  const KvPoolShape& shape() const { return shape_; }
+  // Bytes of one page (every layer, K and V, every KV head).
+  size_t page_bytes() const {
+    return static_cast<size_t>(shape_.layers) * 2 * static_cast<size_t>(shape_.kv_heads) * kKvPageTokens *
+           KvRowBytes(shape_.type, shape_.head_dim);
+  }
+  // Pages with memory: ids 0 .. allocated_pages() - 1 may be used.
+  virtual int allocated_pages() const = 0;
+  // Gives memory to pages up to id `pages` - 1 (never shrinks). Errors:
+  // kInvalidArgument beyond shape().max_pages, kResourceExhausted when the
+  // memory cannot be allocated (pages allocated so far stay usable).
+  virtual Result<void> Grow(int pages) = 0;
+  size_t bytes() const { return static_cast<size_t>(allocated_pages()) * page_bytes(); }
 
  protected:
-  explicit KvCache(const KvCacheShape& shape) : shape_(shape) {}
+  explicit KvPool(const KvPoolShape& shape) : shape_(shape) {}
 
  private:
-  KvCacheShape shape_;
+  KvPoolShape shape_;
 };
 
 // How a weight's bytes are given to PrepareWeight.
@@ -164,9 +188,13 @@ struct RopeTable {
 
 // Rows [first_row, first_row + rows) of q/k/v belong to one sequence, at
 // positions first_pos, first_pos + 1, ...; row i attends to positions
-// 0 .. first_pos + i of `cache` (causal). Several entries batch several sequences.
+// 0 .. first_pos + i (causal). Position p of the sequence lives in page
+// pages[p / kKvPageTokens] of the pool; the table must cover position
+// first_pos + rows - 1, and the pages written (those of the new positions)
+// must not be shared with another sequence. Several entries batch several
+// sequences (continuous batching).
 struct AttentionSeq {
-  KvCache* cache = nullptr;
+  std::span<const int32_t> pages;
   int first_row = 0;
   int rows = 0;
   int first_pos = 0;
@@ -193,8 +221,8 @@ class Backend {
   virtual std::unique_ptr<BackendVector> PrepareVector(std::span<const float> values) = 0;
   // `floats` float32 values of activation memory, 64-byte aligned, uninitialised.
   virtual std::unique_ptr<ActivationBuffer> AllocActivations(size_t floats) = 0;
-  // Errors: kInvalidArgument for a bad shape. Allocates nothing until Reserve.
-  virtual Result<std::unique_ptr<KvCache>> CreateKvCache(const KvCacheShape& shape) = 0;
+  // Errors: kInvalidArgument for a bad shape. Allocates nothing until Grow.
+  virtual Result<std::unique_ptr<KvPool>> CreateKvPool(const KvPoolShape& shape) = 0;
 
   // --- operations
   // out row i = row ids[i] of `table` (any supported type, dequantized exactly).
@@ -210,12 +238,11 @@ class Backend {
   // Rotates the first table.dims values of each of the `heads` heads of every
   // row of x (head_dim values each) in place.
   virtual void Rope(ActTensor x, int heads, int head_dim, const RopeTable& table, RopeMode mode) = 0;
-  // Stores k and v (rows as in `seqs`; kv_heads * head_dim columns) in each
-  // sequence's cache at its positions for `layer`, then writes to `out`
+  // Stores k and v (rows as in `seqs`; kv_heads * head_dim columns) in
+  // `pool` at each sequence's positions for `layer`, then writes to `out`
   // (head_count * head_dim columns) softmax(q k^T * scale) v over positions
-  // 0 .. pos (Vaswani et al. 2017, causal; grouped-query per `shape`). Each
-  // cache must have capacity for its last position.
-  virtual void Attention(int layer, const ActTensor& q, const ActTensor& k, const ActTensor& v,
+  // 0 .. pos (Vaswani et al. 2017, causal; grouped-query per `shape`).
+  virtual void Attention(int layer, KvPool& pool, const ActTensor& q, const ActTensor& k, const ActTensor& v,
                          std::span<const AttentionSeq> seqs, const AttentionShape& shape, ActTensor out) = 0;
   // out = SiLU(gate) (.) up (SwiGLU, Shazeer arXiv:2002.05202). out may be gate.
   virtual void SwiGlu(const ActTensor& gate, const ActTensor& up, ActTensor out) = 0;

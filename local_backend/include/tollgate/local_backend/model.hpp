@@ -40,6 +40,7 @@
 #include "tollgate/core/error.hpp"
 #include "tollgate/local_backend/backend.hpp"
 #include "tollgate/local_backend/gguf.hpp"
+#include "tollgate/local_backend/kv_cache.hpp"
 #include "tollgate/local_backend/tokenizer.hpp"
 
 #include <memory>
@@ -121,6 +122,12 @@ class LlamaModel {
   // classifier (one embedding row is negligible).
   size_t decode_weight_bytes() const { return decode_weight_bytes_; }
 
+  // The KV pool shape for this model: `type`, and as many pages as fit in
+  // `budget_bytes` (at least one).
+  KvPoolShape KvShape(KvType type, int64_t budget_bytes) const;
+  // Bytes of keys and values per token in `type` (every layer).
+  size_t KvBytesPerToken(KvType type) const;
+
   // cos/sin of each rotated pair at `pos` (hparams().rope_dims floats, layout of
   // RopeTable), with the file's frequency factors and rope scaling.
   void RopeRow(int pos, float* out) const;
@@ -142,10 +149,59 @@ class LlamaModel {
   friend class ModelLoader;
 };
 
+// One sequence's part of a batch (LlamaRunner::Decode).
+struct BatchItem {
+  KvSequence* seq = nullptr;
+  std::span<const TokenId> tokens;  // stored at positions seq->tokens(), ...
+  bool logits = false;              // return the logits after its last token
+};
+
+// Runs batches of sequences through a model: the continuous-batching step
+// (Yu et al., "Orca", OSDI 2022; llama.cpp's llama_batch): the prompt chunks
+// and decode tokens of all running sequences go through the layers together,
+// so each weight is read once per step for all of them; attention reads each
+// sequence's own pages. Owns the activation scratch for `max_batch_tokens`
+// rows. Thread-safety: none; runners sharing a model's backend must not
+// Decode concurrently (backend.hpp).
+class LlamaRunner {
+ public:
+  // Errors: kInvalidArgument when max_batch_tokens or max_logits < 1.
+  static Result<std::unique_ptr<LlamaRunner>> Create(std::shared_ptr<const LlamaModel> model, int max_batch_tokens,
+                                                     int max_logits);
+
+  // Runs every item's tokens, stores their keys and values in `cache` and
+  // appends them to the item's sequence. Returns the logits (vocab_size
+  // unnormalised floats each) of the items with `logits`, in item order, one
+  // row after another; valid until the next Decode.
+  // Errors (nothing run, no sequence advanced; pages already taken stay with
+  // their sequences): kInvalidArgument for no items, an item without tokens,
+  // more than max_batch_tokens tokens or max_logits logits in all, a sequence
+  // named twice, a token id outside the vocabulary; kResourceExhausted when
+  // the cache has no page left for the new positions.
+  Result<std::span<const float>> Decode(PagedKvCache& cache, std::span<const BatchItem> items);
+
+  int max_batch_tokens() const { return max_batch_; }
+  const LlamaModel& model() const { return *model_; }
+
+ private:
+  LlamaRunner() = default;
+  void Forward(PagedKvCache& cache, std::span<const BatchItem> items, int tokens, int logit_rows);
+
+  std::shared_ptr<const LlamaModel> model_;
+  int max_batch_ = 0;
+  int max_logits_ = 0;
+  std::unique_ptr<ActivationBuffer> buffer_;
+  ActTensor x_, xb_, q_, k_, v_, att_, hb_, hb2_, last_, logits_act_;
+  std::vector<float> rope_;  // max_batch * rope_dims
+  std::vector<int32_t> ids_;
+  std::vector<AttentionSeq> seqs_;
+  std::vector<float> logits_;
+};
+
 struct ContextOptions {
   // Longest sequence, tokens; 0 means the model's trained context length. The
-  // KV cache grows with the sequence (64-token pages), so this costs nothing
-  // until used.
+  // KV cache grows with the sequence (kKvPageTokens-token pages), so this
+  // costs nothing until used.
   int context_length = 0;
   KvType kv_type = KvType::kF16;  // as llama.cpp's default
   // Prompt tokens run through the layers together (each weight is read once
@@ -153,9 +209,10 @@ struct ContextOptions {
   int max_batch = 64;
 };
 
-// One sequence's KV cache and scratch buffers. Thread-safety: none; one
-// context per thread, and Decode calls of contexts sharing a model's backend
-// must not overlap.
+// One sequence with its own KV cache: LlamaRunner and PagedKvCache for the
+// simple case (tests, benchmarks, tools). Thread-safety: none; one context
+// per thread, and Decode calls of contexts sharing a model's backend must not
+// overlap.
 class LlamaContext {
  public:
   // Errors: kInvalidArgument when context_length < 0 or max_batch < 1.
@@ -164,6 +221,7 @@ class LlamaContext {
   // Same as Create(model, {.context_length = context_length}).
   static Result<std::unique_ptr<LlamaContext>> Create(std::shared_ptr<const LlamaModel> model,
                                                       int context_length);
+  ~LlamaContext();
 
   // Runs `tokens` at positions position() .. position()+size-1 (a prompt is
   // processed in batches), appends them to the KV cache and returns the
@@ -176,27 +234,20 @@ class LlamaContext {
   Result<std::span<const float>> Decode(std::span<const TokenId> tokens);
 
   // Forgets the sequence (position 0); the KV pages are kept for reuse.
-  void Reset() { position_ = 0; }
-  int position() const { return position_; }
+  void Reset();
+  int position() const { return seq_.tokens(); }
   int context_length() const { return context_length_; }
-  const LlamaModel& model() const { return *model_; }
+  const LlamaModel& model() const { return runner_->model(); }
   // Bytes held by the KV cache now.
-  size_t kv_bytes() const { return cache_->bytes(); }
+  size_t kv_bytes() const { return cache_->pool().bytes(); }
 
  private:
   LlamaContext() = default;
-  void ForwardBatch(const TokenId* tokens, int n);
 
-  std::shared_ptr<const LlamaModel> model_;
   int context_length_ = 0;
-  int max_batch_ = 0;
-  int position_ = 0;
-  std::unique_ptr<KvCache> cache_;
-  std::unique_ptr<ActivationBuffer> buffer_;
-  ActTensor x_, xb_, q_, k_, v_, att_, hb_, hb2_, logits_act_;
-  std::vector<float> rope_;  // max_batch * rope_dims
-  std::vector<int32_t> ids_;
-  std::vector<float> logits_;
+  std::unique_ptr<LlamaRunner> runner_;
+  std::unique_ptr<PagedKvCache> cache_;
+  KvSequence seq_;
 };
 
 }  // namespace tollgate::local_backend
