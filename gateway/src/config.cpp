@@ -325,10 +325,10 @@ EndpointConfig ParseEndpoint(const YAML::Node& en, const std::string& epath,
       Fail(dpath + ".zero_data_retention", "contradicts retains_prompts / trains_on_prompts");
     }
   }
-  // The local engine runs one sequence per model file at a time for now:
-  // more calls than that wait (or spill to another endpoint) rather than
-  // pile up behind it.
-  e.max_concurrency = local ? 1 : 0;
+  // 0 for a local endpoint: the engine's max_sequences (filled in when the
+  // engine is loaded), so more calls wait in the router's queue (or spill to
+  // another endpoint) rather than pile up in the engine's.
+  e.max_concurrency = 0;
   if (en["max_concurrency"]) {
     e.max_concurrency = static_cast<int>(r.Int(en["max_concurrency"], epath + ".max_concurrency", 0, 1'000'000));
   }
@@ -459,7 +459,8 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       const YAML::Node& n = kv.second;
       r.CheckKeys(n, path, {"type", "preset", "display_name", "base_url", "api_key", "ca_file", "connect_timeout_ms",
                             "first_byte_timeout_ms", "max_idle_connections", "default_max_tokens", "extra_headers",
-                            "context_length"});
+                            "context_length", "threads", "max_sequences", "max_queue", "max_batch_tokens",
+                            "kv_cache_mib", "kv_cache_type", "prefix_cache"});
       if (!n["type"]) Fail(path + ".type", "is required (local, openai_compatible, anthropic or gemini)");
       p.type = r.String(n["type"], path + ".type");
       const bool remote = p.type == "openai_compatible" || p.type == "anthropic" || p.type == "gemini";
@@ -519,6 +520,22 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
         if (n["context_length"]) {
           p.context_length = static_cast<int>(r.Int(n["context_length"], path + ".context_length", 0, 1 << 24));
         }
+        if (n["threads"]) p.threads = static_cast<int>(r.Int(n["threads"], path + ".threads", 0, 1024));
+        if (n["max_sequences"]) {
+          p.max_sequences = static_cast<int>(r.Int(n["max_sequences"], path + ".max_sequences", 1, 1024));
+        }
+        if (n["max_queue"]) p.max_queue = static_cast<int>(r.Int(n["max_queue"], path + ".max_queue", 0, 100'000));
+        if (n["max_batch_tokens"]) {
+          p.max_batch_tokens = static_cast<int>(r.Int(n["max_batch_tokens"], path + ".max_batch_tokens", 1, 65'536));
+        }
+        if (n["kv_cache_mib"]) p.kv_cache_mib = r.Int(n["kv_cache_mib"], path + ".kv_cache_mib", 0, 1 << 20);
+        if (n["kv_cache_type"]) {
+          p.kv_cache_type = r.String(n["kv_cache_type"], path + ".kv_cache_type");
+          if (p.kv_cache_type != "f16" && p.kv_cache_type != "q8" && p.kv_cache_type != "f32") {
+            Fail(path + ".kv_cache_type", "'" + p.kv_cache_type + "' is not a KV cache type (f16, q8, f32)");
+          }
+        }
+        if (n["prefix_cache"]) p.prefix_cache = r.Bool(n["prefix_cache"], path + ".prefix_cache");
       } else {
         Fail(path + ".type", "'" + p.type + "' is not a provider type (local, openai_compatible, anthropic, gemini)");
       }

@@ -905,6 +905,15 @@ int Serve(const Config& config, const ServeOptions& options) {
             o.display_name = pc.display_name;
             o.model_path = ec.model;
             o.context_length = pc.context_length;
+            o.threads = pc.threads;
+            o.max_sequences = pc.max_sequences;
+            o.max_queue = pc.max_queue;
+            o.max_batch_tokens = pc.max_batch_tokens;
+            o.kv_cache_bytes = pc.kv_cache_mib << 20;
+            o.kv_cache_type = pc.kv_cache_type == "q8"    ? local_backend::KvType::kQ8
+                              : pc.kv_cache_type == "f32" ? local_backend::KvType::kF32
+                                                          : local_backend::KvType::kF16;
+            o.prefix_cache = pc.prefix_cache;
             auto created = local_backend::LocalProvider::Create(o);
             if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
             engine = std::move(*created);
@@ -912,6 +921,7 @@ int Serve(const Config& config, const ServeOptions& options) {
           }
           e.provider = engine.get();
           if (e.context_length == 0) e.context_length = engine->ContextLength();
+          if (e.max_concurrency == 0) e.max_concurrency = engine->MaxSequences();
         } else {
           e.provider = remote.at(ec.provider).get();
         }

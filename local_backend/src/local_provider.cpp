@@ -8,6 +8,7 @@
 #include "tollgate/local_backend/tokenizer.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -19,9 +20,8 @@
 namespace tollgate::local_backend {
 namespace {
 
-// Prompt tokens per Decode call, so cancellation and the deadline are also
-// honoured during a long prefill.
-constexpr size_t kPrefillChunk = 128;
+// The default KV budget's ceiling (LocalProviderOptions::kv_cache_bytes).
+constexpr int64_t kDefaultKvBudget = int64_t{2} << 30;
 
 // A request's prompt as the model reads it.
 struct Prompt {
@@ -58,27 +58,6 @@ ParameterSet BaseParameters() {
                       Param::kFrequencyPenalty, Param::kLogitBias,       Param::kStop,      Param::kSeed};
 }
 
-// Blocks the worker while `sink` says its consumer is behind, until it
-// resumes us or the call is cancelled or the provider stops.
-void WaitUntilReady(StreamSink& sink, const std::stop_token& cancel, const std::stop_token& shutdown) {
-  struct Resume {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool ready = false;
-  };
-  auto resume = std::make_shared<Resume>();
-  const bool ready = sink.Ready([resume] {
-    std::lock_guard lock(resume->mu);
-    resume->ready = true;
-    resume->cv.notify_all();
-  });
-  if (ready) return;
-  std::unique_lock lock(resume->mu);
-  while (!resume->ready && !cancel.stop_requested() && !shutdown.stop_requested()) {
-    resume->cv.wait_for(lock, std::chrono::milliseconds(50));
-  }
-}
-
 // The prompt of a chat for a model without a chat template: the messages'
 // texts joined with "\n" (roles dropped). Tool results count as their text.
 std::string PlainChatPrompt(const ChatRequest& req) {
@@ -98,10 +77,53 @@ std::string PlainChatPrompt(const ChatRequest& req) {
   return prompt;
 }
 
+// A request the worker is running: its KV pages, where its prompt is, and
+// the generation state that survives preemption.
+struct Sequence {
+  Job job;
+  uint64_t order = 0;  // admission order: the youngest is preempted first
+  int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens found in the prefix cache on admission
+  std::vector<TokenId> history;  // prompt, then every accepted token
+  KvSequence kv;
+  // Tokens to store next, from history[kv.tokens()]: the rest of the prompt
+  // (or, after a preemption, of the whole history), then one token per step.
+  size_t fed = 0;  // history[0 .. fed) stored in kv
+  int64_t limit = 0;
+  std::optional<Sampler> sampler;
+  std::optional<IncrementalDetokenizer> detokenizer;
+  std::optional<StopMatcher> stop_matcher;
+  std::optional<OutputParser> parser;
+  int64_t generated = 0;
+  bool emitted = false;
+  bool preempted = false;  // its pages were taken; the history is prefilled again
+  bool in_batch = false;   // has an item in the step being built
+  // Flow control: the sink said its consumer is behind; `resumed` is set by
+  // its callback (on any thread).
+  bool blocked = false;
+  std::shared_ptr<std::atomic<bool>> resumed = std::make_shared<std::atomic<bool>>(false);
+  std::vector<StreamEvent> events;  // scratch for the parser
+};
+
+// What Start() and the sinks' resume callbacks share with the worker; held by
+// shared_ptr so a late callback never touches a destroyed provider.
+struct WorkQueue {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Job> jobs;  // guarded by mu
+  bool stopping = false; // guarded by mu
+  bool wake = false;     // guarded by mu: a resume callback ran
+  // Guarded by mu, written by the worker after each step (Stats).
+  int running = 0;
+  PagedKvCacheStats kv;
+  int64_t preemptions = 0;
+};
+
 }  // namespace
 
 struct LocalProvider::Impl {
   std::string name;
+  LocalProviderOptions options;
   std::shared_ptr<const GgufFile> gguf;
   std::optional<Tokenizer> tokenizer;
   // The model's tokenizer.chat_template, parsed; or why it could not be.
@@ -110,16 +132,42 @@ struct LocalProvider::Impl {
   std::optional<Error> template_error;
   ParameterSet params;
   std::shared_ptr<const LlamaModel> model;
-  std::unique_ptr<LlamaContext> context;
+  int context_length = 0;  // per sequence
+  // Worker-thread state.
+  std::unique_ptr<LlamaRunner> runner;
+  std::unique_ptr<PagedKvCache> cache;
+  std::vector<std::unique_ptr<Sequence>> running;
+  uint64_t next_order = 0;
+  std::vector<BatchItem> items;
+  std::vector<Sequence*> item_seqs;
 
-  std::mutex mu;
-  std::condition_variable_any cv;
-  std::deque<Job> queue;  // guarded by mu
-  bool stopping = false;  // guarded by mu
-  std::jthread worker;    // last member: stopped and joined before the rest goes
+  std::shared_ptr<WorkQueue> queue = std::make_shared<WorkQueue>();
+  std::jthread worker;  // last member: stopped and joined before the rest goes
+
+  std::unique_ptr<Sequence> waiting;  // prepared, first in line for KV pages
+  int64_t preemptions = 0;
 
   void Run(std::stop_token stop);
-  void Serve(Job& job, const std::stop_token& shutdown);
+  // Moves queued jobs into `running` while slots and KV pages allow.
+  void Admit(const std::stop_token& shutdown);
+  // Validates and tokenizes a job; false when it failed (its sink was told).
+  bool Prepare(Sequence& seq);
+  // One batched pass over every runnable sequence; false when none could run.
+  bool Step(const std::stop_token& shutdown);
+  // Reserves KV for `seq`'s next `tokens` positions, preempting younger
+  // sequences when the budget is full; false when `seq` itself had to go.
+  bool ReserveOrPreempt(Sequence& seq, int tokens);
+  void Preempt(Sequence& seq);
+  // Flow control: whether the sequence's consumer takes another token now.
+  bool Unblocked(Sequence& seq);
+  // Forgets finished sequences.
+  void DropRetired();
+  // Samples from `logits` and streams the token; true when the sequence ended.
+  bool Generate(Sequence& seq, std::span<const float> logits);
+  void Finish(Sequence& seq, FinishReason finish, std::string stop_sequence, bool flush);
+  void Fail(Sequence& seq, Error error);
+  void Retire(Sequence& seq);
+  std::optional<Error> Interrupted(Sequence& seq, const std::stop_token& shutdown);
   Result<Prompt> BuildPrompt(const ChatRequest& req) const;
 };
 
@@ -159,179 +207,357 @@ Result<Prompt> LocalProvider::Impl::BuildPrompt(const ChatRequest& req) const {
 }
 
 void LocalProvider::Impl::Run(std::stop_token stop) {
-  while (true) {
-    Job job;
-    {
-      std::unique_lock lock(mu);
-      cv.wait(lock, stop, [&] { return !queue.empty(); });
-      if (stop.stop_requested()) break;
-      job = std::move(queue.front());
-      queue.pop_front();
-    }
-    Serve(job, stop);
+  WorkQueue& q = *queue;
+  while (!stop.stop_requested()) {
+    Admit(stop);
+    if (Step(stop)) continue;
+    // Nothing could run: wait for a request, a consumer catching up, or (by
+    // polling) a cancellation or deadline of a blocked sequence.
+    std::unique_lock lock(q.mu);
+    q.cv.wait_for(lock, std::chrono::milliseconds(running.empty() ? 1000 : 50),
+                  [&] { return stop.stop_requested() || q.wake || (!q.jobs.empty() && running.size() < static_cast<size_t>(options.max_sequences)); });
+    q.wake = false;
   }
+  for (auto& seq : running) {
+    Fail(*seq, MakeError(ErrorCode::kUnavailable, "local provider is shutting down"));
+  }
+  running.clear();
+  if (waiting) Fail(*waiting, MakeError(ErrorCode::kUnavailable, "local provider is shutting down"));
   std::deque<Job> left;
   {
-    std::lock_guard lock(mu);
-    stopping = true;
-    left.swap(queue);
+    std::lock_guard lock(q.mu);
+    q.stopping = true;
+    left.swap(q.jobs);
   }
   for (Job& job : left) job.sink->OnError(MakeError(ErrorCode::kUnavailable, "local provider is shutting down"));
 }
 
-void LocalProvider::Impl::Serve(Job& job, const std::stop_token& shutdown) {
-  StreamSink& sink = *job.sink;
-  bool terminal_sent = false;
-  auto fail = [&](Error e) {
-    terminal_sent = true;
-    sink.OnError(e);
-  };
-  const bool has_deadline = job.deadline != std::chrono::steady_clock::time_point{};
-  auto deadline_passed = [&] { return has_deadline && std::chrono::steady_clock::now() >= job.deadline; };
-  auto interrupted = [&]() -> std::optional<Error> {
-    if (job.cancel.stop_requested()) return MakeError(ErrorCode::kCancelled, "request cancelled");
-    if (shutdown.stop_requested()) return MakeError(ErrorCode::kUnavailable, "local provider is shutting down");
-    return std::nullopt;
-  };
+std::optional<Error> LocalProvider::Impl::Interrupted(Sequence& seq, const std::stop_token& shutdown) {
+  if (seq.job.cancel.stop_requested()) return MakeError(ErrorCode::kCancelled, "request cancelled");
+  if (shutdown.stop_requested()) return MakeError(ErrorCode::kUnavailable, "local provider is shutting down");
+  return std::nullopt;
+}
 
-  try {
-    if (auto e = interrupted()) return fail(*e);
-    if (deadline_passed()) {
-      return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before generation started"));
-    }
-    if (job.max_tokens && *job.max_tokens < 1) {
-      return fail(MakeError(ErrorCode::kInvalidArgument, "max_tokens must be at least 1", "max_tokens"));
-    }
-    const std::vector<TokenId> prompt = tokenizer->Encode(job.prompt, job.encode);
-    const int64_t context_length = context->context_length();
-    const auto prompt_tokens = static_cast<int64_t>(prompt.size());
-    if (prompt.empty()) {
-      return fail(MakeError(ErrorCode::kInvalidArgument, "prompt is empty", job.prompt_param));
-    }
-    if (prompt_tokens >= context_length) {
-      return fail(MakeError(ErrorCode::kInvalidArgument,
-                            "prompt is " + std::to_string(prompt_tokens) + " tokens but the model's context holds " +
-                                std::to_string(context_length) +
-                                " tokens including the completion; shorten the prompt",
-                            job.prompt_param));
-    }
+bool LocalProvider::Impl::Prepare(Sequence& seq) {
+  Job& job = seq.job;
+  if (job.cancel.stop_requested()) {
+    Fail(seq, MakeError(ErrorCode::kCancelled, "request cancelled"));
+    return false;
+  }
+  if (job.deadline != std::chrono::steady_clock::time_point{} && std::chrono::steady_clock::now() >= job.deadline) {
+    Fail(seq, MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before generation started"));
+    return false;
+  }
+  if (job.max_tokens && *job.max_tokens < 1) {
+    Fail(seq, MakeError(ErrorCode::kInvalidArgument, "max_tokens must be at least 1", "max_tokens"));
+    return false;
+  }
+  seq.history = tokenizer->Encode(job.prompt, job.encode);
+  seq.prompt_tokens = static_cast<int64_t>(seq.history.size());
+  if (seq.history.empty()) {
+    Fail(seq, MakeError(ErrorCode::kInvalidArgument, "prompt is empty", job.prompt_param));
+    return false;
+  }
+  if (seq.prompt_tokens >= context_length) {
+    Fail(seq, MakeError(ErrorCode::kInvalidArgument,
+                        "prompt is " + std::to_string(seq.prompt_tokens) + " tokens but the model's context holds " +
+                            std::to_string(context_length) + " tokens including the completion; shorten the prompt",
+                        job.prompt_param));
+    return false;
+  }
+  seq.limit = context_length - seq.prompt_tokens;
+  if (job.max_tokens) seq.limit = std::min(seq.limit, *job.max_tokens);
+  seq.sampler.emplace(job.sampling, seq.history);
+  seq.detokenizer.emplace(*tokenizer, seq.history.back());
+  seq.stop_matcher.emplace(std::move(job.stop));
+  // A templated chat's text goes through the output parser (reasoning blocks
+  // and tool calls become their own events); plain text otherwise.
+  if (job.output) seq.parser.emplace(*job.output);
+  // The prompt's size is known now: report it before the first token, so a
+  // consumer that announces usage up front (Anthropic's message_start) has
+  // the real count.
+  Usage prompt_usage;
+  prompt_usage.prompt_tokens = seq.prompt_tokens;
+  job.sink->OnEvent(UsageDelta{prompt_usage});
+  return true;
+}
 
-    // The prompt's size is known now: report it before the first token, so a
-    // consumer that announces usage up front (Anthropic's message_start) has
-    // the real count.
-    Usage prompt_usage;
-    prompt_usage.prompt_tokens = prompt_tokens;
-    sink.OnEvent(UsageDelta{prompt_usage});
-
-    context->Reset();
-    std::span<const float> logits;
-    for (size_t done = 0; done < prompt.size(); done += kPrefillChunk) {
-      if (auto e = interrupted()) return fail(*e);
-      if (deadline_passed()) return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded during prefill"));
-      const size_t n = std::min(kPrefillChunk, prompt.size() - done);
-      auto r = context->Decode(std::span<const TokenId>(prompt.data() + done, n));
-      if (!r) return fail(MakeError(ErrorCode::kInternal, "prefill failed: " + r.error().message));
-      logits = *r;
-    }
-
-    int64_t limit = context_length - prompt_tokens;
-    if (job.max_tokens) limit = std::min(limit, *job.max_tokens);
-    Sampler sampler(job.sampling, prompt);
-    IncrementalDetokenizer detokenizer(*tokenizer, prompt.back());
-    StopMatcher stop_matcher(std::move(job.stop));
-    // A templated chat's text goes through the output parser (reasoning
-    // blocks and tool calls become their own events); plain text otherwise.
-    std::optional<OutputParser> parser;
-    if (job.output) parser.emplace(*job.output);
-    std::vector<StreamEvent> events;
-    bool emitted = false;
-    auto emit = [&](const std::string& text) {
-      if (text.empty()) return;
-      emitted = true;
-      if (!parser) {
-        sink.OnEvent(TextDelta{0, text});
-        return;
+void LocalProvider::Impl::Admit(const std::stop_token& shutdown) {
+  WorkQueue& q = *queue;
+  while (running.size() < static_cast<size_t>(options.max_sequences)) {
+    if (!waiting) {
+      auto seq = std::make_unique<Sequence>();
+      {
+        std::lock_guard lock(q.mu);
+        // Requests cancelled while queued go now, not when their turn comes.
+        std::erase_if(q.jobs, [](Job& job) {
+          if (!job.cancel.stop_requested()) return false;
+          job.sink->OnError(MakeError(ErrorCode::kCancelled, "request cancelled"));
+          return true;
+        });
+        if (q.jobs.empty()) return;
+        seq->job = std::move(q.jobs.front());
+        q.jobs.pop_front();
       }
-      events.clear();
-      parser->Push(text, events);
-      for (StreamEvent& e : events) sink.OnEvent(std::move(e));
-    };
+      if (!Prepare(*seq)) continue;
+      waiting = std::move(seq);
+    }
+    Sequence& seq = *waiting;
+    if (auto e = Interrupted(seq, shutdown)) {
+      Fail(seq, *e);
+      waiting.reset();
+      continue;
+    }
+    // The prompt's leading pages may be cached; the rest, and room for the
+    // first generated token, must fit now, or the request waits (first in
+    // line, holding no pages) until running sequences give pages back.
+    seq.fed = static_cast<size_t>(cache->AttachPrefix(seq.kv, seq.history));
+    if (!cache->Reserve(seq.kv, static_cast<int>(seq.history.size()) + 1)) {
+      cache->Release(seq.kv);
+      seq.fed = 0;
+      if (!running.empty()) return;
+      Fail(seq, MakeError(ErrorCode::kResourceExhausted, "the local engine's KV cache cannot hold this prompt"));
+      waiting.reset();
+      continue;
+    }
+    seq.cached_tokens = static_cast<int64_t>(seq.fed);
+    seq.order = next_order++;
+    running.push_back(std::move(waiting));
+  }
+}
 
-    FinishReason finish = FinishReason::kLength;
-    std::string stop_sequence;
-    bool stopped_by_string = false;
-    int64_t generated = 0;
-    while (true) {
+void LocalProvider::Impl::Preempt(Sequence& seq) {
+  // Recompute, as vLLM does: the pages go back (full ones stay in the prefix
+  // cache, so the recompute usually finds them) and the whole history is
+  // prefilled again when pages are free; generation state is kept.
+  cache->Release(seq.kv);
+  seq.fed = 0;
+  seq.preempted = true;
+  ++preemptions;
+  if (seq.in_batch) {
+    const auto it = std::find(item_seqs.begin(), item_seqs.end(), &seq);
+    items.erase(items.begin() + (it - item_seqs.begin()));
+    item_seqs.erase(it);
+    seq.in_batch = false;
+  }
+}
+
+bool LocalProvider::Impl::ReserveOrPreempt(Sequence& seq, int tokens) {
+  while (true) {
+    if (cache->Reserve(seq.kv, static_cast<int>(seq.fed) + tokens)) return true;
+    // Preempt the youngest sequence that holds pages: another, or this one.
+    Sequence* victim = nullptr;
+    for (auto& other : running) {
+      if (other.get() == &seq || other->kv.pages().empty()) continue;
+      if (victim == nullptr || other->order > victim->order) victim = other.get();
+    }
+    if (victim == nullptr || victim->order < seq.order) {
+      Preempt(seq);
+      return false;
+    }
+    Preempt(*victim);
+  }
+}
+
+bool LocalProvider::Impl::Unblocked(Sequence& seq) {
+  if (seq.blocked) {
+    if (!seq.resumed->exchange(false)) return false;
+    seq.blocked = false;
+  }
+  std::weak_ptr<WorkQueue> weak = queue;
+  seq.blocked = !seq.job.sink->Ready([weak, resumed = seq.resumed] {
+    resumed->store(true);
+    if (auto q = weak.lock()) {
+      std::lock_guard lock(q->mu);
+      q->wake = true;
+      q->cv.notify_all();
+    }
+  });
+  return !seq.blocked;
+}
+
+bool LocalProvider::Impl::Step(const std::stop_token& shutdown) {
+  const auto now = std::chrono::steady_clock::now();
+  // Cancellation and deadlines first.
+  for (auto& ptr : running) {
+    Sequence& seq = *ptr;
+    if (seq.job.cancel.stop_requested() && seq.emitted) {
       // Cancelled after tokens went out: finish with the exact usage, so the
       // caller bills what was generated rather than an estimate.
-      if (job.cancel.stop_requested() && emitted) break;
-      if (auto e = interrupted()) return fail(*e);
-      if (deadline_passed()) {
-        if (!emitted) return fail(MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before the first token"));
-        finish = FinishReason::kLength;  // keep what the client already has
-        break;
-      }
-      // Flow control: a consumer that is behind (a slow client) pauses
-      // generation here instead of queueing tokens without bound.
-      WaitUntilReady(sink, job.cancel, shutdown);
-      if (job.cancel.stop_requested() && emitted) break;
-      if (auto e = interrupted()) return fail(*e);
-      const TokenId token = sampler.Sample(logits);
-      sampler.Accept(token);
-      if (tokenizer->IsEndOfGeneration(token)) {
-        finish = FinishReason::kStop;
-        break;
-      }
-      ++generated;
-      StopMatcher::Output out = stop_matcher.Push(detokenizer.Push(token));
-      emit(out.text);
-      if (out.stopped) {
-        finish = FinishReason::kStop;
-        stop_sequence = out.matched;
-        stopped_by_string = true;
-        break;
-      }
-      if (generated >= limit) {
-        finish = FinishReason::kLength;
-        break;
-      }
-      const TokenId next[1] = {token};
-      auto r = context->Decode(next);
-      if (!r) return fail(MakeError(ErrorCode::kInternal, "decode failed: " + r.error().message));
-      logits = *r;
+      Finish(seq, FinishReason::kLength, {}, true);
+      continue;
     }
-    if (!stopped_by_string) {
-      StopMatcher::Output out = stop_matcher.Push(detokenizer.Flush());
-      emit(out.text);
-      if (out.stopped) {
-        finish = FinishReason::kStop;
-        stop_sequence = out.matched;
+    if (auto e = Interrupted(seq, shutdown)) {
+      Fail(seq, *e);
+      continue;
+    }
+    if (seq.job.deadline != std::chrono::steady_clock::time_point{} && now >= seq.job.deadline) {
+      if (seq.emitted) {
+        Finish(seq, FinishReason::kLength, {}, true);  // keep what the client already has
+      } else {
+        Fail(seq, MakeError(ErrorCode::kDeadlineExceeded, seq.generated == 0 ? "deadline exceeded during prefill"
+                                                                              : "deadline exceeded before the first token"));
       }
-      emit(stop_matcher.Flush());
     }
-    FinishDelta finish_delta{0, finish, std::string(FinishReasonName(finish)), std::move(stop_sequence)};
-    if (parser) {
-      events.clear();
-      parser->Finish(std::move(finish_delta), events);
-      for (StreamEvent& e : events) sink.OnEvent(std::move(e));
-    } else {
-      sink.OnEvent(std::move(finish_delta));
-    }
-    Usage usage;
-    usage.prompt_tokens = prompt_tokens;
-    usage.completion_tokens = generated;
-    sink.OnEvent(UsageDelta{usage});
-    terminal_sent = true;
-    sink.OnComplete();
-  } catch (const std::exception& e) {
-    if (!terminal_sent) fail(MakeError(ErrorCode::kInternal, std::string("local inference failed: ") + e.what()));
   }
+  DropRetired();
+
+  // The batch: first one token of every decoding sequence whose consumer
+  // keeps up (in admission order), then prompt chunks, within
+  // max_batch_tokens. A sequence whose consumer is behind is paused alone.
+  items.clear();
+  item_seqs.clear();
+  int budget = runner->max_batch_tokens();
+  for (int pass = 0; pass < 2; ++pass) {
+    for (auto& ptr : running) {
+      Sequence& seq = *ptr;
+      if (budget < 1) break;
+      if (seq.in_batch) continue;
+      if (seq.preempted) {
+        if (pass == 0) continue;
+        seq.fed = static_cast<size_t>(cache->AttachPrefix(seq.kv, seq.history));
+        seq.preempted = false;
+      }
+      const size_t pending = seq.history.size() - seq.fed;
+      if (pending == 0 || (pending == 1) != (pass == 0)) continue;
+      if (seq.emitted && !Unblocked(seq)) continue;
+      const size_t count = std::min(static_cast<size_t>(budget), pending);
+      if (!ReserveOrPreempt(seq, static_cast<int>(count))) continue;
+      items.push_back(BatchItem{&seq.kv, std::span<const TokenId>(seq.history).subspan(seq.fed, count),
+                                seq.fed + count == seq.history.size()});
+      item_seqs.push_back(&seq);
+      seq.in_batch = true;
+      budget -= static_cast<int>(count);
+    }
+  }
+  for (Sequence* seq : item_seqs) seq->in_batch = false;
+  if (items.empty()) return false;
+
+  auto logits = runner->Decode(*cache, items);
+  if (!logits) {
+    for (Sequence* seq : item_seqs) Fail(*seq, MakeError(ErrorCode::kInternal, "inference failed: " + logits.error().message));
+    DropRetired();
+    return true;
+  }
+  const auto vocab = static_cast<size_t>(model->hparams().vocab_size);
+  size_t row = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    Sequence& seq = *item_seqs[i];
+    seq.fed += items[i].tokens.size();
+    if (!items[i].logits) continue;
+    const std::span<const float> row_logits = logits->subspan(row * vocab, vocab);
+    ++row;
+    try {
+      Generate(seq, row_logits);
+    } catch (const std::exception& e) {
+      Fail(seq, MakeError(ErrorCode::kInternal, std::string("local inference failed: ") + e.what()));
+    }
+  }
+  DropRetired();
+  return true;
+}
+
+void LocalProvider::Impl::DropRetired() {
+  std::erase_if(running, [](const std::unique_ptr<Sequence>& seq) { return seq->job.sink == nullptr; });
+  std::lock_guard lock(queue->mu);
+  queue->running = static_cast<int>(running.size());
+  queue->kv = cache->stats();
+  queue->preemptions = preemptions;
+}
+
+bool LocalProvider::Impl::Generate(Sequence& seq, std::span<const float> logits) {
+  const TokenId token = seq.sampler->Sample(logits);
+  seq.sampler->Accept(token);
+  if (tokenizer->IsEndOfGeneration(token)) {
+    Finish(seq, FinishReason::kStop, {}, true);
+    return true;
+  }
+  ++seq.generated;
+  seq.history.push_back(token);
+  StopMatcher::Output out = seq.stop_matcher->Push(seq.detokenizer->Push(token));
+  auto emit = [&](const std::string& text) {
+    if (text.empty()) return;
+    seq.emitted = true;
+    if (!seq.parser) {
+      seq.job.sink->OnEvent(TextDelta{0, text});
+      return;
+    }
+    seq.events.clear();
+    seq.parser->Push(text, seq.events);
+    for (StreamEvent& e : seq.events) seq.job.sink->OnEvent(std::move(e));
+  };
+  emit(out.text);
+  if (out.stopped) {
+    Finish(seq, FinishReason::kStop, std::move(out.matched), false);
+    return true;
+  }
+  if (seq.generated >= seq.limit) {
+    Finish(seq, FinishReason::kLength, {}, true);
+    return true;
+  }
+  return false;
+}
+
+void LocalProvider::Impl::Finish(Sequence& seq, FinishReason finish, std::string stop_sequence, bool flush) {
+  StreamSink& sink = *seq.job.sink;
+  auto emit = [&](const std::string& text) {
+    if (text.empty()) return;
+    if (!seq.parser) {
+      sink.OnEvent(TextDelta{0, text});
+      return;
+    }
+    seq.events.clear();
+    seq.parser->Push(text, seq.events);
+    for (StreamEvent& e : seq.events) sink.OnEvent(std::move(e));
+  };
+  if (flush) {
+    StopMatcher::Output out = seq.stop_matcher->Push(seq.detokenizer->Flush());
+    emit(out.text);
+    if (out.stopped) {
+      finish = FinishReason::kStop;
+      stop_sequence = std::move(out.matched);
+    }
+    emit(seq.stop_matcher->Flush());
+  }
+  FinishDelta finish_delta{0, finish, std::string(FinishReasonName(finish)), std::move(stop_sequence)};
+  if (seq.parser) {
+    seq.events.clear();
+    seq.parser->Finish(std::move(finish_delta), seq.events);
+    for (StreamEvent& e : seq.events) sink.OnEvent(std::move(e));
+  } else {
+    sink.OnEvent(std::move(finish_delta));
+  }
+  Usage usage;
+  usage.prompt_tokens = seq.prompt_tokens;
+  usage.completion_tokens = seq.generated;
+  usage.cached_tokens = seq.cached_tokens;
+  sink.OnEvent(UsageDelta{usage});
+  sink.OnComplete();
+  Retire(seq);
+}
+
+void LocalProvider::Impl::Fail(Sequence& seq, Error error) {
+  if (!seq.job.sink) return;
+  seq.job.sink->OnError(std::move(error));
+  Retire(seq);
+}
+
+void LocalProvider::Impl::Retire(Sequence& seq) {
+  cache->Release(seq.kv);
+  seq.job.sink.reset();  // marks it done; Step drops it from `running`
 }
 
 Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProviderOptions& options) {
   if (options.threads < 0) return InvalidArgument("local provider threads must be >= 0", "threads");
   if (options.context_length < 0) return InvalidArgument("local provider context_length must be >= 0", "context_length");
+  if (options.max_sequences < 1) return InvalidArgument("local provider max_sequences must be >= 1", "max_sequences");
+  if (options.max_queue < 0) return InvalidArgument("local provider max_queue must be >= 0", "max_queue");
+  if (options.max_batch_tokens < 1) {
+    return InvalidArgument("local provider max_batch_tokens must be >= 1", "max_batch_tokens");
+  }
+  if (options.kv_cache_bytes < 0) return InvalidArgument("local provider kv_cache_bytes must be >= 0", "kv_cache_bytes");
   auto impl = std::make_unique<Impl>();
+  impl->options = options;
   impl->name = options.display_name;
   auto gguf = GgufFile::Open(options.model_path);
   if (!gguf) return gguf.error();
@@ -358,7 +584,9 @@ Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProvider
                                    "messages", "unsupported_chat_template"};
     }
   }
-  auto model = LlamaModel::Load(impl->gguf);
+  ModelOptions model_options;
+  model_options.threads = options.threads;
+  auto model = LlamaModel::Load(impl->gguf, model_options);
   if (!model) return model.error();
   impl->model = *model;
   if (impl->tokenizer->vocab_size() != impl->model->hparams().vocab_size) {
@@ -366,9 +594,26 @@ Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProvider
                            " tokens but the model's vocabulary is " +
                            std::to_string(impl->model->hparams().vocab_size));
   }
-  auto context = LlamaContext::Create(impl->model, options.context_length);
-  if (!context) return context.error();
-  impl->context = std::move(*context);
+  // One sequence may use the whole context; the default budget lets every
+  // slot do so, up to kDefaultKvBudget. Memory is taken as pages are used.
+  const int trained = impl->model->hparams().context_length;
+  int context_length = options.context_length > 0 ? options.context_length : trained;
+  const auto per_token = static_cast<int64_t>(impl->model->KvBytesPerToken(options.kv_cache_type));
+  int64_t budget = options.kv_cache_bytes;
+  if (budget == 0) {
+    budget = std::min<int64_t>(kDefaultKvBudget, per_token * context_length * options.max_sequences);
+  }
+  const KvPoolShape shape = impl->model->KvShape(options.kv_cache_type, budget);
+  const int64_t budget_tokens = static_cast<int64_t>(shape.max_pages) * kKvPageTokens;
+  if (budget_tokens < context_length) context_length = static_cast<int>(budget_tokens);
+  if (context_length < 2) return InvalidArgument("the KV cache budget holds fewer than 2 tokens", "kv_cache_bytes");
+  impl->context_length = context_length;
+  auto cache = PagedKvCache::Create(impl->model->backend(), shape, options.prefix_cache);
+  if (!cache) return cache.error();
+  impl->cache = std::move(*cache);
+  auto runner = LlamaRunner::Create(impl->model, options.max_batch_tokens, options.max_sequences);
+  if (!runner) return runner.error();
+  impl->runner = std::move(*runner);
   Impl* raw = impl.get();
   impl->worker = std::jthread([raw](std::stop_token stop) { raw->Run(std::move(stop)); });
   return std::unique_ptr<LocalProvider>(new LocalProvider(std::move(impl)));
@@ -377,13 +622,33 @@ Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProvider
 LocalProvider::LocalProvider(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 LocalProvider::~LocalProvider() {
-  impl_->worker.request_stop();  // wakes the condition variable wait
+  impl_->worker.request_stop();
+  {
+    std::lock_guard lock(impl_->queue->mu);
+    impl_->queue->cv.notify_all();
+  }
   impl_->worker.join();
 }
 
 std::string_view LocalProvider::Name() const { return impl_->name; }
 
-int LocalProvider::ContextLength() const { return impl_->context->context_length(); }
+int LocalProvider::ContextLength() const { return impl_->context_length; }
+
+int LocalProvider::MaxSequences() const { return impl_->options.max_sequences; }
+
+LocalEngineStats LocalProvider::Stats() const {
+  LocalEngineStats stats;
+  {
+    std::lock_guard lock(impl_->queue->mu);
+    stats.running = impl_->queue->running;
+    stats.queued = static_cast<int>(impl_->queue->jobs.size());
+    stats.kv = impl_->queue->kv;
+    stats.preemptions = impl_->queue->preemptions;
+  }
+  stats.max_sequences = impl_->options.max_sequences;
+  stats.max_queue = impl_->options.max_queue;
+  return stats;
+}
 
 const ParameterSet& LocalProvider::SupportedParameters() const { return impl_->params; }
 
@@ -421,11 +686,20 @@ void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<Stream
   job.deadline = request.deadline;
   job.sink = std::move(sink);
   job.cancel = std::move(cancel);
+  WorkQueue& q = *impl_->queue;
   {
-    std::lock_guard lock(impl_->mu);
-    if (!impl_->stopping) {
-      impl_->queue.push_back(std::move(job));
-      impl_->cv.notify_one();
+    std::lock_guard lock(q.mu);
+    if (!q.stopping && static_cast<int>(q.jobs.size()) < impl_->options.max_queue) {
+      q.jobs.push_back(std::move(job));
+      q.cv.notify_all();
+      return;
+    }
+    if (!q.stopping) {
+      Error full = MakeError(ErrorCode::kResourceExhausted,
+                             "local model '" + impl_->name + "' has " + std::to_string(q.jobs.size()) +
+                                 " requests waiting, its queue's limit; retry shortly");
+      full.retry_after = "1";
+      job.sink->OnError(full);
       return;
     }
   }

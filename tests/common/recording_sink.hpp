@@ -84,6 +84,35 @@ class RecordingSink final : public StreamSink {
     Leave();
   }
 
+  // Flow control: while paused, Ready() says no and keeps `resume`; Resume()
+  // calls it (from the caller's thread, as a consumer catching up would).
+  bool Ready(std::function<void()> resume) override {
+    std::lock_guard lock(mu_);
+    if (!paused_) return true;
+    resume_ = std::move(resume);
+    ++refusals_;
+    cv_.notify_all();
+    return false;
+  }
+  void Pause() {
+    std::lock_guard lock(mu_);
+    paused_ = true;
+  }
+  void Resume() {
+    std::function<void()> resume;
+    {
+      std::lock_guard lock(mu_);
+      paused_ = false;
+      resume.swap(resume_);
+    }
+    if (resume) resume();
+  }
+  // Waits until Ready() has said no at least once.
+  bool WaitRefused(std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return refusals_ > 0; });
+  }
+
   bool WaitTerminal(std::chrono::milliseconds timeout = 10s) {
     std::unique_lock lock(mu_);
     return cv_.wait_for(lock, timeout, [&] { return terminal_count_ > 0; });
@@ -135,6 +164,9 @@ class RecordingSink final : public StreamSink {
   }
 
  private:
+  bool paused_ = false;            // guarded by mu_
+  std::function<void()> resume_;   // guarded by mu_
+  int refusals_ = 0;               // guarded by mu_
   void Enter() {
     if (in_call_.fetch_add(1) != 0) {
       std::lock_guard lock(mu_);

@@ -238,6 +238,40 @@ models:
   EXPECT_EQ(e.weight, 2.5);
 }
 
+TEST(Config, LocalEngineSettings) {
+  auto config = ParseConfig(R"(
+providers:
+  local:
+    type: local
+    threads: 2
+    max_sequences: 4
+    max_queue: 10
+    max_batch_tokens: 128
+    kv_cache_mib: 512
+    kv_cache_type: q8
+    prefix_cache: false
+models:
+  - id: local/m
+    endpoint: {provider: local, model: m.gguf, pricing: {prompt: "0", completion: "0"}}
+)",
+                            "/etc/tollgate", FakeEnv({}));
+  ASSERT_TRUE(config) << config.error().message;
+  const ProviderConfig& p = config->providers[0];
+  EXPECT_EQ(p.threads, 2);
+  EXPECT_EQ(p.max_sequences, 4);
+  EXPECT_EQ(p.max_queue, 10);
+  EXPECT_EQ(p.max_batch_tokens, 128);
+  EXPECT_EQ(p.kv_cache_mib, 512);
+  EXPECT_EQ(p.kv_cache_type, "q8");
+  EXPECT_FALSE(p.prefix_cache);
+  auto bad = ParseConfig("providers:\n  local: {type: local, kv_cache_type: q4}\n", "/etc/tollgate", FakeEnv({}));
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message.rfind("providers.local.kv_cache_type:", 0), 0u) << bad.error().message;
+  auto zero = ParseConfig("providers:\n  local: {type: local, max_sequences: 0}\n", "/etc/tollgate", FakeEnv({}));
+  ASSERT_FALSE(zero);
+  EXPECT_EQ(zero.error().message.rfind("providers.local.max_sequences:", 0), 0u) << zero.error().message;
+}
+
 TEST(Config, EndpointDefaults) {
   auto config = Parse(R"(
 models:
@@ -252,7 +286,7 @@ models:
   EXPECT_EQ(m.routing.sticky_ttl, std::chrono::seconds(600));
   const EndpointConfig& local = m.endpoints[0];
   EXPECT_EQ(local.id, "local/tiny-q8");  // the model file's stem
-  EXPECT_EQ(local.max_concurrency, 1);   // one sequence at a time in the engine
+  EXPECT_EQ(local.max_concurrency, 0);   // the engine's max_sequences, filled in when it loads
   const EndpointConfig& remote = m.endpoints[1];
   EXPECT_EQ(remote.id, "openai/gpt-4o-mini");
   EXPECT_EQ(remote.max_concurrency, 0);  // unlimited
@@ -401,13 +435,13 @@ TEST(Config, BadEndpointValuesAreReportedWithTheirPath) {
 TEST(Config, WeightIsBetweenAThousandthAndAThousand) {
   const std::string e = "models:\n  - id: a/m\n    endpoint: {provider: openai, model: m, pricing: {prompt: '1', "
                         "completion: '1'}, ";
-  for (const std::string& w : {"0.001", "1", "2.5", "1000"}) {
+  for (const std::string w : {"0.001", "1", "2.5", "1000"}) {
     auto config = Parse(e + "weight: " + w + "}");
     ASSERT_TRUE(config) << w << ": " << config.error().message;
     EXPECT_EQ(config->models[0].endpoints[0].weight, std::stod(w));
   }
   // 1e-300 once passed and underflowed every traffic share to NaN.
-  for (const std::string& w : {"1e-300", "0.0009", "-1", "1000.5", "1e6", "1e300"}) {
+  for (const std::string w : {"1e-300", "0.0009", "-1", "1000.5", "1e6", "1e300"}) {
     ExpectRefused(e + "weight: " + w + "}", "models[0].endpoint.weight", "out of range [0.001, 1000]");
   }
 }

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -256,6 +258,174 @@ TEST(LocalProvider, DestroyingWithQueuedWorkFailsItCleanly) {
     if (s->error()) {
       EXPECT_EQ(s->error()->code, ErrorCode::kUnavailable);
     }
+  }
+}
+
+
+// ---- continuous batching
+
+// A provider of its own with `options` over the test model.
+std::unique_ptr<LocalProvider> MakeProvider(LocalProviderOptions options) {
+  options.model_path = testing::ModelPath();
+  auto created = LocalProvider::Create(options);
+  EXPECT_TRUE(created) << (created ? "" : created.error().message) << testing::ModelHint();
+  return created ? std::move(*created) : nullptr;
+}
+
+ChatRequest GreedyCompletion(const std::string& prompt, int64_t max_tokens) {
+  ChatRequest req;
+  req.kind = RequestKind::kCompletion;
+  req.prompt = prompt;
+  req.temperature = 0.0;
+  req.max_tokens = max_tokens;
+  return req;
+}
+
+// Every reference prompt at once: decoded together in one batch per step,
+// each still gives exactly its own greedy continuation.
+TEST(LocalProviderBatching, ConcurrentRequestsEachGiveTheirOwnReferenceContinuation) {
+  auto provider = MakeProvider({.max_sequences = 8});
+  ASSERT_NE(provider, nullptr);
+  const auto refs = testing::LoadReference();
+  ASSERT_GE(refs.size(), 3u);
+  std::vector<ChatRequest> reqs;
+  for (const auto& ref : refs) reqs.push_back(GreedyCompletion(ref.prompt, static_cast<int64_t>(ref.generated_ids.size())));
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  std::atomic<int> most_running = 0;  // seen from the worker thread, between steps
+  for (const auto& req : reqs) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    sinks.back()->set_on_delta([&] { most_running = std::max(most_running.load(), provider->Stats().running); });
+    provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, sinks.back(), {});
+  }
+  for (size_t i = 0; i < refs.size(); ++i) {
+    ASSERT_TRUE(sinks[i]->Wait());
+    ASSERT_TRUE(sinks[i]->completion()) << (sinks[i]->error() ? sinks[i]->error()->message : "");
+    EXPECT_EQ(sinks[i]->Text(), refs[i].text.substr(refs[i].prompt.size())) << refs[i].prompt;
+    EXPECT_EQ(sinks[i]->completion()->usage.completion_tokens, static_cast<int64_t>(refs[i].generated_ids.size()));
+  }
+  EXPECT_GT(most_running, 1);  // they did run together
+  // Stats are as of the end of the worker's last step, just after the last
+  // completion.
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (provider->Stats().running > 0 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(provider->Stats().running, 0);
+  EXPECT_EQ(provider->Stats().kv.used_pages, 0);  // every page given back
+}
+
+// A KV budget too small for all of them at once: the youngest sequences are
+// preempted and recomputed, and every output is still exact.
+TEST(LocalProviderBatching, PreemptedSequencesResumeWithIdenticalOutput) {
+  // stories260K: 5 layers x (K, V) x 4 KV heads x 8 dims x 2 bytes = 640 bytes
+  // per token; four 64-token pages.
+  auto provider = MakeProvider({.max_sequences = 4, .kv_cache_bytes = 4 * 64 * 640});
+  ASSERT_NE(provider, nullptr);
+  EXPECT_EQ(provider->ContextLength(), 256);  // lowered to what the budget holds
+  const auto refs = testing::LoadReference();
+  std::vector<ChatRequest> reqs;
+  for (size_t i = 0; i < 4; ++i) reqs.push_back(GreedyCompletion(refs[i % refs.size()].prompt, 100));
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (const auto& req : reqs) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, sinks.back(), {});
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(sinks[i]->Wait());
+    ASSERT_TRUE(sinks[i]->completion()) << (sinks[i]->error() ? sinks[i]->error()->message : "");
+    const auto& ref = refs[i % refs.size()];
+    // Alone, the same request gives the reference's first 100 tokens.
+    auto alone = std::make_shared<RecordingSink>();
+    provider->Start({.request = &reqs[i], .upstream_model = {}, .deadline = {}}, alone, {});
+    ASSERT_TRUE(alone->Wait());
+    EXPECT_EQ(sinks[i]->Text(), alone->Text()) << ref.prompt;
+    EXPECT_EQ(sinks[i]->completion()->usage.completion_tokens, 100);
+  }
+  EXPECT_GT(provider->Stats().preemptions, 0);
+}
+
+// A consumer that is behind pauses its own sequence only.
+TEST(LocalProviderBatching, SlowConsumerPausesOnlyItsOwnSequence) {
+  auto provider = MakeProvider({.max_sequences = 2});
+  ASSERT_NE(provider, nullptr);
+  const ChatRequest req = GreedyCompletion("Once upon a time", 30);
+  auto slow = std::make_shared<RecordingSink>();
+  slow->Pause();
+  provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, slow, {});
+  ASSERT_TRUE(slow->WaitRefused());
+  auto fast = std::make_shared<RecordingSink>();
+  provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, fast, {});
+  ASSERT_TRUE(fast->Wait());
+  ASSERT_TRUE(fast->completion());
+  EXPECT_EQ(slow->terminal_count(), 0);
+  EXPECT_LE(slow->deltas().size(), 1u);
+  slow->Resume();
+  ASSERT_TRUE(slow->Wait());
+  ASSERT_TRUE(slow->completion());
+  EXPECT_EQ(slow->Text(), fast->Text());
+}
+
+// Beyond max_sequences running and max_queue waiting: 429 with Retry-After.
+TEST(LocalProviderBatching, FullQueueAnswersResourceExhausted) {
+  auto provider = MakeProvider({.max_sequences = 1, .max_queue = 1});
+  ASSERT_NE(provider, nullptr);
+  const ChatRequest req = GreedyCompletion("Once upon a time", 5);
+  auto holder = std::make_shared<RecordingSink>();
+  holder->Pause();
+  provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, holder, {});
+  ASSERT_TRUE(holder->WaitRefused());  // running, and holding the only slot
+  auto queued = std::make_shared<RecordingSink>();
+  provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, queued, {});
+  auto refused = std::make_shared<RecordingSink>();
+  provider->Start({.request = &req, .upstream_model = {}, .deadline = {}}, refused, {});
+  ASSERT_TRUE(refused->Wait(5s));
+  ASSERT_TRUE(refused->error());
+  EXPECT_EQ(refused->error()->code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(refused->error()->retry_after, "1");
+  EXPECT_EQ(provider->Stats().queued, 1);
+  holder->Resume();
+  ASSERT_TRUE(holder->Wait());
+  ASSERT_TRUE(queued->Wait());
+  EXPECT_TRUE(queued->completion());
+}
+
+// A prompt that begins with the whole pages of an earlier one reuses their
+// keys and values: same output, and usage reports them as cached.
+TEST(LocalProviderBatching, SharedPromptPrefixIsPrefilledOnce) {
+  auto provider = MakeProvider({});
+  ASSERT_NE(provider, nullptr);
+  std::string system;
+  while (system.size() < 400) system += "Lily and Tom went to the park to play with a big red ball. ";
+  const ChatRequest first = GreedyCompletion(system + "One day", 20);
+  const ChatRequest second = GreedyCompletion(system + "The sun", 20);
+  auto a = std::make_shared<RecordingSink>();
+  provider->Start({.request = &first, .upstream_model = {}, .deadline = {}}, a, {});
+  ASSERT_TRUE(a->Wait());
+  ASSERT_TRUE(a->completion());
+  EXPECT_EQ(a->completion()->usage.cached_tokens, 0);
+  auto b = std::make_shared<RecordingSink>();
+  provider->Start({.request = &second, .upstream_model = {}, .deadline = {}}, b, {});
+  ASSERT_TRUE(b->Wait());
+  ASSERT_TRUE(b->completion());
+  const int64_t cached = b->completion()->usage.cached_tokens;
+  EXPECT_GE(cached, 64);
+  EXPECT_EQ(cached % 64, 0);
+  EXPECT_LT(cached, b->completion()->usage.prompt_tokens);
+  // The same output as without a prefix cache.
+  auto plain = MakeProvider({.prefix_cache = false});
+  ASSERT_NE(plain, nullptr);
+  auto c = std::make_shared<RecordingSink>();
+  plain->Start({.request = &second, .upstream_model = {}, .deadline = {}}, c, {});
+  ASSERT_TRUE(c->Wait());
+  EXPECT_EQ(b->Text(), c->Text());
+  EXPECT_EQ(c->completion()->usage.cached_tokens, 0);
+}
+
+TEST(LocalProviderBatching, CreateRejectsBadSchedulerOptions) {
+  for (LocalProviderOptions o : {LocalProviderOptions{.max_sequences = 0}, LocalProviderOptions{.max_queue = -1},
+                                 LocalProviderOptions{.max_batch_tokens = 0}, LocalProviderOptions{.kv_cache_bytes = -1}}) {
+    o.model_path = testing::ModelPath();
+    auto p = LocalProvider::Create(o);
+    ASSERT_FALSE(p);
+    EXPECT_EQ(p.error().code, ErrorCode::kInvalidArgument);
   }
 }
 

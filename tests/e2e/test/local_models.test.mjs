@@ -56,7 +56,7 @@ describe('a Qwen-shaped local model with its real tokenizer and template', () =>
         providers: { local: { type: 'local', display_name: 'Local' } },
         models: [{
           id: MODEL, name: 'Qwen3-shaped (random weights)',
-          endpoints: [{ provider: 'local', model: gguf, pricing: { prompt: '0.01', completion: '0.02' }, max_concurrency: 1 }],
+          endpoints: [{ provider: 'local', model: gguf, pricing: { prompt: '0.01', completion: '0.02' } }],
         }],
       }),
     });
@@ -136,5 +136,19 @@ describe('a Qwen-shaped local model with its real tokenizer and template', () =>
       assert.equal(row.status, 200);
       assert.ok(row.completion_tokens >= 1);
     }
+  });
+
+  test('a shared system prompt is prefilled once: the next call reports it as cached and is billed for it', async () => {
+    const system = 'You are a helpful assistant for a travel agency. '.repeat(20);
+    const ask = (q) => client.chat.completions.create({
+      model: MODEL, messages: [{ role: 'system', content: system }, { role: 'user', content: q }], max_tokens: 4, temperature: 0,
+    });
+    const first = await ask('Where is Paris?');
+    const second = await ask('Where is Rome?');
+    const cached = second.usage.prompt_tokens_details?.cached_tokens ?? 0;
+    assert.ok(cached >= 64 && cached % 64 === 0 && cached < second.usage.prompt_tokens,
+      `cached ${cached} of ${second.usage.prompt_tokens} (first call: ${JSON.stringify(first.usage)})`);
+    const row = await usageRow(stack.db, second.id);
+    assert.equal(Number(row.cached_tokens), cached);
   });
 });

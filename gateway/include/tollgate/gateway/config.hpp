@@ -54,8 +54,16 @@ struct ProviderConfig {
   int max_idle_connections = 64;
   int64_t default_max_tokens = 4096;  // anthropic: max_tokens when the caller gives none
   std::map<std::string, std::string> extra_headers;
-  // local (one inference thread per model file for now)
+  // local: the engine's scheduler (local_backend/local_provider.hpp
+  // LocalProviderOptions has the meanings and defaults).
   int context_length = 0;  // 0 = the model file's
+  int threads = 0;         // 0 = every core
+  int max_sequences = 8;
+  int max_queue = 64;
+  int max_batch_tokens = 256;
+  int64_t kv_cache_mib = 0;        // 0 = max_sequences full contexts, at most 2 GiB
+  std::string kv_cache_type = "f16";  // f16, q8 or f32
+  bool prefix_cache = true;
 };
 
 // One endpoint of a model (routing/catalog.hpp Endpoint has the meanings).

@@ -1,10 +1,21 @@
 // The bundled inference engine behind the `Provider` interface.
 //
 // One LocalProvider serves one GGUF model (see model.hpp and tokenizer.hpp
-// for the architectures and vocabularies) on the CPU. It owns one
-// worker thread with one KV cache; Start() only enqueues, and the worker runs
-// requests one after another in arrival order (pattern: llama.cpp
-// tools/server/server-queue.h). The sink is called from the worker thread.
+// for the architectures and vocabularies) on the CPU. Start() only enqueues
+// (a bounded queue, in arrival order); one worker thread runs up to
+// `max_sequences` requests at once by continuous batching (Yu et al., "Orca",
+// OSDI 2022; llama.cpp's server slots, vLLM's scheduler): every step takes one
+// token of each generating sequence and chunks of the prompts being
+// prefilled, up to `max_batch_tokens`, through the model in one pass
+// (LlamaRunner), so the weights are read once per step for all of them.
+// Keys and values live in a paged KV cache (kv_cache.hpp) within
+// `kv_cache_bytes`: a request is admitted when its prompt fits; when a
+// generating sequence needs a page and none is left, the youngest sequence is
+// preempted (its pages freed, its prompt and output prefilled again later,
+// usually from the prefix cache; the caller only sees a pause). Prompts that
+// begin with the same whole pages as an earlier one (a shared system prompt)
+// reuse that prefix's keys and values (`prefix_cache`). The sinks are called
+// from the worker thread.
 //
 // Prompt contract:
 //   - RequestKind::kCompletion: `prompt` is tokenized as raw text with BOS
@@ -52,8 +63,10 @@
 // `stop_sequence` when a stop string ended it; native
 // reason "stop"/"length") and UsageDelta: prompt_tokens counts BOS,
 // completion_tokens the generated tokens (EOS excluded, tokens cut by a stop
-// string included), then OnComplete. Before each token the worker asks
-// StreamSink::Ready and waits while the consumer is behind.
+// string included), cached_tokens the prompt tokens taken from the prefix
+// cache (OpenAI's prompt_tokens_details.cached_tokens), then OnComplete. Before each token the worker asks
+// StreamSink::Ready; a sequence whose consumer is behind pauses (the others
+// go on) until it resumes.
 //
 // Errors (OnError, nothing emitted before unless stated):
 //   kInvalidArgument   prompt_tokens >= context length (no room to generate),
@@ -69,17 +82,20 @@
 //                      OnComplete (finish kLength) instead, so the client keeps what it
 //                      got. A default-constructed deadline (time_point{}) means
 //                      no deadline;
+//   kResourceExhausted `max_queue` requests are already waiting (Retry-After 1),
+//                      or the prompt cannot fit the KV cache budget at all;
 //   kUnavailable       the provider was destroyed with the request still queued;
 //   kInternal          an unexpected failure inside the engine.
 //
-// Thread-safety: Start(), Name() and ContextLength() may be called from any
-// thread concurrently. Destruction stops the worker after its current token,
+// Thread-safety: every public method may be called from any thread
+// concurrently. Destruction stops the worker after its current step,
 // fails queued requests with kUnavailable, and joins; do not destroy it from
 // inside a sink callback.
 #pragma once
 
 #include "tollgate/core/error.hpp"
 #include "tollgate/core/provider.hpp"
+#include "tollgate/local_backend/kv_cache.hpp"
 
 #include <memory>
 #include <string>
@@ -90,8 +106,28 @@ namespace tollgate::local_backend {
 struct LocalProviderOptions {
   std::string display_name = "Local";  // returned by Name()
   std::string model_path;              // GGUF file
-  int threads = 0;                     // 0 = hardware_concurrency; currently unused (one compute thread)
-  int context_length = 0;              // KV cache size in tokens; 0 = llama.context_length from the GGUF
+  int threads = 0;                     // compute threads; 0 = every core
+  // Longest sequence (prompt + completion), tokens; 0 = {arch}.context_length
+  // from the GGUF. Lowered to what the KV budget holds.
+  int context_length = 0;
+  int max_sequences = 8;      // sequences decoded together (llama.cpp --parallel)
+  int max_queue = 64;         // requests waiting beyond those; more get kResourceExhausted
+  int max_batch_tokens = 256; // tokens per step (prompt chunks + one per generating sequence)
+  // KV cache memory budget, bytes; 0 = enough for max_sequences full
+  // contexts, at most 2 GiB. Taken as sequences need it, kept for reuse.
+  int64_t kv_cache_bytes = 0;
+  KvType kv_cache_type = KvType::kF16;  // kQ8: about half the bytes per token (backend.hpp)
+  bool prefix_cache = true;
+};
+
+// A snapshot of the engine's load (LocalProvider::Stats).
+struct LocalEngineStats {
+  int running = 0;        // sequences admitted (prefilling, generating or preempted)
+  int queued = 0;         // requests waiting for a slot or KV pages
+  int max_sequences = 0;
+  int max_queue = 0;
+  PagedKvCacheStats kv;
+  int64_t preemptions = 0;  // since start
 };
 
 class LocalProvider final : public Provider {
@@ -115,8 +151,12 @@ class LocalProvider final : public Provider {
   void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink,
              std::stop_token cancel) override;
 
-  // KV cache size in tokens: the most prompt + generated tokens of one request.
+  // The most prompt + generated tokens of one request.
   int ContextLength() const;
+  // Requests served at once (the router's concurrency cap for this engine).
+  int MaxSequences() const;
+  // As of the end of the worker's last step.
+  LocalEngineStats Stats() const;
 
   struct Impl;
 
