@@ -29,6 +29,12 @@ struct Metrics::Impl {
           .Name("tollgate_endpoint_state")
           .Help("Routing state per endpoint: in_flight, queued (its model's capacity queue), circuit (0 closed, 1 half-open, 2 open), cooling_down")
           .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& engines =
+      prometheus::BuildGauge()
+          .Name("tollgate_local_engine")
+          .Help("Local engine load by model file: running, queued, max_sequences, max_queue, kv_pages_used, "
+                "kv_pages_cached, kv_pages_total (64 tokens each), preemptions and prefix_hit_tokens since start")
+          .Register(*registry);
   const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 };
 
@@ -74,6 +80,21 @@ void Metrics::SetEndpoint(std::string_view model, std::string_view endpoint_id, 
   set("queued", static_cast<double>(s.queued));
   set("circuit", s.circuit);
   set("cooling_down", s.cooling_down ? 1 : 0);
+}
+
+void Metrics::SetLocalEngine(std::string_view engine, const LocalEngineState& s) {
+  auto set = [&](const char* item, int64_t value) {
+    impl_->engines.Add({{"engine", std::string(engine)}, {"item", item}}).Set(static_cast<double>(value));
+  };
+  set("running", s.running);
+  set("queued", s.queued);
+  set("max_sequences", s.max_sequences);
+  set("max_queue", s.max_queue);
+  set("kv_pages_used", s.kv_pages_used);
+  set("kv_pages_cached", s.kv_pages_cached);
+  set("kv_pages_total", s.kv_pages_total);
+  set("preemptions", s.preemptions);
+  set("prefix_hit_tokens", s.prefix_hit_tokens);
 }
 
 std::string Metrics::Serialize() const {

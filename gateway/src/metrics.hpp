@@ -51,6 +51,20 @@ class Metrics {
   };
   void SetEndpoint(std::string_view model, std::string_view endpoint_id, const EndpointState& state);
 
+  // One local engine's load (local_backend::LocalEngineStats), by model file stem.
+  struct LocalEngineState {
+    int64_t running = 0;
+    int64_t queued = 0;
+    int64_t max_sequences = 0;
+    int64_t max_queue = 0;
+    int64_t kv_pages_used = 0;
+    int64_t kv_pages_cached = 0;
+    int64_t kv_pages_total = 0;
+    int64_t preemptions = 0;
+    int64_t prefix_hit_tokens = 0;
+  };
+  void SetLocalEngine(std::string_view engine, const LocalEngineState& state);
+
   // The text exposition of all metrics.
   std::string Serialize() const;
 

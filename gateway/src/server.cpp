@@ -23,6 +23,7 @@
 #include <cerrno>
 #include <fstream>
 #include <iostream>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <mutex>
@@ -147,6 +148,8 @@ struct Services {
   std::unique_ptr<KeyCacheAdmission> admission;
   std::unique_ptr<RecorderSink> usage;
   std::unique_ptr<MetricsObserver> observer;
+  // The local engines by model file stem (owned by RunServer, outliving the loop).
+  std::vector<std::pair<std::string, const local_backend::LocalProvider*>> engines;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
   asio::thread_pool key_reloads{1};     // reloads for key-cache misses, one at a time
   Clock::time_point last_miss_reload;  // when the last miss reload began; key_reloads' thread only
@@ -452,6 +455,12 @@ class Connection {
                                                                                    : 0,
                                    h.availability == routing::Availability::kCoolingDown});
         }
+      }
+      for (const auto& [name, engine] : s_.engines) {
+        const local_backend::LocalEngineStats es = engine->Stats();
+        s_.metrics->SetLocalEngine(name, {es.running, es.queued, es.max_sequences, es.max_queue, es.kv.used_pages,
+                                          es.kv.cached_pages, es.kv.total_pages, es.preemptions,
+                                          es.kv.prefix_hit_tokens});
       }
       res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
     } else if (route == "/v1/models" && get) {
@@ -917,6 +926,7 @@ int Serve(const Config& config, const ServeOptions& options) {
             auto created = local_backend::LocalProvider::Create(o);
             if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
             engine = std::move(*created);
+            services.engines.emplace_back(std::filesystem::path(ec.model).stem().string(), engine.get());
             std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << "\n";
           }
           e.provider = engine.get();

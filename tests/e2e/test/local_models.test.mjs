@@ -150,5 +150,11 @@ describe('a Qwen-shaped local model with its real tokenizer and template', () =>
       `cached ${cached} of ${second.usage.prompt_tokens} (first call: ${JSON.stringify(first.usage)})`);
     const row = await usageRow(stack.db, second.id);
     assert.equal(Number(row.cached_tokens), cached);
+    // The engine's load and its prefix cache are on /metrics.
+    const metrics = await (await fetch(`${stack.gw.url}/metrics`)).text();
+    const gauge = (item) => Number(metrics.match(new RegExp(`tollgate_local_engine\\{engine="qwen3-tiny",item="${item}"\\} (\\S+)`))?.[1]);
+    assert.equal(gauge('max_sequences'), 8);
+    assert.ok(gauge('prefix_hit_tokens') >= cached, metrics);
+    assert.ok(gauge('kv_pages_total') > 0);
   });
 });
