@@ -42,23 +42,17 @@ uint64_t PagedKvCache::Key(uint64_t parent_key, std::span<const TokenId> tokens)
 }
 
 Result<int32_t> PagedKvCache::TakePage() {
+  const bool full = pool_->allocated_pages() >= pool_->shape().max_pages;
+  if (free_.empty() && full && !lru_.empty()) Unregister(lru_.front());  // evict the least recently used
   int32_t id = -1;
   if (!free_.empty()) {
     id = free_.back();
     free_.pop_back();
-  } else if (pool_->allocated_pages() < pool_->shape().max_pages) {
+  } else if (!full) {
     const int next = pool_->allocated_pages();
     if (auto r = pool_->Grow(next + 1); !r) return r.error();
     pages_.emplace_back();
     id = next;
-  } else if (!lru_.empty()) {
-    id = lru_.front();
-    lru_.pop_front();
-    Page& p = pages_[static_cast<size_t>(id)];
-    index_.erase(p.key);
-    p.registered = false;
-    p.tokens.clear();
-    ++p.generation;
   } else {
     return Error{ErrorCode::kResourceExhausted,
                  "the KV cache budget of " + std::to_string(pool_->shape().max_pages) + " pages (" +
@@ -108,6 +102,7 @@ int PagedKvCache::AttachPrefix(KvSequence& seq, std::span<const TokenId> prompt)
     parent = it->second;
   }
   seq.registered_ = static_cast<int>(seq.pages_.size());
+  seq.chain_tail_ = parent;
   prefix_hit_tokens_ += seq.tokens();
   return seq.tokens();
 }
@@ -129,29 +124,62 @@ void PagedKvCache::Append(KvSequence& seq, std::span<const TokenId> tokens) {
   for (; seq.registered_ < full; ++seq.registered_) {
     const auto i = static_cast<size_t>(seq.registered_);
     const int32_t id = seq.pages_[i];
-    const int32_t parent = i == 0 ? -1 : seq.pages_[i - 1];
+    // The chain continues from the registered page holding the previous
+    // page's content: the sequence's own, or an identical one registered
+    // first by another sequence.
+    const int32_t parent = seq.chain_tail_;
+    // The page holding the previous content was evicted meanwhile (another
+    // sequence's twin): the rest of this sequence cannot be found any more.
+    if (parent >= 0 && !pages_[static_cast<size_t>(parent)].registered) {
+      seq.registered_ = full;
+      break;
+    }
     const uint64_t parent_key = parent < 0 ? 0 : pages_[static_cast<size_t>(parent)].key;
-    // A parent that is not registered (an identical page was registered
-    // first by another sequence) ends the chain: this page cannot be found.
-    if (parent >= 0 && !pages_[static_cast<size_t>(parent)].registered) continue;
+    const uint32_t parent_generation = parent < 0 ? 0 : pages_[static_cast<size_t>(parent)].generation;
     const auto ids = std::span<const TokenId>(seq.tokens_).subspan(i * kKvPageTokens, kKvPageTokens);
     const uint64_t key = Key(parent_key, ids);
-    if (index_.contains(key)) continue;  // the same content is cached already
+    if (auto it = index_.find(key); it != index_.end()) {
+      Page& twin = pages_[static_cast<size_t>(it->second)];
+      if (twin.parent == parent && twin.parent_generation == parent_generation &&
+          std::equal(ids.begin(), ids.end(), twin.tokens.begin(), twin.tokens.end())) {
+        seq.chain_tail_ = it->second;  // the same content is cached already
+        continue;
+      }
+      // A stale entry (its parent was evicted and reused) or a collision:
+      // this page takes its place.
+      Unregister(it->second);
+    }
     Page& p = pages_[static_cast<size_t>(id)];
     p.registered = true;
     p.key = key;
     p.parent = parent;
-    p.parent_generation = parent < 0 ? 0 : pages_[static_cast<size_t>(parent)].generation;
+    p.parent_generation = parent_generation;
     p.tokens.assign(ids.begin(), ids.end());
     index_.emplace(key, id);
+    seq.chain_tail_ = id;
+  }
+}
+
+void PagedKvCache::Unregister(int32_t id) {
+  Page& p = pages_[static_cast<size_t>(id)];
+  index_.erase(p.key);
+  p.registered = false;
+  p.tokens.clear();
+  ++p.generation;  // pages registered after it no longer match
+  if (p.refs == 0) {
+    lru_.erase(p.lru);
+    free_.push_back(id);
   }
 }
 
 void PagedKvCache::Release(KvSequence& seq) {
-  for (int32_t id : seq.pages_) Unref(id);
+  // Last page first: a cached prefix is evicted from its end, so what stays
+  // cached of it is still reachable from its beginning (as vLLM frees blocks).
+  for (auto it = seq.pages_.rbegin(); it != seq.pages_.rend(); ++it) Unref(*it);
   seq.pages_.clear();
   seq.tokens_.clear();
   seq.registered_ = 0;
+  seq.chain_tail_ = -1;
 }
 
 }  // namespace tollgate::local_backend

@@ -2,14 +2,18 @@
 // a float64 forward pass over the same (exactly dequantized) weights
 // (random_model.hpp), and the invariances the engine promises: identical
 // results on every kernel instruction set, batched prefill equal to token by
-// token, KV memory that grows with the sequence.
+// token, KV memory that grows with the sequence; and LlamaRunner's batches of
+// sequences and prefix cache giving the logits each sequence gets alone.
 #include "random_model.hpp"
 #include "tollgate/local_backend/model.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
+#include <string>
+#include <vector>
 
 namespace tollgate::local_backend {
 namespace {
@@ -277,6 +281,304 @@ TEST(ModelReference, RejectsWhatItCannotRun) {
     ASSERT_FALSE(m);
     EXPECT_NE(m.error().message.find("'gemma' is not supported"), std::string::npos) << m.error().message;
   }
+}
+
+// --- LlamaRunner: many sequences in one pass, and the prompt-prefix cache.
+
+int32_t Argmax(std::span<const float> logits) {
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+// A sequence's logits after its prompt and after each greedy token, and the
+// greedy tokens (argmax of each row).
+struct Trace {
+  std::vector<std::vector<float>> logits;
+  std::vector<int32_t> tokens;
+};
+
+// `prompt` then `steps` greedy steps through LlamaContext (prefill in batches
+// of 64, one sequence).
+Trace Alone(const std::shared_ptr<const LlamaModel>& model, const std::vector<int32_t>& prompt, int steps) {
+  auto ctx = LlamaContext::Create(model, ContextOptions{}).value();
+  Trace t;
+  auto logits = ctx->Decode(prompt).value();
+  for (int i = 0;; ++i) {
+    t.logits.emplace_back(logits.begin(), logits.end());
+    t.tokens.push_back(Argmax(logits));
+    if (i == steps) break;
+    logits = ctx->Decode(std::span<const int32_t>(&t.tokens.back(), 1)).value();
+  }
+  return t;
+}
+
+// The same for every prompt at once through one LlamaRunner: sequence i joins
+// at step joins[i]; its prompt goes in chunks of at most `chunk` tokens (logits
+// only with the last), then each step decodes one token of every sequence.
+std::vector<Trace> Together(const std::shared_ptr<const LlamaModel>& model,
+                            const std::vector<std::vector<int32_t>>& prompts, const std::vector<int>& joins,
+                            int chunk, int steps) {
+  const size_t n = prompts.size();
+  const int vocab = model->hparams().vocab_size;
+  const KvPoolShape shape = model->KvShape(KvType::kF16, 32 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
+  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false).value();
+  auto runner = LlamaRunner::Create(model, 512, static_cast<int>(n)).value();
+  std::vector<KvSequence> seqs(n);
+  std::vector<size_t> fed(n, 0);
+  std::vector<Trace> traces(n);
+  auto done = [&](size_t i) { return traces[i].logits.size() == static_cast<size_t>(steps) + 1; };
+  auto all_done = [&] {
+    for (size_t i = 0; i < n; ++i) {
+      if (!done(i)) return false;
+    }
+    return true;
+  };
+  for (int step = 0; !all_done(); ++step) {
+    std::vector<BatchItem> items;
+    std::vector<size_t> owners;  // the sequence of each logits row
+    for (size_t i = 0; i < n; ++i) {
+      if (step < joins[i] || done(i)) continue;
+      BatchItem item;
+      item.seq = &seqs[i];
+      if (fed[i] < prompts[i].size()) {
+        const size_t take = std::min(static_cast<size_t>(chunk), prompts[i].size() - fed[i]);
+        item.tokens = std::span<const int32_t>(prompts[i]).subspan(fed[i], take);
+        fed[i] += take;
+        item.logits = fed[i] == prompts[i].size();
+      } else {
+        item.tokens = std::span<const int32_t>(&traces[i].tokens.back(), 1);
+        item.logits = true;
+      }
+      items.push_back(item);
+      if (item.logits) owners.push_back(i);
+    }
+    auto logits = runner->Decode(*cache, items);
+    if (!logits) {
+      ADD_FAILURE() << logits.error().message;
+      return {};
+    }
+    EXPECT_EQ(logits->size(), owners.size() * static_cast<size_t>(vocab));
+    for (size_t r = 0; r < owners.size(); ++r) {
+      const auto row = logits->subspan(r * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
+      traces[owners[r]].logits.emplace_back(row.begin(), row.end());
+      traces[owners[r]].tokens.push_back(Argmax(row));
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_EQ(seqs[i].tokens(), static_cast<int>(prompts[i].size()) + steps);
+    cache->Release(seqs[i]);
+  }
+  EXPECT_EQ(cache->stats().used_pages, 0);
+  return traces;
+}
+
+// Each sequence's logits do not depend on which other sequences share its
+// batch, nor on how its prompt was chunked: attention reads only its own
+// pages, and every kernel computes a row the same way in any batch.
+TEST(ModelReference, RunnerBatchOfSequencesEqualsEachAlone) {
+  constexpr int kSteps = 8;
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
+    for (GgmlType type : {GgmlType::kF16, GgmlType::kQ8_0}) {
+      RandomModelSpec spec;
+      spec.arch = arch;
+      spec.type = type;
+      RandomModelFile file(spec);
+      auto model = LoadModel(Open(file.path()));
+      ASSERT_TRUE(model);
+      const std::vector<std::vector<int32_t>> prompts = {
+          Prompt(5, spec.vocab, 21), Prompt(70, spec.vocab, 22), Prompt(130, spec.vocab, 23)};
+      std::vector<Trace> alone;
+      for (const auto& p : prompts) alone.push_back(Alone(model, p, kSteps));
+      struct Schedule {
+        const char* name;
+        std::vector<int> joins;
+        int chunk;
+      } schedules[] = {
+          {"prefilled together", {0, 0, 0}, 512},
+          {"joining later, prompts in chunks of 64", {0, 1, 3}, 64},
+      };
+      for (const Schedule& s : schedules) {
+        const std::vector<Trace> together = Together(model, prompts, s.joins, s.chunk, kSteps);
+        ASSERT_EQ(together.size(), prompts.size()) << s.name;
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          SCOPED_TRACE(std::string(arch) + " " + GgmlTypeName(type) + ", " + s.name + ", prompt of " +
+                       std::to_string(prompts[i].size()));
+          ASSERT_EQ(together[i].tokens, alone[i].tokens);
+          for (size_t step = 0; step < alone[i].logits.size(); ++step) {
+            const std::vector<float>& want = alone[i].logits[step];
+            const std::vector<float>& got = together[i].logits[step];
+            for (size_t v = 0; v < want.size(); ++v) ASSERT_EQ(got[v], want[v]) << "step " << step << " logit " << v;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Keys and values taken from the prefix cache are those the prompt would
+// have computed: the logits are bit for bit those of a fresh context.
+TEST(ModelReference, RunnerPrefixFromTheCacheGivesTheSameLogits) {
+  for (const char* arch : {"llama", "qwen2", "qwen3"}) {
+    RandomModelSpec spec;
+    spec.arch = arch;
+    spec.type = GgmlType::kF16;
+    RandomModelFile file(spec);
+    auto model = LoadModel(Open(file.path()));
+    ASSERT_TRUE(model);
+    const int vocab = spec.vocab;
+    auto join = [](std::vector<int32_t> a, const std::vector<int32_t>& b) {
+      a.insert(a.end(), b.begin(), b.end());
+      return a;
+    };
+    const std::vector<int32_t> shared = Prompt(128, vocab, 31);
+    const std::vector<int32_t> first = join(shared, Prompt(22, vocab, 32));
+    const std::vector<int32_t> second = join(shared, Prompt(30, vocab, 33));
+    auto fresh = [&](const std::vector<int32_t>& prompt) {
+      auto ctx = LlamaContext::Create(model, ContextOptions{}).value();
+      auto logits = ctx->Decode(prompt).value();
+      return std::vector<float>(logits.begin(), logits.end());
+    };
+    auto expect_same = [&](std::span<const float> got, const std::vector<float>& want, const char* what) {
+      ASSERT_EQ(got.size(), want.size()) << arch << " " << what;
+      for (size_t v = 0; v < want.size(); ++v) ASSERT_EQ(got[v], want[v]) << arch << " " << what << " logit " << v;
+    };
+
+    const KvPoolShape shape = model->KvShape(KvType::kF16, 16 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
+    auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/true).value();
+    auto runner = LlamaRunner::Create(model, 256, 2).value();
+    KvSequence a;
+    ASSERT_EQ(cache->AttachPrefix(a, first), 0);
+    const BatchItem item_a{&a, first, true};
+    ASSERT_TRUE(runner->Decode(*cache, std::span<const BatchItem>(&item_a, 1)));
+
+    // While the first sequence runs: its two full pages are shared.
+    KvSequence b;
+    ASSERT_EQ(cache->AttachPrefix(b, second), 128) << arch;
+    EXPECT_EQ(b.pages()[0], a.pages()[0]);
+    EXPECT_EQ(b.pages()[1], a.pages()[1]);
+    const BatchItem item_b{&b, std::span<const int32_t>(second).subspan(128), true};
+    auto logits = runner->Decode(*cache, std::span<const BatchItem>(&item_b, 1));
+    ASSERT_TRUE(logits);
+    expect_same(*logits, fresh(second), "sharing a running sequence's pages");
+
+    // Both go on in one batch, reading the shared pages.
+    const int32_t next_a = 3;
+    const int32_t next_b = 4;
+    const BatchItem both[] = {{&a, std::span<const int32_t>(&next_a, 1), true},
+                              {&b, std::span<const int32_t>(&next_b, 1), true}};
+    logits = runner->Decode(*cache, both);
+    ASSERT_TRUE(logits);
+    expect_same(logits->first(static_cast<size_t>(vocab)), fresh(join(first, {next_a})), "the owner after sharing");
+    expect_same(logits->subspan(static_cast<size_t>(vocab)), fresh(join(second, {next_b})), "the sharer in a batch");
+
+    // After both are released the pages stay cached. A prompt of exactly 128
+    // tokens takes the first page only: its last token must be computed.
+    cache->Release(a);
+    cache->Release(b);
+    EXPECT_EQ(cache->stats().cached_pages, 2) << arch;
+    KvSequence c;
+    ASSERT_EQ(cache->AttachPrefix(c, shared), 64) << arch;
+    const BatchItem item_c{&c, std::span<const int32_t>(shared).subspan(64), true};
+    logits = runner->Decode(*cache, std::span<const BatchItem>(&item_c, 1));
+    ASSERT_TRUE(logits);
+    expect_same(*logits, fresh(shared), "a prompt of exactly two pages from released pages");
+    cache->Release(c);
+  }
+}
+
+TEST(ModelReference, RunnerDecodeRejectsABadBatchWithoutAdvancingAnySequence) {
+  RandomModelSpec spec;
+  spec.type = GgmlType::kF16;
+  RandomModelFile file(spec);
+  auto model = LoadModel(Open(file.path()));
+  ASSERT_TRUE(model);
+  EXPECT_FALSE(LlamaRunner::Create(model, 0, 1));
+  EXPECT_FALSE(LlamaRunner::Create(model, 16, 0));
+  const KvPoolShape shape = model->KvShape(KvType::kF16, 8 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
+  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false).value();
+  auto runner = LlamaRunner::Create(model, 16, 2).value();
+  KvSequence a;
+  KvSequence b;
+  KvSequence c;
+  const std::vector<int32_t> five = Prompt(5, spec.vocab, 1);
+  const BatchItem start{&a, five, true};
+  ASSERT_TRUE(runner->Decode(*cache, std::span<const BatchItem>(&start, 1)));
+  const int used = cache->stats().used_pages;
+
+  const std::vector<int32_t> one = {1};
+  const std::vector<int32_t> ten = Prompt(10, spec.vocab, 2);
+  const std::vector<int32_t> seven = Prompt(7, spec.vocab, 3);
+  const std::vector<int32_t> past_vocab = {1, spec.vocab};
+  const std::vector<int32_t> negative = {-1};
+  const std::vector<int32_t> none;
+  struct Case {
+    const char* what;
+    std::vector<BatchItem> items;
+  } cases[] = {
+      {"no items", {}},
+      {"an item without tokens", {{&a, one, true}, {&b, none, true}}},
+      {"an item without a sequence", {{nullptr, one, true}}},
+      {"one sequence twice", {{&a, one, false}, {&b, one, true}, {&a, one, true}}},
+      {"17 tokens for a batch of 16", {{&a, ten, true}, {&b, seven, false}}},
+      {"3 logit rows for 2", {{&a, one, true}, {&b, one, true}, {&c, one, true}}},
+      {"a token id of vocab_size", {{&b, one, true}, {&c, past_vocab, true}}},
+      {"a negative token id", {{&b, negative, false}}},
+  };
+  for (const Case& k : cases) {
+    auto r = runner->Decode(*cache, k.items);
+    ASSERT_FALSE(r) << k.what;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << k.what;
+    EXPECT_EQ(a.tokens(), 5) << k.what;
+    EXPECT_EQ(b.tokens(), 0) << k.what;
+    EXPECT_EQ(c.tokens(), 0) << k.what;
+    EXPECT_EQ(cache->stats().used_pages, used) << k.what << ": pages were taken";
+  }
+
+  // The runner still works, and a's first five positions are intact.
+  const BatchItem ok[] = {{&a, ten, true}, {&b, five, false}};
+  auto logits = runner->Decode(*cache, ok);
+  ASSERT_TRUE(logits);
+  EXPECT_EQ(logits->size(), static_cast<size_t>(spec.vocab));
+  auto ctx = LlamaContext::Create(model, ContextOptions{}).value();
+  std::vector<int32_t> fifteen = five;
+  fifteen.insert(fifteen.end(), ten.begin(), ten.end());
+  auto want = ctx->Decode(fifteen).value();
+  for (size_t v = 0; v < want.size(); ++v) ASSERT_EQ((*logits)[v], want[v]) << "logit " << v;
+  cache->Release(a);
+  cache->Release(b);
+}
+
+// A batch whose new positions need more pages than the budget has fails as a
+// whole: no sequence advances, and pages already taken stay with their
+// sequences (usable by the next try).
+TEST(ModelReference, RunnerDecodeOutOfPagesAdvancesNothing) {
+  RandomModelSpec spec;
+  spec.type = GgmlType::kF16;
+  RandomModelFile file(spec);
+  auto model = LoadModel(Open(file.path()));
+  ASSERT_TRUE(model);
+  const KvPoolShape shape = model->KvShape(KvType::kF16, 2 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
+  ASSERT_EQ(shape.max_pages, 2);
+  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false).value();
+  auto runner = LlamaRunner::Create(model, 128, 2).value();
+  KvSequence a;
+  KvSequence b;
+  const std::vector<int32_t> sixty = Prompt(60, spec.vocab, 1);
+  const std::vector<int32_t> eight = Prompt(8, spec.vocab, 2);
+  const BatchItem start{&a, sixty, true};
+  ASSERT_TRUE(runner->Decode(*cache, std::span<const BatchItem>(&start, 1)));
+  const BatchItem both[] = {{&a, eight, true}, {&b, eight, true}};  // a needs a second page, b a third
+  auto r = runner->Decode(*cache, both);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_EQ(a.tokens(), 60);
+  EXPECT_EQ(b.tokens(), 0);
+  EXPECT_EQ(a.pages().size(), 2u);
+  cache->Release(b);
+  const BatchItem alone{&a, eight, true};
+  auto logits = runner->Decode(*cache, std::span<const BatchItem>(&alone, 1));
+  ASSERT_TRUE(logits);
+  EXPECT_EQ(a.tokens(), 68);
+  cache->Release(a);
 }
 
 }  // namespace

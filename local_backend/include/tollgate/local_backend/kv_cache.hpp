@@ -51,6 +51,7 @@ class KvSequence {
   std::vector<int32_t> pages_;
   std::vector<TokenId> tokens_;
   int registered_ = 0;  // leading pages already in the prefix index (or taken from it)
+  int32_t chain_tail_ = -1;  // the registered page holding page registered_ - 1's content
 };
 
 struct PagedKvCacheStats {
@@ -107,6 +108,8 @@ class PagedKvCache {
   PagedKvCache(std::unique_ptr<KvPool> pool, bool prefix_cache);
   Result<int32_t> TakePage();
   void Unref(int32_t page);
+  // Takes a registered page out of the prefix index.
+  void Unregister(int32_t page);
   static uint64_t Key(uint64_t parent_key, std::span<const TokenId> tokens);
 
   std::unique_ptr<KvPool> pool_;
