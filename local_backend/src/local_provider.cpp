@@ -115,6 +115,7 @@ struct WorkQueue {
   bool wake = false;     // guarded by mu: a resume callback ran
   // Guarded by mu, written by the worker after each step (Stats).
   int running = 0;
+  bool waiting = false;  // a prepared request waits for KV pages
   PagedKvCacheStats kv;
   int64_t preemptions = 0;
 };
@@ -214,8 +215,11 @@ void LocalProvider::Impl::Run(std::stop_token stop) {
     // Nothing could run: wait for a request, a consumer catching up, or (by
     // polling) a cancellation or deadline of a blocked sequence.
     std::unique_lock lock(q.mu);
+    // (A request waiting for KV pages is retried after each step, not on
+    // arrivals.)
+    const bool slot_free = !waiting && running.size() < static_cast<size_t>(options.max_sequences);
     q.cv.wait_for(lock, std::chrono::milliseconds(running.empty() ? 1000 : 50),
-                  [&] { return stop.stop_requested() || q.wake || (!q.jobs.empty() && running.size() < static_cast<size_t>(options.max_sequences)); });
+                  [&] { return stop.stop_requested() || q.wake || (slot_free && !q.jobs.empty()); });
     q.wake = false;
   }
   for (auto& seq : running) {
@@ -305,6 +309,12 @@ void LocalProvider::Impl::Admit(const std::stop_token& shutdown) {
     Sequence& seq = *waiting;
     if (auto e = Interrupted(seq, shutdown)) {
       Fail(seq, *e);
+      waiting.reset();
+      continue;
+    }
+    if (seq.job.deadline != std::chrono::steady_clock::time_point{} &&
+        std::chrono::steady_clock::now() >= seq.job.deadline) {
+      Fail(seq, MakeError(ErrorCode::kDeadlineExceeded, "deadline exceeded before generation started"));
       waiting.reset();
       continue;
     }
@@ -461,6 +471,7 @@ void LocalProvider::Impl::DropRetired() {
   std::erase_if(running, [](const std::unique_ptr<Sequence>& seq) { return seq->job.sink == nullptr; });
   std::lock_guard lock(queue->mu);
   queue->running = static_cast<int>(running.size());
+  queue->waiting = waiting != nullptr;
   queue->kv = cache->stats();
   queue->preemptions = preemptions;
 }
@@ -641,7 +652,7 @@ LocalEngineStats LocalProvider::Stats() const {
   {
     std::lock_guard lock(impl_->queue->mu);
     stats.running = impl_->queue->running;
-    stats.queued = static_cast<int>(impl_->queue->jobs.size());
+    stats.queued = static_cast<int>(impl_->queue->jobs.size()) + (impl_->queue->waiting ? 1 : 0);
     stats.kv = impl_->queue->kv;
     stats.preemptions = impl_->queue->preemptions;
   }
