@@ -250,7 +250,7 @@ class CpuBackend final : public Backend {
     if (!SupportsWeightType(d.type)) {
       return InvalidArgument("tensor " + name + " has type " + GgmlTypeName(d.type) +
                              ", which the CPU engine cannot compute (supported: F32, F16, BF16, Q8_0, Q4_0, "
-                             "Q4_K, Q5_K, Q6_K)");
+                             "Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)");
     }
     const int64_t block = QuantBlockSize(d.type);
     if (d.rows <= 0 || d.cols <= 0 || d.cols % block != 0) {

@@ -15,6 +15,9 @@ namespace tollgate::local_backend::cpu {
   static_assert(sizeof(ours) == sizeof(theirs) && offsetof(ours, field) == offsetof(theirs, field))
 TOLLGATE_SAME_LAYOUT(Q8_0Block, BlockQ8_0, qs);
 TOLLGATE_SAME_LAYOUT(Q4_0Block, BlockQ4_0, qs);
+TOLLGATE_SAME_LAYOUT(Q4_1Block, BlockQ4_1, qs);
+TOLLGATE_SAME_LAYOUT(Q5_0Block, BlockQ5_0, qs);
+TOLLGATE_SAME_LAYOUT(Q5_1Block, BlockQ5_1, qs);
 TOLLGATE_SAME_LAYOUT(Q4_KBlock, BlockQ4_K, qs);
 TOLLGATE_SAME_LAYOUT(Q5_KBlock, BlockQ5_K, qs);
 TOLLGATE_SAME_LAYOUT(Q6_KBlock, BlockQ6_K, d);
@@ -42,6 +45,9 @@ int GemmIndex(GgmlType type) {
     case GgmlType::kBF16: return kGemmBf16;
     case GgmlType::kQ8_0: return kGemmQ8_0;
     case GgmlType::kQ4_0: return kGemmQ4_0;
+    case GgmlType::kQ4_1: return kGemmQ4_1;
+    case GgmlType::kQ5_0: return kGemmQ5_0;
+    case GgmlType::kQ5_1: return kGemmQ5_1;
     case GgmlType::kQ4_K: return kGemmQ4_K;
     case GgmlType::kQ5_K: return kGemmQ5_K;
     case GgmlType::kQ6_K: return kGemmQ6_K;
@@ -52,7 +58,10 @@ int GemmIndex(GgmlType type) {
 ActFormat ActFormatFor(GgmlType weight) {
   switch (weight) {
     case GgmlType::kQ8_0:
-    case GgmlType::kQ4_0: return ActFormat::kQ8_0;
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1: return ActFormat::kQ8_0;
     case GgmlType::kQ4_K:
     case GgmlType::kQ5_K:
     case GgmlType::kQ6_K: return ActFormat::kQ8_K;
@@ -63,7 +72,7 @@ ActFormat ActFormatFor(GgmlType weight) {
 size_t ActRowBytes(ActFormat format, int cols) {
   switch (format) {
     case ActFormat::kF32: return static_cast<size_t>(cols) * sizeof(float);
-    // The blocks, then each block's sum of values as int16 (for Q4_0).
+    // The blocks, then each block's sum of values as int16 (for Q4_0, Q4_1, Q5_1).
     case ActFormat::kQ8_0: return static_cast<size_t>(cols / 32) * (sizeof(Q8_0Block) + sizeof(int16_t));
     case ActFormat::kQ8_K: return static_cast<size_t>(cols / 256) * sizeof(Q8_KBlock);
   }
@@ -158,7 +167,8 @@ bool MatchesGeneric(const Kernels& k) {
   constexpr int kRows = 7;
   constexpr int kTokens = 6;
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
-                        GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+                        GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ5_K,
+                        GgmlType::kQ6_K}) {
     const int index = GemmIndex(type);
     if (k.gemm[index] == nullptr) return false;
     const int block = static_cast<int>(QuantBlockSize(type));

@@ -29,6 +29,16 @@
 //     AVX2 `ggml_vec_dot_q8_0_q8_0` (so the engine reproduces llama.cpp's Q8_0
 //     outputs), and the Q8_0 activation quantizer is ggml's AVX2
 //     `quantize_row_q8_0` (scale 127 / amax, round half to even);
+//   - Q5_0 weights x Q8_0 activations: as Q8_0, on the values q - 16 (ggml's
+//     AVX2 `ggml_vec_dot_q5_0_q8_0`);
+//   - Q4_1 and Q5_1 weights x Q8_0 activations (ggml's
+//     `ggml_vec_dot_{q4_1,q5_1}_q8_1`, with our Q8_0 rows and their block sums
+//     in place of Q8_1): per block the exact int32 lane sums of q_w * q_x fused
+//     into 8 float lanes with fp16(d_w) * fp16(d_x) as Q8_0, and the minimum's
+//     term fused block after block into one float from 0:
+//     m = fma(fp16(m_w), fp16(d_x) * float(sum q_x), m); the result is the
+//     lane tree plus m. (ggml rounds d_x * sum q_x to fp16 in Q8_1's `s`; we
+//     do not, so these two types differ from llama.cpp in the last bits.)
 //   - Q4_0 weights (repacked, RepackQ4_0x8) x Q8_0 activations: one float per
 //     output, acc = fma(fp16(d_w) * fp16(d_x), exact int32 block sum, acc)
 //     block after block from 0;
@@ -50,7 +60,8 @@ namespace tollgate::local_backend::cpu {
 
 const char* IsaName(Isa isa);
 
-// Format for `weight` (F32/F16/BF16 -> F32; Q8_0/Q4_0 -> Q8_0; K-quants -> Q8_K).
+// Format for `weight` (F32/F16/BF16 -> F32; Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 -> Q8_0;
+// K-quants -> Q8_K).
 ActFormat ActFormatFor(GgmlType weight);
 // Bytes of one activation row of `cols` values (cols a multiple of the block size).
 size_t ActRowBytes(ActFormat format, int cols);

@@ -18,7 +18,20 @@ enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 enum class ActFormat { kF32 = 0, kQ8_0 = 1, kQ8_K = 2 };
 
 // Kernels::gemm slots (GemmIndex in cpu_kernels.hpp maps GgmlType to these).
-enum GemmSlot { kGemmF32 = 0, kGemmF16, kGemmBf16, kGemmQ8_0, kGemmQ4_0, kGemmQ4_K, kGemmQ5_K, kGemmQ6_K, kGemmSlots };
+enum GemmSlot {
+  kGemmF32 = 0,
+  kGemmF16,
+  kGemmBf16,
+  kGemmQ8_0,
+  kGemmQ4_0,
+  kGemmQ4_1,
+  kGemmQ5_0,
+  kGemmQ5_1,
+  kGemmQ4_K,
+  kGemmQ5_K,
+  kGemmQ6_K,
+  kGemmSlots
+};
 
 // ggml block layouts (ggml-common.h), the same as quant.hpp's Block* structs
 // (cpu_kernels.cpp checks sizes and offsets against them).
@@ -28,6 +41,26 @@ struct Q8_0Block {
 };
 struct Q4_0Block {
   uint16_t d;
+  uint8_t qs[16];
+};
+// x = d * q + m; nibbles as Q4_0 (value j low, j + 16 high).
+struct Q4_1Block {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qs[16];
+};
+// x = d * (q - 16); low 4 bits as Q4_0, bit 4 of value j in bit j of the
+// little-endian uint32 qh.
+struct Q5_0Block {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+// x = d * q + m; bits as Q5_0.
+struct Q5_1Block {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qh[4];
   uint8_t qs[16];
 };
 // Eight Q4_0 rows' block b, repacked at load (RepackQ4_0x8 in
@@ -62,7 +95,8 @@ struct Q8_KBlock {
   int8_t qs[256];
   int16_t bsums[16];
 };
-static_assert(sizeof(Q8_0Block) == 34 && sizeof(Q4_0Block) == 18 && sizeof(Q4_0x8Block) == 8 * 18 && sizeof(Q4_KBlock) == 144 &&
+static_assert(sizeof(Q8_0Block) == 34 && sizeof(Q4_0Block) == 18 && sizeof(Q4_1Block) == 20 && sizeof(Q5_0Block) == 22 &&
+              sizeof(Q5_1Block) == 24 && sizeof(Q4_0x8Block) == 8 * 18 && sizeof(Q4_KBlock) == 144 &&
               sizeof(Q5_KBlock) == 176 && sizeof(Q6_KBlock) == 210 && sizeof(Q8_KBlock) == 292);
 
 // Defined in baseline code (cpu_kernels.cpp) for the ISA files: IEEE half

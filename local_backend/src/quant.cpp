@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -212,6 +213,91 @@ void QuantQ4_0(const float* x, std::byte* dst, int64_t nb) {
       b.qs[j] = static_cast<uint8_t>(xi0 | (xi1 << 4));
     }
     std::memcpy(dst + i * sizeof(BlockQ4_0), &b, sizeof b);
+  }
+}
+
+// Q4_1 / Q5_1: d = (max - min) / (2^bits - 1), m = min, q = trunc((x - min) / d
+// + 0.5) (ggml's (int8_t) / (uint8_t) casts; Q4_1 clamps to 15, Q5_1 does not).
+void QuantQ4_1(const float* x, std::byte* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    float min = FLT_MAX;
+    float max = -FLT_MAX;
+    for (int j = 0; j < 32; ++j) {
+      if (x[j] < min) min = x[j];
+      if (x[j] > max) max = x[j];
+    }
+    const float d = (max - min) / ((1 << 4) - 1);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    BlockQ4_1 b{};
+    b.d = FloatToHalf(d);
+    b.m = FloatToHalf(min);
+    for (int j = 0; j < 16; ++j) {
+      const float x0 = (x[j] - min) * id;
+      const float x1 = (x[j + 16] - min) * id;
+      const auto xi0 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x0 + 0.5f))));
+      const auto xi1 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x1 + 0.5f))));
+      b.qs[j] = static_cast<uint8_t>(xi0 | (xi1 << 4));
+    }
+    std::memcpy(dst + i * sizeof(BlockQ4_1), &b, sizeof b);
+  }
+}
+
+// Q5_0: as Q4_0 with d = max / -16 and q = min(31, (int8_t)(x / d + 16.5)); bit 4
+// of q goes to bit j of qh.
+void QuantQ5_0(const float* x, std::byte* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    float amax = 0.0f;
+    float max = 0.0f;
+    for (int j = 0; j < 32; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -16;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    BlockQ5_0 b{};
+    b.d = FloatToHalf(d);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+      const float x0 = x[j] * id;
+      const float x1 = x[j + 16] * id;
+      const auto xi0 = static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(x0 + 16.5f))));
+      const auto xi1 = static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(x1 + 16.5f))));
+      b.qs[j] = static_cast<uint8_t>((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+      qh |= ((xi0 & 0x10u) >> 4) << j;
+      qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    std::memcpy(b.qh, &qh, 4);
+    std::memcpy(dst + i * sizeof(BlockQ5_0), &b, sizeof b);
+  }
+}
+
+void QuantQ5_1(const float* x, std::byte* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    float min = FLT_MAX;
+    float max = -FLT_MAX;
+    for (int j = 0; j < 32; ++j) {
+      if (x[j] < min) min = x[j];
+      if (x[j] > max) max = x[j];
+    }
+    const float d = (max - min) / ((1 << 5) - 1);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    BlockQ5_1 b{};
+    b.d = FloatToHalf(d);
+    b.m = FloatToHalf(min);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+      const float x0 = (x[j] - min) * id;
+      const float x1 = (x[j + 16] - min) * id;
+      const auto xi0 = static_cast<uint8_t>(x0 + 0.5f);
+      const auto xi1 = static_cast<uint8_t>(x1 + 0.5f);
+      b.qs[j] = static_cast<uint8_t>((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+      qh |= ((xi0 & 0x10u) >> 4) << j;
+      qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    std::memcpy(b.qh, &qh, 4);
+    std::memcpy(dst + i * sizeof(BlockQ5_1), &b, sizeof b);
   }
 }
 
@@ -613,6 +699,9 @@ bool IsQuantizeSupported(GgmlType type) {
     case GgmlType::kF16:
     case GgmlType::kBF16:
     case GgmlType::kQ4_0:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
     case GgmlType::kQ8_0:
     case GgmlType::kQ4_K:
     case GgmlType::kQ5_K:
@@ -675,6 +764,9 @@ void QuantizeRow(GgmlType type, const float* src, void* dst, int64_t n) {
       }
       return;
     case GgmlType::kQ4_0: QuantQ4_0(src, d, nb); return;
+    case GgmlType::kQ4_1: QuantQ4_1(src, d, nb); return;
+    case GgmlType::kQ5_0: QuantQ5_0(src, d, nb); return;
+    case GgmlType::kQ5_1: QuantQ5_1(src, d, nb); return;
     case GgmlType::kQ8_0: QuantQ8_0(src, d, nb); return;
     case GgmlType::kQ4_K: QuantQ4_K(src, d, nb); return;
     case GgmlType::kQ5_K: QuantQ5_K(src, d, nb); return;

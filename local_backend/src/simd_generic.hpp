@@ -187,6 +187,11 @@ inline I256 Or(const I256& a, const I256& b) {
   for (int i = 0; i < 32; ++i) r.b[i] = a.b[i] | b.b[i];
   return r;
 }
+inline I256 AndNot(const I256& a, const I256& b) {
+  I256 r;
+  for (int i = 0; i < 32; ++i) r.b[i] = static_cast<uint8_t>(~a.b[i] & b.b[i]);
+  return r;
+}
 inline I256 SrlI16(const I256& a, int n) {
   I256 r;
   for (int i = 0; i < 16; ++i) r.SetI16(i, static_cast<int16_t>(static_cast<uint16_t>(a.I16(i)) >> n));
@@ -311,6 +316,14 @@ inline I256 MaddI16(const I256& a, const I256& b) {
 }
 inline I256 DotU8I8x2Acc(const I256& acc, const I256& u0, const I256& s0, const I256& u1, const I256& s1) {
   return AddI32(acc, MaddI16(AddI16(MaddubsI16(u0, s0), MaddubsI16(u1, s1)), Set1I16(1)));
+}
+inline I256 DotU8I8(const I256& u, const I256& s) { return MaddI16(MaddubsI16(u, s), Set1I16(1)); }
+inline I256 BitMask32(const void* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, 4);
+  I256 r;
+  for (int i = 0; i < 32; ++i) r.b[i] = ((bits >> i) & 1) != 0 ? 0xFF : 0;
+  return r;
 }
 inline I256 DotI8(const I256& aw, const I256& w, const I256& x) {
   return MaddI16(MaddubsI16(aw, SignI8(x, w)), Set1I16(1));

@@ -138,6 +138,8 @@ TOLLGATE_SIMD_INLINE I256 Nibbles32(const uint8_t* p) {
 }
 TOLLGATE_SIMD_INLINE I256 And(I256 a, I256 b) { return {_mm256_and_si256(a.v, b.v)}; }
 TOLLGATE_SIMD_INLINE I256 Or(I256 a, I256 b) { return {_mm256_or_si256(a.v, b.v)}; }
+// (not a) and b.
+TOLLGATE_SIMD_INLINE I256 AndNot(I256 a, I256 b) { return {_mm256_andnot_si256(a.v, b.v)}; }
 // 16-bit lanes shifted by n (0..15) bits.
 TOLLGATE_SIMD_INLINE I256 SrlI16(I256 a, int n) { return {_mm256_srl_epi16(a.v, _mm_cvtsi32_si128(n))}; }
 TOLLGATE_SIMD_INLINE I256 SllI16(I256 a, int n) { return {_mm256_sll_epi16(a.v, _mm_cvtsi32_si128(n))}; }
@@ -171,6 +173,27 @@ TOLLGATE_SIMD_INLINE I256 DotU8I8x2Acc(I256 acc, I256 u0, I256 s0, I256 u1, I256
   const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u0.v, s0.v), _mm256_maddubs_epi16(u1.v, s1.v));
   return {_mm256_add_epi32(acc.v, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))};
 #endif
+}
+// int32 lane l = sum of the 4 u8 x s8 products of bytes [4l, 4l+3]. Exact when
+// every |u| * |s| pair sum stays below 2^15 (e.g. u <= 31, |s| <= 128), so the
+// AVX2 form never saturates and equals the VNNI form.
+TOLLGATE_SIMD_INLINE I256 DotU8I8(I256 u, I256 s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return {_mm256_dpbusd_epi32(_mm256_setzero_si256(), u.v, s.v)};
+#else
+  return {_mm256_madd_epi16(_mm256_maddubs_epi16(u.v, s.v), _mm256_set1_epi16(1))};
+#endif
+}
+// Byte i = 0xFF where bit i of the little-endian uint32 at p is set, else 0
+// (ggml's bytes_from_bits_32: byte i of a broadcast picks source byte i / 8,
+// ORed with all bits but i % 8 set; all-ones exactly when that bit is).
+TOLLGATE_SIMD_INLINE I256 BitMask32(const void* p) {
+  int32_t x32;
+  std::memcpy(&x32, p, 4);
+  const __m256i shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuffle),
+                                        _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return {_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))};
 }
 TOLLGATE_SIMD_INLINE I128 ILoad128(const void* p) { return {_mm_loadu_si128(static_cast<const __m128i*>(p))}; }
 // Every int16 lane of each 128-bit half = that half's int16 lane k (0..7).

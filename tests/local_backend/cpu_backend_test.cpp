@@ -46,10 +46,10 @@ TEST(CpuBackend, OptionsAreChecked) {
 TEST(CpuBackend, PrepareWeightRejectsWhatItCannotCompute) {
   auto be = Cpu();
   std::vector<std::byte> bytes(static_cast<size_t>(RowBytes(GgmlType::kQ8_0, 64)) * 2);
-  WeightData d{"w", GgmlType::kQ5_0, 2, 64, bytes};
+  WeightData d{"w", GgmlType::kQ8_1, 2, 64, bytes};
   auto r = be->PrepareWeight(d);
   ASSERT_FALSE(r);
-  EXPECT_NE(r.error().message.find("tensor w has type Q5_0"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("tensor w has type Q8_1"), std::string::npos) << r.error().message;
   d.type = GgmlType::kQ4_K;  // rows of 64 cannot hold 256-value superblocks
   r = be->PrepareWeight(d);
   ASSERT_FALSE(r);
@@ -67,7 +67,8 @@ TEST(CpuBackend, GetRowsDequantizesExactly) {
   auto be = Cpu();
   std::mt19937 rng(1);
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
-                        GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+                        GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ5_K,
+                        GgmlType::kQ6_K}) {
     const int rows = 7, cols = 512;
     const size_t rb = static_cast<size_t>(RowBytes(type, cols));
     std::vector<std::byte> bytes(rb * rows);
@@ -96,7 +97,9 @@ TEST(CpuBackend, MatMulRunsSeveralWeightsOnOneInput) {
     std::unique_ptr<BackendWeight> weight;
   };
   std::vector<W> ws;
-  for (auto [type, rows] : {std::pair{GgmlType::kQ4_0, 40}, {GgmlType::kQ4_K, 24}, {GgmlType::kF16, 33}}) {
+  // Q4_0, Q5_0 and Q5_1 share one Q8_0 copy of the input.
+  for (auto [type, rows] : {std::pair{GgmlType::kQ4_0, 40}, {GgmlType::kQ5_0, 19}, {GgmlType::kQ5_1, 21},
+                            {GgmlType::kQ4_K, 24}, {GgmlType::kF16, 33}}) {
     W w{type, rows, std::vector<std::byte>(static_cast<size_t>(RowBytes(type, cols)) * rows), nullptr};
     for (int r = 0; r < rows; ++r) {
       QuantizeRow(type, Randoms(rng, cols).data(), w.bytes.data() + r * RowBytes(type, cols), cols);
@@ -104,7 +107,8 @@ TEST(CpuBackend, MatMulRunsSeveralWeightsOnOneInput) {
     w.weight = be->PrepareWeight({"w", type, rows, cols, w.bytes}).value();
     ws.push_back(std::move(w));
   }
-  auto buf = be->AllocActivations(tokens * cols + 2 * tokens * 100);
+  const int all_rows = 200;  // at least the sum of the weights' rows
+  auto buf = be->AllocActivations(tokens * cols + 2 * tokens * all_rows);
   ActTensor x = buf->Tensor(0, tokens, cols);
   const std::vector<float> xv = Randoms(rng, tokens * cols);
   std::copy(xv.begin(), xv.end(), x.data);
@@ -112,7 +116,7 @@ TEST(CpuBackend, MatMulRunsSeveralWeightsOnOneInput) {
   size_t offset = tokens * cols;
   for (const W& w : ws) {
     together.push_back(buf->Tensor(offset, tokens, w.rows));
-    alone.push_back(buf->Tensor(offset + tokens * 100, tokens, w.rows));
+    alone.push_back(buf->Tensor(offset + tokens * all_rows, tokens, w.rows));
     offset += static_cast<size_t>(tokens) * w.rows;
   }
   std::vector<MatMulTarget> targets;

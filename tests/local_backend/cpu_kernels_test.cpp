@@ -17,7 +17,8 @@ namespace tollgate::local_backend::cpu {
 namespace {
 
 constexpr GgmlType kTypes[] = {GgmlType::kF32,  GgmlType::kF16,  GgmlType::kBF16, GgmlType::kQ8_0,
-                               GgmlType::kQ4_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
+                               GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                               GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
 
 std::vector<float> Randoms(std::mt19937& rng, size_t n, float scale = 1.0f) {
   std::normal_distribution<float> d(0.0f, scale);
@@ -35,12 +36,18 @@ struct Problem {
   size_t w_row = 0, x_row = 0;
 };
 
-Problem MakeProblem(const Kernels& k, GgmlType type, int rows, int tokens, int cols, uint32_t seed) {
+// Weights normal(w_mean, 1), activations normal(0, 1).
+Problem MakeProblem(const Kernels& k, GgmlType type, int rows, int tokens, int cols, uint32_t seed,
+                    float w_mean = 0.0f) {
   std::mt19937 rng(seed);
   Problem p{type, rows, tokens, cols, {}, {}, {}};
   p.w_row = static_cast<size_t>(RowBytes(type, cols));
   p.w.resize(p.w_row * static_cast<size_t>(rows));
-  for (int r = 0; r < rows; ++r) QuantizeRow(type, Randoms(rng, static_cast<size_t>(cols)).data(), p.w.data() + r * p.w_row, cols);
+  for (int r = 0; r < rows; ++r) {
+    std::vector<float> row = Randoms(rng, static_cast<size_t>(cols));
+    for (float& v : row) v += w_mean;
+    QuantizeRow(type, row.data(), p.w.data() + r * p.w_row, cols);
+  }
   if (type == GgmlType::kQ4_0) {  // the kernels read the interleaved copy the backend makes
     p.original = p.w;
     p.w.assign(RepackedQ4_0Bytes(rows, cols), std::byte{0});
@@ -125,30 +132,56 @@ TEST(CpuKernels, VectorTablesMatchThePortableOneBitForBit) {
   }
 }
 
-// float64 sum of the dequantized products; the kernel's only freedom is float32
-// rounding of the scaled partial sums.
+// Every output of `p` through `k` against the float64 sum of the dequantized
+// products; the kernel's only freedom is float32 rounding of the scaled
+// partial sums, bounded relative to sum |w x|.
+void ExpectMatchesFloat64(const Kernels& k, const Problem& p) {
+  const std::vector<float> got = RunGemm(k, p, 0, p.rows, 0, p.tokens, false);
+  const ActFormat f = ActFormatFor(p.type);
+  const int cols = p.cols;
+  for (int t = 0; t < p.tokens; ++t) {
+    std::vector<float> x(static_cast<size_t>(cols));
+    const std::byte* xr = p.x.data() + static_cast<size_t>(t) * p.x_row;
+    if (f == ActFormat::kF32) std::memcpy(x.data(), xr, p.x_row);
+    if (f == ActFormat::kQ8_0) DequantizeRow(GgmlType::kQ8_0, xr, x.data(), cols);
+    if (f == ActFormat::kQ8_K) DequantizeRow(GgmlType::kQ8_K, xr, x.data(), cols);
+    for (int r = 0; r < p.rows; ++r) {
+      std::vector<float> w(static_cast<size_t>(cols));
+      DequantizeRow(p.type, p.original.data() + static_cast<size_t>(r) * p.w_row, w.data(), cols);
+      double exact = 0, magnitude = 0;
+      for (int c = 0; c < cols; ++c) {
+        exact += static_cast<double>(w[c]) * x[c];
+        magnitude += std::fabs(static_cast<double>(w[c]) * x[c]);
+      }
+      EXPECT_NEAR(got[static_cast<size_t>(t * p.rows + r)], exact, 2e-6 * magnitude)
+          << IsaName(k.isa) << " " << GgmlTypeName(p.type) << " " << p.rows << "x" << cols << " tokens " << p.tokens
+          << ": row " << r << " token " << t;
+    }
+  }
+}
+
 TEST(CpuKernels, ProductsMatchFloat64OnTheDequantizedOperands) {
   const Kernels& k = *KernelsFor(BestIsa());
-  for (GgmlType type : kTypes) {
-    const int cols = 1024;
-    const Problem p = MakeProblem(k, type, 5, 3, cols, 99);
-    const std::vector<float> got = RunGemm(k, p, 0, p.rows, 0, p.tokens, false);
-    const ActFormat f = ActFormatFor(type);
-    for (int t = 0; t < p.tokens; ++t) {
-      std::vector<float> x(static_cast<size_t>(cols));
-      const std::byte* xr = p.x.data() + static_cast<size_t>(t) * p.x_row;
-      if (f == ActFormat::kF32) std::memcpy(x.data(), xr, p.x_row);
-      if (f == ActFormat::kQ8_0) DequantizeRow(GgmlType::kQ8_0, xr, x.data(), cols);
-      if (f == ActFormat::kQ8_K) DequantizeRow(GgmlType::kQ8_K, xr, x.data(), cols);
-      for (int r = 0; r < p.rows; ++r) {
-        std::vector<float> w(static_cast<size_t>(cols));
-        DequantizeRow(type, p.original.data() + static_cast<size_t>(r) * p.w_row, w.data(), cols);
-        double exact = 0, magnitude = 0;
-        for (int c = 0; c < cols; ++c) {
-          exact += static_cast<double>(w[c]) * x[c];
-          magnitude += std::fabs(static_cast<double>(w[c]) * x[c]);
+  for (GgmlType type : kTypes) ExpectMatchesFloat64(k, MakeProblem(k, type, 5, 3, 1024, 99));
+}
+
+// The 32-value block types (Q8_0 activations) in the matrix-vector shape
+// (1, 2 tokens) and the tiled one (3, 7 tokens: a token tail), with row
+// tails (rows not a multiple of the tile), odd block counts (32, 96, 896 =
+// Qwen2.5-0.5B's rows, which is why files carry Q5_0), and weights far from
+// zero mean, where Q4_1/Q5_1's m term carries most of each product.
+TEST(CpuKernels, Block32ProductsMatchFloat64InEveryShape) {
+  uint32_t seed = 200;
+  for (const Kernels* k : {&GenericKernels(), KernelsFor(BestIsa())}) {
+    for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1}) {
+      for (int cols : {32, 96, 896}) {
+        for (int rows : {1, 5, 13}) {
+          for (int tokens : {1, 2, 3, 7}) {
+            for (float w_mean : {0.0f, 3.0f}) {
+              ExpectMatchesFloat64(*k, MakeProblem(*k, type, rows, tokens, cols, seed++, w_mean));
+            }
+          }
         }
-        EXPECT_NEAR(got[static_cast<size_t>(t * p.rows + r)], exact, 2e-6 * magnitude) << GgmlTypeName(type);
       }
     }
   }

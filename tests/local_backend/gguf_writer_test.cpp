@@ -267,7 +267,7 @@ TEST_F(GgufWriterTest, RejectsBadTensors) {
   EXPECT_FALSE(w.AddTensor("", ok, GgmlType::kF32, v));
   const std::vector<int64_t> negative = {-64};
   EXPECT_FALSE(w.AddTensor("neg", negative, GgmlType::kF32, v));
-  EXPECT_FALSE(w.AddTensor("q5_0", ok, GgmlType::kQ5_0, v));  // no quantizer for Q5_0
+  EXPECT_FALSE(w.AddTensor("q8_1", ok, GgmlType::kQ8_1, v));  // no quantizer for Q8_1
   std::vector<std::byte> wrong(10);
   EXPECT_FALSE(w.AddTensorBytes("bytes", ok, GgmlType::kQ8_0, wrong));
   std::vector<std::byte> right(68);

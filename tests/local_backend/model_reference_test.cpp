@@ -91,12 +91,13 @@ struct TypeBound {
 //     cache, K and V rounded to half precision [1e-4 .. 9e-4].
 //   - Quantized weights are exact in the reference as well, so the error is the
 //     engine's 8-bit quantization of the activations, which is ggml's scheme:
-//     Q8_0 blocks of 32 values for Q8_0/Q4_0 weights [1.2% .. 3.3%], Q8_K
-//     blocks of 256 for the K-quants [1.7% .. 4.4%].
+//     Q8_0 blocks of 32 values for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 weights
+//     [1.2% .. 3.3%], Q8_K blocks of 256 for the K-quants [1.7% .. 4.4%].
 constexpr TypeBound kBounds[] = {
     {GgmlType::kF32, 1e-5, 3e-3},  {GgmlType::kF16, 1e-5, 3e-3},  {GgmlType::kBF16, 1e-5, 3e-3},
     {GgmlType::kQ8_0, 5e-2, 5e-2}, {GgmlType::kQ4_0, 5e-2, 5e-2}, {GgmlType::kQ4_K, 6e-2, 6e-2},
-    {GgmlType::kQ5_K, 6e-2, 6e-2}, {GgmlType::kQ6_K, 6e-2, 6e-2},
+    {GgmlType::kQ5_K, 6e-2, 6e-2}, {GgmlType::kQ6_K, 6e-2, 6e-2}, {GgmlType::kQ4_1, 5e-2, 5e-2},
+    {GgmlType::kQ5_0, 5e-2, 5e-2}, {GgmlType::kQ5_1, 5e-2, 5e-2},
 };
 
 TEST(ModelReference, LogitsMatchFloat64ForEveryArchitectureAndType) {

@@ -236,10 +236,43 @@ TEST(Quant, Q4_0RoundTripsValuesOnItsGrid) {
   EXPECT_EQ(Dequant(GgmlType::kQ4_0, &b, 32), x);
 }
 
+// ggml-quants.c quantize_row_{q4_1,q5_0,q5_1}_ref on values that sit on their
+// grids: Q4_1/Q5_1 take d = (max - min) / (2^bits - 1) and m = min, Q5_0 takes
+// d = max / -16 from the element of largest magnitude (here -16: d = 1).
+TEST(Quant, Q4_1Q5_0AndQ5_1RoundTripValuesOnTheirGrids) {
+  std::vector<float> x(32);
+  for (int j = 0; j < 32; ++j) x[j] = static_cast<float>((j * 7) % 16 - 2);  // -2..13: d 1, m -2
+  BlockQ4_1 b41{};
+  QuantizeRow(GgmlType::kQ4_1, x.data(), &b41, 32);
+  EXPECT_EQ(b41.d, kHalfOne);
+  EXPECT_EQ(b41.m, FloatToHalf(-2.0f));
+  EXPECT_EQ(b41.qs[1] & 0x0F, 7);  // x[1] = 5 -> q = 5 - m = 7
+  EXPECT_EQ(Dequant(GgmlType::kQ4_1, &b41, 32), x);
+
+  for (int j = 0; j < 32; ++j) x[j] = static_cast<float>((j * 13) % 32 - 16);  // -16..15
+  BlockQ5_0 b50{};
+  QuantizeRow(GgmlType::kQ5_0, x.data(), &b50, 32);
+  EXPECT_EQ(b50.d, kHalfOne);
+  uint32_t qh;
+  std::memcpy(&qh, b50.qh, 4);
+  for (int j = 0; j < 32; ++j) EXPECT_EQ((qh >> j) & 1, x[j] >= 0 ? 1u : 0u) << j;  // q = x + 16 >= 16
+  EXPECT_EQ(Dequant(GgmlType::kQ5_0, &b50, 32), x);
+
+  for (int j = 0; j < 32; ++j) x[j] = static_cast<float>((j * 13) % 32 - 5);  // -5..26: d 1, m -5
+  BlockQ5_1 b51{};
+  QuantizeRow(GgmlType::kQ5_1, x.data(), &b51, 32);
+  EXPECT_EQ(b51.d, kHalfOne);
+  EXPECT_EQ(b51.m, FloatToHalf(-5.0f));
+  std::memcpy(&qh, b51.qh, 4);
+  for (int j = 0; j < 32; ++j) EXPECT_EQ((qh >> j) & 1, x[j] + 5 >= 16 ? 1u : 0u) << j;
+  EXPECT_EQ(Dequant(GgmlType::kQ5_1, &b51, 32), x);
+}
+
 TEST(Quant, AllZeroBlocksStayZero) {
   std::vector<float> x(256, 0.0f);
-  for (GgmlType t : {GgmlType::kQ4_0, GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K,
-                     GgmlType::kQ8_K, GgmlType::kF16, GgmlType::kBF16}) {
+  for (GgmlType t : {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ8_0,
+                     GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K, GgmlType::kQ8_K, GgmlType::kF16,
+                     GgmlType::kBF16}) {
     std::vector<std::byte> q(static_cast<size_t>(RowBytes(t, 256)));
     QuantizeRow(t, x.data(), q.data(), 256);
     EXPECT_EQ(Dequant(t, q.data(), 256), x) << GgmlTypeName(t);
@@ -280,7 +313,9 @@ TEST(Quant, ReferenceQuantizersStayWithinErrorBounds) {
   for (float& v : x) v = normal(rng);
   // Bounds: the measured errors (printed; see the comment per type) with
   // margin. Q4_0's worst case is amax/8 (an element of the sign opposite to the
-  // amax one at +8 steps clamps to +7); Q8_0's is half a step, amax/254, plus the
+  // amax one at +8 steps clamps to +7), Q5_0's amax/16 likewise; Q4_1/Q5_1's is
+  // half a step of (max - min) / 15 or / 31, at most amax/15 or amax/31, plus
+  // the F16 rounding of d and m; Q8_0's is half a step, amax/254, plus the
   // F16 rounding of d times up to 127 steps (amax * 2^-11); Q8_K's scale is a
   // float, so only the half step.
   struct Bound { GgmlType t; double rel_rmse, max_over_amax; };
@@ -289,6 +324,9 @@ TEST(Quant, ReferenceQuantizersStayWithinErrorBounds) {
       {GgmlType::kBF16, 2.5e-3, 4e-3},  // 0.00167, 0.00389
       {GgmlType::kQ8_0, 7e-3, 4.5e-3},  // 0.00540, 0.00415
       {GgmlType::kQ4_0, 0.11, 0.126},   // 0.0867, 0.1250
+      {GgmlType::kQ4_1, 0.095, 0.07},   // 0.0781, 0.0666
+      {GgmlType::kQ5_0, 0.055, 0.064},  // 0.0428, 0.0625
+      {GgmlType::kQ5_1, 0.047, 0.035},  // 0.0380, 0.0327
       {GgmlType::kQ4_K, 0.09, 0.09},    // 0.0714, 0.0703
       {GgmlType::kQ5_K, 0.045, 0.045},  // 0.0362, 0.0363
       {GgmlType::kQ6_K, 0.022, 0.02},   // 0.0178, 0.0162
@@ -308,7 +346,8 @@ TEST(Quant, QuantizeIsDeterministicAndBlockwise) {
   std::uniform_real_distribution<float> u(-3.0f, 3.0f);
   std::vector<float> x(512);
   for (float& v : x) v = u(rng);
-  for (GgmlType t : {GgmlType::kQ4_0, GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+  for (GgmlType t : {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ8_0,
+                     GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
     const auto half = static_cast<size_t>(RowBytes(t, 256));
     std::vector<std::byte> whole(2 * half), parts(2 * half);
     QuantizeRow(t, x.data(), whole.data(), 512);
@@ -383,12 +422,13 @@ TEST(Quant, Bf16ConversionRoundsToNearestEven) {
 
 TEST(Quant, SupportSets) {
   for (GgmlType t : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
-                     GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K, GgmlType::kQ8_K}) {
+                     GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ5_K,
+                     GgmlType::kQ6_K, GgmlType::kQ8_K}) {
     EXPECT_TRUE(IsQuantizeSupported(t)) << GgmlTypeName(t);
     EXPECT_TRUE(IsDequantizeSupported(t)) << GgmlTypeName(t);
   }
-  EXPECT_FALSE(IsQuantizeSupported(GgmlType::kQ5_0));
-  EXPECT_TRUE(IsDequantizeSupported(GgmlType::kQ5_0));
+  EXPECT_FALSE(IsQuantizeSupported(GgmlType::kQ8_1));
+  EXPECT_FALSE(IsDequantizeSupported(GgmlType::kQ8_1));
   EXPECT_FALSE(IsDequantizeSupported(GgmlType::kQ2_K));
   EXPECT_FALSE(IsDequantizeSupported(GgmlType::kI32));
 }

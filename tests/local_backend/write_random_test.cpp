@@ -72,7 +72,8 @@ void ExpectTensor(const GgufFile& g, const std::string& name, std::vector<int64_
 TEST_F(WriteRandomTest, EveryArchitectureAndTypeAtTheTinyShape) {
   const struct { const char* name; GgmlType type; } types[] = {
       {"f32", GgmlType::kF32},   {"f16", GgmlType::kF16},   {"bf16", GgmlType::kBF16}, {"q8_0", GgmlType::kQ8_0},
-      {"q4_0", GgmlType::kQ4_0}, {"q4_k", GgmlType::kQ4_K}, {"q5_k", GgmlType::kQ5_K}, {"q6_k", GgmlType::kQ6_K},
+      {"q4_0", GgmlType::kQ4_0}, {"q4_1", GgmlType::kQ4_1}, {"q5_0", GgmlType::kQ5_0}, {"q5_1", GgmlType::kQ5_1},
+      {"q4_k", GgmlType::kQ4_K}, {"q5_k", GgmlType::kQ5_K}, {"q6_k", GgmlType::kQ6_K},
   };
   for (const std::string arch : {"llama", "qwen2", "qwen3", "mistral"}) {
     for (const auto& t : types) {
@@ -174,6 +175,16 @@ TEST_F(WriteRandomTest, OverridesTiedOutputFallbacksAndRopeScaling) {
   EXPECT_EQ(*g->GetInt("qwen2.context_length"), 64);
   EXPECT_EQ(*g->GetFloat("qwen2.rope.freq_base"), 500000.0);
   EXPECT_FALSE(g->Find("qwen2.attention.key_length"));  // head_dim = hidden / heads
+
+  // llama-quantize's own fallback for Q4_K (llama_tensor_get_type): Q5_0.
+  ASSERT_EQ(Run("--arch qwen2 --hidden 320 --heads 5 --kv-heads 1 --ffn 512 --layers 1 --vocab 300 --context 64 "
+                "--type q4_k --fallback-type q5_0 --out " + Out("f50.gguf")),
+            0)
+      << log_;
+  g = Open(Out("f50.gguf"));
+  ASSERT_TRUE(g);
+  ExpectTensor(*g, "blk.0.attn_q.weight", {320, 320}, GgmlType::kQ5_0);
+  ExpectTensor(*g, "blk.0.ffn_down.weight", {512, 320}, GgmlType::kQ4_K);
 
   ASSERT_EQ(Run("--arch qwen3 --shape layers=1,hidden=256,heads=2,kv-heads=1,head-dim=64,ffn=256,vocab=300 "
                 "--rope-scaling yarn:4:8192 --out " + Out("q3.gguf")),

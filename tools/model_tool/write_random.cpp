@@ -42,8 +42,8 @@
 // thread count. Norm and bias vectors stay F32 (as llama-quantize keeps 1-D
 // tensors); 2-D tensors take --type, except that a block-quantized type whose
 // block does not divide the row length (e.g. Q4_K's 256 and Qwen2.5-0.5B's
-// 896-wide rows) falls back: Q4_K -> Q4_0, Q5_K/Q6_K -> Q8_0, Q8_0/Q4_0 -> F16
-// (llama-quantize would pick Q5_0/Q5_1/Q8_0, types this engine does not run;
+// 896-wide rows) falls back: Q4_K -> Q4_0, Q5_K/Q6_K -> Q8_0, other types -> F16
+// (llama-quantize picks Q5_0 for Q4_K, Q5_1 for Q5_K and Q8_0 for Q6_K;
 // --fallback-type overrides). Fallbacks are reported on stdout.
 #include "commands.hpp"
 
@@ -135,7 +135,8 @@ struct TypeChoice {
 };
 constexpr TypeChoice kTypes[] = {
     {"f32", GgmlType::kF32, 0},   {"f16", GgmlType::kF16, 1},   {"bf16", GgmlType::kBF16, 32},
-    {"q8_0", GgmlType::kQ8_0, 7}, {"q4_0", GgmlType::kQ4_0, 2}, {"q4_k", GgmlType::kQ4_K, 14},  // Q4_K_S
+    {"q8_0", GgmlType::kQ8_0, 7}, {"q4_0", GgmlType::kQ4_0, 2}, {"q4_1", GgmlType::kQ4_1, 3},
+    {"q5_0", GgmlType::kQ5_0, 8}, {"q5_1", GgmlType::kQ5_1, 9}, {"q4_k", GgmlType::kQ4_K, 14},  // Q4_K_S
     {"q5_k", GgmlType::kQ5_K, 16},  // Q5_K_S
     {"q6_k", GgmlType::kQ6_K, 18},
 };
@@ -146,7 +147,8 @@ const TypeChoice& ParseType(const std::string& name) {
   for (const TypeChoice& t : kTypes) {
     if (lower == t.name) return t;
   }
-  throw std::runtime_error("unknown tensor type '" + name + "' (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k)");
+  throw std::runtime_error("unknown tensor type '" + name +
+                           "' (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)");
 }
 
 bool IsQuantized(GgmlType t) { return local_backend::QuantBlockSize(t) > 1; }
@@ -584,7 +586,7 @@ int WriteRandom(int argc, char** argv) {
     ("rms-eps", po::value<double>(), "attention.layer_norm_rms_epsilon")
     ("tied", po::value<bool>(), "tie output to token_embd (true/false; default per shape)")
     ("rope-scaling", po::value(&rope_scaling_opt), "none | linear:FACTOR | yarn:FACTOR:ORIG_CTX | llama3:FACTOR:ORIG_CTX")
-    ("type", po::value(&type_opt)->default_value("f32"), "f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q5_k | q6_k")
+    ("type", po::value(&type_opt)->default_value("f32"), "f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k")
     ("embd-type", po::value(&embd_type_opt), "type of token_embd (default --type)")
     ("output-type", po::value(&output_type_opt), "type of output.weight (default --type)")
     ("fallback-type", po::value(&fallback_opt), "type for rows a quantized --type cannot divide")

@@ -88,7 +88,8 @@ class GgufWriter {
   //
   // From float data (elements in ne[0]-fastest order, size == product of ne),
   // converted/quantized now with QuantizeRow() (quant.hpp): F32, F16, BF16,
-  // Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q8_K (the types IsQuantizeSupported() accepts).
+  // Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q8_K (the types
+  // IsQuantizeSupported() accepts).
   Result<void> AddTensor(std::string_view name, std::span<const int64_t> ne, GgmlType type,
                          std::span<const float> data);
   // From rows produced during WriteFile() (RowSource above), converted row by

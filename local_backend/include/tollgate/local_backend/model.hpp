@@ -31,10 +31,11 @@
 // output.weight is absent), optional rope_freqs. A ggml matrix with
 // ne = [in, out] is `out` rows of `in` values.
 //
-// Weights stay in their file type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
-// Q6_K) and are used in place from the mapping; the backend computes with them
-// directly (cpu_kernels.hpp). Norm weights and biases are converted to F32
-// (a few KB). Unsupported: MoE, sliding-window attention, other architectures.
+// Weights stay in their file type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+// Q5_1, Q4_K, Q5_K, Q6_K) and are used in place from the mapping (Q4_0 is
+// repacked, backend.hpp); the backend computes with them directly
+// (cpu_kernels.hpp). Norm weights and biases are converted to F32 (a few KB).
+// Unsupported: MoE, sliding-window attention, other architectures.
 #pragma once
 
 #include "tollgate/core/error.hpp"

@@ -12,7 +12,8 @@
 //     versions without an importance matrix, which llama-quantize also uses when
 //     no imatrix is given), ported operation by operation with the same
 //     rounding (`nearest_int` = round half to even via the 1.5*2^23 trick,
-//     Q4_0's (int8_t)(x + 8.5f), Q8_0's roundf), so it should give ggml's bytes
+//     Q4_0's (int8_t)(x + 8.5f), Q4_1/Q5_0/Q5_1's truncating casts, Q8_0's
+//     roundf), so it should give ggml's bytes
 //     for the same floats (checked here against hand-built blocks and error
 //     bounds, not against a ggml binary);
 //   - F16: IEEE 754 binary16; FloatToHalf rounds to nearest, ties to even (as
@@ -173,7 +174,8 @@ int64_t RowBytes(GgmlType type, int64_t n);
 // Types DequantizeRow handles: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 // Q4_K, Q5_K, Q6_K, Q8_K.
 bool IsDequantizeSupported(GgmlType type);
-// Types QuantizeRow handles: F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K.
+// Types QuantizeRow handles: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+// Q5_K, Q6_K, Q8_K.
 bool IsQuantizeSupported(GgmlType type);
 
 // Converts n elements of `type` at `src` (n / block size blocks) to floats at `dst`.
