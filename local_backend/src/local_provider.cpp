@@ -163,8 +163,12 @@ struct LocalProvider::Impl {
   bool Unblocked(Sequence& seq);
   // Forgets finished sequences.
   void DropRetired();
-  // Samples from `logits` and streams the token; true when the sequence ended.
-  bool Generate(Sequence& seq, std::span<const float> logits);
+  // Samples from `logits`, streams the token and finishes the sequence when
+  // it ended.
+  void Generate(Sequence& seq, std::span<const float> logits);
+  // Streams generated text: through the output parser for templated chats
+  // (reasoning blocks and tool calls become their own events), else as text.
+  void Emit(Sequence& seq, const std::string& text);
   void Finish(Sequence& seq, FinishReason finish, std::string stop_sequence, bool flush);
   void Fail(Sequence& seq, Error error);
   void Retire(Sequence& seq);
@@ -476,59 +480,49 @@ void LocalProvider::Impl::DropRetired() {
   queue->preemptions = preemptions;
 }
 
-bool LocalProvider::Impl::Generate(Sequence& seq, std::span<const float> logits) {
+void LocalProvider::Impl::Generate(Sequence& seq, std::span<const float> logits) {
   const TokenId token = seq.sampler->Sample(logits);
   seq.sampler->Accept(token);
   if (tokenizer->IsEndOfGeneration(token)) {
     Finish(seq, FinishReason::kStop, {}, true);
-    return true;
+    return;
   }
   ++seq.generated;
   seq.history.push_back(token);
   StopMatcher::Output out = seq.stop_matcher->Push(seq.detokenizer->Push(token));
-  auto emit = [&](const std::string& text) {
-    if (text.empty()) return;
-    seq.emitted = true;
-    if (!seq.parser) {
-      seq.job.sink->OnEvent(TextDelta{0, text});
-      return;
-    }
-    seq.events.clear();
-    seq.parser->Push(text, seq.events);
-    for (StreamEvent& e : seq.events) seq.job.sink->OnEvent(std::move(e));
-  };
-  emit(out.text);
+  Emit(seq, out.text);
   if (out.stopped) {
     Finish(seq, FinishReason::kStop, std::move(out.matched), false);
-    return true;
+    return;
   }
   if (seq.generated >= seq.limit) {
     Finish(seq, FinishReason::kLength, {}, true);
-    return true;
+    return;
   }
-  return false;
+}
+
+void LocalProvider::Impl::Emit(Sequence& seq, const std::string& text) {
+  if (text.empty()) return;
+  seq.emitted = true;
+  if (!seq.parser) {
+    seq.job.sink->OnEvent(TextDelta{0, text});
+    return;
+  }
+  seq.events.clear();
+  seq.parser->Push(text, seq.events);
+  for (StreamEvent& e : seq.events) seq.job.sink->OnEvent(std::move(e));
 }
 
 void LocalProvider::Impl::Finish(Sequence& seq, FinishReason finish, std::string stop_sequence, bool flush) {
   StreamSink& sink = *seq.job.sink;
-  auto emit = [&](const std::string& text) {
-    if (text.empty()) return;
-    if (!seq.parser) {
-      sink.OnEvent(TextDelta{0, text});
-      return;
-    }
-    seq.events.clear();
-    seq.parser->Push(text, seq.events);
-    for (StreamEvent& e : seq.events) sink.OnEvent(std::move(e));
-  };
   if (flush) {
     StopMatcher::Output out = seq.stop_matcher->Push(seq.detokenizer->Flush());
-    emit(out.text);
+    Emit(seq, out.text);
     if (out.stopped) {
       finish = FinishReason::kStop;
       stop_sequence = std::move(out.matched);
     }
-    emit(seq.stop_matcher->Flush());
+    Emit(seq, seq.stop_matcher->Flush());
   }
   FinishDelta finish_delta{0, finish, std::string(FinishReasonName(finish)), std::move(stop_sequence)};
   if (seq.parser) {
