@@ -320,6 +320,11 @@ void CallDriver::Start() {
   query.prompt_tokens = EstimateUsage(spec_.request, ChatResponse{}).prompt_tokens;
   query.prompt_tokens_bound = PromptTokensBound(spec_.request);
   query.session = spec_.session;
+  // A provider with its own tokenizer (the local engine) counts exactly, so
+  // a prompt that fits its context is never refused on the estimate.
+  query.exact_prompt_tokens = [this](const routing::Endpoint& e) -> std::optional<int64_t> {
+    return e.provider != nullptr ? e.provider->CountPromptTokens(spec_.request) : std::nullopt;
+  };
   std::mt19937_64 rng(spec_.seed);
   if (auto error = deps_.router->Decide(query, executor_->Now(), rng, &plan_)) return Finish(*error);
   tried_.assign(plan_.candidates.size(), false);
@@ -643,12 +648,17 @@ void CallDriver::OnProviderError(Attempt& a, Error error) {
     return;
   }
   const bool retryable = IsRetryable(error.code);
-  const bool rate_limited = error.code == ErrorCode::kResourceExhausted;
+  // A provider at capacity (the local engine's full queue) says nothing about
+  // the endpoint's health: try the next endpoint, no cooldown.
+  const bool at_capacity = error.code == ErrorCode::kResourceExhausted && error.code_string == "at_capacity";
+  const bool rate_limited = error.code == ErrorCode::kResourceExhausted && !at_capacity;
   EndAttempt(a,
              rate_limited  ? routing::Outcome::kRateLimited
+             : at_capacity ? routing::Outcome::kNeutral
              : retryable   ? routing::Outcome::kFailure
                            : routing::Outcome::kNeutral,
-             rate_limited ? "rate_limited" : retryable ? "failed" : "rejected", HttpStatus(error.code), error);
+             rate_limited ? "rate_limited" : at_capacity ? "at_capacity" : retryable ? "failed" : "rejected",
+             HttpStatus(error.code), error);
   if (!retryable) {
     // The request caused it (a 4xx): another endpoint would refuse it too.
     for (auto& other : attempts_) {
@@ -667,7 +677,7 @@ void CallDriver::OnProviderError(Attempt& a, Error error) {
   if (Running() > 0) return;  // a hedged attempt goes on
   // Retries on the same endpoint (never after a 429: it asked us to stay away).
   const routing::RoutingPolicy& policy = plan_.candidates[a.candidate].model->routing;
-  if (!rate_limited && a.retry < policy.retries) {
+  if (!rate_limited && !at_capacity && a.retry < policy.retries) {
     const auto backoff = policy.retry_backoff * (int64_t{1} << std::min(a.retry, 16));
     const std::size_t candidate = a.candidate;
     const int retry = a.retry + 1;

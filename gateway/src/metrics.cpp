@@ -32,7 +32,7 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Gauge>& engines =
       prometheus::BuildGauge()
           .Name("tollgate_local_engine")
-          .Help("Local engine load by model file: running, queued, max_sequences, max_queue, kv_pages_used, "
+          .Help("Local engine load by <provider>/<model file stem>: running, queued, max_sequences, max_queue, kv_pages_used, "
                 "kv_pages_cached, kv_pages_total (64 tokens each), preemptions and prefix_hit_tokens since start")
           .Register(*registry);
   const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};

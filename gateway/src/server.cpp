@@ -19,6 +19,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <fstream>
@@ -860,7 +861,7 @@ int Serve(const Config& config, const ServeOptions& options) {
     asio::io_context ioc(threads);
     // Providers: one instance per remote provider, one local engine per model file.
     std::map<std::string, std::unique_ptr<providers::RemoteProvider>> remote;
-    std::map<std::string, std::unique_ptr<local_backend::LocalProvider>> local;  // by model path
+    std::map<std::string, std::unique_ptr<local_backend::LocalProvider>> local;  // by provider id and model path
     std::map<std::string, const ProviderConfig*> provider_configs;
     for (const auto& p : config.providers) {
       provider_configs[p.id] = &p;
@@ -908,7 +909,9 @@ int Serve(const Config& config, const ServeOptions& options) {
         e.max_concurrency = ec.max_concurrency;
         e.weight = ec.weight;
         if (pc.type == "local") {
-          auto& engine = local[ec.model];
+          // One engine per (provider, file): two providers may run one file
+          // with different settings.
+          auto& engine = local[ec.provider + '\n' + ec.model];
           if (!engine) {
             local_backend::LocalProviderOptions o;
             o.display_name = pc.display_name;
@@ -926,7 +929,15 @@ int Serve(const Config& config, const ServeOptions& options) {
             auto created = local_backend::LocalProvider::Create(o);
             if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
             engine = std::move(*created);
-            services.engines.emplace_back(std::filesystem::path(ec.model).stem().string(), engine.get());
+            // The metrics label: <provider>/<file stem>, made unique.
+            std::string label = ec.provider + "/" + std::filesystem::path(ec.model).stem().string();
+            const std::string base = label;
+            for (int n = 2; std::any_of(services.engines.begin(), services.engines.end(),
+                                        [&](const auto& e) { return e.first == label; });
+                 ++n) {
+              label = base + "#" + std::to_string(n);
+            }
+            services.engines.emplace_back(std::move(label), engine.get());
             std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << "\n";
           }
           e.provider = engine.get();

@@ -95,6 +95,7 @@ struct Sequence {
   std::optional<StopMatcher> stop_matcher;
   std::optional<OutputParser> parser;
   int64_t generated = 0;
+  int64_t reasoning_tokens = 0;  // of `generated`
   bool emitted = false;
   bool preempted = false;  // its pages were taken; the history is prefilled again
   bool in_batch = false;   // has an item in the step being built
@@ -267,10 +268,12 @@ bool LocalProvider::Impl::Prepare(Sequence& seq) {
     return false;
   }
   if (seq.prompt_tokens >= context_length) {
-    Fail(seq, MakeError(ErrorCode::kInvalidArgument,
+    Error e = MakeError(ErrorCode::kInvalidArgument,
                         "prompt is " + std::to_string(seq.prompt_tokens) + " tokens but the model's context holds " +
                             std::to_string(context_length) + " tokens including the completion; shorten the prompt",
-                        job.prompt_param));
+                        job.prompt_param);
+    e.code_string = "context_length_exceeded";
+    Fail(seq, std::move(e));
     return false;
   }
   seq.limit = context_length - seq.prompt_tokens;
@@ -344,10 +347,10 @@ void LocalProvider::Impl::Preempt(Sequence& seq) {
   // Recompute, as vLLM does: the pages go back (full ones stay in the prefix
   // cache, so the recompute usually finds them) and the whole history is
   // prefilled again when pages are free; generation state is kept.
+  if (!seq.preempted) ++preemptions;  // a preempted sequence failing to come back is not another one
   cache->Release(seq.kv);
   seq.fed = 0;
   seq.preempted = true;
-  ++preemptions;
   if (seq.in_batch) {
     const auto it = std::find(item_seqs.begin(), item_seqs.end(), &seq);
     items.erase(items.begin() + (it - item_seqs.begin()));
@@ -427,16 +430,18 @@ bool LocalProvider::Impl::Step(const std::stop_token& shutdown) {
       Sequence& seq = *ptr;
       if (budget < 1) break;
       if (seq.in_batch) continue;
-      if (seq.preempted) {
-        if (pass == 0) continue;
-        seq.fed = static_cast<size_t>(cache->AttachPrefix(seq.kv, seq.history));
-        seq.preempted = false;
-      }
+      // A preempted sequence comes back in the prompt pass, from the prefix
+      // cache, whatever is left to compute.
+      const bool returning = seq.preempted;
+      if (returning && pass == 0) continue;
+      if (returning && seq.emitted && !Unblocked(seq)) continue;
+      if (returning) seq.fed = static_cast<size_t>(cache->AttachPrefix(seq.kv, seq.history));
       const size_t pending = seq.history.size() - seq.fed;
-      if (pending == 0 || (pending == 1) != (pass == 0)) continue;
-      if (seq.emitted && !Unblocked(seq)) continue;
+      if (pending == 0 || (!returning && (pending == 1) != (pass == 0))) continue;
+      if (!returning && seq.emitted && !Unblocked(seq)) continue;
       const size_t count = std::min(static_cast<size_t>(budget), pending);
-      if (!ReserveOrPreempt(seq, static_cast<int>(count))) continue;
+      if (!ReserveOrPreempt(seq, static_cast<int>(count))) continue;  // gave its pages back
+      seq.preempted = false;
       items.push_back(BatchItem{&seq.kv, std::span<const TokenId>(seq.history).subspan(seq.fed, count),
                                 seq.fed + count == seq.history.size()});
       item_seqs.push_back(&seq);
@@ -490,7 +495,11 @@ void LocalProvider::Impl::Generate(Sequence& seq, std::span<const float> logits)
   ++seq.generated;
   seq.history.push_back(token);
   StopMatcher::Output out = seq.stop_matcher->Push(seq.detokenizer->Push(token));
+  const bool was_reasoning = seq.parser && seq.parser->in_reasoning();
   Emit(seq, out.text);
+  // Tokens of a <think> block, its tags included, are reasoning tokens
+  // (counted in completion_tokens too, as OpenAI reports them).
+  if (was_reasoning || (seq.parser && seq.parser->in_reasoning())) ++seq.reasoning_tokens;
   if (out.stopped) {
     Finish(seq, FinishReason::kStop, std::move(out.matched), false);
     return;
@@ -536,6 +545,7 @@ void LocalProvider::Impl::Finish(Sequence& seq, FinishReason finish, std::string
   usage.prompt_tokens = seq.prompt_tokens;
   usage.completion_tokens = seq.generated;
   usage.cached_tokens = seq.cached_tokens;
+  usage.reasoning_tokens = seq.reasoning_tokens;
   sink.OnEvent(UsageDelta{usage});
   sink.OnComplete();
   Retire(seq);
@@ -683,7 +693,15 @@ void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<Stream
   job.sampling.repetition_penalty = req.repetition_penalty.value_or(1.0);
   job.sampling.presence_penalty = req.presence_penalty.value_or(0.0);
   job.sampling.frequency_penalty = req.frequency_penalty.value_or(0.0);
+  const int vocab = impl_->model->hparams().vocab_size;
   for (const auto& [token, bias] : req.logit_bias) {
+    if (token < 0 || token >= vocab) {
+      sink->OnError(MakeError(ErrorCode::kInvalidArgument,
+                              "logit_bias names token id " + std::to_string(token) + ", outside the vocabulary of '" +
+                                  impl_->name + "' (" + std::to_string(vocab) + " tokens)",
+                              "logit_bias"));
+      return;
+    }
     job.sampling.logit_bias.emplace_back(static_cast<TokenId>(token), static_cast<float>(bias));
   }
   job.sampling.seed = req.seed;
@@ -704,6 +722,7 @@ void LocalProvider::Start(const ProviderRequest& request, std::shared_ptr<Stream
                              "local model '" + impl_->name + "' has " + std::to_string(q.jobs.size()) +
                                  " requests waiting, its queue's limit; retry shortly");
       full.retry_after = "1";
+      full.code_string = "at_capacity";  // backpressure, not a rate limit: the router tries elsewhere
       job.sink->OnError(full);
       return;
     }

@@ -666,6 +666,8 @@ void OutputParser::Finish(FinishDelta finish, std::vector<StreamEvent>& out) {
 
 int OutputParser::tool_calls() const { return state_->calls_made; }
 
+bool OutputParser::in_reasoning() const { return state_->mode == State::Mode::kReasoning; }
+
 bool PromptOpensReasoning(std::string_view prompt) {
   const size_t open = prompt.rfind(kThinkOpen);
   if (open == std::string_view::npos) return false;

@@ -202,11 +202,20 @@ Error EmptiedError(const std::vector<Considered>& considered, std::string_view m
                    input ? "messages" : std::string(ParamName(p)), "unsupported_parameter"};
     }
     case SkipReason::kContextLength: {
-      int64_t largest = 0;
-      for (const Considered& c : considered) largest = std::max(largest, c.endpoint->context_length);
+      // The endpoint with the largest context names the size.
+      const Considered* largest = nullptr;
+      for (const Considered& c : considered) {
+        if (c.skipped == SkipReason::kContextLength &&
+            (largest == nullptr || c.endpoint->context_length > largest->endpoint->context_length)) {
+          largest = &c;
+        }
+      }
+      const int64_t tokens = largest != nullptr ? largest->prompt_tokens : prompt_tokens;
+      const bool exact = largest != nullptr && largest->prompt_exact;
       return Error{ErrorCode::kInvalidArgument,
-                   "the prompt (about " + std::to_string(prompt_tokens) + " tokens) does not fit the context of " +
-                       "any endpoint of model '" + Shown(model_slug) + "' (largest " + std::to_string(largest) +
+                   "the prompt (" + std::string(exact ? "" : "about ") + std::to_string(tokens) +
+                       " tokens) does not fit the context of any endpoint of model '" + Shown(model_slug) +
+                       "' (largest " + std::to_string(largest != nullptr ? largest->endpoint->context_length : 0) +
                        " tokens)",
                    "messages", "context_length_exceeded"};
     }
@@ -301,8 +310,15 @@ std::optional<Error> Router::Decide(const RouteQuery& query, SteadyTime now, std
       } else if (prefs.require_parameters && !unsupported.empty()) {
         c.skipped = SkipReason::kRequireParameters;
         c.unsupported = unsupported;
-      } else if (e.context_length > 0 && query.prompt_tokens > e.context_length) {
-        c.skipped = SkipReason::kContextLength;
+      } else if (e.context_length > 0) {
+        c.prompt_tokens = query.prompt_tokens;
+        if (query.exact_prompt_tokens) {
+          if (const std::optional<int64_t> exact = query.exact_prompt_tokens(e)) {
+            c.prompt_tokens = *exact;
+            c.prompt_exact = true;
+          }
+        }
+        if (c.prompt_tokens > e.context_length) c.skipped = SkipReason::kContextLength;
       }
       plan->considered.push_back(c);
     }

@@ -736,6 +736,29 @@ TEST_F(CallDriverTest, A429CoolsTheEndpointDownForItsRetryAfter) {
   EXPECT_EQ(primary->calls.size(), 2u);
 }
 
+// A provider at capacity (the local engine's full queue) passes the call on
+// and keeps its health: no cooldown, no retry on it.
+TEST_F(CallDriverTest, AtCapacityMovesOnWithoutCoolingTheEndpointDown) {
+  Start(UserSays("hi"));
+  Error full{ErrorCode::kResourceExhausted, "queue full"};
+  full.retry_after = "1";
+  full.code_string = "at_capacity";
+  primary->calls[0].sink->OnError(full);
+  executor->RunUntilIdle();
+  ASSERT_EQ(fallback->calls.size(), 1u);
+  Answer(*fallback->calls[0].sink, "ok", MakeUsage(1, 1));
+  executor->RunUntilIdle();
+  EXPECT_EQ(usage.rows[0].attempts[0].outcome, "at_capacity");
+  EXPECT_EQ(primary->calls.size(), 1u);
+  const auto health = router->health(catalog.models()[0].endpoints[0]).Snapshot(executor->Now());
+  EXPECT_EQ(health.availability, routing::Availability::kAvailable);
+  EXPECT_EQ(health.error_rate, 0.0);
+  // The next call may go to the primary at once.
+  client = std::make_shared<FakeClient>();
+  Start(UserSays("again"));
+  EXPECT_EQ(primary->calls.size(), 2u);
+}
+
 TEST_F(CallDriverTest, TheClientIsToldToWaitInWholeSecondsNeverTheUpstreamsRawText) {
   BuildCatalog({primary.get()});
   Error limited{ErrorCode::kResourceExhausted, "slow down"};

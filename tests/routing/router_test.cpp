@@ -886,6 +886,35 @@ TEST(Router, PromptLongerThanEveryContextIsRefused) {
   EXPECT_EQ(error->code_string, "context_length_exceeded");
 }
 
+// An endpoint whose provider counts the prompt exactly (the local engine) is
+// judged on that count, not on the estimate.
+TEST(Router, ExactPromptCountDecidesTheContextOfEndpointsThatHaveOne) {
+  EndpointSpec local{"local", 1, 1};
+  local.context_length = 512;
+  EndpointSpec remote{"remote", 2, 2};
+  remote.context_length = 256;
+  World w({{"m/exact", {local, remote}, {}}});
+  RouteQuery q = Query("m/exact");
+  q.prompt_tokens = 720;  // the estimate: over both
+  q.exact_prompt_tokens = [](const Endpoint& e) -> std::optional<int64_t> {
+    if (e.provider_id == "local") return 500;
+    return std::nullopt;
+  };
+  Plan plan;
+  ASSERT_FALSE(w.Decide(q, &plan));
+  EXPECT_EQ(World::Ids(plan), (std::vector<std::string>{"local"}));
+  EXPECT_EQ(World::ReasonOf(plan, "remote"), SkipReason::kContextLength);
+  q.exact_prompt_tokens = [](const Endpoint& e) -> std::optional<int64_t> {
+    if (e.provider_id == "local") return 600;
+    return std::nullopt;
+  };
+  auto error = w.Decide(q, &plan);
+  ASSERT_TRUE(error);
+  EXPECT_EQ(error->code_string, "context_length_exceeded");
+  EXPECT_EQ(error->message,
+            "the prompt (600 tokens) does not fit the context of any endpoint of model 'm/exact' (largest 512 tokens)");
+}
+
 TEST(Router, SoftPreferencesDemoteEndpointsThatMissThem) {
   World w({{"m/soft", {{"slow", 0.5, 0.5}, {"fast", 1, 1}, {"unknown", 2, 2}}, {}}});
   // slow: 20 tokens/s after a 3 s first token; fast: 200 tokens/s.
@@ -1077,7 +1106,9 @@ TEST(Router, AWokenWaiterMayQueueAgainWithoutDeadlock) {
   int wakes = 0;
   std::function<void(const Endpoint&)> again = [&](const Endpoint& e) {
     ++wakes;
-    if (wakes < 3) EXPECT_NE(w.router().WaitForCapacity(m, {&mid}, again), 0u);
+    if (wakes < 3) {
+      EXPECT_NE(w.router().WaitForCapacity(m, {&mid}, again), 0u);
+    }
     Free(w, e);  // from inside a wake: Report may hand the slot on at once
   };
   w.router().WaitForCapacity(m, {&mid}, again);

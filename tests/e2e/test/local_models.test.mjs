@@ -53,7 +53,7 @@ describe('a Qwen-shaped local model with its real tokenizer and template', () =>
     await stack.start({
       pg,
       config: () => ({
-        providers: { local: { type: 'local', display_name: 'Local' } },
+        providers: { local: { type: 'local', display_name: 'Local', context_length: 512 } },
         models: [{
           id: MODEL, name: 'Qwen3-shaped (random weights)',
           endpoints: [{ provider: 'local', model: gguf, pricing: { prompt: '0.01', completion: '0.02' } }],
@@ -152,9 +152,38 @@ describe('a Qwen-shaped local model with its real tokenizer and template', () =>
     assert.equal(Number(row.cached_tokens), cached);
     // The engine's load and its prefix cache are on /metrics.
     const metrics = await (await fetch(`${stack.gw.url}/metrics`)).text();
-    const gauge = (item) => Number(metrics.match(new RegExp(`tollgate_local_engine\\{engine="qwen3-tiny",item="${item}"\\} (\\S+)`))?.[1]);
+    const gauge = (item) => Number(metrics.match(new RegExp(`tollgate_local_engine\\{engine="local/qwen3-tiny",item="${item}"\\} (\\S+)`))?.[1]);
     assert.equal(gauge('max_sequences'), 8);
     assert.ok(gauge('prefix_hit_tokens') >= cached, metrics);
     assert.ok(gauge('kv_pages_total') > 0);
+  });
+
+  test('the context is checked with the exact count: a prompt the estimate overcounts is served, one over is refused', async () => {
+    const ask = (repeat) => client.chat.completions.create({
+      model: MODEL, messages: [{ role: 'user', content: 'hello world '.repeat(repeat) }], max_tokens: 2, temperature: 0,
+    });
+    const fits = await ask(240);  // about 720 tokens by 4 bytes a token; 500 by the tokenizer
+    assert.equal(fits.usage.prompt_tokens, hfPromptTokens([{ role: 'user', content: 'hello world '.repeat(240) }]));
+    assert.ok(fits.usage.prompt_tokens < 512);
+    await assert.rejects(ask(300), (e) => {
+      assert.equal(e.status, 400);
+      assert.equal(e.code, 'context_length_exceeded');
+      assert.match(e.message, /the prompt \(6\d\d tokens\)/);
+      return true;
+    });
+  });
+
+  test('reasoning tokens are counted: a forced <think> block is reported in completion_tokens_details', async () => {
+    const thinkOpen = hfTokenizer.encode('<think>', { add_special_tokens: false });
+    assert.equal(thinkOpen.length, 1);
+    const r = await client.chat.completions.create({
+      model: MODEL, messages: [{ role: 'user', content: 'Think first.' }], max_tokens: 6, temperature: 0,
+      logit_bias: { [thinkOpen[0]]: 100 },
+    });
+    assert.ok(r.usage.completion_tokens_details.reasoning_tokens >= 1, JSON.stringify(r.usage));
+    assert.ok(r.usage.completion_tokens_details.reasoning_tokens <= r.usage.completion_tokens);
+    await assert.rejects(client.chat.completions.create({
+      model: MODEL, messages: [{ role: 'user', content: 'x' }], max_tokens: 2, logit_bias: { 999999: 5 },
+    }), (e) => e.status === 400 && /logit_bias/.test(e.message));
   });
 });

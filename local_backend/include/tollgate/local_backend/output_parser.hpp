@@ -96,6 +96,8 @@ class OutputParser {
 
   // Tool calls started so far.
   int tool_calls() const;
+  // Inside a <think> block after the text pushed so far.
+  bool in_reasoning() const;
 
  private:
   struct State;

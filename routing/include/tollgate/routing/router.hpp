@@ -117,6 +117,11 @@ struct RouteQuery {
   // dearer tier through.
   int64_t prompt_tokens_bound = 0;
   uint64_t session = 0;       // SessionKey(request); 0 = no stickiness
+  // The exact prompt tokens as an endpoint's provider counts them (its own
+  // tokenizer and template: the local engine), or nullopt; checks that
+  // endpoint's context instead of the estimate. Empty = none. Called once per
+  // endpoint that reaches the context filter, on the deciding thread.
+  std::function<std::optional<int64_t>(const Endpoint&)> exact_prompt_tokens;
 };
 
 struct Candidate {
@@ -134,6 +139,10 @@ struct Considered {
   ParameterSet unsupported;                // kUnsupportedParameter / kRequireParameters: which
   double effective_price = 0;  // femto-USD per blended token, penalties included (docs/routing.md)
   double share = 0;            // as Candidate::share
+  // kContextLength: the prompt as this endpoint counts it, and whether that
+  // count is exact (RouteQuery::exact_prompt_tokens) or the estimate.
+  int64_t prompt_tokens = 0;
+  bool prompt_exact = false;
 };
 
 // One decision. Reuse it: Decide() clears it and its vectors keep their
