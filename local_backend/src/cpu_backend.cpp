@@ -2,15 +2,19 @@
 // by CPUID), one thread pool per backend.
 //
 // Memory: weights are used in place from the GGUF mapping (the kernels read
-// every supported type in its file layout, so nothing is converted or copied
-// at load and the page cache holds the only copy), except Q4_0: it is repacked
-// into an interleaved copy of the same size (RepackQ4_0x8; the matrix-vector
-// product then streams one sequential run of bytes and needs no horizontal
-// sums), and the file's pages of those tensors are dropped from the process,
-// so resident memory stays at one copy. That costs a pass over the Q4_0 bytes
-// at load (parallel over the pool). Activations quantized for a
-// matrix multiply go to per-format scratch buffers that grow to the largest
-// batch seen. KV pools allocate each page when first used.
+// the supported types in their file layout, so nothing is converted or copied
+// at load and the page cache holds the only copy), except Q4_0 and Q5_0: each
+// is repacked into an interleaved copy of the same size, eight rows per block
+// (RepackQ4_0x8, RepackQ5_0x8; the matrix-vector product then streams one
+// sequential run of bytes, and one multiply covers eight rows with each row's
+// sums in their own lanes, no horizontal sums), and the file's pages of those
+// tensors are dropped from the process, so resident memory stays at one copy.
+// That costs a pass over the Q4_0/Q5_0 bytes at load (parallel over the pool);
+// Q5_0 matters because real Q4_K_M files carry most of their matrices in it
+// (llama-quantize's fallback for rows that are not a multiple of 256).
+// Activations quantized for a matrix multiply go to per-format scratch buffers
+// that grow to the largest batch seen. KV pools allocate each page when first
+// used.
 #include "tollgate/local_backend/backend.hpp"
 
 #include "cpu_kernels.hpp"
@@ -156,6 +160,9 @@ class WeightArena {
   size_t used_ = 0;
 };
 
+// Types the kernels read in an interleaved eight-row copy made at load.
+bool Repacked(GgmlType type) { return type == GgmlType::kQ4_0 || type == GgmlType::kQ5_0; }
+
 class CpuWeight final : public BackendWeight {
  public:
   // In place (no chunk) or repacked into `chunk` (data points into it).
@@ -266,20 +273,22 @@ class CpuBackend final : public Backend {
     if (reinterpret_cast<uintptr_t>(d.bytes.data()) % align != 0) {
       return InvalidArgument("tensor " + name + " is not aligned in the file");
     }
-    if (d.type != GgmlType::kQ4_0) {
+    if (!Repacked(d.type)) {
       return std::unique_ptr<BackendWeight>(new CpuWeight(d.type, d.rows, d.cols, d.bytes.data(), row_bytes, nullptr, 0));
     }
-    // Q4_0: repacked into the interleaved layout the kernels read (the same
-    // bytes per row, plus at most 7 padding rows), in parallel by row groups.
-    const size_t bytes = cpu::RepackedQ4_0Bytes(d.rows, d.cols);
+    // Q4_0, Q5_0: repacked into the interleaved layout the kernels read (the
+    // same bytes per row, plus at most 7 padding rows), in parallel by row groups.
+    const bool q4 = d.type == GgmlType::kQ4_0;
+    const size_t bytes = q4 ? cpu::RepackedQ4_0Bytes(d.rows, d.cols) : cpu::RepackedQ5_0Bytes(d.rows, d.cols);
     auto [chunk, packed] = arena_.Allocate(bytes);
     if (!chunk) return Error{ErrorCode::kResourceExhausted, "cannot allocate " + std::to_string(bytes) + " bytes for " + name};
     if (d.file_mapped) PopulatePages(d.bytes);
     const int groups = (d.rows + 7) / 8;
     const int per_task = 64;
+    auto repack = q4 ? &cpu::RepackQ4_0x8 : &cpu::RepackQ5_0x8;
     pool_.Run((groups + per_task - 1) / per_task, [&](int task, int) {
       const int first = task * per_task;
-      cpu::RepackQ4_0x8(d.bytes.data(), d.rows, d.cols, packed, first, std::min(per_task, groups - first));
+      repack(d.bytes.data(), d.rows, d.cols, packed, first, std::min(per_task, groups - first));
     });
     if (d.file_mapped) DropPages(d.bytes);
     return std::unique_ptr<BackendWeight>(new CpuWeight(d.type, d.rows, d.cols, packed, row_bytes, std::move(chunk), bytes));
@@ -312,6 +321,8 @@ class CpuBackend final : public Backend {
       float* dst = out.data + static_cast<size_t>(r) * static_cast<size_t>(out.stride);
       if (w.type() == GgmlType::kQ4_0) {
         cpu::DequantizeQ4_0x8Row(w.data(), id, out.cols, dst);
+      } else if (w.type() == GgmlType::kQ5_0) {
+        cpu::DequantizeQ5_0x8Row(w.data(), id, out.cols, dst);
       } else {
         DequantizeRow(w.type(), w.data() + static_cast<size_t>(id) * w.row_bytes(), dst, out.cols);
       }

@@ -149,6 +149,62 @@ void DequantizeQ4_0x8Row(const std::byte* base, int row, int cols, float* out) {
   }
 }
 
+size_t RepackedQ5_0Bytes(int rows, int cols) {
+  return static_cast<size_t>((rows + 7) / 8) * 8 * static_cast<size_t>(RowBytes(GgmlType::kQ5_0, cols));
+}
+
+void RepackQ5_0x8(const std::byte* src, int rows, int cols, std::byte* dst, int first_group, int groups) {
+  const int nb = cols / 32;
+  const size_t row_bytes = static_cast<size_t>(nb) * sizeof(BlockQ5_0);
+  for (int g = first_group; g < first_group + groups; ++g) {
+    auto* out = reinterpret_cast<Q5_0x8Block*>(dst + static_cast<size_t>(g) * 8 * row_bytes);
+    for (int r = 0; r < 8; ++r) {
+      const std::byte* in = src + static_cast<size_t>(std::min(8 * g + r, rows - 1)) * row_bytes;
+      for (int b = 0; b < nb; ++b, in += sizeof(BlockQ5_0)) {
+        Q5_0Block block;
+        std::memcpy(&block, in, sizeof(block));
+        uint32_t qh;
+        std::memcpy(&qh, block.qh, 4);
+        out[b].d[r] = block.d;
+        for (int k = 0; k < 4; ++k) std::memcpy(&out[b].qs[32 * k + 4 * r], &block.qs[4 * k], 4);
+        // The fifth bits, inverted: bit 4m + e of qh to bit m of byte 4r + e.
+        // Nibble m of qh to byte m of a uint64, then that 8 x 8 bit matrix
+        // transposed (Hacker's Delight, transpose8): bit e of byte m to bit m
+        // of byte e.
+        uint64_t x = ~qh;
+        x = ((x & 0xFFFF0000u) << 16) | (x & 0xFFFFu);
+        x = ((x & 0x0000FF000000FF00u) << 8) | (x & 0x000000FF000000FFu);
+        x = ((x & 0x00F000F000F000F0u) << 4) | (x & 0x000F000F000F000Fu);
+        uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAu;
+        x = x ^ t ^ (t << 7);
+        t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCu;
+        x = x ^ t ^ (t << 14);
+        t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0u;
+        x = x ^ t ^ (t << 28);
+        for (int e = 0; e < 4; ++e) out[b].qh[4 * r + e] = static_cast<uint8_t>(x >> (8 * e));
+      }
+    }
+  }
+}
+
+void DequantizeQ5_0x8Row(const std::byte* base, int row, int cols, float* out) {
+  const int nb = cols / 32;
+  const size_t row_bytes = static_cast<size_t>(nb) * sizeof(BlockQ5_0);
+  const auto* blocks = reinterpret_cast<const Q5_0x8Block*>(base + static_cast<size_t>(row / 8) * 8 * row_bytes);
+  const int r = row % 8;
+  for (int b = 0; b < nb; ++b) {
+    const float d = HalfToFloat(blocks[b].d[r]);
+    for (int m = 0; m < 8; ++m) {
+      for (int e = 0; e < 4; ++e) {
+        const uint8_t v = blocks[b].qs[32 * (m % 4) + 4 * r + e];
+        const int nibble = m < 4 ? (v & 0x0F) : (v >> 4);
+        const int high = ((blocks[b].qh[4 * r + e] >> m) & 1) != 0 ? 0 : 0x10;
+        out[32 * b + 4 * m + e] = ((nibble | high) - 16) * d;  // as quant.cpp DequantQ5_0
+      }
+    }
+  }
+}
+
 bool MatchesGeneric(const Kernels& k) {
   const Kernels& g = GenericKernels();
   if (&k == &g) return true;
@@ -179,6 +235,10 @@ bool MatchesGeneric(const Kernels& k) {
     if (type == GgmlType::kQ4_0) {
       std::vector<std::byte> packed(RepackedQ4_0Bytes(kRows, cols));
       RepackQ4_0x8(w.data(), kRows, cols, packed.data(), 0, (kRows + 7) / 8);
+      w = std::move(packed);
+    } else if (type == GgmlType::kQ5_0) {
+      std::vector<std::byte> packed(RepackedQ5_0Bytes(kRows, cols));
+      RepackQ5_0x8(w.data(), kRows, cols, packed.data(), 0, (kRows + 7) / 8);
       w = std::move(packed);
     }
     const ActFormat format = ActFormatFor(type);

@@ -29,8 +29,11 @@
 //     AVX2 `ggml_vec_dot_q8_0_q8_0` (so the engine reproduces llama.cpp's Q8_0
 //     outputs), and the Q8_0 activation quantizer is ggml's AVX2
 //     `quantize_row_q8_0` (scale 127 / amax, round half to even);
-//   - Q5_0 weights x Q8_0 activations: as Q8_0, on the values q - 16 (ggml's
-//     AVX2 `ggml_vec_dot_q5_0_q8_0`);
+//   - Q5_0 weights (repacked, RepackQ5_0x8) x Q8_0 activations: as Q8_0, on
+//     the values q - 16 (ggml's AVX2 `ggml_vec_dot_q5_0_q8_0`): per row the
+//     same 8 lanes, block sums, fused steps and tree, only computed for 8 rows
+//     at once with the rows in the lanes (kernels_impl.inc Q5_0x8Tile), so the
+//     results are those of the file-layout kernel this replaced, bit for bit;
 //   - Q4_1 and Q5_1 weights x Q8_0 activations (ggml's
 //     `ggml_vec_dot_{q4_1,q5_1}_q8_1`, with our Q8_0 rows and their block sums
 //     in place of Q8_1): per block the exact int32 lane sums of q_w * q_x fused
@@ -85,6 +88,17 @@ size_t RepackedQ4_0Bytes(int rows, int cols);
 void RepackQ4_0x8(const std::byte* src, int rows, int cols, std::byte* dst, int first_group, int groups);
 // Row `row` of a repacked tensor at `base`, dequantized exactly as DequantizeRow.
 void DequantizeQ4_0x8Row(const std::byte* base, int row, int cols, float* out);
+
+// Q5_0 weights likewise (kernel_table.hpp Q5_0x8Block): groups of 8 rows,
+// block by block, each block the 8 scales, the 8 rows' fifth bits (inverted,
+// bit m of byte 4r + e for value 4m + e) and their nibbles as Q4_0x8; the same
+// bytes per row as Q5_0, so a group starting at row r sits at
+// r * RowBytes(Q5_0, cols). The last group is padded by repeating the last
+// row; `dst` must hold RepackedQ5_0Bytes(rows, cols).
+size_t RepackedQ5_0Bytes(int rows, int cols);
+void RepackQ5_0x8(const std::byte* src, int rows, int cols, std::byte* dst, int first_group, int groups);
+// Row `row` of a repacked tensor at `base`, dequantized exactly as DequantizeRow.
+void DequantizeQ5_0x8Row(const std::byte* base, int row, int cols, float* out);
 
 // Runs every kernel of `k` and of GenericKernels() on the same pseudo-random
 // inputs and returns whether all results are bit-identical (about a

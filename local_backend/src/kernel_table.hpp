@@ -71,6 +71,23 @@ struct Q4_0x8Block {
   uint16_t d[8];
   uint8_t qs[128];
 };
+// Eight Q5_0 rows' block b, repacked at load (RepackQ5_0x8 in cpu_kernels.hpp):
+// Q4_0x8Block's layout plus one 32-byte vector of fifth bits.
+//   d[r]: row r's scale;
+//   qh:   byte 4r + e holds, in bit m (0..7), the fifth bit of row r's value
+//         4m + e, inverted (1 when bit 4 of q is clear); bit plane m belongs to
+//         the low (m < 4) or high (m >= 4) nibbles of qs vector m % 4, and a
+//         16-bit shift by |m - 4| and a mask make it 16 * bit in every byte;
+//   qs:   the low four bits as Q4_0x8Block (vector k, byte 4r + e: value
+//         4k + e in the low nibble, 16 + 4k + e in the high one).
+// So q = nibble + 16 * (1 - bit) (0..31, x = d * (q - 16)), and the signed
+// value q - 16 = nibble - 16 * bit is two unsigned products against the
+// activations, each row's in its own 32-bit lane.
+struct Q5_0x8Block {
+  uint16_t d[8];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
 struct Q4_KBlock {
   uint16_t d;
   uint16_t dmin;
@@ -96,8 +113,9 @@ struct Q8_KBlock {
   int16_t bsums[16];
 };
 static_assert(sizeof(Q8_0Block) == 34 && sizeof(Q4_0Block) == 18 && sizeof(Q4_1Block) == 20 && sizeof(Q5_0Block) == 22 &&
-              sizeof(Q5_1Block) == 24 && sizeof(Q4_0x8Block) == 8 * 18 && sizeof(Q4_KBlock) == 144 &&
-              sizeof(Q5_KBlock) == 176 && sizeof(Q6_KBlock) == 210 && sizeof(Q8_KBlock) == 292);
+              sizeof(Q5_1Block) == 24 && sizeof(Q4_0x8Block) == 8 * 18 && sizeof(Q5_0x8Block) == 8 * 22 &&
+              sizeof(Q4_KBlock) == 144 && sizeof(Q5_KBlock) == 176 && sizeof(Q6_KBlock) == 210 &&
+              sizeof(Q8_KBlock) == 292);
 
 // Defined in baseline code (cpu_kernels.cpp) for the ISA files: IEEE half
 // rounding to nearest even (quant.hpp FloatToHalf) and ggml's reference Q8_K

@@ -318,6 +318,15 @@ inline I256 DotU8I8x2Acc(const I256& acc, const I256& u0, const I256& s0, const 
   return AddI32(acc, MaddI16(AddI16(MaddubsI16(u0, s0), MaddubsI16(u1, s1)), Set1I16(1)));
 }
 inline I256 DotU8I8(const I256& u, const I256& s) { return MaddI16(MaddubsI16(u, s), Set1I16(1)); }
+inline I256 DotU8I8Diff(const I256& u0, const I256& u1, const I256& s) {
+  const I256 p0 = MaddubsI16(u0, s);
+  const I256 p1 = MaddubsI16(u1, s);
+  I256 d;
+  for (int i = 0; i < 16; ++i) {
+    d.SetI16(i, static_cast<int16_t>(static_cast<uint16_t>(p0.I16(i)) - static_cast<uint16_t>(p1.I16(i))));
+  }
+  return MaddI16(d, Set1I16(1));
+}
 inline I256 BitMask32(const void* p) {
   uint32_t bits;
   std::memcpy(&bits, p, 4);

@@ -184,6 +184,19 @@ TOLLGATE_SIMD_INLINE I256 DotU8I8(I256 u, I256 s) {
   return {_mm256_madd_epi16(_mm256_maddubs_epi16(u.v, s.v), _mm256_set1_epi16(1))};
 #endif
 }
+// int32 lane l = sum over bytes i in [4l, 4l+3] of u0[i] * s[i] - u1[i] * s[i]
+// (u unsigned, s signed). Exact when every pair sum of either product and
+// their difference stay within int16 (e.g. u0, u1 <= 16, |s| <= 128), so the
+// AVX2 form never saturates or wraps and equals the VNNI form.
+TOLLGATE_SIMD_INLINE I256 DotU8I8Diff(I256 u0, I256 u1, I256 s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  const __m256i zero = _mm256_setzero_si256();
+  return {_mm256_sub_epi32(_mm256_dpbusd_epi32(zero, u0.v, s.v), _mm256_dpbusd_epi32(zero, u1.v, s.v))};
+#else
+  const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u0.v, s.v), _mm256_maddubs_epi16(u1.v, s.v));
+  return {_mm256_madd_epi16(p, _mm256_set1_epi16(1))};
+#endif
+}
 // Byte i = 0xFF where bit i of the little-endian uint32 at p is set, else 0
 // (ggml's bytes_from_bits_32: byte i of a broadcast picks source byte i / 8,
 // ORed with all bits but i % 8 set; all-ones exactly when that bit is).

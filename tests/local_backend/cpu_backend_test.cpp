@@ -63,6 +63,19 @@ TEST(CpuBackend, PrepareWeightRejectsWhatItCannotCompute) {
   EXPECT_EQ((*ok)->owned_bytes(), 0u);  // used in place
 }
 
+// Q4_0 and Q5_0 are repacked at load into an interleaved copy of the same
+// bytes per row, padded to whole groups of 8 rows.
+TEST(CpuBackend, Q4_0AndQ5_0WeightsOwnARepackedCopy) {
+  auto be = Cpu();
+  for (GgmlType type : {GgmlType::kQ4_0, GgmlType::kQ5_0}) {
+    const int rows = 13, cols = 96;
+    std::vector<std::byte> bytes(static_cast<size_t>(RowBytes(type, cols)) * rows);
+    auto w = be->PrepareWeight({"w", type, rows, cols, bytes});
+    ASSERT_TRUE(w) << GgmlTypeName(type);
+    EXPECT_EQ((*w)->owned_bytes(), static_cast<size_t>(RowBytes(type, cols)) * 16) << GgmlTypeName(type);
+  }
+}
+
 TEST(CpuBackend, GetRowsDequantizesExactly) {
   auto be = Cpu();
   std::mt19937 rng(1);

@@ -48,12 +48,13 @@ Problem MakeProblem(const Kernels& k, GgmlType type, int rows, int tokens, int c
     for (float& v : row) v += w_mean;
     QuantizeRow(type, row.data(), p.w.data() + r * p.w_row, cols);
   }
+  p.original = p.w;
   if (type == GgmlType::kQ4_0) {  // the kernels read the interleaved copy the backend makes
-    p.original = p.w;
     p.w.assign(RepackedQ4_0Bytes(rows, cols), std::byte{0});
     RepackQ4_0x8(p.original.data(), rows, cols, p.w.data(), 0, (rows + 7) / 8);
-  } else {
-    p.original = p.w;
+  } else if (type == GgmlType::kQ5_0) {
+    p.w.assign(RepackedQ5_0Bytes(rows, cols), std::byte{0});
+    RepackQ5_0x8(p.original.data(), rows, cols, p.w.data(), 0, (rows + 7) / 8);
   }
   const ActFormat f = ActFormatFor(type);
   p.x_row = ActRowBytes(f, cols);
@@ -204,6 +205,66 @@ TEST(CpuKernels, RepackedQ4_0DequantizesLikeTheFileLayout) {
   }
 }
 
+TEST(CpuKernels, RepackedQ5_0DequantizesLikeTheFileLayout) {
+  std::mt19937 rng(13);
+  const int rows = 13, cols = 96;  // a padded last group
+  const size_t rb = static_cast<size_t>(RowBytes(GgmlType::kQ5_0, cols));
+  std::vector<std::byte> src(rb * rows);
+  for (int r = 0; r < rows; ++r) QuantizeRow(GgmlType::kQ5_0, Randoms(rng, cols).data(), src.data() + r * rb, cols);
+  std::vector<std::byte> packed(RepackedQ5_0Bytes(rows, cols));
+  EXPECT_EQ(packed.size(), 16 * rb);
+  RepackQ5_0x8(src.data(), rows, cols, packed.data(), 0, 1);  // two calls, as the backend's tasks
+  RepackQ5_0x8(src.data(), rows, cols, packed.data(), 1, 1);
+  std::vector<float> want(cols), got(cols);
+  for (int r = 0; r < 16; ++r) {
+    DequantizeRow(GgmlType::kQ5_0, src.data() + std::min(r, rows - 1) * rb, want.data(), cols);
+    DequantizeQ5_0x8Row(packed.data(), r, cols, got.data());
+    ASSERT_EQ(got, want) << "row " << r;  // rows 13..15 repeat the last one
+  }
+}
+
+// The repacked Q5_0 kernel keeps ggml_vec_dot_q5_0_q8_0's AVX2 arithmetic (and
+// so the results of the file-layout kernel it replaced) bit for bit: per row
+// eight float lanes, lane l += fp16(d_w) * fp16(d_x) times the exact sum of
+// the products of values 4l .. 4l+3 (fused), then the tree
+// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+TEST(CpuKernels, Q5_0ProductsAreGgmlsAvx2Arithmetic) {
+  uint32_t seed = 300;
+  for (const Kernels* k : {&GenericKernels(), KernelsFor(BestIsa())}) {
+    for (int rows : {1, 8, 13}) {
+      for (int tokens : {1, 2, 3, 4, 7}) {
+        const Problem p = MakeProblem(*k, GgmlType::kQ5_0, rows, tokens, 896, seed++);
+        const std::vector<float> got = RunGemm(*k, p, 0, rows, 0, tokens, false);
+        const int nb = p.cols / 32;
+        for (int t = 0; t < tokens; ++t) {
+          const auto* x = reinterpret_cast<const BlockQ8_0*>(p.x.data() + static_cast<size_t>(t) * p.x_row);
+          for (int r = 0; r < rows; ++r) {
+            const auto* w = reinterpret_cast<const BlockQ5_0*>(p.original.data() + static_cast<size_t>(r) * p.w_row);
+            float lane[8] = {};
+            for (int b = 0; b < nb; ++b) {
+              uint32_t qh;
+              std::memcpy(&qh, w[b].qh, 4);
+              const float scale = HalfToFloat(w[b].d) * HalfToFloat(x[b].d);
+              for (int l = 0; l < 8; ++l) {
+                int32_t sum = 0;
+                for (int i = 4 * l; i < 4 * l + 4; ++i) {
+                  const int nibble = i < 16 ? w[b].qs[i] & 0x0F : w[b].qs[i - 16] >> 4;
+                  const int q = nibble | static_cast<int>(((qh >> i) & 1u) << 4);
+                  sum += (q - 16) * x[b].qs[i];
+                }
+                lane[l] = std::fmaf(scale, static_cast<float>(sum), lane[l]);
+              }
+            }
+            const float want = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+            ASSERT_EQ(got[static_cast<size_t>(t * rows + r)], want)
+                << IsaName(k->isa) << " " << rows << " rows, " << tokens << " tokens: row " << r << " token " << t;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Splitting the rows or the tokens of a product differently never changes a
 // value (the property batched prefill relies on), and accumulate adds.
 TEST(CpuKernels, ResultsDoNotDependOnHowTheWorkIsSplit) {
@@ -212,8 +273,9 @@ TEST(CpuKernels, ResultsDoNotDependOnHowTheWorkIsSplit) {
     const Problem p = MakeProblem(k, type, 21, 11, 512, 5);
     const std::vector<float> whole = RunGemm(k, p, 0, p.rows, 0, p.tokens, false);
     for (int t = 0; t < p.tokens; ++t) {
-      // Q4_0 rows come in groups of 8 (the repacked layout): start there.
-      for (int r0 : {0, type == GgmlType::kQ4_0 ? 8 : 5, 16}) {
+      // Q4_0 and Q5_0 rows come in groups of 8 (the repacked layouts): start there.
+      const bool grouped = type == GgmlType::kQ4_0 || type == GgmlType::kQ5_0;
+      for (int r0 : {0, grouped ? 8 : 5, 16}) {
         const int rows = std::min(p.rows - r0, 7);
         const std::vector<float> part = RunGemm(k, p, r0, rows, t, 1, false);
         for (int r = r0; r < r0 + rows; ++r) {

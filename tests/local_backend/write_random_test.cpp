@@ -158,32 +158,49 @@ TEST_F(WriteRandomTest, SameSeedSameBytes) {
 }
 
 TEST_F(WriteRandomTest, OverridesTiedOutputFallbacksAndRopeScaling) {
-  // 320-wide rows cannot hold Q4_K's 256-element blocks: those fall back to Q4_0;
-  // ffn_down's 512-wide rows stay Q4_K.
+  // 320-wide rows cannot hold Q4_K's 256-element blocks: those fall back to
+  // Q5_0, as llama-quantize does (llama_tensor_get_type); ffn_down's 512-wide
+  // rows stay Q4_K.
   ASSERT_EQ(Run("--arch qwen2 --hidden 320 --heads 5 --kv-heads 1 --ffn 512 --layers 1 --vocab 300 --context 64 "
                 "--tied true --type q4_k --rope-base 500000 --rms-eps 1e-6 --out " + Out("f.gguf")),
             0)
       << log_;
-  EXPECT_NE(log_.find("fallback"), std::string::npos) << log_;
+  EXPECT_NE(log_.find("tensors Q4_K -> Q5_0 (rows of 320)"), std::string::npos) << log_;
   auto g = Open(Out("f.gguf"));
   ASSERT_TRUE(g);
   EXPECT_EQ(g->FindTensor("output.weight"), nullptr);
-  ExpectTensor(*g, "token_embd.weight", {320, 300}, GgmlType::kQ4_0);
-  ExpectTensor(*g, "blk.0.attn_q.weight", {320, 320}, GgmlType::kQ4_0);
-  ExpectTensor(*g, "blk.0.attn_k.weight", {320, 64}, GgmlType::kQ4_0);
+  ExpectTensor(*g, "token_embd.weight", {320, 300}, GgmlType::kQ5_0);
+  ExpectTensor(*g, "blk.0.attn_q.weight", {320, 320}, GgmlType::kQ5_0);
+  ExpectTensor(*g, "blk.0.attn_k.weight", {320, 64}, GgmlType::kQ5_0);
   ExpectTensor(*g, "blk.0.ffn_down.weight", {512, 320}, GgmlType::kQ4_K);
   EXPECT_EQ(*g->GetInt("qwen2.context_length"), 64);
   EXPECT_EQ(*g->GetFloat("qwen2.rope.freq_base"), 500000.0);
   EXPECT_FALSE(g->Find("qwen2.attention.key_length"));  // head_dim = hidden / heads
 
-  // llama-quantize's own fallback for Q4_K (llama_tensor_get_type): Q5_0.
+  // The other K-quants' fallbacks: Q5_K -> Q5_1, Q6_K -> Q8_0.
+  const struct { std::string name; GgmlType type, fallback; } k_quants[] = {
+      {"q5_k", GgmlType::kQ5_K, GgmlType::kQ5_1}, {"q6_k", GgmlType::kQ6_K, GgmlType::kQ8_0}};
+  for (const auto& k : k_quants) {
+    ASSERT_EQ(Run("--arch qwen2 --hidden 320 --heads 5 --kv-heads 1 --ffn 512 --layers 1 --vocab 300 --context 64 "
+                  "--type " + k.name + " --out " + Out(k.name + ".gguf")),
+              0)
+        << log_;
+    EXPECT_NE(log_.find(GgmlTypeName(k.type) + " -> " + GgmlTypeName(k.fallback) + " (rows of 320)"), std::string::npos)
+        << log_;
+    g = Open(Out(k.name + ".gguf"));
+    ASSERT_TRUE(g);
+    ExpectTensor(*g, "blk.0.attn_q.weight", {320, 320}, k.fallback);
+    ExpectTensor(*g, "blk.0.ffn_down.weight", {512, 320}, k.type);
+  }
+
+  // --fallback-type overrides the default.
   ASSERT_EQ(Run("--arch qwen2 --hidden 320 --heads 5 --kv-heads 1 --ffn 512 --layers 1 --vocab 300 --context 64 "
-                "--type q4_k --fallback-type q5_0 --out " + Out("f50.gguf")),
+                "--type q4_k --fallback-type q4_0 --out " + Out("f40.gguf")),
             0)
       << log_;
-  g = Open(Out("f50.gguf"));
+  g = Open(Out("f40.gguf"));
   ASSERT_TRUE(g);
-  ExpectTensor(*g, "blk.0.attn_q.weight", {320, 320}, GgmlType::kQ5_0);
+  ExpectTensor(*g, "blk.0.attn_q.weight", {320, 320}, GgmlType::kQ4_0);
   ExpectTensor(*g, "blk.0.ffn_down.weight", {512, 320}, GgmlType::kQ4_K);
 
   ASSERT_EQ(Run("--arch qwen3 --shape layers=1,hidden=256,heads=2,kv-heads=1,head-dim=64,ffn=256,vocab=300 "

@@ -42,9 +42,10 @@
 // thread count. Norm and bias vectors stay F32 (as llama-quantize keeps 1-D
 // tensors); 2-D tensors take --type, except that a block-quantized type whose
 // block does not divide the row length (e.g. Q4_K's 256 and Qwen2.5-0.5B's
-// 896-wide rows) falls back: Q4_K -> Q4_0, Q5_K/Q6_K -> Q8_0, other types -> F16
-// (llama-quantize picks Q5_0 for Q4_K, Q5_1 for Q5_K and Q8_0 for Q6_K;
-// --fallback-type overrides). Fallbacks are reported on stdout.
+// 896-wide rows) falls back as llama-quantize does (src/llama-quant.cpp,
+// llama_tensor_get_type): Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16
+// when that block does not divide the row either; other types -> F16
+// (--fallback-type overrides). Fallbacks are reported on stdout.
 #include "commands.hpp"
 
 #include "tollgate/local_backend/gguf_writer.hpp"
@@ -472,8 +473,8 @@ struct TensorSpec {
 GgmlType FallbackFor(GgmlType wanted, std::optional<GgmlType> forced) {
   if (forced) return *forced;
   switch (wanted) {
-    case GgmlType::kQ4_K: return GgmlType::kQ4_0;
-    case GgmlType::kQ5_K:
+    case GgmlType::kQ4_K: return GgmlType::kQ5_0;
+    case GgmlType::kQ5_K: return GgmlType::kQ5_1;
     case GgmlType::kQ6_K: return GgmlType::kQ8_0;
     default: return GgmlType::kF16;
   }
@@ -695,7 +696,7 @@ int WriteRandom(int argc, char** argv) {
     const int64_t q_dim = shape.heads * hd;
     const int64_t kv_dim = shape.kv_heads * hd;
     std::vector<TensorSpec> specs;
-    std::map<std::string, int> fallbacks;  // "Q4_K -> Q4_0" -> count
+    std::map<std::string, int> fallbacks;  // "Q4_K -> Q5_0 (rows of 896)" -> count
     auto matrix = [&](std::string tname, int64_t in, int64_t out, GgmlType wanted) {
       GgmlType type = wanted;
       if (in % local_backend::QuantBlockSize(type) != 0) {

@@ -9,10 +9,10 @@
 //   - BackendWeight: a weight matrix `rows` x `cols` (ggml ne = [cols, rows]) in
 //     its file type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
 //     Q6_K), prepared once at load. The CPU backend uses the bytes in place
-//     from the GGUF mapping (no copy, no conversion), except Q4_0, which it
-//     repacks into an interleaved layout of the same size (eight rows per
-//     block, cpu_kernels.hpp) and then drops the file's pages from memory; the
-//     mapping must outlive the weight.
+//     from the GGUF mapping (no copy, no conversion), except Q4_0 and Q5_0,
+//     which it repacks into interleaved layouts of the same size (eight rows
+//     per block, cpu_kernels.hpp) and then drops the file's pages from memory;
+//     the mapping must outlive the weight.
 //   - BackendVector: a float32 vector (norm weights, biases).
 //   - ActTensor: float32 activations, `rows` (tokens or heads) x `cols`, in
 //     memory from AllocActivations(); a view, never owning.
