@@ -43,7 +43,9 @@
 //               loadModel (mmap, as llama.cpp's default) + createContext
 //               (4096 tokens, one sequence, batch 512, f16 KV, flash
 //               attention "auto", the given threads), with the file already
-//               in the page cache (the parent reads it once first).
+//               in the page cache (the parent reads it once first). It
+//               includes node-llama-cpp's own parse of the GGUF header in JS
+//               (about 0.2 s here), which llama-bench does not have.
 //   peak RSS    the child's process.resourceUsage().maxRSS, read after the
 //               one-sequence runs (prefill and b1 decode), before the batch
 //               context is created, as tollgate_local_bench does. It includes
@@ -68,13 +70,19 @@
 //               next step starts when every sequence has its token.
 //               Aggregate = batch * decode / time. The llama_decode calls of
 //               the timed part and their tokens are counted and printed below
-//               the table (expected: decode * reps calls of `batch` tokens).
+//               the table (expected: `decode` calls of `batch` tokens per
+//               run; the parent warns when a part is not the calls it should
+//               be, for prefill one call, for b1 `decode` calls of 1 token).
 //               Lockstep, because free-running generators (each consumed by
 //               its own `for await` loop) drift apart: a sequence whose
 //               sampling finishes first is queued and decoded alone or in a
 //               partial batch (seen: 73 llama_decode calls of 7.0 tokens for
 //               64 steps of 8), which costs a near-full decode step each time.
 // Every number is the median of --reps (default 3) runs after one warm-up run.
+// Below the table, per cell: the 1-minute load average before and after it,
+// the spread of its timed runs, and its CPU time over wall time in them
+// (about the thread count when it had its cores; less flags a cell that
+// shared them with other work and should be rerun).
 //
 // Node's event loop and the JS-side batching add a little time to every
 // decode step (a setImmediate dispatch and an async round trip per token);
