@@ -25,9 +25,11 @@
 // Error measure: max |device - cpu| / max |cpu| over one output tensor (the
 // error relative to the output's scale). Tolerances, and why:
 //   - GetRows, Add, AddBias: 0 (bit-identical). GetRows dequantizes "exactly"
-//     (backend.hpp: as DequantizeRow, ggml's operation order: a device kernel
-//     must not contract d * q + m into an FMA); a float add is correctly
-//     rounded on both.
+//     (backend.hpp), as DequantizeRow: every value is a scale (a half, or a
+//     half times a 6- or 8-bit sub-block scale) times a small integer, which
+//     float32 holds exactly, with at most one rounding after it (Q6_K's
+//     product, the min of Q4_1/Q5_1/Q4_K/Q5_K), so an FMA or another order
+//     gives the same bits; a float add is correctly rounded on both.
 //   - Rope: 1e-6 (two products and a sum per value from the same cos/sin
 //     table; FMA contraction changes the last bit at most).
 //   - RmsNorm, SwiGlu: 1e-5 (a reduction in another order, rsqrt/exp
