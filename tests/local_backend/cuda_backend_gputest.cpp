@@ -1093,6 +1093,43 @@ TEST_F(CudaBackendTest, BatchOfPromptsGivesTheGreedyTokensOfEachAlone) {
   }
 }
 
+// Decode steps replayed as CUDA graphs (the default) give bit-identical
+// logits to the same operations launched one by one (TOLLGATE_CUDA_GRAPHS=0,
+// read when a backend is created): one sequence, and three decoding together
+// (a graph per batch composition; sequences join, so compositions change).
+TEST_F(CudaBackendTest, CudaGraphReplayGivesTheLogitsOfEagerLaunches) {
+  if (CpuStandsInForDevice()) GTEST_SKIP() << "CUDA graphs exist on the device only";
+  ASSERT_EQ(setenv("TOLLGATE_CUDA_GRAPHS", "0", 1), 0);
+  auto eager_backend = CreateCudaBackend();
+  unsetenv("TOLLGATE_CUDA_GRAPHS");
+  ASSERT_TRUE(eager_backend) << eager_backend.error().message;
+  RandomModelSpec spec;
+  spec.arch = "qwen2";
+  spec.type = GgmlType::kQ4_K;
+  RandomModelFile file(spec);
+  auto gguf = OpenGguf(file.path());
+  ASSERT_TRUE(gguf);
+  auto graphs = LoadOn(gguf, device_);
+  auto eager = LoadOn(gguf, *eager_backend);
+  ASSERT_TRUE(graphs && eager);
+  auto same = [](const GreedyTrace& got, const GreedyTrace& want) {
+    ASSERT_EQ(got.tokens, want.tokens);
+    for (size_t i = 0; i < want.logits.size(); ++i) ASSERT_EQ(got.logits[i], want.logits[i]) << "step " << i;
+  };
+  const std::vector<TokenId> prompt = RandomTokens(20, spec.vocab, 5);
+  same(RunGreedy(graphs, prompt, 24), RunGreedy(eager, prompt, 24));
+  const std::vector<std::vector<TokenId>> prompts = {RandomTokens(9, spec.vocab, 1), RandomTokens(40, spec.vocab, 2),
+                                                     RandomTokens(3, spec.vocab, 4)};
+  const std::vector<GreedyTrace> g = GreedyTogether(graphs, prompts, {0, 2, 5}, 64, 20);
+  const std::vector<GreedyTrace> e = GreedyTogether(eager, prompts, {0, 2, 5}, 64, 20);
+  ASSERT_EQ(g.size(), prompts.size());
+  ASSERT_EQ(e.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE("sequence " + std::to_string(i));
+    same(g[i], e[i]);
+  }
+}
+
 // ============================================================================
 // Device memory.
 
