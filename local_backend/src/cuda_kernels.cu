@@ -188,6 +188,8 @@ __global__ void __launch_bounds__(kMatVecWarps * kWarp)
   float acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+  // Unrolled so that several loads of the row are in flight per warp.
+#pragma unroll 4
   for (int e = lane * 8; e < cols; e += kWarp * 8) {
     float v[8];
     Load8<T>(wr, e, v);
