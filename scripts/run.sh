@@ -6,7 +6,9 @@
 #                             completion, show them and their usage rows, stop; exit 0 only if
 #                             everything worked
 #
-# Steps: scripts/setup.sh; Release build of build/bin/tollgate; the model stories260K.gguf from
+# Steps: scripts/setup.sh; Release build of build/bin/tollgate (with the CUDA backend,
+# -DENABLE_CUDA=ON, when nvcc is found and `nvidia-smi -L` lists a GPU, so local models run on
+# it: providers' `device` defaults to auto); the model stories260K.gguf from
 # models/ or ../shared/models/; PostgreSQL: TOLLGATE_DATABASE_URL if set, else a private cluster in
 # .data/pg (scripts/pg.sh) with a database `tollgate`; `tollgate migrate`; a first API key (saved in
 # .data/first-key and reused while it is valid; the database URL goes to .data/database-url);
@@ -26,7 +28,7 @@ smoke=0
 for a in "$@"; do
   case $a in
     --smoke) smoke=1 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -103,8 +105,14 @@ mkdir -p "$data"
 
 # ---------------------------------------------------------------- 2. dependencies and build
 bash "$root/scripts/setup.sh"
-say "building ${bin#$root/} (Release)"
-cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+# The CUDA backend only where it can run: a CUDA toolkit, an NVIDIA driver and a GPU.
+cuda=OFF
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  gpus=$(nvidia-smi -L 2>/dev/null || true)  # "GPU 0: NVIDIA H200 (UUID: ...)" per device
+  if grep -q '^GPU ' <<<"$gpus"; then cuda=ON; fi
+fi
+say "building ${bin#$root/} (Release, ENABLE_CUDA=$cuda)"
+cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DENABLE_CUDA="$cuda" >/dev/null
 cmake --build "$build_dir" -j"$(nproc)" --target tollgate
 [ -x "$bin" ] || die "build finished but $bin is missing"
 

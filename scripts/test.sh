@@ -3,7 +3,9 @@
 #
 #   scripts/test.sh [CTEST_ARGS...]     e.g. scripts/test.sh -L e2e    scripts/test.sh -R Money -V
 #
-# Steps: scripts/setup.sh (installs missing Debian packages), Release build in build/, a private
+# Steps: scripts/setup.sh (installs missing Debian packages), Release build in build/ (with
+# -DENABLE_CUDA=ON when nvcc is found, on PATH or as /usr/local/cuda/bin/nvcc, so the CUDA backend
+# compiles wherever a toolkit is installed; its _gputest tests need a GPU), a private
 # throwaway PostgreSQL in a temporary directory (scripts/pg.sh, fsync off), `npm ci` in tests/e2e
 # when its lock file changed, then `ctest --test-dir build --output-on-failure -j2 CTEST_ARGS...`.
 # Whatever it started is stopped on exit, failure or Ctrl-C included. Exits with ctest's status.
@@ -40,9 +42,11 @@ trap 'exit 143' TERM
 # 1. Dependencies.
 bash scripts/setup.sh
 
-# 2. Build (Release).
-say "building ($build_dir, Release)"
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+# 2. Build (Release); the CUDA backend too when a CUDA toolkit is installed, GPU or not.
+cuda=OFF
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then cuda=ON; fi
+say "building ($build_dir, Release, ENABLE_CUDA=$cuda)"
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DENABLE_CUDA="$cuda" >/dev/null
 cmake --build "$build_dir" -j"$(nproc)"
 
 # 3. End-to-end test clients, only when the lock file changed since the last install.

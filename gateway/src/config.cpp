@@ -460,7 +460,8 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       r.CheckKeys(n, path, {"type", "preset", "display_name", "base_url", "api_key", "ca_file", "connect_timeout_ms",
                             "first_byte_timeout_ms", "max_idle_connections", "default_max_tokens", "extra_headers",
                             "context_length", "threads", "max_sequences", "max_queue", "max_batch_tokens",
-                            "kv_cache_mib", "kv_cache_type", "prefix_cache"});
+                            "kv_cache_mib", "kv_cache_type", "prefix_cache", "device", "gpu_device",
+                            "gpu_memory_mib"});
       if (!n["type"]) Fail(path + ".type", "is required (local, openai_compatible, anthropic or gemini)");
       p.type = r.String(n["type"], path + ".type");
       const bool remote = p.type == "openai_compatible" || p.type == "anthropic" || p.type == "gemini";
@@ -536,6 +537,14 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
           }
         }
         if (n["prefix_cache"]) p.prefix_cache = r.Bool(n["prefix_cache"], path + ".prefix_cache");
+        if (n["device"]) {
+          p.device = r.String(n["device"], path + ".device");
+          if (p.device != "cpu" && p.device != "cuda" && p.device != "auto") {
+            Fail(path + ".device", "'" + p.device + "' is not a device (cpu, cuda, auto)");
+          }
+        }
+        if (n["gpu_device"]) p.gpu_device = static_cast<int>(r.Int(n["gpu_device"], path + ".gpu_device", 0, 1024));
+        if (n["gpu_memory_mib"]) p.gpu_memory_mib = r.Int(n["gpu_memory_mib"], path + ".gpu_memory_mib", 0, 1 << 24);
       } else {
         Fail(path + ".type", "'" + p.type + "' is not a provider type (local, openai_compatible, anthropic, gemini)");
       }

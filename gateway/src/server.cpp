@@ -926,6 +926,11 @@ int Serve(const Config& config, const ServeOptions& options) {
                               : pc.kv_cache_type == "f32" ? local_backend::KvType::kF32
                                                           : local_backend::KvType::kF16;
             o.prefix_cache = pc.prefix_cache;
+            o.device = pc.device == "cpu"    ? local_backend::LocalDevice::kCpu
+                       : pc.device == "cuda" ? local_backend::LocalDevice::kCuda
+                                             : local_backend::LocalDevice::kAuto;
+            o.gpu_device = pc.gpu_device;
+            o.gpu_memory_bytes = pc.gpu_memory_mib << 20;
             auto created = local_backend::LocalProvider::Create(o);
             if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
             engine = std::move(*created);
@@ -938,7 +943,8 @@ int Serve(const Config& config, const ServeOptions& options) {
               label = base + "#" + std::to_string(n);
             }
             services.engines.emplace_back(std::move(label), engine.get());
-            std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << "\n";
+            std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << " on " << engine->DeviceName()
+                      << "\n";
           }
           e.provider = engine.get();
           if (e.context_length == 0) e.context_length = engine->ContextLength();

@@ -1,6 +1,7 @@
 #include "tollgate/local_backend/local_provider.hpp"
 
 #include "tollgate/local_backend/chat_template.hpp"
+#include "tollgate/local_backend/cuda_backend.hpp"
 #include "tollgate/local_backend/gguf.hpp"
 #include "tollgate/local_backend/model.hpp"
 #include "tollgate/local_backend/output_parser.hpp"
@@ -13,7 +14,9 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <iostream>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <thread>
 
@@ -121,6 +124,94 @@ struct WorkQueue {
   int64_t preemptions = 0;
 };
 
+// The model on one backend, ready to serve: what Create builds per device.
+// Members are destroyed runner first, model last, so a failed attempt hands
+// every byte of device memory back before the next one.
+struct Engine {
+  std::shared_ptr<const LlamaModel> model;
+  std::unique_ptr<PagedKvCache> cache;
+  std::unique_ptr<LlamaRunner> runner;
+  int context_length = 0;  // per sequence
+};
+
+// Loads `gguf` on `backend` (null: the CPU backend with options.threads),
+// sizes the KV cache and creates the runner.
+Result<Engine> LoadEngine(const LocalProviderOptions& options, std::shared_ptr<const GgufFile> gguf,
+                          const Tokenizer& tokenizer, std::shared_ptr<Backend> backend) {
+  Engine engine;
+  ModelOptions model_options;
+  model_options.backend = std::move(backend);
+  model_options.threads = options.threads;
+  auto model = LlamaModel::Load(std::move(gguf), model_options);
+  if (!model) return model.error();
+  engine.model = *model;
+  if (tokenizer.vocab_size() != engine.model->hparams().vocab_size) {
+    return InvalidArgument("tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                           " tokens but the model's vocabulary is " +
+                           std::to_string(engine.model->hparams().vocab_size));
+  }
+  // One sequence may use the whole context; the default budget lets every
+  // slot do so, up to kDefaultKvBudget. The CPU takes memory as pages are
+  // used; the CUDA backend takes the whole pool now (cuda_backend.hpp).
+  const int trained = engine.model->hparams().context_length;
+  int context_length = options.context_length > 0 ? options.context_length : trained;
+  const auto per_token = static_cast<int64_t>(engine.model->KvBytesPerToken(options.kv_cache_type));
+  int64_t budget = options.kv_cache_bytes;
+  if (budget == 0) {
+    budget = std::min<int64_t>(kDefaultKvBudget, per_token * context_length * options.max_sequences);
+  }
+  const KvPoolShape shape = engine.model->KvShape(options.kv_cache_type, budget);
+  const int64_t budget_tokens = static_cast<int64_t>(shape.max_pages) * kKvPageTokens;
+  if (budget_tokens < context_length) context_length = static_cast<int>(budget_tokens);
+  if (context_length < 2) return InvalidArgument("the KV cache budget holds fewer than 2 tokens", "kv_cache_bytes");
+  engine.context_length = context_length;
+  auto cache = PagedKvCache::Create(engine.model->backend(), shape, options.prefix_cache);
+  if (!cache) return cache.error();
+  engine.cache = std::move(*cache);
+  auto runner = LlamaRunner::Create(engine.model, options.max_batch_tokens, options.max_sequences);
+  if (!runner) return runner.error();
+  engine.runner = std::move(*runner);
+  return engine;
+}
+
+// The model on the GPU that options.device/gpu_device name. An Error with
+// code kUnavailable and the reason as its message means "the GPU cannot be
+// used" (no device, or the model does not fit): Create turns it into its own
+// error (kCuda) or falls back to the CPU (kAuto). Any other error is the
+// model's own (a corrupt file) and fails Create either way.
+Result<Engine> LoadEngineOnGpu(const LocalProviderOptions& options, std::shared_ptr<const GgufFile> gguf,
+                               const Tokenizer& tokenizer) {
+  const CudaDeviceStatus status = ProbeCudaDevice(options.gpu_device);
+  if (!status.usable) return Error{ErrorCode::kUnavailable, status.reason};
+  auto unusable = [](const Error& e) -> std::optional<Error> {
+    if (e.code == ErrorCode::kResourceExhausted) {
+      constexpr std::string_view kTooLittle = "too little GPU memory";
+      if (e.message.starts_with(kTooLittle)) return Error{ErrorCode::kUnavailable, e.message};
+      return Error{ErrorCode::kUnavailable, std::string(kTooLittle) + ": " + e.message};
+    }
+    if (e.code == ErrorCode::kUnavailable) return e;
+    return std::nullopt;
+  };
+  auto backend = CreateCudaBackend({.device = options.gpu_device, .memory_budget_bytes = options.gpu_memory_bytes});
+  if (!backend) {
+    if (auto e = unusable(backend.error())) return *e;
+    return backend.error();
+  }
+  // A device backend may also report a full budget as std::bad_alloc from
+  // the calls that return bare unique_ptrs (PrepareVector, AllocActivations).
+  Result<Engine> engine = [&]() -> Result<Engine> {
+    try {
+      return LoadEngine(options, std::move(gguf), tokenizer, std::move(*backend));
+    } catch (const std::bad_alloc&) {
+      return Error{ErrorCode::kResourceExhausted, "an allocation on " + status.Describe() + " failed"};
+    }
+  }();
+  if (!engine) {
+    if (auto e = unusable(engine.error())) return *e;
+  }
+  return engine;
+}
+
 }  // namespace
 
 struct LocalProvider::Impl {
@@ -135,6 +226,7 @@ struct LocalProvider::Impl {
   ParameterSet params;
   std::shared_ptr<const LlamaModel> model;
   int context_length = 0;  // per sequence
+  std::string device_name;  // the backend's Name()
   // Worker-thread state.
   std::unique_ptr<LlamaRunner> runner;
   std::unique_ptr<PagedKvCache> cache;
@@ -571,6 +663,10 @@ Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProvider
     return InvalidArgument("local provider max_batch_tokens must be >= 1", "max_batch_tokens");
   }
   if (options.kv_cache_bytes < 0) return InvalidArgument("local provider kv_cache_bytes must be >= 0", "kv_cache_bytes");
+  if (options.gpu_device < 0) return InvalidArgument("local provider gpu_device must be >= 0", "gpu_device");
+  if (options.gpu_memory_bytes < 0) {
+    return InvalidArgument("local provider gpu_memory_bytes must be >= 0", "gpu_memory_bytes");
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->name = options.display_name;
@@ -599,36 +695,32 @@ Result<std::unique_ptr<LocalProvider>> LocalProvider::Create(const LocalProvider
                                    "messages", "unsupported_chat_template"};
     }
   }
-  ModelOptions model_options;
-  model_options.threads = options.threads;
-  auto model = LlamaModel::Load(impl->gguf, model_options);
-  if (!model) return model.error();
-  impl->model = *model;
-  if (impl->tokenizer->vocab_size() != impl->model->hparams().vocab_size) {
-    return InvalidArgument("tokenizer has " + std::to_string(impl->tokenizer->vocab_size()) +
-                           " tokens but the model's vocabulary is " +
-                           std::to_string(impl->model->hparams().vocab_size));
+  std::optional<Engine> engine;
+  if (options.device != LocalDevice::kCpu) {
+    auto gpu = LoadEngineOnGpu(options, impl->gguf, *impl->tokenizer);
+    if (gpu) {
+      engine = std::move(*gpu);
+    } else if (gpu.error().code != ErrorCode::kUnavailable) {
+      return gpu.error();
+    } else if (options.device == LocalDevice::kCuda) {
+      return MakeError(ErrorCode::kUnavailable,
+                       "device: cuda was requested, but the GPU cannot be used: " + gpu.error().message, "device");
+    } else {
+      // kAuto: one line, so an operator sees why a GPU machine runs on the CPU.
+      std::cerr << "tollgate: local model " << options.model_path << " runs on the CPU (device: auto): "
+                << gpu.error().message << "\n";
+    }
   }
-  // One sequence may use the whole context; the default budget lets every
-  // slot do so, up to kDefaultKvBudget. Memory is taken as pages are used.
-  const int trained = impl->model->hparams().context_length;
-  int context_length = options.context_length > 0 ? options.context_length : trained;
-  const auto per_token = static_cast<int64_t>(impl->model->KvBytesPerToken(options.kv_cache_type));
-  int64_t budget = options.kv_cache_bytes;
-  if (budget == 0) {
-    budget = std::min<int64_t>(kDefaultKvBudget, per_token * context_length * options.max_sequences);
+  if (!engine) {
+    auto cpu = LoadEngine(options, impl->gguf, *impl->tokenizer, nullptr);
+    if (!cpu) return cpu.error();
+    engine = std::move(*cpu);
   }
-  const KvPoolShape shape = impl->model->KvShape(options.kv_cache_type, budget);
-  const int64_t budget_tokens = static_cast<int64_t>(shape.max_pages) * kKvPageTokens;
-  if (budget_tokens < context_length) context_length = static_cast<int>(budget_tokens);
-  if (context_length < 2) return InvalidArgument("the KV cache budget holds fewer than 2 tokens", "kv_cache_bytes");
-  impl->context_length = context_length;
-  auto cache = PagedKvCache::Create(impl->model->backend(), shape, options.prefix_cache);
-  if (!cache) return cache.error();
-  impl->cache = std::move(*cache);
-  auto runner = LlamaRunner::Create(impl->model, options.max_batch_tokens, options.max_sequences);
-  if (!runner) return runner.error();
-  impl->runner = std::move(*runner);
+  impl->model = std::move(engine->model);
+  impl->cache = std::move(engine->cache);
+  impl->runner = std::move(engine->runner);
+  impl->context_length = engine->context_length;
+  impl->device_name = impl->model->backend().Name();
   Impl* raw = impl.get();
   impl->worker = std::jthread([raw](std::stop_token stop) { raw->Run(std::move(stop)); });
   return std::unique_ptr<LocalProvider>(new LocalProvider(std::move(impl)));
@@ -662,8 +754,11 @@ LocalEngineStats LocalProvider::Stats() const {
   }
   stats.max_sequences = impl_->options.max_sequences;
   stats.max_queue = impl_->options.max_queue;
+  stats.device = impl_->device_name;
   return stats;
 }
+
+std::string LocalProvider::DeviceName() const { return impl_->device_name; }
 
 const ParameterSet& LocalProvider::SupportedParameters() const { return impl_->params; }
 

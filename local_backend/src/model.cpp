@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -425,7 +426,17 @@ Result<std::unique_ptr<LlamaRunner>> LlamaRunner::Create(std::shared_ptr<const L
   auto padded = [](size_t floats) { return (floats + 15) / 16 * 16; };
   size_t total = 0;
   for (const Part& p : parts) total += padded(static_cast<size_t>(p.rows) * static_cast<size_t>(p.cols));
-  r->buffer_ = be.AllocActivations(total);
+  // A device backend allocates in its own memory and budget, and says it is
+  // full the only way a unique_ptr-returning call can: std::bad_alloc. That is
+  // a load-time resource error, not a crash (cuda_backend.hpp, "Memory").
+  try {
+    r->buffer_ = be.AllocActivations(total);
+  } catch (const std::bad_alloc&) {
+    return Error{ErrorCode::kResourceExhausted,
+                 "cannot allocate " + std::to_string(total * sizeof(float) >> 20) + " MiB of activations for " +
+                     std::to_string(b) + " batch tokens on " + be.Name(),
+                 {}, {}, {}, {}};
+  }
   size_t offset = 0;
   for (const Part& p : parts) {
     *p.dst = r->buffer_->Tensor(offset, p.rows, p.cols);

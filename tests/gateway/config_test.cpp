@@ -250,6 +250,9 @@ providers:
     kv_cache_mib: 512
     kv_cache_type: q8
     prefix_cache: false
+    device: cuda
+    gpu_device: 1
+    gpu_memory_mib: 8192
 models:
   - id: local/m
     endpoint: {provider: local, model: m.gguf, pricing: {prompt: "0", completion: "0"}}
@@ -264,12 +267,47 @@ models:
   EXPECT_EQ(p.kv_cache_mib, 512);
   EXPECT_EQ(p.kv_cache_type, "q8");
   EXPECT_FALSE(p.prefix_cache);
+  EXPECT_EQ(p.device, "cuda");
+  EXPECT_EQ(p.gpu_device, 1);
+  EXPECT_EQ(p.gpu_memory_mib, 8192);
   auto bad = ParseConfig("providers:\n  local: {type: local, kv_cache_type: q4}\n", "/etc/tollgate", FakeEnv({}));
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().message.rfind("providers.local.kv_cache_type:", 0), 0u) << bad.error().message;
   auto zero = ParseConfig("providers:\n  local: {type: local, max_sequences: 0}\n", "/etc/tollgate", FakeEnv({}));
   ASSERT_FALSE(zero);
   EXPECT_EQ(zero.error().message.rfind("providers.local.max_sequences:", 0), 0u) << zero.error().message;
+}
+
+TEST(Config, LocalEngineDevice) {
+  auto defaults = ParseConfig("providers:\n  local: {type: local}\n", "/etc/tollgate", FakeEnv({}));
+  ASSERT_TRUE(defaults) << defaults.error().message;
+  EXPECT_EQ(defaults->providers[0].device, "auto");
+  EXPECT_EQ(defaults->providers[0].gpu_device, 0);
+  EXPECT_EQ(defaults->providers[0].gpu_memory_mib, 0);
+  for (const char* device : {"cpu", "cuda", "auto"}) {
+    auto config = ParseConfig(std::string("providers:\n  local: {type: local, device: ") + device + "}\n",
+                              "/etc/tollgate", FakeEnv({}));
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_EQ(config->providers[0].device, device);
+  }
+  // Refused with the key's path and what is wrong.
+  struct Bad {
+    const char* setting;
+    const char* path;
+    const char* says;
+  };
+  for (const Bad& b : {Bad{"device: gpu", "providers.local.device:", "'gpu' is not a device (cpu, cuda, auto)"},
+                       Bad{"device: CUDA", "providers.local.device:", "'CUDA' is not a device"},
+                       Bad{"gpu_device: -1", "providers.local.gpu_device:", "out of range"},
+                       Bad{"gpu_device: first", "providers.local.gpu_device:", "is not an integer"},
+                       Bad{"gpu_memory_mib: -512", "providers.local.gpu_memory_mib:", "out of range"},
+                       Bad{"gpu_memory_mib: 8GiB", "providers.local.gpu_memory_mib:", "is not an integer"}}) {
+    auto config = ParseConfig(std::string("providers:\n  local: {type: local, ") + b.setting + "}\n", "/etc/tollgate",
+                              FakeEnv({}));
+    ASSERT_FALSE(config) << b.setting;
+    EXPECT_EQ(config.error().message.rfind(b.path, 0), 0u) << config.error().message;
+    EXPECT_NE(config.error().message.find(b.says), std::string::npos) << config.error().message;
+  }
 }
 
 TEST(Config, EndpointDefaults) {

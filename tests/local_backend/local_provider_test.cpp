@@ -1,5 +1,6 @@
 #include "tollgate/local_backend/local_provider.hpp"
 
+#include "tollgate/local_backend/cuda_backend.hpp"
 #include "tollgate/local_backend/tokenizer.hpp"
 #include "recording_sink.hpp"
 #include "test_model.hpp"
@@ -26,7 +27,10 @@ class LocalProviderTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     // No assertions here (see TokenizerTest): SetUp fails each test instead.
-    auto p = LocalProvider::Create({.display_name = "Local test", .model_path = testing::ModelPath()});
+    // On the CPU, whatever the machine: these tests compare with the exact
+    // greedy references (CUDA is compared within a tolerance elsewhere).
+    auto p = LocalProvider::Create(
+        {.display_name = "Local test", .model_path = testing::ModelPath(), .device = LocalDevice::kCpu});
     if (p) provider_ = p->release();
   }
   void SetUp() override { ASSERT_NE(provider_, nullptr) << "cannot load " << testing::ModelPath() << testing::ModelHint(); }
@@ -122,7 +126,9 @@ TEST_F(LocalProviderTest, MaxTokensAndContextFillEndWithLength) {
   EXPECT_EQ(sink->completion()->usage.completion_tokens, 3);
   EXPECT_EQ(sink->completion()->finish_reason, FinishReason::kLength);
 
-  auto small = LocalProvider::Create({.model_path = testing::ModelPath(), .context_length = 32}).value();
+  auto small =
+      LocalProvider::Create({.model_path = testing::ModelPath(), .context_length = 32, .device = LocalDevice::kCpu})
+          .value();
   EXPECT_EQ(small->ContextLength(), 32);
   EXPECT_EQ(small->Name(), "Local");
   ChatRequest fill = Completion("Once upon a time");  // 5 tokens with BOS, no max_tokens
@@ -264,12 +270,19 @@ TEST(LocalProvider, DestroyingWithQueuedWorkFailsItCleanly) {
 
 // ---- continuous batching
 
-// A provider of its own with `options` over the test model.
-std::unique_ptr<LocalProvider> MakeProvider(LocalProviderOptions options) {
+// A provider of its own with `options` over the test model, on the device
+// `options` names.
+std::unique_ptr<LocalProvider> MakeProviderOnDevice(LocalProviderOptions options) {
   options.model_path = testing::ModelPath();
   auto created = LocalProvider::Create(options);
   EXPECT_TRUE(created) << (created ? "" : created.error().message) << testing::ModelHint();
   return created ? std::move(*created) : nullptr;
+}
+
+// The same on the CPU (exact references, as LocalProviderTest).
+std::unique_ptr<LocalProvider> MakeProvider(LocalProviderOptions options) {
+  options.device = LocalDevice::kCpu;
+  return MakeProviderOnDevice(std::move(options));
 }
 
 ChatRequest GreedyCompletion(const std::string& prompt, int64_t max_tokens) {
@@ -422,6 +435,151 @@ TEST(LocalProviderBatching, SharedPromptPrefixIsPrefilledOnce) {
 TEST(LocalProviderBatching, CreateRejectsBadSchedulerOptions) {
   for (LocalProviderOptions o : {LocalProviderOptions{.max_sequences = 0}, LocalProviderOptions{.max_queue = -1},
                                  LocalProviderOptions{.max_batch_tokens = 0}, LocalProviderOptions{.kv_cache_bytes = -1}}) {
+    o.model_path = testing::ModelPath();
+    auto p = LocalProvider::Create(o);
+    ASSERT_FALSE(p);
+    EXPECT_EQ(p.error().code, ErrorCode::kInvalidArgument);
+  }
+}
+
+// ---- device selection
+
+// The greedy reference continuation of the first reference prompt, or a
+// failure naming what went wrong.
+::testing::AssertionResult GeneratesTheReference(LocalProvider& provider) {
+  const auto refs = testing::LoadReference();
+  ChatRequest req = GreedyCompletion(refs[0].prompt, static_cast<int64_t>(refs[0].generated_ids.size()));
+  auto sink = std::make_shared<RecordingSink>();
+  provider.Start({.request = &req, .upstream_model = {}, .deadline = {}}, sink, {});
+  if (!sink->Wait()) return ::testing::AssertionFailure() << "no terminal event";
+  if (!sink->completion()) return ::testing::AssertionFailure() << sink->error()->message;
+  const std::string want = refs[0].text.substr(refs[0].prompt.size());
+  if (sink->Text() != want) {
+    return ::testing::AssertionFailure() << "generated \"" << sink->Text() << "\", want \"" << want << "\"";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The lines of `text` that contain `needle`.
+int CountLinesWith(const std::string& text, const std::string& needle) {
+  int n = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    if (text.substr(start, end - start).find(needle) != std::string::npos) ++n;
+    start = end + 1;
+  }
+  return n;
+}
+
+constexpr const char* kCudaRefused = "device: cuda was requested, but the GPU cannot be used: ";
+
+TEST(LocalProviderDevice, CpuLoadsOnTheCpuBackend) {
+  auto provider = MakeProvider({.threads = 1});
+  ASSERT_NE(provider, nullptr);
+  EXPECT_EQ(provider->DeviceName().rfind("cpu ", 0), 0u) << provider->DeviceName();
+  EXPECT_NE(provider->DeviceName().find("x1 threads"), std::string::npos) << provider->DeviceName();
+  EXPECT_EQ(provider->Stats().device, provider->DeviceName());
+  EXPECT_TRUE(GeneratesTheReference(*provider));
+}
+
+// The default device is auto: the GPU when ProbeCudaDevice(0) finds one,
+// else the CPU with one line on stderr saying why (so on a machine without a
+// GPU, or in a build without CUDA, the model serves as before).
+TEST(LocalProviderDevice, AutoUsesTheGpuWhenUsableElseTheCpuAndSaysWhy) {
+  const CudaDeviceStatus gpu = ProbeCudaDevice(0);
+  ::testing::internal::CaptureStderr();
+  auto created = LocalProvider::Create({.model_path = testing::ModelPath()});
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(created) << created.error().message << testing::ModelHint();
+  LocalProvider& provider = **created;
+  if (gpu.usable) {
+    EXPECT_EQ(provider.DeviceName().rfind("cuda:0", 0), 0u) << provider.DeviceName();
+    EXPECT_EQ(CountLinesWith(log, "runs on the CPU"), 0) << log;
+    ChatRequest req = GreedyCompletion("Once upon a time", 8);  // serves; CUDA output is compared elsewhere
+    auto sink = std::make_shared<RecordingSink>();
+    provider.Start({.request = &req, .upstream_model = {}, .deadline = {}}, sink, {});
+    ASSERT_TRUE(sink->Wait());
+    ASSERT_TRUE(sink->completion()) << sink->error()->message;
+    EXPECT_GT(sink->completion()->usage.completion_tokens, 0);
+  } else {
+    EXPECT_FALSE(gpu.reason.empty());
+    EXPECT_EQ(provider.DeviceName().rfind("cpu ", 0), 0u) << provider.DeviceName();
+    EXPECT_EQ(CountLinesWith(log, "runs on the CPU (device: auto): " + gpu.reason), 1) << log;
+    EXPECT_EQ(CountLinesWith(log, testing::ModelPath()), 1) << log;
+    EXPECT_TRUE(GeneratesTheReference(provider));
+  }
+}
+
+// A device index no machine has: auto falls back everywhere, cuda fails
+// everywhere, each with the probe's reason.
+TEST(LocalProviderDevice, MissingGpuMakesAutoFallBackAndCudaFail) {
+  const CudaDeviceStatus gpu = ProbeCudaDevice(99);
+  ASSERT_FALSE(gpu.usable);
+  ASSERT_FALSE(gpu.reason.empty());
+
+  ::testing::internal::CaptureStderr();
+  auto provider = MakeProviderOnDevice({.threads = 1, .device = LocalDevice::kAuto, .gpu_device = 99});
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_NE(provider, nullptr);
+  EXPECT_EQ(provider->DeviceName().rfind("cpu ", 0), 0u) << provider->DeviceName();
+  EXPECT_EQ(CountLinesWith(log, "runs on the CPU (device: auto): " + gpu.reason), 1) << log;
+  EXPECT_TRUE(GeneratesTheReference(*provider));
+
+  ::testing::internal::CaptureStderr();
+  auto cuda = LocalProvider::Create(
+      {.model_path = testing::ModelPath(), .device = LocalDevice::kCuda, .gpu_device = 99});
+  const std::string cuda_log = ::testing::internal::GetCapturedStderr();
+  ASSERT_FALSE(cuda);
+  EXPECT_EQ(cuda.error().code, ErrorCode::kUnavailable);
+  EXPECT_EQ(cuda.error().message, kCudaRefused + gpu.reason);
+  EXPECT_EQ(cuda.error().param, "device");
+  EXPECT_EQ(CountLinesWith(cuda_log, "runs on the CPU"), 0) << cuda_log;  // no fallback
+}
+
+// device: cuda on device 0: the GPU when usable (in this environment, without
+// one, the probe's reason: "this build has no CUDA backend ..." or "no CUDA
+// device").
+TEST(LocalProviderDevice, CudaLoadsOnTheGpuOrFailsWithTheProbesReason) {
+  const CudaDeviceStatus gpu = ProbeCudaDevice(0);
+  auto created = LocalProvider::Create({.model_path = testing::ModelPath(), .device = LocalDevice::kCuda});
+  if (gpu.usable) {
+    ASSERT_TRUE(created) << created.error().message;
+    EXPECT_EQ((*created)->DeviceName().rfind("cuda:0", 0), 0u) << (*created)->DeviceName();
+  } else {
+    ASSERT_FALSE(created);
+    EXPECT_EQ(created.error().code, ErrorCode::kUnavailable);
+    EXPECT_EQ(created.error().message, kCudaRefused + gpu.reason);
+    if (!CudaBuilt()) {
+      EXPECT_NE(gpu.reason.find("this build has no CUDA backend"), std::string::npos) << gpu.reason;
+    }
+  }
+}
+
+// A GPU budget of one byte holds no model: cuda fails naming the memory, auto
+// loads on the CPU. (Without a usable GPU the probe's reason comes first.)
+TEST(LocalProviderDevice, TooLittleGpuMemoryMakesCudaFailAndAutoUseTheCpu) {
+  const CudaDeviceStatus gpu = ProbeCudaDevice(0);
+  const std::string why = gpu.usable ? std::string("too little GPU memory: ") : gpu.reason;
+  auto cuda = LocalProvider::Create(
+      {.model_path = testing::ModelPath(), .device = LocalDevice::kCuda, .gpu_memory_bytes = 1});
+  ASSERT_FALSE(cuda);
+  EXPECT_EQ(cuda.error().code, ErrorCode::kUnavailable);
+  EXPECT_EQ(cuda.error().message.rfind(kCudaRefused + why, 0), 0u) << cuda.error().message;
+
+  ::testing::internal::CaptureStderr();
+  auto provider = MakeProviderOnDevice({.threads = 1, .device = LocalDevice::kAuto, .gpu_memory_bytes = 1});
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_NE(provider, nullptr);
+  EXPECT_EQ(provider->DeviceName().rfind("cpu ", 0), 0u) << provider->DeviceName();
+  EXPECT_EQ(CountLinesWith(log, "runs on the CPU (device: auto): " + why), 1) << log;
+  EXPECT_TRUE(GeneratesTheReference(*provider));
+}
+
+TEST(LocalProviderDevice, CreateRejectsBadGpuOptions) {
+  for (LocalProviderOptions o :
+       {LocalProviderOptions{.gpu_device = -1}, LocalProviderOptions{.gpu_memory_bytes = -1}}) {
     o.model_path = testing::ModelPath();
     auto p = LocalProvider::Create(o);
     ASSERT_FALSE(p);

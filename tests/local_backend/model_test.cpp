@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <new>
 #include <sstream>
 
 namespace tollgate::local_backend {
@@ -235,6 +236,65 @@ TEST(LlamaModel, Q8_0ModelLoadsAndStartsLikeTheReference) {
   const auto refs = testing::LoadReference();
   const std::vector<TokenId> got = GenerateGreedy(*ctx, refs[0].prompt_ids, 20);
   EXPECT_EQ(got, std::vector<TokenId>(refs[0].generated_ids.begin(), refs[0].generated_ids.begin() + 20));
+}
+
+// The CPU backend, except that activation memory is "over budget": it throws
+// std::bad_alloc as a device backend does when its memory is spent
+// (cuda_backend.hpp, "Memory").
+class NoActivationMemoryBackend final : public Backend {
+ public:
+  explicit NoActivationMemoryBackend(std::shared_ptr<Backend> cpu) : cpu_(std::move(cpu)) {}
+  std::string Name() const override { return "no-activations " + cpu_->Name(); }
+  bool SupportsWeightType(GgmlType type) const override { return cpu_->SupportsWeightType(type); }
+  Result<std::unique_ptr<BackendWeight>> PrepareWeight(const WeightData& data) override {
+    return cpu_->PrepareWeight(data);
+  }
+  std::unique_ptr<BackendVector> PrepareVector(std::span<const float> values) override {
+    return cpu_->PrepareVector(values);
+  }
+  std::unique_ptr<ActivationBuffer> AllocActivations(size_t) override { throw std::bad_alloc(); }
+  Result<std::unique_ptr<KvPool>> CreateKvPool(const KvPoolShape& shape) override { return cpu_->CreateKvPool(shape); }
+  void GetRows(const BackendWeight& table, std::span<const int32_t> ids, ActTensor out) override {
+    cpu_->GetRows(table, ids, out);
+  }
+  void RmsNorm(const ActTensor& x, const BackendVector* weight, float eps, ActTensor out) override {
+    cpu_->RmsNorm(x, weight, eps, out);
+  }
+  void MatMul(const ActTensor& x, std::span<const MatMulTarget> targets) override { cpu_->MatMul(x, targets); }
+  void AddBias(ActTensor x, const BackendVector& bias) override { cpu_->AddBias(x, bias); }
+  void Rope(ActTensor x, int heads, int head_dim, const RopeTable& table, RopeMode mode) override {
+    cpu_->Rope(x, heads, head_dim, table, mode);
+  }
+  void Attention(int layer, KvPool& pool, const ActTensor& q, const ActTensor& k, const ActTensor& v,
+                 std::span<const AttentionSeq> seqs, const AttentionShape& shape, ActTensor out) override {
+    cpu_->Attention(layer, pool, q, k, v, seqs, shape, out);
+  }
+  void SwiGlu(const ActTensor& gate, const ActTensor& up, ActTensor out) override { cpu_->SwiGlu(gate, up, out); }
+  void Add(ActTensor x, const ActTensor& y) override { cpu_->Add(x, y); }
+  void ReadRows(const ActTensor& x, std::span<float> out) override { cpu_->ReadRows(x, out); }
+
+ private:
+  std::shared_ptr<Backend> cpu_;
+};
+
+TEST(LlamaRunner, ActivationMemoryBeyondTheBackendsBudgetIsResourceExhausted) {
+  auto file = GgufFile::Open(testing::ModelPath());
+  ASSERT_TRUE(file) << file.error().message << testing::ModelHint();
+  auto cpu = CreateCpuBackend({.threads = 1});
+  ASSERT_TRUE(cpu) << cpu.error().message;
+  ModelOptions options;
+  options.backend = std::make_shared<NoActivationMemoryBackend>(*cpu);
+  auto model = LlamaModel::Load(std::shared_ptr<const GgufFile>(std::move(*file)), options);
+  ASSERT_TRUE(model) << model.error().message;
+  auto runner = LlamaRunner::Create(*model, 64, 8);
+  ASSERT_FALSE(runner);
+  EXPECT_EQ(runner.error().code, ErrorCode::kResourceExhausted);
+  EXPECT_NE(runner.error().message.find("activations"), std::string::npos) << runner.error().message;
+  EXPECT_NE(runner.error().message.find("no-activations cpu"), std::string::npos) << runner.error().message;
+  // LlamaContext creates its runner the same way and passes the error on.
+  auto ctx = LlamaContext::Create(*model, 32);
+  ASSERT_FALSE(ctx);
+  EXPECT_EQ(ctx.error().code, ErrorCode::kResourceExhausted);
 }
 
 }  // namespace

@@ -64,6 +64,11 @@ struct ProviderConfig {
   int64_t kv_cache_mib = 0;        // 0 = max_sequences full contexts, at most 2 GiB
   std::string kv_cache_type = "f16";  // f16, q8 or f32
   bool prefix_cache = true;
+  // Where the model runs: "cpu", "cuda" (the GPU or a startup error) or
+  // "auto" (the GPU when usable and the model fits, else the CPU).
+  std::string device = "auto";
+  int gpu_device = 0;         // CUDA device index
+  int64_t gpu_memory_mib = 0;  // GPU memory budget; 0 = free memory less 1 GiB
 };
 
 // One endpoint of a model (routing/catalog.hpp Endpoint has the meanings).

@@ -1,7 +1,9 @@
 // The bundled inference engine behind the `Provider` interface.
 //
 // One LocalProvider serves one GGUF model (see model.hpp and tokenizer.hpp
-// for the architectures and vocabularies) on the CPU. Start() only enqueues
+// for the architectures and vocabularies) on one compute backend: the CPU, or
+// an NVIDIA GPU through the CUDA backend (cuda_backend.hpp), chosen by
+// `device` (see "Device selection" below). Start() only enqueues
 // (a bounded queue, in arrival order); one worker thread runs up to
 // `max_sequences` requests at once by continuous batching (Yu et al., "Orca",
 // OSDI 2022; llama.cpp's server slots, vLLM's scheduler): every step takes one
@@ -16,6 +18,23 @@
 // begin with the same whole pages as an earlier one (a shared system prompt)
 // reuse that prefix's keys and values (`prefix_cache`). The sinks are called
 // from the worker thread.
+//
+// Device selection (LocalProviderOptions::device), decided once in Create:
+//   - kCpu:  the CPU backend with `threads` threads.
+//   - kCuda: the CUDA backend on `gpu_device` (ProbeCudaDevice), with
+//            `gpu_memory_bytes` of device memory; weights, the whole KV pool
+//            and the activation scratch are taken there at load. If the probe
+//            finds no usable device (no CUDA in this build, no driver, no such
+//            device, too old), or the backend, model, KV cache or scratch does
+//            not fit (kUnavailable or kResourceExhausted from the backend),
+//            Create fails with kUnavailable: "device: cuda was requested,
+//            but the GPU cannot be used: <why>", <why> being the probe's
+//            reason, "too little GPU memory: <the backend's message>", or the
+//            backend's own kUnavailable message. Nothing falls back.
+//   - kAuto: as kCuda when that works; otherwise one line on stderr saying
+//            why the GPU is not used, and the model loads on the CPU as with
+//            kCpu (other errors, such as a corrupt file, fail as usual).
+// DeviceName() says where the model ended up.
 //
 // Prompt contract:
 //   - RequestKind::kCompletion: `prompt` is tokenized as raw text with BOS
@@ -103,6 +122,14 @@
 
 namespace tollgate::local_backend {
 
+// Where the model's weights and KV cache live and its steps run (see
+// "Device selection" above).
+enum class LocalDevice {
+  kCpu,
+  kCuda,  // the GPU or an error
+  kAuto,  // the GPU when one is usable and the model fits, else the CPU
+};
+
 struct LocalProviderOptions {
   std::string display_name = "Local";  // returned by Name()
   std::string model_path;              // GGUF file
@@ -118,6 +145,14 @@ struct LocalProviderOptions {
   int64_t kv_cache_bytes = 0;
   KvType kv_cache_type = KvType::kF16;  // kQ8: about half the bytes per token (backend.hpp)
   bool prefix_cache = true;
+  LocalDevice device = LocalDevice::kAuto;
+  // kCuda/kAuto: the CUDA device index (as CUDA_VISIBLE_DEVICES leaves them).
+  int gpu_device = 0;
+  // kCuda/kAuto: device memory the backend may take for weights, KV cache and
+  // scratch, bytes; 0 = the backend's default (free memory less 1 GiB,
+  // CudaBackendOptions::memory_budget_bytes). `threads` applies to the CPU
+  // backend only (kCpu, or kAuto's fallback).
+  int64_t gpu_memory_bytes = 0;
 };
 
 // A snapshot of the engine's load (LocalProvider::Stats).
@@ -128,13 +163,18 @@ struct LocalEngineStats {
   int max_queue = 0;
   PagedKvCacheStats kv;
   int64_t preemptions = 0;  // since start
+  std::string device;       // LocalProvider::DeviceName()
 };
 
 class LocalProvider final : public Provider {
  public:
-  // Loads the model and starts the worker thread. Errors (kInvalidArgument):
-  // unreadable or corrupt GGUF, unsupported architecture/tokenizer/tensor
-  // type, negative threads or context_length.
+  // Loads the model on the device `options.device` selects (see "Device
+  // selection") and starts the worker thread. Errors:
+  //   kInvalidArgument unreadable or corrupt GGUF, unsupported
+  //                    architecture/tokenizer/tensor type, negative threads,
+  //                    context_length, gpu_device or gpu_memory_bytes;
+  //   kUnavailable     device kCuda and no usable GPU, or too little GPU
+  //                    memory for the model (the message says which).
   static Result<std::unique_ptr<LocalProvider>> Create(const LocalProviderOptions& options);
 
   ~LocalProvider() override;
@@ -157,6 +197,9 @@ class LocalProvider final : public Provider {
   int MaxSequences() const;
   // As of the end of the worker's last step.
   LocalEngineStats Stats() const;
+  // Where the model runs: the backend's Name(), e.g. "cpu avx2 x2 threads" or
+  // "cuda:0 NVIDIA H200". Fixed after Create.
+  std::string DeviceName() const;
 
   struct Impl;
 

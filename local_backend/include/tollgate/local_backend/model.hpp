@@ -166,7 +166,9 @@ struct BatchItem {
 // Decode concurrently (backend.hpp).
 class LlamaRunner {
  public:
-  // Errors: kInvalidArgument when max_batch_tokens or max_logits < 1.
+  // Errors: kInvalidArgument when max_batch_tokens or max_logits < 1;
+  // kResourceExhausted when the backend cannot hold the activation scratch
+  // (a device backend over its memory budget).
   static Result<std::unique_ptr<LlamaRunner>> Create(std::shared_ptr<const LlamaModel> model, int max_batch_tokens,
                                                      int max_logits);
 
