@@ -202,12 +202,16 @@ class CudaActivations final : public ActivationBuffer {
 class CudaKvPool final : public KvPool {
  public:
   CudaKvPool(const KvPoolShape& shape, DeviceMemory mem) : KvPool(shape), mem_(std::move(mem)) {}
-  int allocated_pages() const override { return shape().max_pages; }
+  // The memory is all there, but pages count as allocated only once Grow has
+  // given them out: PagedKvCache takes new page ids from allocated_pages() and
+  // treats a pool at max_pages as full (it would never hand out a page).
+  int allocated_pages() const override { return allocated_; }
   Result<void> Grow(int pages) override {
     if (pages > shape().max_pages) {
       return InvalidArgument("KV pool of " + std::to_string(shape().max_pages) + " pages cannot grow to " +
                              std::to_string(pages));
     }
+    allocated_ = std::max(allocated_, pages);
     return {};
   }
   cuda::KvLayout Layout(int layer) const {
@@ -224,6 +228,7 @@ class CudaKvPool final : public KvPool {
 
  private:
   DeviceMemory mem_;
+  int allocated_ = 0;
 };
 
 // Releases the whole pages inside `bytes` (a read-only file mapping) once the
@@ -243,7 +248,10 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     UseDevice(device_);
     if (stream_ != nullptr) {
-      RunPending();
+      // Recorded operations are dropped, not run: nothing can read their
+      // results any more, and the weights or activations they name may
+      // already be freed (a model's weights can go before its backend).
+      step_ops_.clear();
       cudaStreamSynchronize(stream_);
     }
     for (CachedGraph& g : graphs_) cudaGraphExecDestroy(g.exec);
@@ -365,7 +373,7 @@ class CudaBackend final : public Backend {
     const auto* dev_ids = static_cast<const int32_t*>(Stage(ids.data(), ids.size_bytes()));
     Op([=, &w](cudaStream_t st) {
       cuda::GetRows(w.wtype(), w.data(), w.row_bytes(), dev_ids, out.rows, out.cols, out.data, out.stride, st);
-    }, 1, w.data(), dev_ids, out.rows, out.data, out.stride);
+    }, 1, w.wtype(), w.data(), w.row_bytes(), dev_ids, out.rows, out.cols, out.data, out.stride);
   }
 
   void RmsNorm(const ActTensor& x, const BackendVector* weight, float eps, ActTensor out) override {
@@ -512,7 +520,11 @@ class CudaBackend final : public Backend {
     }
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
-    bool ok = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+    // Relaxed, as llama.cpp's graph capture: a call that the stricter modes
+    // forbid while capturing (a lazily loaded module, an allocation inside
+    // cuBLAS) would invalidate the capture, and the launches in it (Check,
+    // Gemm) abort on that error instead of falling back to eager launches.
+    bool ok = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed) == cudaSuccess;
     if (ok) {
       for (Launch& fn : step_ops_) fn(stream_);
       ok = cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph != nullptr;
@@ -564,9 +576,17 @@ class CudaBackend final : public Backend {
       RunPending();
       Check(cudaStreamSynchronize(stream_), "scratch growth");
     }
+    const size_t old_bytes = m.bytes();
     m = DeviceMemory();
     auto mem = Allocate(bytes, what);
-    if (!mem) return mem.error();
+    if (!mem) {
+      // Put back a scratch of the old size: the weights and runners already
+      // made were sized against it and must keep working after this error.
+      if (old_bytes > 0) {
+        if (auto back = Allocate(old_bytes, what)) m = std::move(*back);
+      }
+      return mem.error();
+    }
     m = std::move(*mem);
     return {};
   }
@@ -720,8 +740,8 @@ void CudaBackend::MatMul(const ActTensor& x, std::span<const MatMulTarget> targe
       const bool wants_bf16 = w->wtype() == WType::kBF16;
       if (w->wtype() == WType::kF32) {
         if (!bf16_pass) {
-          Op([=, this](cudaStream_t st) { Gemm(*w, x.data, CUDA_R_32F, x.stride, x.rows, t, st); }, 10, w, x.data,
-             x.stride, x.rows, t.out.data, t.out.stride, t.accumulate);
+          Op([=, this](cudaStream_t st) { Gemm(*w, x.data, CUDA_R_32F, x.stride, x.rows, t, st); }, 10, w->data(),
+             w->rows(), w->cols(), x.data, x.stride, x.rows, t.out.data, t.out.stride, t.accumulate);
         }
         continue;
       }
@@ -735,8 +755,11 @@ void CudaBackend::MatMul(const ActTensor& x, std::span<const MatMulTarget> targe
       }
       const void* in = half_x_.get();
       const cudaDataType type = bf16_pass ? CUDA_R_16BF : CUDA_R_16F;
-      Op([=, this](cudaStream_t st) { Gemm(*w, in, type, x.cols, x.rows, t, st); }, 11, w, in, type, x.cols, x.rows,
-         t.out.data, t.out.stride, t.accumulate);
+      // The key names the weight by its memory, type and shape (a weight freed
+      // and another made at the same host address must not match a cached
+      // graph), and the dequantization scratch the launch reads.
+      Op([=, this](cudaStream_t st) { Gemm(*w, in, type, x.cols, x.rows, t, st); }, 11, w->data(), w->wtype(),
+         w->rows(), w->cols(), dequant_.get(), in, type, x.cols, x.rows, t.out.data, t.out.stride, t.accumulate);
     }
   }
 }
@@ -775,8 +798,8 @@ void CudaBackend::Attention(int layer, KvPool& kv_pool, const ActTensor& q, cons
   Op([=](cudaStream_t st) {
     cuda::KvStore(layout, k.data, k.stride, v.data, v.stride, rows, n, tables, st);
     cuda::Attention(layout, q.data, q.stride, out.data, out.stride, rows, n, tables, heads, group, scale, st);
-  }, 12, layout.base, layer, k.data, k.stride, v.data, v.stride, rows, n, tables, q.data, q.stride, out.data,
-     out.stride, heads, group, scale);
+  }, 12, layout.base, layout.page_bytes, layout.kv_heads, layout.head_dim, layout.type, layer, k.data, k.stride,
+     v.data, v.stride, rows, n, tables, q.data, q.stride, out.data, out.stride, heads, group, scale);
 }
 
 }  // namespace
@@ -822,6 +845,13 @@ CudaDeviceStatus ProbeCudaDevice(int device) {
   s.name = prop.name;
   s.compute_major = prop.major;
   s.compute_minor = prop.minor;
+  // Creates the device's context: it can fail (device busy or prohibited,
+  // out of memory), which is a status here, not UseDevice's abort.
+  if (const cudaError_t set = cudaSetDevice(device); set != cudaSuccess) {
+    cudaGetLastError();
+    s.reason = "cannot use " + s.name + ": " + cudaGetErrorString(set);
+    return s;
+  }
   UseDevice(device);
   size_t free_bytes = 0, total = 0;
   if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {

@@ -7,6 +7,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstring>
 
 namespace tollgate::local_backend::cuda {
 namespace {
@@ -15,8 +16,15 @@ constexpr int kWarp = 32;
 constexpr int kPageTokens = 64;  // backend.hpp kKvPageTokens
 constexpr int kMaxHeadDim = 256;
 
-__device__ __forceinline__ float Half(const unsigned char* p) {
-  return __half2float(*reinterpret_cast<const __half*>(p));
+// IEEE half bits to float (host and device).
+__host__ __device__ __forceinline__ float HalfBits(uint16_t bits) {
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
+
+__host__ __device__ __forceinline__ float Half(const unsigned char* p) {
+  return HalfBits(*reinterpret_cast<const uint16_t*>(p));
 }
 
 __device__ __forceinline__ float WarpSum(float v) {
@@ -31,8 +39,18 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
+__host__ __device__ __forceinline__ float FloatFromBits(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
 // Eight bytes at `p` (2-byte aligned) into b[0..7].
-__device__ __forceinline__ void Bytes8(const unsigned char* p, unsigned char b[8]) {
+__host__ __device__ __forceinline__ void Bytes8(const unsigned char* p, unsigned char b[8]) {
   const auto* h = reinterpret_cast<const uint16_t*>(p);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -42,8 +60,22 @@ __device__ __forceinline__ void Bytes8(const unsigned char* p, unsigned char b[8
   }
 }
 
+// Eight bytes at `p` (8-byte aligned) into b[0..7] with one load: the Q4_K and
+// Q5_K quants (blocks of 144 and 176 bytes, multiples of 8, from a cudaMalloc
+// base; quants at offsets 16 + 32c + l and 48 + 32c + l, qh at 16 + l, l a
+// multiple of 8), where four 16-bit loads per lane would bound the
+// matrix-vector kernel by load instructions rather than by memory.
+__host__ __device__ __forceinline__ void Bytes8Aligned(const unsigned char* p, unsigned char b[8]) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    b[i] = static_cast<unsigned char>(u.x >> (8 * i));
+    b[4 + i] = static_cast<unsigned char>(u.y >> (8 * i));
+  }
+}
+
 // The 6-bit scale and min of sub-block j of a Q4_K/Q5_K block (quant.hpp GetScaleMinK4).
-__device__ __forceinline__ void ScaleMinK4(int j, const unsigned char* s, int* sc, int* m) {
+__host__ __device__ __forceinline__ void ScaleMinK4(int j, const unsigned char* s, int* sc, int* m) {
   if (j < 4) {
     *sc = s[j] & 63;
     *m = s[j + 4] & 63;
@@ -55,7 +87,7 @@ __device__ __forceinline__ void ScaleMinK4(int j, const unsigned char* s, int* s
 
 // v[0..7] = elements e .. e + 7 of a row (e a multiple of 8).
 template <WType T>
-__device__ __forceinline__ void Load8(const unsigned char* row, int e, float v[8]) {
+__host__ __device__ __forceinline__ void Load8(const unsigned char* row, int e, float v[8]) {
   if constexpr (T == WType::kF32) {
     const float4 a = *reinterpret_cast<const float4*>(row + 4 * e);
     const float4 b = *reinterpret_cast<const float4*>(row + 4 * e + 16);
@@ -63,20 +95,19 @@ __device__ __forceinline__ void Load8(const unsigned char* row, int e, float v[8
     v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
   } else if constexpr (T == WType::kF16) {
     const uint4 u = *reinterpret_cast<const uint4*>(row + 2 * e);
-    const auto* h = reinterpret_cast<const __half2*>(&u);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(h[i]);
-      v[2 * i] = f.x;
-      v[2 * i + 1] = f.y;
+      v[2 * i] = HalfBits(static_cast<uint16_t>(w[i] & 0xFFFF));
+      v[2 * i + 1] = HalfBits(static_cast<uint16_t>(w[i] >> 16));
     }
   } else if constexpr (T == WType::kBF16) {
     const uint4 u = *reinterpret_cast<const uint4*>(row + 2 * e);
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      v[2 * i] = __uint_as_float(w[i] << 16);
-      v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+      v[2 * i] = FloatFromBits(w[i] << 16);
+      v[2 * i + 1] = FloatFromBits(w[i] & 0xFFFF0000u);
     }
   } else if constexpr (T == WType::kQ8_0) {
     const unsigned char* b = row + (e / 32) * 34;
@@ -134,14 +165,14 @@ __device__ __forceinline__ void Load8(const unsigned char* row, int e, float v[8
     const float d1 = Half(b) * static_cast<float>(sc);
     const float m1 = Half(b + 2) * static_cast<float>(m);
     unsigned char q[8];
-    Bytes8(b + (k4 ? 16 : 48) + c * 32 + l, q);
+    Bytes8Aligned(b + (k4 ? 16 : 48) + c * 32 + l, q);
     const int shift = within < 32 ? 0 : 4;
     if constexpr (k4) {
 #pragma unroll
       for (int k = 0; k < 8; ++k) v[k] = d1 * static_cast<float>((q[k] >> shift) & 0xF) - m1;
     } else {
       unsigned char h[8];
-      Bytes8(b + 16 + l, h);
+      Bytes8Aligned(b + 16 + l, h);
       const int bit = 1 << is;
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
@@ -176,60 +207,81 @@ __device__ __forceinline__ void Load8(const unsigned char* row, int e, float v[8
 
 constexpr int kMatVecWarps = 4;
 
-template <WType T, int NT>
+// Each warp computes R rows: the activations it loads (8 values per lane per
+// token) serve all R rows, so x is read from L1 once per R weight rows rather
+// than once per row (at 1 token and Q4_K, x is 7x the weight's bytes).
+template <WType T, int NT, int R>
 __global__ void __launch_bounds__(kMatVecWarps * kWarp)
     MatVecKernel(const unsigned char* __restrict__ w, size_t row_bytes, int rows, int cols,
                  const float* __restrict__ x, int x_stride, bool x_vec4, float* __restrict__ out, int out_stride,
                  bool accumulate) {
   const int lane = threadIdx.x % kWarp;
-  const int row = blockIdx.x * kMatVecWarps + threadIdx.x / kWarp;
-  if (row >= rows) return;
-  const unsigned char* wr = w + static_cast<size_t>(row) * row_bytes;
-  float acc[NT];
+  const int row0 = (blockIdx.x * kMatVecWarps + threadIdx.x / kWarp) * R;
+  if (row0 >= rows) return;
+  const int nr = min(R, rows - row0);  // the same for the whole warp
+  float acc[R][NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-  // Unrolled so that several loads of the row are in flight per warp.
-#pragma unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+  }
+  // Unrolled so that several loads of the rows are in flight per warp.
+#pragma unroll 2
   for (int e = lane * 8; e < cols; e += kWarp * 8) {
-    float v[8];
-    Load8<T>(wr, e, v);
+    float xv[NT][8];
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       const float* xt = x + static_cast<size_t>(t) * x_stride + e;
-      float xv[8];
       if (x_vec4) {
         const float4 a = __ldg(reinterpret_cast<const float4*>(xt));
         const float4 b = __ldg(reinterpret_cast<const float4*>(xt + 4));
-        xv[0] = a.x; xv[1] = a.y; xv[2] = a.z; xv[3] = a.w;
-        xv[4] = b.x; xv[5] = b.y; xv[6] = b.z; xv[7] = b.w;
+        xv[t][0] = a.x; xv[t][1] = a.y; xv[t][2] = a.z; xv[t][3] = a.w;
+        xv[t][4] = b.x; xv[t][5] = b.y; xv[t][6] = b.z; xv[t][7] = b.w;
       } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) xv[i] = __ldg(xt + i);
+        for (int i = 0; i < 8; ++i) xv[t][i] = __ldg(xt + i);
       }
+    }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[t] = fmaf(v[i], xv[i], acc[t]);
+    for (int r = 0; r < R; ++r) {
+      if (r < nr) {
+        float v[8];
+        Load8<T>(w + static_cast<size_t>(row0 + r) * row_bytes, e, v);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[r][t] = fmaf(v[i], xv[t][i], acc[r][t]);
+        }
+      }
     }
   }
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    const float s = WarpSum(acc[t]);
-    if (lane == t) {
-      float* o = out + static_cast<size_t>(t) * out_stride + row;
-      *o = accumulate ? *o + s : s;
+  for (int r = 0; r < R; ++r) {
+    if (r >= nr) break;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float s = WarpSum(acc[r][t]);
+      if (lane == t) {
+        float* o = out + static_cast<size_t>(t) * out_stride + row0 + r;
+        *o = accumulate ? *o + s : s;
+      }
     }
   }
 }
 
-template <WType T>
-void MatVecTyped(const MatVecArgs& a, cudaStream_t stream) {
-  const dim3 grid((a.rows + kMatVecWarps - 1) / kMatVecWarps);
+// Rows per warp: 4 when that still leaves about two blocks per multiprocessor
+// of an H100/H200 (132 of them), else 1 (small matrices need every warp).
+constexpr int kMatVecWideRows = 2 * 132 * kMatVecWarps * 4;
+
+template <WType T, int R>
+void MatVecRows(const MatVecArgs& a, bool vec4, cudaStream_t stream) {
+  const dim3 grid((a.rows + kMatVecWarps * R - 1) / (kMatVecWarps * R));
   const dim3 block(kMatVecWarps * kWarp);
-  const bool vec4 = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.x_stride % 4 == 0;
   const auto* w = static_cast<const unsigned char*>(a.w);
-#define TOLLGATE_MATVEC(NT)                                                                                     \
-  case NT:                                                                                                      \
-    MatVecKernel<T, NT><<<grid, block, 0, stream>>>(w, a.row_bytes, a.rows, a.cols, a.x, a.x_stride, vec4, a.out, \
-                                                    a.out_stride, a.accumulate);                                \
+#define TOLLGATE_MATVEC(NT)                                                                                        \
+  case NT:                                                                                                         \
+    MatVecKernel<T, NT, R><<<grid, block, 0, stream>>>(w, a.row_bytes, a.rows, a.cols, a.x, a.x_stride, vec4, a.out, \
+                                                       a.out_stride, a.accumulate);                                \
     break;
   switch (a.tokens) {
     TOLLGATE_MATVEC(1)
@@ -243,6 +295,16 @@ void MatVecTyped(const MatVecArgs& a, cudaStream_t stream) {
     default: break;
   }
 #undef TOLLGATE_MATVEC
+}
+
+template <WType T>
+void MatVecTyped(const MatVecArgs& a, cudaStream_t stream) {
+  const bool vec4 = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.x_stride % 4 == 0;
+  if (a.rows >= kMatVecWideRows) {
+    MatVecRows<T, 4>(a, vec4, stream);
+  } else {
+    MatVecRows<T, 1>(a, vec4, stream);
+  }
 }
 
 // Runs STATEMENT with the constant T set to the runtime weight type.
@@ -640,6 +702,12 @@ void Attention(const KvLayout& kv, const float* q, int q_stride, float* out, int
                int n_rows, const int32_t* tables, int heads, int group, float scale, cudaStream_t stream) {
   AttentionKernel<<<dim3(n_rows, heads), kAttnWarps * kWarp, 0, stream>>>(kv, q, q_stride, out, out_stride, rows,
                                                                           tables, group, scale);
+}
+
+void DequantRowOnHost(WType type, const void* row, int cols, float* out) {
+  for (int e = 0; e < cols; e += 8) {
+    TOLLGATE_FOR_TYPE(type, Load8<T>(static_cast<const unsigned char*>(row), e, out + e))
+  }
 }
 
 }  // namespace tollgate::local_backend::cuda

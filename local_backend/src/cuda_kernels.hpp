@@ -19,6 +19,11 @@ namespace tollgate::local_backend::cuda {
 // The weight types the kernels read.
 enum class WType : int { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
 
+// The kernels' own dequantization (the Load8 that every weight kernel uses)
+// run on the host, for tests against quant.cpp: row (cols values, a
+// multiple of 8, in `type`'s layout, 8-byte aligned) to float32 `out`.
+void DequantRowOnHost(WType type, const void* row, int cols, float* out);
+
 // cudaSuccess when this build's kernels can run on the current device
 // (cudaErrorNoKernelImageForDevice when it was built for other architectures).
 cudaError_t CheckKernelImage();
