@@ -71,6 +71,7 @@
 #include "tollgate/local_backend/cuda_backend.hpp"
 #include "tollgate/local_backend/gguf.hpp"
 #include "tollgate/local_backend/kv_cache.hpp"
+#include "bench_util.hpp"
 #include "tollgate/local_backend/model.hpp"
 
 #ifdef TOLLGATE_HAVE_CUDA
@@ -97,8 +98,6 @@
 #include <string>
 #include <vector>
 
-extern char** environ;
-
 namespace {
 
 using namespace tollgate::local_backend;
@@ -106,32 +105,7 @@ using tollgate::Error;
 using tollgate::ErrorCode;
 using tollgate::InvalidArgument;
 using tollgate::Result;
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, sep);) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-std::string Fixed(double v, int digits) {
-  if (!std::isfinite(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
-  return buf;
-}
+using namespace tollgate::bench;
 
 // A JSON number, or null for NaN/inf.
 std::string JsonNumber(double v) {
@@ -156,80 +130,6 @@ std::string JsonString(const std::string& s) {
     }
   }
   return out + "\"";
-}
-
-// Runs argv with stdout captured (stderr passed through); returns the exit
-// status and the output.
-struct ChildResult {
-  int status = -1;
-  std::string out;
-  double seconds = 0;
-};
-ChildResult RunChild(const std::vector<std::string>& args) {
-  ChildResult r;
-  int pipe_fd[2];
-  if (pipe(pipe_fd) != 0) return r;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, pipe_fd[1], 1);
-  posix_spawn_file_actions_addclose(&fa, pipe_fd[0]);
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid;
-  const auto start = Clock::now();
-  const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  close(pipe_fd[1]);
-  if (rc != 0) {
-    close(pipe_fd[0]);
-    return r;
-  }
-  char buf[4096];
-  for (ssize_t n; (n = read(pipe_fd[0], buf, sizeof(buf))) > 0;) r.out.append(buf, static_cast<size_t>(n));
-  close(pipe_fd[0]);
-  waitpid(pid, &r.status, 0);
-  r.seconds = Seconds(start);
-  return r;
-}
-
-std::map<std::string, std::string> ParseKv(const std::string& text) {
-  std::map<std::string, std::string> m;
-  for (const std::string& line : Split(text, '\n')) {
-    const size_t eq = line.find('=');
-    if (eq != std::string::npos) m[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  return m;
-}
-
-std::string Self() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
-
-std::string FindOnPath(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  if (!path) return "";
-  for (const std::string& dir : Split(path, ':')) {
-    const std::string p = dir + "/" + name;
-    if (access(p.c_str(), X_OK) == 0) return p;
-  }
-  return "";
-}
-
-std::vector<TokenId> Tokens(int n, int vocab, int salt) {
-  std::vector<TokenId> ids(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<TokenId>((1000 + 7919 * (i + salt)) % vocab);
-  return ids;
-}
-
-Result<KvType> ParseKvType(const std::string& name) {
-  if (name == "f16") return KvType::kF16;
-  if (name == "q8") return KvType::kQ8;
-  if (name == "f32") return KvType::kF32;
-  return InvalidArgument("unknown KV type " + name + " (f16, q8 or f32)");
-}
-
-int Fail(const Error& e) {
-  std::fprintf(stderr, "%s\n", e.message.c_str());
-  return 1;
 }
 
 // The two model shapes: their write-random arguments and a description.

@@ -43,6 +43,7 @@
 #include "tollgate/core/error.hpp"
 #include "tollgate/local_backend/gguf.hpp"
 #include "tollgate/local_backend/kv_cache.hpp"
+#include "bench_util.hpp"
 #include "tollgate/local_backend/model.hpp"
 
 #include <fcntl.h>
@@ -67,8 +68,6 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
-
 namespace {
 
 using namespace tollgate::local_backend;
@@ -76,61 +75,7 @@ using tollgate::Error;
 using tollgate::ErrorCode;
 using tollgate::InvalidArgument;
 using tollgate::Result;
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, sep);) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-// Runs argv, returns its stdout (and its peak RSS in KiB and wall seconds).
-struct ChildResult {
-  int status = -1;
-  std::string out;
-  long max_rss_kib = 0;
-  double seconds = 0;
-};
-ChildResult RunChild(const std::vector<std::string>& args, bool quiet_stderr) {
-  ChildResult r;
-  int pipe_fd[2];
-  if (pipe(pipe_fd) != 0) return r;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, pipe_fd[1], 1);
-  posix_spawn_file_actions_addclose(&fa, pipe_fd[0]);
-  if (quiet_stderr) posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid;
-  const auto start = Clock::now();
-  const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  close(pipe_fd[1]);
-  if (rc != 0) {
-    close(pipe_fd[0]);
-    return r;
-  }
-  char buf[4096];
-  for (ssize_t n; (n = read(pipe_fd[0], buf, sizeof(buf))) > 0;) r.out.append(buf, static_cast<size_t>(n));
-  close(pipe_fd[0]);
-  rusage ru{};
-  wait4(pid, &r.status, 0, &ru);
-  r.seconds = Seconds(start);
-  r.max_rss_kib = ru.ru_maxrss;
-  return r;
-}
+using namespace tollgate::bench;
 
 // Read bandwidth over a 1 GiB buffer (far beyond the caches), best of 5
 // passes: every 64-byte line is read once, with software prefetch 4 KiB ahead
@@ -172,30 +117,12 @@ double ReadBandwidthGBs(int threads, bool huge_pages) {
   return best;
 }
 
-std::vector<TokenId> Tokens(int n, int vocab, int salt) {
-  std::vector<TokenId> ids(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<TokenId>((1000 + 7919 * (i + salt)) % vocab);
-  return ids;
-}
-
-Result<KvType> ParseKvType(const std::string& name) {
-  if (name == "f16") return KvType::kF16;
-  if (name == "q8") return KvType::kQ8;
-  if (name == "f32") return KvType::kF32;
-  return InvalidArgument("unknown KV type " + name + " (f16, q8 or f32)");
-}
-
 Result<std::shared_ptr<const LlamaModel>> LoadModel(const std::string& path, int threads) {
   auto file = GgufFile::Open(path);
   if (!file) return file.error();
   ModelOptions mo;
   mo.threads = threads;
   return LlamaModel::Load(std::shared_ptr<const GgufFile>(std::move(*file)), mo);
-}
-
-int Fail(const Error& e) {
-  std::fprintf(stderr, "%s\n", e.message.c_str());
-  return 1;
 }
 
 // Aggregate decode tokens/s of `batch` sequences decoded together: sequence i
@@ -346,26 +273,6 @@ int KvCapacity(const std::string& path, int64_t budget_mib, int seq_tokens) {
   return 0;
 }
 
-std::map<std::string, std::string> ParseKv(const std::string& text) {
-  std::map<std::string, std::string> m;
-  for (const std::string& line : Split(text, '\n')) {
-    const size_t eq = line.find('=');
-    if (eq != std::string::npos) m[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  return m;
-}
-
-std::string Self() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
-
-bool OnPath(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  if (!path) return false;
-  for (const std::string& dir : Split(path, ':')) {
-    if (access((dir + "/" + name).c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
 // llama-bench's mean tokens/s per test ("pp64", "pp512", "tg64") from its CSV
 // output (-o csv: header row, then one row per test with n_prompt, n_gen, avg_ts).
 std::map<std::string, double> LlamaBench(const std::string& model, int threads, int reps, int decode,
@@ -397,12 +304,6 @@ std::map<std::string, double> LlamaBench(const std::string& model, int threads, 
     out[key] = std::atof(c[ts].c_str());
   }
   return out;
-}
-
-std::string Fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
-  return buf;
 }
 
 std::string CpuName() {
@@ -492,7 +393,7 @@ int main(int argc, char** argv) {
   auto bandwidth = [&](int t) {
     return std::atof(RunChild({Self(), "--bandwidth", std::to_string(t), "small"}, false).out.c_str());
   };
-  const bool llama = OnPath("llama-bench");
+  const bool llama = !FindOnPath("llama-bench").empty();
 
   char date[32];
   const std::time_t now = std::time(nullptr);
