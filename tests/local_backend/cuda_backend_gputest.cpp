@@ -1001,54 +1001,12 @@ TEST_F(CudaBackendTest, RandomQwen2GreedyTokensMatchTheCpu) {
 std::vector<GreedyTrace> GreedyTogether(const std::shared_ptr<const LlamaModel>& model,
                                         const std::vector<std::vector<TokenId>>& prompts, const std::vector<int>& joins,
                                         int chunk, int steps) {
-  const size_t n = prompts.size();
-  const int vocab = model->hparams().vocab_size;
-  const KvPoolShape shape = model->KvShape(KvType::kF16, 32 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
-  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false);
-  if (!cache) {
-    ADD_FAILURE() << cache.error().message;
-    return {};
-  }
-  auto runner = LlamaRunner::Create(model, 512, static_cast<int>(n));
-  if (!runner) {
-    ADD_FAILURE() << runner.error().message;
-    return {};
-  }
-  std::vector<KvSequence> seqs(n);
-  std::vector<size_t> fed(n, 0);
-  std::vector<GreedyTrace> out(n);
-  auto done = [&](size_t i) { return out[i].tokens.size() == static_cast<size_t>(steps); };
-  for (int step = 0;; ++step) {
-    std::vector<BatchItem> items;
-    std::vector<size_t> owners;  // the sequence of each logits row
-    for (size_t i = 0; i < n; ++i) {
-      if (step < joins[i] || done(i)) continue;
-      BatchItem item;
-      item.seq = &seqs[i];
-      if (fed[i] < prompts[i].size()) {
-        const size_t take = std::min(static_cast<size_t>(chunk), prompts[i].size() - fed[i]);
-        item.tokens = std::span<const TokenId>(prompts[i]).subspan(fed[i], take);
-        fed[i] += take;
-        item.logits = fed[i] == prompts[i].size();
-      } else {
-        item.tokens = std::span<const TokenId>(&out[i].tokens.back(), 1);
-        item.logits = true;
-      }
-      items.push_back(item);
-      if (item.logits) owners.push_back(i);
-    }
-    if (items.empty()) break;
-    auto logits = (*runner)->Decode(**cache, items);
-    if (!logits) {
-      ADD_FAILURE() << logits.error().message;
-      return {};
-    }
-    for (size_t r = 0; r < owners.size(); ++r) {
-      out[owners[r]].Add(logits->subspan(r * static_cast<size_t>(vocab), static_cast<size_t>(vocab)));
-    }
-  }
-  for (KvSequence& s : seqs) (*cache)->Release(s);
-  return out;
+  std::vector<GreedyTrace> out(prompts.size());
+  const bool ok = DecodeTogether(model, prompts, joins, chunk, steps, [&](size_t i, std::span<const float> row) {
+    out[i].Add(row);
+    return out[i].tokens.back();
+  });
+  return ok ? out : std::vector<GreedyTrace>{};
 }
 
 // On the device, a batch of different prompts gives each prompt's greedy

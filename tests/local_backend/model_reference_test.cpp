@@ -18,6 +18,7 @@
 namespace tollgate::local_backend {
 namespace {
 
+using testing::DecodeTogether;
 using testing::RandomModelFile;
 using testing::RandomModelSpec;
 using testing::ReferenceModel;
@@ -318,58 +319,13 @@ Trace Alone(const std::shared_ptr<const LlamaModel>& model, const std::vector<in
 std::vector<Trace> Together(const std::shared_ptr<const LlamaModel>& model,
                             const std::vector<std::vector<int32_t>>& prompts, const std::vector<int>& joins,
                             int chunk, int steps) {
-  const size_t n = prompts.size();
-  const int vocab = model->hparams().vocab_size;
-  const KvPoolShape shape = model->KvShape(KvType::kF16, 32 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
-  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false).value();
-  auto runner = LlamaRunner::Create(model, 512, static_cast<int>(n)).value();
-  std::vector<KvSequence> seqs(n);
-  std::vector<size_t> fed(n, 0);
-  std::vector<Trace> traces(n);
-  auto done = [&](size_t i) { return traces[i].logits.size() == static_cast<size_t>(steps) + 1; };
-  auto all_done = [&] {
-    for (size_t i = 0; i < n; ++i) {
-      if (!done(i)) return false;
-    }
-    return true;
-  };
-  for (int step = 0; !all_done(); ++step) {
-    std::vector<BatchItem> items;
-    std::vector<size_t> owners;  // the sequence of each logits row
-    for (size_t i = 0; i < n; ++i) {
-      if (step < joins[i] || done(i)) continue;
-      BatchItem item;
-      item.seq = &seqs[i];
-      if (fed[i] < prompts[i].size()) {
-        const size_t take = std::min(static_cast<size_t>(chunk), prompts[i].size() - fed[i]);
-        item.tokens = std::span<const int32_t>(prompts[i]).subspan(fed[i], take);
-        fed[i] += take;
-        item.logits = fed[i] == prompts[i].size();
-      } else {
-        item.tokens = std::span<const int32_t>(&traces[i].tokens.back(), 1);
-        item.logits = true;
-      }
-      items.push_back(item);
-      if (item.logits) owners.push_back(i);
-    }
-    auto logits = runner->Decode(*cache, items);
-    if (!logits) {
-      ADD_FAILURE() << logits.error().message;
-      return {};
-    }
-    EXPECT_EQ(logits->size(), owners.size() * static_cast<size_t>(vocab));
-    for (size_t r = 0; r < owners.size(); ++r) {
-      const auto row = logits->subspan(r * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
-      traces[owners[r]].logits.emplace_back(row.begin(), row.end());
-      traces[owners[r]].tokens.push_back(Argmax(row));
-    }
-  }
-  for (size_t i = 0; i < n; ++i) {
-    EXPECT_EQ(seqs[i].tokens(), static_cast<int>(prompts[i].size()) + steps);
-    cache->Release(seqs[i]);
-  }
-  EXPECT_EQ(cache->stats().used_pages, 0);
-  return traces;
+  std::vector<Trace> traces(prompts.size());
+  const bool ok = DecodeTogether(model, prompts, joins, chunk, steps + 1, [&](size_t i, std::span<const float> row) {
+    traces[i].logits.emplace_back(row.begin(), row.end());
+    traces[i].tokens.push_back(Argmax(row));
+    return traces[i].tokens.back();
+  });
+  return ok ? traces : std::vector<Trace>{};
 }
 
 // Each sequence's logits do not depend on which other sequences share its

@@ -5,6 +5,8 @@
 
 #include "tollgate/local_backend/gguf.hpp"
 #include "tollgate/local_backend/gguf_writer.hpp"
+#include "tollgate/local_backend/kv_cache.hpp"
+#include "tollgate/local_backend/model.hpp"
 #include "tollgate/local_backend/quant.hpp"
 
 #include <gtest/gtest.h>
@@ -13,7 +15,9 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <random>
+#include <span>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -320,6 +324,70 @@ inline double RelativeError(std::span<const float> got, const std::vector<double
     den += want[i] * want[i];
   }
   return std::sqrt(num / den);
+}
+
+// Runs every prompt through one LlamaRunner and PagedKvCache (continuous
+// batching): sequence i joins at step joins[i]; its prompt goes in chunks of
+// at most `chunk` tokens (logits only with the last), alongside the other
+// sequences' decode rows; then one decode row each per step, the token that
+// next(i, logits) returns for its last logits, until each sequence has had
+// `rows` logits rows. Expects every sequence to end at prompt + rows - 1
+// tokens and the cache to hold no page afterwards. False (with a failure
+// added) when a Decode fails.
+inline bool DecodeTogether(const std::shared_ptr<const LlamaModel>& model,
+                           const std::vector<std::vector<TokenId>>& prompts, const std::vector<int>& joins, int chunk,
+                           int rows, const std::function<TokenId(size_t, std::span<const float>)>& next) {
+  const size_t n = prompts.size();
+  const int vocab = model->hparams().vocab_size;
+  const KvPoolShape shape = model->KvShape(KvType::kF16, 32 * kKvPageTokens * model->KvBytesPerToken(KvType::kF16));
+  auto cache = PagedKvCache::Create(model->backend(), shape, /*prefix_cache=*/false);
+  auto runner = LlamaRunner::Create(model, 512, static_cast<int>(n));
+  if (!cache || !runner) {
+    ADD_FAILURE() << (!cache ? cache.error().message : runner.error().message);
+    return false;
+  }
+  std::vector<KvSequence> seqs(n);
+  std::vector<size_t> fed(n, 0);
+  std::vector<int> got(n, 0);
+  std::vector<TokenId> last(n, 0);
+  for (int step = 0;; ++step) {
+    std::vector<BatchItem> items;
+    std::vector<size_t> owners;  // the sequence of each logits row
+    for (size_t i = 0; i < n; ++i) {
+      if (step < joins[i] || got[i] == rows) continue;
+      BatchItem item;
+      item.seq = &seqs[i];
+      if (fed[i] < prompts[i].size()) {
+        const size_t take = std::min(static_cast<size_t>(chunk), prompts[i].size() - fed[i]);
+        item.tokens = std::span<const TokenId>(prompts[i]).subspan(fed[i], take);
+        fed[i] += take;
+        item.logits = fed[i] == prompts[i].size();
+      } else {
+        item.tokens = std::span<const TokenId>(&last[i], 1);
+        item.logits = true;
+      }
+      items.push_back(item);
+      if (item.logits) owners.push_back(i);
+    }
+    if (items.empty()) break;
+    auto logits = (*runner)->Decode(**cache, items);
+    if (!logits) {
+      ADD_FAILURE() << logits.error().message;
+      return false;
+    }
+    EXPECT_EQ(logits->size(), owners.size() * static_cast<size_t>(vocab));
+    for (size_t r = 0; r < owners.size(); ++r) {
+      const size_t i = owners[r];
+      last[i] = next(i, logits->subspan(r * static_cast<size_t>(vocab), static_cast<size_t>(vocab)));
+      ++got[i];
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_EQ(seqs[i].tokens(), static_cast<int>(prompts[i].size()) + rows - 1);
+    (*cache)->Release(seqs[i]);
+  }
+  EXPECT_EQ((*cache)->stats().used_pages, 0);
+  return true;
 }
 
 }  // namespace tollgate::local_backend::testing
