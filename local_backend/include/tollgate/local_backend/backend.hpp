@@ -222,7 +222,9 @@ class Backend {
   virtual std::unique_ptr<BackendVector> PrepareVector(std::span<const float> values) = 0;
   // `floats` float32 values of activation memory, 64-byte aligned, uninitialised.
   virtual std::unique_ptr<ActivationBuffer> AllocActivations(size_t floats) = 0;
-  // Errors: kInvalidArgument for a bad shape. Allocates nothing until Grow.
+  // Errors: kInvalidArgument for a bad shape; kResourceExhausted from a
+  // backend that takes the pool's memory here (CUDA does, so that it runs
+  // out at start-up, not mid-call). The CPU backend allocates nothing until Grow.
   virtual Result<std::unique_ptr<KvPool>> CreateKvPool(const KvPoolShape& shape) = 0;
 
   // --- operations

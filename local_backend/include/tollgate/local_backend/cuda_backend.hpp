@@ -16,11 +16,16 @@
 //   - RMSNorm, RoPE, SwiGLU, biases, residual adds, and attention over the
 //     paged KV cache (F32, F16 or 8-bit, the CPU backend's page layout) on
 //     the GPU; ReadRows copies only the rows asked for (the logits).
-//   - The KV pool takes its whole budget at CreateKvPool, so that running
-//     out of device memory is a start-up error, never a failure mid-call.
+//   - The KV pool takes its whole budget's memory at CreateKvPool (Grow only
+//     hands pages out), so that running out of device memory is a start-up
+//     error, never a failure mid-call.
 //   - Host data an op reads (token ids, RoPE tables, page tables) goes up
-//     through a pinned staging buffer on the backend's one stream; ops are
-//     queued and only ReadRows waits for the device.
+//     through a pinned staging buffer on the backend's one stream. Ops are
+//     recorded and launched at ReadRows, which waits for the device; a step
+//     that repeats the previous step's launches (decode of an unchanged
+//     batch) runs as a CUDA graph, captured once and replayed.
+//     TOLLGATE_CUDA_GRAPHS=0 (read at CreateCudaBackend) launches each op at
+//     once instead.
 //
 // Memory: every device allocation (weights, activations, scratch, KV pool)
 // counts against CudaBackendOptions::memory_budget_bytes; one that would pass
