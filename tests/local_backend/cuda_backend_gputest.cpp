@@ -80,6 +80,7 @@
 namespace tollgate::local_backend {
 namespace {
 
+using testing::DecodeTogether;
 using testing::RandomModelFile;
 using testing::RandomModelSpec;
 
