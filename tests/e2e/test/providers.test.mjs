@@ -734,7 +734,11 @@ describe('openai SDK against every kind of upstream', { timeout: 120000 }, () =>
 
   test('an upstream that fails before the first byte falls back to the next endpoint of the model', async () => {
     const t = tag();
-    const { r } = await create({ model: 'multi/fallback', messages: [{ role: 'user', content: `Hello ${t}` }] });
+    // `order` pins the failing endpoint first: the default weighted draw by
+    // price could put Anthropic first now and then.
+    const { r } = await create({
+      model: 'multi/fallback', messages: [{ role: 'user', content: `Hello ${t}` }], provider: { order: ['openai', 'anthropic'] },
+    });
     assert.equal(r.provider, 'Anthropic');
     assert.equal(r.choices[0].message.content, REPLY_TEXT);
     assert.equal(upstream('openai', t).status, 500, 'the first endpoint was tried');
