@@ -504,42 +504,56 @@ __global__ void KvStoreKernel(KvLayout kv, const float* __restrict__ k, int k_st
   }
 }
 
-// The dot product of q (shared memory) with the key row of `slot` in `run`.
-__device__ __forceinline__ float KeyDot(const float* q, const unsigned char* run, int slot, int hd, int type) {
-  float s = 0.0f;
-  if (type == 0) {
-    const float* k = reinterpret_cast<const float*>(run) + static_cast<size_t>(slot) * hd;
-    for (int i = 0; i < hd; i += 4) {
-      const float4 a = *reinterpret_cast<const float4*>(k + i);
-      s = fmaf(q[i], a.x, s);
-      s = fmaf(q[i + 1], a.y, s);
-      s = fmaf(q[i + 2], a.z, s);
-      s = fmaf(q[i + 3], a.w, s);
-    }
-  } else if (type == 1) {
-    const __half* k = reinterpret_cast<const __half*>(run) + static_cast<size_t>(slot) * hd;
-    for (int i = 0; i < hd; i += 8) {
-      const uint4 u = *reinterpret_cast<const uint4*>(k + i);
-      const auto* h = reinterpret_cast<const __half2*>(&u);
+constexpr int kAttnWarps = 4;
+constexpr int kAttnDims = kMaxHeadDim / kWarp;  // output values per lane
+// Query heads one block serves: those sharing a KV head (GQA), up to this
+// many; larger groups are split over several blocks.
+constexpr int kAttnMaxGroup = 8;
+
+// s[j] = q[j] . K row `slot` of `run` for the block's nq query heads (q in
+// shared memory, kMaxHeadDim apart): each key value is loaded once for all.
+__device__ __forceinline__ void KeyDots(const float (*q)[kMaxHeadDim], int nq, const unsigned char* run, int slot,
+                                        int hd, int type, float s[kAttnMaxGroup]) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = __half22float2(h[j]);
-        s = fmaf(q[i + 2 * j], f.x, s);
-        s = fmaf(q[i + 2 * j + 1], f.y, s);
+  for (int j = 0; j < kAttnMaxGroup; ++j) s[j] = 0.0f;
+  float d = 1.0f;
+  if (type == 2) d = __half2float(reinterpret_cast<const __half*>(run + static_cast<size_t>(kPageTokens) * hd)[slot]);
+  for (int i = 0; i < hd; i += 8) {
+    float k[8];
+    if (type == 0) {
+      const float* kr = reinterpret_cast<const float*>(run) + static_cast<size_t>(slot) * hd + i;
+      const float4 a = *reinterpret_cast<const float4*>(kr);
+      const float4 b = *reinterpret_cast<const float4*>(kr + 4);
+      k[0] = a.x; k[1] = a.y; k[2] = a.z; k[3] = a.w;
+      k[4] = b.x; k[5] = b.y; k[6] = b.z; k[7] = b.w;
+    } else if (type == 1) {
+      const uint4 u = *reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(run) +
+                                                      static_cast<size_t>(slot) * hd + i);
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        k[2 * t] = HalfBits(static_cast<uint16_t>(w[t] & 0xFFFF));
+        k[2 * t + 1] = HalfBits(static_cast<uint16_t>(w[t] >> 16));
+      }
+    } else {
+      const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const signed char*>(run) +
+                                                      static_cast<size_t>(slot) * hd + i);
+      const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+      for (int t = 0; t < 8; ++t) k[t] = static_cast<float>(static_cast<signed char>((w[t / 4] >> (8 * (t % 4))) & 0xFF));
+    }
+#pragma unroll
+    for (int j = 0; j < kAttnMaxGroup; ++j) {
+      if (j < nq) {
+#pragma unroll
+        for (int t = 0; t < 8; ++t) s[j] = fmaf(q[j][i + t], k[t], s[j]);
       }
     }
-  } else {
-    const signed char* k = reinterpret_cast<const signed char*>(run) + static_cast<size_t>(slot) * hd;
-    const float d = __half2float(reinterpret_cast<const __half*>(run + static_cast<size_t>(kPageTokens) * hd)[slot]);
-    for (int i = 0; i < hd; i += 8) {
-      const uint2 u = *reinterpret_cast<const uint2*>(k + i);
-      const auto* b = reinterpret_cast<const signed char*>(&u);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s = fmaf(q[i + j], static_cast<float>(b[j]), s);
-    }
-    s *= d;
   }
-  return s;
+  if (type == 2) {
+#pragma unroll
+    for (int j = 0; j < kAttnMaxGroup; ++j) s[j] *= d;
+  }
 }
 
 __device__ __forceinline__ float ValueAt(const unsigned char* run, int slot, int i, int hd, int type) {
@@ -549,88 +563,120 @@ __device__ __forceinline__ float ValueAt(const unsigned char* run, int slot, int
   return static_cast<float>(reinterpret_cast<const signed char*>(run)[static_cast<size_t>(slot) * hd + i]) * d;
 }
 
-constexpr int kAttnWarps = 4;
-constexpr int kAttnDims = kMaxHeadDim / kWarp;  // output values per lane
-
-// Block (row, head): each warp takes 32-position tiles in turn, a lane per
-// position for the scores, then a lane per output value for the sum of values
-// (Flash-Decoding's split over the keys, combined at the end).
+// Block (row, KV head, part): the query heads of one KV head (at most
+// kAttnMaxGroup of them: `part` picks which) against that KV head's keys and
+// values, so each key and value is read once for all of them. Each warp takes
+// 32-position tiles in turn, a lane per position for the scores, then a lane
+// per output value for the weighted values, with an online softmax per query
+// head (Milakov & Gimelshein 2018); the warps are combined at the end
+// (Flash-Decoding's split over the keys).
 __global__ void __launch_bounds__(kAttnWarps * kWarp)
     AttentionKernel(KvLayout kv, const float* __restrict__ q, int q_stride, float* __restrict__ out, int out_stride,
-                    const AttnRow* __restrict__ rows, const int32_t* __restrict__ tables, int group, float scale) {
-  __shared__ float qs[kMaxHeadDim];
-  __shared__ float warp_m[kAttnWarps];
-  __shared__ float warp_l[kAttnWarps];
-  __shared__ float warp_acc[kAttnWarps][kMaxHeadDim];
+                    const AttnRow* __restrict__ rows, const int32_t* __restrict__ tables, int group, int parts,
+                    float scale) {
+  __shared__ float qs[kAttnMaxGroup][kMaxHeadDim];
+  __shared__ float warp_m[kAttnWarps][kAttnMaxGroup];
+  __shared__ float warp_l[kAttnWarps][kAttnMaxGroup];
+  __shared__ float warp_acc[kAttnWarps][kAttnMaxGroup][kMaxHeadDim];
   const AttnRow r = rows[blockIdx.x];
-  const int h = blockIdx.y;
-  const int g = h / group;
+  const int g = blockIdx.y / parts;
+  const int part = blockIdx.y % parts;
+  const int h0 = g * group + part * kAttnMaxGroup;  // the block's first query head
+  const int nq = min(kAttnMaxGroup, group - part * kAttnMaxGroup);
   const int hd = kv.head_dim;
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
-  const float* qh = q + static_cast<size_t>(r.row) * q_stride + static_cast<size_t>(h) * hd;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = qh[i];
+  const float* qrow = q + static_cast<size_t>(r.row) * q_stride + static_cast<size_t>(h0) * hd;
+  for (int i = threadIdx.x; i < nq * hd; i += blockDim.x) qs[i / hd][i % hd] = qrow[i];
   __syncthreads();
 
   const int n = r.pos + 1;
   const int32_t* table = tables + r.table;
-  float m = -FLT_MAX;
-  float l = 0.0f;
-  float acc[kAttnDims];
+  float m[kAttnMaxGroup];
+  float l[kAttnMaxGroup];
+  float acc[kAttnMaxGroup][kAttnDims];
 #pragma unroll
-  for (int i = 0; i < kAttnDims; ++i) acc[i] = 0.0f;
+  for (int j = 0; j < kAttnMaxGroup; ++j) {
+    m[j] = -FLT_MAX;
+    l[j] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kAttnDims; ++i) acc[j][i] = 0.0f;
+  }
   for (int tile = warp; tile * kWarp < n; tile += kAttnWarps) {
     const int pos = tile * kWarp + lane;
     const bool valid = pos < n;
     // A 32-position tile lies in one page (kPageTokens is a multiple of 32).
     const int32_t page = table[(tile * kWarp) / kPageTokens];
     const int slot = pos % kPageTokens;
-    const float s = valid ? KeyDot(qs, Run(kv, page, 0, g), slot, hd, kv.type) * scale : -FLT_MAX;
-    const float new_m = fmaxf(m, WarpMax(s));
-    const float p = valid ? expf(s - new_m) : 0.0f;
-    const float corr = expf(m - new_m);
-    l = l * corr + WarpSum(p);
+    float p[kAttnMaxGroup] = {};
+    if (valid) KeyDots(qs, nq, Run(kv, page, 0, g), slot, hd, kv.type, p);
+#pragma unroll
+    for (int j = 0; j < kAttnMaxGroup; ++j) {
+      if (j < nq) {  // the same for the whole warp
+        const float sc = valid ? p[j] * scale : -FLT_MAX;
+        const float new_m = fmaxf(m[j], WarpMax(sc));
+        p[j] = valid ? expf(sc - new_m) : 0.0f;
+        const float corr = expf(m[j] - new_m);
+        l[j] = l[j] * corr + WarpSum(p[j]);
+#pragma unroll
+        for (int i = 0; i < kAttnDims; ++i) acc[j][i] *= corr;
+        m[j] = new_m;
+      }
+    }
     const unsigned char* vrun = Run(kv, page, 1, g);
     const int count = min(kWarp, n - tile * kWarp);
+    for (int t = 0; t < count; ++t) {
+      float pt[kAttnMaxGroup];
 #pragma unroll
-    for (int i = 0; i < kAttnDims; ++i) acc[i] *= corr;
-    for (int j = 0; j < count; ++j) {
-      const float pj = __shfl_sync(0xffffffffu, p, j);
-      const int sj = (tile * kWarp + j) % kPageTokens;
+      for (int j = 0; j < kAttnMaxGroup; ++j) pt[j] = __shfl_sync(0xffffffffu, p[j], t);
+      const int st = (tile * kWarp + t) % kPageTokens;
 #pragma unroll
       for (int i = 0; i < kAttnDims; ++i) {
         const int dim = lane + i * kWarp;
-        if (dim < hd) acc[i] = fmaf(pj, ValueAt(vrun, sj, dim, hd, kv.type), acc[i]);
+        if (dim < hd) {
+          const float v = ValueAt(vrun, st, dim, hd, kv.type);
+#pragma unroll
+          for (int j = 0; j < kAttnMaxGroup; ++j) {
+            if (j < nq) acc[j][i] = fmaf(pt[j], v, acc[j][i]);
+          }
+        }
       }
     }
-    m = new_m;
   }
   if (lane == 0) {
-    warp_m[warp] = m;
-    warp_l[warp] = l;
+#pragma unroll
+    for (int j = 0; j < kAttnMaxGroup; ++j) {
+      warp_m[warp][j] = m[j];
+      warp_l[warp][j] = l[j];
+    }
   }
 #pragma unroll
-  for (int i = 0; i < kAttnDims; ++i) {
-    const int dim = lane + i * kWarp;
-    if (dim < hd) warp_acc[warp][dim] = acc[i];
+  for (int j = 0; j < kAttnMaxGroup; ++j) {
+    if (j < nq) {
+#pragma unroll
+      for (int i = 0; i < kAttnDims; ++i) {
+        const int dim = lane + i * kWarp;
+        if (dim < hd) warp_acc[warp][j][dim] = acc[j][i];
+      }
+    }
   }
   __syncthreads();
-  float mm = -FLT_MAX;
+  float* orow = out + static_cast<size_t>(r.row) * out_stride + static_cast<size_t>(h0) * hd;
+  for (int idx = threadIdx.x; idx < nq * hd; idx += blockDim.x) {
+    const int j = idx / hd;
+    const int i = idx % hd;
+    float mm = -FLT_MAX;
 #pragma unroll
-  for (int w = 0; w < kAttnWarps; ++w) mm = fmaxf(mm, warp_m[w]);
-  float sum = 0.0f;
-  float f[kAttnWarps];
-#pragma unroll
-  for (int w = 0; w < kAttnWarps; ++w) {
-    f[w] = warp_l[w] > 0.0f ? expf(warp_m[w] - mm) : 0.0f;
-    sum += warp_l[w] * f[w];
-  }
-  float* oh = out + static_cast<size_t>(r.row) * out_stride + static_cast<size_t>(h) * hd;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    for (int w = 0; w < kAttnWarps; ++w) mm = fmaxf(mm, warp_m[w][j]);
+    float sum = 0.0f;
     float v = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) v += warp_acc[w][i] * f[w];
-    oh[i] = v / sum;
+    for (int w = 0; w < kAttnWarps; ++w) {
+      const float f = warp_l[w][j] > 0.0f ? expf(warp_m[w][j] - mm) : 0.0f;
+      sum += warp_l[w][j] * f;
+      v += warp_acc[w][j][i] * f;
+    }
+    orow[idx] = v / sum;
   }
 }
 
@@ -700,8 +746,9 @@ void KvStore(const KvLayout& kv, const float* k, int k_stride, const float* v, i
 
 void Attention(const KvLayout& kv, const float* q, int q_stride, float* out, int out_stride, const AttnRow* rows,
                int n_rows, const int32_t* tables, int heads, int group, float scale, cudaStream_t stream) {
-  AttentionKernel<<<dim3(n_rows, heads), kAttnWarps * kWarp, 0, stream>>>(kv, q, q_stride, out, out_stride, rows,
-                                                                          tables, group, scale);
+  const int parts = (group + kAttnMaxGroup - 1) / kAttnMaxGroup;
+  AttentionKernel<<<dim3(n_rows, (heads / group) * parts), kAttnWarps * kWarp, 0, stream>>>(
+      kv, q, q_stride, out, out_stride, rows, tables, group, parts, scale);
 }
 
 void DequantRowOnHost(WType type, const void* row, int cols, float* out) {

@@ -645,15 +645,19 @@ TEST_F(CudaBackendTest, RopeNormalAndNeoxMatchTheCpu) {
 // at the first position of a new page, prefill and decode rows of different
 // sequences in one call, grouped-query heads (8 query heads on 2 KV heads),
 // and two layers of the same pool.
+// Query heads per KV head: 4 (Llama 3, Mistral), 7 (Qwen2.5) and 10 (more
+// than one block of the CUDA kernel serves, which takes at most 8).
 TEST_F(CudaBackendTest, AttentionOverPagedKvPoolsMatchesTheCpu) {
-  const int heads = 8, kv_heads = 2, hd = 64, q_dim = heads * hd, kv_dim = kv_heads * hd, layers = 2;
-  const AttentionShape shape{heads, kv_heads, hd, 0.125f};
   struct Seq {
     std::vector<int32_t> pages;
     int pos = 0;  // positions stored so far
   };
+  for (const auto& [heads, kv_heads] : {std::pair{8, 2}, std::pair{14, 2}, std::pair{20, 2}})
   for (KvType type : {KvType::kF32, KvType::kF16, KvType::kQ8}) {
-    SCOPED_TRACE(std::string(KvTypeName(type)) + " KV");
+    SCOPED_TRACE(std::to_string(heads) + " heads on " + std::to_string(kv_heads) + ", " +
+                 std::string(KvTypeName(type)) + " KV");
+    const int hd = 64, q_dim = heads * hd, kv_dim = kv_heads * hd, layers = 2;
+    const AttentionShape shape{heads, kv_heads, hd, 0.125f};
     std::mt19937 rng(8);
     std::unique_ptr<KvPool> pool[2];
     for (int s = 0; s < 2; ++s) {
