@@ -467,6 +467,14 @@ int main(int argc, char** argv) {
   int64_t copy_mib = 4096;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: tollgate_cuda_bench [--model-dir DIR] [--shapes 0.5b,7b] [--types f16,q8_0,q4_k] [--quick]\n"
+          "         [--reps N] [--decode N] [--prompt N] [--prefill N] [--concurrency 1,8,32,64] [--kv f16|q8]\n"
+          "         [--device N] [--copy-mib N] [--json PATH] [--tool PATH] [--write-only]\n"
+          "The comment at the top of bench/cuda_bench.cpp says what each measures.\n");
+      return 0;
+    }
     if (a == "--quick" || a == "--write-only") {
       (a == "--quick" ? quick : write_only) = true;
       continue;
@@ -535,7 +543,7 @@ int main(int argc, char** argv) {
 
   const CudaDeviceStatus probe = ProbeCudaDevice(co.device);
   if (!probe.usable) {
-    std::printf("%s\n", probe.Describe().c_str());
+    std::fprintf(stderr, "%s\n", probe.Describe().c_str());
     return 2;
   }
   std::filesystem::create_directories(dir);

@@ -36,12 +36,15 @@
 # GPU_CHECK_SKIP_PEER=1, GPU_CHECK_BUDGET, GPU_CHECK_PYTHON (python3, else
 # /opt/torch/.venv/bin/python3). A rerun on a lease with less time
 # left: e.g. GPU_CHECK_BUDGET=200 GPU_CHECK_SKIP_TESTS=1 GPU_CHECK_QUICK=1
-# GPU_CHECK_SHAPES=7b bash scripts/gpu-check.sh (models already in /tmp are
-# reused while the machine is the same). Outside the device tool, $OUT
-# defaults to build-gpu/gpu-check-out.
+# GPU_CHECK_SHAPES=7b bash scripts/gpu-check.sh (stage times scale with the
+# budget; models already in /tmp are reused only on a machine still warm, a
+# fresh one writes them again). Outside the device tool, $OUT defaults to
+# build-gpu/gpu-check-out. The run prints .gpu/REVISION: the commit (and
+# modified files) it was packed from.
 #
-# Exit status: non-zero when the GPU tests failed or are missing; the
-# benchmark's numbers are a report, not a pass/fail.
+# Exit status: non-zero when the GPU tests failed, are missing, or skipped
+# (a skip on the device means the GPU was not usable); the benchmark's
+# numbers are a report, not a pass/fail.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -95,6 +98,8 @@ pack() {
   done
   rm -f /tmp/gpu-check-ldd.txt
   [ "$bad" = 0 ] || exit 1
+  # What was packed, so that the run says which code it tests.
+  { git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/modified: /'; date -u; } > "$PACK/REVISION"
   du -ch "$PACK"/* | tail -1
   echo "packed $PACK: ${bins[*]}"
   echo "next: the device tool's run with carry [\"$PACK\"], command 'bash scripts/gpu-check.sh', timeout_s 540"
@@ -102,9 +107,11 @@ pack() {
 
 now() { date +%s; }
 stage() { echo; echo "=== $1 (t+$(( $(now) - T0 )) s)"; }
-# Seconds a stage may take: its cap, or what is left of the budget less `reserve`.
+# Seconds a stage may take: its cap, or what is left of the budget less
+# `reserve` (both given for the default budget of 500 s and scaled to
+# GPU_CHECK_BUDGET).
 allow() {
-  local cap=$1 reserve=$2 left
+  local cap=$(( $1 * BUDGET / 500 )) reserve=$(( $2 * BUDGET / 500 )) left
   left=$(( DEADLINE - $(now) - reserve ))
   [ "$left" -lt "$cap" ] && cap=$left
   [ "$cap" -lt 1 ] && cap=1
@@ -113,7 +120,8 @@ allow() {
 
 run() {
   T0=$(now)
-  DEADLINE=$(( T0 + ${GPU_CHECK_BUDGET:-500} ))
+  BUDGET=${GPU_CHECK_BUDGET:-500}
+  DEADLINE=$(( T0 + BUDGET ))
   local out=$OUT models=${GPU_CHECK_MODEL_DIR:-/tmp/tollgate-models}
   local shapes=${GPU_CHECK_SHAPES:-0.5b,7b} types=${GPU_CHECK_TYPES:-f16,q8_0,q4_k}
   local common=(--model-dir "$models" --shapes "$shapes" --types "$types")
@@ -129,6 +137,7 @@ run() {
   [ -d "$PACK" ] || { echo "no $PACK/: run 'scripts/gpu-check.sh pack' here first and carry .gpu"; return 3; }
   chmod +x "$PACK"/tollgate* "$PACK"/*_gputest 2>/dev/null
   ls -l "$PACK"
+  echo "packed from: $(cat "$PACK/REVISION" 2>/dev/null || echo 'unknown (no REVISION: pack again)')"
   # cuBLAS: the backend dlopens libcublas.so.13 (with libcublasLt beside it).
   local cublas
   cublas=$(find /usr/local/cuda* /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
@@ -140,7 +149,10 @@ run() {
     echo "cuBLAS: libcublas.so.13 not found under /usr/local/cuda* or /opt"
   fi
   local py=${GPU_CHECK_PYTHON:-python3}
-  $py -c 'import torch' 2>/dev/null || py=/opt/torch/.venv/bin/python3
+  if ! $py -c 'import torch' 2>/dev/null && [ -x /opt/torch/.venv/bin/python3 ]; then
+    echo "python: $py has no torch; using /opt/torch/.venv/bin/python3"
+    py=/opt/torch/.venv/bin/python3
+  fi
   echo "python: $(command -v "$py") $($py -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)' 2>&1)"
 
   stage "writing models into $models (in the background, while the tests run)"
@@ -162,6 +174,14 @@ run() {
       --gtest_output="xml:$out/gputest.xml" 2>&1
     test_rc=$?
     echo "tests: exit $test_rc"
+    # On the device nothing may skip: a skip means the GPU was not usable
+    # (driver, cuBLAS, architecture), which must not read as a pass.
+    local skipped
+    skipped=$(grep -o 'skipped="[0-9]*"' "$out/gputest.xml" 2>/dev/null | head -1 | tr -dc 0-9)
+    if [ "$test_rc" = 0 ] && [ "${skipped:-0}" != 0 ]; then
+      echo "tests: $skipped skipped: the GPU was not usable (see the reason above); counting that as a failure"
+      test_rc=5
+    fi
   else
     stage "tests: $PACK/cuda_backend_gputest missing"
     test_rc=4
@@ -171,7 +191,7 @@ run() {
   local wait_end=$(( $(now) + $(allow 240 250) ))
   while kill -0 "$writer" 2>/dev/null && [ "$(now)" -lt "$wait_end" ]; do sleep 2; done
   if kill -0 "$writer" 2>/dev/null; then
-    echo "model writer still running after its time; stopping it (missing models are skipped)"
+    echo "model writer still running after its time; stopping it (the benchmark writes what is missing itself)"
     kill "$writer" 2>/dev/null
   fi
   wait "$writer"; echo "writer: exit $?"
@@ -195,7 +215,7 @@ run() {
   fi
 
   stage "table"
-  "$py" bench/cuda_peer/merge.py --ours "$out/cuda-bench.json" --peer "$out/torch-peer.json" | tee "$out/table.md"
+  python3 bench/cuda_peer/merge.py --ours "$out/cuda-bench.json" --peer "$out/torch-peer.json" | tee "$out/table.md"
   rm -f "$out"/*.tmp
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>/dev/null || true
   stage "done: tests exit $test_rc"

@@ -105,14 +105,19 @@ mkdir -p "$data"
 
 # ---------------------------------------------------------------- 2. dependencies and build
 bash "$root/scripts/setup.sh"
-# The CUDA backend only where it can run: a CUDA toolkit, an NVIDIA driver and a GPU.
-cuda=OFF
+# The CUDA backend where it can run: a CUDA toolkit, an NVIDIA driver and a GPU.
+# Elsewhere the build folder keeps what it had (a CUDA build also runs without
+# a GPU, on the CPU; scripts/test.sh builds with CUDA wherever nvcc is), so
+# switching between the two scripts rebuilds nothing.
+cuda_flag=()
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   gpus=$(nvidia-smi -L 2>/dev/null || true)  # "GPU 0: NVIDIA H200 (UUID: ...)" per device
-  if grep -q '^GPU ' <<<"$gpus"; then cuda=ON; fi
+  if grep -q '^GPU ' <<<"$gpus"; then cuda_flag=(-DENABLE_CUDA=ON); fi
+elif nvidia-smi -L >/dev/null 2>&1; then
+  say "an NVIDIA GPU is here but no CUDA toolkit (nvcc): building for the CPU only"
 fi
-say "building ${bin#$root/} (Release, ENABLE_CUDA=$cuda)"
-cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DENABLE_CUDA="$cuda" >/dev/null
+say "building ${bin#$root/} (Release${cuda_flag:+, with the CUDA backend})"
+cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${cuda_flag[@]}" >/dev/null
 cmake --build "$build_dir" -j"$(nproc)" --target tollgate
 [ -x "$bin" ] || die "build finished but $bin is missing"
 

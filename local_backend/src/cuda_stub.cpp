@@ -5,7 +5,7 @@
 namespace tollgate::local_backend {
 namespace {
 constexpr const char* kNotBuilt =
-    "this build has no CUDA backend (configure with -DENABLE_CUDA=ON; scripts/run.sh does when it finds an NVIDIA GPU)";
+    "this build has no CUDA backend (configure with -DENABLE_CUDA=ON; scripts/run.sh does when it finds nvcc and an NVIDIA GPU, scripts/test.sh wherever nvcc is)";
 }  // namespace
 
 bool CudaBuilt() { return false; }

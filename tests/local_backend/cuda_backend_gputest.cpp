@@ -178,7 +178,7 @@ class CudaBackendTest : public ::testing::Test {
       device_ = MakeCpuBackend();
       ASSERT_TRUE(device_);
     } else {
-      if (!status.usable) GTEST_SKIP() << "no CUDA device: " << status.reason;
+      if (!status.usable) GTEST_SKIP() << "CUDA device not usable: " << status.reason;
       static bool described = false;
       if (!described) {
         std::printf("device: %s\n", status.Describe().c_str());
