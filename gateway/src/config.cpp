@@ -480,6 +480,11 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
       }
       p.display_name = n["display_name"] ? r.String(n["display_name"], path + ".display_name") : default_name;
       if (remote) {
+        for (const char* key : {"context_length", "threads", "max_sequences", "max_queue", "max_batch_tokens",
+                                "kv_cache_mib", "kv_cache_type", "prefix_cache", "device", "gpu_device",
+                                "gpu_memory_mib"}) {
+          if (n[key]) Fail(path + "." + key, "applies to type: local providers only");
+        }
         if (p.type == "anthropic") p.base_url = "https://api.anthropic.com/v1";
         if (p.type == "gemini") p.base_url = "https://generativelanguage.googleapis.com/v1beta";
         if (n["base_url"]) p.base_url = r.String(n["base_url"], path + ".base_url");

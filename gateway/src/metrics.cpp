@@ -35,6 +35,11 @@ struct Metrics::Impl {
           .Help("Local engine load by <provider>/<model file stem>: running, queued, max_sequences, max_queue, kv_pages_used, "
                 "kv_pages_cached, kv_pages_total (64 tokens each), preemptions and prefix_hit_tokens since start")
           .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& engine_info =
+      prometheus::BuildGauge()
+          .Name("tollgate_local_engine_info")
+          .Help("Local engine by <provider>/<model file stem>, with the device it runs on; always 1")
+          .Register(*registry);
   const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 };
 
@@ -95,6 +100,10 @@ void Metrics::SetLocalEngine(std::string_view engine, const LocalEngineState& s)
   set("kv_pages_total", s.kv_pages_total);
   set("preemptions", s.preemptions);
   set("prefix_hit_tokens", s.prefix_hit_tokens);
+}
+
+void Metrics::SetLocalEngineInfo(std::string_view engine, std::string_view device) {
+  impl_->engine_info.Add({{"engine", std::string(engine)}, {"device", std::string(device)}}).Set(1);
 }
 
 std::string Metrics::Serialize() const {

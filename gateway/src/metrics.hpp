@@ -64,6 +64,8 @@ class Metrics {
     int64_t prefix_hit_tokens = 0;
   };
   void SetLocalEngine(std::string_view engine, const LocalEngineState& state);
+  // tollgate_local_engine_info{engine, device} 1: where the engine runs (LocalProvider::DeviceName()).
+  void SetLocalEngineInfo(std::string_view engine, std::string_view device);
 
   // The text exposition of all metrics.
   std::string Serialize() const;

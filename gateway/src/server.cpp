@@ -459,6 +459,7 @@ class Connection {
       }
       for (const auto& [name, engine] : s_.engines) {
         const local_backend::LocalEngineStats es = engine->Stats();
+        s_.metrics->SetLocalEngineInfo(name, engine->DeviceName());
         s_.metrics->SetLocalEngine(name, {es.running, es.queued, es.max_sequences, es.max_queue, es.kv.used_pages,
                                           es.kv.cached_pages, es.kv.total_pages, es.preemptions,
                                           es.kv.prefix_hit_tokens});
@@ -932,7 +933,15 @@ int Serve(const Config& config, const ServeOptions& options) {
             o.gpu_device = pc.gpu_device;
             o.gpu_memory_bytes = pc.gpu_memory_mib << 20;
             auto created = local_backend::LocalProvider::Create(o);
-            if (!created) return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
+            if (!created) {
+              // Device errors are the provider's settings, not the endpoint's.
+              const std::string& param = created.error().param;
+              if (param == "device" || param == "gpu_device" || param == "gpu_memory_bytes") {
+                const std::string key = param == "gpu_memory_bytes" ? "gpu_memory_mib" : param;
+                return StartupError("providers." + ec.provider + "." + key + ": " + created.error().message);
+              }
+              return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
+            }
             engine = std::move(*created);
             // The metrics label: <provider>/<file stem>, made unique.
             std::string label = ec.provider + "/" + std::filesystem::path(ec.model).stem().string();
@@ -989,8 +998,10 @@ int Serve(const Config& config, const ServeOptions& options) {
     }
     std::string shown_host = config.server.host.find(':') != std::string::npos ? "[" + config.server.host + "]"
                                                                               : config.server.host;
-    std::cerr << "tollgate: " << services.catalog.models().size() << " models, " << threads
-              << " I/O threads; listening on http://" << shown_host << ":" << port << std::endl;
+    const size_t model_count = services.catalog.models().size();
+    std::cerr << "tollgate: " << model_count << (model_count == 1 ? " model, " : " models, ") << threads
+              << (threads == 1 ? " I/O thread" : " I/O threads") << "; listening on http://" << shown_host << ":"
+              << port << std::endl;
 
     asio::co_spawn(ioc, Accept(services, acceptor), asio::detached);
 

@@ -310,6 +310,24 @@ TEST(Config, LocalEngineDevice) {
   }
 }
 
+TEST(Config, LocalEngineKeysAreRefusedOnRemoteProviders) {
+  for (const char* provider : {"{type: openai_compatible, base_url: 'http://h/v1', api_key: k",
+                               "{type: openai_compatible, preset: openai, api_key: k", "{type: anthropic, api_key: k",
+                               "{type: gemini, api_key: k"}) {
+    for (const char* setting : {"context_length: 4096", "threads: 2", "max_sequences: 4", "max_queue: 10",
+                                "max_batch_tokens: 128", "kv_cache_mib: 512", "kv_cache_type: q8",
+                                "prefix_cache: false", "device: cuda", "gpu_device: 1", "gpu_memory_mib: 8192"}) {
+      auto config = ParseConfig(std::string("providers:\n  remote: ") + provider + ", " + setting + "}\n",
+                                "/etc/tollgate", FakeEnv({}));
+      ASSERT_FALSE(config) << provider << ", " << setting;
+      const std::string key(setting, std::string_view(setting).find(':'));
+      EXPECT_EQ(config.error().message.rfind("providers.remote." + key + ":", 0), 0u) << config.error().message;
+      EXPECT_NE(config.error().message.find("applies to type: local providers only"), std::string::npos)
+          << config.error().message;
+    }
+  }
+}
+
 TEST(Config, EndpointDefaults) {
   auto config = Parse(R"(
 models:

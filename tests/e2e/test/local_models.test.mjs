@@ -156,6 +156,8 @@ describe('a Qwen-shaped local model with its real tokenizer and template', () =>
     assert.equal(gauge('max_sequences'), 8);
     assert.ok(gauge('prefix_hit_tokens') >= cached, metrics);
     assert.ok(gauge('kv_pages_total') > 0);
+    // And where it runs (labels in name order: device, then engine).
+    assert.match(metrics, /^tollgate_local_engine_info\{device="(cpu|cuda:\d+) [^"]+",engine="local\/qwen3-tiny"\} 1$/m);
   });
 
   test('the context is checked with the exact count: a prompt the estimate overcounts is served, one over is refused', async () => {
