@@ -790,6 +790,10 @@ void CudaBackend::Attention(int layer, KvPool& kv_pool, const ActTensor& q, cons
       attn_meta_[static_cast<size_t>(row) * 3 + 2] = table;
     }
   }
+  // Padded to a multiple of 1024 entries: the upload's size then stays the
+  // same while sequences gain pages (with many sequences one crosses a page
+  // boundary almost every step), so decode steps keep the same graph key.
+  attn_meta_.resize((attn_meta_.size() + 1023) / 1024 * 1024, 0);
   const auto* meta = static_cast<const int32_t*>(Stage(attn_meta_.data(), attn_meta_.size() * sizeof(int32_t)));
   const auto* rows = reinterpret_cast<const cuda::AttnRow*>(meta);
   const int32_t* tables = meta + 3 * n;
