@@ -18,6 +18,7 @@
 #include "tollgate/local_backend/backend.hpp"
 
 #include "cpu_kernels.hpp"
+#include "mapped_pages.hpp"
 #include "thread_pool.hpp"
 #include "tollgate/local_backend/quant.hpp"
 
@@ -76,15 +77,6 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 using AlignedBytes = std::unique_ptr<std::byte, FreeDeleter>;
-
-// Releases the whole pages inside `bytes` (a read-only file mapping) from this
-// process; the next read, if any, refaults them from the page cache.
-void DropPages(std::span<const std::byte> bytes) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(bytes.data()) + bytes.size()) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
 
 // Large buffers (repacked weights, big scratch) sit on 2 MiB boundaries and ask
 // for transparent huge pages: 512 times fewer page faults when they are first
@@ -290,7 +282,7 @@ class CpuBackend final : public Backend {
       const int first = task * per_task;
       repack(d.bytes.data(), d.rows, d.cols, packed, first, std::min(per_task, groups - first));
     });
-    if (d.file_mapped) DropPages(d.bytes);
+    if (d.file_mapped) DropMappedPages(d.bytes);
     return std::unique_ptr<BackendWeight>(new CpuWeight(d.type, d.rows, d.cols, packed, row_bytes, std::move(chunk), bytes));
   }
 

@@ -4,13 +4,12 @@
 #include "tollgate/local_backend/cuda_backend.hpp"
 
 #include "cuda_kernels.hpp"
+#include "mapped_pages.hpp"
 #include "tollgate/local_backend/quant.hpp"
 
 #include <cublas_api.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -233,15 +232,6 @@ class CudaKvPool final : public KvPool {
   int allocated_ = 0;
 };
 
-// Releases the whole pages inside `bytes` (a read-only file mapping) once the
-// weight is on the device; a later read refaults them from the page cache.
-void DropFilePages(std::span<const std::byte> bytes) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(bytes.data()) + bytes.size()) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, int64_t budget, std::string device_name, const Cublas& cublas)
@@ -332,7 +322,7 @@ class CudaBackend final : public Backend {
     if (cudaMemcpy(mem->get(), d.bytes.data(), d.bytes.size(), cudaMemcpyHostToDevice) != cudaSuccess) {
       return Error{ErrorCode::kInternal, "cannot copy tensor " + name + " to " + name_};
     }
-    if (d.file_mapped) DropFilePages(d.bytes);
+    if (d.file_mapped) DropMappedPages(d.bytes);
     return std::unique_ptr<BackendWeight>(new CudaWeight(d.type, wtype, d.rows, d.cols, row_bytes, std::move(*mem)));
   }
 
@@ -891,12 +881,11 @@ Result<std::shared_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& opt
   if (budget == 0) {
     budget = status.free_bytes - kDefaultHeadroom;
     if (budget < 256 * kMiB) {
-      return Error{ErrorCode::kResourceExhausted, "too little GPU memory: " + Mib(status.free_bytes) + " free on " +
-                                                      status.name};
+      return Error{ErrorCode::kResourceExhausted, Mib(status.free_bytes) + " free on " + status.name};
     }
   } else if (budget > status.free_bytes) {
-    return Error{ErrorCode::kResourceExhausted, "too little GPU memory: a budget of " + Mib(budget) + " but only " +
-                                                    Mib(status.free_bytes) + " free on " + status.name};
+    return Error{ErrorCode::kResourceExhausted,
+                 "a budget of " + Mib(budget) + " but only " + Mib(status.free_bytes) + " free on " + status.name};
   }
   auto backend = std::make_shared<CudaBackend>(options.device, budget, status.name, LoadCublas());
   if (auto r = backend->Init(); !r) return r.error();

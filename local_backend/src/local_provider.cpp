@@ -185,9 +185,7 @@ Result<Engine> LoadEngineOnGpu(const LocalProviderOptions& options, std::shared_
   if (!status.usable) return Error{ErrorCode::kUnavailable, status.reason};
   auto unusable = [](const Error& e) -> std::optional<Error> {
     if (e.code == ErrorCode::kResourceExhausted) {
-      constexpr std::string_view kTooLittle = "too little GPU memory";
-      if (e.message.starts_with(kTooLittle)) return Error{ErrorCode::kUnavailable, e.message};
-      return Error{ErrorCode::kUnavailable, std::string(kTooLittle) + ": " + e.message};
+      return Error{ErrorCode::kUnavailable, "too little GPU memory: " + e.message};
     }
     if (e.code == ErrorCode::kUnavailable) return e;
     return std::nullopt;

@@ -81,6 +81,7 @@ namespace tollgate::local_backend {
 namespace {
 
 using testing::DecodeTogether;
+using testing::TempGgufPath;
 using testing::RandomModelFile;
 using testing::RandomModelSpec;
 
@@ -741,6 +742,22 @@ std::shared_ptr<const LlamaModel> LoadOn(std::shared_ptr<const GgufFile> gguf, s
   return *m;
 }
 
+// A random model of `spec` loaded on each of `backends`, in order; empty (a
+// failure added) when one does not load. The file goes once loaded (the
+// models keep its mapping).
+std::vector<std::shared_ptr<const LlamaModel>> RandomModelOn(const RandomModelSpec& spec,
+                                                             std::initializer_list<std::shared_ptr<Backend>> backends) {
+  RandomModelFile file(spec);
+  auto gguf = OpenGguf(file.path());
+  std::vector<std::shared_ptr<const LlamaModel>> models;
+  for (const auto& backend : backends) {
+    auto m = LoadOn(gguf, backend);
+    if (!m) return {};
+    models.push_back(std::move(m));
+  }
+  return models;
+}
+
 std::vector<TokenId> RandomTokens(int n, int vocab, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<TokenId> ids(static_cast<size_t>(n));
@@ -795,12 +812,10 @@ TEST_F(CudaBackendTest, ForwardPassLogitsMatchTheCpuForEveryArchitectureAndType)
       RandomModelSpec spec;
       spec.arch = arch;
       spec.type = c.type;
-      RandomModelFile file(spec);
-      auto gguf = OpenGguf(file.path());
-      ASSERT_TRUE(gguf);
-      auto cpu = LoadOn(gguf, cpu_);
-      auto dev = LoadOn(gguf, device_);
-      ASSERT_TRUE(cpu && dev);
+      const auto models = RandomModelOn(spec, {cpu_, device_});
+      ASSERT_EQ(models.size(), 2u);
+      const auto& cpu = models[0];
+      const auto& dev = models[1];
       const std::vector<TokenId> tokens = RandomTokens(73, spec.vocab, 11);
       const auto want = LogitTrace(cpu, tokens, 70, c.kv);
       const auto got = LogitTrace(dev, tokens, 70, c.kv);
@@ -899,23 +914,6 @@ std::string ModelDir() {
   return TOLLGATE_SOURCE_DIR "/../shared/models";
 }
 
-// A file under the temp directory, removed when destroyed.
-class TempPath {
- public:
-  TempPath()
-      : path_((std::filesystem::temp_directory_path() /
-               ("tollgate_gputest_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++) + ".gguf"))
-                  .string()) {}
-  ~TempPath() { std::filesystem::remove(path_); }
-  TempPath(const TempPath&) = delete;
-  TempPath& operator=(const TempPath&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
-
 // `src` with every 2-D F32 tensor converted to F16 (what llama.cpp's
 // `--outtype f16` does: matrices F16, norm vectors F32), same metadata.
 bool WriteF16Copy(const GgufFile& src, const std::string& path) {
@@ -953,7 +951,7 @@ TEST_F(CudaBackendTest, Stories260KGreedyTokensMatchTheCpuInF32AndF16) {
   const std::string path = ModelDir() + "/stories260K.gguf";
   auto f32 = OpenGguf(path);
   ASSERT_TRUE(f32) << "model file " << path << " (see ../shared/models/README.md, or set TOLLGATE_MODEL_DIR)";
-  TempPath f16_path;
+  TempGgufPath f16_path("gputest");
   ASSERT_TRUE(WriteF16Copy(*f32, f16_path.path()));
   auto f16 = OpenGguf(f16_path.path());
   ASSERT_TRUE(f16);
@@ -986,12 +984,10 @@ TEST_F(CudaBackendTest, RandomQwen2GreedyTokensMatchTheCpu) {
   RandomModelSpec spec;
   spec.arch = "qwen2";
   spec.type = GgmlType::kF16;
-  RandomModelFile file(spec);
-  auto gguf = OpenGguf(file.path());
-  ASSERT_TRUE(gguf);
-  auto cpu = LoadOn(gguf, cpu_);
-  auto dev = LoadOn(gguf, device_);
-  ASSERT_TRUE(cpu && dev);
+  const auto models = RandomModelOn(spec, {cpu_, device_});
+  ASSERT_EQ(models.size(), 2u);
+  const auto& cpu = models[0];
+  const auto& dev = models[1];
   const std::vector<TokenId> prompt = RandomTokens(20, spec.vocab, 7);
   const GreedyTrace want = RunGreedy(cpu, prompt, 32);
   ASSERT_GE(want.MinGap(), kMinGreedyGap) << "the test's premise: no near-tie on the CPU";
@@ -1023,12 +1019,10 @@ TEST_F(CudaBackendTest, BatchOfPromptsGivesTheGreedyTokensOfEachAlone) {
   RandomModelSpec spec;
   spec.arch = "llama";
   spec.type = GgmlType::kF16;
-  RandomModelFile file(spec);
-  auto gguf = OpenGguf(file.path());
-  ASSERT_TRUE(gguf);
-  auto cpu = LoadOn(gguf, cpu_);
-  auto dev = LoadOn(gguf, device_);
-  ASSERT_TRUE(cpu && dev);
+  const auto models = RandomModelOn(spec, {cpu_, device_});
+  ASSERT_EQ(models.size(), 2u);
+  const auto& cpu = models[0];
+  const auto& dev = models[1];
   const std::vector<std::vector<TokenId>> prompts = {RandomTokens(5, spec.vocab, 17), RandomTokens(70, spec.vocab, 3),
                                                      RandomTokens(130, spec.vocab, 22)};
   constexpr int kSteps = 16;
@@ -1069,12 +1063,10 @@ TEST_F(CudaBackendTest, CudaGraphReplayGivesTheLogitsOfEagerLaunches) {
   RandomModelSpec spec;
   spec.arch = "qwen2";
   spec.type = GgmlType::kQ4_K;
-  RandomModelFile file(spec);
-  auto gguf = OpenGguf(file.path());
-  ASSERT_TRUE(gguf);
-  auto graphs = LoadOn(gguf, device_);
-  auto eager = LoadOn(gguf, *eager_backend);
-  ASSERT_TRUE(graphs && eager);
+  const auto models = RandomModelOn(spec, {device_, *eager_backend});
+  ASSERT_EQ(models.size(), 2u);
+  const auto& graphs = models[0];
+  const auto& eager = models[1];
   auto same = [](const GreedyTrace& got, const GreedyTrace& want) {
     ASSERT_EQ(got.tokens, want.tokens);
     for (size_t i = 0; i < want.logits.size(); ++i) ASSERT_EQ(got.logits[i], want.logits[i]) << "step " << i;

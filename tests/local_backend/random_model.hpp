@@ -48,12 +48,27 @@ inline bool HasQkNorm(const RandomModelSpec& s) { return s.arch == "qwen3"; }
 inline bool HasBias(const RandomModelSpec& s) { return s.arch == "qwen2"; }
 
 // Writes the model to a fresh temporary file and removes it on destruction.
+// A .gguf path under the temp directory, unique in this process; the file,
+// if any was written there, is removed when this is destroyed.
+class TempGgufPath {
+ public:
+  explicit TempGgufPath(const std::string& prefix)
+      : path_((std::filesystem::temp_directory_path() /
+               ("tollgate_" + prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++) + ".gguf"))
+                  .string()) {}
+  ~TempGgufPath() { std::filesystem::remove(path_); }
+  TempGgufPath(const TempGgufPath&) = delete;
+  TempGgufPath& operator=(const TempGgufPath&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::string path_;
+};
+
 class RandomModelFile {
  public:
-  explicit RandomModelFile(const RandomModelSpec& spec) {
-    path_ = (std::filesystem::temp_directory_path() /
-             ("tollgate_random_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++) + ".gguf"))
-                .string();
+  explicit RandomModelFile(const RandomModelSpec& spec) : path_("random") {
     std::mt19937 rng(spec.seed);
     GgufWriter w;
     const std::string a = spec.arch + ".";
@@ -119,17 +134,13 @@ class RandomModelFile {
     }
     add("output_norm.weight", {spec.hidden}, GgmlType::kF32, 0.1f, 1.0f);
     if (!spec.tied) add("output.weight", {spec.hidden, spec.vocab}, spec.type, 0.06f);
-    auto r = w.WriteFile(path_);
+    auto r = w.WriteFile(path_.path());
     if (!r) ADD_FAILURE() << r.error().message;
   }
-  ~RandomModelFile() { std::filesystem::remove(path_); }
-  RandomModelFile(const RandomModelFile&) = delete;
-  RandomModelFile& operator=(const RandomModelFile&) = delete;
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return path_.path(); }
 
  private:
-  static inline int counter_ = 0;
-  std::string path_;
+  TempGgufPath path_;
 };
 
 // The forward pass of model.hpp in float64 over the file's weights dequantized
