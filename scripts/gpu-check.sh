@@ -43,8 +43,10 @@
 # modified files) it was packed from.
 #
 # Exit status: non-zero when the GPU tests failed, are missing, or skipped
-# (a skip on the device means the GPU was not usable); the benchmark's
-# numbers are a report, not a pass/fail.
+# (a skip on the device means the GPU was not usable); 3 when .gpu/ is
+# missing or was packed from another commit; 6 when nvidia-smi lists no GPU
+# (then only the tests run: no models are written, no benchmark). The
+# benchmark's numbers are a report, not a pass/fail.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -137,7 +139,19 @@ run() {
   [ -d "$PACK" ] || { echo "no $PACK/: run 'scripts/gpu-check.sh pack' here first and carry .gpu"; return 3; }
   chmod +x "$PACK"/tollgate* "$PACK"/*_gputest 2>/dev/null
   ls -l "$PACK"
-  echo "packed from: $(cat "$PACK/REVISION" 2>/dev/null || echo 'unknown (no REVISION: pack again)')"
+  # A pack from other code would test that code: refuse it.
+  [ -f "$PACK/REVISION" ] || { echo "$PACK/ has no REVISION (an old pack): run 'scripts/gpu-check.sh pack' again"; return 3; }
+  echo "packed from: $(cat "$PACK/REVISION")"
+  local head
+  head=$(git rev-parse HEAD 2>/dev/null || true)
+  if [ -n "$head" ] && [ "$head" != "$(head -1 "$PACK/REVISION")" ]; then
+    echo "$PACK/ was packed from another commit than HEAD ($head): run 'scripts/gpu-check.sh pack' again"
+    return 3
+  fi
+  # Without a GPU nothing below can measure: the tests still run (their skips
+  # fail the check), but no models are written (about 29 GB) and no benchmark runs.
+  local gpu=1
+  grep -q '^GPU ' <<<"$(nvidia-smi -L 2>/dev/null)" || { gpu=0; echo "no GPU listed by nvidia-smi: tests only"; }
   # cuBLAS: the backend dlopens libcublas.so.13 (with libcublasLt beside it).
   local cublas
   cublas=$(find /usr/local/cuda* /opt -name 'libcublas.so.13*' 2>/dev/null | head -1)
@@ -155,13 +169,16 @@ run() {
   fi
   echo "python: $(command -v "$py") $($py -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)' 2>&1)"
 
+  local writer=""
+  if [ "$gpu" = 1 ]; then
   stage "writing models into $models (in the background, while the tests run)"
   mkdir -p "$models"
   # timeout: its process group holds write-random too, so stopping it stops
   # both; nice: the tests' CPU work (their CPU reference backend) goes first.
   nice -n 19 timeout -k 5 "$(allow 400 60)" "$PACK"/tollgate_cuda_bench --write-only "${common[@]}" \
     > "$out/write-models.log" 2>&1 &
-  local writer=$!
+  writer=$!
+  fi
 
   local test_rc=0
   if [ "${GPU_CHECK_SKIP_TESTS:-0}" = 1 ]; then
@@ -185,6 +202,12 @@ run() {
   else
     stage "tests: $PACK/cuda_backend_gputest missing"
     test_rc=4
+  fi
+
+  if [ "$gpu" = 0 ]; then
+    stage "done without a GPU: tests exit $test_rc"
+    [ "$test_rc" = 0 ] && test_rc=6
+    return "$test_rc"
   fi
 
   stage "waiting for the model writer"

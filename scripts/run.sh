@@ -116,7 +116,9 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
 elif nvidia-smi -L >/dev/null 2>&1; then
   say "an NVIDIA GPU is here but no CUDA toolkit (nvcc): building for the CPU only"
 fi
-say "building ${bin#$root/} (Release${cuda_flag:+, with the CUDA backend})"
+cuda_note=", CUDA setting of the build folder kept"
+[ ${#cuda_flag[@]} -gt 0 ] && cuda_note=", with the CUDA backend"
+say "building ${bin#$root/} (Release$cuda_note)"
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${cuda_flag[@]}" >/dev/null
 cmake --build "$build_dir" -j"$(nproc)" --target tollgate
 [ -x "$bin" ] || die "build finished but $bin is missing"

@@ -807,7 +807,7 @@ CudaDeviceStatus ProbeCudaDevice(int device) {
   s.device = device;
   cudaDriverGetVersion(&s.driver_version);
   if (s.driver_version == 0) {
-    s.reason = "no NVIDIA driver (libcuda.so not found or not loadable)";
+    s.reason = "no NVIDIA driver (libcuda.so not found, not loadable, or a stub without a driver)";
     return s;
   }
   int count = 0;
