@@ -14,6 +14,7 @@ int HttpStatus(ErrorCode code) {
     case ErrorCode::kPermissionDenied: return 403;
     case ErrorCode::kNotFound: return 404;
     case ErrorCode::kDeadlineExceeded: return 408;
+    case ErrorCode::kConflict: return 409;
     case ErrorCode::kPayloadTooLarge: return 413;
     case ErrorCode::kResourceExhausted: return 429;
     case ErrorCode::kCancelled: return 499;
@@ -33,6 +34,7 @@ std::string_view ErrorType(ErrorCode code) {
     case ErrorCode::kPermissionDenied: return "permission_error";
     case ErrorCode::kNotFound: return "not_found_error";
     case ErrorCode::kDeadlineExceeded: return "timeout_error";
+    case ErrorCode::kConflict: return "conflict_error";
     case ErrorCode::kPayloadTooLarge: return "invalid_request_error";
     case ErrorCode::kResourceExhausted: return "rate_limit_error";
     case ErrorCode::kCancelled: return "request_cancelled";
@@ -57,6 +59,7 @@ std::string_view AnthropicErrorType(ErrorCode code) {
     case ErrorCode::kPermissionDenied: return "permission_error";
     case ErrorCode::kNotFound: return "not_found_error";
     case ErrorCode::kDeadlineExceeded: return "timeout_error";
+    case ErrorCode::kConflict: return "invalid_request_error";
     case ErrorCode::kPayloadTooLarge: return "request_too_large";
     case ErrorCode::kResourceExhausted: return "rate_limit_error";
     case ErrorCode::kCancelled: return "api_error";

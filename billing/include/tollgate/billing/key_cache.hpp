@@ -16,10 +16,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tollgate::billing {
 
@@ -27,22 +29,51 @@ namespace internal {
 struct KeyCacheTestAccess;  // billing/src/key_cache_testing.hpp (tests only)
 }
 
+// How often a spending limit starts over: at midnight UTC ('daily'), Monday
+// 00:00 UTC ('weekly'), the 1st 00:00 UTC ('monthly'), or never ('none').
+// SQL: tollgate_period_start in migrations/004_ledger.sql.
+enum class LimitReset { kNone, kDaily, kWeekly, kMonthly };
+std::string_view LimitResetName(LimitReset reset);                    // "none", "daily", ...
+std::optional<LimitReset> ParseLimitReset(std::string_view name);     // nullopt for other text
+// Start of the period that `at` falls in (UTC), as tollgate_period_start;
+// the Unix epoch for kNone.
+std::chrono::system_clock::time_point PeriodStart(LimitReset reset, std::chrono::system_clock::time_point at);
+
+// An account (migrations/004_ledger.sql accounts) as the hot path needs it.
+struct AccountRecord {
+  int64_t id = 0;
+  std::string name;
+  bool prepaid = true;               // calls need credits (the balance) to start
+  std::optional<Money> budget;       // nano-USD per budget period, shared by all keys; nullopt = none
+  LimitReset budget_reset = LimitReset::kNone;
+  std::optional<Money> soft_limit;   // warning threshold (budget, else balance); nullopt = none
+  int64_t byok_fee_ppm = 50'000;     // fee on BYOK calls, millionths of the provider's cost
+  bool disabled = false;             // every key of a disabled account is refused (401)
+  // The account's own provider keys (BYOK), decrypted, by provider id of the
+  // config. Secrets: never log, render or compare them outside the provider.
+  std::map<std::string, std::string> provider_keys;
+};
+
 struct KeyRecord {
   int64_t id = 0;                     // api_keys.id; usage rows reference it
   std::string name;
-  std::optional<Money> credit_limit;  // nano-USD; nullopt = unlimited
-  Money spent;                        // nano-USD in the database as of the last refresh
+  int64_t account_id = 0;             // api_keys.account_id
+  std::optional<Money> credit_limit;  // spending limit per limit period, nano-USD; nullopt = unlimited
+  LimitReset limit_reset = LimitReset::kNone;
+  std::optional<Money> soft_limit;    // warning threshold of the key's limit; nullopt = none
+  Money spent;                        // all-time usage in the database as of the last refresh
   bool revoked = false;               // Lookup returns revoked keys too; reject them (401)
-  // Spend this process added with AddPendingSpend that the last refresh did not
-  // yet include, as of the Lookup that returned this record (nano-USD, >= 0).
-  Money pending_spend;
+  std::optional<std::chrono::system_clock::time_point> expires_at;  // refused (401) from then on
+  std::optional<std::vector<std::string>> allowed_models;           // model slugs; nullopt = all
+  std::optional<int64_t> requests_per_minute;                       // rate limits; nullopt = none
+  std::optional<int64_t> tokens_per_minute;
+  std::optional<int64_t> max_concurrent;
+  AccountRecord account;              // the key's account, as of the same refresh
 };
 
-// True if the key may start another call: unlimited, or
-// spent + pending_spend < credit_limit (strictly; a zero limit never has
-// credit). Uses the record's values as of its Lookup. Does not look at
-// `revoked`.
-bool HasCredit(const KeyRecord& record);
+// True if the key may be used at `now`: not revoked, not expired, account not
+// disabled.
+bool KeyUsable(const KeyRecord& record, std::chrono::system_clock::time_point now);
 
 class KeyCache {
  public:

@@ -58,6 +58,15 @@ struct UsageEvent {
   std::chrono::system_clock::time_point created_at;   // request received
   std::chrono::system_clock::time_point finished_at;  // last byte sent / call ended
   std::string endpoint_id;              // routing::Endpoint::id of the endpoint that served (or last tried)
+  int64_t account_id = 0;               // accounts.id of the key's account; <= 0 stored as NULL
+  // The credit leases the call was admitted under (CreditGuard::replica_id());
+  // the writer takes `cost` off them. Empty: admitted under none.
+  std::string lease_holder;
+  // The prices `cost` was computed from, as a JSON object (PriceSnapshotJson
+  // in gateway/src/call_driver.hpp); empty = none (stored as NULL).
+  std::string price_snapshot;
+  bool byok = false;                    // served with the account's own provider key
+  std::optional<Money> provider_cost;   // BYOK: what the provider charges the account; `cost` is the fee
   std::vector<AttemptRecord> attempts;  // every attempt, in start order (call_attempts rows)
 };
 

@@ -38,6 +38,7 @@ enum class ErrorCode {
   kPermissionDenied,    // 403
   kNotFound,            // 404: unknown route, unknown generation id
   kDeadlineExceeded,    // 408: the caller's own deadline passed
+  kConflict,            // 409: the state forbids it now (an idempotency key reused with other values)
   kPayloadTooLarge,     // 413: body over the configured limit
   kResourceExhausted,   // 429: rate limited (ours or upstream's)
   kCancelled,           // 499: client closed the request
@@ -63,11 +64,11 @@ struct Error {
   std::string provider_name;
 };
 
-// HTTP status for a code (400, 401, 402, 403, 404, 408, 413, 429, 499, 500, 502, 503, 504).
+// HTTP status for a code (400, 401, 402, 403, 404, 408, 409, 413, 429, 499, 500, 502, 503, 504).
 int HttpStatus(ErrorCode code);
 
 // OpenAI `error.type` for a code: "invalid_request_error", "authentication_error",
-// "insufficient_quota", "permission_error", "not_found_error", "rate_limit_error",
+// "insufficient_quota", "permission_error", "not_found_error", "conflict_error", "rate_limit_error",
 // "timeout_error", "api_error", "upstream_error", "service_unavailable", "request_cancelled".
 std::string_view ErrorType(ErrorCode code);
 
