@@ -1,10 +1,7 @@
 #include "tollgate/billing/key_cache.hpp"
 
 #include "log_internal.hpp"
-#include "key_cache_testing.hpp"
-#include "pending_spend.hpp"
 #include "pg.hpp"
-#include "reservations.hpp"
 #include "tollgate/billing/api_key.hpp"
 
 #include <atomic>
@@ -22,7 +19,7 @@ namespace {
 // One immutable generation of the key table; readers share it through a
 // shared_ptr, so a refresh never mutates what a Lookup is reading.
 struct Snapshot {
-  std::vector<KeyRecord> records;                     // pending_spend unset here
+  std::vector<KeyRecord> records;
   std::unordered_map<std::string, size_t> by_hash;    // key_hash -> index
   std::unordered_map<int64_t, size_t> by_id;          // id -> index
   // When the reload that built it started querying: the snapshot shows every
@@ -42,9 +39,48 @@ struct Snapshot {
 
 }  // namespace
 
-bool HasCredit(const KeyRecord& record) {
-  if (!record.credit_limit) return true;
-  return record.spent.nano_usd + record.pending_spend.nano_usd < record.credit_limit->nano_usd;
+std::string_view LimitResetName(LimitReset reset) {
+  switch (reset) {
+    case LimitReset::kNone: return "none";
+    case LimitReset::kDaily: return "daily";
+    case LimitReset::kWeekly: return "weekly";
+    case LimitReset::kMonthly: return "monthly";
+  }
+  return "none";
+}
+
+std::optional<LimitReset> ParseLimitReset(std::string_view name) {
+  if (name == "none") return LimitReset::kNone;
+  if (name == "daily") return LimitReset::kDaily;
+  if (name == "weekly") return LimitReset::kWeekly;
+  if (name == "monthly") return LimitReset::kMonthly;
+  return std::nullopt;
+}
+
+std::chrono::system_clock::time_point PeriodStart(LimitReset reset,
+                                                  std::chrono::system_clock::time_point at) {
+  using namespace std::chrono;
+  // floor, not duration_cast: times before the epoch round down too.
+  const sys_days day = floor<days>(at);
+  switch (reset) {
+    case LimitReset::kNone:
+      return system_clock::time_point{};
+    case LimitReset::kDaily:
+      return day;
+    case LimitReset::kWeekly:
+      // weekday arithmetic is modulo 7: days since the Monday on or before `day`.
+      return day - (weekday{day} - Monday);
+    case LimitReset::kMonthly: {
+      const year_month_day ymd{day};
+      return sys_days{ymd.year() / ymd.month() / 1};
+    }
+  }
+  return system_clock::time_point{};
+}
+
+bool KeyUsable(const KeyRecord& record, std::chrono::system_clock::time_point now) {
+  if (record.revoked || record.account.disabled) return false;
+  return !record.expires_at || now < *record.expires_at;
 }
 
 struct KeyCache::Impl {
@@ -59,12 +95,9 @@ struct KeyCache::Impl {
   internal::PgSession session;
   const std::chrono::milliseconds refresh_interval;
 
-  // Memory side: the current snapshot, pending spend and reservations, all
-  // under one mutex so TryReserve decides on one consistent state.
+  // Memory side: the current snapshot.
   mutable std::mutex state_mutex;
   std::shared_ptr<const Snapshot> snapshot;
-  internal::PendingSpend pending;
-  internal::Reservations reservations;
 
   // Refresh thread.
   std::mutex stop_mutex;
@@ -130,19 +163,8 @@ struct KeyCache::Impl {
     return {};
   }
 
-  // Swaps in a freshly loaded snapshot; what its spent grew by settles pending
-  // spend in the same critical section, so no cost is counted twice or lost
-  // in between.
   void Install(std::shared_ptr<const Snapshot> loaded) {
     std::lock_guard lock(state_mutex);
-    if (snapshot != nullptr) {
-      for (const KeyRecord& record : loaded->records) {
-        auto old = snapshot->by_id.find(record.id);
-        if (old == snapshot->by_id.end()) continue;
-        pending.Settle(record.id, snapshot->records[old->second].spent.nano_usd,
-                       record.spent.nano_usd);
-      }
-    }
     snapshot = std::move(loaded);
     refreshes.fetch_add(1, std::memory_order_relaxed);
   }
@@ -169,12 +191,6 @@ struct KeyCache::Impl {
     }
   }
 
-  std::optional<KeyRecord> WithPending(const Snapshot& snap, size_t index) const {
-    KeyRecord record = snap.records[index];
-    std::lock_guard lock(state_mutex);
-    record.pending_spend = Money{pending.Get(record.id)};
-    return record;
-  }
 };
 
 KeyCache::KeyCache(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -202,52 +218,14 @@ std::optional<KeyRecord> KeyCache::Lookup(std::string_view plaintext_key) const 
   std::shared_ptr<const Snapshot> snap = impl_->Current();
   auto it = snap->by_hash.find(hash);
   if (it == snap->by_hash.end()) return std::nullopt;
-  return impl_->WithPending(*snap, it->second);
+  return snap->records[it->second];
 }
 
 std::optional<KeyRecord> KeyCache::FindById(int64_t id) const {
   std::shared_ptr<const Snapshot> snap = impl_->Current();
   auto it = snap->by_id.find(id);
   if (it == snap->by_id.end()) return std::nullopt;
-  return impl_->WithPending(*snap, it->second);
-}
-
-void KeyCache::AddPendingSpend(int64_t key_id, Money amount) {
-  std::lock_guard lock(impl_->state_mutex);
-  impl_->pending.Add(key_id, amount.nano_usd);
-}
-
-Money KeyCache::PendingSpend(int64_t key_id) const {
-  std::lock_guard lock(impl_->state_mutex);
-  return Money{impl_->pending.Get(key_id)};
-}
-
-bool KeyCache::HasCredit(const KeyRecord& record) const {
-  if (!record.credit_limit) return true;
-  return record.spent.nano_usd + PendingSpend(record.id).nano_usd < record.credit_limit->nano_usd;
-}
-
-bool KeyCache::TryReserve(const KeyRecord& record, Money worst_case) {
-  std::lock_guard lock(impl_->state_mutex);
-  // The latest snapshot's limit and spent, read together with the pending
-  // spend they settled: a record from an older snapshot would pair an old
-  // spent with pending spend that a newer refresh already moved into spent.
-  const KeyRecord* latest = impl_->snapshot ? impl_->snapshot->Find(record.id) : nullptr;
-  const KeyRecord& key = latest != nullptr ? *latest : record;
-  if (!key.credit_limit) return true;
-  const int64_t committed = key.spent.nano_usd + impl_->pending.Get(record.id);
-  return impl_->reservations.TryReserve(record.id, key.credit_limit->nano_usd, committed,
-                                        worst_case.nano_usd);
-}
-
-void KeyCache::Release(int64_t key_id, Money worst_case) {
-  std::lock_guard lock(impl_->state_mutex);
-  impl_->reservations.Release(key_id, worst_case.nano_usd);
-}
-
-Money KeyCache::Reserved(int64_t key_id) const {
-  std::lock_guard lock(impl_->state_mutex);
-  return Money{impl_->reservations.Sum(key_id)};
+  return snap->records[it->second];
 }
 
 Result<void> KeyCache::RefreshNow() { return impl_->Reload(); }
@@ -266,32 +244,6 @@ void KeyCache::Stop() {
   std::lock_guard join_lock(impl_->join_mutex);
   if (impl_->thread.joinable()) impl_->thread.join();
 }
-
-namespace internal {
-
-std::unique_ptr<KeyCache> KeyCacheTestAccess::FromRecords(const std::vector<KeyRecord>& records) {
-  // Never connects: the session is opened lazily and no refresh thread runs.
-  auto impl = std::make_unique<KeyCache::Impl>("host=/nonexistent-tollgate-test-cache port=1", 60'000);
-  InstallRecords(*impl, records);
-  return std::unique_ptr<KeyCache>(new KeyCache(std::move(impl)));
-}
-
-void KeyCacheTestAccess::Refresh(KeyCache& cache, const std::vector<KeyRecord>& records) {
-  InstallRecords(*cache.impl_, records);
-}
-
-void KeyCacheTestAccess::InstallRecords(KeyCache::Impl& impl, const std::vector<KeyRecord>& records) {
-  auto loaded = std::make_shared<Snapshot>();
-  loaded->load_started = std::chrono::steady_clock::now();
-  for (const KeyRecord& record : records) {
-    KeyRecord copy = record;
-    copy.pending_spend = Money{};
-    loaded->Add(std::move(copy), HashApiKey("test-key-" + std::to_string(record.id)));
-  }
-  impl.Install(std::move(loaded));
-}
-
-}  // namespace internal
 
 size_t KeyCache::size() const { return impl_->Current()->records.size(); }
 int64_t KeyCache::refreshes() const { return impl_->refreshes.load(std::memory_order_relaxed); }

@@ -25,10 +25,6 @@
 
 namespace tollgate::billing {
 
-namespace internal {
-struct KeyCacheTestAccess;  // billing/src/key_cache_testing.hpp (tests only)
-}
-
 // How often a spending limit starts over: at midnight UTC ('daily'), Monday
 // 00:00 UTC ('weekly'), the 1st 00:00 UTC ('monthly'), or never ('none').
 // SQL: tollgate_period_start in migrations/004_ledger.sql.
@@ -101,66 +97,6 @@ class KeyCache {
   // The record of key `id` from the current snapshot, or nullopt. Thread-safe.
   std::optional<KeyRecord> FindById(int64_t id) const;
 
-  // Adds `amount` (nano-USD, >= 0; ignored otherwise) to key `key_id`'s pending
-  // spend: the cost of a call recorded with UsageRecorder::Record but not yet
-  // in the database. It stops counting once a refresh shows the key's
-  // spent_nano_usd grown by as much (the recorder added it there). Call it
-  // when you Record the call's usage (before or right after Record). Thread-safe.
-  void AddPendingSpend(int64_t key_id, Money amount);
-
-  // Pending spend of key `key_id` now (nano-USD). Thread-safe.
-  Money PendingSpend(int64_t key_id) const;
-
-  // Like the free HasCredit, but with this cache's current pending spend for
-  // record.id instead of the record's copy. Thread-safe.
-  bool HasCredit(const KeyRecord& record) const;
-
-  // Credit reservation for one call, made before the call starts (a false
-  // answer is a 402). `worst_case` is the most the call can cost (nano-USD,
-  // e.g. its prompt plus max_tokens at the endpoint's prices; negative counts
-  // as 0). Unlimited keys: always true, nothing is reserved. Otherwise, with
-  //   used = spent (this cache's latest snapshot of key record.id)
-  //        + pending spend (AddPendingSpend, not yet in the snapshot)
-  //        + the sum of the key's outstanding reservations,
-  // the call is admitted, and `worst_case` reserved, if
-  //   used + worst_case <= credit_limit, or
-  //   the key has no outstanding reservation and used < credit_limit
-  // (so a key with less credit left than one call's worst case can still make
-  // one call at a time). Else false. The limit and spent are the latest
-  // snapshot's (the record's own only if the key is no longer in it), read in
-  // the same critical section as pending spend and reservations. Does not look
-  // at `revoked` (reject revoked keys first). A worst_case of 0 always fits
-  // when used <= limit, so a call that cannot cost anything is admitted even on
-  // an exhausted key; check HasCredit as well to refuse those.
-  //
-  // Guaranteed, for one key and this process, if every call is admitted by
-  // TryReserve, ends with AddPendingSpend(actual) then Release(worst_case),
-  // and costs no more than its worst_case: spent + pending + reserved never
-  // exceeds the limit except through a call admitted by the second rule, of
-  // which at most one is in flight at a time and none once spent + pending
-  // reaches the limit; so this process's spend exceeds the limit by less
-  // than one call's worst case (10 concurrent calls on a key with credit for
-  // one get one admission, not ten). Not guaranteed: anything across
-  // replicas (each reserves only against what it sees, so N replicas can
-  // still overshoot as described in billing/README.md), calls costing more
-  // than their worst case (the excess overshoots), and calls that skip
-  // TryReserve. Reservations live in memory only; a restart forgets them,
-  // together with the calls they covered. Thread-safe.
-  bool TryReserve(const KeyRecord& record, Money worst_case);
-
-  // Ends a reservation made by a TryReserve(record, worst_case) that returned
-  // true, with the same key id and worst_case: call it once per admitted call
-  // when the call ends (right after AddPendingSpend of its actual cost, so
-  // the cost is never uncounted in between), whether it succeeded, failed or
-  // was cancelled. Ignored when the key has no outstanding reservation (so
-  // calling it for an unlimited key is harmless; only if the key got a limit
-  // while such a call was in flight can its Release end another call's
-  // reservation early). Thread-safe.
-  void Release(int64_t key_id, Money worst_case);
-
-  // Sum of key `key_id`'s outstanding reservations now (nano-USD). Thread-safe.
-  Money Reserved(int64_t key_id) const;
-
   // Reloads now, on the calling thread (blocking). For the admin API after it
   // created or revoked a key, and for tests. On error the old snapshot stays.
   // Errors: kUnavailable, kInternal. Thread-safe.
@@ -205,7 +141,6 @@ class KeyCache {
   int64_t refresh_failures() const;
 
  private:
-  friend struct internal::KeyCacheTestAccess;
   struct Impl;
   explicit KeyCache(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
