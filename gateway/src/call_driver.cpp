@@ -93,7 +93,6 @@ Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, c
   const Usage estimate = EstimateUsage(request, output);
   int64_t images = 0;
   const int64_t prompt_bytes = PromptBytes(request, &images);
-  const int64_t output_bytes = OutputBytes(output);
   // Bounds no honest report exceeds: at most one token per prompt byte, plus
   // images and what a provider adds (tool schemas, templates, its own system
   // text); at most the output limit per choice plus a reasoning budget.
@@ -111,16 +110,11 @@ Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, c
     u.prompt_tokens = std::max(u.prompt_tokens, estimate.prompt_tokens);
     u.completion_tokens = std::max(u.completion_tokens, estimate.completion_tokens);
   }
-  // Implausibly low: no prompt for a prompt, or fewer completion tokens than
-  // one per 16 bytes of output (tokens average 3 to 5 bytes).
-  if (u.prompt_tokens <= 0 && prompt_bytes > 0) {
-    u.prompt_tokens = estimate.prompt_tokens;
-    estimated = true;
-  }
-  if (u.completion_tokens < output_bytes / 16) {
-    u.completion_tokens = estimate.completion_tokens;
-    estimated = true;
-  }
+  // A complete call's report is trusted downwards: a provider that says a
+  // call cost nothing (explicit zero usage: a cache hit, a free tier) is
+  // billed nothing. Negative counts are not counts.
+  u.prompt_tokens = std::max<int64_t>(u.prompt_tokens, 0);
+  u.completion_tokens = std::max<int64_t>(u.completion_tokens, 0);
   // Implausibly high: clamped to the bound, so no call costs more than its
   // admission assumed (plus slack).
   if (u.prompt_tokens > prompt_bound) {
@@ -256,6 +250,7 @@ struct CallDriver::Attempt {
   std::optional<FinishDelta> finish;          // choice 0's finish
   ResponseAccumulator output;                 // everything it produced
   bool running = true;                        // no terminal event handled and not abandoned
+  bool byok = false;                          // sent with the account's own provider key
   billing::AttemptRecord record;
 };
 
@@ -327,28 +322,71 @@ void CallDriver::Start() {
   };
   std::mt19937_64 rng(spec_.seed);
   if (auto error = deps_.router->Decide(query, executor_->Now(), rng, &plan_)) return Finish(*error);
+
+  // A key limited to some models: the plan keeps their endpoints only.
+  if (spec_.key.allowed_models) {
+    const auto& allowed = *spec_.key.allowed_models;
+    auto& cs = plan_.candidates;
+    cs.erase(std::remove_if(cs.begin(), cs.end(),
+                            [&](const routing::Candidate& c) {
+                              return std::find(allowed.begin(), allowed.end(), c.model->id) == allowed.end();
+                            }),
+             cs.end());
+    if (cs.empty()) {
+      std::string list;
+      for (const auto& m : allowed) list += (list.empty() ? "" : ", ") + m;
+      return Finish(Error{ErrorCode::kPermissionDenied,
+                          "this API key may not use model '" + spec_.request.model.substr(0, 200) +
+                              "'; it may use: " + list,
+                          "model", "model_not_allowed"});
+    }
+  }
   tried_.assign(plan_.candidates.size(), false);
 
-  // Admission: the worst case at the plan's most expensive endpoint.
+  // Admission: the worst case at the plan's most expensive endpoint (for an
+  // endpoint served with the account's own key, the fee on it).
+  Money worst;
   for (const routing::Candidate& c : plan_.candidates) {
     ChatRequest trimmed = spec_.request;
     DropParameters(trimmed, c.dropped);
-    reserved_ = std::max(reserved_, WorstCaseCost(trimmed, *c.endpoint));
+    const Money cost = WorstCaseCost(trimmed, *c.endpoint);
+    worst = std::max(worst, ProviderKeyFor(*c.endpoint) != nullptr ? ByokFee(cost, spec_.key.account) : cost);
   }
-  if (!deps_.admission->TryReserve(spec_.key, reserved_)) {
-    reserved_ = Money{};
-    return Finish(Error{ErrorCode::kPaymentRequired,
-                        "this API key has no credits left; raise its limit or use another key", "",
-                        "insufficient_credits"});
-  }
-  admitted_ = true;
+  awaiting_admission_ = true;
+  deps_.admission->Reserve(spec_.key, worst, spec_.created_at,
+                           [weak = weak_from_this(), executor = executor_](Result<Reservation> r) {
+                             executor->Post([weak, r = std::move(r)]() mutable {
+                               if (auto self = weak.lock()) self->Admitted(std::move(r));
+                             });
+                           });
+}
 
+void CallDriver::Admitted(Result<Reservation> reservation) {
+  awaiting_admission_ = false;
+  if (!reservation) {
+    if (finished_) return;
+    return Finish(reservation.error());
+  }
+  reservation_ = std::move(*reservation);
+  if (finished_) {
+    // Stopped while waiting (client gone, shutdown): nothing ran.
+    deps_.admission->Settle(*reservation_, Money{});
+    reservation_.reset();
+    return;
+  }
+  if (stop_ != Stop::kNone) return Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
   if (spec_.deadline != SteadyTime{}) {
     deadline_timer_ = executor_->StartTimer(spec_.deadline, [weak = weak_from_this()] {
       if (auto self = weak.lock()) self->RequestStop(Stop::kDeadline);
     });
   }
   Advance();
+}
+
+const std::string* CallDriver::ProviderKeyFor(const routing::Endpoint& endpoint) const {
+  const auto& keys = spec_.key.account.provider_keys;
+  auto it = keys.find(endpoint.provider_id);
+  return it == keys.end() ? nullptr : &it->second;
 }
 
 int CallDriver::Running() const {
@@ -484,8 +522,12 @@ void CallDriver::StartAttempt(std::size_t candidate, int retry) {
   a.record.started_ms = Ms(a.started - spec_.received);
   attempts_.push_back(std::move(owned));
   ArmHedge();
-  c.endpoint->provider->Start(ProviderRequest{&a.request, c.endpoint->upstream_model, spec_.deadline}, a.sink,
-                              a.cancel.get_token());
+  ProviderRequest request{&a.request, c.endpoint->upstream_model, spec_.deadline, {}};
+  if (const std::string* own = ProviderKeyFor(*c.endpoint)) {
+    request.api_key = *own;
+    a.byok = true;
+  }
+  c.endpoint->provider->Start(request, a.sink, a.cancel.get_token());
 }
 
 void CallDriver::ArmHedge() {
@@ -586,8 +628,15 @@ void CallDriver::Commit(Attempt& a) {
     }
   }
   const routing::Candidate& c = plan_.candidates[a.candidate];
-  client_->OnCommit(CommitInfo{a.record.provider, c.endpoint->upstream_model, c.endpoint->id, c.model->id,
-                               c.dropped, spec_.request.explain_routing ? &plan_ : nullptr});
+  CommitInfo info;
+  info.provider = a.record.provider;
+  info.upstream_model = c.endpoint->upstream_model;
+  info.endpoint_id = c.endpoint->id;
+  info.model = c.model->id;
+  info.dropped = c.dropped;
+  if (reservation_ && reservation_->soft_limit_reached) info.soft_limit = reservation_->soft_limit_what;
+  info.plan = spec_.request.explain_routing ? &plan_ : nullptr;
+  client_->OnCommit(info);
   std::vector<StreamEvent> held = spec_.request.stream ? std::move(a.held) : ResponseEvents(a.output.Take());
   a.held.clear();
   for (const auto& e : held) Hand(e);
@@ -736,8 +785,9 @@ void CallDriver::RequestStop(Stop why) {
   if (finished_) return;
   if (stop_ == Stop::kNone) stop_ = why;
   if (attempts_.empty() || Running() == 0) {
-    // Not started yet (Start() sees stop_), waiting for capacity or a retry.
-    if (admitted_ && !committed_) Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
+    // Not started yet (Start() and Admitted() see stop_), waiting for
+    // capacity or a retry.
+    if (reservation_ && !committed_) Finish(StoppedError(Error{ErrorCode::kCancelled, "request cancelled"}));
     return;
   }
   for (auto& a : attempts_) {
@@ -830,60 +880,107 @@ void CallDriver::Finish(const std::optional<Error>& outcome) {
   // done the work it was asked for.
   const bool delivered = a != nullptr && (!error || (committed_ && spec_.request.stream) || stop_ == Stop::kClientGone);
   CallSummary summary;
+  std::optional<Money> provider_cost;
+  const Pricing* prices = nullptr;
   if (delivered) {
     const Billable billable = BillableUsage(a->request, output, a->output.usage(), /*complete=*/!error, *a->endpoint);
     summary.usage = billable.usage;
     summary.usage_estimated = billable.estimated;
-    summary.cost = CallCost(a->endpoint->PricingFor(summary.usage.prompt_tokens), summary.usage);
+    prices = &a->endpoint->PricingFor(summary.usage.prompt_tokens);
+    summary.cost = CallCost(*prices, summary.usage);
     a->record.usage = summary.usage;
     a->record.cost = summary.cost;
+    if (a->byok) {
+      provider_cost = summary.cost;
+      summary.cost = ByokFee(summary.cost, spec_.key.account);
+    }
   }
-
-  if (error) {
-    client_->OnFailure(*error, committed_);
-  } else {
-    client_->OnSuccess(summary);
-  }
+  // Settled before the client hears the end: the charge is what the
+  // reservation allows (never more than was reserved).
+  if (reservation_) summary.cost = deps_.admission->Settle(*reservation_, summary.cost);
 
   // Metering. No row when no provider was ever asked (a rejection), or when
   // the only provider asked refused the request as invalid before producing
   // anything; after other attempts the row keeps their records.
   const bool rejected = a == nullptr || (error && !committed_ && error->code == ErrorCode::kInvalidArgument &&
                                          attempts_.size() == 1);
-  if (!rejected) {
-    billing::UsageEvent row;
-    row.request_id = spec_.request_id;
-    row.api_key_id = spec_.key.id;
-    row.model = plan_.candidates[a->candidate].model->id;
-    row.provider = a->record.provider;
-    row.upstream_model = a->endpoint->upstream_model;
-    row.endpoint_id = a->endpoint->id;
-    row.usage = summary.usage;
-    row.usage_estimated = summary.usage_estimated;
-    row.cost = summary.cost;
-    row.latency_ms = Ms(executor_->Now() - spec_.received);
-    if (a->first_output_at) row.ttft_ms = Ms(*a->first_output_at - spec_.received);
-    const bool client_gone = stop_ == Stop::kClientGone;
-    row.status = client_gone ? 499 : error ? HttpStatus(error->code) : 200;
-    if (!output.choices.empty() && output.choices.front().finish) {
-      row.finish_reason = std::string(FinishReasonName(*output.choices.front().finish));
-    }
+  // The client hears the end once the usage row is durable: a call whose
+  // client saw a complete answer is never lost (docs: billing/README.md).
+  auto deliver = [self = shared_from_this(), error, summary] {
     if (error) {
-      row.finish_reason = "error";
-      row.error_code = std::string(ErrorType(error->code));
+      self->client_->OnFailure(*error, self->committed_);
+    } else {
+      self->client_->OnSuccess(summary);
     }
-    row.streamed = spec_.request.stream;
-    row.cancelled = client_gone;
-    row.created_at = spec_.created_at;
-    row.finished_at = executor_->WallNow();
-    for (const auto& attempt : attempts_) row.attempts.push_back(attempt->record);
-    if (row.cost.nano_usd > 0) deps_.admission->AddPendingSpend(spec_.key.id, row.cost);
-    if (deps_.observer != nullptr) deps_.observer->OnCall(row);
-    deps_.usage->Record(std::move(row));
+    if (auto done = std::exchange(self->on_done_, nullptr)) done();
+  };
+  if (rejected) {
+    if (reservation_) reservation_.reset();
+    return deliver();
   }
-  if (admitted_) deps_.admission->Release(spec_.key.id, reserved_);
-  admitted_ = false;
-  if (auto done = std::exchange(on_done_, nullptr)) done();
+  billing::UsageEvent row;
+  row.request_id = spec_.request_id;
+  row.api_key_id = spec_.key.id;
+  row.account_id = spec_.key.account_id;
+  row.model = plan_.candidates[a->candidate].model->id;
+  row.provider = a->record.provider;
+  row.upstream_model = a->endpoint->upstream_model;
+  row.endpoint_id = a->endpoint->id;
+  row.usage = summary.usage;
+  row.usage_estimated = summary.usage_estimated;
+  row.cost = summary.cost;
+  row.byok = a->byok;
+  row.provider_cost = provider_cost;
+  if (prices != nullptr) row.price_snapshot = PriceSnapshotJson(*a->endpoint, *prices, a->byok ? &spec_.key.account : nullptr);
+  if (reservation_) row.lease_holder = reservation_->lease_holder;
+  row.latency_ms = Ms(executor_->Now() - spec_.received);
+  if (a->first_output_at) row.ttft_ms = Ms(*a->first_output_at - spec_.received);
+  const bool client_gone = stop_ == Stop::kClientGone;
+  row.status = client_gone ? 499 : error ? HttpStatus(error->code) : 200;
+  if (!output.choices.empty() && output.choices.front().finish) {
+    row.finish_reason = std::string(FinishReasonName(*output.choices.front().finish));
+  }
+  if (error) {
+    row.finish_reason = client_gone ? "cancelled" : "error";
+    row.error_code = std::string(ErrorType(error->code));
+  }
+  row.streamed = spec_.request.stream;
+  row.cancelled = client_gone;
+  row.created_at = spec_.created_at;
+  row.finished_at = executor_->WallNow();
+  for (const auto& attempt : attempts_) row.attempts.push_back(attempt->record);
+  reservation_.reset();
+  if (deps_.observer != nullptr) deps_.observer->OnCall(row);
+  deps_.usage->Record(std::move(row), [executor = executor_, deliver = std::move(deliver)]() mutable {
+    executor->Post(std::move(deliver));
+  });
+}
+
+Money ByokFee(Money provider_cost, const billing::AccountRecord& account) {
+  // Rounded up to the nano-USD: the fee is never zero for a call that cost something.
+  const __int128 fee = static_cast<__int128>(std::max<int64_t>(provider_cost.nano_usd, 0)) * account.byok_fee_ppm;
+  return Money{static_cast<int64_t>((fee + 999'999) / 1'000'000)};
+}
+
+std::string PriceSnapshotJson(const routing::Endpoint& endpoint, const Pricing& prices,
+                              const billing::AccountRecord* byok_account) {
+  int64_t tier = 0;
+  for (const routing::PriceTier& t : endpoint.tiers) {
+    if (&t.pricing == &prices) tier = t.above_prompt_tokens;
+  }
+  boost::json::object o{
+      {"endpoint", endpoint.id},
+      {"tier_above_prompt_tokens", tier},
+      {"unit", "femto_usd_per_token"},
+      {"prompt", prices.prompt.femto_usd_per_token},
+      {"completion", prices.completion.femto_usd_per_token},
+      {"cached_read", prices.cached_prompt.femto_usd_per_token},
+      {"cache_write", prices.cache_write.femto_usd_per_token},
+      {"reasoning", prices.reasoning ? boost::json::value(prices.reasoning->femto_usd_per_token) : nullptr},
+      {"request_nano_usd", prices.per_request.nano_usd},
+  };
+  if (byok_account != nullptr) o["byok_fee_ppm"] = byok_account->byok_fee_ppm;
+  return boost::json::serialize(o);
 }
 
 }  // namespace tollgate::gateway

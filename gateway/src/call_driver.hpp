@@ -4,8 +4,9 @@
 // apart from its codec the same way).
 //
 //   Start():  plan (routing::Router::Decide: preferences, parameters, live
-//             health, docs/routing.md) -> admission (worst-case credit
-//             reservation at the plan's dearest endpoint, 402) -> attempts.
+//             health, docs/routing.md), narrowed to the key's allowed models
+//             (403) -> admission (Admission::Reserve of the worst case at the
+//             plan's dearest endpoint; asynchronous, 402 / 503) -> attempts.
 //   attempt:  claims a slot at the endpoint (EndpointHealth::Acquire: its
 //             concurrency cap and breaker), then Provider::Start with a
 //             bounded AttemptSink. A full endpoint is passed over for the next
@@ -29,10 +30,12 @@
 //   hedging:  with RoutingPolicy::hedge_after, if no attempt has delivered
 //             any event by then, the next endpoint starts in parallel (once
 //             per call); the first to commit wins and the other is cancelled.
-//   end:      exactly one of ClientSink::OnSuccess / OnFailure, then one usage
-//             row (UsageSink::Record) with every attempt beside it
-//             (billing::AttemptRecord), the actual cost as pending spend, the
-//             reservation released, metrics (CallObserver), and `on_done`.
+//   end:      the charge settled (Admission::Settle: the cost, at most the
+//             reservation), one usage row (UsageSink::Record) with every
+//             attempt beside it (billing::AttemptRecord), metrics
+//             (CallObserver); then, once the row is durable, exactly one of
+//             ClientSink::OnSuccess / OnFailure, and `on_done`. So a client
+//             that saw a complete answer has a usage row that survives a crash.
 //             Each attempt's outcome went to routing's health as it ended
 //             (Router::Report). The caller pays for the attempt that served
 //             only; the others' estimated costs are in their records.
@@ -98,20 +101,41 @@ class Executor {
   virtual WallTime WallNow() const = 0;
 };
 
-// Credit admission and spend (billing::KeyCache in production).
+// A call's credit reservation (Admission::Reserve).
+struct Reservation {
+  Money worst_case;                 // reserved: the most the call is ever charged
+  std::string lease_holder;         // the leases it was admitted under (usage row), or empty
+  bool soft_limit_reached = false;  // a soft limit is passed: the caller is warned (header, metric)
+  std::string soft_limit_what;      // which: "key", "budget" or "credits"
+  std::shared_ptr<const void> handle;  // the admission's own state (a CreditGuard ticket)
+};
+
+// Credit admission and settlement (billing::CreditGuard in production).
 class Admission {
  public:
   virtual ~Admission() = default;
-  virtual bool TryReserve(const billing::KeyRecord& key, Money worst_case) = 0;
-  virtual void Release(int64_t key_id, Money worst_case) = 0;
-  virtual void AddPendingSpend(int64_t key_id, Money amount) = 0;
+  // Reserves `worst_case` for a call of `key` made at `at` (limit periods
+  // count from it) and calls `done` exactly once, on any thread, possibly
+  // before Reserve returns: the reservation, or the error to answer with
+  // (kPaymentRequired: 402 naming the limit and by how much it falls short;
+  // kUnavailable: credit cannot be checked now).
+  virtual void Reserve(const billing::KeyRecord& key, Money worst_case, WallTime at,
+                       std::function<void(Result<Reservation>)> done) = 0;
+  // Ends a reservation when its call ended (successful, failed or
+  // cancelled); `cost` is what the call cost. Returns what is charged: `cost`,
+  // at most the reserved worst case (the operator absorbs any excess, so no
+  // caller spends more than was reserved). Thread-safe; once per reservation.
+  virtual Money Settle(const Reservation& reservation, Money cost) = 0;
 };
 
 // Where usage rows go (billing::UsageRecorder in production).
 class UsageSink {
  public:
   virtual ~UsageSink() = default;
-  virtual void Record(billing::UsageEvent event) = 0;
+  // Queues `event`; `durable` runs once (on any thread, possibly inside
+  // Record) when the row can no longer be lost (spooled with fsync, or
+  // committed).
+  virtual void Record(billing::UsageEvent event, std::function<void()> durable) = 0;
 };
 
 // Metrics of calls and attempts (gateway Metrics in production).
@@ -133,6 +157,9 @@ struct CommitInfo {
   std::string endpoint_id;     // routing::Endpoint::id
   std::string model;           // the model that serves (a `models` fallback may replace the one asked for)
   ParameterSet dropped;        // request parameters the endpoint does not support, dropped
+  // A soft limit passed at admission ("key", "budget" or "credits"), for a
+  // warning header; empty = none.
+  std::string soft_limit;
   // The routing decision when the request asked for it (explain_routing),
   // else null. Valid during OnCommit only.
   const routing::Plan* plan = nullptr;
@@ -212,9 +239,8 @@ Usage EstimateUsage(const ChatRequest& request, const ChatResponse& output);
 //   - nothing reported: the estimate;
 //   - the call broke (`complete` false): the report so far, raised to the
 //     estimate of what the output shows;
-//   - a report below what the output proves (no prompt tokens for a prompt,
-//     fewer completion tokens than output bytes / 16) takes the estimate
-//     there;
+//   - a complete call's report is trusted downwards: explicit zero usage is
+//     billed as zero, never re-estimated;
 //   - a report above what the request allows (prompt: 2 x (prompt bytes + 1
 //     + 4096 per image) + 16384 for what a provider adds; completion: the
 //     output limit x n + the reasoning budget + 1024) is clamped
@@ -226,6 +252,20 @@ struct Billable {
 };
 Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, const std::optional<Usage>& reported,
                        bool complete, const routing::Endpoint& endpoint);
+
+// The fee charged for a call served with the account's own provider key
+// (BYOK): account.byok_fee_ppm millionths of what the provider charges it,
+// rounded up to the nano-USD.
+Money ByokFee(Money provider_cost, const billing::AccountRecord& account);
+
+// The prices a cost was computed from, as stored with the usage row
+// (usage_events.price_snapshot, migrations/004_ledger.sql): {"endpoint",
+// "tier_above_prompt_tokens", "unit": "femto_usd_per_token", "prompt",
+// "completion", "cached_read", "cache_write", "reasoning" (or null),
+// "request_nano_usd"} and, for BYOK, "byok_fee_ppm". `prices` is
+// endpoint.PricingFor(...) (a reference into `endpoint`).
+std::string PriceSnapshotJson(const routing::Endpoint& endpoint, const Pricing& prices,
+                              const billing::AccountRecord* byok_account);
 
 class CallDriver : public std::enable_shared_from_this<CallDriver> {
  public:
@@ -266,6 +306,10 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
 
   // Starts the next attempt the plan allows, or waits for capacity, or fails.
   void Advance();
+  // The admission's answer (on the executor).
+  void Admitted(Result<Reservation> reservation);
+  // The account's own key (BYOK) for `endpoint`'s provider, or null.
+  const std::string* ProviderKeyFor(const routing::Endpoint& endpoint) const;
   // Claims a slot at candidate `index` and starts it; false when it is full
   // or no longer available (then `*full` says whether it was full).
   bool TryStart(std::size_t index, bool* full);
@@ -297,8 +341,8 @@ class CallDriver : public std::enable_shared_from_this<CallDriver> {
 
   routing::Plan plan_;
   std::vector<bool> tried_;  // by candidate: an attempt ran there (or it became unavailable)
-  Money reserved_;
-  bool admitted_ = false;
+  bool awaiting_admission_ = false;         // Reserve asked, its answer not yet in
+  std::optional<Reservation> reservation_;  // admitted and not yet settled
   std::optional<Error> last_error_;  // of the last failed attempt
 
   std::vector<std::unique_ptr<Attempt>> attempts_;  // in start order

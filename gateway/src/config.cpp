@@ -417,7 +417,7 @@ routing::RouterOptions ParseRouterOptions(const YAML::Node& n, Reader& r) {
 Config ParseRoot(const YAML::Node& root, Reader& r) {
   Config config;
   if (!root.IsDefined() || root.IsNull()) Fail("(top level)", "the file is empty");
-  r.CheckKeys(root, "", {"server", "database", "usage", "providers", "models", "routing"});
+  r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing"});
 
   if (auto s = root["server"]) {
     r.CheckKeys(s, "server", {"listen", "io_threads", "max_body_bytes", "request_timeout_ms", "drain_timeout_ms"});
@@ -441,12 +441,48 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
     if (d["url"]) config.database_url = r.String(d["url"], "database.url", &missing);
   }
   if (auto u = root["usage"]) {
-    r.CheckKeys(u, "usage", {"flush_interval_ms", "batch_size"});
+    r.CheckKeys(u, "usage", {"flush_interval_ms", "batch_size", "spool_dir"});
+    if (u["spool_dir"]) {
+      std::string missing;
+      const std::string dir = r.String(u["spool_dir"], "usage.spool_dir", &missing);
+      if (!dir.empty()) config.usage.spool_dir = r.Path(u["spool_dir"], "usage.spool_dir");
+    }
     if (u["flush_interval_ms"]) {
       config.usage.flush_interval_ms =
           static_cast<int>(r.Int(u["flush_interval_ms"], "usage.flush_interval_ms", 1, 60'000));
     }
     if (u["batch_size"]) config.usage.batch_size = static_cast<int>(r.Int(u["batch_size"], "usage.batch_size", 1, 10'000));
+  }
+
+  if (auto b = root["billing"]) {
+    r.CheckKeys(b, "billing", {"admin_token", "admin_listen", "lease_ttl_ms", "lease_idle_return_ms",
+                               "rate_limit_sync_ms"});
+    if (b["admin_token"]) {
+      // An unset variable leaves the admin API off.
+      std::string missing;
+      config.billing.admin_token = r.String(b["admin_token"], "billing.admin_token", &missing);
+      if (!config.billing.admin_token.empty() && config.billing.admin_token.size() < 16) {
+        Fail("billing.admin_token", "is shorter than 16 characters; use a long random token (openssl rand -hex 32)");
+      }
+    }
+    if (b["admin_listen"]) {
+      std::string missing;
+      const std::string listen = r.String(b["admin_listen"], "billing.admin_listen", &missing);
+      if (!listen.empty()) {
+        ServerConfig admin;
+        ParseListen(listen, "billing.admin_listen", admin);
+        config.billing.admin_host = admin.host;
+        config.billing.admin_port = admin.port;
+      }
+    }
+    if (b["lease_ttl_ms"]) config.billing.lease_ttl_ms = r.Int(b["lease_ttl_ms"], "billing.lease_ttl_ms", 1000, 3'600'000);
+    if (b["lease_idle_return_ms"]) {
+      config.billing.lease_idle_return_ms =
+          r.Int(b["lease_idle_return_ms"], "billing.lease_idle_return_ms", 10, 3'600'000);
+    }
+    if (b["rate_limit_sync_ms"]) {
+      config.billing.rate_limit_sync_ms = r.Int(b["rate_limit_sync_ms"], "billing.rate_limit_sync_ms", 10, 60'000);
+    }
   }
 
   std::set<std::string> provider_ids;

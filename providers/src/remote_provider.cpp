@@ -287,6 +287,15 @@ class RemoteProviderImpl final : public RemoteProvider {
       return;
     }
     const ChatRequest& chat = *request.request;
+    // A BYOK key with a control character would split the header: refuse it.
+    if (HasControlChars(request.api_key)) {
+      client_.Post([sink] {
+        sink->OnError(Error{ErrorCode::kInvalidArgument, "the account's provider key contains CR, LF or NUL", {}, {},
+                            {}, {}});
+      });
+      return;
+    }
+    const std::string& api_key = request.api_key.empty() ? options_.api_key : request.api_key;
     detail::HttpRequest http;
     http.upstream = endpoint_.upstream;
     http.method = "POST";
@@ -314,7 +323,7 @@ class RemoteProviderImpl final : public RemoteProvider {
           path = "/chat/completions";
           http.body = wire::openai::EncodeChatRequest(chat, o);
         }
-        if (!options_.api_key.empty()) http.headers.emplace_back("Authorization", "Bearer " + options_.api_key);
+        if (!api_key.empty()) http.headers.emplace_back("Authorization", "Bearer " + api_key);
         break;
       }
       case RemoteApi::kAnthropic: {
@@ -322,7 +331,7 @@ class RemoteProviderImpl final : public RemoteProvider {
         path = "/messages";
         http.body = wire::anthropic::EncodeMessagesRequest(
             AsChat(chat), wire::anthropic::RequestOptions{request.upstream_model, options_.default_max_tokens, true});
-        if (!options_.api_key.empty()) http.headers.emplace_back("x-api-key", options_.api_key);
+        if (!api_key.empty()) http.headers.emplace_back("x-api-key", api_key);
         http.headers.emplace_back("anthropic-version", std::string(kAnthropicVersion));
         std::string betas;
         for (const auto& b : chat.anthropic_beta) {
@@ -341,7 +350,7 @@ class RemoteProviderImpl final : public RemoteProvider {
         http.body = wire::gemini::EncodeGenerateContentRequest(AsChat(chat));
         // The key goes in a header, never in the URL (where logs and
         // proxies would keep it).
-        if (!options_.api_key.empty()) http.headers.emplace_back("x-goog-api-key", options_.api_key);
+        if (!api_key.empty()) http.headers.emplace_back("x-goog-api-key", api_key);
         break;
       }
     }
@@ -355,7 +364,7 @@ class RemoteProviderImpl final : public RemoteProvider {
     http.read_idle_timeout_ms = options_.first_byte_timeout_ms;
     if (request.deadline != std::chrono::steady_clock::time_point{}) http.deadline = request.deadline;
 
-    auto handler = std::make_shared<Call>(std::move(sink), options_.api, kind, cancel, options_.api_key,
+    auto handler = std::make_shared<Call>(std::move(sink), options_.api, kind, cancel, api_key,
                                           options_.display_name, hidden_);
     client_.Start(std::move(http), std::move(handler), std::move(cancel));
   }

@@ -29,12 +29,13 @@ class FakeProvider final : public Provider {
     std::string upstream_model;
     std::shared_ptr<StreamSink> sink;
     std::stop_token cancel;
+    std::string api_key;
   };
 
   std::string_view Name() const override { return name_; }
   const ParameterSet& SupportedParameters() const override { return params_; }
   void Start(const ProviderRequest& request, std::shared_ptr<StreamSink> sink, std::stop_token cancel) override {
-    calls.push_back(Call{*request.request, request.upstream_model, std::move(sink), std::move(cancel)});
+    calls.push_back(Call{*request.request, request.upstream_model, std::move(sink), std::move(cancel), request.api_key});
     if (on_start) on_start(calls.back());
   }
 
@@ -93,31 +94,63 @@ class FakeClient final : public ClientSink {
   std::function<void()> resume_;
 };
 
+// Admits from memory; `pending` sums what Settle charged, `reserved` what is
+// reserved now. With `defer`, answers wait in `waiting` for the test.
 class FakeAdmission final : public Admission {
  public:
-  bool TryReserve(const billing::KeyRecord&, Money worst) override {
-    if (!admit) return false;
-    reserved += worst.nano_usd;
-    ++reservations;
-    return true;
+  void Reserve(const billing::KeyRecord&, Money worst, WallTime,
+               std::function<void(Result<Reservation>)> done) override {
+    auto answer = [this, worst, done = std::move(done)] {
+      if (!admit) {
+        return done(Error{ErrorCode::kPaymentRequired, "key limit: not enough", "", "insufficient_credits"});
+      }
+      reserved += worst.nano_usd;
+      ++reservations;
+      Reservation r;
+      r.worst_case = worst;
+      r.lease_holder = "replica-1:boot";
+      r.soft_limit_reached = soft_limit;
+      r.soft_limit_what = soft_limit ? "key" : "";
+      done(std::move(r));
+    };
+    if (defer) {
+      waiting.push_back(std::move(answer));
+    } else {
+      answer();
+    }
   }
-  void Release(int64_t, Money worst) override {
-    reserved -= worst.nano_usd;
+  Money Settle(const Reservation& r, Money cost) override {
+    reserved -= r.worst_case.nano_usd;
     ++releases;
+    const Money charged = std::min(cost, r.worst_case);
+    pending += charged.nano_usd;
+    return charged;
   }
-  void AddPendingSpend(int64_t, Money amount) override { pending += amount.nano_usd; }
 
   bool admit = true;
+  bool defer = false;
+  bool soft_limit = false;
+  std::vector<std::function<void()>> waiting;
   int64_t reserved = 0;
   int64_t pending = 0;
   int reservations = 0;
   int releases = 0;
 };
 
+// Keeps rows; with `defer_durable`, their durable callbacks wait in `durable`.
 class FakeUsage final : public UsageSink {
  public:
-  void Record(billing::UsageEvent e) override { rows.push_back(std::move(e)); }
+  void Record(billing::UsageEvent e, std::function<void()> on_durable) override {
+    rows.push_back(std::move(e));
+    if (defer_durable) {
+      durable.push_back(std::move(on_durable));
+    } else {
+      on_durable();
+    }
+  }
   std::vector<billing::UsageEvent> rows;
+  bool defer_durable = false;
+  std::vector<std::function<void()>> durable;
 };
 
 class FakeObserver final : public CallObserver {
@@ -193,6 +226,9 @@ class CallDriverTest : public ::testing::Test {
     CallSpec spec;
     spec.request = std::move(request);
     spec.key.id = 7;
+    spec.key.account_id = 3;
+    spec.key.allowed_models = key_allowed_models;
+    spec.key.account.provider_keys = key_provider_keys;
     spec.request_id = "gen-test-1";
     spec.received = executor->Now();
     spec.created_at = executor->WallNow();
@@ -217,6 +253,8 @@ class CallDriverTest : public ::testing::Test {
   Pricing pricing = Price(1'000'000'000, 2'000'000'000);
   uint64_t session = 0;
   uint64_t calls_started = 0;
+  std::optional<std::vector<std::string>> key_allowed_models;
+  std::map<std::string, std::string> key_provider_keys;
   routing::Catalog catalog;
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<FakeProvider> primary;
@@ -563,9 +601,134 @@ TEST_F(CallDriverTest, NoCreditIs402AndReservesNothing) {
   EXPECT_TRUE(primary->calls.empty());
   ASSERT_TRUE(client->error);
   EXPECT_EQ(client->error->code, ErrorCode::kPaymentRequired);
+  EXPECT_EQ(client->error->message, "key limit: not enough") << "the admission's message, which names the limit";
   EXPECT_EQ(admission.releases, 0);
   EXPECT_TRUE(usage.rows.empty());
   EXPECT_EQ(done, 1);
+}
+
+TEST_F(CallDriverTest, AnAdmissionAnsweredLaterStartsTheCallThen) {
+  admission.defer = true;
+  Start(UserSays("hi"));
+  EXPECT_TRUE(primary->calls.empty()) << "nothing starts before the admission answers";
+  ASSERT_EQ(admission.waiting.size(), 1u);
+  admission.waiting[0]();
+  executor->RunUntilIdle();
+  ASSERT_EQ(primary->calls.size(), 1u);
+  primary->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(3, 1)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->summary);
+  EXPECT_EQ(usage.rows.at(0).lease_holder, "replica-1:boot");
+  EXPECT_EQ(admission.reserved, 0);
+}
+
+TEST_F(CallDriverTest, AClientGoneWhileTheAdmissionIsPendingStartsNothingAndSettlesZero) {
+  admission.defer = true;
+  Start(UserSays("hi"));
+  driver->Cancel();
+  executor->RunUntilIdle();
+  admission.waiting.at(0)();
+  executor->RunUntilIdle();
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kCancelled);
+  EXPECT_EQ(admission.reserved, 0);
+  EXPECT_EQ(admission.pending, 0);
+  EXPECT_EQ(done, 1);
+}
+
+TEST_F(CallDriverTest, TheClientHearsTheEndOnlyOnceTheUsageRowIsDurable) {
+  usage.defer_durable = true;
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(3, 1)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_EQ(usage.rows.size(), 1u);
+  EXPECT_FALSE(client->ended) << "the last byte waits for the spool";
+  EXPECT_EQ(done, 0);
+  usage.durable.at(0)();
+  executor->RunUntilIdle();
+  EXPECT_TRUE(client->summary);
+  EXPECT_EQ(done, 1);
+}
+
+TEST_F(CallDriverTest, TheChargeNeverExceedsTheReservation) {
+  BuildCatalog({primary.get()});
+  Start(UserSays("hi"));
+  const int64_t worst = admission.reserved;
+  // A report within the bounds BillableUsage allows but above the reservation.
+  primary->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(4000, 100 + 1000)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->summary);
+  EXPECT_EQ(client->summary->cost.nano_usd, worst);
+  EXPECT_EQ(usage.rows.at(0).cost.nano_usd, worst);
+  EXPECT_EQ(usage.rows.at(0).attempts.at(0).cost.nano_usd, 4000 * 1000 + 1100 * 2000)
+      << "the attempt keeps what it cost the operator";
+}
+
+TEST_F(CallDriverTest, ExplicitZeroUsageIsBilledAsZero) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "cached answer"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(0, 0)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->summary);
+  EXPECT_EQ(client->summary->cost.nano_usd, 0);
+  EXPECT_FALSE(usage.rows.at(0).usage_estimated);
+  EXPECT_EQ(usage.rows.at(0).usage, MakeUsage(0, 0));
+}
+
+TEST_F(CallDriverTest, AKeyLimitedToOtherModelsIs403) {
+  key_allowed_models = std::vector<std::string>{"other/model"};
+  Start(UserSays("hi"));
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(client->error->message.find("other/model"), std::string::npos);
+  EXPECT_TRUE(primary->calls.empty());
+  EXPECT_EQ(admission.reservations, 0);
+}
+
+TEST_F(CallDriverTest, TheAccountsOwnProviderKeyIsUsedAndOnlyTheFeeCharged) {
+  key_provider_keys["Primary"] = "sk-own-key";
+  Start(UserSays("hi"));
+  ASSERT_EQ(primary->calls.size(), 1u);
+  EXPECT_EQ(primary->calls[0].api_key, "sk-own-key");
+  primary->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(10, 2)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  const auto& row = usage.rows.at(0);
+  EXPECT_TRUE(row.byok);
+  ASSERT_TRUE(row.provider_cost);
+  EXPECT_EQ(row.provider_cost->nano_usd, 14000);
+  EXPECT_EQ(row.cost.nano_usd, 700) << "5% of the provider's cost";
+  EXPECT_NE(row.price_snapshot.find("\"byok_fee_ppm\":50000"), std::string::npos) << row.price_snapshot;
+}
+
+TEST_F(CallDriverTest, TheUsageRowKeepsThePricesItsCostCameFrom) {
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  primary->calls[0].sink->OnEvent(UsageDelta{MakeUsage(10, 2)});
+  primary->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+  const auto& snap = usage.rows.at(0).price_snapshot;
+  EXPECT_NE(snap.find("\"endpoint\":\"Primary\""), std::string::npos) << snap;
+  EXPECT_NE(snap.find("\"prompt\":1000000000"), std::string::npos) << snap;
+  EXPECT_NE(snap.find("\"completion\":2000000000"), std::string::npos) << snap;
+}
+
+TEST_F(CallDriverTest, ASoftLimitIsReportedAtTheCommit) {
+  admission.soft_limit = true;
+  Start(UserSays("hi"));
+  primary->calls[0].sink->OnEvent(TextDelta{0, "ok"});
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->commit);
+  EXPECT_EQ(client->commit->soft_limit, "key");
 }
 
 TEST_F(CallDriverTest, UnknownModelIs404WithoutARow) {
@@ -649,14 +812,18 @@ TEST(CallDriverHelpers, UpstreamUsageIsBoundedByWhatTheRequestAllows) {
   Billable b = BillableUsage(r, out, Usage{5, 1'000'000'000'000, 0, 0, 0}, true, e);
   EXPECT_EQ(b.usage.completion_tokens, 10 + 1024);
   EXPECT_TRUE(b.estimated);
-  // Negative or zero counts for a real answer: the estimate, not a free call.
+  // Explicit zero usage from a complete call is billed as zero, not re-estimated.
   b = BillableUsage(r, out, Usage{0, 0, 0, 0, 0}, true, e);
-  EXPECT_GT(b.usage.prompt_tokens, 0);
-  EXPECT_TRUE(b.estimated);
-  // One completion token for 400 bytes of output (a stream that lost its final count).
+  EXPECT_EQ(b.usage, (Usage{0, 0, 0, 0, 0}));
+  EXPECT_FALSE(b.estimated);
+  // Negative counts are not counts: zero.
+  b = BillableUsage(r, out, Usage{-5, -1, 0, 0, 0}, true, e);
+  EXPECT_EQ(b.usage, (Usage{0, 0, 0, 0, 0}));
+  // A broken call's report is raised to what its output shows.
   out.choices[0].text = std::string(400, 'x');
-  b = BillableUsage(r, out, Usage{5, 1, 0, 0, 0}, true, e);
+  b = BillableUsage(r, out, Usage{5, 1, 0, 0, 0}, false, e);
   EXPECT_EQ(b.usage.completion_tokens, 100);
+  EXPECT_TRUE(b.estimated);
   // An honest report is taken as it is.
   out.choices[0].text = "hi";
   b = BillableUsage(r, out, Usage{7, 2, 3, 0, 1}, true, e);

@@ -143,14 +143,22 @@ export function tail(file, lines = 60) {
   }
 }
 
+let gatewayCount = 0;
+/** The admin API's bearer token in every test gateway (billing.admin_token). */
+export const ADMIN_TOKEN = 'e2e-admin-token-0123456789abcdef';
+
 /**
  * Starts `tollgate serve --config CONFIG --listen 127.0.0.1:0 --port-file F`, waits for the port
  * file and a 200 from /healthz. The process's stdout and stderr go to `logFile`.
  */
 export async function startGateway({ configPath, workDir, env = {}, startTimeoutMs = 30000 }) {
   const bin = requireBinary();
-  const portFile = path.join(workDir, `port-${Date.now()}`);
-  const logFile = path.join(workDir, `gateway-${Date.now()}.log`);
+  const stamp = `${Date.now()}-${++gatewayCount}`;
+  const portFile = path.join(workDir, `port-${stamp}`);
+  const logFile = path.join(workDir, `gateway-${stamp}.log`);
+  // Each gateway process its own usage spool (one process per spool), unless the test names one
+  // (a restarted gateway replays its predecessor's); and the admin API on, with a known token.
+  env = { TOLLGATE_SPOOL_DIR: path.join(workDir, `spool-${stamp}`), TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN, ...env };
   const logFd = fs.openSync(logFile, 'a');
   const child = spawn(bin, ['serve', '--config', configPath, '--listen', '127.0.0.1:0', '--port-file', portFile], {
     cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ['ignore', logFd, logFd],
@@ -294,6 +302,10 @@ database:
 usage:
   flush_interval_ms: ${flushIntervalMs}
   batch_size: ${batchSize}
+  spool_dir: "\${TOLLGATE_SPOOL_DIR:-}"
+
+billing:
+  admin_token: "\${TOLLGATE_ADMIN_TOKEN:-}"
 
 providers:
   local:
@@ -427,6 +439,10 @@ database:
 usage:
   flush_interval_ms: ${flushIntervalMs}
   batch_size: ${batchSize}
+  spool_dir: "\${TOLLGATE_SPOOL_DIR:-}"
+
+billing:
+  admin_token: "\${TOLLGATE_ADMIN_TOKEN:-}"
 
 providers:
 `;

@@ -48,6 +48,10 @@ struct ProviderRequest {
   // Absolute deadline for the whole call; the provider derives its connect and
   // first-byte timeouts from it and its own limits. time_point{} = none.
   std::chrono::steady_clock::time_point deadline;
+  // The caller's own key for this provider (BYOK), used instead of the
+  // provider's configured key; empty = the configured one. A secret: never
+  // logged or put in an error. Remote providers only; the local engine ignores it.
+  std::string api_key;
 };
 
 class Provider {

@@ -36,6 +36,29 @@ struct ServerConfig {
 struct UsageConfig {
   int flush_interval_ms = 200;
   int batch_size = 256;
+  // Local spool of usage rows (billing/include/tollgate/billing/usage_recorder.hpp):
+  // every finished call's row is fsynced here before its client gets the
+  // last byte, and replayed into the database. One directory per gateway
+  // process (it holds the process's replica id). Empty = no spool: rows wait
+  // in memory only (a crash loses what was not written yet).
+  std::string spool_dir;
+};
+
+// Accounts, credits, limits (billing/README.md).
+struct BillingConfig {
+  // Bearer token of the admin API (/admin/v1/...); empty = the admin API is
+  // off (404). A secret: never logged.
+  std::string admin_token;
+  // Serve the admin API on its own listener (HOST:PORT) instead of the main
+  // one; empty = on the main listener.
+  std::string admin_host;
+  uint16_t admin_port = 0;
+  // Credit leases: how long a lease lives without renewal, and how long an
+  // unused one is kept before its free part is returned.
+  int64_t lease_ttl_ms = 60'000;
+  int64_t lease_idle_return_ms = 2'000;
+  // How often each replica shares its rate-limit counts.
+  int64_t rate_limit_sync_ms = 250;
 };
 
 struct ProviderConfig {
@@ -101,6 +124,7 @@ struct Config {
   ServerConfig server;
   std::string database_url;  // may be empty here; TOLLGATE_DATABASE_URL overrides
   UsageConfig usage;
+  BillingConfig billing;
   std::vector<ProviderConfig> providers;
   std::vector<ModelConfig> models;
   routing::RouterOptions routing;  // top-level `routing:` (health, queue, shares constants)
