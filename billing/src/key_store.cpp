@@ -54,8 +54,9 @@ Result<CreatedKey> KeyStore::Create(std::string name, std::optional<Money> credi
   std::lock_guard lock(impl_->mutex);
   // Not idempotent: a lost reply would leave a key whose plaintext nobody has.
   PgOutcome out = impl_->session.Exec(
-      "INSERT INTO api_keys (name, key_hash, credit_limit_nano_usd) "
-      "VALUES ($1, $2, $3::bigint) RETURNING id",
+      "WITH account AS (INSERT INTO accounts (name, prepaid) VALUES ($1, false) RETURNING id) "
+      "INSERT INTO api_keys (name, key_hash, credit_limit_nano_usd, account_id) "
+      "SELECT $1, $2, $3::bigint, account.id FROM account RETURNING id",
       {std::move(name), HashApiKey(key), LimitParam(credit_limit)},
       /*idempotent=*/false);
   if (!out.ok()) return out.ToError("creating API key");

@@ -1,6 +1,9 @@
-// Administrative operations on API keys (the `tollgate keys ...` CLI and the
-// admin API). Blocking, one database connection; not for the request path
-// (the gateway authenticates through KeyCache, key_cache.hpp).
+// The original administrative operations on API keys, kept for the tests
+// and tools that make keys without caring about accounts; the CLI and the
+// admin API use AccountStore (account_store.hpp), which covers all of this
+// and accounts, limits, credits and BYOK keys. Blocking, one database
+// connection; not for the request path (the gateway authenticates through
+// KeyCache, key_cache.hpp).
 #pragma once
 
 #include "tollgate/core/error.hpp"
@@ -45,8 +48,12 @@ class KeyStore {
   KeyStore& operator=(const KeyStore&) = delete;
 
   // Creates a key named `name` (non-empty, any text) with an optional credit
-  // limit in nano-USD (>= 0; nullopt = unlimited). Stores only its SHA-256
+  // limit in nano-USD (>= 0; nullopt = unlimited), in a new postpaid account
+  // of the same name (one statement: both or neither), as migration 004 did
+  // for the keys that existed before accounts. Stores only its SHA-256
   // hash (no part of the plaintext) and returns the plaintext once.
+  // AccountStore (account_store.hpp) creates keys in existing accounts and
+  // with every other setting.
   // Errors: kInvalidArgument (empty name, negative limit), kUnavailable
   // (database unreachable; the key may or may not have been created, and its
   // plaintext is lost either way, so create another), kInternal.
