@@ -296,6 +296,9 @@ struct KeyCache::Impl {
 
   // Runs the queries of `targets` on `conn` in one REPEATABLE READ READ ONLY
   // transaction (keys, accounts and provider keys consistent with each other).
+  // expires_at is clamped to +-9e15 us (years 1684..2255): system_clock
+  // counts nanoseconds in an int64, and 'infinity' must neither fail the load
+  // nor wrap around ('infinity' = in 2255, '-infinity' = long expired).
   Result<Loaded> Load(PGconn* conn, const Targets& targets, bool* connection_bad) {
     *connection_bad = false;
     std::string key_where, account_where, provider_where;
@@ -325,7 +328,9 @@ struct KeyCache::Impl {
           conn,
           "SELECT k.id, k.name, k.key_hash, k.credit_limit_nano_usd, k.spent_nano_usd,"
           " k.revoked_at IS NOT NULL, k.account_id, k.limit_reset, k.soft_limit_nano_usd,"
-          " (extract(epoch FROM k.expires_at) * 1000000)::bigint, to_json(k.allowed_models)::text,"
+          " CASE WHEN k.expires_at IS NOT NULL THEN"  // GREATEST and LEAST skip NULLs
+          " LEAST(GREATEST(extract(epoch FROM k.expires_at) * 1000000, -9e15), 9e15)::bigint END,"
+          " to_json(k.allowed_models)::text,"
           " k.requests_per_minute, k.tokens_per_minute, k.max_concurrent FROM api_keys k" +
               key_where,
           params);
@@ -529,7 +534,7 @@ struct KeyCache::Impl {
   }
 
   void Notify(const Changes& changes) {
-    if (changes.empty()) return;
+    if (changes.empty() || stop_requested.load()) return;
     std::shared_ptr<const std::vector<std::function<void(std::string_view, int64_t)>>> list;
     {
       std::lock_guard lock(callbacks_mutex);
@@ -715,6 +720,12 @@ struct KeyCache::Impl {
       Targets targets;
       Drain(conn.get(), &targets);
       if (!targets.empty()) {
+        // A burst (one transaction's changes) may still be arriving: take
+        // what the socket already holds, so it is applied in one load.
+        for (int64_t seen = -1; seen != notifications.load() && PQconsumeInput(conn.get()) != 0;) {
+          seen = notifications.load();
+          Drain(conn.get(), &targets);
+        }
         bool connection_bad = false;
         if (Result<void> applied = ApplyTargets(conn.get(), targets, &connection_bad); !applied) {
           Failed(applied.error().message);

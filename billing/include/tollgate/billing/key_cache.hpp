@@ -183,8 +183,10 @@ class KeyCache {
   Result<void> RefreshIfLoadedBefore(std::chrono::steady_clock::time_point t);
 
   // Stops and joins the listener thread and closes its connection; no
-  // callback runs after it returns. Lookups keep working on the last
-  // snapshot. Idempotent; thread-safe; must not be called from a log handler
+  // callback starts after it returns (one that a RefreshNow on another thread
+  // started before may still be running). Lookups, RefreshNow and
+  // RefreshIfLoadedBefore keep working; nothing but them changes the
+  // snapshot any more. Idempotent; thread-safe; must not be called from a log handler
   // or an OnChange callback.
   void Stop();
 
