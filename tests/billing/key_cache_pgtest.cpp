@@ -355,9 +355,9 @@ TEST_F(KeyCachePg, RevocationReachesEveryReplicaWithinOneSecond) {
 
 TEST_F(KeyCachePg, NewKeysAndLimitChangesArriveByNotification) {
   const int64_t account = CreateAccount("acme");
+  ChangeLog changes;  // declared first: outlives the cache that calls it
   auto cache = MustStart();
   ASSERT_TRUE(cache);
-  ChangeLog changes;
   changes.Attach(*cache);
 
   TestKey alice = CreateKey(account, "alice");
@@ -395,10 +395,10 @@ TEST_F(KeyCachePg, AnAccountChangeReachesAllItsKeys) {
   TestKey k1 = CreateKey(acme, "k1");
   TestKey k2 = CreateKey(acme, "k2");
   TestKey k3 = CreateKey(other, "k3");
+  std::atomic<int> seen_disabled_in_callback{0};  // outlives the cache
   auto cache = MustStart();
   ASSERT_TRUE(cache);
   // The callback runs once the new snapshot is installed: it sees the change.
-  std::atomic<int> seen_disabled_in_callback{0};
   cache->OnChange([&](std::string_view kind, int64_t id) {
     if (kind == "account" && id == acme && cache->Lookup(k1.key)->account.disabled) {
       seen_disabled_in_callback.fetch_add(1);
@@ -432,9 +432,9 @@ TEST_F(KeyCachePg, AnAccountChangeReachesAllItsKeys) {
 TEST_F(KeyCachePg, ANewProviderKeyArrivesByNotification) {
   const int64_t acme = CreateAccount("acme");
   TestKey k = CreateKey(acme, "k");
+  ChangeLog changes;  // declared first: outlives the cache that calls it
   auto cache = MustStart(60'000, Box());
   ASSERT_TRUE(cache);
-  ChangeLog changes;
   changes.Attach(*cache);
   EXPECT_TRUE(cache->Lookup(k.key)->account.provider_keys.empty());
 
@@ -471,10 +471,10 @@ TEST_F(KeyCachePg, ABulkChangeArrivesWhole) {
   Query("INSERT INTO api_keys (name, key_hash, account_id) SELECT 'bulk' || i, md5(i::text), " +
         std::to_string(acme) + " FROM generate_series(1, 400) i");
   TestKey last = CreateKey(acme, "last");
+  ChangeLog changes;  // declared first: outlives the cache that calls it
   auto cache = MustStart();
   ASSERT_TRUE(cache);
   ASSERT_EQ(cache->size(), 401u);
-  ChangeLog changes;
   changes.Attach(*cache);
   const int64_t notified = cache->notifications_received();
   Query("UPDATE api_keys SET revoked_at = now()");  // 401 notifications in one transaction
@@ -516,9 +516,9 @@ TEST_F(KeyCachePg, RecoversWhenItsListeningConnectionIsKilled) {
 TEST_F(KeyCachePg, AChangeMissedWhileDisconnectedIsFoundByTheReloadAfterReconnecting) {
   const int64_t acme = CreateAccount("acme");
   TestKey k = CreateKey(acme, "k");
+  ChangeLog changes;  // declared first: outlives the cache that calls it
   auto cache = MustStart();
   ASSERT_TRUE(cache);
-  ChangeLog changes;
   changes.Attach(*cache);
 
   // Lock the cache out (from the server's admin database) and cut it off,
@@ -563,9 +563,9 @@ TEST_F(KeyCachePg, KeepsTheLastSnapshotThroughAnOutageAndLogsOnce) {
 
 TEST_F(KeyCachePg, StopEndsCallbacksAndIsIdempotent) {
   const int64_t acme = CreateAccount("acme");
+  std::atomic<int> calls{0};  // outlives the cache
   auto cache = MustStart();
   ASSERT_TRUE(cache);
-  std::atomic<int> calls{0};
   cache->OnChange([&](std::string_view, int64_t) { calls.fetch_add(1); });
   cache->Stop();
   cache->Stop();
