@@ -1,0 +1,269 @@
+// Admission of calls against credits, key limits and account budgets, exact
+// across gateway replicas, without a database round trip per call: each
+// replica leases spendable amounts of every "pot" it needs in chunks and
+// admits calls against its local lease.
+//
+// Pots (migrations/004_ledger.sql credit_leases, 005_leases.sql):
+//   credits  owner = account id, period = the epoch; capacity = the balance
+//            (only for prepaid accounts);
+//   key      owner = key id, period = PeriodStart(limit_reset, call time);
+//            capacity = credit_limit - period_usage of that period;
+//   budget   owner = account id, period = PeriodStart(budget_reset, call time);
+//            capacity = budget - period_usage of that period.
+// A call needs every pot its key record implies (credits if account.prepaid,
+// key if credit_limit, budget if account.budget); a postpaid account's key
+// with neither limit nor budget needs none and is admitted at once.
+//
+// The protocol (all amounts nano-USD):
+//   grant   tollgate_lease_grant locks the pot's owner row and leases
+//           min(want, capacity - sum of the pot's unexpired leases) to this
+//           replica, so the sum of a pot's unexpired leases never exceeds its
+//           capacity when granted. want = max(need, chunk), chunk =
+//           clamp(room / room_divisor, min_chunk, max_chunk) (LeaseChunkPolicy).
+//   admit   locally, iff worst_case <= free in EVERY pot (all-or-nothing);
+//           then free -= worst_case, reserved += worst_case in each.
+//   settle  charged = min(cost, worst_case); reserved -= worst_case,
+//           free += worst_case - charged. The charged cost stays part of the
+//           database lease until the usage writer writes the call: in one
+//           transaction it takes it off the balance (ledger row 'usage'), adds
+//           it to period_usage and takes it off this replica's lease rows
+//           (usage_events.lease_holder = replica_id()). So for every pot, at
+//           every commit: lease amount in the database = local free +
+//           reserved + settled-not-yet-written.
+//   return  lease amount -= x, x <= local free (idle pots after
+//           idle_return_after, invalidated owners, past periods, Stop).
+//   renew   all of this replica's unexpired leases get expires_at = now() +
+//           lease_ttl, one statement every renew_interval.
+//
+// Largest possible overspend. For prepaid credits it is ZERO, provided
+//   (a) every call is admitted here and settled with Settle, whose charge is
+//       clamped to the reservation (the operator absorbs a provider cost above
+//       the worst case; that excess is never billed), and
+//   (b) no usage is written under a lease after that lease expired in the
+//       database (lease_ttl after its last renewal), and
+//   (c) credits are removed only down to the sum of unexpired leases
+//       (tollgate_credits_removable in 005_leases.sql);
+// then balance >= 0 at every commit (tests/billing/credit_guard_test.cpp
+// checks it on random histories, credit_guard_pgtest.cpp on two replicas).
+// Likewise a key's period usage never exceeds its limit, nor an account's
+// its budget, unless an admin lowers the limit below what is leased or used.
+// The exception is (b): a replica that could not renew for lease_ttl (the
+// database unreachable for it that long, or a crash followed by a spool
+// replay later than lease_ttl) may find its lease taken by other replicas;
+// the usage of the calls it admitted under that lease is still written (never
+// lost), so the pot can be overspent by at most what that lease held reserved
+// or settled-but-unwritten when it expired in the database: at most the
+// lease amount, i.e. at most one chunk per pot and replica (bounded by
+// max_chunk, or room / room_divisor). The replica stops admitting under a
+// lease expiry_margin before it can expire, so no call admitted after that
+// point adds to it. When a lease is revived after such an expiry only what
+// still fits is kept (tollgate_lease_renew reports the rest as lost).
+//
+// Refusals (402) come only after asking the database for more: a pot that
+// cannot cover a call after a grant is "exhausted" for refusal_backoff, during
+// which calls that need more than it has locally are refused at once without
+// a query, so a flood of 402s costs one query per pot per window. Capacity
+// leased to other replicas counts as used until they return it (idle pots
+// return their free amount after idle_return_after).
+#pragma once
+
+#include "tollgate/billing/key_cache.hpp"
+#include "tollgate/core/error.hpp"
+#include "tollgate/core/money.hpp"
+
+#include <chrono>
+#include <compare>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::billing {
+
+enum class PotScope { kKey, kCredits, kBudget };
+// "key", "credits", "budget" (credit_leases.scope).
+std::string_view PotScopeName(PotScope scope);
+
+// One pot: (scope, owner, period). Ordered, so it can key a map.
+struct PotRef {
+  PotScope scope = PotScope::kCredits;
+  int64_t owner_id = 0;  // api_keys.id for kKey, accounts.id otherwise
+  std::chrono::system_clock::time_point period_start;  // the epoch for kCredits and never-resetting limits
+  friend auto operator<=>(const PotRef&, const PotRef&) = default;
+};
+
+// What an admitted call holds. Copyable; pass it to Settle exactly once.
+struct AdmitTicket {
+  std::vector<PotRef> pots;  // empty: nothing reserved (postpaid, no limit, no budget)
+  Money worst_case;          // reserved in every pot (>= 0)
+  // CreditGuard::replica_id() when pots is not empty, else empty: store it as
+  // usage_events.lease_holder so the usage writer takes the cost off these
+  // pots' lease rows. The writer's key and budget periods must be the
+  // tickets' (PeriodStart of the call_time given to Admit; pass the row's
+  // created_at as call_time).
+  std::string lease_holder;
+};
+
+enum class AdmitOutcome {
+  kAdmitted,
+  kRefused,      // a pot cannot cover worst_case (402)
+  kUnavailable,  // the database is needed and unreachable, or the guard stopped (503)
+};
+
+struct AdmitResult {
+  AdmitOutcome outcome = AdmitOutcome::kUnavailable;
+  AdmitTicket ticket;  // kAdmitted only
+  // kRefused: the first pot (in the order key, credits, budget) that cannot
+  // cover the call, the call's worst case, and what that pot has left for
+  // this replica (local free plus what the database could still lease).
+  PotScope refused_pot = PotScope::kCredits;
+  Money needed;
+  Money available;
+  // kRefused: "key limit: this call may cost up to $0.01 but only $0.002 of
+  // the key's $5 daily limit is left" (account credits / account budget
+  // alike). kUnavailable: why. Empty when admitted. Never holds secrets.
+  std::string message;
+  // kAdmitted: the first pot whose soft limit (KeyRecord::soft_limit for the
+  // key; AccountRecord::soft_limit for the budget, else for the credits) was
+  // reached: usage >= soft limit (key, budget), balance <= soft limit
+  // (credits). Estimated from the capacity read at this replica's last grant
+  // less what it charged since; nullopt when none was reached.
+  std::optional<PotScope> soft_limit_pot;
+
+  bool admitted() const { return outcome == AdmitOutcome::kAdmitted; }
+};
+
+// The Error to answer with for a result that is not admitted:
+// kPaymentRequired (402, code_string "insufficient_credits") or kUnavailable
+// (503), with the result's message.
+Error AdmitError(const AdmitResult& result);
+
+// How much to lease at a time: chunk = clamp(room / room_divisor, min_chunk,
+// max_chunk), where room is what the pot could still lease to this replica;
+// a grant asks for max(need, chunk) and gets at most room. A small divisor
+// means fewer grants, a large one leaves more for other replicas.
+struct LeaseChunkPolicy {
+  int64_t room_divisor = 4;                   // >= 1
+  Money min_chunk{0};                         // >= 0
+  Money max_chunk{100'000'000'000};           // $100; >= min_chunk; bounds the overspend of exception (b)
+};
+
+struct CreditGuardOptions {
+  std::chrono::milliseconds lease_ttl{60'000};        // a lease's life after each grant or renewal (>= 1 ms)
+  std::chrono::milliseconds renew_interval{15'000};   // renew every lease of this replica this often (< lease_ttl)
+  // Stop admitting under a lease this long before it would expire in the
+  // database (it could not be renewed). 0 <= margin < lease_ttl.
+  std::chrono::milliseconds expiry_margin{15'000};
+  std::chrono::milliseconds idle_return_after{2'000};  // return a pot's free amount after this long without an admission
+  std::chrono::milliseconds refusal_backoff{100};      // refuse/unavailable without a query for this long after one
+  LeaseChunkPolicy chunk;
+};
+
+// Counters for metrics (monotonic since Start). Amounts in nano-USD.
+struct CreditGuardCounters {
+  int64_t admitted_inline = 0;       // admitted from local free inside Admit
+  int64_t admitted_after_lease = 0;  // admitted by the background thread after asking the database
+  int64_t admitted_without_pots = 0;
+  int64_t refused = 0;               // kRefused answers
+  int64_t refused_without_query = 0; // of those, answered within a refusal backoff window
+  int64_t unavailable = 0;           // kUnavailable answers
+  int64_t lease_grants = 0;          // grant statements that leased more than 0
+  int64_t granted_nano_usd = 0;
+  int64_t lease_returns = 0;         // pots whose free amount was returned
+  int64_t returned_nano_usd = 0;
+  int64_t renewals = 0;              // successful renew statements
+  int64_t lost_nano_usd = 0;         // lease amounts found expired and taken by others (see above)
+  int64_t db_round_trips = 0;        // statements sent (grant, return, renew)
+  int64_t db_errors = 0;
+};
+
+// This replica's view of one pot (tests, metrics, debugging).
+struct PotView {
+  Money free;      // leased, not reserved
+  Money reserved;  // worst cases of admitted calls not settled
+  Money deficit;   // lost lease amount not yet covered (see tollgate_lease_renew); 0 normally
+  bool lease_valid = false;  // admitting from free is allowed now
+};
+
+class CreditGuard {
+ public:
+  // Connects to `database_url` (libpq URI or connection string), checks the
+  // lease functions exist, and starts the background thread (grants, returns,
+  // renewals). `replica_id` names this process in credit_leases:
+  // "<stable id>:<boot nonce>" (non-empty, at most 200 bytes; the part before
+  // the last ':' is the stable id DropEarlierBoots uses).
+  // Errors: kInvalidArgument (bad URL, empty or long replica id, options out
+  // of range), kUnavailable (cannot connect), kInternal (schema missing: the
+  // message says to run `tollgate migrate`).
+  static Result<std::unique_ptr<CreditGuard>> Start(const std::string& database_url,
+                                                    std::string replica_id,
+                                                    CreditGuardOptions options = {});
+
+  // Stop().
+  ~CreditGuard();
+  CreditGuard(const CreditGuard&) = delete;
+  CreditGuard& operator=(const CreditGuard&) = delete;
+
+  // Decides whether a call of `key` that may cost up to `worst_case`
+  // (nano-USD; negative counts as 0) may start, and reserves worst_case in
+  // each of its pots if so. Does not check revoked/expired/disabled (KeyUsable
+  // first). `call_time` picks the key and budget periods (pass the usage
+  // row's created_at). Calls `done` exactly once:
+  //   - inline, before Admit returns, when every pot has enough free lease
+  //     (the common case), when the call needs no pot, when a pot is within a
+  //     refusal or database-down backoff window, and after Stop;
+  //   - otherwise later, from the guard's background thread, after it asked
+  //     the database for more (one grant per pot for all waiting calls);
+  //     calls wait in arrival order per pot.
+  // `done` must not block for long nor call Stop; it may call Admit/Settle.
+  // Never blocks on the database. Thread-safe.
+  void Admit(const KeyRecord& key, Money worst_case, std::chrono::system_clock::time_point call_time,
+             std::function<void(AdmitResult)> done);
+
+  // Ends an admitted call: returns the charged cost = min(max(cost, 0),
+  // ticket.worst_case) for a ticket with pots (record THAT as the usage cost);
+  // max(cost, 0) for a ticket without. The unused part of the reservation
+  // becomes free again. Call exactly once per admitted ticket, also when the
+  // call failed (cost 0) or the client left. Thread-safe; never blocks on the
+  // database.
+  Money Settle(const AdmitTicket& ticket, Money cost);
+
+  // The key's limit changed: returns the free part of its pots (in the
+  // background) and forgets their capacity and refusal backoff, so the next
+  // call leases again. Thread-safe; returns at once.
+  void InvalidateKey(int64_t key_id);
+  // The same for an account's credits and budget pots (credits added or
+  // removed, budget changed).
+  void InvalidateAccount(int64_t account_id);
+
+  // Deletes the lease rows of earlier boots of this replica's stable id (the
+  // part of replica_id before its last ':'), freeing what they held at once
+  // instead of after their expiry. Call once after the usage spool of those
+  // boots has been replayed (their usage then no longer needs the leases).
+  // Blocking (one statement on its own connection). Returns the number of
+  // rows deleted. Errors: kInvalidArgument (replica id without ':'),
+  // kUnavailable, kInternal.
+  Result<int64_t> DropEarlierBoots();
+
+  // Stops the background thread, answers waiting calls kUnavailable, and
+  // returns every pot's free amount (one statement; skipped if the database
+  // is unreachable: the leases then expire after lease_ttl). Calls admitted
+  // before may still Settle. Idempotent; thread-safe; blocks up to one
+  // statement; not from a `done` callback.
+  void Stop();
+
+  const std::string& replica_id() const;
+  CreditGuardCounters counters() const;
+  // This replica's state of `pot`, or nullopt when it holds none.
+  std::optional<PotView> Pot(const PotRef& pot) const;
+
+ private:
+  struct Impl;
+  explicit CreditGuard(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tollgate::billing
