@@ -32,7 +32,8 @@ Result<std::optional<UsageEvent>> GenerationStore::Find(std::string_view request
       " latency_ms, ttft_ms, status, finish_reason, streamed, cancelled, usage_estimated,"
       " error_code,"
       " (extract(epoch FROM created_at) * 1000000)::bigint,"
-      " (extract(epoch FROM finished_at) * 1000000)::bigint, cache_write_tokens "
+      " (extract(epoch FROM finished_at) * 1000000)::bigint, cache_write_tokens,"
+      " endpoint_id, account_id, lease_holder, price_snapshot::text, byok, provider_cost_nano_usd "
       "FROM usage_events WHERE request_id = $1 AND api_key_id = $2",
       {std::string(request_id), std::to_string(api_key_id)}, /*idempotent=*/true);
   if (!out.ok()) {
@@ -64,6 +65,12 @@ Result<std::optional<UsageEvent>> GenerationStore::Find(std::string_view request
   e.created_at = FromEpochMicros(PgInt64(r, 0, 18));
   e.finished_at = FromEpochMicros(PgInt64(r, 0, 19));
   e.usage.cache_write_tokens = PgInt64(r, 0, 20);
+  e.endpoint_id = std::string(PgText(r, 0, 21));
+  e.account_id = PgInt64(r, 0, 22);
+  e.lease_holder = std::string(PgText(r, 0, 23));
+  e.price_snapshot = std::string(PgText(r, 0, 24));
+  e.byok = PgBool(r, 0, 25);
+  if (std::optional<int64_t> provider_cost = PgOptInt64(r, 0, 26)) e.provider_cost = Money{*provider_cost};
   return std::optional<UsageEvent>(std::move(e));
 }
 

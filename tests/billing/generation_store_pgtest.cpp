@@ -4,6 +4,8 @@
 #include "tollgate/billing/key_store.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 
+#include <boost/json.hpp>
+
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -18,9 +20,15 @@ class GenerationStorePg : public testing::MigratedPgTest {
   void SetUp() override {
     MigratedPgTest::SetUp();
     if (HasFatalFailure()) return;
-    alice_ = store_->Create("alice", std::nullopt).value().id;
-    bob_ = store_->Create("bob", std::nullopt).value().id;
+    account_ = QueryInt("INSERT INTO accounts (name) VALUES ('acme') RETURNING id");
+    alice_ = CreateKey("alice");
+    bob_ = CreateKey("bob");
   }
+  int64_t CreateKey(const std::string& name) {
+    return QueryInt("INSERT INTO api_keys (name, key_hash, account_id) VALUES ('" + name + "', md5('" + name +
+                    "'), " + std::to_string(account_) + ") RETURNING id");
+  }
+  int64_t account_ = 0;
   int64_t alice_ = 0;
   int64_t bob_ = 0;
 };
@@ -46,6 +54,13 @@ TEST_F(GenerationStorePg, ReturnsOnlyTheOwnersRowWithEveryField) {
   // Microsecond precision survives the round trip exactly.
   e.created_at = std::chrono::system_clock::time_point(1'790'000'000'123'456us);
   e.finished_at = std::chrono::system_clock::time_point(1'790'000'004'444'567us);
+  e.usage.cache_write_tokens = 17;
+  e.endpoint_id = "deepseek-direct";
+  e.account_id = account_;
+  e.lease_holder = "0123456789abcdef0123456789abcdef:b1";
+  e.price_snapshot = R"({"endpoint":"deepseek-direct","tier":0,"prompt":270000000,"completion":1100000000})";
+  e.byok = true;
+  e.provider_cost = Money{2'469'135'780};
   UsageEvent failed = e;
   failed.request_id = "gen-bob";
   failed.api_key_id = bob_;
@@ -54,6 +69,12 @@ TEST_F(GenerationStorePg, ReturnsOnlyTheOwnersRowWithEveryField) {
   failed.status = 502;
   failed.error_code = "upstream_error";
   failed.cancelled = true;
+  failed.endpoint_id.clear();
+  failed.account_id = 0;  // filled from the key
+  failed.lease_holder.clear();
+  failed.price_snapshot.clear();
+  failed.byok = false;
+  failed.provider_cost.reset();
   (*recorder)->Record(e);
   (*recorder)->Record(failed);
   (*recorder)->Flush();
@@ -84,6 +105,14 @@ TEST_F(GenerationStorePg, ReturnsOnlyTheOwnersRowWithEveryField) {
   EXPECT_FALSE(got.error_code);
   EXPECT_EQ(got.created_at, e.created_at);
   EXPECT_EQ(got.finished_at, e.finished_at);
+  EXPECT_EQ(got.usage.cache_write_tokens, 17);
+  EXPECT_EQ(got.endpoint_id, "deepseek-direct");
+  EXPECT_EQ(got.account_id, account_);
+  EXPECT_EQ(got.lease_holder, e.lease_holder);
+  // jsonb normalises the text; the value is the same.
+  EXPECT_EQ(boost::json::parse(got.price_snapshot), boost::json::parse(e.price_snapshot)) << got.price_snapshot;
+  EXPECT_TRUE(got.byok);
+  EXPECT_EQ(got.provider_cost, std::optional<Money>(Money{2'469'135'780}));
 
   // Someone else's id looks exactly like a missing one.
   auto foreign = (*store)->Find("gen-abc", bob_);
@@ -101,6 +130,12 @@ TEST_F(GenerationStorePg, ReturnsOnlyTheOwnersRowWithEveryField) {
   EXPECT_EQ((*bobs)->error_code, std::optional<std::string>("upstream_error"));
   EXPECT_EQ((*bobs)->status, 502);
   EXPECT_TRUE((*bobs)->cancelled);
+  EXPECT_EQ((*bobs)->endpoint_id, "");
+  EXPECT_EQ((*bobs)->account_id, account_);
+  EXPECT_EQ((*bobs)->lease_holder, "");
+  EXPECT_EQ((*bobs)->price_snapshot, "");
+  EXPECT_FALSE((*bobs)->byok);
+  EXPECT_FALSE((*bobs)->provider_cost);
 }
 
 TEST_F(GenerationStorePg, ReadsBackCountsAndDurationsBeyondInt32) {

@@ -26,7 +26,11 @@ class GenerationStore {
 
   // The stored usage row `request_id` if it belongs to key `api_key_id`;
   // nullopt if there is no such row or it belongs to another key (so callers
-  // cannot probe other keys' ids). Events still queued in a UsageRecorder are
+  // cannot probe other keys' ids). Every column of usage_events is read back:
+  // NULL text columns (endpoint_id, lease_holder, price_snapshot) come back
+  // empty, a NULL account_id as 0; price_snapshot is PostgreSQL's jsonb text
+  // (same JSON value as written, keys and spacing normalised). `attempts` is
+  // left empty (call_attempts is not read). Events still queued in a UsageRecorder are
   // not visible here (UsageRecorder::FindPending).
   // Errors: kUnavailable (database unreachable, after one reconnect attempt),
   // kInternal.
