@@ -261,105 +261,110 @@ void CreditGuard::Impl::Run() {
 }
 
 bool CreditGuard::Impl::ServeWaiters() {
-  // 1. What the waiting calls lack per pot, in total: one grant per pot.
-  std::map<PotRef, int64_t> ask;
+  // 1. One grant per pot, for what the waiting calls lack in it. Pots go in
+  // one global order (PotRef: key, credits, budget), and a pot is asked only
+  // for the calls that got past the pots before it in this round. Otherwise
+  // two replicas with calls that need the same pots could each take all of a
+  // different one (A the key limit, B the credits) and neither admit a call.
+  std::vector<PotRef> order;
   {
     std::lock_guard lock(mu);
-    const Steady::time_point now = Steady::now();
-    std::map<PotRef, int64_t> demand;
-    for (const auto& w : waiters) {
-      for (const PotRef& ref : w->refs) demand[ref] += w->worst;
-    }
-    for (const auto& [ref, total] : demand) {
-      const int64_t usable = Usable(ref, now);
-      const PotMeta& m = meta[ref];
-      // A pot exhausted moments ago is not asked again: calls that do not fit
-      // are refused below without a query.
-      if (m.refused_until > now) continue;
-      if (db_down_until > now) continue;
-      if (total > usable || !Valid(ref, now)) ask[ref] = std::max<int64_t>(total - usable, 0);
-    }
+    std::set<PotRef> pots;
+    for (const auto& w : waiters) pots.insert(w->refs.begin(), w->refs.end());
+    order.assign(pots.begin(), pots.end());
   }
-
-  struct Granted {
-    bool ok = false;
-    Error error;
-    Steady::time_point sent;
+  std::set<PotRef> processed;
+  std::set<PotRef> exhausted;
+  std::set<PotRef> errored;
+  int64_t queries = 0;
+  for (const PotRef& pot : order) {
     int64_t need = 0;
-    int64_t granted = 0;
-    int64_t lost = 0;
-    std::optional<int64_t> room;
-    std::optional<int64_t> capacity;
-  };
-  std::map<PotRef, Granted> results;
-  for (const auto& [ref, need] : ask) {
-    Granted g;
-    g.need = need;
-    g.sent = Steady::now();
+    {
+      std::lock_guard lock(mu);
+      const Steady::time_point now = Steady::now();
+      // Admit, on paper and in arrival order, against the pots already
+      // processed; count the worst cases of those that pass and need `pot`.
+      std::map<PotRef, int64_t> free_left;
+      for (const PotRef& q : processed) free_left[q] = Usable(q, now);
+      int64_t demand = 0;
+      for (const auto& w : waiters) {
+        bool passes = true;
+        for (const PotRef& q : w->refs) {
+          if (processed.count(q) > 0 && free_left[q] < w->worst) passes = false;
+        }
+        if (!passes) continue;
+        for (const PotRef& q : w->refs) {
+          if (processed.count(q) > 0) free_left[q] -= w->worst;
+        }
+        if (std::find(w->refs.begin(), w->refs.end(), pot) != w->refs.end()) demand += w->worst;
+      }
+      processed.insert(pot);
+      const int64_t usable = Usable(pot, now);
+      // A pot exhausted moments ago is not asked again: calls that do not
+      // fit are refused below without a query.
+      if (meta[pot].refused_until > now || db_down_until > now || demand <= usable) continue;
+      need = demand - usable;
+    }
+
+    const Steady::time_point sent = Steady::now();
     PgOutcome out = db.Exec(
         kGrantSql,
-        {replica, std::string(PotScopeName(ref.scope)), std::to_string(ref.owner_id),
-         std::to_string(PeriodMicros(ref.period_start)), std::to_string(need),
+        {replica, std::string(PotScopeName(pot.scope)), std::to_string(pot.owner_id),
+         std::to_string(PeriodMicros(pot.period_start)), std::to_string(need),
          std::to_string(opt.chunk.room_divisor), std::to_string(opt.chunk.min_chunk.nano_usd),
          std::to_string(opt.chunk.max_chunk.nano_usd), std::to_string(opt.lease_ttl.count())},
         /*idempotent=*/false);
-    if (out.ok() && PQntuples(out.result.get()) == 1) {
-      const PGresult* res = out.result.get();
-      g.ok = true;
-      g.granted = internal::PgInt64(res, 0, 0);
-      g.lost = internal::PgInt64(res, 0, 2);
-      g.room = internal::PgOptInt64(res, 0, 3);
-      g.capacity = internal::PgOptInt64(res, 0, 4);
-    } else {
-      g.error = out.ok() ? Error{ErrorCode::kInternal, "leasing credit: no result row", {}, {}}
-                         : out.ToError("leasing credit");
+    ++queries;
+
+    std::lock_guard lock(mu);
+    const Steady::time_point now = Steady::now();
+    ++counters.db_round_trips;
+    if (!out.ok() || PQntuples(out.result.get()) != 1) {
+      // Unknown whether it was granted: if it was, the database holds more
+      // than this replica uses until the lease expires, which can only hold
+      // credit back.
+      errored.insert(pot);
+      NoteDbError(out.ok() ? Error{ErrorCode::kInternal, "leasing credit: no result row", {}, {}}
+                           : out.ToError("leasing credit"),
+                  now);
+      break;  // the database is likely down for the other pots too
     }
-    results.emplace(ref, std::move(g));
-    if (!results.at(ref).ok) break;  // the database is likely down for the rest too
+    NoteDbOk();
+    const PGresult* res = out.result.get();
+    const int64_t granted = internal::PgInt64(res, 0, 0);
+    const int64_t lost = internal::PgInt64(res, 0, 2);
+    PotMeta& m = meta[pot];
+    if (lost > 0) {
+      book.Lose(pot, lost);
+      counters.lost_nano_usd += lost;
+      internal::Log(LogLevel::kWarning,
+                    "credit guard: an expired " + std::string(PotScopeName(pot.scope)) + " lease of owner " +
+                        std::to_string(pot.owner_id) + " was revived without " + std::to_string(lost) +
+                        " nano-USD that other replicas had leased meanwhile");
+    }
+    book.Grant(pot, granted);
+    if (granted > 0) {
+      ++counters.lease_grants;
+      counters.granted_nano_usd += granted;
+    }
+    m.valid_until = sent + LeaseLife();
+    m.capacity_known = true;
+    m.capacity = internal::PgOptInt64(res, 0, 4);
+    m.spent_since = 0;
+    // granted < need only when the grant took all the room there was.
+    if (granted < need) {
+      exhausted.insert(pot);
+      m.refused_until = now + opt.refusal_backoff;
+    } else {
+      m.refused_until = {};
+    }
   }
 
-  // 2. Apply the grants, then answer the waiting calls in arrival order.
+  // 2. Answer the waiting calls in arrival order.
   std::vector<Answer> answers;
   {
     std::lock_guard lock(mu);
     const Steady::time_point now = Steady::now();
-    counters.db_round_trips += static_cast<int64_t>(results.size());
-    std::set<PotRef> exhausted;
-    std::set<PotRef> errored;
-    for (auto& [ref, g] : results) {
-      PotMeta& m = meta[ref];
-      if (!g.ok) {
-        errored.insert(ref);
-        NoteDbError(g.error, now);
-        continue;
-      }
-      NoteDbOk();
-      if (g.lost > 0) {
-        book.Lose(ref, g.lost);
-        counters.lost_nano_usd += g.lost;
-        internal::Log(LogLevel::kWarning,
-                      "credit guard: an expired " + std::string(PotScopeName(ref.scope)) + " lease of owner " +
-                          std::to_string(ref.owner_id) + " was revived without " + std::to_string(g.lost) +
-                          " nano-USD that other replicas had leased meanwhile");
-      }
-      book.Grant(ref, g.granted);
-      if (g.granted > 0) {
-        ++counters.lease_grants;
-        counters.granted_nano_usd += g.granted;
-      }
-      m.valid_until = g.sent + LeaseLife();
-      m.capacity_known = true;
-      m.capacity = g.capacity;
-      m.spent_since = 0;
-      // granted < need only when the grant took all the room there was.
-      if (g.granted < g.need) {
-        exhausted.insert(ref);
-        m.refused_until = now + opt.refusal_backoff;
-      } else {
-        m.refused_until = {};
-      }
-    }
-
     std::set<PotRef> blocked;  // pots with an earlier call still waiting: keep the order
     for (auto it = waiters.begin(); it != waiters.end();) {
       Waiter& w = **it;
@@ -402,7 +407,7 @@ bool CreditGuard::Impl::ServeWaiters() {
       it = waiters.erase(it);
     }
   }
-  const bool progress = !results.empty() || !answers.empty();
+  const bool progress = queries > 0 || !answers.empty();
   for (auto& [done, result] : answers) done(std::move(result));
   return progress;
 }

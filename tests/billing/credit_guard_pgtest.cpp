@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <latch>
 #include <mutex>
 #include <random>
 #include <string>
@@ -206,43 +207,54 @@ class CreditGuardPg : public testing::MigratedPgTest {
     int64_t charged = 0;
     std::vector<std::string> messages;
   };
-  // 200 calls from 16 threads (8 per replica), each of worst case kW and a
-  // real cost in [kW/2, 3kW/2] (above the worst case half the time: clamped).
-  LoadResult RunLoad(const std::vector<KeyRecord>& keys, system_clock::time_point call_time) {
+  // kBurst: 200 concurrent calls, released together, 100 per replica, each
+  // lasting up to 20 ms. kSteady: 16 threads (8 per replica) making 400 calls
+  // one after the other, with pots returned after 20 ms idle, so returns race
+  // admissions. Every call has worst case kW and a real cost in
+  // [kW/2, 3kW/2] (above the worst case half the time: clamped).
+  enum class Shape { kBurst, kSteady };
+  LoadResult RunLoad(const std::vector<KeyRecord>& keys, system_clock::time_point call_time,
+                     Shape shape = Shape::kBurst) {
+    const bool burst = shape == Shape::kBurst;
     CreditGuardOptions options;
-    // No idle returns during the load: the check below compares the leases
+    // No idle returns during a burst: the check below compares the leases
     // with the local free amounts, which a return in flight would race.
-    options.idle_return_after = std::chrono::minutes(10);
+    options.idle_return_after = burst ? std::chrono::milliseconds(600'000) : std::chrono::milliseconds(20);
     auto a = StartGuard("gw-a:1", options);
     auto b = StartGuard("gw-b:1", options);
     if (!a || !b) return {};
     UsageWriterStandIn writer(url());
     std::mutex mu;
     LoadResult out;
+    const int calls = burst ? 200 : 400;
+    const int thread_count = burst ? 200 : 16;
+    std::latch start(thread_count);
     std::atomic<int> next{0};
+    auto one_call = [&](CreditGuard& guard, int call, std::mt19937_64& rng) {
+      const KeyRecord& key = keys[static_cast<size_t>(call / 2) % keys.size()];
+      AdmitResult r = AdmitSync(guard, key, kW, call_time);
+      if (!r.admitted()) {
+        std::lock_guard lock(mu);
+        (r.outcome == AdmitOutcome::kRefused ? out.refused : out.other)++;
+        if (out.messages.size() < 3) out.messages.push_back(r.message);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % (burst ? 20'000 : 3'000)));
+      const int64_t cost = kW / 2 + static_cast<int64_t>(rng() % static_cast<uint64_t>(kW));
+      const int64_t charged = guard.Settle(r.ticket, Money{cost}).nano_usd;
+      EXPECT_EQ(charged, std::min(cost, kW));
+      writer.Push({"req-" + std::to_string(call), key.id, key.account_id, r.ticket, charged});
+      std::lock_guard lock(mu);
+      ++out.admitted;
+      out.charged += charged;
+    };
     std::vector<std::thread> threads;
-    for (int t = 0; t < 16; ++t) {
+    for (int t = 0; t < thread_count; ++t) {
       threads.emplace_back([&, t] {
         CreditGuard& guard = t % 2 == 0 ? *a : *b;
         std::mt19937_64 rng(static_cast<uint64_t>(t) + 1);
-        for (int call; (call = next.fetch_add(1)) < 200;) {
-          const KeyRecord& key = keys[static_cast<size_t>(call) % keys.size()];
-          AdmitResult r = AdmitSync(guard, key, kW, call_time);
-          if (!r.admitted()) {
-            std::lock_guard lock(mu);
-            (r.outcome == AdmitOutcome::kRefused ? out.refused : out.other)++;
-            if (out.messages.size() < 3) out.messages.push_back(r.message);
-            continue;
-          }
-          std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
-          const int64_t cost = kW / 2 + static_cast<int64_t>(rng() % static_cast<uint64_t>(kW));
-          const int64_t charged = guard.Settle(r.ticket, Money{cost}).nano_usd;
-          EXPECT_EQ(charged, std::min(cost, kW));
-          writer.Push({"req-" + std::to_string(call), key.id, key.account_id, r.ticket, charged});
-          std::lock_guard lock(mu);
-          ++out.admitted;
-          out.charged += charged;
-        }
+        start.arrive_and_wait();
+        for (int call; (call = next.fetch_add(1)) < calls;) one_call(guard, call, rng);
       });
     }
     for (auto& th : threads) th.join();
@@ -250,6 +262,7 @@ class CreditGuardPg : public testing::MigratedPgTest {
     // Everything written: each replica's database lease is exactly its local
     // free amount (nothing reserved, nothing unwritten).
     for (CreditGuard* g : {a.get(), b.get()}) {
+      if (!burst) break;
       int64_t local_free = 0;
       const int64_t leased = QueryInt("SELECT COALESCE(sum(amount_nano_usd), 0) FROM credit_leases WHERE replica_id = '" +
                                       g->replica_id() + "'");
@@ -310,6 +323,20 @@ TEST_F(CreditGuardPg, TwoReplicasNeverOverspendPrepaidCredits) {
   ASSERT_FALSE(load.messages.empty());
   EXPECT_NE(load.messages[0].find("account credits: this call may cost up to $0.001 but only $"), std::string::npos)
       << load.messages[0];
+}
+
+TEST_F(CreditGuardPg, TwoReplicasUnderSteadyLoadWithIdleReturns) {
+  const int64_t account = MakeAccount(/*prepaid=*/true);
+  const int64_t key = MakeKey(account);
+  const int64_t credits = 50 * kW;
+  AddCredits(account, credits);
+  LoadResult load = RunLoad({Record(key, account, true)}, system_clock::now(), Shape::kSteady);
+  const int64_t balance = QueryInt("SELECT balance_nano_usd FROM accounts WHERE id = " + std::to_string(account));
+  EXPECT_GE(balance, 0);
+  EXPECT_EQ(balance, credits - load.charged);
+  EXPECT_EQ(load.other, 0);
+  EXPECT_GT(load.refused, 100);
+  EXPECT_GT(load.charged, credits - 20 * kW);
 }
 
 TEST_F(CreditGuardPg, TwoReplicasNeverOverspendAKeyLimit) {

@@ -59,6 +59,20 @@
 // point adds to it. When a lease is revived after such an expiry only what
 // still fits is kept (tollgate_lease_renew reports the rest as lost).
 //
+// When a statement's outcome is unknown (the connection broke mid-way), the
+// guard assumes the grant did not happen and the return did: either way the
+// database may then hold more lease than this replica uses, until the lease
+// expires after Stop; that holds credit back and never overspends.
+//
+// Calls that need more than the local free amount wait (in arrival order per
+// pot) for the background thread, which asks once per pot for all of them.
+// It asks pots in one global order (key, credits, budget; PotRef order), each
+// for the calls that got past the pots before it, so replicas whose calls
+// need the same pots cannot each take all of a different pot and starve one
+// another. A waiting call is answered after at most one grant statement per
+// pot it needs (up to the connect timeout of libpq, 10 s by default, when the
+// database is unreachable rather than refusing).
+//
 // Refusals (402) come only after asking the database for more: a pot that
 // cannot cover a call after a grant is "exhausted" for refusal_backoff, during
 // which calls that need more than it has locally are refused at once without
