@@ -660,8 +660,9 @@ Result<CreditResult> AccountStore::MoveCredits(const CreditMovement& m) {
     Result<CreditResult> result = [&]() -> Result<CreditResult> {
       Tx tx(impl_->session);
       if (auto out = tx.Begin(); !out.ok()) return failed(out, "moving credits");
-      // The account row lock orders this with lease grants and usage writes.
-      PgOutcome account = tx.Exec("SELECT prepaid, balance_nano_usd FROM accounts WHERE id = $1 FOR UPDATE",
+      // The account row lock orders this with lease grants and usage writes
+      // (both take it FOR NO KEY UPDATE, as the balance update below does).
+      PgOutcome account = tx.Exec("SELECT prepaid, balance_nano_usd FROM accounts WHERE id = $1 FOR NO KEY UPDATE",
                                   {Int(m.account_id)});
       if (!account.ok()) return failed(account, "moving credits");
       if (Rows(account) == 0) return NotFound("no account " + std::to_string(m.account_id), "account_id");

@@ -62,7 +62,7 @@ namespace tollgate::gateway {
 
 struct AdminRequest {
   std::string method;                         // "GET", "POST", "PATCH", "PUT", "DELETE"
-  std::string path;                           // after /admin/v1, without the query: "/accounts/12/credits"
+  std::string path;                           // after /admin/v1, without the query, not percent-decoded: "/accounts/12/credits"
   std::map<std::string, std::string> query;   // percent-decoded query parameters
   std::string body;                           // request body (JSON), may be empty
   std::string authorization;                  // the Authorization header's value as received, or empty
