@@ -52,12 +52,13 @@
 // replay later than lease_ttl) may find its lease taken by other replicas;
 // the usage of the calls it admitted under that lease is still written (never
 // lost), so the pot can be overspent by at most what that lease held reserved
-// or settled-but-unwritten when it expired in the database: at most the
-// lease amount, i.e. at most one chunk per pot and replica (bounded by
-// max_chunk, or room / room_divisor). The replica stops admitting under a
-// lease expiry_margin before it can expire, so no call admitted after that
-// point adds to it. When a lease is revived after such an expiry only what
-// still fits is kept (tollgate_lease_renew reports the rest as lost).
+// or settled-but-unwritten when it expired in the database, summed over such
+// expiries: the worst cases of the calls that replica had in flight plus the
+// costs it had not written yet (never more than the lease amount; the
+// partition property test checks this bound). The replica stops admitting
+// under a lease expiry_margin before it can expire, so no call admitted after
+// that point adds to it. When a lease is revived after such an expiry only
+// what still fits is kept (tollgate_lease_renew reports the rest as lost).
 //
 // When a statement's outcome is unknown (the connection broke mid-way), the
 // guard assumes the grant did not happen and the return did: either way the
@@ -69,9 +70,9 @@
 // It asks pots in one global order (key, credits, budget; PotRef order), each
 // for the calls that got past the pots before it, so replicas whose calls
 // need the same pots cannot each take all of a different pot and starve one
-// another. A waiting call is answered after at most one grant statement per
-// pot it needs (up to the connect timeout of libpq, 10 s by default, when the
-// database is unreachable rather than refusing).
+// another. A waiting call is usually answered after one grant statement per
+// pot it needs (each may take up to libpq's connect timeout, 10 s by
+// default, when the database host does not answer at all).
 //
 // Refusals (402) come only after asking the database for more: a pot that
 // cannot cover a call after a grant is "exhausted" for refusal_backoff, during
