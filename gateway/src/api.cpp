@@ -254,7 +254,7 @@ std::string RenderGeneration(const billing::UsageEvent& e) {
       {"total_cost", cost},
       {"usage", cost},
       {"cache_discount", nullptr},
-      {"upstream_inference_cost", nullptr},
+      {"upstream_inference_cost", e.provider_cost ? json::value(ToUsd(*e.provider_cost)) : json::value(nullptr)},
       {"created_at", Iso8601(e.created_at)},
       {"model", e.model},
       {"app_id", nullptr},
@@ -280,7 +280,7 @@ std::string RenderGeneration(const billing::UsageEvent& e) {
       {"num_search_results", nullptr},
       {"num_fetches", nullptr},
       {"origin", ""},
-      {"is_byok", false},
+      {"is_byok", e.byok},
       {"http_referer", nullptr},
       {"external_user", nullptr},
       {"user_agent", nullptr},
@@ -295,6 +295,50 @@ std::string RenderGeneration(const billing::UsageEvent& e) {
       {"status", e.status},
   };
   return json::serialize(json::object{{"data", std::move(d)}});
+}
+
+std::string RenderKey(const billing::KeyUsage& u, const billing::KeyRecord& key) {
+  const bool limited = key.credit_limit.has_value();
+  json::object rate{
+      {"interval", "1m"},
+      {"requests", key.requests_per_minute ? json::value(*key.requests_per_minute) : json::value(-1)},
+      {"note", key.requests_per_minute ? "requests per minute for this key"
+                                       : "no request rate limit on this key"},
+  };
+  json::object d{
+      {"label", u.key.label},
+      {"limit", limited ? json::value(ToUsd(*key.credit_limit)) : json::value(nullptr)},
+      {"limit_remaining", u.limit_remaining ? json::value(ToUsd(*u.limit_remaining)) : json::value(nullptr)},
+      {"limit_reset", limited && key.limit_reset != billing::LimitReset::kNone
+                          ? json::value(billing::LimitResetName(key.limit_reset))
+                          : json::value(nullptr)},
+      {"usage", ToUsd(u.usage_total)},
+      {"usage_daily", ToUsd(u.usage_daily)},
+      {"usage_weekly", ToUsd(u.usage_weekly)},
+      {"usage_monthly", ToUsd(u.usage_monthly)},
+      {"byok_usage", ToUsd(u.byok_usage_total)},
+      {"byok_usage_daily", ToUsd(u.byok_usage_daily)},
+      {"byok_usage_weekly", ToUsd(u.byok_usage_weekly)},
+      {"byok_usage_monthly", ToUsd(u.byok_usage_monthly)},
+      {"include_byok_in_limit", false},
+      {"is_free_tier", false},
+      {"is_management_key", false},
+      {"is_provisioning_key", false},
+      {"allowed_data_regions", json::array{"global"}},
+      {"creator_user_id", nullptr},
+      {"organization_id", nullptr},
+      {"workspace_id", nullptr},
+      {"expires_at", key.expires_at ? json::value(Iso8601(*key.expires_at)) : json::value(nullptr)},
+      // Tollgate has no free models with a daily quota.
+      {"free_model_daily_requests", json::object{{"limit", 0}, {"remaining", 0}, {"used", 0}}},
+      {"rate_limit", std::move(rate)},
+  };
+  return json::serialize(json::object{{"data", std::move(d)}});
+}
+
+std::string RenderCredits(const billing::KeyUsage& u) {
+  return json::serialize(json::object{
+      {"data", json::object{{"total_credits", ToUsd(u.total_credits)}, {"total_usage", ToUsd(u.total_usage)}}}});
 }
 
 }  // namespace tollgate::gateway

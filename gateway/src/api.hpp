@@ -17,6 +17,8 @@
 // tier does; a tier's own reasoning price has no field there).
 #pragma once
 
+#include "tollgate/billing/account_store.hpp"
+#include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/usage_event.hpp"
 #include "tollgate/core/chat.hpp"
 #include "tollgate/core/error.hpp"
@@ -77,6 +79,23 @@ std::string RenderProviders(const routing::Catalog& catalog);
 // get fixed values: origin "" (no HTTP referer is recorded), data_region
 // "global" and api_type "completions".
 std::string RenderGeneration(const billing::UsageEvent& event);
+
+// GET /api/v1/key: `{"data": ...}` in OpenRouter's GetCurrentKeyData shape
+// (@openrouter/sdk 1.3, operations/getcurrentkey.js): label, limit (USD per
+// limit period, null = none), limit_remaining (of the current period, null
+// without a limit), limit_reset ("daily" | "weekly" | "monthly", null when
+// never), usage / usage_daily / usage_weekly / usage_monthly (USD charged),
+// byok_usage* (what BYOK calls cost at the account's own providers),
+// expires_at, rate_limit {interval "1m", requests (per minute, -1 = none),
+// note}; fields Tollgate has no notion of get fixed values (is_free_tier
+// false, include_byok_in_limit false, allowed_data_regions ["global"], ids
+// null). `key` is the caller's record (limits as the gateway enforces them).
+std::string RenderKey(const billing::KeyUsage& usage, const billing::KeyRecord& key);
+
+// GET /api/v1/credits: `{"data": {"total_credits", "total_usage"}}` in USD
+// for the key's account (GetCreditsData): credits granted less removed, and
+// usage charged; their difference is the balance.
+std::string RenderCredits(const billing::KeyUsage& usage);
 
 
 }  // namespace tollgate::gateway

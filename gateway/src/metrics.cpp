@@ -40,6 +40,16 @@ struct Metrics::Impl {
           .Name("tollgate_local_engine_info")
           .Help("Local engine by <provider>/<model file stem>, with the device it runs on; always 1")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& refusals =
+      prometheus::BuildCounter()
+          .Name("tollgate_admission_refusals_total")
+          .Help("Calls refused before they started: payment_required:<pot>, rate_limited:<limit>, credit_unavailable")
+          .Register(*registry);
+  prometheus::Family<prometheus::Counter>& soft_limits =
+      prometheus::BuildCounter()
+          .Name("tollgate_soft_limit_warnings_total")
+          .Help("Calls admitted past a soft limit (key, budget or credits), by scope")
+          .Register(*registry);
   const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 };
 
@@ -74,6 +84,22 @@ void Metrics::SetBackground(const BackgroundStats& s) {
   set("usage_write_failures", s.usage_write_failures);
   set("keys_loaded", s.keys_loaded);
   set("key_reload_failures", s.key_reload_failures);
+  set("key_notifications", s.key_notifications);
+  set("usage_rows_replayed", s.usage_rows_replayed);
+  set("credit_lease_grants", s.credit_lease_grants);
+  set("credit_leased_nano_usd", s.credit_leased_nano_usd);
+  set("credit_returned_nano_usd", s.credit_returned_nano_usd);
+  set("credit_lost_nano_usd", s.credit_lost_nano_usd);
+  set("credit_db_errors", s.credit_db_errors);
+  set("rate_limit_sync_failures", s.rate_limit_sync_failures);
+}
+
+void Metrics::CountRefusal(std::string_view reason) {
+  impl_->refusals.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::CountSoftLimitWarning(std::string_view scope) {
+  impl_->soft_limits.Add({{"scope", std::string(scope)}}).Increment();
 }
 
 void Metrics::SetEndpoint(std::string_view model, std::string_view endpoint_id, const EndpointState& s) {

@@ -37,8 +37,24 @@ class Metrics {
     int64_t usage_write_failures = 0; // failed batch attempts (retried)
     int64_t keys_loaded = 0;          // API keys in memory
     int64_t key_reload_failures = 0;  // failed periodic reloads
+    int64_t key_notifications = 0;    // key/account change notifications received
+    int64_t usage_rows_replayed = 0;  // rows read back from the spool at start
+    int64_t credit_lease_grants = 0;  // credit leases granted to this process
+    int64_t credit_leased_nano_usd = 0;    // granted in all
+    int64_t credit_returned_nano_usd = 0;  // given back unused
+    int64_t credit_lost_nano_usd = 0;      // found expired and taken by other replicas
+    int64_t credit_db_errors = 0;
+    int64_t rate_limit_sync_failures = 0;  // failed rate-counter syncs (limits then per replica)
   };
   void SetBackground(const BackgroundStats& stats);
+
+  // A call refused before it started: `reason` is "payment_required:<pot>"
+  // (key, credits, budget), "rate_limited:<limit>" (requests, tokens,
+  // concurrency), or "credit_unavailable".
+  void CountRefusal(std::string_view reason);
+  // A call admitted past a soft limit (`scope`: key, budget, credits); the
+  // caller was warned in the x-tollgate-soft-limit header.
+  void CountSoftLimitWarning(std::string_view scope);
 
   // Routing state of one endpoint, read at each scrape: calls in flight,
   // calls of its model waiting in the capacity queue, breaker state

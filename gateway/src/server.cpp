@@ -1,12 +1,17 @@
 #include "tollgate/gateway/server.hpp"
 
+#include "admin_api.hpp"
 #include "api.hpp"
 #include "call_driver.hpp"
 #include "metrics.hpp"
 #include "responses.hpp"
+#include "tollgate/billing/account_store.hpp"
 #include "tollgate/billing/api_key.hpp"
+#include "tollgate/billing/credit_guard.hpp"
 #include "tollgate/billing/generation_store.hpp"
 #include "tollgate/billing/key_cache.hpp"
+#include "tollgate/billing/rate_limiter.hpp"
+#include "tollgate/billing/secret_box.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 #include "tollgate/local_backend/local_provider.hpp"
 #include "tollgate/providers/remote_provider.hpp"
@@ -22,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <filesystem>
@@ -102,21 +108,48 @@ class StrandExecutor final : public Executor {
   asio::any_io_executor strand_;
 };
 
-class KeyCacheAdmission final : public Admission {
+// The driver's admission: credit leases (billing::CreditGuard).
+class GuardAdmission final : public Admission {
  public:
-  explicit KeyCacheAdmission(billing::KeyCache& keys) : keys_(keys) {}
-  bool TryReserve(const billing::KeyRecord& key, Money worst_case) override { return keys_.TryReserve(key, worst_case); }
-  void Release(int64_t key_id, Money worst_case) override { keys_.Release(key_id, worst_case); }
-  void AddPendingSpend(int64_t key_id, Money amount) override { keys_.AddPendingSpend(key_id, amount); }
+  GuardAdmission(billing::CreditGuard& guard, Metrics& metrics) : guard_(guard), metrics_(metrics) {}
+
+  void Reserve(const billing::KeyRecord& key, Money worst_case, WallTime at,
+               std::function<void(Result<Reservation>)> done) override {
+    guard_.Admit(key, worst_case, at, [this, worst_case, done = std::move(done)](billing::AdmitResult r) {
+      if (!r.admitted()) {
+        metrics_.CountRefusal(r.outcome == billing::AdmitOutcome::kRefused
+                                  ? "payment_required:" + std::string(billing::PotScopeName(r.refused_pot))
+                                  : std::string("credit_unavailable"));
+        return done(billing::AdmitError(r));
+      }
+      Reservation reservation;
+      reservation.worst_case = worst_case;
+      reservation.lease_holder = r.ticket.lease_holder;
+      if (r.soft_limit_pot) {
+        reservation.soft_limit_reached = true;
+        reservation.soft_limit_what = std::string(billing::PotScopeName(*r.soft_limit_pot));
+        metrics_.CountSoftLimitWarning(reservation.soft_limit_what);
+      }
+      reservation.handle = std::make_shared<const billing::AdmitTicket>(std::move(r.ticket));
+      done(std::move(reservation));
+    });
+  }
+
+  Money Settle(const Reservation& reservation, Money cost) override {
+    return guard_.Settle(*std::static_pointer_cast<const billing::AdmitTicket>(reservation.handle), cost);
+  }
 
  private:
-  billing::KeyCache& keys_;
+  billing::CreditGuard& guard_;
+  Metrics& metrics_;
 };
 
 class RecorderSink final : public UsageSink {
  public:
   explicit RecorderSink(billing::UsageRecorder& recorder) : recorder_(recorder) {}
-  void Record(billing::UsageEvent event) override { recorder_.Record(std::move(event)); }
+  void Record(billing::UsageEvent event, std::function<void()> durable) override {
+    recorder_.Record(std::move(event), std::move(durable));
+  }
 
  private:
   billing::UsageRecorder& recorder_;
@@ -144,9 +177,12 @@ struct Services {
   std::unique_ptr<routing::Router> router;  // over `catalog`
   std::unique_ptr<billing::KeyCache> keys;
   std::unique_ptr<billing::UsageRecorder> recorder;
+  std::unique_ptr<billing::CreditGuard> guard;
+  std::unique_ptr<billing::RateLimiter> limiter;
   std::unique_ptr<billing::GenerationStore> generations;
+  std::unique_ptr<billing::AccountStore> accounts;  // blocking: on the `blocking` pool only
   std::unique_ptr<Metrics> metrics;
-  std::unique_ptr<KeyCacheAdmission> admission;
+  std::unique_ptr<GuardAdmission> admission;
   std::unique_ptr<RecorderSink> usage;
   std::unique_ptr<MetricsObserver> observer;
   // The local engines by model file stem (owned by RunServer, outliving the loop).
@@ -185,6 +221,14 @@ struct Services {
     for (auto& d : live) d->Shutdown();
   }
 };
+
+// 8 random bytes in hex: tells this run of a process from its earlier ones.
+std::string BootNonce() {
+  std::random_device rd;
+  char out[17];
+  std::snprintf(out, sizeof out, "%08x%08x", rd(), rd());
+  return out;
+}
 
 std::string_view Reason(int status) {
   if (status == 499) return "Client Closed Request";
@@ -274,6 +318,7 @@ class ConnectionSink final : public ClientSink {
     }
   }
   void OnSuccess(const CallSummary& summary) override {
+    billed_tokens_ = summary.usage.total_tokens();
     if (!gone_) {
       if (encoder_.stream()) {
         out_ += encoder_.StreamEnd(summary);
@@ -321,6 +366,8 @@ class ConnectionSink final : public ClientSink {
 
   bool done() const { return done_; }
   bool committed() const { return committed_; }
+  // Tokens of a successful call (prompt + completion), or -1.
+  int64_t billed_tokens() const { return billed_tokens_; }
   // Streamed: the commit came and the writer has not sent the headers yet.
   bool headers_pending() const { return committed_ && !headers_written_; }
   void HeadersWritten() { headers_written_ = true; }
@@ -341,6 +388,7 @@ class ConnectionSink final : public ClientSink {
   std::function<void()> resume_;
   std::optional<Error> error_;
   CommitInfo info_;
+  int64_t billed_tokens_ = -1;
   bool committed_ = false;
   bool headers_written_ = false;
   bool done_ = false;
@@ -349,7 +397,10 @@ class ConnectionSink final : public ClientSink {
 
 class Connection {
  public:
-  Connection(Services& services, tcp::socket socket) : s_(services), stream_(std::move(socket)) {}
+  // `admin_only`: the connection came in on billing.admin_listen, which
+  // serves the admin API and nothing else.
+  Connection(Services& services, tcp::socket socket, bool admin_only)
+      : s_(services), stream_(std::move(socket)), admin_only_(admin_only) {}
 
   awaitable<void> Run() {
     beast::flat_buffer buffer;
@@ -425,6 +476,22 @@ class Connection {
     const bool get = req.method() == http::verb::get;
     const bool post = req.method() == http::verb::post;
 
+    // The admin API: on its own listener when billing.admin_listen is set,
+    // else on this one; off (403) without billing.admin_token.
+    const bool admin_path = path == "/admin/v1" || path.rfind("/admin/v1/", 0) == 0;
+    const bool admin_here = admin_only_ || s_.config->billing.admin_host.empty();
+    if (admin_path && admin_here) {
+      Response res = co_await HandleAdminRequest(req, *url, path);
+      s_.metrics->CountRequest("/admin/v1", res.result_int());
+      co_return co_await Write(res);
+    }
+    if (admin_only_) {
+      Response res = ErrorResponse(req, Error{ErrorCode::kNotFound, "this listener serves only /admin/v1/...", "",
+                                              "unknown_url"});
+      s_.metrics->CountRequest("unmatched", res.result_int());
+      co_return co_await Write(res);
+    }
+
     std::optional<ApiFlavor> call_api;
     if (route == "/v1/chat/completions") call_api = ApiFlavor::kOpenAiChat;
     if (route == "/v1/completions") call_api = ApiFlavor::kOpenAiCompletions;
@@ -443,8 +510,24 @@ class Connection {
                   : JsonResponse(req, 503, R"({"status":"database unreachable"})");
     } else if (route == "/metrics" && get) {
       const billing::UsageRecorder& r = *s_.recorder;
-      s_.metrics->SetBackground({r.rows_written(), r.pending(), r.rows_rejected(), r.rows_lost(), r.failures(),
-                                 static_cast<int64_t>(s_.keys->size()), s_.keys->refresh_failures()});
+      const billing::CreditGuardCounters g = s_.guard->counters();
+      Metrics::BackgroundStats b;
+      b.usage_rows_written = r.rows_written();
+      b.usage_rows_pending = r.pending();
+      b.usage_rows_rejected = r.rows_rejected();
+      b.usage_rows_lost = r.rows_lost();
+      b.usage_write_failures = r.failures();
+      b.keys_loaded = static_cast<int64_t>(s_.keys->size());
+      b.key_reload_failures = s_.keys->refresh_failures();
+      b.key_notifications = s_.keys->notifications_received();
+      b.usage_rows_replayed = r.rows_replayed();
+      b.credit_lease_grants = g.lease_grants;
+      b.credit_leased_nano_usd = g.granted_nano_usd;
+      b.credit_returned_nano_usd = g.returned_nano_usd;
+      b.credit_lost_nano_usd = g.lost_nano_usd;
+      b.credit_db_errors = g.db_errors;
+      b.rate_limit_sync_failures = s_.limiter->sync_failures();
+      s_.metrics->SetBackground(b);
       const auto now = Clock::now();
       for (const routing::Model& m : s_.catalog.models()) {
         for (const routing::Endpoint& e : m.endpoints) {
@@ -473,6 +556,8 @@ class Connection {
       res = co_await HandleCountTokens(req);
     } else if (route == "/v1/generation" && get) {
       res = co_await HandleGeneration(req, *url);
+    } else if ((route == "/v1/key" || route == "/v1/credits") && get) {
+      res = co_await HandleKeyInfo(req, route == "/v1/credits");
     } else if (route.rfind("/v1/models/", 0) == 0 && route.ends_with("/endpoints") && get) {
       // /v1/models/{author}/{slug}/endpoints
       std::string id = route.substr(11, route.size() - 11 - 10);
@@ -482,7 +567,7 @@ class Connection {
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
-               route == "/v1/providers" ||
+               route == "/v1/providers" || route == "/v1/key" || route == "/v1/credits" ||
                call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation") {
       Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
       res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
@@ -497,6 +582,27 @@ class Connection {
     co_return co_await Write(res);
   }
 
+  // One admin API request (gateway/src/admin_api.hpp), on the blocking pool.
+  awaitable<Response> HandleAdminRequest(const Request& req, boost::urls::url_view url, const std::string& path) {
+    AdminRequest admin;
+    admin.method = std::string(req.method_string());
+    admin.path = path.substr(std::string_view("/admin/v1").size());
+    for (const auto& param : url.params()) admin.query[std::string(param.key)] = std::string(param.value);
+    admin.body = req.body();
+    admin.authorization = std::string(req[http::field::authorization]);
+    admin.idempotency_key = std::string(req["idempotency-key"]);
+    admin.admin_token = s_.config->billing.admin_token;
+    admin.known_providers.emplace();
+    for (const auto& p : s_.config->providers) admin.known_providers->push_back(p.id);
+    auto handle = [this, admin = std::move(admin)]() -> awaitable<AdminResponse> {
+      co_return HandleAdmin(admin, *s_.accounts);
+    };
+    AdminResponse answer = co_await asio::co_spawn(s_.blocking, handle, asio::use_awaitable);
+    Response res = JsonResponse(req, answer.status, std::move(answer.body));
+    for (const auto& [name, value] : answer.headers) res.set(name, value);
+    co_return res;
+  }
+
   awaitable<bool> Ready() {
     auto probe = [this]() -> awaitable<bool> {
       // A lookup that finds nothing proves the database answers.
@@ -509,7 +615,7 @@ class Connection {
 
   awaitable<Response> HandleGeneration(const Request& req, boost::urls::url_view url) {
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
-    if (!key || key->revoked) co_return ErrorResponse(req, AuthError(req));
+    if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
     auto it = url.params().find("id");
     if (it == url.params().end() || (*it).value.empty()) {
       co_return ErrorResponse(req, InvalidArgument("query parameter id is required", "id"));
@@ -542,7 +648,7 @@ class Connection {
   // tokenizer), else estimated like an unreported usage (call_driver.hpp).
   awaitable<Response> HandleCountTokens(const Request& req) {
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
-    if (!key || key->revoked) co_return ErrorResponse(req, AuthError(req));
+    if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
     Result<ChatRequest> parsed = wire::anthropic::DecodeCountTokensRequest(req.body());
     if (!parsed) co_return ErrorResponse(req, parsed.error());
     const routing::Model* model = s_.catalog.Find(routing::SplitVariant(parsed->model).first);
@@ -580,13 +686,44 @@ class Connection {
     co_return s_.keys->Lookup(presented);
   }
 
-  static Error AuthError(const Request& req) {
+  static bool Usable(const std::optional<billing::KeyRecord>& key) {
+    return key && billing::KeyUsable(*key, std::chrono::system_clock::now());
+  }
+
+  // Why `key` (Authenticate's answer) may not be used. Says only what the
+  // holder of the key may know: missing, unknown, revoked, expired, or its
+  // account disabled.
+  static Error AuthError(const Request& req, const std::optional<billing::KeyRecord>& key) {
     if (BearerKey(req).empty()) {
       return Error{ErrorCode::kUnauthenticated,
                    "missing API key: send it as 'Authorization: Bearer tg-...' (or 'x-api-key')", "",
                    "missing_api_key"};
     }
-    return Error{ErrorCode::kUnauthenticated, "invalid or revoked API key", "", "invalid_api_key"};
+    if (key && key->revoked) return Error{ErrorCode::kUnauthenticated, "this API key was revoked", "", "revoked_api_key"};
+    if (key && key->account.disabled) {
+      return Error{ErrorCode::kUnauthenticated, "this API key's account is disabled", "", "account_disabled"};
+    }
+    if (key && key->expires_at && *key->expires_at <= std::chrono::system_clock::now()) {
+      return Error{ErrorCode::kUnauthenticated, "this API key expired", "", "expired_api_key"};
+    }
+    return Error{ErrorCode::kUnauthenticated, "invalid API key", "", "invalid_api_key"};
+  }
+
+  // GET /api/v1/key and /api/v1/credits (OpenRouter's shapes) for the calling
+  // key: one query on the blocking pool.
+  awaitable<Response> HandleKeyInfo(const Request& req, bool credits) {
+    std::optional<billing::KeyRecord> key = co_await Authenticate(req);
+    if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
+    const int64_t key_id = key->id;
+    auto lookup = [this, key_id]() -> awaitable<Result<billing::KeyUsage>> {
+      co_return s_.accounts->GetKeyUsage(key_id);
+    };
+    Result<billing::KeyUsage> usage = co_await asio::co_spawn(s_.blocking, lookup, asio::use_awaitable);
+    if (!usage) {
+      Error unavailable{ErrorCode::kUnavailable, "the billing database is unavailable; try again", "", {}};
+      co_return ErrorResponse(req, unavailable);
+    }
+    co_return JsonResponse(req, 200, credits ? RenderCredits(*usage) : RenderKey(*usage, *key));
   }
 
   static Result<ChatRequest> Decode(ApiFlavor api, std::string_view body) {
@@ -610,8 +747,8 @@ class Connection {
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
     Result<ChatRequest> parsed = Decode(api, req.body());
     std::optional<Error> rejection;
-    if (!key || key->revoked) {
-      rejection = AuthError(req);
+    if (!Usable(key)) {
+      rejection = AuthError(req, key);
     } else if (!parsed) {
       rejection = parsed.error();
     } else if (s_.stopping) {
@@ -626,11 +763,45 @@ class Connection {
     if (api == ApiFlavor::kAnthropicMessages) chat.anthropic_beta = AnthropicBetas(req);
     if (chat.session_id.empty()) chat.session_id = std::string(req["x-session-id"]).substr(0, 256);
 
+    // Rate limits (requests and tokens per minute, concurrent calls; shared
+    // across replicas, billing/rate_limiter.hpp). Tokens are counted as
+    // OpenAI counts them at admission: the prompt's estimate plus max_tokens,
+    // corrected to what the call used when it ends.
+    const int64_t estimated_tokens = EstimateUsage(chat, ChatResponse{}).prompt_tokens + chat.max_tokens.value_or(0);
+    const billing::RateDecision rate = s_.limiter->Acquire(*key, estimated_tokens, created_at);
+    std::vector<std::pair<std::string, std::string>> rate_headers = billing::RateLimitHeaders(rate);
+    if (!rate.allowed) {
+      s_.metrics->CountRefusal(rate.refused_by == billing::RateLimitKind::kRequests ? "rate_limited:requests"
+                               : rate.refused_by == billing::RateLimitKind::kTokens ? "rate_limited:tokens"
+                                                                                     : "rate_limited:concurrency");
+      Error limited{ErrorCode::kResourceExhausted, rate.message, "", "rate_limit_exceeded"};
+      Response res = ErrorResponse(req, limited);
+      for (const auto& [name, value] : rate_headers) res.set(name, value);
+      bool keep = co_await Write(res);
+      co_return std::pair{keep, 429};
+    }
+
     s_.active_calls++;
+    std::shared_ptr<ConnectionSink> sink;
+    // Ends the rate-limit admission once, however this coroutine ends: the
+    // tokens billed (estimated for a call that failed after its commit,
+    // none for one that failed before).
     struct Guard {
       Services& s;
-      ~Guard() { s.active_calls--; }
-    } guard{s_};
+      const billing::RateDecision& rate;
+      const std::shared_ptr<ConnectionSink>& sink;
+      int64_t estimated;
+      ~Guard() {
+        s.active_calls--;
+        int64_t used = 0;
+        if (sink && sink->billed_tokens() >= 0) {
+          used = sink->billed_tokens();
+        } else if (sink && sink->committed()) {
+          used = estimated;
+        }
+        s.limiter->Release(rate, used, std::chrono::system_clock::now());
+      }
+    } guard{s_, rate, sink, estimated_tokens};
 
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(created_at.time_since_epoch()).count();
     wire::ResponseMeta meta{NewRequestId(created), created, chat.model, ""};
@@ -638,7 +809,7 @@ class Connection {
     const bool stream = chat.stream;
     const bool http10 = req.version() < 11;
     auto strand = co_await asio::this_coro::executor;
-    auto sink = std::make_shared<ConnectionSink>(
+    sink = std::make_shared<ConnectionSink>(
         strand, ResponseEncoder(chat, meta, FlavorOf(req), EstimateUsage(chat, ChatResponse{}).prompt_tokens));
 
     CallSpec spec;
@@ -679,6 +850,7 @@ class Connection {
         }
         Response res = ErrorResponse(req, error);
         res.set("x-request-id", request_id);
+        for (const auto& [name, value] : rate_headers) res.set(name, value);
         keep = co_await Write(res);
         break;
       }
@@ -692,11 +864,12 @@ class Connection {
           }
           Response res = ErrorResponse(req, *sink->error());
           res.set("x-request-id", request_id);
+          for (const auto& [name, value] : rate_headers) res.set(name, value);
           keep = co_await Write(res);
           break;
         }
         Response res = JsonResponse(req, 200, std::move(sink->body()));
-        SetCallHeaders(res, request_id, sink->info());
+        SetCallHeaders(res, request_id, sink->info(), rate_headers);
         keep = co_await Write(res);
         break;
       }
@@ -707,7 +880,7 @@ class Connection {
         head.set(http::field::server, "tollgate");
         head.set(http::field::content_type, "text/event-stream");
         head.set(http::field::cache_control, "no-cache");
-        SetCallHeaders(head, request_id, sink->info());
+        SetCallHeaders(head, request_id, sink->info(), rate_headers);
         // HTTP/1.0 has no chunked encoding: the body then ends when the
         // connection closes (RFC 9112 section 6.3).
         head.keep_alive(req.keep_alive() && !http10);
@@ -767,8 +940,12 @@ class Connection {
   }
 
   template <class Message>
-  static void SetCallHeaders(Message& res, const std::string& request_id, const CommitInfo& info) {
+  static void SetCallHeaders(Message& res, const std::string& request_id, const CommitInfo& info,
+                             const std::vector<std::pair<std::string, std::string>>& rate_headers) {
     res.set("x-request-id", request_id);
+    for (const auto& [name, value] : rate_headers) res.set(name, value);
+    // A soft limit passed: the call ran, and the next ones may soon be refused.
+    if (!info.soft_limit.empty()) res.set("x-tollgate-soft-limit", info.soft_limit);
     // Parameters the serving endpoint does not support were dropped
     // (core/parameters.hpp); say which, in OpenRouter's parameter names.
     if (!info.dropped.empty()) res.set("x-tollgate-unsupported-parameters", info.dropped.Names());
@@ -796,9 +973,10 @@ class Connection {
 
   Services& s_;
   beast::tcp_stream stream_;
+  const bool admin_only_;
 };
 
-awaitable<void> Accept(Services& services, tcp::acceptor& acceptor) {
+awaitable<void> Accept(Services& services, tcp::acceptor& acceptor, bool admin_only) {
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(kUseTuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
@@ -813,8 +991,8 @@ awaitable<void> Accept(Services& services, tcp::acceptor& acceptor) {
     auto strand = asio::make_strand(acceptor.get_executor());
     asio::co_spawn(
         strand,
-        [&services, s = std::move(socket)]() mutable -> awaitable<void> {
-          Connection connection(services, std::move(s));
+        [&services, s = std::move(socket), admin_only]() mutable -> awaitable<void> {
+          Connection connection(services, std::move(s), admin_only);
           co_await connection.Run();
         },
         asio::detached);
@@ -845,18 +1023,71 @@ int Serve(const Config& config, const ServeOptions& options) {
   services.metrics = std::make_unique<Metrics>();
   services.observer = std::make_unique<MetricsObserver>(*services.metrics);
 
-  auto keys = billing::KeyCache::Start(options.database_url);
+  // BYOK provider keys are sealed with TOLLGATE_SECRET_KEY; without it they are not used.
+  std::optional<billing::SecretBox> secrets;
+  if (const char* env = std::getenv(std::string(billing::kSecretKeyEnv).c_str()); env != nullptr && *env != '\0') {
+    auto box = billing::SecretBox::FromEnv();
+    if (!box) return StartupError(std::string(billing::kSecretKeyEnv) + ": " + box.error().message);
+    secrets = *box;
+  }
+  auto keys = billing::KeyCache::Start(options.database_url, secrets);
   if (!keys) return StartupError("database: " + keys.error().message);
   services.keys = std::move(*keys);
-  services.admission = std::make_unique<KeyCacheAdmission>(*services.keys);
-  auto recorder =
-      billing::UsageRecorder::Start(options.database_url, config.usage.flush_interval_ms, config.usage.batch_size);
-  if (!recorder) return StartupError("database: " + recorder.error().message);
+  billing::UsageRecorderOptions recorder_options;
+  recorder_options.flush_interval_ms = config.usage.flush_interval_ms;
+  recorder_options.batch_size = config.usage.batch_size;
+  recorder_options.spool_dir = config.usage.spool_dir;
+  auto recorder = billing::UsageRecorder::Start(options.database_url, recorder_options);
+  if (!recorder) {
+    return StartupError((config.usage.spool_dir.empty() ? "database: " : "usage: ") + recorder.error().message);
+  }
   services.recorder = std::move(*recorder);
+  if (services.recorder->rows_replayed() > 0) {
+    std::cerr << "tollgate: " << services.recorder->rows_replayed() << " usage rows replayed from the spool"
+              << std::endl;
+  }
   services.usage = std::make_unique<RecorderSink>(*services.recorder);
+  // This process in credit leases and rate counters: the spool's stable id
+  // (so a restart finds its earlier boots' leases) and a boot nonce.
+  const std::string replica_id = services.recorder->replica_stable_id() + ":" + BootNonce();
+  billing::CreditGuardOptions guard_options;
+  guard_options.lease_ttl = std::chrono::milliseconds(config.billing.lease_ttl_ms);
+  guard_options.renew_interval = guard_options.lease_ttl / 4;
+  guard_options.expiry_margin = guard_options.lease_ttl / 4;
+  guard_options.idle_return_after = std::chrono::milliseconds(config.billing.lease_idle_return_ms);
+  auto guard = billing::CreditGuard::Start(options.database_url, replica_id, guard_options);
+  if (!guard) return StartupError("database: " + guard.error().message);
+  services.guard = std::move(*guard);
+  services.admission = std::make_unique<GuardAdmission>(*services.guard, *services.metrics);
+  // Limit or credit changes (LISTEN/NOTIFY through the key cache): the
+  // leases of that key or account are given back and taken anew.
+  services.keys->OnChange([guard = services.guard.get()](std::string_view kind, int64_t id) {
+    if (kind == "key") guard->InvalidateKey(id);
+    if (kind == "account") guard->InvalidateAccount(id);
+  });
+  auto limiter = billing::RateLimiter::Start(options.database_url, replica_id,
+                                             static_cast<int>(config.billing.rate_limit_sync_ms));
+  if (!limiter) return StartupError("database: " + limiter.error().message);
+  services.limiter = std::move(*limiter);
   auto generations = billing::GenerationStore::Connect(options.database_url);
   if (!generations) return StartupError("database: " + generations.error().message);
   services.generations = std::move(*generations);
+  auto accounts = billing::AccountStore::Connect(options.database_url, secrets);
+  if (!accounts) return StartupError("database: " + accounts.error().message);
+  services.accounts = std::move(*accounts);
+  // Once the spool's rows of earlier boots are in the database, their
+  // leases are no longer needed: free them now rather than at their expiry.
+  std::jthread drop_earlier_boots([&services](std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      if (services.recorder->FlushFor(std::chrono::milliseconds(500))) {
+        auto dropped = services.guard->DropEarlierBoots();
+        if (dropped && *dropped > 0) {
+          std::cerr << "tollgate: " << *dropped << " credit leases of earlier runs released" << std::endl;
+        }
+        if (dropped) return;
+      }
+    }
+  });
 
   {
     asio::io_context ioc(threads);
@@ -1003,7 +1234,25 @@ int Serve(const Config& config, const ServeOptions& options) {
               << (threads == 1 ? " I/O thread" : " I/O threads") << "; listening on http://" << shown_host << ":"
               << port << std::endl;
 
-    asio::co_spawn(ioc, Accept(services, acceptor), asio::detached);
+    asio::co_spawn(ioc, Accept(services, acceptor, false), asio::detached);
+    tcp::acceptor admin_acceptor(ioc);
+    if (!config.billing.admin_host.empty()) {
+      beast::error_code ec;
+      auto address = asio::ip::make_address(config.billing.admin_host, ec);
+      if (ec) return StartupError("billing.admin_listen: '" + config.billing.admin_host + "' is not an IP address");
+      tcp::endpoint ep(address, config.billing.admin_port);
+      admin_acceptor.open(ep.protocol(), ec);
+      if (!ec) admin_acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+      if (!ec) admin_acceptor.bind(ep, ec);
+      if (!ec) admin_acceptor.listen(asio::socket_base::max_listen_connections, ec);
+      if (ec) {
+        return StartupError("cannot listen on " + config.billing.admin_host + ":" +
+                            std::to_string(config.billing.admin_port) + " (billing.admin_listen): " + ec.message());
+      }
+      std::cerr << "tollgate: admin API on " << config.billing.admin_host << ":"
+                << admin_acceptor.local_endpoint().port() << std::endl;
+      asio::co_spawn(ioc, Accept(services, admin_acceptor, true), asio::detached);
+    }
 
     // Stop: close the listener, let in-flight calls finish (up to
     // server.drain_timeout_ms), then cancel the ones left and wait for them to
@@ -1033,6 +1282,7 @@ int Serve(const Config& config, const ServeOptions& options) {
       services.stopping = true;
       beast::error_code ignored;
       acceptor.close(ignored);
+      admin_acceptor.close(ignored);
       drain_until = Clock::now() + std::chrono::milliseconds(config.server.drain_timeout_ms);
       drain_poll();
     });
@@ -1054,6 +1304,10 @@ int Serve(const Config& config, const ServeOptions& options) {
   if (!services.recorder->StopWithin(std::chrono::seconds(30))) {
     std::cerr << "tollgate: " << services.recorder->rows_lost() << " usage rows could not be written" << std::endl;
   }
+  drop_earlier_boots.request_stop();
+  if (drop_earlier_boots.joinable()) drop_earlier_boots.join();
+  services.limiter->Stop();
+  services.guard->Stop();
   services.keys->Stop();
   std::cerr << "tollgate: stopped; " << services.recorder->rows_written() << " usage rows written" << std::endl;
   return 0;
