@@ -101,12 +101,17 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
 
   // ------------------------------------------------------------------ CLI and process
 
-  test('keys create prints only a tg- key; the database stores a hash and the credit limit', async () => {
+  test('keys create prints only a tg- key; the database stores a hash, and --credits funds the key\'s own prepaid account', async () => {
     for (const k of Object.values(keys)) assert.match(k, /^tg-[0-9A-Za-z]{43,}$/, 'tg- + >= 32 random bytes in base62');
     assert.equal(ctx['create-e2e-main'].stdout.split('\n').filter(Boolean).length, 1, 'stdout is the key alone');
     const row = await keyRow('e2e-main');
     assert.ok(row, 'api_keys row for e2e-main');
-    assert.equal(row.credit_limit_nano_usd, 5_000_000_000);
+    assert.equal(row.credit_limit_nano_usd, null, 'credits belong to the account, not a key limit');
+    const account = (await db.query('SELECT * FROM accounts WHERE id = $1', [row.account_id])).rows[0];
+    assert.equal(account.prepaid, true);
+    assert.equal(account.balance_nano_usd, 5_000_000_000);
+    const ledger = (await db.query('SELECT * FROM ledger_entries WHERE account_id = $1', [row.account_id])).rows;
+    assert.deepEqual(ledger.map((e) => [e.kind, e.amount_nano_usd]), [['credit', 5_000_000_000]]);
     // Only the SHA-256 is stored: no column holds any 6-character piece of the key after "tg-".
     const stored = JSON.stringify(row);
     for (let i = 3; i + 6 <= keys.main.length; i++) {
