@@ -20,7 +20,9 @@
 //       mock direct streamed  the same with "stream": true and include_usage, to `data: [DONE]`:
 //                           the baseline for (b) and (c), since the gateway always streams from
 //                           its upstream, also for a non-streamed call
-//   (b) gateway             the same through the gateway (model mock/gpt-test)
+//   (b) gateway             the same through the gateway (model mock/gpt-test), and through a second
+//                           gateway without the usage spool (usage.spool_dir empty): the difference is
+//                           the cost of making each usage row durable before the answer's last byte
 //   (c) gateway streamed    "stream": true through the gateway; two rows: time to the first byte
 //                           of the response body (TTFB), and time to `data: [DONE]`
 //   (d) local stories260k   non-streamed local/stories260k, max_tokens 16 (concurrency 1 and 8 only)
@@ -78,7 +80,7 @@ if (!(MAX_REQUESTS > 0) || !(MAX_SECONDS > 0)) {
 
 // ---------------------------------------------------------------- cleanup, always
 
-const state = { gw: null, mock: null, database: null, workDir: null };
+const state = { gw: null, gwNoSpool: null, mock: null, database: null, workDir: null };
 let cleaning = null;
 
 function killMockNow() {
@@ -103,9 +105,10 @@ async function stopMock(graceMs = 5000) {
 function cleanup() {
   if (!cleaning) {
     cleaning = (async () => {
-      if (state.gw) {
-        const r = await state.gw.stop('SIGTERM', 15000).catch((e) => ({ error: e.message }));
-        if (r && (r.code !== 0 && r.signal !== 'SIGTERM')) log(`gateway exited ${JSON.stringify(r)}; log ${state.gw.logFile}`);
+      for (const gw of [state.gw, state.gwNoSpool]) {
+        if (!gw) continue;
+        const r = await gw.stop('SIGTERM', 15000).catch((e) => ({ error: e.message }));
+        if (r && (r.code !== 0 && r.signal !== 'SIGTERM')) log(`gateway exited ${JSON.stringify(r)}; log ${gw.logFile}`);
       }
       await stopMock().catch((e) => log(`stopping the mock: ${e.message}`));
       if (state.database) {
@@ -298,6 +301,10 @@ async function main() {
   });
   state.gw = await startGateway({ configPath, workDir: state.workDir, env });
   log(`gateway pid ${state.gw.pid} at ${state.gw.url}`);
+  // The same without the usage spool: what making each usage row durable before the answer's last
+  // byte (an fdatasync per group of calls) costs.
+  state.gwNoSpool = await startGateway({ configPath, workDir: state.workDir, env: { ...env, TOLLGATE_SPOOL_DIR: '' } });
+  log(`gateway without spool pid ${state.gwNoSpool.pid} at ${state.gwNoSpool.url}`);
 
   const mockPort = Number(new URL(mock.url).port);
   const gwPort = state.gw.port;
@@ -315,6 +322,7 @@ async function main() {
       levels: [1, 8, 32],
     },
     { name: 'gateway', target: target(gwPort, key, { model: 'mock/gpt-test', messages }), levels: [1, 8, 32] },
+    { name: 'gateway, no usage spool', target: target(state.gwNoSpool.port, key, { model: 'mock/gpt-test', messages }), levels: [1, 8, 32] },
     { name: 'gateway streamed', stream: true, target: target(gwPort, key, { model: 'mock/gpt-test', messages, stream: true }), levels: [1, 8, 32] },
     {
       name: 'local stories260k, max_tokens 16',
