@@ -181,6 +181,17 @@ if [ -z "$key" ]; then
   say "created an API key (saved in .data/first-key)"
 fi
 
+# The admin API's token (billing.admin_token): TOLLGATE_ADMIN_TOKEN, else one made once and kept
+# in .data/admin-token.
+if [ -z "${TOLLGATE_ADMIN_TOKEN:-}" ]; then
+  if [ ! -s "$data/admin-token" ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$data/admin-token")
+    say "created an admin API token (saved in .data/admin-token)"
+  fi
+  TOLLGATE_ADMIN_TOKEN=$(cat "$data/admin-token")
+fi
+export TOLLGATE_ADMIN_TOKEN
+
 # ---------------------------------------------------------------- 5. serve
 # Sets gw_pid and port. Not to be called in $(...): the gateway must be this shell's child.
 start_gateway() { # LISTEN PORT_FILE [LOG] [HINT]
@@ -223,6 +234,7 @@ if [ "$smoke" = 0 ]; then
 
 Tollgate is running on $url  (Ctrl-C stops it$stops_pg)
   API key:   $key   (.data/first-key)
+  Admin API: $url/admin/v1   (Authorization: Bearer \$(cat .data/admin-token); README "Accounts, credits and limits")
   Database:  $db_url   (.data/database-url)
   Models:    curl -sS $url/v1/models
 
@@ -241,7 +253,8 @@ fi
 smoke_dir=$data/smoke
 rm -rf "$smoke_dir"
 mkdir -p "$smoke_dir"
-start_gateway 127.0.0.1:0 "$smoke_dir/port" "$smoke_dir/gateway.log"
+# Its own usage spool: a gateway started by `scripts/run.sh` may hold .data/spool.
+TOLLGATE_SPOOL_DIR=$smoke_dir/spool start_gateway 127.0.0.1:0 "$smoke_dir/port" "$smoke_dir/gateway.log"
 url="http://127.0.0.1:$port"
 say "gateway pid $gw_pid on $url (log .data/smoke/gateway.log)"
 max_tokens=32
@@ -298,6 +311,24 @@ if [ -n "${PLAIN_ID:-}" ] && [ -n "${STREAM_ID:-}" ]; then
   done
 else
   echo "  FAIL  no request ids to look up" >&2
+  failed=1
+fi
+
+echo "== GET /api/v1/key, GET /admin/v1/ledger/check" >&2
+code=$(curl -sS -o "$smoke_dir/key.json" -w '%{http_code}' "$url/api/v1/key" -H "Authorization: Bearer $key") || code=000
+cat "$smoke_dir/key.json" >&2; echo >&2
+if [ "$code" = 200 ] && grep -q '"label"' "$smoke_dir/key.json"; then
+  echo "  ok    /api/v1/key answers for the key" >&2
+else
+  echo "  FAIL  /api/v1/key: HTTP $code" >&2
+  failed=1
+fi
+code=$(curl -sS -o "$smoke_dir/check.json" -w '%{http_code}' "$url/admin/v1/ledger/check" \
+  -H "Authorization: Bearer $TOLLGATE_ADMIN_TOKEN") || code=000
+if [ "$code" = 200 ] && grep -q '"ok":true' "$smoke_dir/check.json"; then
+  echo "  ok    every balance equals its ledger (admin API /ledger/check)" >&2
+else
+  echo "  FAIL  /admin/v1/ledger/check: HTTP $code $(cat "$smoke_dir/check.json")" >&2
   failed=1
 fi
 
