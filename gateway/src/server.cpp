@@ -999,6 +999,20 @@ awaitable<void> Accept(Services& services, tcp::acceptor& acceptor, bool admin_o
   }
 }
 
+// Opens `acceptor` on host:port; the error ("" when none) names `setting`.
+std::string Listen(tcp::acceptor& acceptor, const std::string& host, uint16_t port, std::string_view setting) {
+  beast::error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  if (ec) return std::string(setting) + ": '" + host + "' is not an IP address";
+  tcp::endpoint ep(address, port);
+  acceptor.open(ep.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(ep, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return "cannot listen on " + host + ":" + std::to_string(port) + " (" + std::string(setting) + "): " + ec.message();
+  return "";
+}
+
 int StartupError(const std::string& what) {
   std::cerr << "tollgate: " << what << "\n";
   return 1;
@@ -1209,19 +1223,9 @@ int Serve(const Config& config, const ServeOptions& options) {
     services.router = std::make_unique<routing::Router>(&services.catalog, config.routing);
 
     tcp::acceptor acceptor(ioc);
-    {
-      beast::error_code ec;
-      auto address = asio::ip::make_address(config.server.host, ec);
-      if (ec) return StartupError("server.listen: '" + config.server.host + "' is not an IP address");
-      tcp::endpoint ep(address, config.server.port);
-      acceptor.open(ep.protocol(), ec);
-      if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-      if (!ec) acceptor.bind(ep, ec);
-      if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-      if (ec) {
-        return StartupError("cannot listen on " + config.server.host + ":" + std::to_string(config.server.port) +
-                            ": " + ec.message());
-      }
+    if (std::string error = Listen(acceptor, config.server.host, config.server.port, "server.listen");
+        !error.empty()) {
+      return StartupError(error);
     }
     const uint16_t port = acceptor.local_endpoint().port();
     if (!options.port_file.empty()) {
@@ -1237,17 +1241,10 @@ int Serve(const Config& config, const ServeOptions& options) {
     asio::co_spawn(ioc, Accept(services, acceptor, false), asio::detached);
     tcp::acceptor admin_acceptor(ioc);
     if (!config.billing.admin_host.empty()) {
-      beast::error_code ec;
-      auto address = asio::ip::make_address(config.billing.admin_host, ec);
-      if (ec) return StartupError("billing.admin_listen: '" + config.billing.admin_host + "' is not an IP address");
-      tcp::endpoint ep(address, config.billing.admin_port);
-      admin_acceptor.open(ep.protocol(), ec);
-      if (!ec) admin_acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-      if (!ec) admin_acceptor.bind(ep, ec);
-      if (!ec) admin_acceptor.listen(asio::socket_base::max_listen_connections, ec);
-      if (ec) {
-        return StartupError("cannot listen on " + config.billing.admin_host + ":" +
-                            std::to_string(config.billing.admin_port) + " (billing.admin_listen): " + ec.message());
+      if (std::string error =
+              Listen(admin_acceptor, config.billing.admin_host, config.billing.admin_port, "billing.admin_listen");
+          !error.empty()) {
+        return StartupError(error);
       }
       std::cerr << "tollgate: admin API on " << config.billing.admin_host << ":"
                 << admin_acceptor.local_endpoint().port() << std::endl;
