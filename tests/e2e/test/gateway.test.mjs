@@ -848,6 +848,51 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     }
   });
 
+  test('a key limit, an expiry, allowed models and a disabled account are enforced with their own errors', async () => {
+    const created = await runCliOk(['accounts', 'create', '--name', 'e2e-limits', '--postpaid'], { env: ctx.env });
+    const account = (await db.query("SELECT id FROM accounts WHERE name = 'e2e-limits'")).rows[0].id;
+    assert.ok(account, created.stderr);
+    const make = async (name, extra) => (await runCliOk(['keys', 'create', '--account', String(account), '--name', name, ...extra],
+      { env: ctx.env })).stdout.trim();
+    const limited = await make('e2e-limited', ['--limit', '0.00002', '--limit-reset', 'daily']);
+    const expired = await make('e2e-expired', ['--expires', '2020-01-01T00:00:00Z']);
+    const onlyLocal = await make('e2e-only-local', ['--models', 'local/stories260k']);
+    const body = { model: 'mock/gpt-test', messages: [{ role: 'user', content: 'hi' }], max_tokens: 20 };
+
+    // Worst case 11 prompt tokens at $1/M + 20 at $2/M = $0.000051 > the $0.00002 daily limit.
+    let r = await post('/v1/chat/completions', body, { key: limited });
+    assert.equal(r.status, 402);
+    let e = (await r.json()).error;
+    assert.match(e.message, /key limit/);
+    assert.match(e.message, /daily/);
+    assert.match(e.message, /\$0\.000051/, 'names what the call may cost');
+
+    r = await post('/v1/chat/completions', body, { key: expired });
+    assert.equal(r.status, 401);
+    e = (await r.json()).error;
+    assert.equal(e.code, 'expired_api_key');
+
+    r = await post('/v1/chat/completions', body, { key: onlyLocal });
+    assert.equal(r.status, 403);
+    e = (await r.json()).error;
+    assert.equal(e.code, 'model_not_allowed');
+    assert.match(e.message, /local\/stories260k/);
+    r = await post('/v1/chat/completions', { ...body, model: 'local/stories260k', max_tokens: 4 }, { key: onlyLocal });
+    assert.equal(r.status, 200);
+    await r.text();
+
+    // Disabling the account refuses its keys within a second (LISTEN/NOTIFY), with the reason.
+    await runCliOk(['accounts', 'disable', String(account)], { env: ctx.env });
+    const refused = await waitFor(async () => {
+      const x = await post('/v1/chat/completions', { ...body, model: 'local/stories260k', max_tokens: 4 }, { key: onlyLocal });
+      const j = await x.json().catch(() => ({}));
+      return x.status === 401 ? j.error : null;
+    }, { timeoutMs: 1000, intervalMs: 20, what: 'the disabled account refused' });
+    assert.equal(refused.code, 'account_disabled');
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM usage_events u JOIN api_keys k ON k.id = u.api_key_id WHERE k.name = $1',
+      ['e2e-limited'])).rows[0].n, 0, 'a refused call is never billed');
+  });
+
   test('/metrics counts the metered calls, their tokens and the usage rows written', async () => {
     // Wait until every row is durable, then compare the counters with the database.
     await waitFor(async () => {
