@@ -386,6 +386,118 @@ TEST_F(AccountStorePg, ListsUpdatesAndRevokesKeys) {
   EXPECT_EQ(no_key.error().code, ErrorCode::kNotFound);
 }
 
+TEST_F(AccountStorePg, ListsKeysInIdOrderWithLabelsLimitsAndRevocations) {
+  testing::TestKey alice = testing::CreateAccountAndKey(*accounts_, "alice");
+  testing::TestKey bob = testing::CreateAccountAndKey(*accounts_, "bob", Usd(5));
+  ASSERT_FALSE(HasFailure());
+  EXPECT_TRUE(LooksLikeApiKey(alice.plaintext));
+  EXPECT_NE(alice.plaintext, bob.plaintext);
+  EXPECT_LT(alice.id, bob.id);
+  EXPECT_NE(alice.account_id, bob.account_id);
+
+  // All keys, across accounts, by id.
+  auto listed = accounts_->ListKeys();
+  ASSERT_TRUE(listed) << listed.error().message;
+  ASSERT_EQ(listed->size(), 2u);
+  const KeyDetails& a = (*listed)[0];
+  const KeyDetails& b = (*listed)[1];
+  EXPECT_EQ(a.id, alice.id);
+  EXPECT_EQ(a.account_id, alice.account_id);
+  EXPECT_EQ(a.name, "alice");
+  EXPECT_EQ(a.label, ApiKeyLabel(HashApiKey(alice.plaintext)));
+  EXPECT_FALSE(a.limit);
+  EXPECT_EQ(a.spent, Money{0});
+  EXPECT_FALSE(a.revoked);
+  EXPECT_FALSE(a.revoked_at);
+  EXPECT_LT(std::chrono::system_clock::now() - a.created_at, 1min);
+  EXPECT_EQ(FormatTimestamp(a.created_at).size(), 20u);  // 2026-11-29T08:04:53Z
+  EXPECT_EQ(b.id, bob.id);
+  EXPECT_EQ(b.name, "bob");
+  EXPECT_EQ(b.label, ApiKeyLabel(HashApiKey(bob.plaintext)));
+  EXPECT_EQ(b.limit, Usd(5));
+
+  // The limit is the column the key cache and the credit guard read.
+  std::string where_alice = " FROM api_keys WHERE id = " + std::to_string(alice.id);
+  EXPECT_EQ(QueryInt("SELECT credit_limit_nano_usd FROM api_keys WHERE id = " + std::to_string(bob.id)),
+            Usd(5).nano_usd);
+  EXPECT_EQ(Query("SELECT credit_limit_nano_usd" + where_alice), std::nullopt);
+  auto limited = accounts_->UpdateKey(alice.id, KeyChanges{.limit = std::optional<Money>(Money{42})});
+  ASSERT_TRUE(limited) << limited.error().message;
+  EXPECT_EQ(limited->limit, Money{42});
+  EXPECT_EQ(QueryInt("SELECT credit_limit_nano_usd" + where_alice), 42);
+  limited = accounts_->UpdateKey(alice.id, KeyChanges{.limit = std::optional<Money>()});
+  ASSERT_TRUE(limited) << limited.error().message;
+  EXPECT_FALSE(limited->limit);
+  EXPECT_EQ(Query("SELECT credit_limit_nano_usd" + where_alice), std::nullopt);
+  EXPECT_EQ(QueryInt("SELECT credit_limit_nano_usd FROM api_keys WHERE id = " + std::to_string(bob.id)),
+            Usd(5).nano_usd);
+
+  // Revoking one key leaves the other usable; listings show both.
+  auto revoked = accounts_->RevokeKey(alice.id);
+  ASSERT_TRUE(revoked) << revoked.error().message;
+  EXPECT_EQ(QueryInt("SELECT count(*)" + where_alice + " AND revoked_at IS NOT NULL"), 1);
+  listed = accounts_->ListKeys();
+  ASSERT_TRUE(listed) << listed.error().message;
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_TRUE((*listed)[0].revoked);
+  EXPECT_FALSE((*listed)[1].revoked);
+  auto of_alice = accounts_->ListKeys(alice.account_id);
+  ASSERT_TRUE(of_alice) << of_alice.error().message;
+  ASSERT_EQ(of_alice->size(), 1u);
+  EXPECT_EQ((*of_alice)[0].id, alice.id);
+  EXPECT_TRUE((*of_alice)[0].revoked);
+}
+
+// Every window of `size` characters of `text`; any longer substring contains one.
+std::vector<std::string> Windows(const std::string& text, size_t size) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i + size <= text.size(); ++i) out.push_back(text.substr(i, size));
+  return out;
+}
+
+TEST_F(AccountStorePg, NoColumnHoldsAnyPartOfAPlaintextKey) {
+  AccountInfo acme = MakeAccount("acme");
+  std::vector<IssuedKey> created;
+  for (int i = 0; i < 5; ++i) {
+    auto key = accounts_->CreateKey(
+        NewKey{.account_id = acme.id, .name = "key-" + std::to_string(i), .limit = Money{1000 + i}});
+    ASSERT_TRUE(key) << key.error().message;
+    created.push_back(*key);
+  }
+  ASSERT_TRUE(accounts_->RevokeKey(created[0].details.id));
+  ASSERT_TRUE(accounts_->UpdateKey(created[1].details.id, KeyChanges{.name = "renamed"}));
+  // key_prefix is gone; what is left is ids, names, the hash, money, limits and times.
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM information_schema.columns "
+                     "WHERE table_name = 'api_keys' AND column_name = 'key_prefix'"),
+            0);
+  // Every column of every row, as text (row_to_json names each column and
+  // renders each value).
+  std::optional<std::string> rows =
+      Query("SELECT string_agg(row_to_json(api_keys)::text, E'\\n' ORDER BY id) FROM api_keys");
+  ASSERT_TRUE(rows);
+  for (const IssuedKey& key : created) {
+    ASSERT_NE(rows->find(HashApiKey(key.plaintext)), std::string::npos) << "the hash is stored";
+    // No substring of >= 6 characters of the plaintext: the fixed "tg-"
+    // start (3 characters) is too short to count, "tg-" + 3 random ones is not.
+    for (const std::string& part : Windows(key.plaintext, 6)) {
+      EXPECT_EQ(rows->find(part), std::string::npos)
+          << "api_keys holds '" << part << "' of key " << key.details.id << ": " << *rows;
+    }
+  }
+  // Listing shows labels made from the hashes, no part of the keys either.
+  auto listed = accounts_->ListKeys(acme.id);
+  ASSERT_TRUE(listed) << listed.error().message;
+  ASSERT_EQ(listed->size(), created.size());
+  for (size_t i = 0; i < created.size(); ++i) {
+    const KeyDetails& details = (*listed)[i];
+    EXPECT_EQ(details.id, created[i].details.id);
+    EXPECT_EQ(details.label, ApiKeyLabel(HashApiKey(created[i].plaintext)));
+    for (const std::string& part : Windows(created[i].plaintext, 6)) {
+      EXPECT_EQ(details.label.find(part), std::string::npos) << details.label;
+    }
+  }
+}
+
 // ------------------------------------------------------------------ credits
 
 TEST_F(AccountStorePg, AddsAndRemovesCredits) {
@@ -833,6 +945,12 @@ TEST_F(AccountStorePg, ReconnectsAfterTheServerDroppedTheConnection) {
   auto moved = Move(a.id, Usd(1), "after-kill");
   ASSERT_TRUE(moved) << moved.error().message;
   EXPECT_EQ(Balance(a.id), Usd(1).nano_usd);
+}
+
+TEST_F(AccountStorePg, ConnectFailsForAMissingDatabase) {
+  auto store = AccountStore::Connect(url() + "_missing");
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, ErrorCode::kUnavailable);
 }
 
 // ------------------------------------------------------------------ helpers (no database)

@@ -5,7 +5,7 @@
 // fails with a message saying so: these tests are never skipped silently.
 #pragma once
 
-#include "tollgate/billing/key_store.hpp"
+#include "tollgate/billing/account_store.hpp"
 
 #include <gtest/gtest.h>
 
@@ -56,24 +56,40 @@ class PgTest : public ::testing::Test {
   bool created_ = false;
 };
 
-// A PgTest whose database is migrated, with a KeyStore connected to it.
+// A PgTest whose database is migrated.
 class MigratedPgTest : public PgTest {
  protected:
   void SetUp() override {
     PgTest::SetUp();
     if (HasFatalFailure()) return;
     Migrate();
-    if (HasFatalFailure()) return;
-    auto store = KeyStore::Connect(url());
-    ASSERT_TRUE(store) << store.error().message;
-    store_ = std::move(*store);
   }
-  void TearDown() override {
-    store_.reset();
-    PgTest::TearDown();
-  }
-  std::unique_ptr<KeyStore> store_;
 };
+
+// A key made through AccountStore: its id and its plaintext (shown once).
+struct TestKey {
+  int64_t account_id = 0;
+  int64_t id = 0;
+  std::string plaintext;
+};
+
+// Creates a postpaid account named `name` (no budget) and in it a key of the
+// same name with spending limit `limit` (nullopt = unlimited), through
+// `store`. ADD_FAILUREs and returns a TestKey of zeros if either fails.
+inline TestKey CreateAccountAndKey(AccountStore& store, const std::string& name,
+                                   std::optional<Money> limit = std::nullopt) {
+  auto account = store.CreateAccount(NewAccount{.name = name, .prepaid = false});
+  if (!account) {
+    ADD_FAILURE() << "creating account " << name << ": " << account.error().message;
+    return {};
+  }
+  auto key = store.CreateKey(NewKey{.account_id = account->id, .name = name, .limit = limit});
+  if (!key) {
+    ADD_FAILURE() << "creating key " << name << ": " << key.error().message;
+    return {};
+  }
+  return TestKey{account->id, key->details.id, std::move(key->plaintext)};
+}
 
 // Polls `condition` every 10 ms for up to `timeout_ms`; true once it holds.
 template <class F>

@@ -3,9 +3,9 @@
 // (SQLSTATE 42P01 undefined_table), instead of an opaque SQL error or, for
 // the usage recorder, rows queued for a table that is not there.
 #include "pg_test_database.hpp"
+#include "tollgate/billing/account_store.hpp"
 #include "tollgate/billing/generation_store.hpp"
 #include "tollgate/billing/key_cache.hpp"
-#include "tollgate/billing/key_store.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 
 #include <string>
@@ -29,26 +29,37 @@ TEST_F(SchemaMissingPg, KeyCacheStartSaysToRunMigrate) {
   EXPECT_NE(cache.error().message.find("api_keys"), std::string::npos) << cache.error().message;
 }
 
-TEST_F(SchemaMissingPg, KeyStoreOperationsSayToRunMigrate) {
-  auto store = KeyStore::Connect(url());  // connecting checks no table
+TEST_F(SchemaMissingPg, AccountStoreOperationsSayToRunMigrate) {
+  auto store = AccountStore::Connect(url());  // connecting checks no table
   ASSERT_TRUE(store) << store.error().message;
-  auto created = (*store)->Create("alice", std::nullopt);
+  AccountStore& s = **store;
+  auto account = s.CreateAccount(NewAccount{.name = "acme"});
+  ASSERT_FALSE(account);
+  ExpectRunMigrate(account.error());
+  auto accounts = s.ListAccounts();
+  ASSERT_FALSE(accounts);
+  ExpectRunMigrate(accounts.error());
+  auto created = s.CreateKey(NewKey{.account_id = 1, .name = "alice"});
   ASSERT_FALSE(created);
   ExpectRunMigrate(created.error());
-  auto listed = (*store)->List();
+  auto listed = s.ListKeys();
   ASSERT_FALSE(listed);
   ExpectRunMigrate(listed.error());
-  auto revoked = (*store)->Revoke(1);
+  auto revoked = s.RevokeKey(1);
   ASSERT_FALSE(revoked);
   ExpectRunMigrate(revoked.error());
-  auto limited = (*store)->SetCreditLimit(1, Money{1});
+  auto limited = s.UpdateKey(1, KeyChanges{.limit = std::optional<Money>(Money{1})});
   ASSERT_FALSE(limited);
   ExpectRunMigrate(limited.error());
+  auto moved = s.MoveCredits(CreditMovement{1, Money{1}, "test", "k1"});
+  ASSERT_FALSE(moved);
+  ExpectRunMigrate(moved.error());
 
   // Once migrated, the same connection works.
   Migrate();
-  auto again = (*store)->Create("alice", std::nullopt);
-  EXPECT_TRUE(again) << again.error().message;
+  testing::TestKey key = testing::CreateAccountAndKey(s, "alice");
+  EXPECT_GT(key.id, 0);
+  EXPECT_FALSE(key.plaintext.empty());
 }
 
 TEST_F(SchemaMissingPg, UsageRecorderStartSaysToRunMigrate) {

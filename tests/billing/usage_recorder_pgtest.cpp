@@ -1,7 +1,6 @@
 #include "tollgate/billing/usage_recorder.hpp"
 
 #include "pg_test_database.hpp"
-#include "tollgate/billing/key_store.hpp"
 #include "tollgate/billing/log.hpp"
 
 #include <atomic>
