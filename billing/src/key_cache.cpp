@@ -192,9 +192,9 @@ bool SameKey(const KeyEntry& a, const KeyEntry& b) {
 
 bool SameAccount(const AccountRecord& x, const AccountRecord& y) {
   return std::tie(x.id, x.name, x.prepaid, x.budget, x.budget_reset, x.soft_limit,
-                  x.byok_fee_ppm, x.disabled, x.provider_keys) ==
+                  x.byok_fee_ppm, x.disabled, x.provider_keys, x.unreadable_provider_keys) ==
          std::tie(y.id, y.name, y.prepaid, y.budget, y.budget_reset, y.soft_limit,
-                  y.byok_fee_ppm, y.disabled, y.provider_keys);
+                  y.byok_fee_ppm, y.disabled, y.provider_keys, y.unreadable_provider_keys);
 }
 
 // A key whose account row was not loaded with it (impossible within one
@@ -395,15 +395,20 @@ struct KeyCache::Impl {
           logged_no_secrets = true;
           internal::Log(LogLevel::kWarning,
                         "key cache: BYOK provider keys are stored but " + std::string(kSecretKeyEnv) +
-                            " is not set, so they are ignored (calls use the gateway's own "
-                            "provider keys)");
+                            " is not set, so this gateway cannot read them: calls of those "
+                            "accounts to those providers fail (503) instead of using the gateway's "
+                            "own provider keys");
         }
       }
-      for (int row = 0; secrets && row < rows; ++row) {
+      for (int row = 0; row < rows; ++row) {
         const int64_t account_id = internal::PgInt64(r, row, 0);
         const std::string provider(internal::PgText(r, row, 1));
         auto account = loaded.accounts.find(account_id);
         if (account == loaded.accounts.end()) continue;
+        if (!secrets) {
+          account->second.unreadable_provider_keys.insert(provider);
+          continue;
+        }
         const std::string associated =
             "provider_keys:" + std::to_string(account_id) + ":" + provider;
         std::optional<std::string> sealed = DecodeHex(internal::PgText(r, row, 2));
@@ -414,13 +419,15 @@ struct KeyCache::Impl {
           account->second.provider_keys.emplace(provider, std::move(*opened));
           continue;
         }
+        account->second.unreadable_provider_keys.insert(provider);
         std::lock_guard lock(log_mutex);
         if (logged_unopenable.insert(std::to_string(account_id) + ":" + provider).second) {
           // The error says why (too short, tampered, other key); never the value.
           internal::Log(LogLevel::kError,
                         "key cache: the provider key of account " + std::to_string(account_id) +
                             " for provider '" + provider + "' does not open (stored with another " +
-                            std::string(kSecretKeyEnv) + "?), ignored: " + opened.error().message);
+                            std::string(kSecretKeyEnv) + "?); its calls to that provider fail (503): " +
+                            opened.error().message);
         }
       }
     }

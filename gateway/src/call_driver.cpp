@@ -84,7 +84,10 @@ Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoin
   dearest.reasoning.reset();
   Usage worst;
   worst.prompt_tokens = prompt;
-  worst.completion_tokens = OutputLimit(request, endpoint) * choices;
+  // A reasoning budget may come on top of max_tokens (DeepSeek's and Qwen's
+  // thinking tokens do not count against it).
+  const int64_t budget = request.reasoning && request.reasoning->max_tokens ? *request.reasoning->max_tokens : 0;
+  worst.completion_tokens = OutputLimit(request, endpoint) * choices + std::max<int64_t>(budget, 0);
   return CallCost(dearest, worst);
 }
 
@@ -339,6 +342,25 @@ void CallDriver::Start() {
                           "this API key may not use model '" + spec_.request.model.substr(0, 200) +
                               "'; it may use: " + list,
                           "model", "model_not_allowed"});
+    }
+  }
+  // An account whose own key for a provider this gateway cannot read: never
+  // send its calls there with the operator's key.
+  if (const auto& unreadable = spec_.key.account.unreadable_provider_keys; !unreadable.empty()) {
+    auto& cs = plan_.candidates;
+    std::string skipped;
+    cs.erase(std::remove_if(cs.begin(), cs.end(),
+                            [&](const routing::Candidate& c) {
+                              if (!unreadable.contains(c.endpoint->provider_id)) return false;
+                              skipped = c.endpoint->provider_id;
+                              return true;
+                            }),
+             cs.end());
+    if (cs.empty()) {
+      return Finish(Error{ErrorCode::kUnavailable,
+                          "this gateway cannot read the account's own API key for provider '" + skipped +
+                              "' (BYOK; the operator must set TOLLGATE_SECRET_KEY to the key it was stored with)",
+                          "", "byok_key_unreadable"});
     }
   }
   tried_.assign(plan_.candidates.size(), false);
@@ -678,6 +700,12 @@ void CallDriver::OnProviderComplete(Attempt& a) {
 
 void CallDriver::OnProviderError(Attempt& a, Error error) {
   if (error.provider_name.empty() && error.code != ErrorCode::kCancelled) error.provider_name = a.record.provider;
+  if (a.byok && error.code_string == kProviderCredentialsRejected) {
+    // The caller's account's own key, not the operator's: say so.
+    error.message = "the provider rejected your account's own API key for it (BYOK); replace it with PUT "
+                    "/admin/v1/accounts/" + std::to_string(spec_.key.account_id) + "/provider_keys/" +
+                    a.endpoint->provider_id;
+  }
   const bool mine = winner_ == &a;
   if (committed_ && !mine) return;  // a loser's late error
   if (mine) {
@@ -893,6 +921,7 @@ void CallDriver::Finish(const std::optional<Error>& outcome) {
     if (a->byok) {
       provider_cost = summary.cost;
       summary.cost = ByokFee(summary.cost, spec_.key.account);
+      summary.byok = true;
     }
   }
   // Settled before the client hears the end: the charge is what the

@@ -169,7 +169,8 @@ struct CommitInfo {
 struct CallSummary {
   Usage usage;            // what was billed (reported, or estimated: see usage_estimated)
   bool usage_estimated = false;
-  Money cost;
+  Money cost;             // what the caller is charged
+  bool byok = false;      // served with the account's own provider key: `cost` is the BYOK fee
 };
 
 // The client side of a call: the connection encodes and writes. Called on the
@@ -225,8 +226,11 @@ int64_t OutputLimit(const ChatRequest& request, const routing::Endpoint& endpoin
 
 // The most `request` can cost at `endpoint`: PromptTokensBound prompt tokens
 // at the dearest prompt-side price of any tier (Endpoint::Dearest),
-// completion tokens by OutputLimit times n at the dearer of the completion
-// and reasoning prices, plus the per-request price.
+// completion tokens by OutputLimit times n plus the request's reasoning
+// budget at the dearer of the completion and reasoning prices, plus the
+// per-request price. A provider whose reasoning is bounded by neither (no
+// budget given) can report more: the charge is then clamped to this
+// reservation and the rest counted in tollgate_uncharged_nano_usd_total.
 Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoint);
 
 // Usage estimated when a provider reported none: 4 bytes per token (OpenAI's

@@ -45,6 +45,11 @@ struct Metrics::Impl {
           .Name("tollgate_admission_refusals_total")
           .Help("Calls refused before they started: payment_required:<pot>, rate_limited:<limit>, credit_unavailable")
           .Register(*registry);
+  prometheus::Family<prometheus::Counter>& uncharged =
+      prometheus::BuildCounter()
+          .Name("tollgate_uncharged_nano_usd_total")
+          .Help("Provider cost of calls above what they were charged (above their credit reservation), by model and provider")
+          .Register(*registry);
   prometheus::Family<prometheus::Counter>& soft_limits =
       prometheus::BuildCounter()
           .Name("tollgate_soft_limit_warnings_total")
@@ -96,6 +101,11 @@ void Metrics::SetBackground(const BackgroundStats& s) {
 
 void Metrics::CountRefusal(std::string_view reason) {
   impl_->refusals.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::CountUncharged(std::string_view model, std::string_view provider, int64_t nano_usd) {
+  impl_->uncharged.Add({{"model", std::string(model)}, {"provider", std::string(provider)}})
+      .Increment(static_cast<double>(nano_usd));
 }
 
 void Metrics::CountSoftLimitWarning(std::string_view scope) {

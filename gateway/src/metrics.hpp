@@ -52,6 +52,9 @@ class Metrics {
   // (key, credits, budget), "rate_limited:<limit>" (requests, tokens,
   // concurrency), or "credit_unavailable".
   void CountRefusal(std::string_view reason);
+  // What a call cost above what it was charged (the provider's cost beyond
+  // the call's reservation, absorbed by the operator), nano-USD.
+  void CountUncharged(std::string_view model, std::string_view provider, int64_t nano_usd);
   // A call admitted past a soft limit (`scope`: key, budget, credits); the
   // caller was warned in the x-tollgate-soft-limit header.
   void CountSoftLimitWarning(std::string_view scope);

@@ -104,7 +104,7 @@ std::string ResponseEncoder::Event(const StreamEvent& event) {
 
 std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
   if (anthropic_) return anthropic_->Finish(summary.usage);
-  if (openai_) return openai_->Finish(summary.usage, summary.cost);
+  if (openai_) return openai_->Finish(summary.usage, summary.cost, summary.byok);
   return {};
 }
 
@@ -140,7 +140,7 @@ std::string ResponseEncoder::WholeBody(const CallSummary& summary) const {
                          ? wire::anthropic::EncodeMessagesResponse(meta_, response, summary.usage)
                          : wire::openai::EncodeResponse(
                                meta_, wire::openai::ResponseOptions{kind_, include_usage_, include_reasoning_},
-                               response, summary.usage, summary.cost);
+                               response, summary.usage, summary.cost, summary.byok);
   return routing_ ? WithRouting(body, *routing_) : body;
 }
 

@@ -165,6 +165,12 @@ class MetricsObserver final : public CallObserver {
   void OnCall(const billing::UsageEvent& e) override {
     metrics_.CountCall(e.model, e.provider, e.status, e.usage.prompt_tokens, e.usage.completion_tokens,
                        e.cost.nano_usd, e.ttft_ms, e.latency_ms);
+    // The served attempt's record keeps what the call cost; the row what was charged.
+    for (const billing::AttemptRecord& a : e.attempts) {
+      if (a.outcome == "served" && !e.byok && a.cost > e.cost) {
+        metrics_.CountUncharged(e.model, e.provider, a.cost.nano_usd - e.cost.nano_usd);
+      }
+    }
   }
 
  private:
@@ -478,10 +484,12 @@ class Connection {
 
     // The admin API: on its own listener when billing.admin_listen is set,
     // else on this one; off (403) without billing.admin_token.
-    const bool admin_path = path == "/admin/v1" || path.rfind("/admin/v1/", 0) == 0;
+    // The admin API routes the path as received, percent-encoded ("/keys/%31" is not key 1).
+    const std::string raw_path(url->encoded_path());
+    const bool admin_path = raw_path == "/admin/v1" || raw_path.rfind("/admin/v1/", 0) == 0;
     const bool admin_here = admin_only_ || s_.config->billing.admin_host.empty();
     if (admin_path && admin_here) {
-      Response res = co_await HandleAdminRequest(req, *url, path);
+      Response res = co_await HandleAdminRequest(req, *url, raw_path);
       s_.metrics->CountRequest("/admin/v1", res.result_int());
       co_return co_await Write(res);
     }
@@ -1056,6 +1064,11 @@ int Serve(const Config& config, const ServeOptions& options) {
     return StartupError((config.usage.spool_dir.empty() ? "database: " : "usage: ") + recorder.error().message);
   }
   services.recorder = std::move(*recorder);
+  if (config.usage.spool_dir.empty()) {
+    std::cerr << "tollgate: warning: usage.spool_dir is not set: usage rows wait in memory until written, so a "
+                 "crash loses those not written yet (set it to make every answered call durable)"
+              << std::endl;
+  }
   if (services.recorder->rows_replayed() > 0) {
     std::cerr << "tollgate: " << services.recorder->rows_replayed() << " usage rows replayed from the spool"
               << std::endl;

@@ -166,6 +166,13 @@ std::string UpstreamErrorMessage(std::string_view body, std::string_view secret)
   return {};
 }
 
+// The upstream refused the key it was sent: marked so that the gateway can
+// tell a caller whose own key (BYOK) it was.
+Error CredentialsRejected(Error e) {
+  e.code_string = std::string(kProviderCredentialsRejected);
+  return e;
+}
+
 Error MapUpstreamStatus(int status, std::string_view body, std::string_view secret, std::string_view retry_after) {
   const std::string upstream_msg = UpstreamErrorMessage(body, secret);
   const std::string http = "HTTP " + std::to_string(status);
@@ -178,7 +185,7 @@ Error MapUpstreamStatus(int status, std::string_view body, std::string_view secr
   // Gemini answers a rejected key with 400 INVALID_ARGUMENT: it is our
   // credentials, not the caller's request.
   if (status == 400 && parsed && IsRejectedGoogleKey(*parsed)) {
-    return make(ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials", false);
+    return CredentialsRejected(make(ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials", false));
   }
   switch (status) {
     case 400:
@@ -192,7 +199,7 @@ Error MapUpstreamStatus(int status, std::string_view body, std::string_view secr
     case 401:
     case 403:
       // Never pass the upstream text on: it may echo (part of) our key.
-      return make(ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials", false);
+      return CredentialsRejected(make(ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials", false));
     case 404:
       return make(ErrorCode::kBadGateway, "the provider does not know this model or path", true);
     case 402:

@@ -37,6 +37,7 @@ std::string UpstreamErrorMessage(std::string_view body, std::string_view secret 
 // 400 whose Google error details say API_KEY_INVALID (Gemini's answer to a bad
 // key), which maps like 401. A Gemini 429's RetryInfo.retryDelay stands in for
 // the Retry-After header it does not send.
+// A 401/403 (and Gemini's bad-key 400) has code_string kProviderCredentialsRejected (core/error.hpp).
 Error MapUpstreamStatus(int status, std::string_view body, std::string_view secret,
                         std::string_view retry_after = {});
 

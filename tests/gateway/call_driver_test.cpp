@@ -229,6 +229,7 @@ class CallDriverTest : public ::testing::Test {
     spec.key.account_id = 3;
     spec.key.allowed_models = key_allowed_models;
     spec.key.account.provider_keys = key_provider_keys;
+    spec.key.account.unreadable_provider_keys = key_unreadable_providers;
     spec.request_id = "gen-test-1";
     spec.received = executor->Now();
     spec.created_at = executor->WallNow();
@@ -255,6 +256,7 @@ class CallDriverTest : public ::testing::Test {
   uint64_t calls_started = 0;
   std::optional<std::vector<std::string>> key_allowed_models;
   std::map<std::string, std::string> key_provider_keys;
+  std::set<std::string> key_unreadable_providers;
   routing::Catalog catalog;
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<FakeProvider> primary;
@@ -708,6 +710,37 @@ TEST_F(CallDriverTest, TheAccountsOwnProviderKeyIsUsedAndOnlyTheFeeCharged) {
   EXPECT_EQ(row.provider_cost->nano_usd, 14000);
   EXPECT_EQ(row.cost.nano_usd, 700) << "5% of the provider's cost";
   EXPECT_NE(row.price_snapshot.find("\"byok_fee_ppm\":50000"), std::string::npos) << row.price_snapshot;
+}
+
+TEST_F(CallDriverTest, ARejectedOwnKeyIsNamedAsTheAccountsOwn) {
+  BuildCatalog({primary.get()});
+  key_provider_keys["Primary"] = "sk-own-key";
+  Start(UserSays("hi"));
+  Error rejected{ErrorCode::kBadGateway, "the provider rejected Tollgate's credentials (HTTP 401)", "",
+                 std::string(kProviderCredentialsRejected)};
+  primary->calls.at(0).sink->OnError(rejected);
+  executor->RunUntilIdle();
+  ASSERT_TRUE(client->error);
+  EXPECT_NE(client->error->message.find("your account's own API key"), std::string::npos) << client->error->message;
+  EXPECT_EQ(client->error->message.find("sk-own-key"), std::string::npos);
+}
+
+TEST_F(CallDriverTest, AnOwnKeyThisGatewayCannotReadNeverFallsBackToTheOperatorsKey) {
+  key_unreadable_providers = {"Primary"};
+  Start(UserSays("hi"));
+  EXPECT_TRUE(primary->calls.empty());
+  ASSERT_EQ(fallback->calls.size(), 1u) << "the other provider still serves";
+  fallback->calls[0].sink->OnComplete();
+  executor->RunUntilIdle();
+
+  client = std::make_shared<FakeClient>();
+  key_unreadable_providers = {"Primary", "Fallback"};
+  Start(UserSays("hi"));
+  ASSERT_TRUE(client->error);
+  EXPECT_EQ(client->error->code, ErrorCode::kUnavailable);
+  EXPECT_EQ(client->error->code_string, "byok_key_unreadable");
+  EXPECT_EQ(primary->calls.size(), 0u);
+  EXPECT_EQ(fallback->calls.size(), 1u);
 }
 
 TEST_F(CallDriverTest, TheUsageRowKeepsThePricesItsCostCameFrom) {

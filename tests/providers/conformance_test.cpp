@@ -1877,6 +1877,11 @@ ExpectedError WithMessage(ExpectedError e, std::string message, std::string para
   e.param = std::move(param);
   return e;
 }
+// The upstream refused the key it was sent (core/error.hpp).
+ExpectedError CredentialsRejected(ExpectedError e) {
+  e.code_string = std::string(kProviderCredentialsRejected);
+  return e;
+}
 ExpectedError Containing(ExpectedError e, std::string part) {
   e.message_contains = std::move(part);
   return e;
@@ -1981,8 +1986,8 @@ Case Error400() {
 // Our credentials were refused: a 502 that says so and passes nothing of the
 // upstream's text on (it may echo part of the key).
 Case Error401() {
-  const ExpectedError e =
-      WithMessage(Err(ErrorCode::kBadGateway, 502), "the provider rejected Tollgate's credentials (HTTP 401)");
+  const ExpectedError e = CredentialsRejected(
+      WithMessage(Err(ErrorCode::kBadGateway, 502), "the provider rejected Tollgate's credentials (HTTP 401)"));
   return Case{
       "Upstream401",
       Hi,
@@ -2019,9 +2024,9 @@ Case Error401() {
 // returns, as seen in public issue reports), not 401: it is still Tollgate's
 // credentials, not the caller's request, that failed.
 Case InvalidApiKey() {
-  const ExpectedError e =
-      WithMessage(Err(ErrorCode::kBadGateway, 502), "the provider rejected Tollgate's credentials (HTTP 401)");
-  ExpectedError gem = WithMessage(Err(ErrorCode::kBadGateway, 502), "");
+  const ExpectedError e = CredentialsRejected(
+      WithMessage(Err(ErrorCode::kBadGateway, 502), "the provider rejected Tollgate's credentials (HTTP 401)"));
+  ExpectedError gem = CredentialsRejected(WithMessage(Err(ErrorCode::kBadGateway, 502), ""));
   gem.message_contains = "the provider rejected Tollgate's credentials";
   return Case{
       "InvalidApiKey",

@@ -60,7 +60,7 @@ TEST(UpstreamErrors, CredentialFailuresPassNothingFromTheBodyOn) {
     const Error e = MapUpstreamStatus(status, body, kKey, "5");
     EXPECT_EQ(e.message, "the provider rejected Tollgate's credentials (HTTP " + std::to_string(status) + ")");
     EXPECT_EQ(e.param, "");
-    EXPECT_EQ(e.code_string, "");
+    EXPECT_EQ(e.code_string, kProviderCredentialsRejected) << "marked, so a BYOK caller is told it is their key";
     EXPECT_EQ(e.retry_after, "");
   }
 }

@@ -1258,7 +1258,7 @@ std::optional<int64_t> OptionalIndex(const json::object& o) {
 
 // ---------------------------------------------------------------- responses to callers
 
-json::object UsageObject(const Usage& usage, Money cost) {
+json::object UsageObject(const Usage& usage, Money cost, bool byok) {
   return json::object{
       {"prompt_tokens", usage.prompt_tokens},
       {"completion_tokens", usage.completion_tokens},
@@ -1267,7 +1267,7 @@ json::object UsageObject(const Usage& usage, Money cost) {
        json::object{{"cached_tokens", usage.cached_tokens}, {"cache_write_tokens", usage.cache_write_tokens}}},
       {"completion_tokens_details", json::object{{"reasoning_tokens", usage.reasoning_tokens}}},
       {"cost", ToUsd(cost)},
-      {"is_byok", false},
+      {"is_byok", byok},
   };
 }
 
@@ -1793,14 +1793,14 @@ std::string StreamEncoder::Encode(const StreamEvent& event) {
   return out;
 }
 
-std::string StreamEncoder::Finish(const Usage& usage, Money cost) {
+std::string StreamEncoder::Finish(const Usage& usage, Money cost, bool byok) {
   std::string out;
   if (options_.include_usage) {
     // stream_options.include_usage: one last chunk with no choices and the
     // usage of the whole call (WIRE-FORMATS.md 3.1).
     json::object chunk = Envelope(meta_, ChunkObject(options_.kind));
     chunk["choices"] = json::array{};
-    chunk["usage"] = UsageObject(usage, cost);
+    chunk["usage"] = UsageObject(usage, cost, byok);
     out += SseFrame(json::serialize(chunk));
   }
   out += SseFrame("[DONE]");
@@ -1810,7 +1810,7 @@ std::string StreamEncoder::Finish(const Usage& usage, Money cost) {
 // ---------------------------------------------------------------- public: whole answers
 
 std::string EncodeResponse(const ResponseMeta& meta, const ResponseOptions& options, const ChatResponse& response,
-                           const Usage& usage, Money cost) {
+                           const Usage& usage, Money cost, bool byok) {
   const bool chat = options.kind == RequestKind::kChat;
   std::vector<ChoiceResult> choices = response.choices;
   if (choices.empty()) choices.resize(1);
@@ -1855,10 +1855,12 @@ std::string EncodeResponse(const ResponseMeta& meta, const ResponseOptions& opti
   json::object out = Envelope(meta, chat ? "chat.completion" : "text_completion");
   out["system_fingerprint"] = nullptr;
   out["choices"] = std::move(out_choices);
-  out["usage"] = UsageObject(usage, cost);
+  out["usage"] = UsageObject(usage, cost, byok);
   return json::serialize(out);
 }
 
-std::string UsageJson(const Usage& usage, Money cost) { return json::serialize(UsageObject(usage, cost)); }
+std::string UsageJson(const Usage& usage, Money cost, bool byok) {
+  return json::serialize(UsageObject(usage, cost, byok));
+}
 
 }  // namespace tollgate::wire::openai

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,6 +64,10 @@ struct AccountRecord {
   // Empty when the cache has no SecretBox; a row that does not open (another
   // TOLLGATE_SECRET_KEY, tampered) is left out and logged (without the secret).
   std::map<std::string, std::string> provider_keys;
+  // Providers for which the account stored a key that this gateway cannot
+  // read (TOLLGATE_SECRET_KEY unset or another one): its calls must not go
+  // to them with the operator's key instead.
+  std::set<std::string> unreadable_provider_keys;
 };
 
 struct KeyRecord {

@@ -64,6 +64,11 @@ struct Error {
   std::string provider_name;
 };
 
+// Error::code_string of a provider's error when the upstream refused the API
+// key it was sent (HTTP 401/403): the gateway tells a caller whose own key
+// (BYOK) that was.
+inline constexpr std::string_view kProviderCredentialsRejected = "provider_credentials_rejected";
+
 // HTTP status for a code (400, 401, 402, 403, 404, 408, 409, 413, 429, 499, 500, 502, 503, 504).
 int HttpStatus(ErrorCode code);
 

@@ -245,8 +245,9 @@ class StreamEncoder {
 
   // The last events of a successful stream: the usage chunk (`choices: []`,
   // `usage` with prompt/completion/total tokens, details, `cost` in USD) when
-  // include_usage was asked, then `data: [DONE]`.
-  std::string Finish(const Usage& usage, Money cost);
+  // include_usage was asked, then `data: [DONE]`. `byok`: the call used the
+  // caller's own provider key (`usage.is_byok`; `cost` is then the fee).
+  std::string Finish(const Usage& usage, Money cost, bool byok = false);
 
   // True once Encode produced any output.
   bool started() const { return started_; }
@@ -284,9 +285,9 @@ class StreamEncoder {
 // only calls tools; `finish_reason` is null for a choice that never got one;
 // reasoning_details as in StreamEncoder (blocks, then thought signatures).
 std::string EncodeResponse(const ResponseMeta& meta, const ResponseOptions& options,
-                           const ChatResponse& response, const Usage& usage, Money cost);
+                           const ChatResponse& response, const Usage& usage, Money cost, bool byok = false);
 
 // The `usage` object the encoders write, as JSON text. For tests.
-std::string UsageJson(const Usage& usage, Money cost);
+std::string UsageJson(const Usage& usage, Money cost, bool byok = false);
 
 }  // namespace tollgate::wire::openai
