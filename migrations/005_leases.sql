@@ -58,13 +58,19 @@ $$;
 -- Leases more of a pot to p_replica: with room = capacity - the other
 -- replicas' unexpired leases - this replica's kept lease,
 --   granted = min(max(need, clamp(room / divisor, min_chunk, max_chunk)), room)
--- (unlimited: max(need, max_chunk)). An expired own lease is revived with only
--- what still fits (lost = the rest). The lease then expires p_ttl_ms from now.
--- Returns granted, the lease amount after it, lost, room (NULL = unlimited)
--- and the capacity (NULL = unlimited).
+-- (unlimited: max(need, max_chunk)). When the room cannot cover the need and
+-- p_calls (the worst cases of the waiting calls, in arrival order) is not
+-- empty, only what the calls that fit lack is leased instead: the calls are
+-- taken in order while they fit in p_free (what the replica holds free) +
+-- room, and granted = min(max(their sum - p_free, 0), room); a refused call
+-- then leases nothing that other replicas could use. An expired own lease is
+-- revived with only what still fits (lost = the rest). The lease then
+-- expires p_ttl_ms from now. Returns granted, the lease amount after it,
+-- lost, room (before the grant; NULL = unlimited) and the capacity (NULL =
+-- unlimited).
 CREATE FUNCTION tollgate_lease_grant(p_replica text, p_scope text, p_owner bigint, p_period_us bigint,
                                      p_need bigint, p_divisor bigint, p_min_chunk bigint,
-                                     p_max_chunk bigint, p_ttl_ms bigint,
+                                     p_max_chunk bigint, p_ttl_ms bigint, p_free bigint, p_calls bigint[],
                                      OUT granted bigint, OUT lease_amount bigint, OUT lost bigint,
                                      OUT room bigint, OUT capacity bigint)
 LANGUAGE plpgsql AS $$
@@ -76,6 +82,9 @@ DECLARE
   v_has_own boolean;
   v_keep bigint;
   v_chunk bigint;
+  v_free bigint := GREATEST(COALESCE(p_free, 0), 0);
+  v_call bigint;
+  v_fit bigint;
 BEGIN
   capacity := tollgate_pot_capacity(p_scope, p_owner, v_period);
   v_others := tollgate_pot_leased_by_others(p_replica, p_scope, p_owner, v_period);
@@ -94,8 +103,19 @@ BEGIN
     granted := GREATEST(GREATEST(p_need, 0), p_max_chunk);
   ELSE
     room := GREATEST(capacity - v_others - v_keep, 0);
-    v_chunk := LEAST(GREATEST(room / GREATEST(p_divisor, 1), p_min_chunk), GREATEST(p_min_chunk, p_max_chunk));
-    granted := LEAST(GREATEST(GREATEST(p_need, 0), v_chunk), room);
+    IF GREATEST(p_need, 0) > room AND COALESCE(cardinality(p_calls), 0) > 0 THEN
+      v_fit := 0;
+      FOREACH v_call IN ARRAY p_calls LOOP
+        v_call := GREATEST(COALESCE(v_call, 0), 0);
+        IF v_call <= v_free + room - v_fit THEN
+          v_fit := v_fit + v_call;
+        END IF;
+      END LOOP;
+      granted := LEAST(GREATEST(v_fit - v_free, 0), room);
+    ELSE
+      v_chunk := LEAST(GREATEST(room / GREATEST(p_divisor, 1), p_min_chunk), GREATEST(p_min_chunk, p_max_chunk));
+      granted := LEAST(GREATEST(GREATEST(p_need, 0), v_chunk), room);
+    END IF;
   END IF;
   lease_amount := v_keep + granted;
   IF v_has_own THEN
@@ -189,15 +209,45 @@ BEGIN
      ORDER BY 1, 2, 3;
 END $$;
 
+-- The replica lock: a session-level advisory lock on the stable id of a
+-- replica id (the part before its last ':', the whole id without one). A
+-- CreditGuard holds it for its lifetime on a connection of its own, so no two
+-- live processes share a stable id (a gateway started on a copy of another's
+-- usage spool directory is refused) and only the holder may drop the leases of
+-- the stable id's earlier boots.
+-- The lock key: pg_try_advisory_lock(tollgate_replica_lock_key(replica id)).
+CREATE FUNCTION tollgate_replica_lock_key(p_replica text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT hashtextextended('tollgate-replica:' || regexp_replace(p_replica, ':[^:]*$', ''), 0)
+$$;
+
+-- Whether the calling session holds the replica lock of p_replica's stable id
+-- (pg_locks shows a bigint advisory key as classid = its high half, objid =
+-- its low half, objsubid = 1).
+CREATE FUNCTION tollgate_replica_lock_held(p_replica text) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+  SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((classid::bigint << 32) | objid::bigint) = tollgate_replica_lock_key(p_replica))
+$$;
+
 -- Deletes the leases of the earlier boots of p_replica's stable id (the part
 -- before the last ':'), e.g. after the spool of a crashed boot was replayed.
--- Returns the number of rows deleted.
+-- Only a session that holds the stable id's replica lock may (SQLSTATE 55P03
+-- otherwise): another live process with the same stable id would lose the
+-- leases its calls are admitted under. Returns the number of rows deleted.
 CREATE FUNCTION tollgate_lease_drop_earlier_boots(p_replica text)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
   v_stable text := regexp_replace(p_replica, ':[^:]*$', '');
   v_count bigint;
 BEGIN
+  IF NOT tollgate_replica_lock_held(p_replica) THEN
+    RAISE EXCEPTION 'this session does not hold the replica lock of stable id %', v_stable
+      USING ERRCODE = '55P03';
+  END IF;
   DELETE FROM credit_leases
    WHERE replica_id <> p_replica AND position(':' IN replica_id) > 0
      AND regexp_replace(replica_id, ':[^:]*$', '') = v_stable;

@@ -114,11 +114,11 @@ void PotBook::Grant(const PotRef& pot, int64_t amount) {
   if (amount > 0) At(pot).free += amount;
 }
 
-int64_t PotBook::TakeFree(const PotRef& pot) {
+int64_t PotBook::TakeFree(const PotRef& pot, int64_t keep) {
   auto it = pots_.find(pot);
   if (it == pots_.end()) return 0;
-  int64_t x = it->second.free;
-  it->second.free = 0;
+  const int64_t x = std::max<int64_t>(it->second.free - NonNegative(keep), 0);
+  it->second.free -= x;
   return x;
 }
 
@@ -163,10 +163,22 @@ GrantDecision DecideGrant(const GrantInput& in, const LeaseChunkPolicy& policy) 
   } else {
     const int64_t room = NonNegative(SatSub(SatSub(*in.capacity, in.others), keep));
     out.room = room;
-    const int64_t divisor = std::max<int64_t>(policy.room_divisor, 1);
-    const int64_t chunk =
-        std::clamp(room / divisor, policy.min_chunk.nano_usd, std::max(policy.min_chunk, policy.max_chunk).nano_usd);
-    out.granted = std::min(std::max(need, chunk), room);
+    if (need > room && !in.calls.empty()) {
+      // Not every waiting call fits: lease only what those that fit lack.
+      const int64_t free = NonNegative(in.free);
+      const int64_t budget = SatAdd(free, room);
+      int64_t fit = 0;
+      for (int64_t call : in.calls) {
+        call = NonNegative(call);
+        if (call <= SatSub(budget, fit)) fit = SatAdd(fit, call);
+      }
+      out.granted = std::min(NonNegative(SatSub(fit, free)), room);
+    } else {
+      const int64_t divisor = std::max<int64_t>(policy.room_divisor, 1);
+      const int64_t chunk = std::clamp(room / divisor, policy.min_chunk.nano_usd,
+                                       std::max(policy.min_chunk, policy.max_chunk).nano_usd);
+      out.granted = std::min(std::max(need, chunk), room);
+    }
   }
   out.lease_amount = SatAdd(keep, out.granted);
   return out;

@@ -59,8 +59,9 @@ class PotBook {
   int64_t Settle(std::span<const PotRef> pots, int64_t worst_case, int64_t cost);
   // A grant of `amount` (>= 0) arrived.
   void Grant(const PotRef& pot, int64_t amount);
-  // Takes the whole free amount out for a return; returns it (0 if none).
-  int64_t TakeFree(const PotRef& pot);
+  // Takes the free amount above `keep` (>= 0) out for a return; returns it
+  // (0 if none). keep = 0: all of it.
+  int64_t TakeFree(const PotRef& pot, int64_t keep = 0);
   // A return of `amount` taken by TakeFree failed: it is free again.
   void Restore(const PotRef& pot, int64_t amount);
   // The database lease shrank by `lost` (a revival after expiry): taken from
@@ -81,12 +82,21 @@ struct GrantInput {
   std::optional<int64_t> own;       // this replica's lease amount; nullopt = no row
   bool own_expired = false;
   int64_t need = 0;                 // what the waiting calls lack (>= 0)
+  // When the room cannot cover `need` and `calls` is not empty: the worst
+  // cases of the waiting calls in arrival order (need = their sum - free);
+  // only what the calls that fit (taken in order while they fit in free +
+  // room) lack is granted, so a refused call leases nothing. Empty: the room
+  // (all there is) is granted, as before.
+  int64_t free = 0;                 // this replica's local free amount of the pot (>= 0)
+  std::vector<int64_t> calls;
 };
 struct GrantDecision {
   int64_t granted = 0;       // added to the lease
   int64_t lease_amount = 0;  // the lease after the grant (keep + granted)
   int64_t lost = 0;          // own expired lease amount that no longer fits
-  std::optional<int64_t> room;  // capacity - others - kept own, >= 0, before granting; nullopt = unlimited
+  // capacity - others - kept own, >= 0, before granting; nullopt = unlimited.
+  // free + room is all this replica could have of the pot.
+  std::optional<int64_t> room;
 };
 GrantDecision DecideGrant(const GrantInput& in, const LeaseChunkPolicy& policy);
 

@@ -442,10 +442,15 @@ TEST_F(CreditGuardPg, RefusalsShareOneQueryAndCreditsAddedAdmitRightAfterInvalid
   EXPECT_EQ(refused_inline, 100);
   EXPECT_EQ(guard->counters().db_round_trips, trips);
   EXPECT_GE(guard->counters().refused_without_query, 100);
-  // A call that fits what was leased is admitted at once.
+  // The refusal leased nothing (the room stays for other replicas), and a
+  // call that fits what is left still asks and is admitted.
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM credit_leases"), 0);
   AdmitResult small = AdmitSync(*guard, record, kW / 4);
-  EXPECT_TRUE(small.admitted());
+  EXPECT_TRUE(small.admitted()) << small.message;
   guard->Settle(small.ticket, Money{0});
+  AdmitResult again = AdmitSync(*guard, record, kW);  // asks again: the grant ended the backoff
+  ASSERT_EQ(again.outcome, AdmitOutcome::kRefused);
+  EXPECT_EQ(again.available.nano_usd, kW / 2) << "the free quarter plus the room left";
 
   AddCredits(account, 10 * kW);
   EXPECT_EQ(AdmitSync(*guard, record, kW).outcome, AdmitOutcome::kRefused) << "still in the backoff window";
@@ -524,13 +529,259 @@ TEST_F(CreditGuardPg, DropEarlierBootsFreesTheirLeasesAtOnce) {
   EXPECT_EQ(bare->DropEarlierBoots().error().code, ErrorCode::kInvalidArgument);
 }
 
+// A session of the test's own, kept open (Query opens one per statement).
+class Session {
+ public:
+  explicit Session(const std::string& url) : conn_(PQconnectdb(url.c_str())) {}
+  ~Session() { PQfinish(conn_); }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  // The first column of the first row ("" for none or a void result), or
+  // "error: ..." when the statement failed.
+  std::string Exec(const std::string& sql) {
+    PGresult* res = PQexec(conn_, sql.c_str());
+    std::string out;
+    const ExecStatusType status = PQresultStatus(res);
+    if (status == PGRES_TUPLES_OK && PQntuples(res) > 0) {
+      out = PQgetvalue(res, 0, 0);
+    } else if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+      out = std::string("error: ") + PQerrorMessage(conn_);
+    }
+    PQclear(res);
+    return out;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+// The backend pid holding the replica lock of `replica`'s stable id in this
+// database (pg_locks shows a bigint advisory key as classid/objid halves).
+std::string LockHolderSql(const std::string& replica) {
+  return "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+         "AND ((classid::bigint << 32) | objid::bigint) = tollgate_replica_lock_key('" + replica + "')";
+}
+
+// A gateway started on a copy of a running gateway's spool directory has the
+// same stable id: it must not start, let alone drop the running one's leases
+// (which let both lease the same credits: a prepaid balance went negative).
+TEST_F(CreditGuardPg, ASecondProcessWithTheSameStableIdCannotStartNorDropTheFirstsLeases) {
+  const int64_t account = MakeAccount(/*prepaid=*/true);
+  const int64_t key = MakeKey(account);
+  AddCredits(account, 10 * kW);
+  CreditGuardOptions options;
+  options.idle_return_after = std::chrono::minutes(10);
+  auto first = StartGuard("gw:boot1", options);
+  ASSERT_TRUE(first);
+  const KeyRecord record = Record(key, account, true);
+  AdmitResult r = AdmitSync(*first, record, kW);
+  ASSERT_TRUE(r.admitted());
+  const std::string first_lease = "SELECT COALESCE(sum(amount_nano_usd), 0) FROM credit_leases WHERE replica_id = 'gw:boot1'";
+  const int64_t leased = QueryInt(first_lease);
+  EXPECT_GT(leased, 0);
+
+  CreditGuardOptions copy = options;
+  copy.replica_lock_wait = std::chrono::milliseconds(300);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto second = CreditGuard::Start(url(), "gw:boot2", copy);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  if (second) {
+    (*second)->DropEarlierBoots();  // what the gateway does once its spool is replayed
+    ADD_FAILURE() << "a second process with the stable id of a running one started";
+  } else {
+    EXPECT_EQ(second.error().code, ErrorCode::kConflict);
+    EXPECT_EQ(second.error().message,
+              "credit guard: another running gateway uses the same replica id \"gw\" (a copied usage.spool_dir?): "
+              "each gateway process needs its own spool directory");
+    EXPECT_GE(waited, std::chrono::milliseconds(300)) << "it waits for a predecessor's session to end first";
+  }
+  EXPECT_EQ(QueryInt(first_lease), leased) << "the running process's lease is intact";
+  first->Settle(r.ticket, Money{kW / 2});  // not written by any writer here: stays leased after Stop
+  EXPECT_TRUE(AdmitSync(*first, record, kW / 2).admitted());
+  auto own = first->DropEarlierBoots();  // the lock holder may
+  ASSERT_TRUE(own) << own.error().message;
+  EXPECT_EQ(*own, 0);
+
+  // A successor started while its predecessor is still stopping (or its
+  // killed process's session still ending) waits for the lock, then drops
+  // the predecessor's leases.
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    first->Stop();
+  });
+  CreditGuardOptions patient = options;
+  patient.replica_lock_wait = std::chrono::seconds(5);
+  auto third = CreditGuard::Start(url(), "gw:boot3", patient);
+  stopper.join();
+  ASSERT_TRUE(third) << third.error().message;
+  EXPECT_GT(QueryInt(first_lease), 0);
+  auto dropped = (*third)->DropEarlierBoots();
+  ASSERT_TRUE(dropped) << dropped.error().message;
+  EXPECT_EQ(*dropped, 1);
+  EXPECT_EQ(QueryInt(first_lease), 0);
+  // Only a session that holds the lock may drop (the SQL function checks).
+  EXPECT_NE(Session(url()).Exec("SELECT tollgate_lease_drop_earlier_boots('gw:boot9')").find("replica lock"),
+            std::string::npos);
+}
+
+// The lock's session ends while the gateway runs and another process with the
+// same stable id takes the lock: the gateway admits nothing more (it could
+// lose its leases to the other's DropEarlierBoots) until it has the lock back.
+TEST_F(CreditGuardPg, LosingTheReplicaLockToAnotherProcessStopsAdmissionsUntilItIsBack) {
+  const int64_t account = MakeAccount(/*prepaid=*/true);
+  const int64_t key = MakeKey(account);
+  AddCredits(account, 10 * kW);
+  CreditGuardOptions options;
+  options.idle_return_after = std::chrono::minutes(10);
+  options.refusal_backoff = std::chrono::milliseconds(20);
+  auto guard = StartGuard("gw:1", options);
+  ASSERT_TRUE(guard);
+  const KeyRecord record = Record(key, account, true);
+  AdmitResult r = AdmitSync(*guard, record, kW);
+  ASSERT_TRUE(r.admitted());
+  guard->Settle(r.ticket, Money{0});  // all of the lease free again
+  const std::optional<std::string> holder = Query(LockHolderSql("gw:1"));
+  ASSERT_TRUE(holder) << "the guard holds its replica lock";
+
+  Session intruder(url());
+  ASSERT_EQ(intruder.Exec("SELECT pg_terminate_backend(" + *holder + ")"), "t");
+  // Blocks until the guard's lock session has ended, then holds the lock.
+  ASSERT_EQ(intruder.Exec("SELECT pg_advisory_lock(tollgate_replica_lock_key('gw:2'))"), "");
+  auto admit_settled = [&](int64_t worst) {
+    AdmitResult a = AdmitSync(*guard, record, worst);
+    if (a.admitted()) guard->Settle(a.ticket, Money{0});
+    return a;
+  };
+  // Even calls its free lease covers are answered 503 once it notices.
+  EXPECT_TRUE(WaitFor([&] { return admit_settled(kW).outcome == AdmitOutcome::kUnavailable; }, 3000));
+  AdmitResult out = admit_settled(kW / 10);
+  ASSERT_EQ(out.outcome, AdmitOutcome::kUnavailable);
+  EXPECT_EQ(out.message,
+            "credit check unavailable: another running gateway uses this gateway's replica id (a copied "
+            "usage.spool_dir?); each gateway process needs its own spool directory");
+  EXPECT_EQ(AdmitError(out).code_string, "credit_unavailable");
+  EXPECT_EQ(AdmitError(out).retry_after, "1");
+  // It gives its free lease back, and drops nobody's leases.
+  EXPECT_TRUE(WaitFor([&] { return QueryInt("SELECT count(*) FROM credit_leases WHERE replica_id = 'gw:1'") == 0; },
+                      3000));
+  Query("INSERT INTO credit_leases VALUES ('gw:0', 'credits', " + std::to_string(account) + ", 'epoch', " +
+        std::to_string(kW) + ", now() + interval '1 hour') RETURNING 1");
+  auto refused_drop = guard->DropEarlierBoots();
+  ASSERT_FALSE(refused_drop);
+  EXPECT_EQ(refused_drop.error().code, ErrorCode::kConflict);
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM credit_leases WHERE replica_id = 'gw:0'"), 1);
+
+  // The other process goes away: the lock is taken back, calls are admitted.
+  ASSERT_EQ(intruder.Exec("SELECT pg_advisory_unlock_all()"), "");
+  EXPECT_TRUE(WaitFor([&] { return admit_settled(kW).admitted(); }, 5000));
+  EXPECT_TRUE(Query(LockHolderSql("gw:1")));
+  auto dropped = guard->DropEarlierBoots();
+  ASSERT_TRUE(dropped) << dropped.error().message;
+  EXPECT_EQ(*dropped, 1);
+
+  // A session lost with nobody else waiting (a database restart): taken back.
+  const std::optional<std::string> second_holder = Query(LockHolderSql("gw:1"));
+  ASSERT_TRUE(second_holder);
+  Query("SELECT pg_terminate_backend(" + *second_holder + ")");
+  EXPECT_TRUE(WaitFor([&] {
+    const std::optional<std::string> now_holder = Query(LockHolderSql("gw:1"));
+    return now_holder && *now_holder != *second_holder;
+  }, 3000));
+  EXPECT_TRUE(WaitFor([&] { return admit_settled(kW).admitted(); }, 3000));
+}
+
+// A call refused on replica A leaves the pot's room to the others: with
+// $0.0027 left, a $0.0047 call refused on A must not make B refuse a $0.0014
+// call ("only $0 left") until A's idle return, however many big calls keep
+// arriving at A.
+TEST_F(CreditGuardPg, ARefusedCallLeavesTheRoomToOtherReplicas) {
+  const int64_t account = MakeAccount(/*prepaid=*/true);
+  const int64_t key = MakeKey(account);
+  AddCredits(account, 2'700'000);
+  auto a = StartGuard("gw-a:1");  // refusal backoff 100 ms, idle return 2 s
+  CreditGuardOptions b_options;
+  b_options.idle_return_after = std::chrono::milliseconds(50);  // B leases anew for each call below
+  auto b = StartGuard("gw-b:1", b_options);
+  ASSERT_TRUE(a && b);
+  const KeyRecord record = Record(key, account, true);
+  const std::string a_lease = "SELECT COALESCE(sum(amount_nano_usd), 0) FROM credit_leases WHERE replica_id = 'gw-a:1'";
+
+  AdmitResult big = AdmitSync(*a, record, 4'700'000);
+  ASSERT_EQ(big.outcome, AdmitOutcome::kRefused);
+  EXPECT_EQ(big.available.nano_usd, 2'700'000);
+  EXPECT_EQ(big.message,
+            "account credits: this call may cost up to $0.0047 but only $0.0027 of the account's credits is left");
+  EXPECT_EQ(QueryInt(a_lease), 0) << "the refusal holds no room";
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> a_refused{0};
+  std::atomic<int> a_other{0};
+  std::thread flood([&] {
+    while (!stop.load()) {
+      AdmitResult r = AdmitSync(*a, record, 4'700'000);
+      (r.outcome == AdmitOutcome::kRefused ? a_refused : a_other)++;
+      if (r.admitted()) a->Settle(r.ticket, Money{0});
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  const auto started = std::chrono::steady_clock::now();
+  const int64_t a_trips_before = a->counters().db_round_trips;
+  for (int round = 0; round < 5; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    AdmitResult small = AdmitSync(*b, record, 1'400'000);
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+    EXPECT_TRUE(small.admitted()) << "round " << round << ": " << small.message;
+    EXPECT_LT(elapsed, std::chrono::seconds(1)) << "round " << round;
+    if (small.admitted()) b->Settle(small.ticket, Money{0});
+    // B gives it back when idle; A asks again once per refusal window meanwhile.
+    EXPECT_TRUE(WaitFor([&] { return QueryInt("SELECT count(*) FROM credit_leases WHERE replica_id = 'gw-b:1'") == 0; },
+                        3000));
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  }
+  stop = true;
+  flood.join();
+  const auto run = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(a_other.load(), 0);
+  EXPECT_GT(a_refused.load(), 50);
+  EXPECT_EQ(QueryInt(a_lease), 0);
+  // The refusal backoff still holds: about one grant per 100 ms window.
+  const int64_t a_trips = a->counters().db_round_trips - a_trips_before;
+  EXPECT_LE(a_trips, 2 * (run / std::chrono::milliseconds(100)) + 4) << a_trips << " statements in " <<
+      std::chrono::duration_cast<std::chrono::milliseconds>(run).count() << " ms";
+  std::printf("refusal flood: %d refused on A with %lld statements in %lld ms\n", a_refused.load(),
+              static_cast<long long>(a_trips),
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(run).count()));
+}
+
+// A call that one pot refuses gives back what its other pots leased for it:
+// the key limit's lease taken for a call the credits refused would make
+// another replica refuse calls under the key limit.
+TEST_F(CreditGuardPg, ACallRefusedByOnePotGivesBackWhatItsOtherPotsLeased) {
+  const int64_t account = MakeAccount(/*prepaid=*/true);
+  const int64_t key = MakeKey(account, 5 * kW / 2);
+  AddCredits(account, kW);
+  auto a = StartGuard("gw-a:1");
+  auto b = StartGuard("gw-b:1");
+  ASSERT_TRUE(a && b);
+  const KeyRecord record = Record(key, account, true, 5 * kW / 2);
+  AdmitResult r = AdmitSync(*a, record, 2 * kW);
+  ASSERT_EQ(r.outcome, AdmitOutcome::kRefused);
+  EXPECT_EQ(r.refused_pot, PotScope::kCredits);
+  EXPECT_EQ(r.available.nano_usd, kW);
+  EXPECT_EQ(QueryInt("SELECT COALESCE(sum(amount_nano_usd), 0) FROM credit_leases WHERE replica_id = 'gw-a:1'"), 0)
+      << "the key limit's lease went back with the refusal";
+  AdmitResult small = AdmitSync(*b, record, kW);
+  EXPECT_TRUE(small.admitted()) << small.message;
+}
+
 TEST_F(CreditGuardPg, IdlePotsAndStopReturnTheirFreeLease) {
   const int64_t account = MakeAccount(/*prepaid=*/true);
   const int64_t key = MakeKey(account);
   AddCredits(account, 100 * kW);
   CreditGuardOptions options;
   options.idle_return_after = std::chrono::milliseconds(100);
-  auto guard = StartGuard("gw:1", options);
+  auto guard = StartGuard("gw1:1", options);
   ASSERT_TRUE(guard);
   const KeyRecord record = Record(key, account, true);
   AdmitResult r = AdmitSync(*guard, record, kW);
@@ -547,13 +798,13 @@ TEST_F(CreditGuardPg, IdlePotsAndStopReturnTheirFreeLease) {
   EXPECT_EQ(guard->counters().returned_nano_usd, 25 * kW);
 
   options.idle_return_after = std::chrono::minutes(10);
-  auto other = StartGuard("gw:2", options);
+  auto other = StartGuard("gw2:1", options);  // its own stable id: two live processes cannot share one
   ASSERT_TRUE(other);
   AdmitResult s = AdmitSync(*other, record, kW);
   ASSERT_TRUE(s.admitted());
   other->Settle(s.ticket, Money{kW / 2});  // not written by any writer here
   other->Stop();
-  EXPECT_EQ(QueryInt("SELECT amount_nano_usd FROM credit_leases WHERE replica_id = 'gw:2'"), kW / 2)
+  EXPECT_EQ(QueryInt("SELECT amount_nano_usd FROM credit_leases WHERE replica_id = 'gw2:1'"), kW / 2)
       << "Stop returns the free part; the unwritten cost stays leased for the usage writer";
   EXPECT_EQ(AdmitSync(*other, record, kW).outcome, AdmitOutcome::kUnavailable);
 }
@@ -627,11 +878,13 @@ TEST_F(CreditGuardPg, SqlGrantFollowsTheRule) {
   const int64_t account = MakeAccount(/*prepaid=*/true);
   AddCredits(account, 1000);
   const std::string a = std::to_string(account);
-  auto grant = [&](const std::string& replica, int64_t need, int64_t divisor, int64_t min_chunk, int64_t max_chunk) {
+  auto grant = [&](const std::string& replica, int64_t need, int64_t divisor, int64_t min_chunk, int64_t max_chunk,
+                   int64_t free = 0, const std::string& calls = "{}", const std::string& account = "") {
     return Query("SELECT granted || '/' || lease_amount || '/' || lost || '/' || COALESCE(room::text, 'null') || '/' "
-                 "|| COALESCE(capacity::text, 'null') FROM tollgate_lease_grant('" + replica + "', 'credits', " + a +
-                 ", 0, " + std::to_string(need) + ", " + std::to_string(divisor) + ", " + std::to_string(min_chunk) +
-                 ", " + std::to_string(max_chunk) + ", 60000)")
+                 "|| COALESCE(capacity::text, 'null') FROM tollgate_lease_grant('" + replica + "', 'credits', " +
+                 (account.empty() ? a : account) + ", 0, " + std::to_string(need) + ", " + std::to_string(divisor) +
+                 ", " + std::to_string(min_chunk) + ", " + std::to_string(max_chunk) + ", 60000, " +
+                 std::to_string(free) + ", '" + calls + "')")
         .value_or("");
   };
   EXPECT_EQ(grant("r1:1", 50, 4, 0, 100000), "250/250/0/1000/1000");  // a quarter of the room
@@ -660,8 +913,24 @@ TEST_F(CreditGuardPg, SqlGrantFollowsTheRule) {
   // Unlimited (a postpaid account's credits): the maximum chunk or the need.
   const int64_t postpaid = MakeAccount(/*prepaid=*/false);
   EXPECT_EQ(Query("SELECT granted || '/' || COALESCE(room::text, 'null') FROM tollgate_lease_grant('r1:1', "
-                  "'credits', " + std::to_string(postpaid) + ", 0, 5, 4, 0, 70, 60000)"),
+                  "'credits', " + std::to_string(postpaid) + ", 0, 5, 4, 0, 70, 60000, 0, '{}')"),
             "70/null");
+  // When the room cannot cover the waiting calls, only what the calls that
+  // fit (in arrival order) lack (DecideGrant, credit_guard_test.cpp
+  // ARefusedCallLeasesNothing: the same numbers).
+  const int64_t small = MakeAccount(/*prepaid=*/true);
+  AddCredits(small, 1000);
+  const std::string sm = std::to_string(small);
+  EXPECT_EQ(grant("g1:1", 4700, 4, 0, 100000, 0, "{4700}", sm), "0/0/0/1000/1000");
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM credit_leases WHERE owner_id = " + sm), 0);
+  EXPECT_EQ(grant("g1:1", 1400, 4, 0, 100000, 0, "{700,500,200}", sm), "900/900/0/1000/1000");
+  EXPECT_EQ(grant("g2:1", 200, 4, 0, 100000, 0, "{150,50}", sm), "50/50/0/100/1000");  // 150 does not fit, 50 does
+  EXPECT_EQ(grant("g2:1", 1000, 4, 0, 100000, 0, "{1000}", sm), "0/50/0/50/1000");
+  EXPECT_EQ(grant("g2:1", 1000, 4, 0, 100000, 100, "{100,1000}", sm), "0/50/0/50/1000");  // free covers the 100
+  // The room covers the need: the calls do not matter.
+  const int64_t roomy = MakeAccount(/*prepaid=*/true);
+  AddCredits(roomy, 1000);
+  EXPECT_EQ(grant("g1:1", 100, 4, 0, 100000, 0, "{100}", std::to_string(roomy)), "250/250/0/1000/1000");
 }
 
 TEST_F(CreditGuardPg, KeysWithoutResetKeepTheirOldSpendAsUsage) {
@@ -677,6 +946,9 @@ TEST_F(CreditGuardPg, StartChecksItsArguments) {
   CreditGuardOptions bad;
   bad.renew_interval = bad.lease_ttl;
   EXPECT_EQ(CreditGuard::Start(url(), "gw:1", bad).error().code, ErrorCode::kInvalidArgument);
+  CreditGuardOptions negative_wait;
+  negative_wait.replica_lock_wait = std::chrono::milliseconds(-1);
+  EXPECT_EQ(CreditGuard::Start(url(), "gw:1", negative_wait).error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(CreditGuard::Start("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2", "gw:1")
                 .error()
                 .code,

@@ -137,6 +137,19 @@ TEST(CreditPots, LossesComeOffFreeThenSettlementsPayTheDeficit) {
   EXPECT_EQ(book.Find(a)->deficit, 20);
 }
 
+TEST(CreditPots, TakeFreeKeepsWhatIsAskedToStay) {
+  PotBook book;
+  const PotRef a = Credits(1);
+  book.Grant(a, 100);
+  EXPECT_EQ(book.TakeFree(a, 30), 70);  // 30 stay for a call still waiting
+  EXPECT_EQ(book.Find(a)->free, 30);
+  EXPECT_EQ(book.TakeFree(a, 50), 0);  // never more than there is
+  EXPECT_EQ(book.Find(a)->free, 30);
+  EXPECT_EQ(book.TakeFree(a, -5), 30);
+  EXPECT_EQ(book.Find(a)->free, 0);
+  EXPECT_EQ(book.TakeFree(Credits(2), 0), 0);
+}
+
 // ---------------------------------------------------------------- DecideGrant
 
 TEST(CreditPots, GrantsAChunkOfTheRoomAndNeverMoreThanTheRoom) {
@@ -162,6 +175,46 @@ TEST(CreditPots, GrantsAChunkOfTheRoomAndNeverMoreThanTheRoom) {
   EXPECT_EQ(DecideGrant(GrantInput{10'000, 0, std::nullopt, false, 1}, small).granted, 400);
   EXPECT_EQ(DecideGrant(GrantInput{500, 0, std::nullopt, false, 1}, small).granted, 300);
   EXPECT_EQ(DecideGrant(GrantInput{200, 0, std::nullopt, false, 1}, small).granted, 200);
+}
+
+// When the room cannot cover every waiting call, only what the calls that
+// fit (in arrival order) lack is leased: a refused call holds nothing back
+// from the other replicas (the SQL in credit_guard_pgtest.cpp
+// SqlGrantFollowsTheRule gives the same numbers).
+TEST(CreditPots, ARefusedCallLeasesNothing) {
+  LeaseChunkPolicy policy;
+  GrantInput big{2'700'000, 0, std::nullopt, false, 4'700'000};
+  big.calls = {4'700'000};
+  auto d = DecideGrant(big, policy);
+  EXPECT_EQ(d.room, 2'700'000);
+  EXPECT_EQ(d.granted, 0);
+  EXPECT_EQ(d.lease_amount, 0);
+  big.calls.clear();  // without the calls: all the room, as before
+  EXPECT_EQ(DecideGrant(big, policy).granted, 2'700'000);
+
+  // Calls 700, 500, 200 against room 1000 and nothing free: 700 and 200 fit.
+  GrantInput mixed{1000, 0, std::nullopt, false, 1400};
+  mixed.calls = {700, 500, 200};
+  EXPECT_EQ(DecideGrant(mixed, policy).granted, 900);
+  // With 300 free here (need = 1400 - 300): 700 and 500 fit in 1300 (200 does not): 900 more.
+  mixed.free = 300;
+  mixed.need = 1100;
+  d = DecideGrant(mixed, policy);
+  EXPECT_EQ(d.granted, 900);
+  mixed.calls = {700, 500, 200, 100};
+  mixed.need = 1200;
+  EXPECT_EQ(DecideGrant(mixed, policy).granted, 1000);  // 700 + 500 + 100; 200 no longer fits
+  // What is free already covers the calls that fit: nothing more.
+  GrantInput covered{1000, 900, 50, false, 150};
+  covered.free = 50;
+  covered.calls = {120, 80};
+  EXPECT_EQ(DecideGrant(covered, policy).granted, 30);  // room 50: 120 does not fit in 100, 80 does
+  covered.calls = {40, 200};
+  EXPECT_EQ(DecideGrant(covered, policy).granted, 0);  // 40 fits what is free
+  // The room covers the need: the calls do not matter, the chunk rule holds.
+  GrantInput enough{1000, 0, std::nullopt, false, 100};
+  enough.calls = {100};
+  EXPECT_EQ(DecideGrant(enough, policy).granted, 250);
 }
 
 TEST(CreditPots, AnExpiredLeaseKeepsOnlyWhatStillFits) {
@@ -202,7 +255,17 @@ TEST(CreditPots, RefusalMessagesSayWhichPotAndByHowMuch) {
   refused.message = "key limit: ...";
   EXPECT_EQ(AdmitError(refused).code, ErrorCode::kPaymentRequired);
   EXPECT_EQ(AdmitError(refused).message, "key limit: ...");
-  EXPECT_EQ(AdmitError(AdmitResult{}).code, ErrorCode::kUnavailable);
+  EXPECT_EQ(AdmitError(refused).code_string, "insufficient_credits");
+  EXPECT_EQ(AdmitError(refused).retry_after, "");
+  const Error unavailable = AdmitError(AdmitResult{});
+  EXPECT_EQ(unavailable.code, ErrorCode::kUnavailable);
+  EXPECT_EQ(unavailable.message, "credit check unavailable");
+  EXPECT_EQ(unavailable.code_string, "credit_unavailable");
+  EXPECT_EQ(unavailable.retry_after, "1");
+  AdmitResult down;
+  down.message = "credit check unavailable: the billing database cannot be reached";
+  EXPECT_EQ(AdmitError(down).message, down.message);
+  EXPECT_EQ(AdmitError(down).code_string, "credit_unavailable");
 }
 
 TEST(CreditPots, SoftLimits) {

@@ -19,7 +19,10 @@
 //           min(want, capacity - sum of the pot's unexpired leases) to this
 //           replica, so the sum of a pot's unexpired leases never exceeds its
 //           capacity when granted. want = max(need, chunk), chunk =
-//           clamp(room / room_divisor, min_chunk, max_chunk) (LeaseChunkPolicy).
+//           clamp(room / room_divisor, min_chunk, max_chunk) (LeaseChunkPolicy);
+//           but when the room cannot cover every waiting call, want = what
+//           the calls that fit (in arrival order) lack, so a refused call
+//           leases nothing.
 //   admit   locally, iff worst_case <= free in EVERY pot (all-or-nothing);
 //           then free -= worst_case, reserved += worst_case in each.
 //   settle  charged = min(cost, worst_case); reserved -= worst_case,
@@ -34,6 +37,26 @@
 //           idle_return_after, invalidated owners, past periods, Stop).
 //   renew   all of this replica's unexpired leases get expires_at = now() +
 //           lease_ttl, one statement every renew_interval.
+//   lock    the replica lock: a PostgreSQL session-level advisory lock on the
+//           replica id's stable id (tollgate_replica_lock_key in
+//           005_leases.sql), taken by Start and held on a connection of the
+//           guard's own until Stop. A second live process with the same
+//           stable id (a gateway started on a copy of a running gateway's
+//           usage spool directory: a restored snapshot, a cloned VM) cannot
+//           start (kConflict), so DropEarlierBoots, which only runs under the
+//           lock, never deletes a live process's leases. The database URL must
+//           reach PostgreSQL directly or through a session-pooling proxy (a
+//           transaction pooler cannot hold session locks). If the lock's
+//           connection is lost (a database restart), the guard takes the lock
+//           again before its next grant (and renews first, to find leases
+//           deleted meanwhile); if another session holds it by then, the guard
+//           logs an error, returns its free lease amounts and answers every
+//           admission kUnavailable (and DropEarlierBoots fails) until it gets
+//           the lock back. A loss is noticed within a housekeeping tick (at
+//           most 250 ms) without a query; while the database cannot be
+//           reached the guard keeps admitting from unexpired leases as
+//           before. The database ends the session of a holder whose host
+//           died after about 25 s of TCP keepalive.
 //
 // Largest possible overspend. For prepaid credits it is ZERO, provided
 //   (a) every call is admitted here and settled with Settle, whose charge is
@@ -42,7 +65,11 @@
 //   (b) no usage is written under a lease after that lease expired in the
 //       database (lease_ttl after its last renewal), and
 //   (c) credits are removed only down to the sum of unexpired leases
-//       (tollgate_credits_removable in 005_leases.sql);
+//       (tollgate_credits_removable in 005_leases.sql), and
+//   (d) no lease row is deleted while its replica may still admit under it:
+//       DropEarlierBoots deletes only rows of the stable id whose replica lock
+//       this process holds, so of processes that are gone (or, see below,
+//       that lost the lock);
 // then balance >= 0 at every commit (tests/billing/credit_guard_test.cpp
 // checks it on random histories, credit_guard_pgtest.cpp on two replicas).
 // Likewise a key's period usage never exceeds its limit, nor an account's
@@ -59,6 +86,15 @@
 // under a lease expiry_margin before it can expire, so no call admitted after
 // that point adds to it. When a lease is revived after such an expiry only
 // what still fits is kept (tollgate_lease_renew reports the rest as lost).
+// The exception to (d): a process whose lock session ended while it kept
+// running (its connection cut, the database restarted) while another process
+// with the same stable id took the lock and dropped its leases; it admits no
+// call from then on once it notices (at most a housekeeping tick, 250 ms,
+// later), and the renewal it runs before granting again finds the rows gone.
+// What its calls in flight had reserved, plus what it admitted before it
+// noticed, can then be overspent (at most what its leases held). Two
+// processes on copies of one spool directory that start while both can reach
+// the database never run together: the second fails Start.
 //
 // When a statement's outcome is unknown (the connection broke mid-way), the
 // guard assumes the grant did not happen and the return did: either way the
@@ -71,15 +107,23 @@
 // for the calls that got past the pots before it, so replicas whose calls
 // need the same pots cannot each take all of a different pot and starve one
 // another. A waiting call is usually answered after one grant statement per
-// pot it needs (each may take up to libpq's connect timeout, 10 s by
-// default, when the database host does not answer at all).
+// pot it needs, plus one return statement in a round that refuses a call
+// (each may take up to libpq's connect timeout, 10 s by default, when the
+// database host does not answer at all).
 //
 // Refusals (402) come only after asking the database for more: a pot that
 // cannot cover a call after a grant is "exhausted" for refusal_backoff, during
-// which calls that need more than it has locally are refused at once without
-// a query, so a flood of 402s costs one query per pot per window. Capacity
-// leased to other replicas counts as used until they return it (idle pots
-// return their free amount after idle_return_after).
+// which calls that need more than it has locally plus what the database had
+// left for it are refused at once without a query, so a flood of 402s costs
+// about one grant (and one return) per pot per window; smaller calls still
+// ask. A refusal leaves no room leased to the refusing replica: the grant
+// leases only what the calls that fit lack, and in the same background step,
+// before the refused calls are answered, every pot asked in that round that
+// could not cover a call (or whose call another pot refused) returns its
+// free amount, less what calls still waiting for it need; so another replica
+// can lease it at once. Capacity leased to other replicas counts as used
+// until they return it (idle pots return their free amount after
+// idle_return_after).
 #pragma once
 
 #include "tollgate/billing/key_cache.hpp"
@@ -133,7 +177,8 @@ struct AdmitResult {
   AdmitTicket ticket;  // kAdmitted only
   // kRefused: the first pot (in the order key, credits, budget) that cannot
   // cover the call, the call's worst case, and what that pot has left for
-  // this replica (local free plus what the database could still lease).
+  // this replica (local free plus what the database could still lease, as of
+  // this replica's last grant of the pot).
   PotScope refused_pot = PotScope::kCredits;
   Money needed;
   Money available;
@@ -152,8 +197,10 @@ struct AdmitResult {
 };
 
 // The Error to answer with for a result that is not admitted:
-// kPaymentRequired (402, code_string "insufficient_credits") or kUnavailable
-// (503), with the result's message.
+// kPaymentRequired (402, code_string "insufficient_credits", no retry_after)
+// or kUnavailable (503, code_string "credit_unavailable", retry_after "1":
+// the database or the replica lock may be back within seconds), with the
+// result's message.
 Error AdmitError(const AdmitResult& result);
 
 // How much to lease at a time: chunk = clamp(room / room_divisor, min_chunk,
@@ -174,6 +221,9 @@ struct CreditGuardOptions {
   std::chrono::milliseconds expiry_margin{15'000};
   std::chrono::milliseconds idle_return_after{2'000};  // return a pot's free amount after this long without an admission
   std::chrono::milliseconds refusal_backoff{100};      // refuse/unavailable without a query for this long after one
+  // Start waits this long (>= 0) for the replica lock when another session
+  // holds it (a killed predecessor's session may take a moment to end).
+  std::chrono::milliseconds replica_lock_wait{5'000};
   LeaseChunkPolicy chunk;
 };
 
@@ -206,13 +256,19 @@ struct PotView {
 class CreditGuard {
  public:
   // Connects to `database_url` (libpq URI or connection string), checks the
-  // lease functions exist, and starts the background thread (grants, returns,
-  // renewals). `replica_id` names this process in credit_leases:
-  // "<stable id>:<boot nonce>" (non-empty, at most 200 bytes; the part before
-  // the last ':' is the stable id DropEarlierBoots uses).
+  // lease functions exist, takes the replica lock (a second connection, kept
+  // until Stop; see "lock" above), and starts the background thread (grants,
+  // returns, renewals, lock checks). `replica_id` names this process in
+  // credit_leases: "<stable id>:<boot nonce>" (non-empty, at most 200 bytes;
+  // the part before the last ':', or the whole id without one, is the stable
+  // id that the lock and DropEarlierBoots use). Blocks up to
+  // options.replica_lock_wait while another session holds the lock.
   // Errors: kInvalidArgument (bad URL, empty or long replica id, options out
   // of range), kUnavailable (cannot connect), kInternal (schema missing: the
-  // message says to run `tollgate migrate`).
+  // message says to run `tollgate migrate`), kConflict (another running
+  // process holds the replica lock: the message says another running gateway
+  // uses the same replica id, maybe a copied usage.spool_dir, and that each
+  // process needs its own spool directory).
   static Result<std::unique_ptr<CreditGuard>> Start(const std::string& database_url,
                                                     std::string replica_id,
                                                     CreditGuardOptions options = {});
@@ -229,7 +285,8 @@ class CreditGuard {
   // row's created_at). Calls `done` exactly once:
   //   - inline, before Admit returns, when every pot has enough free lease
   //     (the common case), when the call needs no pot, when a pot is within a
-  //     refusal or database-down backoff window, and after Stop;
+  //     refusal or database-down backoff window, while another process holds
+  //     the replica lock (kUnavailable), and after Stop;
   //   - otherwise later, from the guard's background thread, after it asked
   //     the database for more (one grant per pot for all waiting calls);
   //     calls wait in arrival order per pot.
@@ -258,16 +315,22 @@ class CreditGuard {
   // part of replica_id before its last ':'), freeing what they held at once
   // instead of after their expiry. Call once after the usage spool of those
   // boots has been replayed (their usage then no longer needs the leases).
-  // Blocking (one statement on its own connection). Returns the number of
-  // rows deleted. Errors: kInvalidArgument (replica id without ':'),
-  // kUnavailable, kInternal.
+  // Runs only while this process holds the replica lock, on the lock's
+  // session (the SQL function checks it too). Blocking: one statement, plus,
+  // when the lock is not held, one try to take it again (waiting up to 1 s
+  // for the next try). Returns the number of rows deleted. Errors:
+  // kInvalidArgument (replica id without ':'), kConflict (another session
+  // holds the lock), kUnavailable (lock not held and cannot be taken: the
+  // database is unreachable; or after Stop), kInternal. Retry on kConflict
+  // and kUnavailable.
   Result<int64_t> DropEarlierBoots();
 
-  // Stops the background thread, answers waiting calls kUnavailable, and
+  // Stops the background thread, answers waiting calls kUnavailable,
   // returns every pot's free amount (one statement; skipped if the database
-  // is unreachable: the leases then expire after lease_ttl). Calls admitted
-  // before may still Settle. Idempotent; thread-safe; blocks up to one
-  // statement; not from a `done` callback.
+  // is unreachable: the leases then expire after lease_ttl), and releases
+  // the replica lock (closes its connection). Calls admitted before may
+  // still Settle. Idempotent; thread-safe; blocks up to one statement; not
+  // from a `done` callback.
   void Stop();
 
   const std::string& replica_id() const;
