@@ -26,7 +26,7 @@ using internal::PgParam;
 
 constexpr int kColumns = 27;
 // PostgreSQL's protocol allows at most 65535 bind parameters per statement
-// (27 per row, plus one for the attempts).
+// (27 per row, plus one for the attempts and one for the leased pots).
 constexpr int kMaxBatchSize = 2400;
 constexpr std::chrono::milliseconds kInitialBackoff{100};
 constexpr std::chrono::milliseconds kMaxBackoff{10'000};
@@ -169,6 +169,23 @@ std::string AttemptsJson(std::span<const ItemPtr> items) {
   return boost::json::serialize(rows);
 }
 
+// The leased pots of `items` as one JSON array for jsonb_to_recordset.
+std::string LeasedPotsJson(std::span<const ItemPtr> items) {
+  boost::json::array rows;
+  for (const ItemPtr& item : items) {
+    const UsageEvent& e = item->event;
+    for (const LeasedPot& p : e.leased_pots) {
+      rows.push_back(boost::json::object{
+          {"request_id", e.request_id},
+          {"scope", p.scope},
+          {"owner_id", p.owner_id},
+          {"period_start", internal::PgTimestamp(p.period_start)},
+      });
+    }
+  }
+  return boost::json::serialize(rows);
+}
+
 std::string IdArray(std::vector<int64_t>& ids) {
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
@@ -214,7 +231,8 @@ constexpr const char* kInsertTail =
     " WHERE a.id = s.account_id RETURNING a.id),"
     // The pots (design: credits, key limit, account budget) of each charged
     // call, in the period of its created_at; `leased` when the pot exists.
-    " pots AS (SELECT i.lease_holder, i.cost_nano_usd AS cost, p.scope, p.owner_id, p.period_start, p.leased"
+    " pots AS (SELECT i.request_id, i.lease_holder, i.cost_nano_usd AS cost, p.scope, p.owner_id,"
+    " p.period_start, p.leased"
     " FROM ins i LEFT JOIN api_keys k ON k.id = i.api_key_id LEFT JOIN accounts a ON a.id = i.account_id"
     " CROSS JOIN LATERAL (VALUES"
     " ('key'::text, k.id, tollgate_period_start(k.limit_reset, i.created_at),"
@@ -229,11 +247,29 @@ constexpr const char* kInsertTail =
     " GROUP BY scope, owner_id, period_start ORDER BY scope, owner_id, period_start"
     " ON CONFLICT (scope, owner_id, period_start)"
     " DO UPDATE SET usage_nano_usd = period_usage.usage_nano_usd + EXCLUDED.usage_nano_usd RETURNING 1),"
+    // The pots each call was admitted under (UsageEvent::leased_pots), as
+    // the ticket named them: a limit, budget, prepaid flag or reset changed
+    // while the call was in flight must not move its cost to a lease that
+    // never reserved it.
+    " given AS (SELECT DISTINCT request_id, scope, owner_id, period_start"
+    " FROM jsonb_to_recordset($LEASED::jsonb) AS x(request_id text, scope text, owner_id bigint,"
+    " period_start timestamptz)),"
     // What a settled call took from a replica's lease (design: the DB lease
-    // is the replica's free + reserved + settled-but-unwritten amount).
+    // is the replica's free + reserved + settled-but-unwritten amount): the
+    // given pots; for a row with a lease_holder but no given pots (a spool
+    // record of an older gateway, which knew no leased_pots) the pots derived
+    // from the settings now, as that gateway would have: right unless a
+    // setting changed meanwhile, and such rows are only replayed at start,
+    // whose earlier boot's leases are dropped right after the replay.
+    " taken AS (SELECT i.lease_holder, i.cost_nano_usd AS cost, g.scope, g.owner_id, g.period_start"
+    " FROM ins i JOIN given g ON g.request_id = i.request_id"
+    " WHERE i.cost_nano_usd > 0 AND i.lease_holder IS NOT NULL"
+    " UNION ALL SELECT p.lease_holder, p.cost, p.scope, p.owner_id, p.period_start FROM pots p"
+    " WHERE p.leased AND p.lease_holder IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM given g WHERE g.request_id = p.request_id)),"
     " leases AS (UPDATE credit_leases l SET amount_nano_usd = GREATEST(l.amount_nano_usd - s.total, 0)"
-    " FROM (SELECT lease_holder, scope, owner_id, period_start, sum(cost)::bigint AS total FROM pots"
-    " WHERE leased AND lease_holder IS NOT NULL GROUP BY lease_holder, scope, owner_id, period_start) s"
+    " FROM (SELECT lease_holder, scope, owner_id, period_start, sum(cost)::bigint AS total FROM taken"
+    " GROUP BY lease_holder, scope, owner_id, period_start) s"
     " WHERE l.replica_id = s.lease_holder AND l.scope = s.scope AND l.owner_id = s.owner_id"
     " AND l.period_start = s.period_start RETURNING 1)"
     " SELECT (SELECT count(*) FROM ins)";
@@ -255,10 +291,11 @@ std::string InsertSql(size_t rows) {
     sql += ")";
   }
   std::string tail = kInsertTail;
-  std::string placeholder = "$ATTEMPTS";
-  std::string number = "$";
-  number += std::to_string(n);
-  tail.replace(tail.find(placeholder), placeholder.size(), number);
+  for (const std::string placeholder : {"$ATTEMPTS", "$LEASED"}) {
+    std::string number = "$";
+    number += std::to_string(n++);
+    tail.replace(tail.find(placeholder), placeholder.size(), number);
+  }
   sql += tail;
   return sql;
 }
@@ -363,9 +400,10 @@ struct UsageRecorder::Impl {
     }
     if (out.ok()) {
       std::vector<PgParam> params;
-      params.reserve(items.size() * kColumns + 1);
+      params.reserve(items.size() * kColumns + 2);
       for (size_t i = 0; i < items.size(); ++i) AppendParams(*items[i], accounts[i], params);
       params.emplace_back(AttemptsJson(items));
+      params.emplace_back(LeasedPotsJson(items));
       out = PgExec(c, InsertSql(items.size()), params);
       if (out.ok()) *inserted = internal::PgInt64(out.result.get(), 0, 0);
     }

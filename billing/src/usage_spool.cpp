@@ -319,6 +319,15 @@ std::string EncodeUsageEvent(const UsageEvent& e) {
         {"cost", a.cost.nano_usd},
     });
   }
+  // Absent in records of older gateways (decoded as none).
+  json::array leased_pots;
+  for (const LeasedPot& p : e.leased_pots) {
+    leased_pots.push_back(json::object{
+        {"scope", p.scope},
+        {"owner_id", p.owner_id},
+        {"period_start_ns", Nanos(p.period_start)},
+    });
+  }
   json::object o{
       {"v", kEventVersion},
       {"request_id", e.request_id},
@@ -341,6 +350,7 @@ std::string EncodeUsageEvent(const UsageEvent& e) {
       {"endpoint_id", e.endpoint_id},
       {"account_id", e.account_id},
       {"lease_holder", e.lease_holder},
+      {"leased_pots", std::move(leased_pots)},
       {"price_snapshot", e.price_snapshot},
       {"byok", e.byok},
       {"provider_cost", e.provider_cost ? json::value(e.provider_cost->nano_usd) : json::value(nullptr)},
@@ -390,6 +400,18 @@ Result<UsageEvent> DecodeUsageEvent(std::string_view payload) {
     r.Str("endpoint_id", e.endpoint_id);
     r.Num("account_id", e.account_id);
     r.Str("lease_holder", e.lease_holder);
+    if (const json::value* pots = r.Find("leased_pots")) {
+      for (const json::value& item : pots->as_array()) {
+        Reader p{item.as_object()};
+        LeasedPot pot;
+        p.Str("scope", pot.scope);
+        p.Num("owner_id", pot.owner_id);
+        int64_t start_ns = 0;
+        p.Num("period_start_ns", start_ns);
+        pot.period_start = FromNanos(start_ns);
+        e.leased_pots.push_back(std::move(pot));
+      }
+    }
     r.Str("price_snapshot", e.price_snapshot);
     r.Bool("byok", e.byok);
     std::optional<int64_t> provider_cost;

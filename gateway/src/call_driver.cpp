@@ -961,7 +961,10 @@ void CallDriver::Finish(const std::optional<Error>& outcome) {
   row.byok = a->byok;
   row.provider_cost = provider_cost;
   if (prices != nullptr) row.price_snapshot = PriceSnapshotJson(*a->endpoint, *prices, a->byok ? &spec_.key.account : nullptr);
-  if (reservation_) row.lease_holder = reservation_->lease_holder;
+  if (reservation_) {
+    row.lease_holder = reservation_->lease_holder;
+    row.leased_pots = reservation_->pots;
+  }
   row.latency_ms = Ms(executor_->Now() - spec_.received);
   if (a->first_output_at) row.ttft_ms = Ms(*a->first_output_at - spec_.received);
   const bool client_gone = stop_ == Stop::kClientGone;

@@ -105,6 +105,7 @@ class Executor {
 struct Reservation {
   Money worst_case;                 // reserved: the most the call is ever charged
   std::string lease_holder;         // the leases it was admitted under (usage row), or empty
+  std::vector<billing::LeasedPot> pots;  // the pots of those leases (usage row's leased_pots), or empty
   bool soft_limit_reached = false;  // a soft limit is passed: the caller is warned (header, metric)
   std::string soft_limit_what;      // which: "key", "budget" or "credits"
   std::shared_ptr<const void> handle;  // the admission's own state (a CreditGuard ticket)

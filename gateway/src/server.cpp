@@ -125,6 +125,10 @@ class GuardAdmission final : public Admission {
       Reservation reservation;
       reservation.worst_case = worst_case;
       reservation.lease_holder = r.ticket.lease_holder;
+      for (const billing::PotRef& pot : r.ticket.pots) {
+        reservation.pots.push_back(
+            billing::LeasedPot{std::string(billing::PotScopeName(pot.scope)), pot.owner_id, pot.period_start});
+      }
       if (r.soft_limit_pot) {
         reservation.soft_limit_reached = true;
         reservation.soft_limit_what = std::string(billing::PotScopeName(*r.soft_limit_pot));

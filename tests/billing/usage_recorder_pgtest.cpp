@@ -524,6 +524,87 @@ TEST_F(UsageLedgerPg, WithoutALeaseHolderNoLeaseChanges) {
   EXPECT_EQ(QueryInt("SELECT count(*) FROM usage_events WHERE lease_holder IS NULL"), 1);
 }
 
+// The pots a call was admitted under, as CreditGuard's ticket names them.
+const std::chrono::system_clock::time_point kDayStart{std::chrono::seconds(1'773'532'800)};    // kDay
+const std::chrono::system_clock::time_point kMonthStart{std::chrono::seconds(1'772'323'200)};  // kMonth
+
+TEST_F(UsageLedgerPg, ALimitAddedInFlightLeavesTheNewPotsLeaseAlone) {
+  // Admitted when the key had no limit: credits and budget only. Before the
+  // row is written the key gets a daily limit and this replica a lease of it
+  // (for later calls); the call never reserved anything in that pot.
+  int64_t key = CreateKey(prepaid_, std::nullopt);
+  UsageEvent e = Call("gen-1", 40);
+  e.api_key_id = key;
+  e.leased_pots = {{"credits", prepaid_, std::chrono::system_clock::time_point{}},
+                   {"budget", prepaid_, kMonthStart}};
+  Query("UPDATE api_keys SET credit_limit_nano_usd = 5000, limit_reset = 'daily' WHERE id = " + std::to_string(key));
+  Lease("r1:boot", "key", key, kDay, 200);
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+  (*recorder)->Record(e);
+  (*recorder)->Flush();
+  EXPECT_EQ(LeaseAmount("r1:boot", "key", key, kDay), 200);
+  EXPECT_EQ(LeaseAmount("r1:boot", "credits", prepaid_, "'epoch'"), 460);
+  EXPECT_EQ(LeaseAmount("r1:boot", "budget", prepaid_, kMonth), 460);
+  EXPECT_EQ(LeaseAmount("r2:boot", "credits", prepaid_, "'epoch'"), 300);
+  // The spend is still accounted by the settings at write time.
+  EXPECT_EQ(PeriodUsage("key", key, kDay), 40);
+  EXPECT_EQ(PeriodUsage("budget", prepaid_, kMonth), 40);
+  EXPECT_EQ(Balance(prepaid_), 960);
+  ExpectBalancesMatchTheLedger();
+}
+
+TEST_F(UsageLedgerPg, AResetOrPrepaidChangedInFlightTakesFromTheAdmittedPots) {
+  // Admitted under the daily key pot, credits and the monthly budget; then
+  // the key's reset becomes monthly (this replica leases that period too)
+  // and the account turns postpaid with its budget dropped.
+  Lease("r1:boot", "key", limited_key_, kMonth, 500);
+  UsageEvent e = Call("gen-1", 70);
+  e.leased_pots = {{"key", limited_key_, kDayStart},
+                   {"credits", prepaid_, std::chrono::system_clock::time_point{}},
+                   {"budget", prepaid_, kMonthStart}};
+  Query("UPDATE api_keys SET limit_reset = 'monthly' WHERE id = " + std::to_string(limited_key_));
+  Query("UPDATE accounts SET prepaid = false, budget_nano_usd = NULL WHERE id = " + std::to_string(prepaid_));
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+  (*recorder)->Record(e);
+  // Another call of the same batch admitted after the change: the monthly pot.
+  UsageEvent later = Call("gen-2", 5);
+  later.leased_pots = {{"key", limited_key_, kMonthStart}};
+  (*recorder)->Record(later);
+  (*recorder)->Flush();
+  EXPECT_EQ(LeaseAmount("r1:boot", "key", limited_key_, kDay), 430);
+  EXPECT_EQ(LeaseAmount("r1:boot", "key", limited_key_, kMonth), 495);
+  EXPECT_EQ(LeaseAmount("r1:boot", "credits", prepaid_, "'epoch'"), 430);
+  EXPECT_EQ(LeaseAmount("r1:boot", "budget", prepaid_, kMonth), 430);
+  EXPECT_EQ(PeriodUsage("key", limited_key_, kMonth), 75);
+  EXPECT_EQ(PeriodUsage("key", limited_key_, kDay), 0);
+  EXPECT_EQ(Balance(prepaid_), 925);
+
+  // Written again (a replay): nothing is taken twice.
+  std::string once = State();
+  (*recorder)->Record(e);
+  (*recorder)->Record(later);
+  (*recorder)->Flush();
+  EXPECT_EQ(State(), once);
+  ExpectBalancesMatchTheLedger();
+}
+
+TEST_F(UsageLedgerPg, ARowWithALeaseHolderButNoPotsTakesFromThePotsOfTheSettingsNow) {
+  // A spool record of an older gateway: the pots derived at write time.
+  Query("UPDATE api_keys SET limit_reset = 'monthly' WHERE id = " + std::to_string(limited_key_));
+  Lease("r1:boot", "key", limited_key_, kMonth, 500);
+  auto recorder = UsageRecorder::Start(url(), 60'000, 100);
+  ASSERT_TRUE(recorder) << recorder.error().message;
+  UsageEvent e = Call("gen-1", 10);
+  ASSERT_TRUE(e.leased_pots.empty());
+  (*recorder)->Record(e);
+  (*recorder)->Flush();
+  EXPECT_EQ(LeaseAmount("r1:boot", "key", limited_key_, kMonth), 490);
+  EXPECT_EQ(LeaseAmount("r1:boot", "key", limited_key_, kDay), 500);
+  EXPECT_EQ(LeaseAmount("r1:boot", "credits", prepaid_, "'epoch'"), 490);
+}
+
 TEST_F(UsageLedgerPg, TakesTheAccountFromTheKeyWhenTheEventHasNone) {
   auto recorder = UsageRecorder::Start(url(), 60'000, 100);
   ASSERT_TRUE(recorder) << recorder.error().message;

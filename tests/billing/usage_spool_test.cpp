@@ -41,6 +41,11 @@ UsageEvent FullEvent(std::string request_id) {
   e.endpoint_id = "openai-main";
   e.account_id = 9;
   e.lease_holder = "0123456789abcdef0123456789abcdef:boot1";
+  e.leased_pots = {
+      {"key", 42, std::chrono::system_clock::time_point(std::chrono::nanoseconds(1'789'948'800'000'000'000))},
+      {"credits", 9, std::chrono::system_clock::time_point{}},
+      {"budget", 9, std::chrono::system_clock::time_point(std::chrono::nanoseconds(1'788'220'800'000'000'001))},
+  };
   e.price_snapshot = R"({"endpoint":"openai-main","tier":0,"prompt":150000000})";
   e.byok = true;
   e.provider_cost = Money{5'000'000};
@@ -117,6 +122,7 @@ void ExpectSameEvent(const UsageEvent& a, const UsageEvent& b) {
   EXPECT_EQ(a.endpoint_id, b.endpoint_id);
   EXPECT_EQ(a.account_id, b.account_id);
   EXPECT_EQ(a.lease_holder, b.lease_holder);
+  EXPECT_EQ(a.leased_pots, b.leased_pots);
   EXPECT_EQ(a.price_snapshot, b.price_snapshot);
   EXPECT_EQ(a.byok, b.byok);
   EXPECT_EQ(a.provider_cost, b.provider_cost);
@@ -267,6 +273,24 @@ TEST(UsageSpoolCodec, RefusesWhatItDidNotWrite) {
   EXPECT_FALSE(DecodeUsageEvent(R"({"v":1})"));
   EXPECT_FALSE(DecodeUsageEvent(R"({"v":1,"request_id":"gen-1","cost":"12"})"));
   EXPECT_TRUE(DecodeUsageEvent(R"({"v":1,"request_id":"gen-1"})"));
+}
+
+TEST(UsageSpoolCodec, LeasedPotsRoundTripAndOlderRecordsHaveNone) {
+  UsageEvent e = FullEvent("gen-pots");
+  ASSERT_EQ(e.leased_pots.size(), 3u);
+  Result<UsageEvent> back = DecodeUsageEvent(EncodeUsageEvent(e));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->leased_pots, e.leased_pots);
+  EXPECT_EQ(back->leased_pots.at(2).period_start.time_since_epoch(), std::chrono::nanoseconds(1'788'220'800'000'000'001));
+
+  // A record of a gateway from before leased_pots (same version): none.
+  Result<UsageEvent> old = DecodeUsageEvent(R"({"v":1,"request_id":"gen-old","lease_holder":"r1:boot"})");
+  ASSERT_TRUE(old) << old.error().message;
+  EXPECT_EQ(old->lease_holder, "r1:boot");
+  EXPECT_TRUE(old->leased_pots.empty());
+  // A malformed list is refused, not half read.
+  EXPECT_FALSE(DecodeUsageEvent(R"({"v":1,"request_id":"gen-1","leased_pots":{"scope":"key"}})"));
+  EXPECT_FALSE(DecodeUsageEvent(R"({"v":1,"request_id":"gen-1","leased_pots":[{"owner_id":"1"}]})"));
 }
 
 TEST_F(UsageSpoolTest, RecordsSurviveAReopenInOrderWithTheSameReplicaId) {

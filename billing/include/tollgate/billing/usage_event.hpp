@@ -37,6 +37,18 @@ struct AttemptRecord {
   Money cost;
 };
 
+// One credit-lease pot a call was admitted under: CreditGuard's
+// AdmitTicket::pots entry (credit_guard.hpp PotRef) as the usage writer needs
+// it, to take the call's cost off exactly the lease rows that reserved it.
+struct LeasedPot {
+  std::string scope;   // "credits", "key" or "budget" (PotScopeName; credit_leases.scope)
+  int64_t owner_id = 0;  // api_keys.id for "key", accounts.id otherwise
+  // The pot's period as admitted (PeriodStart of the call time; the epoch for
+  // credits and never-resetting limits); microsecond precision when stored.
+  std::chrono::system_clock::time_point period_start;
+  friend bool operator==(const LeasedPot&, const LeasedPot&) = default;
+};
+
 struct UsageEvent {
   std::string request_id;  // "gen-...": the response id; primary and idempotency key
   int64_t api_key_id = 0;  // api_keys.id; <= 0 is stored as NULL (call never authenticated)
@@ -62,6 +74,13 @@ struct UsageEvent {
   // The credit leases the call was admitted under (CreditGuard::replica_id());
   // the writer takes `cost` off them. Empty: admitted under none.
   std::string lease_holder;
+  // The pots the call was admitted under (AdmitTicket::pots); the writer
+  // takes `cost` off lease_holder's lease row of each, whatever the key's and
+  // account's settings are when the row is written. Empty: none; except that
+  // an event with a lease_holder and no pots (a spool record of an older
+  // gateway) gets the pots derived from the settings at write time, as
+  // before.
+  std::vector<LeasedPot> leased_pots;
   // The prices `cost` was computed from, as a JSON object (PriceSnapshotJson
   // in gateway/src/call_driver.hpp); empty = none (stored as NULL).
   std::string price_snapshot;
