@@ -109,6 +109,7 @@ class FakeAdmission final : public Admission {
       Reservation r;
       r.worst_case = worst;
       r.lease_holder = "replica-1:boot";
+      r.pots = {billing::LeasedPot{"credits", 3, {}}};
       r.soft_limit_reached = soft_limit;
       r.soft_limit_what = soft_limit ? "key" : "";
       done(std::move(r));
@@ -623,6 +624,8 @@ TEST_F(CallDriverTest, AnAdmissionAnsweredLaterStartsTheCallThen) {
   executor->RunUntilIdle();
   ASSERT_TRUE(client->summary);
   EXPECT_EQ(usage.rows.at(0).lease_holder, "replica-1:boot");
+  EXPECT_EQ(usage.rows.at(0).leased_pots, (std::vector<billing::LeasedPot>{{"credits", 3, {}}}))
+      << "the usage writer takes the cost off the pots the call was admitted under";
   EXPECT_EQ(admission.reserved, 0);
 }
 

@@ -159,10 +159,10 @@ struct AdmitTicket {
   std::vector<PotRef> pots;  // empty: nothing reserved (postpaid, no limit, no budget)
   Money worst_case;          // reserved in every pot (>= 0)
   // CreditGuard::replica_id() when pots is not empty, else empty: store it as
-  // usage_events.lease_holder so the usage writer takes the cost off these
-  // pots' lease rows. The writer's key and budget periods must be the
-  // tickets' (PeriodStart of the call_time given to Admit; pass the row's
-  // created_at as call_time).
+  // usage_events.lease_holder, and `pots` as UsageEvent::leased_pots, so the
+  // usage writer takes the cost off exactly these pots' lease rows. Pass the
+  // row's created_at as Admit's call_time (the period_usage the writer adds
+  // to is the period of created_at).
   std::string lease_holder;
 };
 

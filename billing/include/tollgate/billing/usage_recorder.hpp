@@ -40,9 +40,13 @@
 //        spend);
 //      - for events with a lease_holder: credit_leases.amount_nano_usd =
 //        GREATEST(amount - cost, 0) on that replica's lease of each pot the call
-//        was admitted under: ('credits', account, 'epoch') when the account is
-//        prepaid, ('key', key, period) when the key has a limit, ('budget',
-//        account, period) when the account has a budget.
+//        was admitted under (UsageEvent::leased_pots, the admission ticket's
+//        pots, so a limit changed while the call ran moves no other lease). A
+//        row with a lease_holder but no leased_pots (spooled by an older
+//        gateway) takes them from the settings at write time: ('credits',
+//        account, 'epoch') when the account is prepaid, ('key', key, period)
+//        when the key has a limit, ('budget', account, period) when the
+//        account has a budget.
 //   So a request id already stored (a batch replayed after a lost COMMIT
 //   acknowledgement, a spool replayed after a crash, a duplicate Record) is
 //   neither inserted nor charged twice.
