@@ -58,6 +58,12 @@ int64_t OutputBytes(const ChatResponse& output) {
   return bytes;
 }
 
+// Reasoning tokens the request allows on top of max_tokens (its reasoning
+// budget), or 0.
+int64_t ReasoningBudget(const ChatRequest& request) {
+  return request.reasoning && request.reasoning->max_tokens ? std::max<int64_t>(*request.reasoning->max_tokens, 0) : 0;
+}
+
 }  // namespace
 
 int64_t OutputLimit(const ChatRequest& request, const routing::Endpoint& endpoint) {
@@ -86,8 +92,8 @@ Money WorstCaseCost(const ChatRequest& request, const routing::Endpoint& endpoin
   worst.prompt_tokens = prompt;
   // A reasoning budget may come on top of max_tokens (DeepSeek's and Qwen's
   // thinking tokens do not count against it).
-  const int64_t budget = request.reasoning && request.reasoning->max_tokens ? *request.reasoning->max_tokens : 0;
-  worst.completion_tokens = OutputLimit(request, endpoint) * choices + std::max<int64_t>(budget, 0);
+  const int64_t budget = ReasoningBudget(request);
+  worst.completion_tokens = OutputLimit(request, endpoint) * choices + budget;
   return CallCost(dearest, worst);
 }
 
@@ -101,7 +107,7 @@ Billable BillableUsage(const ChatRequest& request, const ChatResponse& output, c
   // text); at most the output limit per choice plus a reasoning budget.
   const int64_t prompt_bound = 2 * (prompt_bytes + 1 + images * 4096) + 16384;
   const int64_t limit = OutputLimit(request, endpoint);
-  const int64_t budget = request.reasoning && request.reasoning->max_tokens ? *request.reasoning->max_tokens : 0;
+  const int64_t budget = ReasoningBudget(request);
   const int64_t completion_bound = limit * std::max<int64_t>(request.n.value_or(1), 1) + budget + 1024;
 
   Billable out{estimate, true};

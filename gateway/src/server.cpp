@@ -779,7 +779,8 @@ class Connection {
     // across replicas, billing/rate_limiter.hpp). Tokens are counted as
     // OpenAI counts them at admission: the prompt's estimate plus max_tokens,
     // corrected to what the call used when it ends.
-    const int64_t estimated_tokens = EstimateUsage(chat, ChatResponse{}).prompt_tokens + chat.max_tokens.value_or(0);
+    const int64_t prompt_estimate = EstimateUsage(chat, ChatResponse{}).prompt_tokens;
+    const int64_t estimated_tokens = prompt_estimate + chat.max_tokens.value_or(0);
     const billing::RateDecision rate = s_.limiter->Acquire(*key, estimated_tokens, created_at);
     std::vector<std::pair<std::string, std::string>> rate_headers = billing::RateLimitHeaders(rate);
     if (!rate.allowed) {
@@ -822,7 +823,7 @@ class Connection {
     const bool http10 = req.version() < 11;
     auto strand = co_await asio::this_coro::executor;
     sink = std::make_shared<ConnectionSink>(
-        strand, ResponseEncoder(chat, meta, FlavorOf(req), EstimateUsage(chat, ChatResponse{}).prompt_tokens));
+        strand, ResponseEncoder(chat, meta, FlavorOf(req), prompt_estimate));
 
     CallSpec spec;
     spec.request = std::move(chat);

@@ -2,6 +2,8 @@
 // replica ids) on one database share their counts through rate_counters.
 #include "tollgate/billing/rate_limiter.hpp"
 
+#include "rate_limiter_test_keys.hpp"
+
 #include "pg_test_database.hpp"
 #include "tollgate/billing/log.hpp"
 
@@ -22,19 +24,8 @@ using std::chrono::seconds;
 using std::chrono::steady_clock;
 using std::chrono::system_clock;
 using testing::WaitFor;
-
-// 2026-11-19 07:07:00 UTC, a minute boundary.
-const system_clock::time_point kMinute0{seconds(1'795'000'020)};
-
-KeyRecord Key(int64_t id, std::optional<int64_t> rpm, std::optional<int64_t> tpm = std::nullopt,
-              std::optional<int64_t> concurrent = std::nullopt) {
-  KeyRecord key;
-  key.id = id;
-  key.requests_per_minute = rpm;
-  key.tokens_per_minute = tpm;
-  key.max_concurrent = concurrent;
-  return key;
-}
+using testing::kMinute0;
+using testing::RateLimitedKey;
 
 // Real time flowing from kMinute0 + 5 s, so a test never crosses a minute
 // boundary unless it waits 55 s; rate_counters' rows carry these times.
@@ -76,7 +67,7 @@ TEST_F(RateLimiterPg, WritesThisReplicasCountsAndDeletesOldWindows) {
         "(1, " + Window() + " - interval '2 minutes', 'recent', 7)");
   auto a = MustStart("host-a:1", 60'000);  // the first round only, then SyncNow
   ASSERT_TRUE(a);
-  KeyRecord key = Key(1, 100, 10'000, 5);
+  KeyRecord key = RateLimitedKey(1, 100, 10'000, 5);
   RateDecision first = a->Acquire(key, 40, Now());
   RateDecision second = a->Acquire(key, 60, Now());
   ASSERT_TRUE(first.allowed && second.allowed);
@@ -96,7 +87,7 @@ TEST_F(RateLimiterPg, WritesThisReplicasCountsAndDeletesOldWindows) {
 TEST_F(RateLimiterPg, ReadsOtherReplicasSumsAndIgnoresStaleCallsInFlight) {
   auto b = MustStart("b", 60'000);
   ASSERT_TRUE(b);
-  KeyRecord key = Key(3, 100, std::nullopt, 10);
+  KeyRecord key = RateLimitedKey(3, 100, std::nullopt, 10);
   ASSERT_TRUE(b->Acquire(key, 0, Now()).allowed);
   Query("INSERT INTO rate_counters (api_key_id, window_start, replica_id, requests, tokens, "
         "in_flight, updated_at) VALUES "
@@ -126,7 +117,7 @@ TEST_F(RateLimiterPg, TwoReplicasHoldTheRequestLimitWithinTheTolerance) {
   auto a = MustStart("a", kIntervalMs);
   auto b = MustStart("b", kIntervalMs);
   ASSERT_TRUE(a && b);
-  KeyRecord key = Key(10, 30);
+  KeyRecord key = RateLimitedKey(10, 30);
   int admitted = 0;
   int admitted_on[2] = {0, 0};
   steady_clock::time_point next = steady_clock::now();
@@ -168,7 +159,7 @@ TEST_F(RateLimiterPg, SecondReplicaSeesTheFirstsCountsWithinTwoIntervals) {
   auto a = MustStart("a", kIntervalMs);
   auto b = MustStart("b", kIntervalMs);
   ASSERT_TRUE(a && b);
-  KeyRecord key = Key(11, 1000, 100'000);
+  KeyRecord key = RateLimitedKey(11, 1000, 100'000);
   RateDecision on_b = b->Acquire(key, 0, Now());  // b reads key 11 from now on
   ASSERT_TRUE(on_b.allowed);
   b->Release(on_b, 0, Now());
@@ -196,7 +187,7 @@ TEST_F(RateLimiterPg, CallsInFlightCountAcrossReplicas) {
   auto a = MustStart("a", 50);
   auto b = MustStart("b", 50);
   ASSERT_TRUE(a && b);
-  KeyRecord key = Key(12, std::nullopt, std::nullopt, 2);
+  KeyRecord key = RateLimitedKey(12, std::nullopt, std::nullopt, 2);
   RateDecision on_b = b->Acquire(key, 0, Now());
   ASSERT_TRUE(on_b.allowed);
   b->Release(on_b, 0, Now());
@@ -224,7 +215,7 @@ TEST_F(RateLimiterPg, SyncsWhileManyThreadsAcquireAndRelease) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kCalls; ++i) {
-        KeyRecord key = Key(100 + (i + t) % 8, 1'000'000, 1'000'000'000, 3);
+        KeyRecord key = RateLimitedKey(100 + (i + t) % 8, 1'000'000, 1'000'000'000, 3);
         RateDecision d = a->Acquire(key, 10, Now());
         if (!d.allowed) continue;
         admitted.fetch_add(1);
@@ -252,7 +243,7 @@ TEST_F(RateLimiterPg, CountsLocallyThroughAnOutageAndLogsOnce) {
   });
   auto a = MustStart("a", 50);
   ASSERT_TRUE(a);
-  KeyRecord key = Key(13, 5);
+  KeyRecord key = RateLimitedKey(13, 5);
   ASSERT_TRUE(a->Acquire(key, 0, Now()).allowed);
   ASSERT_TRUE(WaitFor([&] {
     return QueryInt("SELECT coalesce(sum(requests), 0) FROM rate_counters WHERE api_key_id = 13") ==

@@ -3,6 +3,8 @@
 // rate_counters table driven by the sync API.
 #include "tollgate/billing/rate_limiter.hpp"
 
+#include "rate_limiter_test_keys.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,21 +20,10 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using std::chrono::system_clock;
-
-// 2026-11-19 07:07:00 UTC: a minute boundary (1'795'000'020 = 60 * 29'916'667).
-const system_clock::time_point kMinute0{seconds(1'795'000'020)};
+using testing::kMinute0;
+using testing::RateLimitedKey;
 
 system_clock::time_point At(int64_t ms_after_minute0) { return kMinute0 + milliseconds(ms_after_minute0); }
-
-KeyRecord Key(int64_t id, std::optional<int64_t> rpm, std::optional<int64_t> tpm = std::nullopt,
-              std::optional<int64_t> concurrent = std::nullopt) {
-  KeyRecord key;
-  key.id = id;
-  key.requests_per_minute = rpm;
-  key.tokens_per_minute = tpm;
-  key.max_concurrent = concurrent;
-  return key;
-}
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
@@ -54,7 +45,7 @@ TEST(RateLimitReset, FormatsAsGoDurations) {
 
 TEST(RateLimiter, KeyWithoutLimitsIsAllowedAndNotTracked) {
   RateLimiter limiter;
-  RateDecision d = limiter.Acquire(Key(1, std::nullopt), 1'000'000, At(0));
+  RateDecision d = limiter.Acquire(RateLimitedKey(1, std::nullopt), 1'000'000, At(0));
   EXPECT_TRUE(d.allowed);
   EXPECT_FALSE(d.counted);
   EXPECT_EQ(limiter.tracked_keys(), 0u);
@@ -66,7 +57,7 @@ TEST(RateLimiter, KeyWithoutLimitsIsAllowedAndNotTracked) {
 
 TEST(RateLimiter, RefusesRequestsOverTheLimitUntilTheNextMinute) {
   RateLimiter limiter;
-  KeyRecord key = Key(7, 3);
+  KeyRecord key = RateLimitedKey(7, 3);
   for (int i = 0; i < 3; ++i) {
     RateDecision d = limiter.Acquire(key, 0, At(10'000));
     ASSERT_TRUE(d.allowed) << i;
@@ -92,7 +83,7 @@ TEST(RateLimiter, RefusesRequestsOverTheLimitUntilTheNextMinute) {
 
 TEST(RateLimiter, WindowsAreAlignedToUtcMinutes) {
   RateLimiter limiter;
-  KeyRecord key = Key(1, 1);
+  KeyRecord key = RateLimitedKey(1, 1);
   ASSERT_TRUE(limiter.Acquire(key, 0, At(59'999)).allowed);
   // One millisecond later is a new minute, not 60 s after the first call.
   RateDecision d = limiter.Acquire(key, 0, At(60'000));
@@ -102,7 +93,7 @@ TEST(RateLimiter, WindowsAreAlignedToUtcMinutes) {
 
 TEST(RateLimiter, RendersOpenAiHeaders) {
   RateLimiter limiter;
-  RateDecision d = limiter.Acquire(Key(1, 60, 150'000), 16, At(30'500));
+  RateDecision d = limiter.Acquire(RateLimitedKey(1, 60, 150'000), 16, At(30'500));
   ASSERT_TRUE(d.allowed);
   EXPECT_EQ(RateLimitHeaders(d), (Headers{{"x-ratelimit-limit-requests", "60"},
                                           {"x-ratelimit-remaining-requests", "59"},
@@ -112,32 +103,32 @@ TEST(RateLimiter, RendersOpenAiHeaders) {
                                           {"x-ratelimit-reset-tokens", "29.5s"}}));
 
   // Only the limits the key has; retry-after on refusals.
-  RateDecision first = limiter.Acquire(Key(2, 1), 0, At(0));
+  RateDecision first = limiter.Acquire(RateLimitedKey(2, 1), 0, At(0));
   EXPECT_EQ(RateLimitHeaders(first), (Headers{{"x-ratelimit-limit-requests", "1"},
                                               {"x-ratelimit-remaining-requests", "0"},
                                               {"x-ratelimit-reset-requests", "1m0s"}}));
-  RateDecision refused = limiter.Acquire(Key(2, 1), 0, At(59'400));
+  RateDecision refused = limiter.Acquire(RateLimitedKey(2, 1), 0, At(59'400));
   EXPECT_EQ(RateLimitHeaders(refused), (Headers{{"x-ratelimit-limit-requests", "1"},
                                                 {"x-ratelimit-remaining-requests", "0"},
                                                 {"x-ratelimit-reset-requests", "600ms"},
                                                 {"retry-after", "1"}}));
 
-  RateDecision tokens_only = limiter.Acquire(Key(3, std::nullopt, 100), 40, At(0));
+  RateDecision tokens_only = limiter.Acquire(RateLimitedKey(3, std::nullopt, 100), 40, At(0));
   EXPECT_EQ(RateLimitHeaders(tokens_only), (Headers{{"x-ratelimit-limit-tokens", "100"},
                                                     {"x-ratelimit-remaining-tokens", "60"},
                                                     {"x-ratelimit-reset-tokens", "1m0s"}}));
 
   // Concurrency has no header of its own.
-  RateDecision concurrent = limiter.Acquire(Key(4, std::nullopt, std::nullopt, 1), 0, At(0));
+  RateDecision concurrent = limiter.Acquire(RateLimitedKey(4, std::nullopt, std::nullopt, 1), 0, At(0));
   EXPECT_TRUE(concurrent.counted);
   EXPECT_TRUE(RateLimitHeaders(concurrent).empty());
-  RateDecision busy = limiter.Acquire(Key(4, std::nullopt, std::nullopt, 1), 0, At(0));
+  RateDecision busy = limiter.Acquire(RateLimitedKey(4, std::nullopt, std::nullopt, 1), 0, At(0));
   EXPECT_EQ(RateLimitHeaders(busy), (Headers{{"retry-after", "1"}}));
 }
 
 TEST(RateLimiter, RefusesTokensOverTheLimitAndCorrectsToActual) {
   RateLimiter limiter;
-  KeyRecord key = Key(5, std::nullopt, 1000);
+  KeyRecord key = RateLimitedKey(5, std::nullopt, 1000);
   RateDecision a = limiter.Acquire(key, 600, At(1'000));
   ASSERT_TRUE(a.allowed);
   EXPECT_EQ(a.remaining_tokens, 400);
@@ -166,7 +157,7 @@ TEST(RateLimiter, RefusesTokensOverTheLimitAndCorrectsToActual) {
 
 TEST(RateLimiter, OneCallAboveTheTokenLimitPassesInAnEmptyWindow) {
   RateLimiter limiter;
-  KeyRecord key = Key(5, std::nullopt, 100);
+  KeyRecord key = RateLimitedKey(5, std::nullopt, 100);
   RateDecision big = limiter.Acquire(key, 500, At(0));
   EXPECT_TRUE(big.allowed);
   EXPECT_EQ(big.remaining_tokens, 0);
@@ -175,12 +166,12 @@ TEST(RateLimiter, OneCallAboveTheTokenLimitPassesInAnEmptyWindow) {
   EXPECT_FALSE(limiter.Acquire(key, 500, At(3'000)).allowed);
   EXPECT_TRUE(limiter.Acquire(key, 500, At(60'000)).allowed);
   // A zero limit refuses every call that needs tokens.
-  EXPECT_FALSE(limiter.Acquire(Key(6, std::nullopt, 0), 1, At(0)).allowed);
+  EXPECT_FALSE(limiter.Acquire(RateLimitedKey(6, std::nullopt, 0), 1, At(0)).allowed);
 }
 
 TEST(RateLimiter, NegativeEstimatesCountAsZero) {
   RateLimiter limiter;
-  RateDecision d = limiter.Acquire(Key(5, std::nullopt, 100), -50, At(0));
+  RateDecision d = limiter.Acquire(RateLimitedKey(5, std::nullopt, 100), -50, At(0));
   EXPECT_TRUE(d.allowed);
   EXPECT_EQ(d.estimated_tokens, 0);
   EXPECT_EQ(d.remaining_tokens, 100);
@@ -190,7 +181,7 @@ TEST(RateLimiter, NegativeEstimatesCountAsZero) {
 
 TEST(RateLimiter, CorrectsTokensOnlyInTheWindowTheCallWasAdmittedIn) {
   RateLimiter limiter;
-  KeyRecord key = Key(5, std::nullopt, 1000);
+  KeyRecord key = RateLimitedKey(5, std::nullopt, 1000);
   RateDecision late = limiter.Acquire(key, 300, At(59'000));
   ASSERT_TRUE(late.allowed);
   RateDecision now = limiter.Acquire(key, 200, At(61'000));
@@ -208,7 +199,7 @@ TEST(RateLimiter, CorrectsTokensOnlyInTheWindowTheCallWasAdmittedIn) {
 
 TEST(RateLimiter, LimitsCallsInFlightAcrossWindows) {
   RateLimiter limiter;
-  KeyRecord key = Key(9, std::nullopt, std::nullopt, 2);
+  KeyRecord key = RateLimitedKey(9, std::nullopt, std::nullopt, 2);
   RateDecision a = limiter.Acquire(key, 0, At(58'000));
   RateDecision b = limiter.Acquire(key, 0, At(59'000));
   ASSERT_TRUE(a.allowed);
@@ -229,10 +220,10 @@ TEST(RateLimiter, LimitsCallsInFlightAcrossWindows) {
 
 TEST(RateLimiter, ChecksRequestsThenTokensThenConcurrency) {
   RateLimiter limiter;
-  KeyRecord key = Key(3, 1, 10, 1);
+  KeyRecord key = RateLimitedKey(3, 1, 10, 1);
   ASSERT_TRUE(limiter.Acquire(key, 10, At(0)).allowed);
   EXPECT_EQ(limiter.Acquire(key, 10, At(1)).refused_by, RateLimitKind::kRequests);
-  KeyRecord more_requests = Key(3, 5, 10, 1);
+  KeyRecord more_requests = RateLimitedKey(3, 5, 10, 1);
   EXPECT_EQ(limiter.Acquire(more_requests, 10, At(2)).refused_by, RateLimitKind::kTokens);
   EXPECT_EQ(limiter.Acquire(more_requests, 0, At(3)).refused_by, RateLimitKind::kConcurrency);
 }
@@ -241,7 +232,7 @@ TEST(RateLimiter, ConcurrentThreadsNeverExceedTheLimits) {
   RateLimiter limiter;
   constexpr int kThreads = 8;
   constexpr int kTries = 5'000;
-  KeyRecord key = Key(11, 1'000, std::nullopt, 3);
+  KeyRecord key = RateLimitedKey(11, 1'000, std::nullopt, 3);
   std::atomic<int> holding{0};
   std::atomic<int> most_holding{0};
   std::atomic<int> admitted{0};
@@ -319,7 +310,7 @@ class FakeRateCounters {
 TEST(RateLimiterSync, TwoReplicasShareTheLimitsOnceSynced) {
   FakeRateCounters table;
   RateLimiter a, b;
-  KeyRecord key = Key(21, 10, 1000, 8);
+  KeyRecord key = RateLimitedKey(21, 10, 1000, 8);
   std::vector<RateDecision> on_a, on_b;
   for (int i = 0; i < 6; ++i) {
     on_a.push_back(a.Acquire(key, 50, At(1'000)));
@@ -370,7 +361,7 @@ TEST(RateLimiterSync, TwoReplicasShareTheLimitsOnceSynced) {
 TEST(RateLimiterSync, AdmitsTheLimitInTotalAcrossReplicasWhenSyncedBetweenCalls) {
   FakeRateCounters table;
   RateLimiter a, b;
-  KeyRecord key = Key(22, 30);
+  KeyRecord key = RateLimitedKey(22, 30);
   int admitted = 0;
   int64_t ms = 1'000;
   for (int i = 0; i < 60; ++i, ms += 100) {
@@ -389,7 +380,7 @@ TEST(RateLimiterSync, AdmitsTheLimitInTotalAcrossReplicasWhenSyncedBetweenCalls)
   // Synced a round late, each replica may admit what the other admitted
   // since its last read: the documented tolerance.
   RateLimiter e, f;
-  KeyRecord late_key = Key(23, 30);
+  KeyRecord late_key = RateLimitedKey(23, 30);
   int admitted_late = 0;
   ms = 1'000;
   for (int i = 0; i < 60; ++i, ms += 100) {
@@ -410,7 +401,7 @@ TEST(RateLimiterSync, AdmitsTheLimitInTotalAcrossReplicasWhenSyncedBetweenCalls)
 
 TEST(RateLimiterSync, WritesOnlyChangesAndRewritesAfterAFailure) {
   RateLimiter limiter;
-  KeyRecord key = Key(31, 100);
+  KeyRecord key = RateLimitedKey(31, 100);
   RateDecision d = limiter.Acquire(key, 5, At(1'000));
   RateSyncBatch first = limiter.PrepareSync(At(1'250));
   ASSERT_EQ(first.changed.size(), 1u);
@@ -437,7 +428,7 @@ TEST(RateLimiterSync, WritesOnlyChangesAndRewritesAfterAFailure) {
 
 TEST(RateLimiterSync, CarriesCallsInFlightIntoNewWindowsAndHeartbeatsThem) {
   RateLimiter limiter;
-  KeyRecord key = Key(32, std::nullopt, std::nullopt, 5);
+  KeyRecord key = RateLimitedKey(32, std::nullopt, std::nullopt, 5);
   RateDecision d = limiter.Acquire(key, 0, At(50'000));
   ASSERT_EQ(limiter.PrepareSync(At(50'100)).changed.size(), 1u);
   EXPECT_TRUE(limiter.PrepareSync(At(55'000)).changed.empty());
@@ -456,9 +447,9 @@ TEST(RateLimiterSync, CarriesCallsInFlightIntoNewWindowsAndHeartbeatsThem) {
 
 TEST(RateLimiterSync, ForgetsIdleKeysButNotKeysWithCallsInFlight) {
   RateLimiter limiter;
-  RateDecision idle = limiter.Acquire(Key(41, 10), 0, At(1'000));
+  RateDecision idle = limiter.Acquire(RateLimitedKey(41, 10), 0, At(1'000));
   limiter.Release(idle, 0, At(1'000));
-  RateDecision busy = limiter.Acquire(Key(42, 10), 0, At(1'000));
+  RateDecision busy = limiter.Acquire(RateLimitedKey(42, 10), 0, At(1'000));
   EXPECT_EQ(limiter.tracked_keys(), 2u);
   limiter.PrepareSync(At(2'000));
   limiter.PrepareSync(At(119'000));  // the next minute: still kept
@@ -472,7 +463,7 @@ TEST(RateLimiterSync, ForgetsIdleKeysButNotKeysWithCallsInFlight) {
   EXPECT_EQ(limiter.tracked_keys(), 0u);
 
   // A key refused (on the others' counts) in a minute was used in it: kept.
-  KeyRecord shared = Key(43, 10);
+  KeyRecord shared = RateLimitedKey(43, 10);
   RateDecision used = limiter.Acquire(shared, 0, At(241'000));
   ASSERT_TRUE(used.allowed);
   limiter.Release(used, 0, At(241'000));
@@ -486,7 +477,7 @@ TEST(RateLimiterSync, ForgetsIdleKeysButNotKeysWithCallsInFlight) {
 
 TEST(RateLimiterSync, OthersRequestsEndWithTheirWindowAndTheirCallsInFlightLater) {
   RateLimiter limiter;
-  KeyRecord key = Key(51, 10, std::nullopt, 4);
+  KeyRecord key = RateLimitedKey(51, 10, std::nullopt, 4);
   ASSERT_TRUE(limiter.Acquire(key, 0, At(1'000)).allowed);
   RateSyncBatch batch = limiter.PrepareSync(At(1'100));
   limiter.ApplyOthers(batch, {{51, 9, 0, 2}});
