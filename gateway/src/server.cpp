@@ -3,6 +3,7 @@
 #include "admin_api.hpp"
 #include "api.hpp"
 #include "call_driver.hpp"
+#include "dashboard.hpp"
 #include "metrics.hpp"
 #include "responses.hpp"
 #include "tollgate/billing/account_store.hpp"
@@ -578,6 +579,11 @@ class Connection {
       res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model, *s_.router, Clock::now()))
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
+    } else if (IsDashboardPath(path) && get) {
+      route = "/dashboard";  // one label for all its files
+      const DashboardReply d = ServeDashboard(path, req[http::field::if_none_match]);
+      res = MakeResponse(req, d.status, std::string(d.body), d.content_type);
+      for (const auto& [name, value] : d.headers) res.set(name, value);
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
                route == "/v1/providers" || route == "/v1/key" || route == "/v1/credits" ||
                call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation") {
