@@ -24,7 +24,7 @@ using internal::PgExec;
 using internal::PgOutcome;
 using internal::PgParam;
 
-constexpr int kColumns = 27;
+constexpr int kColumns = 29;
 // PostgreSQL's protocol allows at most 65535 bind parameters per statement
 // (27 per row, plus one for the attempts and one for the leased pots).
 constexpr int kMaxBatchSize = 2400;
@@ -79,16 +79,17 @@ using ItemPtr = std::shared_ptr<Item>;
 
 // Column order of usage_events as written; placeholders carry casts so the
 // server never has to guess a parameter's type.
-constexpr const char* kInsertHead =
-    "INSERT INTO usage_events (request_id, api_key_id, model, provider, upstream_model,"
+constexpr const char* kColumnNames =
+    "request_id, api_key_id, model, provider, upstream_model,"
     " prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_nano_usd,"
     " latency_ms, ttft_ms, status, finish_reason, streamed, cancelled, usage_estimated,"
     " error_code, created_at, finished_at, cache_write_tokens, endpoint_id,"
-    " account_id, lease_holder, price_snapshot, byok, provider_cost_nano_usd) VALUES ";
+    " account_id, lease_holder, price_snapshot, byok, provider_cost_nano_usd, app, app_title";
 constexpr const char* kColumnCasts[kColumns] = {
     "text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
     "bigint", "bigint", "int", "text", "bool", "bool", "bool", "text", "timestamptz", "timestamptz", "bigint",
-    "text", "bigint", "text", "jsonb", "bool", "bigint"};
+    "text", "bigint", "text", "jsonb", "bool", "bigint", "text", "text"};
+static_assert(kColumnCasts[kColumns - 1] != nullptr, "a cast for every column");
 
 std::string BoolParam(bool value) { return value ? "t" : "f"; }
 
@@ -138,6 +139,8 @@ void AppendParams(Item& item, int64_t account_id, std::vector<PgParam>& params) 
   params.emplace_back(SnapshotParam(item));
   params.emplace_back(BoolParam(e.byok));
   params.emplace_back(e.provider_cost ? PgParam(std::to_string(e.provider_cost->nano_usd)) : std::nullopt);
+  params.emplace_back(e.app.empty() ? std::nullopt : PgParam(e.app));
+  params.emplace_back(e.app_title.empty() ? std::nullopt : PgParam(e.app_title));
 }
 
 // The attempts of `items` as one JSON array for jsonb_to_recordset: one
@@ -202,8 +205,17 @@ std::string IdArray(std::vector<int64_t>& ids) {
 // CTEs run to completion whether or not the final SELECT reads them (PostgreSQL
 // 15 manual, 7.8.4).
 constexpr const char* kInsertTail =
-    " ON CONFLICT (request_id) DO NOTHING"
-    " RETURNING request_id, api_key_id, account_id, cost_nano_usd, created_at, lease_holder),"
+    // The request id is the idempotency key across all partitions
+    // (usage_request_ids, migrations/006_stats.sql): a row is inserted only
+    // if its id was not there; DISTINCT ON drops a repeat within the batch.
+    " ids AS (INSERT INTO usage_request_ids (request_id, created_at) SELECT request_id, created_at FROM v"
+    " ON CONFLICT (request_id) DO NOTHING RETURNING request_id),"
+    " ins AS (INSERT INTO usage_events ($COLUMNS)"
+    " SELECT DISTINCT ON (v.request_id) v.* FROM v JOIN ids USING (request_id) ORDER BY v.request_id"
+    " ON CONFLICT (request_id, created_at) DO NOTHING RETURNING *),"
+    // The rollups and apps (migrations/006_stats.sql) of exactly the rows
+    // inserted; referenced by the final SELECT, so it runs.
+    " roll AS (SELECT tollgate_rollup_usage(array_agg(ins::usage_events)) AS n FROM ins HAVING count(*) > 0),"
     // Every attempt beside its call; a retried batch finds them there.
     " att AS (INSERT INTO call_attempts (request_id, attempt, endpoint_id, provider, upstream_model, outcome,"
     " status, error_code, started_ms, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cached_tokens,"
@@ -272,11 +284,12 @@ constexpr const char* kInsertTail =
     " GROUP BY lease_holder, scope, owner_id, period_start) s"
     " WHERE l.replica_id = s.lease_holder AND l.scope = s.scope AND l.owner_id = s.owner_id"
     " AND l.period_start = s.period_start RETURNING 1)"
-    " SELECT (SELECT count(*) FROM ins)";
+    " SELECT (SELECT count(*) FROM ins), (SELECT n FROM roll)";
 
 std::string InsertSql(size_t rows) {
-  std::string sql = "WITH ins AS (";
-  sql += kInsertHead;
+  std::string sql = "WITH v (";
+  sql += kColumnNames;
+  sql += ") AS (VALUES ";
   int n = 1;
   for (size_t row = 0; row < rows; ++row) {
     sql += row == 0 ? "(" : ", (";
@@ -290,7 +303,9 @@ std::string InsertSql(size_t rows) {
     }
     sql += ")";
   }
+  sql += "),";
   std::string tail = kInsertTail;
+  tail.replace(tail.find("$COLUMNS"), 8, kColumnNames);
   for (const std::string placeholder : {"$ATTEMPTS", "$LEASED"}) {
     std::string number = "$";
     number += std::to_string(n++);

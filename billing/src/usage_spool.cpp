@@ -355,6 +355,8 @@ std::string EncodeUsageEvent(const UsageEvent& e) {
       {"byok", e.byok},
       {"provider_cost", e.provider_cost ? json::value(e.provider_cost->nano_usd) : json::value(nullptr)},
       {"attempts", std::move(attempts)},
+      {"app", e.app},
+      {"app_title", e.app_title},
   };
   return json::serialize(o);
 }
@@ -417,6 +419,8 @@ Result<UsageEvent> DecodeUsageEvent(std::string_view payload) {
     std::optional<int64_t> provider_cost;
     r.OptNum("provider_cost", provider_cost);
     if (provider_cost) e.provider_cost = Money{*provider_cost};
+    r.Str("app", e.app);
+    r.Str("app_title", e.app_title);
     if (const json::value* attempts = r.Find("attempts")) {
       for (const json::value& item : attempts->as_array()) {
         Reader a{item.as_object()};

@@ -70,7 +70,7 @@ TEST_F(SchemaMissingPg, UsageRecorderStartSaysToRunMigrate) {
 
 TEST_F(SchemaMissingPg, UsageRecorderStartChecksUsageEventsToo) {
   Migrate();
-  Query("DROP TABLE usage_events");
+  Query("DROP TABLE usage_events CASCADE");
   auto recorder = UsageRecorder::Start(url(), 100, 10);
   ASSERT_FALSE(recorder);
   ExpectRunMigrate(recorder.error());

@@ -1,4 +1,4 @@
-// One row of usage_events (migrations/001_init.sql): what one call used and
+// One row of usage_events (migrations/001_init.sql, partitioned by 006_stats.sql): what one call used and
 // cost. Written by UsageRecorder, read back by GenerationStore.
 #pragma once
 
@@ -87,6 +87,10 @@ struct UsageEvent {
   bool byok = false;                    // served with the account's own provider key
   std::optional<Money> provider_cost;   // BYOK: what the provider charges the account; `cost` is the fee
   std::vector<AttemptRecord> attempts;  // every attempt, in start order (call_attempts rows)
+  // The calling app (OpenRouter app attribution, migrations/006_stats.sql):
+  // AppFromHeaders(HTTP-Referer, X-Title). Empty = none (stored as NULL).
+  std::string app;        // "https://example.com" (the referer's origin) or "title:<X-Title>"
+  std::string app_title;  // the X-Title as sent, trimmed
 };
 
 }  // namespace tollgate::billing
