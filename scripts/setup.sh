@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev
   nodejs curl
+  prometheus
 )
 
 missing=()
@@ -46,7 +47,25 @@ echo "setup: installing ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# `prometheus` is here for its `promtool` only (tests/e2e/test/metrics.test.mjs checks /metrics,
+# deploy/prometheus and the Grafana dashboard's queries with it). Its package would start and
+# enable a Prometheus server on :9090: a policy-rc.d that refuses every start (exit 101, Debian's
+# invoke-rc.d policy interface) is in place during the install unless the machine already has one
+# (containers usually do), and the unit is disabled afterwards, so nothing is left running.
+policy_rc=/usr/sbin/policy-rc.d
+own_policy=0
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus && [ ! -e "$policy_rc" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy_rc" >/dev/null
+  $SUDO chmod 755 "$policy_rc"
+  own_policy=1
+fi
+status=0
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+[ "$own_policy" -eq 0 ] || $SUDO rm -f "$policy_rc"
+[ "$status" -eq 0 ] || exit "$status"
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 if ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi

@@ -951,6 +951,12 @@ void CallDriver::Finish(const std::optional<Error>& outcome) {
   };
   if (rejected) {
     if (reservation_) reservation_.reset();
+    if (deps_.observer != nullptr) {
+      std::vector<billing::AttemptRecord> records;
+      for (const auto& attempt : attempts_) records.push_back(attempt->record);
+      deps_.observer->OnUnmetered(spec_, stop_ == Stop::kClientGone ? 499 : error ? HttpStatus(error->code) : 200,
+                                  records);
+    }
     return deliver();
   }
   billing::UsageEvent row;

@@ -139,6 +139,8 @@ class UsageSink {
   virtual void Record(billing::UsageEvent event, std::function<void()> durable) = 0;
 };
 
+struct CallSpec;
+
 // Metrics of calls and attempts (gateway Metrics in production).
 class CallObserver {
  public:
@@ -148,6 +150,12 @@ class CallObserver {
                                int64_t latency_ms) = 0;
   // The call's final outcome, as recorded in its usage row.
   virtual void OnCall(const billing::UsageEvent& event) = 0;
+  // A call that ended without a usage row: refused before any provider was
+  // asked (unknown model, not allowed, admission, stopped before it started;
+  // `attempts` empty) or rejected as invalid by the only provider asked (its
+  // record in `attempts`). `model` is the model the request named (raw
+  // input), `status` the HTTP status answered.
+  virtual void OnUnmetered(const CallSpec& spec, int status, const std::vector<billing::AttemptRecord>& attempts) {}
 };
 
 // What the connection learns when the call commits to an endpoint: enough to

@@ -417,7 +417,11 @@ routing::RouterOptions ParseRouterOptions(const YAML::Node& n, Reader& r) {
 Config ParseRoot(const YAML::Node& root, Reader& r) {
   Config config;
   if (!root.IsDefined() || root.IsNull()) Fail("(top level)", "the file is empty");
-  r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing"});
+  r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing", "log"});
+  if (auto l = root["log"]) {
+    r.CheckKeys(l, "log", {"access"});
+    if (l["access"]) config.log.access = r.Bool(l["access"], "log.access");
+  }
 
   if (auto s = root["server"]) {
     r.CheckKeys(s, "server", {"listen", "io_threads", "max_body_bytes", "request_timeout_ms", "drain_timeout_ms"});

@@ -1,81 +1,289 @@
 #include "metrics.hpp"
 
+#include "tollgate/core/error.hpp"
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <array>
+#include <map>
+#include <mutex>
+#include <set>
+
 namespace tollgate::gateway {
+
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Counter;
+using prometheus::Family;
+using prometheus::Gauge;
+using prometheus::Histogram;
+
+constexpr std::array<int, 16> kStatusLabels{200, 400, 401, 402, 403, 404, 405, 408,
+                                            409, 413, 429, 499, 500, 502, 503, 504};
+
+// The routes Handle() in server.cpp names (the /api/v1 prefix is cut before).
+constexpr std::string_view kRoutes[] = {
+    "/v1/chat/completions", "/v1/completions",   "/v1/messages",          "/v1/messages/count_tokens",
+    "/healthz",             "/readyz",           "/metrics",              "/v1/models",
+    "/v1/providers",        "/v1/generation",    "/v1/key",               "/v1/credits",
+    "/v1/models/{id}/endpoints", "/admin/v1",    "unmatched",             "/v1/stats/models",
+    "/v1/stats/cost",       "/v1/stats/timeseries", "/v1/stats/providers", "/v1/stats/calls",
+    "/v1/datasets/rankings-daily", "/v1/datasets/app-rankings", "/v1/activity", "/dashboard"};
+
+// Buckets (seconds, tokens/s): from a fast local answer to a long
+// reasoning call, about 2.5x apart, so p50/p95 by histogram_quantile stay
+// within a bucket's width.
+const Histogram::BucketBoundaries kDurationBuckets{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300};
+const Histogram::BucketBoundaries kTtftBuckets{0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60};
+const Histogram::BucketBoundaries kThroughputBuckets{1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000};
+
+}  // namespace
 
 struct Metrics::Impl {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
-  prometheus::Family<prometheus::Counter>& requests =
-      prometheus::BuildCounter().Name("tollgate_http_requests_total").Help("HTTP requests by route and status").Register(*registry);
-  prometheus::Family<prometheus::Counter>& calls =
-      prometheus::BuildCounter().Name("tollgate_calls_total").Help("Metered model calls by model, provider and status").Register(*registry);
-  prometheus::Family<prometheus::Counter>& tokens =
-      prometheus::BuildCounter().Name("tollgate_tokens_total").Help("Tokens metered, by model, provider and type (prompt, completion)").Register(*registry);
-  prometheus::Family<prometheus::Counter>& cost =
-      prometheus::BuildCounter().Name("tollgate_cost_nano_usd_total").Help("Cost charged in nano-USD, by model and provider").Register(*registry);
-  prometheus::Family<prometheus::Histogram>& ttft =
-      prometheus::BuildHistogram().Name("tollgate_time_to_first_token_seconds").Help("Time to first token").Register(*registry);
-  prometheus::Family<prometheus::Histogram>& latency =
-      prometheus::BuildHistogram().Name("tollgate_call_duration_seconds").Help("Whole call duration").Register(*registry);
-  prometheus::Family<prometheus::Gauge>& background =
-      prometheus::BuildGauge().Name("tollgate_background").Help("Usage recorder and key cache state, by item").Register(*registry);
-  prometheus::Family<prometheus::Gauge>& endpoints =
-      prometheus::BuildGauge()
+  Family<Counter>& http_requests =
+      BuildCounter().Name("tollgate_http_requests_total").Help("HTTP requests by route and status").Register(*registry);
+  Family<Counter>& calls =
+      BuildCounter()
+          .Name("tollgate_calls_total")
+          .Help("Model calls (chat, completions, messages) by model, provider (none: no provider was asked) and "
+                "final HTTP status")
+          .Register(*registry);
+  Family<Counter>& tokens =
+      BuildCounter()
+          .Name("tollgate_tokens_total")
+          .Help("Tokens of metered calls by model, provider and kind: prompt, completion, cached_read, cache_write, "
+                "reasoning as the provider reported them (cached_read is part of prompt, reasoning part of "
+                "completion, as OpenAI reports them); estimated_prompt, estimated_completion for calls whose "
+                "provider reported no usage (Tollgate's estimate, billed)")
+          .Register(*registry);
+  Family<Counter>& usage_not_reported =
+      BuildCounter()
+          .Name("tollgate_usage_not_reported_total")
+          .Help("Metered calls whose provider reported no usable usage (billed by Tollgate's estimate), by model and "
+                "provider")
+          .Register(*registry);
+  Family<Counter>& cost_usd =
+      BuildCounter()
+          .Name("tollgate_cost_usd_total")
+          .Help("Cost charged to callers in USD (BYOK calls: the fee), by model and provider")
+          .Register(*registry);
+  Family<Counter>& cost_nano =
+      BuildCounter()
+          .Name("tollgate_cost_nano_usd_total")
+          .Help("Cost charged to callers in nano-USD (exact up to 2^53), by model and provider")
+          .Register(*registry);
+  Family<Histogram>& duration =
+      BuildHistogram()
+          .Name("tollgate_call_duration_seconds")
+          .Help("Duration of successful calls, request received to last byte, by model and provider")
+          .Register(*registry);
+  Family<Histogram>& ttft = BuildHistogram()
+                                .Name("tollgate_time_to_first_token_seconds")
+                                .Help("Time from request received to the first output token, by model and provider")
+                                .Register(*registry);
+  Family<Histogram>& throughput =
+      BuildHistogram()
+          .Name("tollgate_generation_tokens_per_second")
+          .Help("Completion tokens per second of the generation phase (first token to end) of calls with reported "
+                "usage, by model and provider")
+          .Register(*registry);
+  Family<Counter>& upstream_errors =
+      BuildCounter()
+          .Name("tollgate_upstream_errors_total")
+          .Help("Failed attempts at providers by provider and reason: rate_limited, at_capacity, credentials, "
+                "timeout, unavailable, bad_response, rejected, server_error, other")
+          .Register(*registry);
+  Family<Gauge>& background =
+      BuildGauge().Name("tollgate_background").Help("Usage recorder and key cache state, by item").Register(*registry);
+  Family<Gauge>& calls_in_flight = BuildGauge()
+                                       .Name("tollgate_calls_in_flight")
+                                       .Help("Model calls admitted past rate limits and not yet ended")
+                                       .Register(*registry);
+  Family<Gauge>& calls_queued =
+      BuildGauge()
+          .Name("tollgate_calls_queued")
+          .Help("Model calls waiting in the router's capacity queue (every endpoint full), by model")
+          .Register(*registry);
+  Family<Gauge>& endpoints =
+      BuildGauge()
           .Name("tollgate_endpoint_state")
-          .Help("Routing state per endpoint: in_flight, queued (its model's capacity queue), circuit (0 closed, 1 half-open, 2 open), cooling_down")
+          .Help("Routing state per endpoint: in_flight, queued (its model's capacity queue), circuit (0 closed, 1 "
+                "half-open, 2 open), cooling_down (1 after an upstream 429)")
           .Register(*registry);
-  prometheus::Family<prometheus::Gauge>& engines =
-      prometheus::BuildGauge()
+  Family<Gauge>& endpoint_unavailable =
+      BuildGauge()
+          .Name("tollgate_endpoint_unavailable_seconds")
+          .Help("Seconds until an endpoint takes calls again (open circuit or 429 cooldown); 0 when available")
+          .Register(*registry);
+  Family<Gauge>& engines =
+      BuildGauge()
           .Name("tollgate_local_engine")
-          .Help("Local engine load by <provider>/<model file stem>: running, queued, max_sequences, max_queue, kv_pages_used, "
-                "kv_pages_cached, kv_pages_total (64 tokens each), preemptions and prefix_hit_tokens since start")
+          .Help("Local engine load by <provider>/<model file stem>: running, queued, max_sequences, max_queue, "
+                "kv_pages_used, kv_pages_cached, kv_pages_total (64 tokens each), preemptions and prefix_hit_tokens "
+                "since start")
           .Register(*registry);
-  prometheus::Family<prometheus::Gauge>& engine_info =
-      prometheus::BuildGauge()
+  Family<Counter>& engine_generated =
+      BuildCounter()
+          .Name("tollgate_local_engine_generated_tokens_total")
+          .Help("Tokens sampled by a local engine (rate: its tokens/s), by engine")
+          .Register(*registry);
+  Family<Counter>& engine_processed =
+      BuildCounter()
+          .Name("tollgate_local_engine_processed_tokens_total")
+          .Help("Tokens run through a local engine's model, prompt and generated, by engine")
+          .Register(*registry);
+  Family<Gauge>& engine_batch_sequences =
+      BuildGauge()
+          .Name("tollgate_local_engine_batch_sequences")
+          .Help("Sequences in a local engine's last batched step (0 when idle), by engine")
+          .Register(*registry);
+  Family<Gauge>& engine_batch_tokens = BuildGauge()
+                                           .Name("tollgate_local_engine_batch_tokens")
+                                           .Help("Tokens in a local engine's last batched step, by engine")
+                                           .Register(*registry);
+  Family<Gauge>& engine_kv_usage =
+      BuildGauge()
+          .Name("tollgate_local_engine_kv_cache_usage_ratio")
+          .Help("Share of a local engine's KV-cache pages held by live sequences (0..1), by engine")
+          .Register(*registry);
+  Family<Gauge>& engine_info =
+      BuildGauge()
           .Name("tollgate_local_engine_info")
           .Help("Local engine by <provider>/<model file stem>, with the device it runs on; always 1")
           .Register(*registry);
-  prometheus::Family<prometheus::Counter>& refusals =
-      prometheus::BuildCounter()
+  Family<Counter>& refusals =
+      BuildCounter()
           .Name("tollgate_admission_refusals_total")
           .Help("Calls refused before they started: payment_required:<pot>, rate_limited:<limit>, credit_unavailable")
           .Register(*registry);
-  prometheus::Family<prometheus::Counter>& uncharged =
-      prometheus::BuildCounter()
+  Family<Counter>& uncharged =
+      BuildCounter()
           .Name("tollgate_uncharged_nano_usd_total")
-          .Help("Provider cost of calls above what they were charged (above their credit reservation), by model and provider")
+          .Help("Provider cost of calls above what they were charged (above their credit reservation), by model and "
+                "provider")
           .Register(*registry);
-  prometheus::Family<prometheus::Counter>& soft_limits =
-      prometheus::BuildCounter()
-          .Name("tollgate_soft_limit_warnings_total")
-          .Help("Calls admitted past a soft limit (key, budget or credits), by scope")
-          .Register(*registry);
-  const prometheus::Histogram::BucketBoundaries buckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  Family<Counter>& soft_limits = BuildCounter()
+                                     .Name("tollgate_soft_limit_warnings_total")
+                                     .Help("Calls admitted past a soft limit (key, budget or credits), by scope")
+                                     .Register(*registry);
+
+  std::set<std::string, std::less<>> models;
+  std::set<std::string, std::less<>> providers;
+  // The engines' counters as last exported, so their growth is added.
+  std::mutex engines_mu;
+  std::map<std::string, std::pair<int64_t, int64_t>, std::less<>> engine_totals;  // guarded by engines_mu
 };
 
 Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
 Metrics::~Metrics() = default;
 
-void Metrics::CountRequest(std::string_view route, int status) {
-  impl_->requests.Add({{"route", std::string(route)}, {"status", std::to_string(status)}}).Increment();
+void Metrics::SetKnownLabels(const std::vector<std::string>& models, const std::vector<std::string>& providers) {
+  impl_->models = {models.begin(), models.end()};
+  impl_->providers = {providers.begin(), providers.end()};
 }
 
-void Metrics::CountCall(std::string_view model, std::string_view provider, int status, int64_t prompt_tokens,
-                        int64_t completion_tokens, int64_t cost_nano_usd, std::optional<int64_t> ttft_ms,
-                        int64_t latency_ms) {
-  std::string m(model), p(provider);
-  impl_->calls.Add({{"model", m}, {"provider", p}, {"status", std::to_string(status)}}).Increment();
-  impl_->tokens.Add({{"model", m}, {"provider", p}, {"type", "prompt"}}).Increment(static_cast<double>(prompt_tokens));
-  impl_->tokens.Add({{"model", m}, {"provider", p}, {"type", "completion"}})
-      .Increment(static_cast<double>(completion_tokens));
-  impl_->cost.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost_nano_usd));
-  if (ttft_ms) impl_->ttft.Add({{"model", m}, {"provider", p}}, impl_->buckets).Observe(*ttft_ms / 1000.0);
-  impl_->latency.Add({{"model", m}, {"provider", p}}, impl_->buckets).Observe(latency_ms / 1000.0);
+std::string Metrics::ModelLabel(std::string_view model) const {
+  return impl_->models.contains(model) ? std::string(model) : std::string("other");
+}
+
+std::string Metrics::ProviderLabel(std::string_view provider) const {
+  return impl_->providers.contains(provider) ? std::string(provider) : std::string("other");
+}
+
+std::string Metrics::StatusLabel(int status) {
+  for (int s : kStatusLabels) {
+    if (s == status) return std::to_string(status);
+  }
+  return "other";
+}
+
+std::string Metrics::RouteLabel(std::string_view route) {
+  for (std::string_view r : kRoutes) {
+    if (r == route) return std::string(r);
+  }
+  if (route.starts_with("/dashboard/")) return "/dashboard";
+  return "other";
+}
+
+std::optional<std::string> Metrics::UpstreamErrorReason(const billing::AttemptRecord& a) {
+  if (a.outcome == "served" || a.outcome == "hedge_lost" || a.outcome == "cancelled") return std::nullopt;
+  if (a.outcome == "rate_limited") return "rate_limited";
+  if (a.outcome == "at_capacity") return "at_capacity";
+  if (a.error_code == kProviderCredentialsRejected) return "credentials";
+  if (a.outcome == "rejected") return "rejected";
+  switch (a.status) {
+    case 408:
+    case 504: return "timeout";
+    case 503: return "unavailable";
+    case 502: return "bad_response";
+    case 500: return "server_error";
+    case 429: return "rate_limited";
+    default: break;
+  }
+  return "other";
+}
+
+void Metrics::CountRequest(std::string_view route, int status) {
+  impl_->http_requests.Add({{"route", RouteLabel(route)}, {"status", StatusLabel(status)}}).Increment();
+}
+
+void Metrics::CountUnmeteredCall(std::string_view model, int status,
+                                 const std::vector<billing::AttemptRecord>& attempts) {
+  const std::string provider = attempts.empty() ? std::string("none") : ProviderLabel(attempts.back().provider);
+  impl_->calls.Add({{"model", ModelLabel(model)}, {"provider", provider}, {"status", StatusLabel(status)}})
+      .Increment();
+  for (const billing::AttemptRecord& a : attempts) {
+    if (auto reason = UpstreamErrorReason(a)) {
+      impl_->upstream_errors.Add({{"provider", ProviderLabel(a.provider)}, {"reason", *reason}}).Increment();
+    }
+  }
+}
+
+void Metrics::CountMeteredCall(const billing::UsageEvent& e) {
+  const std::string m = ModelLabel(e.model);
+  const std::string p = ProviderLabel(e.provider);
+  Impl& x = *impl_;
+  x.calls.Add({{"model", m}, {"provider", p}, {"status", StatusLabel(e.status)}}).Increment();
+  auto add_tokens = [&](const char* kind, int64_t n) {
+    // Every kind's series exists from a model's first call on, zero or not,
+    // so rate() over it starts at the right time.
+    x.tokens.Add({{"model", m}, {"provider", p}, {"kind", kind}}).Increment(static_cast<double>(std::max<int64_t>(n, 0)));
+  };
+  if (e.usage_estimated) {
+    add_tokens("estimated_prompt", e.usage.prompt_tokens);
+    add_tokens("estimated_completion", e.usage.completion_tokens);
+    x.usage_not_reported.Add({{"model", m}, {"provider", p}}).Increment();
+  } else {
+    add_tokens("prompt", e.usage.prompt_tokens);
+    add_tokens("completion", e.usage.completion_tokens);
+    add_tokens("cached_read", e.usage.cached_tokens);
+    add_tokens("cache_write", e.usage.cache_write_tokens);
+    add_tokens("reasoning", e.usage.reasoning_tokens);
+  }
+  const int64_t cost = std::max<int64_t>(e.cost.nano_usd, 0);
+  x.cost_usd.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost) / 1e9);
+  x.cost_nano.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost));
+  if (e.status == 200) x.duration.Add({{"model", m}, {"provider", p}}, kDurationBuckets).Observe(e.latency_ms / 1000.0);
+  if (e.ttft_ms) x.ttft.Add({{"model", m}, {"provider", p}}, kTtftBuckets).Observe(*e.ttft_ms / 1000.0);
+  // Generation throughput as routing's health measures it: completion
+  // tokens over the time from the first token to the end.
+  if (!e.usage_estimated && e.ttft_ms && e.latency_ms > *e.ttft_ms && e.usage.completion_tokens > 0) {
+    const double tps = static_cast<double>(e.usage.completion_tokens) * 1000.0 / static_cast<double>(e.latency_ms - *e.ttft_ms);
+    x.throughput.Add({{"model", m}, {"provider", p}}, kThroughputBuckets).Observe(tps);
+  }
+  for (const billing::AttemptRecord& a : e.attempts) {
+    if (auto reason = UpstreamErrorReason(a)) {
+      x.upstream_errors.Add({{"provider", ProviderLabel(a.provider)}, {"reason", *reason}}).Increment();
+    }
+  }
 }
 
 void Metrics::SetBackground(const BackgroundStats& s) {
@@ -104,7 +312,7 @@ void Metrics::CountRefusal(std::string_view reason) {
 }
 
 void Metrics::CountUncharged(std::string_view model, std::string_view provider, int64_t nano_usd) {
-  impl_->uncharged.Add({{"model", std::string(model)}, {"provider", std::string(provider)}})
+  impl_->uncharged.Add({{"model", ModelLabel(model)}, {"provider", ProviderLabel(provider)}})
       .Increment(static_cast<double>(nano_usd));
 }
 
@@ -112,20 +320,28 @@ void Metrics::CountSoftLimitWarning(std::string_view scope) {
   impl_->soft_limits.Add({{"scope", std::string(scope)}}).Increment();
 }
 
+void Metrics::SetCallsInFlight(int64_t calls) { impl_->calls_in_flight.Add({}).Set(static_cast<double>(calls)); }
+
+void Metrics::SetCallsQueued(std::string_view model, int64_t calls) {
+  impl_->calls_queued.Add({{"model", ModelLabel(model)}}).Set(static_cast<double>(calls));
+}
+
 void Metrics::SetEndpoint(std::string_view model, std::string_view endpoint_id, const EndpointState& s) {
+  const std::string m = ModelLabel(model);
   auto set = [&](const char* item, double value) {
-    impl_->endpoints.Add({{"model", std::string(model)}, {"endpoint", std::string(endpoint_id)}, {"item", item}})
-        .Set(value);
+    impl_->endpoints.Add({{"model", m}, {"endpoint", std::string(endpoint_id)}, {"item", item}}).Set(value);
   };
   set("in_flight", static_cast<double>(s.in_flight));
   set("queued", static_cast<double>(s.queued));
   set("circuit", s.circuit);
   set("cooling_down", s.cooling_down ? 1 : 0);
+  impl_->endpoint_unavailable.Add({{"model", m}, {"endpoint", std::string(endpoint_id)}}).Set(s.unavailable_seconds);
 }
 
 void Metrics::SetLocalEngine(std::string_view engine, const LocalEngineState& s) {
+  const std::string name(engine);
   auto set = [&](const char* item, int64_t value) {
-    impl_->engines.Add({{"engine", std::string(engine)}, {"item", item}}).Set(static_cast<double>(value));
+    impl_->engines.Add({{"engine", name}, {"item", item}}).Set(static_cast<double>(value));
   };
   set("running", s.running);
   set("queued", s.queued);
@@ -136,6 +352,20 @@ void Metrics::SetLocalEngine(std::string_view engine, const LocalEngineState& s)
   set("kv_pages_total", s.kv_pages_total);
   set("preemptions", s.preemptions);
   set("prefix_hit_tokens", s.prefix_hit_tokens);
+  impl_->engine_batch_sequences.Add({{"engine", name}}).Set(static_cast<double>(s.batch_sequences));
+  impl_->engine_batch_tokens.Add({{"engine", name}}).Set(static_cast<double>(s.batch_tokens));
+  impl_->engine_kv_usage.Add({{"engine", name}})
+      .Set(s.kv_pages_total > 0 ? static_cast<double>(s.kv_pages_used) / static_cast<double>(s.kv_pages_total) : 0.0);
+  // The engine keeps running totals; a counter only goes up, by their growth
+  // since the last scrape (concurrent scrapes add each growth once).
+  std::lock_guard lock(impl_->engines_mu);
+  auto& [generated, processed] = impl_->engine_totals[name];
+  impl_->engine_generated.Add({{"engine", name}})
+      .Increment(static_cast<double>(std::max<int64_t>(s.generated_tokens - generated, 0)));
+  impl_->engine_processed.Add({{"engine", name}})
+      .Increment(static_cast<double>(std::max<int64_t>(s.processed_tokens - processed, 0)));
+  generated = std::max(generated, s.generated_tokens);
+  processed = std::max(processed, s.processed_tokens);
 }
 
 void Metrics::SetLocalEngineInfo(std::string_view engine, std::string_view device) {

@@ -1,16 +1,36 @@
 // Prometheus metrics of the gateway, served at GET /metrics in the text
-// exposition format 0.0.4 (prometheus.io/docs/instrumenting/exposition_formats).
+// exposition format 0.0.4 (prometheus.io/docs/instrumenting/exposition_formats)
+// through prometheus-cpp. The output passes `promtool check metrics`
+// (tests/e2e/test/metrics.test.mjs).
 //
-// Names follow Prometheus naming conventions: counters end in _total, units
-// in the name (_seconds, _nano_usd). Labels never carry secrets or request ids.
-// Thread-safe: every method may be called from any thread.
+// Names follow the Prometheus naming conventions
+// (prometheus.io/docs/practices/naming): counters end in _total, base units
+// in the name (_seconds, _usd, _nano_usd). The list with labels is in the
+// README ("Metrics and logs").
+//
+// Cardinality: every label value comes from a fixed set or from the config.
+//   model     a catalog model id (SetKnownLabels), else "other"
+//   provider  a configured provider's display name (SetKnownLabels), "none"
+//             for a call no provider was asked for, else "other"
+//   status    an HTTP status Tollgate answers (kStatusLabels), else "other"
+//   route     a route Tollgate serves (RouteLabel), else "other"
+//   kind, reason, scope, item: fixed sets named below
+//   endpoint, engine: catalog endpoint ids and local engine labels (config)
+// Nothing is derived from keys, users, apps, headers or other raw input, so
+// the series count does not grow with them. Labels never carry secrets.
+//
+// Thread-safe: every method may be called from any thread, except
+// SetKnownLabels, which is called once before serving.
 #pragma once
+
+#include "tollgate/billing/usage_event.hpp"
 
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tollgate::gateway {
 
@@ -19,13 +39,48 @@ class Metrics {
   Metrics();
   ~Metrics();
 
-  // One HTTP request on `route` ("/v1/chat/completions") answered with `status`.
+  // The label values allowed for `model` (catalog model ids) and `provider`
+  // (display names of the configured providers, routing::Endpoint's
+  // provider->Name()). Anything else is counted as "other". Call once, before
+  // the first call is counted.
+  void SetKnownLabels(const std::vector<std::string>& models, const std::vector<std::string>& providers);
+  std::string ModelLabel(std::string_view model) const;
+  std::string ProviderLabel(std::string_view provider) const;
+  // "200", "400", ... for the statuses Tollgate answers (200, 400, 401, 402,
+  // 403, 404, 405, 408, 409, 413, 429, 499, 500, 502, 503, 504), else "other".
+  static std::string StatusLabel(int status);
+  // `route` itself when it is one Tollgate serves ("/v1/chat/completions",
+  // "/metrics", "/admin/v1", "unmatched", ...), "/dashboard" for any page
+  // below it, else "other".
+  static std::string RouteLabel(std::string_view route);
+  // Why an attempt failed, from its record (billing::AttemptRecord): nullopt
+  // for an attempt that did not fail (served, hedge_lost, cancelled), else
+  // one of "rate_limited" (the upstream's 429), "at_capacity" (the local
+  // engine's full queue), "credentials" (the upstream refused the provider
+  // key: 401/403, error code provider_credentials_rejected), "timeout"
+  // (connect, first byte or read timeout, upstream 408/504), "unavailable"
+  // (connect failure, upstream 503/529/402), "bad_response" (an upstream
+  // 404/5xx or an answer that did not parse, 502), "rejected" (a 4xx the
+  // request caused), "server_error" (500), "other".
+  static std::optional<std::string> UpstreamErrorReason(const billing::AttemptRecord& attempt);
+
+  // One HTTP request on `route` (RouteLabel) answered with `status`:
+  // tollgate_http_requests_total{route,status}.
   void CountRequest(std::string_view route, int status);
 
-  // One metered call: tokens, cost (nano-USD), time to first token and latency (ms).
-  void CountCall(std::string_view model, std::string_view provider, int status, int64_t prompt_tokens,
-                 int64_t completion_tokens, int64_t cost_nano_usd, std::optional<int64_t> ttft_ms,
-                 int64_t latency_ms);
+  // A model call that ended without a usage row: refused before any provider
+  // was asked (authentication, malformed body, rate limit, admission, unknown
+  // model) or rejected by the only provider asked (its attempts in
+  // `attempts`, counted as upstream errors). `model` is the model asked for
+  // (raw: mapped by ModelLabel); provider "none" when `attempts` is empty.
+  void CountUnmeteredCall(std::string_view model, int status,
+                          const std::vector<billing::AttemptRecord>& attempts = {});
+
+  // A metered call (its usage row): tollgate_calls_total, tokens by kind
+  // (reported, or estimated when usage_estimated), cost (USD and nano-USD),
+  // duration (status 200), TTFT and generation throughput histograms, and
+  // every failed attempt in `e.attempts` as an upstream error.
+  void CountMeteredCall(const billing::UsageEvent& e);
 
   // State of the write-behind usage recorder and the key cache, read at each
   // scrape (billing/ counts them; exported here as gauges).
@@ -50,7 +105,7 @@ class Metrics {
 
   // A call refused before it started: `reason` is "payment_required:<pot>"
   // (key, credits, budget), "rate_limited:<limit>" (requests, tokens,
-  // concurrency), or "credit_unavailable".
+  // concurrency), or "credit_unavailable" (a fixed set).
   void CountRefusal(std::string_view reason);
   // What a call cost above what it was charged (the provider's cost beyond
   // the call's reservation, absorbed by the operator), nano-USD.
@@ -59,18 +114,30 @@ class Metrics {
   // caller was warned in the x-tollgate-soft-limit header.
   void CountSoftLimitWarning(std::string_view scope);
 
+  // Calls past authentication and rate limits and not yet ended
+  // (tollgate_calls_in_flight), read at each scrape.
+  void SetCallsInFlight(int64_t calls);
+  // Calls of `model` waiting in the router's capacity queue
+  // (tollgate_calls_queued{model}), read at each scrape.
+  void SetCallsQueued(std::string_view model, int64_t calls);
+
   // Routing state of one endpoint, read at each scrape: calls in flight,
   // calls of its model waiting in the capacity queue, breaker state
-  // (0 closed, 1 half-open, 2 open) and whether it cools down after a 429.
+  // (0 closed, 1 half-open, 2 open), whether it cools down after a 429, and
+  // how long until it takes calls again (an open circuit's or a cooldown's
+  // end; 0 when available).
   struct EndpointState {
     int64_t in_flight = 0;
     int64_t queued = 0;
     int circuit = 0;
     bool cooling_down = false;
+    double unavailable_seconds = 0;
   };
   void SetEndpoint(std::string_view model, std::string_view endpoint_id, const EndpointState& state);
 
-  // One local engine's load (local_backend::LocalEngineStats), by model file stem.
+  // One local engine's load (local_backend::LocalEngineStats), by
+  // <provider>/<model file stem>. The *_tokens totals are the engine's
+  // counters since start (exported as Prometheus counters by their growth).
   struct LocalEngineState {
     int64_t running = 0;
     int64_t queued = 0;
@@ -81,6 +148,10 @@ class Metrics {
     int64_t kv_pages_total = 0;
     int64_t preemptions = 0;
     int64_t prefix_hit_tokens = 0;
+    int64_t generated_tokens = 0;  // tokens sampled since start
+    int64_t processed_tokens = 0;  // tokens run through the model (prompt and generated) since start
+    int64_t batch_sequences = 0;   // sequences in the last batched step (0 when idle)
+    int64_t batch_tokens = 0;      // tokens in the last batched step
   };
   void SetLocalEngine(std::string_view engine, const LocalEngineState& state);
   // tollgate_local_engine_info{engine, device} 1: where the engine runs (LocalProvider::DeviceName()).

@@ -1,5 +1,6 @@
 #include "tollgate/gateway/server.hpp"
 
+#include "access_log.hpp"
 #include "admin_api.hpp"
 #include "api.hpp"
 #include "call_driver.hpp"
@@ -160,26 +161,46 @@ class RecorderSink final : public UsageSink {
   billing::UsageRecorder& recorder_;
 };
 
+// Metrics and the access log of each call (gateway/src/metrics.hpp, access_log.hpp).
 class MetricsObserver final : public CallObserver {
  public:
-  explicit MetricsObserver(Metrics& metrics) : metrics_(metrics) {}
-  void OnAttemptFailed(const std::string& model, const std::string& provider, int status,
-                       int64_t latency_ms) override {
-    metrics_.CountCall(model, provider, status, 0, 0, 0, std::nullopt, latency_ms);
-  }
+  MetricsObserver(Metrics& metrics, bool access_log) : metrics_(metrics), access_log_(access_log) {}
+  // Counted with the call's row (its attempts), not here: a call is counted once.
+  void OnAttemptFailed(const std::string&, const std::string&, int, int64_t) override {}
   void OnCall(const billing::UsageEvent& e) override {
-    metrics_.CountCall(e.model, e.provider, e.status, e.usage.prompt_tokens, e.usage.completion_tokens,
-                       e.cost.nano_usd, e.ttft_ms, e.latency_ms);
+    metrics_.CountMeteredCall(e);
     // The served attempt's record keeps what the call cost; the row what was charged.
     for (const billing::AttemptRecord& a : e.attempts) {
       if (a.outcome == "served" && !e.byok && a.cost > e.cost) {
         metrics_.CountUncharged(e.model, e.provider, a.cost.nano_usd - e.cost.nano_usd);
       }
     }
+    if (access_log_) WriteLogLine(AccessLogLine(e, metrics_.ModelLabel(e.model), /*metered=*/true));
+  }
+  void OnUnmetered(const CallSpec& spec, int status, const std::vector<billing::AttemptRecord>& attempts) override {
+    metrics_.CountUnmeteredCall(routing::SplitVariant(spec.request.model).first, status, attempts);
+    if (!access_log_) return;
+    billing::UsageEvent row;
+    row.request_id = spec.request_id;
+    row.api_key_id = spec.key.id;
+    row.account_id = spec.key.account_id;
+    if (!attempts.empty()) {
+      row.provider = attempts.back().provider;
+      row.endpoint_id = attempts.back().endpoint_id;
+      row.error_code = attempts.back().error_code;
+    }
+    row.status = status;
+    row.latency_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - spec.received).count();
+    row.streamed = spec.request.stream;
+    row.finished_at = std::chrono::system_clock::now();
+    row.attempts = attempts;
+    WriteLogLine(AccessLogLine(row, metrics_.ModelLabel(routing::SplitVariant(spec.request.model).first),
+                               /*metered=*/false));
   }
 
  private:
   Metrics& metrics_;
+  const bool access_log_;
 };
 
 struct Services {
@@ -541,16 +562,21 @@ class Connection {
       b.credit_db_errors = g.db_errors;
       b.rate_limit_sync_failures = s_.limiter->sync_failures();
       s_.metrics->SetBackground(b);
+      s_.metrics->SetCallsInFlight(s_.active_calls.load());
       const auto now = Clock::now();
       for (const routing::Model& m : s_.catalog.models()) {
+        const auto queued = static_cast<int64_t>(s_.router->queued(m));
+        s_.metrics->SetCallsQueued(m.id, queued);
         for (const routing::Endpoint& e : m.endpoints) {
           const routing::HealthSnapshot h = s_.router->health(e).Snapshot(now);
+          const bool waiting = h.availability != routing::Availability::kAvailable && h.available_at > now;
           s_.metrics->SetEndpoint(m.id, e.id,
-                                  {h.in_flight, static_cast<int64_t>(s_.router->queued(m)),
+                                  {h.in_flight, queued,
                                    h.circuit == routing::CircuitState::kOpen       ? 2
                                    : h.circuit == routing::CircuitState::kHalfOpen ? 1
                                                                                    : 0,
-                                   h.availability == routing::Availability::kCoolingDown});
+                                   h.availability == routing::Availability::kCoolingDown,
+                                   waiting ? std::chrono::duration<double>(h.available_at - now).count() : 0.0});
         }
       }
       for (const auto& [name, engine] : s_.engines) {
@@ -558,7 +584,8 @@ class Connection {
         s_.metrics->SetLocalEngineInfo(name, engine->DeviceName());
         s_.metrics->SetLocalEngine(name, {es.running, es.queued, es.max_sequences, es.max_queue, es.kv.used_pages,
                                           es.kv.cached_pages, es.kv.total_pages, es.preemptions,
-                                          es.kv.prefix_hit_tokens});
+                                          es.kv.prefix_hit_tokens, es.generated_tokens, es.processed_tokens,
+                                          es.batch_sequences, es.batch_tokens});
       }
       res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
     } else if (route == "/v1/models" && get) {
@@ -773,6 +800,8 @@ class Connection {
       rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
     }
     if (rejection) {
+      s_.metrics->CountUnmeteredCall(parsed ? routing::SplitVariant(parsed->model).first : std::string_view(),
+                                     HttpStatus(rejection->code));
       Response res = ErrorResponse(req, *rejection);
       bool keep = co_await Write(res);
       co_return std::pair{keep, HttpStatus(rejection->code)};
@@ -793,6 +822,7 @@ class Connection {
       s_.metrics->CountRefusal(rate.refused_by == billing::RateLimitKind::kRequests ? "rate_limited:requests"
                                : rate.refused_by == billing::RateLimitKind::kTokens ? "rate_limited:tokens"
                                                                                      : "rate_limited:concurrency");
+      s_.metrics->CountUnmeteredCall(routing::SplitVariant(chat.model).first, 429);
       Error limited{ErrorCode::kResourceExhausted, rate.message, "", "rate_limit_exceeded"};
       Response res = ErrorResponse(req, limited);
       for (const auto& [name, value] : rate_headers) res.set(name, value);
@@ -1054,7 +1084,7 @@ int Serve(const Config& config, const ServeOptions& options) {
   Services services;
   services.config = &config;
   services.metrics = std::make_unique<Metrics>();
-  services.observer = std::make_unique<MetricsObserver>(*services.metrics);
+  services.observer = std::make_unique<MetricsObserver>(*services.metrics, config.log.access);
 
   // BYOK provider keys are sealed with TOLLGATE_SECRET_KEY; without it they are not used.
   std::optional<billing::SecretBox> secrets;
@@ -1244,6 +1274,15 @@ int Serve(const Config& config, const ServeOptions& options) {
           "no model is available: the config lists none, or every model's providers are disabled");
     }
     services.catalog = routing::Catalog(std::move(models));
+    {
+      // Metric labels come from the catalog only (metrics.hpp, "Cardinality").
+      std::vector<std::string> model_ids, provider_names;
+      for (const routing::Model& m : services.catalog.models()) {
+        model_ids.push_back(m.id);
+        for (const routing::Endpoint& e : m.endpoints) provider_names.emplace_back(e.provider->Name());
+      }
+      services.metrics->SetKnownLabels(model_ids, provider_names);
+    }
     services.router = std::make_unique<routing::Router>(&services.catalog, config.routing);
 
     tcp::acceptor acceptor(ioc);

@@ -122,6 +122,10 @@ struct WorkQueue {
   bool waiting = false;  // a prepared request waits for KV pages
   PagedKvCacheStats kv;
   int64_t preemptions = 0;
+  int64_t generated_tokens = 0;
+  int64_t processed_tokens = 0;
+  int batch_sequences = 0;
+  int batch_tokens = 0;
 };
 
 // The model on one backend, ready to serve: what Create builds per device.
@@ -238,6 +242,11 @@ struct LocalProvider::Impl {
 
   std::unique_ptr<Sequence> waiting;  // prepared, first in line for KV pages
   int64_t preemptions = 0;
+  // Totals and the last step's batch, for Stats (copied to the queue by DropRetired).
+  int64_t generated_tokens = 0;
+  int64_t processed_tokens = 0;
+  int batch_sequences = 0;
+  int batch_tokens = 0;
 
   void Run(std::stop_token stop);
   // Moves queued jobs into `running` while slots and KV pages allow.
@@ -540,7 +549,16 @@ bool LocalProvider::Impl::Step(const std::stop_token& shutdown) {
     }
   }
   for (Sequence* seq : item_seqs) seq->in_batch = false;
-  if (items.empty()) return false;
+  batch_sequences = static_cast<int>(items.size());
+  batch_tokens = 0;
+  for (const BatchItem& item : items) batch_tokens += static_cast<int>(item.tokens.size());
+  if (items.empty()) {
+    std::lock_guard lock(queue->mu);
+    queue->batch_sequences = 0;
+    queue->batch_tokens = 0;
+    return false;
+  }
+  processed_tokens += batch_tokens;
 
   auto logits = runner->Decode(*cache, items);
   if (!logits) {
@@ -556,6 +574,7 @@ bool LocalProvider::Impl::Step(const std::stop_token& shutdown) {
     if (!items[i].logits) continue;
     const std::span<const float> row_logits = logits->subspan(row * vocab, vocab);
     ++row;
+    ++generated_tokens;
     try {
       Generate(seq, row_logits);
     } catch (const std::exception& e) {
@@ -573,6 +592,10 @@ void LocalProvider::Impl::DropRetired() {
   queue->waiting = waiting != nullptr;
   queue->kv = cache->stats();
   queue->preemptions = preemptions;
+  queue->generated_tokens = generated_tokens;
+  queue->processed_tokens = processed_tokens;
+  queue->batch_sequences = batch_sequences;
+  queue->batch_tokens = batch_tokens;
 }
 
 void LocalProvider::Impl::Generate(Sequence& seq, std::span<const float> logits) {
@@ -749,6 +772,10 @@ LocalEngineStats LocalProvider::Stats() const {
     stats.queued = static_cast<int>(impl_->queue->jobs.size()) + (impl_->queue->waiting ? 1 : 0);
     stats.kv = impl_->queue->kv;
     stats.preemptions = impl_->queue->preemptions;
+    stats.generated_tokens = impl_->queue->generated_tokens;
+    stats.processed_tokens = impl_->queue->processed_tokens;
+    stats.batch_sequences = impl_->queue->batch_sequences;
+    stats.batch_tokens = impl_->queue->batch_tokens;
   }
   stats.max_sequences = impl_->options.max_sequences;
   stats.max_queue = impl_->options.max_queue;

@@ -909,7 +909,7 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     };
     const rows = await db.query(
       "SELECT coalesce(sum(prompt_tokens), 0)::bigint AS p, count(*)::bigint AS n FROM usage_events WHERE model = $1", [LOCAL]);
-    const promptTokens = value(/tollgate_tokens_total\{model="local\/stories260k",provider="Local",type="prompt"\} (\d+)/);
+    const promptTokens = value(/tollgate_tokens_total\{kind="prompt",model="local\/stories260k",provider="Local"\} (\d+)/);
     assert.equal(promptTokens, rows.rows[0].p, 'prompt tokens counted = prompt tokens stored for the local model');
     const written = value(/tollgate_background\{item="usage_rows_written"\} (\d+)/);
     const all = await db.query('SELECT count(*)::bigint AS n FROM usage_events');

@@ -120,8 +120,14 @@ struct ModelConfig {
   routing::RoutingPolicy routing;         // `routing:` of the model
 };
 
+// `log:` (gateway/src/access_log.hpp).
+struct LogConfig {
+  bool access = true;  // one JSON access-log line per model call on stderr
+};
+
 struct Config {
   ServerConfig server;
+  LogConfig log;
   std::string database_url;  // may be empty here; TOLLGATE_DATABASE_URL overrides
   UsageConfig usage;
   BillingConfig billing;

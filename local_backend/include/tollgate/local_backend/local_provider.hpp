@@ -164,6 +164,10 @@ struct LocalEngineStats {
   PagedKvCacheStats kv;
   int64_t preemptions = 0;  // since start
   std::string device;       // LocalProvider::DeviceName()
+  int64_t generated_tokens = 0;  // tokens sampled since start (one per logits row of a step)
+  int64_t processed_tokens = 0;  // tokens run through the model since start (prompt chunks and decoded tokens)
+  int batch_sequences = 0;       // sequences in the last batched step; 0 when the last step found none
+  int batch_tokens = 0;          // tokens in that step
 };
 
 class LocalProvider final : public Provider {
