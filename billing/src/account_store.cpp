@@ -769,9 +769,13 @@ Result<LedgerCheckReport> AccountStore::CheckLedger() {
     report.account_mismatches.push_back(
         {internal::PgInt64(r, row, 0), Money{internal::PgInt64(r, row, 1)}, Money{internal::PgInt64(r, row, 2)}});
   }
+  // Against the daily rollup, not the raw rows: retention drops those
+  // (stats.retention_days), while the rollup keeps every row's cost, added in
+  // the statement that added it to spent_nano_usd (migrations/006_stats.sql;
+  // api_key_id 0 there means none).
   PgOutcome keys = tx.Exec(
       "SELECT k.id, k.spent_nano_usd, COALESCE(u.total, 0)::bigint FROM api_keys k "
-      "LEFT JOIN (SELECT api_key_id, sum(cost_nano_usd) AS total FROM usage_events WHERE api_key_id IS NOT NULL "
+      "LEFT JOIN (SELECT api_key_id, sum(cost_nano_usd) AS total FROM usage_rollup_1d WHERE api_key_id <> 0 "
       "GROUP BY api_key_id) u ON u.api_key_id = k.id WHERE k.spent_nano_usd <> COALESCE(u.total, 0) ORDER BY k.id");
   if (!keys.ok()) return ToError(keys, "checking the ledger");
   for (int row = 0; row < Rows(keys); ++row) {
@@ -875,18 +879,22 @@ Result<KeyUsage> AccountStore::GetKeyUsage(int64_t key_id) {
   if (Rows(account) == 0) return NotFound("no account " + std::to_string(u.key.account_id), "account_id");
   u.account = AccountAt(account.result.get(), 0);
 
-  // Only this month's and this week's rows (the index on (api_key_id,
-  // created_at) finds them); the week may have started last month.
+  // From the daily rollup (usage_rollup_1d, migrations/006_stats.sql), which
+  // outlives the raw rows' retention: the periods start at UTC midnights
+  // (tollgate_period_start: the day, Monday, the 1st), so each is a union of
+  // whole UTC days and the sums are exact. Its provider_cost_nano_usd sums
+  // BYOK rows only. Only this month's and this week's days (the index on
+  // (api_key_id, bucket_start) finds them); the week may have started last month.
   PgOutcome periods = tx.Exec(
       "WITH b AS (SELECT tollgate_period_start('daily', now()) AS d, tollgate_period_start('weekly', now()) AS w,"
       " tollgate_period_start('monthly', now()) AS m) "
-      "SELECT COALESCE(sum(cost_nano_usd) FILTER (WHERE created_at >= b.d), 0)::bigint,"
-      " COALESCE(sum(cost_nano_usd) FILTER (WHERE created_at >= b.w), 0)::bigint,"
-      " COALESCE(sum(cost_nano_usd) FILTER (WHERE created_at >= b.m), 0)::bigint,"
-      " COALESCE(sum(provider_cost_nano_usd) FILTER (WHERE byok AND created_at >= b.d), 0)::bigint,"
-      " COALESCE(sum(provider_cost_nano_usd) FILTER (WHERE byok AND created_at >= b.w), 0)::bigint,"
-      " COALESCE(sum(provider_cost_nano_usd) FILTER (WHERE byok AND created_at >= b.m), 0)::bigint "
-      "FROM usage_events, b WHERE api_key_id = $1 AND created_at >= LEAST(b.w, b.m)",
+      "SELECT COALESCE(sum(cost_nano_usd) FILTER (WHERE bucket_start >= b.d), 0)::bigint,"
+      " COALESCE(sum(cost_nano_usd) FILTER (WHERE bucket_start >= b.w), 0)::bigint,"
+      " COALESCE(sum(cost_nano_usd) FILTER (WHERE bucket_start >= b.m), 0)::bigint,"
+      " COALESCE(sum(provider_cost_nano_usd) FILTER (WHERE bucket_start >= b.d), 0)::bigint,"
+      " COALESCE(sum(provider_cost_nano_usd) FILTER (WHERE bucket_start >= b.w), 0)::bigint,"
+      " COALESCE(sum(provider_cost_nano_usd) FILTER (WHERE bucket_start >= b.m), 0)::bigint "
+      "FROM usage_rollup_1d, b WHERE api_key_id = $1 AND bucket_start >= LEAST(b.w, b.m)",
       {Int(key_id)});
   if (!periods.ok()) return ToError(periods, "reading key usage");
   {
@@ -900,7 +908,7 @@ Result<KeyUsage> AccountStore::GetKeyUsage(int64_t key_id) {
   }
   PgOutcome rest = tx.Exec(
       "SELECT"
-      " (SELECT COALESCE(sum(provider_cost_nano_usd), 0)::bigint FROM usage_events WHERE api_key_id = $1 AND byok),"
+      " (SELECT COALESCE(sum(provider_cost_nano_usd), 0)::bigint FROM usage_rollup_1d WHERE api_key_id = $1),"
       " (SELECT COALESCE(p.usage_nano_usd, 0) FROM api_keys k LEFT JOIN period_usage p ON p.scope = 'key'"
       "   AND p.owner_id = k.id AND p.period_start = tollgate_period_start(k.limit_reset, now()) WHERE k.id = $1),"
       " (SELECT COALESCE(sum(amount_nano_usd) FILTER (WHERE kind IN ('credit', 'debit')), 0)::bigint"

@@ -60,6 +60,13 @@ class AccountStorePg : public testing::MigratedPgTest {
     return QueryInt("SELECT balance_nano_usd FROM accounts WHERE id = " + std::to_string(account));
   }
 
+  // Inserts usage rows as the usage writer does: with their rollups
+  // (usage_events `rest`: "(columns) VALUES ...", migrations/006_stats.sql).
+  void InsertUsage(const std::string& rest) {
+    Query("WITH ins AS (INSERT INTO usage_events " + rest +
+          " RETURNING *) SELECT tollgate_rollup_usage(array_agg(ins::usage_events)) FROM ins");
+  }
+
   std::unique_ptr<AccountStore> accounts_;
 };
 
@@ -785,8 +792,8 @@ TEST_F(AccountStorePg, CheckDetectsCorruptedBalanceAndSpent) {
   EXPECT_EQ(report->key_mismatches[0].usage_sum, Money{0});
 
   // A usage row of 99 makes the key consistent again.
-  Query("INSERT INTO usage_events (request_id, api_key_id, model, provider, upstream_model, status, cost_nano_usd) "
-        "VALUES ('gen-1', " + std::to_string(key->details.id) + ", 'm', 'p', 'u', 200, 99)");
+  InsertUsage("(request_id, api_key_id, model, provider, upstream_model, status, cost_nano_usd) "
+              "VALUES ('gen-1', " + std::to_string(key->details.id) + ", 'm', 'p', 'u', 200, 99)");
   report = accounts_->CheckLedger();
   ASSERT_TRUE(report);
   EXPECT_TRUE(report->key_mismatches.empty());
@@ -884,7 +891,7 @@ TEST_F(AccountStorePg, KeyUsageSumsPeriodsAndCredits) {
   std::string id = std::to_string(key->details.id);
   std::string aid = std::to_string(a.id);
   // Rows now, at the start of the week and month, and long ago; one BYOK; one of another key.
-  Query("INSERT INTO usage_events (request_id, api_key_id, account_id, model, provider, upstream_model, status,"
+  InsertUsage("(request_id, api_key_id, account_id, model, provider, upstream_model, status,"
         " cost_nano_usd, byok, provider_cost_nano_usd, created_at) VALUES "
         "('g-now', " + id + ", " + aid + ", 'm', 'p', 'u', 200, 100, false, NULL, now()),"
         "('g-byok', " + id + ", " + aid + ", 'm', 'p', 'u', 200, 5, true, 1000, now()),"
@@ -934,6 +941,32 @@ TEST_F(AccountStorePg, KeyUsageSumsPeriodsAndCredits) {
   ASSERT_TRUE(u);
   EXPECT_EQ(u->limit_remaining, Money{0});
   EXPECT_EQ(accounts_->GetKeyUsage(999999).error().code, ErrorCode::kNotFound);
+
+  // Retention dropped every raw usage row (stats.retention_days): the
+  // periods, the BYOK sums and the ledger check come from the rollups.
+  Query("UPDATE period_usage SET usage_nano_usd = 1000000000 WHERE owner_id = " + id +
+        " AND period_start = tollgate_period_start('daily', now())");
+  auto before = accounts_->GetKeyUsage(key->details.id);
+  ASSERT_TRUE(before);
+  Query("UPDATE api_keys SET spent_nano_usd = 50000 WHERE id = " + std::to_string(other->details.id));
+  auto check = accounts_->CheckLedger();
+  ASSERT_TRUE(check) << check.error().message;
+  EXPECT_TRUE(check->key_mismatches.empty());
+  Query("SELECT tollgate_drop_usage_partitions(now() + interval '10 days')");
+  ASSERT_EQ(QueryInt("SELECT count(*) FROM usage_events"), 0);
+  auto after = accounts_->GetKeyUsage(key->details.id);
+  ASSERT_TRUE(after) << after.error().message;
+  EXPECT_EQ(after->usage_daily, before->usage_daily);
+  EXPECT_EQ(after->usage_weekly, before->usage_weekly);
+  EXPECT_EQ(after->usage_monthly, before->usage_monthly);
+  EXPECT_EQ(after->byok_usage_total, Money{10300});
+  EXPECT_EQ(after->byok_usage_daily, before->byok_usage_daily);
+  EXPECT_EQ(after->byok_usage_weekly, before->byok_usage_weekly);
+  EXPECT_EQ(after->byok_usage_monthly, Money{1300});
+  EXPECT_EQ(after->usage_total, Money{7128});
+  check = accounts_->CheckLedger();
+  ASSERT_TRUE(check) << check.error().message;
+  EXPECT_TRUE(check->key_mismatches.empty());
 }
 
 TEST_F(AccountStorePg, ReconnectsAfterTheServerDroppedTheConnection) {

@@ -179,7 +179,7 @@ struct AccountMismatch {
 struct KeySpentMismatch {
   int64_t key_id = 0;
   Money spent;      // api_keys.spent_nano_usd
-  Money usage_sum;  // sum of its usage_events.cost_nano_usd
+  Money usage_sum;  // sum of its usage costs (usage_rollup_1d.cost_nano_usd: outlives retention)
 };
 
 struct LedgerCheckReport {
@@ -208,7 +208,9 @@ std::string ProviderKeyAssociatedData(int64_t account_id, std::string_view provi
 
 // What GET /api/v1/key and GET /api/v1/credits report for a key. All sums are
 // nano-USD of what was charged (usage_events.cost_nano_usd, which for BYOK
-// calls is the fee), as of the last committed usage row.
+// calls is the fee), as of the last committed usage row. The periods are read
+// from the daily rollup (usage_rollup_1d), exact because every period starts
+// at a UTC midnight, and unaffected by the raw rows' retention.
 struct KeyUsage {
   KeyDetails key;
   AccountInfo account;
@@ -216,7 +218,7 @@ struct KeyUsage {
   Money usage_daily;    // since 00:00 UTC today
   Money usage_weekly;   // since Monday 00:00 UTC
   Money usage_monthly;  // since the 1st, 00:00 UTC
-  // Providers' costs of the key's BYOK calls (usage_events.provider_cost_nano_usd),
+  // Providers' costs of the key's BYOK calls (usage_events.provider_cost_nano_usd, summed in the rollup),
   // paid by the account at its providers, over the same periods.
   Money byok_usage_total;
   Money byok_usage_daily;
@@ -317,7 +319,8 @@ class AccountStore {
 
   // Verifies, on one consistent snapshot (REPEATABLE READ), that every
   // account's balance equals the sum of its ledger and every key's spent
-  // equals the sum of its usage_events costs; reports each mismatch.
+  // equals the sum of its usage costs (the daily rollup, which keeps them
+  // after retention dropped the raw rows); reports each mismatch.
   Result<LedgerCheckReport> CheckLedger();
 
   // --- BYOK provider keys
