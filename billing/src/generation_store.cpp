@@ -22,7 +22,7 @@ Result<std::unique_ptr<GenerationStore>> GenerationStore::Connect(const std::str
 }
 
 Result<std::optional<UsageEvent>> GenerationStore::Find(std::string_view request_id,
-                                                        int64_t api_key_id) {
+                                                        std::optional<int64_t> api_key_id) {
   std::lock_guard lock(impl_->mutex);
   // Timestamps as integer microseconds: extract(epoch ...) is numeric since
   // PostgreSQL 14, so the round trip is exact.
@@ -34,8 +34,12 @@ Result<std::optional<UsageEvent>> GenerationStore::Find(std::string_view request
       " (extract(epoch FROM created_at) * 1000000)::bigint,"
       " (extract(epoch FROM finished_at) * 1000000)::bigint, cache_write_tokens,"
       " endpoint_id, account_id, lease_holder, price_snapshot::text, byok, provider_cost_nano_usd "
-      "FROM usage_events WHERE request_id = $1 AND api_key_id = $2",
-      {std::string(request_id), std::to_string(api_key_id)}, /*idempotent=*/true);
+      "FROM usage_events WHERE request_id = $1 AND ($2::bigint IS NULL OR api_key_id = $2::bigint)"
+      // The row's created_at from usage_request_ids lets the executor skip
+      // every other daily partition (run-time pruning).
+      " AND created_at = (SELECT created_at FROM usage_request_ids WHERE request_id = $1)",
+      {std::string(request_id), api_key_id ? internal::PgParam(std::to_string(*api_key_id)) : std::nullopt},
+      /*idempotent=*/true);
   if (!out.ok()) {
     impl_->session.DropIfBad();
     return out.ToError("reading generation");

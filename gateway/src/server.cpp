@@ -7,6 +7,7 @@
 #include "dashboard.hpp"
 #include "metrics.hpp"
 #include "responses.hpp"
+#include "stats_api.hpp"
 #include "tollgate/billing/account_store.hpp"
 #include "tollgate/billing/api_key.hpp"
 #include "tollgate/billing/credit_guard.hpp"
@@ -14,6 +15,7 @@
 #include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/rate_limiter.hpp"
 #include "tollgate/billing/secret_box.hpp"
+#include "tollgate/billing/stats_store.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 #include "tollgate/local_backend/local_provider.hpp"
 #include "tollgate/providers/remote_provider.hpp"
@@ -212,6 +214,7 @@ struct Services {
   std::unique_ptr<billing::CreditGuard> guard;
   std::unique_ptr<billing::RateLimiter> limiter;
   std::unique_ptr<billing::GenerationStore> generations;
+  std::unique_ptr<billing::StatsStore> stats;  // blocking: on the `blocking` pool only
   std::unique_ptr<billing::AccountStore> accounts;  // blocking: on the `blocking` pool only
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<GuardAdmission> admission;
@@ -596,6 +599,8 @@ class Connection {
       res = co_await HandleCountTokens(req);
     } else if (route == "/v1/generation" && get) {
       res = co_await HandleGeneration(req, *url);
+    } else if (IsStatsRoute(route) && get) {
+      res = co_await HandleStatsRequest(req, *url, route);
     } else if ((route == "/v1/key" || route == "/v1/credits") && get) {
       res = co_await HandleKeyInfo(req, route == "/v1/credits");
     } else if (route.rfind("/v1/models/", 0) == 0 && route.ends_with("/endpoints") && get) {
@@ -613,7 +618,8 @@ class Connection {
       for (const auto& [name, value] : d.headers) res.set(name, value);
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
                route == "/v1/providers" || route == "/v1/key" || route == "/v1/credits" ||
-               call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation") {
+               call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation" ||
+               IsStatsRoute(route)) {
       Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
       res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
       res.set(http::field::allow, call_api || route == "/v1/messages/count_tokens" ? "POST" : "GET");
@@ -658,18 +664,51 @@ class Connection {
     co_return ok;
   }
 
+  // GET /v1/stats/..., /v1/datasets/..., /v1/activity (gateway/src/stats_api.hpp)
+  // on the blocking pool; the key cache answers who the bearer is first.
+  awaitable<Response> HandleStatsRequest(const Request& req, boost::urls::url_view url, const std::string& route) {
+    StatsRequest stats;
+    stats.route = route;
+    for (const auto& param : url.params()) stats.query[std::string(param.key)] = std::string(param.value);
+    stats.authorization = "Bearer " + std::string(BearerKey(req));  // also x-api-key
+    stats.admin_token = s_.config->billing.admin_token;
+    if (!IsAdminToken(req)) {
+      std::optional<billing::KeyRecord> key = co_await Authenticate(req);
+      if (Usable(key)) {
+        stats.key_id = key->id;
+        stats.account_id = key->account_id;
+      } else {
+        stats.auth_error = AuthError(req, key);
+      }
+    }
+    auto handle = [this, stats = std::move(stats)]() -> awaitable<StatsResponse> {
+      co_return HandleStats(stats, s_.stats.get());
+    };
+    StatsResponse answer = co_await asio::co_spawn(s_.blocking, handle, asio::use_awaitable);
+    co_return MakeResponse(req, answer.status, std::move(answer.body), answer.content_type);
+  }
+
+  // The bearer is billing.admin_token (constant-time compare).
+  bool IsAdminToken(const Request& req) const {
+    const std::string& token = s_.config->billing.admin_token;
+    return !token.empty() && billing::SecretEquals(BearerKey(req), token);
+  }
+
   awaitable<Response> HandleGeneration(const Request& req, boost::urls::url_view url) {
-    std::optional<billing::KeyRecord> key = co_await Authenticate(req);
-    if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
+    // The admin token reads any call's record; a key only its own.
+    const bool admin = IsAdminToken(req);
+    std::optional<billing::KeyRecord> key;
+    if (!admin) key = co_await Authenticate(req);
+    if (!admin && !Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
     auto it = url.params().find("id");
     if (it == url.params().end() || (*it).value.empty()) {
       co_return ErrorResponse(req, InvalidArgument("query parameter id is required", "id"));
     }
     std::string id = (*it).value;
     std::optional<billing::UsageEvent> event = s_.recorder->FindPending(id);
-    if (event && event->api_key_id != key->id) event.reset();
+    if (event && !admin && event->api_key_id != key->id) event.reset();
     if (!event) {
-      const int64_t key_id = key->id;
+      const std::optional<int64_t> key_id = admin ? std::nullopt : std::optional<int64_t>(key->id);
       auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<billing::UsageEvent>>> {
         co_return s_.generations->Find(id, key_id);
       };
@@ -1140,6 +1179,9 @@ int Serve(const Config& config, const ServeOptions& options) {
   auto generations = billing::GenerationStore::Connect(options.database_url);
   if (!generations) return StartupError("database: " + generations.error().message);
   services.generations = std::move(*generations);
+  auto stats = billing::StatsStore::Connect(options.database_url, 2);
+  if (!stats) return StartupError("database: " + stats.error().message);
+  services.stats = std::move(*stats);
   auto accounts = billing::AccountStore::Connect(options.database_url, secrets);
   if (!accounts) return StartupError("database: " + accounts.error().message);
   services.accounts = std::move(*accounts);

@@ -117,6 +117,11 @@ TEST_F(GenerationStorePg, ReturnsOnlyTheOwnersRowWithEveryField) {
   auto foreign = (*store)->Find("gen-abc", bob_);
   ASSERT_TRUE(foreign);
   EXPECT_FALSE(foreign->has_value());
+  // Any key's row (the admin token's lookup).
+  auto any = (*store)->Find("gen-abc", std::nullopt);
+  ASSERT_TRUE(any);
+  ASSERT_TRUE(any->has_value());
+  EXPECT_EQ((*any)->api_key_id, alice_);
   auto missing = (*store)->Find("gen-nope", alice_);
   ASSERT_TRUE(missing);
   EXPECT_FALSE(missing->has_value());

@@ -24,9 +24,10 @@ class GenerationStore {
   GenerationStore(const GenerationStore&) = delete;
   GenerationStore& operator=(const GenerationStore&) = delete;
 
-  // The stored usage row `request_id` if it belongs to key `api_key_id`;
-  // nullopt if there is no such row or it belongs to another key (so callers
-  // cannot probe other keys' ids). Every column of usage_events is read back:
+  // The stored usage row `request_id` if it belongs to key `api_key_id`
+  // (nullopt = any key: the admin token's lookups); nullopt if there is no
+  // such row or it belongs to another key (so callers cannot probe other
+  // keys' ids). Every column of usage_events is read back:
   // NULL text columns (endpoint_id, lease_holder, price_snapshot) come back
   // empty, a NULL account_id as 0; price_snapshot is PostgreSQL's jsonb text
   // (same JSON value as written, keys and spacing normalised). `attempts` is
@@ -36,7 +37,7 @@ class GenerationStore {
   // kInternal.
   // Thread-safe: calls are serialised on one connection (a mutex), which is
   // re-opened when it broke.
-  Result<std::optional<UsageEvent>> Find(std::string_view request_id, int64_t api_key_id);
+  Result<std::optional<UsageEvent>> Find(std::string_view request_id, std::optional<int64_t> api_key_id);
 
  private:
   struct Impl;
