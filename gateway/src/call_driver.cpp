@@ -992,6 +992,8 @@ void CallDriver::Finish(const std::optional<Error>& outcome) {
   row.cancelled = client_gone;
   row.created_at = spec_.created_at;
   row.finished_at = executor_->WallNow();
+  row.app = spec_.app;
+  row.app_title = spec_.app_title;
   for (const auto& attempt : attempts_) row.attempts.push_back(attempt->record);
   reservation_.reset();
   if (deps_.observer != nullptr) deps_.observer->OnCall(row);

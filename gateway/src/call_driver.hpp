@@ -217,6 +217,10 @@ struct CallSpec {
   SteadyTime deadline;     // the whole call; time_point{} = none
   uint64_t session = 0;    // routing::SessionKey of the request; 0 = no stickiness
   uint64_t seed = 0;       // seeds the routing draws of this call
+  // The calling app (AppFromHeaders in app_attribution.hpp), copied to the
+  // usage row; empty = none.
+  std::string app;
+  std::string app_title;
 };
 
 // Completion tokens assumed for a reservation when neither max_tokens nor a

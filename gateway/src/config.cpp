@@ -417,10 +417,17 @@ routing::RouterOptions ParseRouterOptions(const YAML::Node& n, Reader& r) {
 Config ParseRoot(const YAML::Node& root, Reader& r) {
   Config config;
   if (!root.IsDefined() || root.IsNull()) Fail("(top level)", "the file is empty");
-  r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing", "log"});
+  r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing", "log",
+                         "stats"});
   if (auto l = root["log"]) {
     r.CheckKeys(l, "log", {"access"});
     if (l["access"]) config.log.access = r.Bool(l["access"], "log.access");
+  }
+  if (auto st = root["stats"]) {
+    r.CheckKeys(st, "stats", {"retention_days"});
+    if (st["retention_days"]) {
+      config.stats.retention_days = static_cast<int>(r.Int(st["retention_days"], "stats.retention_days", 0, 36'500));
+    }
   }
 
   if (auto s = root["server"]) {

@@ -4,6 +4,7 @@
 #include "tollgate/billing/account_store.hpp"
 #include "tollgate/billing/migrations.hpp"
 #include "tollgate/billing/secret_box.hpp"
+#include "tollgate/billing/usage_maintenance.hpp"
 #include "tollgate/gateway/config.hpp"
 #include "tollgate/gateway/server.hpp"
 
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -57,6 +59,8 @@ constexpr const char* kUsage = R"(usage:
   tollgate provider-keys list ACCOUNT
   tollgate provider-keys delete ACCOUNT PROVIDER
 
+  tollgate usage prune [--retention-days N]
+
 KEY OPTIONS (in `keys update`, `none` clears one; `--models all` allows every model):
   --limit USD            spending limit per limit period
   --limit-reset RESET    daily, weekly (Monday), monthly (the 1st) at 00:00 UTC, or none
@@ -76,6 +80,11 @@ applies it once. Without one a random key is made and printed, so a command
 whose outcome is unknown (database unreachable) can be rerun safely with it.
 `ledger check` exits 1 if any balance differs from the sum of its ledger or any
 key's spend from the sum of its usage rows.
+
+`usage prune` does once what serve does hourly: creates the daily partitions
+of raw usage rows from yesterday to a week ahead and drops the raw rows older
+than N days (default: stats.retention_days of the config, 90; 0 keeps them).
+The rollups behind statistics and /api/v1/key are kept.
 
 Provider keys are encrypted with TOLLGATE_SECRET_KEY (64 hex characters, e.g.
 from `openssl rand -hex 32`), which `serve` needs too to use them.
@@ -802,6 +811,30 @@ int ProviderKeys(const Args& args) {
   throw BadArg{"unknown provider-keys command '" + verb + "'"};
 }
 
+int UsageCommand(const Args& args) {
+  if (args.positional.size() < 2 || args.positional[1] != "prune") throw BadArg{"usage needs prune"};
+  if (!CheckFlags(args, {"retention-days"})) return 2;
+  ExpectPositional(args, 2, "usage prune [--retention-days N]");
+  auto config = LoadConfigFlag(args, false);
+  if (!config) return 2;
+  int retention_days = config->stats.retention_days;
+  if (const std::string* days = args.Flag("retention-days")) {
+    retention_days = static_cast<int>(ParseInt(*days, "--retention-days", /*positive=*/false));
+    if (retention_days < 0 || retention_days > 36'500) throw BadArg{"--retention-days: 0 to 36500"};
+  }
+  std::string url = DatabaseUrl(args, *config);
+  if (url.empty()) return Fail("no database: set TOLLGATE_DATABASE_URL, pass --database-url or --config");
+  auto maintenance = billing::UsageMaintenance::Connect(url);
+  if (!maintenance) return Fail("database: " + maintenance.error().message);
+  auto report = (*maintenance)->Run(std::chrono::system_clock::now(), retention_days);
+  if (!report) return Fail("usage prune: " + report.error().message);
+  std::printf("%lld daily partitions created, %lld dropped (%s)\n",
+              static_cast<long long>(report->partitions_created), static_cast<long long>(report->partitions_dropped),
+              retention_days == 0 ? "retention off: raw rows kept"
+                                  : ("raw rows older than " + std::to_string(retention_days) + " days removed").c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -819,6 +852,7 @@ int main(int argc, char** argv) {
     if (command == "credits") return Credits(*args);
     if (command == "ledger") return Ledger(*args);
     if (command == "provider-keys") return ProviderKeys(*args);
+    if (command == "usage") return UsageCommand(*args);
   } catch (const BadArg& e) {
     return UsageError(e.message);
   }

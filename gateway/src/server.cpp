@@ -3,6 +3,7 @@
 #include "access_log.hpp"
 #include "admin_api.hpp"
 #include "api.hpp"
+#include "app_attribution.hpp"
 #include "call_driver.hpp"
 #include "dashboard.hpp"
 #include "metrics.hpp"
@@ -15,6 +16,7 @@
 #include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/rate_limiter.hpp"
 #include "tollgate/billing/secret_box.hpp"
+#include "tollgate/billing/usage_maintenance.hpp"
 #include "tollgate/billing/stats_store.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 #include "tollgate/local_backend/local_provider.hpp"
@@ -31,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -909,6 +912,11 @@ class Connection {
     spec.deadline = received + std::chrono::milliseconds(s_.config->server.request_timeout_ms);
     spec.session = routing::SessionKey(spec.request, spec.key.id);
     spec.seed = CallSeed();
+    // OpenRouter app attribution (app_attribution.hpp).
+    const std::string_view title = req.count("x-title") ? req["x-title"] : req["x-openrouter-title"];
+    AppAttribution app = AppFromHeaders(req["http-referer"], title);
+    spec.app = std::move(app.app);
+    spec.app_title = std::move(app.app_title);
     uint64_t registration = 0;
     Services* services = &s_;
     auto driver = CallDriver::Create(s_.Deps(), std::make_shared<StrandExecutor>(strand), std::move(spec), sink,
@@ -1199,6 +1207,42 @@ int Serve(const Config& config, const ServeOptions& options) {
     }
   });
 
+  // Usage partitions a week ahead and retention of raw usage rows
+  // (stats.retention_days), at start and hourly, on its own thread and
+  // connection: the statements block and may wait for locks
+  // (billing/usage_maintenance.hpp). A failure is logged and retried in 5
+  // minutes; rows meanwhile land in the default partition.
+  std::jthread usage_maintenance([url = options.database_url,
+                                  retention_days = config.stats.retention_days](std::stop_token stop) {
+    std::mutex mutex;
+    std::condition_variable_any wake;
+    std::unique_ptr<billing::UsageMaintenance> maintenance;
+    while (!stop.stop_requested()) {
+      std::string error;
+      if (!maintenance) {
+        auto connected = billing::UsageMaintenance::Connect(url);
+        if (connected) {
+          maintenance = std::move(*connected);
+        } else {
+          error = connected.error().message;
+        }
+      }
+      if (maintenance) {
+        auto report = maintenance->Run(std::chrono::system_clock::now(), retention_days);
+        if (!report) {
+          error = report.error().message;
+        } else if (report->partitions_dropped > 0) {
+          std::cerr << "tollgate: usage retention: " << report->partitions_dropped << " daily partitions older than "
+                    << retention_days << " days dropped" << std::endl;
+        }
+      }
+      if (!error.empty()) std::cerr << "tollgate: usage maintenance: " << error << std::endl;
+      std::unique_lock lock(mutex);
+      wake.wait_for(lock, stop, error.empty() ? std::chrono::minutes(60) : std::chrono::minutes(5),
+                    [] { return false; });
+    }
+  });
+
   {
     asio::io_context ioc(threads);
     // Providers: one instance per remote provider, one local engine per model file.
@@ -1408,6 +1452,8 @@ int Serve(const Config& config, const ServeOptions& options) {
   }
   drop_earlier_boots.request_stop();
   if (drop_earlier_boots.joinable()) drop_earlier_boots.join();
+  usage_maintenance.request_stop();
+  if (usage_maintenance.joinable()) usage_maintenance.join();
   services.limiter->Stop();
   services.guard->Stop();
   services.keys->Stop();

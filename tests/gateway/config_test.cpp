@@ -86,6 +86,18 @@ TEST(Config, BadValuesAreReportedWithTheirPath) {
               "models[0].endpoint.provider");
   ExpectError("server: {listen: '${UNSET_VAR}'}", "UNSET_VAR");
   ExpectError("server: [1, 2", "line");
+  ExpectError("stats: {retention_days: -1}", "stats.retention_days");
+  ExpectError("stats: {retention_days: 1.5}", "stats.retention_days");
+  ExpectError("stats: {retention: 3}", "stats.retention");
+}
+
+TEST(Config, StatsRetentionDays) {
+  auto config = ParseConfig(std::string(kMinimal), "/etc", FakeEnv({}));
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->stats.retention_days, 90);
+  config = ParseConfig(std::string(kMinimal) + "stats: {retention_days: 0}\n", "/etc", FakeEnv({}));
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->stats.retention_days, 0);
 }
 
 TEST(Config, DefaultConfigFileParses) {
@@ -94,6 +106,7 @@ TEST(Config, DefaultConfigFileParses) {
   EXPECT_EQ(config->database_url, "postgresql://x");
   ASSERT_FALSE(config->models.empty());
   EXPECT_EQ(config->models[0].id, "local/stories260k");
+  EXPECT_EQ(config->stats.retention_days, 90);
 }
 
 }  // namespace

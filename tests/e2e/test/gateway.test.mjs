@@ -453,6 +453,39 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.equal(srow.completion_tokens, REPLY_PIECES.length);
   });
 
+  test('app attribution: HTTP-Referer and X-Title reach the usage row and apps (chat, completions, messages)', async () => {
+    const headers = { 'HTTP-Referer': 'https://Example.com/path?q=1', 'X-Title': '  My App ' };
+    const ids = [];
+    for (const [path, body] of [
+      ['/v1/chat/completions', { model: MOCK, messages: [{ role: 'user', content: 'app?' }], max_tokens: 5 }],
+      ['/v1/completions', { model: MOCK, prompt: 'app?', max_tokens: 5 }],
+      ['/v1/messages', { model: MOCK, messages: [{ role: 'user', content: 'app?' }], max_tokens: 5 }],
+    ]) {
+      const res = await post(path, body, { headers });
+      assert.equal(res.status, 200, `${path}: ${await res.clone().text()}`);
+      ids.push(res.headers.get('x-request-id'));
+    }
+    for (const id of ids) {
+      const row = await usageRow(db, id);
+      assert.equal(row.app, 'https://example.com', id);
+      assert.equal(row.app_title, 'My App', id);
+    }
+    // A title alone names the app "title:<title>"; X-OpenRouter-Title is read too; neither: NULL.
+    const titled = await post('/v1/chat/completions', { model: MOCK, messages: [{ role: 'user', content: 'x' }], max_tokens: 2 },
+      { headers: { 'X-OpenRouter-Title': 'Cli Tool' } });
+    const plain = await post('/v1/chat/completions', { model: MOCK, messages: [{ role: 'user', content: 'x' }], max_tokens: 2 });
+    const t = await usageRow(db, titled.headers.get('x-request-id'));
+    assert.equal(t.app, 'title:Cli Tool');
+    assert.equal(t.app_title, 'Cli Tool');
+    const n = await usageRow(db, plain.headers.get('x-request-id'));
+    assert.equal(n.app, null);
+    assert.equal(n.app_title, null);
+    const apps = (await db.query("SELECT app, title FROM apps WHERE app IN ('https://example.com', 'title:Cli Tool') ORDER BY app")).rows;
+    assert.deepEqual(apps, [{ app: 'https://example.com', title: 'My App' }, { app: 'title:Cli Tool', title: 'Cli Tool' }]);
+    const rolled = await db.query("SELECT sum(requests)::int AS n FROM usage_rollup_1d WHERE app = 'https://example.com'");
+    assert.equal(rolled.rows[0].n, 3);
+  });
+
   // ------------------------------------------------------------------ local model
 
   test('local model, chat, greedy: reproduces the reference text exactly', async () => {

@@ -125,9 +125,20 @@ struct LogConfig {
   bool access = true;  // one JSON access-log line per model call on stderr
 };
 
+// `stats:` (usage statistics, issue 10).
+struct StatsConfig {
+  // Raw usage rows (usage_events: the calls list, GET /api/v1/generation)
+  // are kept this many days, then dropped a whole UTC day at a time by the
+  // server's hourly maintenance (billing/usage_maintenance.hpp); the rollups
+  // behind statistics, rankings and /api/v1/key are kept forever. 0 = keep
+  // raw rows forever. 0..36500.
+  int retention_days = 90;
+};
+
 struct Config {
   ServerConfig server;
   LogConfig log;
+  StatsConfig stats;
   std::string database_url;  // may be empty here; TOLLGATE_DATABASE_URL overrides
   UsageConfig usage;
   BillingConfig billing;

@@ -1,0 +1,117 @@
+#include "app_attribution.hpp"
+
+#include "tollgate/core/text.hpp"
+
+#include <cctype>
+
+namespace tollgate::gateway {
+namespace {
+
+bool IsSpace(char c) { return c == ' '; }  // tabs are controls, dropped before
+
+std::string Trim(std::string s) {
+  size_t a = 0, b = s.size();
+  while (a < b && IsSpace(s[a])) ++a;
+  while (b > a && IsSpace(s[b - 1])) --b;
+  return s.substr(a, b - a);
+}
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// The origin of an http(s) URL (RFC 3986 section 3 for the parts, RFC 6454
+// section 6.2 for the serialisation), or "" when `url` is not one.
+std::string Origin(std::string_view url) {
+  const std::string lower = Lower(url.substr(0, 8));
+  std::string scheme;
+  if (lower.starts_with("https://")) {
+    scheme = "https";
+  } else if (lower.starts_with("http://")) {
+    scheme = "http";
+  } else {
+    return "";
+  }
+  std::string_view rest = url.substr(scheme.size() + 3);
+  std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+  if (size_t at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
+  std::string_view host = authority, port;
+  if (authority.starts_with('[')) {  // IPv6 literal
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos || close == 1) return "";
+    host = authority.substr(0, close + 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return "";
+      port = after.substr(1);
+    }
+    for (char c : host.substr(1, host.size() - 2)) {
+      if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':' && c != '.') return "";
+    }
+  } else {
+    if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      port = authority.substr(colon + 1);
+    }
+    if (host.empty()) return "";
+    for (char c : host) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != '~') return "";
+    }
+  }
+  if (port.size() > 5) return "";
+  for (char c : port) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) return "";
+  }
+  std::string origin = scheme + "://" + Lower(host);
+  const bool default_port = port.empty() || (scheme == "http" && port == "80") || (scheme == "https" && port == "443");
+  if (!default_port) origin += ":" + std::string(port);
+  return origin;
+}
+
+// `s` (valid UTF-8) cut to at most max_bytes on a character boundary.
+std::string CutUtf8(std::string s, size_t max_bytes) {
+  if (s.size() <= max_bytes) return s;
+  size_t end = max_bytes;
+  while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
+  s.resize(end);
+  return s;
+}
+
+}  // namespace
+
+std::string CleanHeaderText(std::string_view value, size_t max_bytes) {
+  // Well-formed first (bytes that are not UTF-8 become U+FFFD): PostgreSQL
+  // refuses text that is not, and the usage row must not be refused.
+  const std::string valid = ValidUtf8(value);
+  std::string out;
+  out.reserve(valid.size());
+  for (size_t i = 0; i < valid.size(); ++i) {
+    const auto c = static_cast<unsigned char>(valid[i]);
+    if (c < 0x20 || c == 0x7F) continue;  // C0 and DEL
+    // C1 (U+0080..U+009F: C2 80..C2 9F); a continuation byte is never
+    // taken for a lead here, as `valid` is well-formed.
+    if (c == 0xC2 && i + 1 < valid.size() && static_cast<unsigned char>(valid[i + 1]) < 0xA0) {
+      ++i;
+      continue;
+    }
+    out.push_back(valid[i]);
+  }
+  return Trim(CutUtf8(Trim(std::move(out)), max_bytes));
+}
+
+AppAttribution AppFromHeaders(std::string_view referer, std::string_view title) {
+  AppAttribution a;
+  a.app_title = CleanHeaderText(title);
+  const std::string ref = CleanHeaderText(referer);
+  if (!ref.empty()) {
+    const std::string origin = Origin(ref);
+    a.app = origin.empty() ? ref : CutUtf8(origin, kMaxAppBytes);
+  } else if (!a.app_title.empty()) {
+    a.app = CutUtf8("title:" + a.app_title, kMaxAppBytes);
+  }
+  return a;
+}
+
+}  // namespace tollgate::gateway
