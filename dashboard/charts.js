@@ -24,7 +24,7 @@ export function renderTokensChart(canvas, ts) {
   const labels = ts.buckets.map((b) => fmtBucket(b, ts.bucket));
   let colour = 0;
   const datasets = ts.series.map((s) => ({
-    label: s.key === 'other' ? 'other' : String(s.label ?? s.key),
+    label: s.key === 'other' ? 'other' : String(s.label || s.key || '(none)'),
     data: s.values.map((v) => v ?? 0),
     backgroundColor: s.key === 'other' ? OTHER : PALETTE[colour++ % PALETTE.length],
     stack: 'tokens',

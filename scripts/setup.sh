@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev
   nodejs curl
+  chromium
   prometheus
 )
 
