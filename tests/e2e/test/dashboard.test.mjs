@@ -8,7 +8,8 @@
 //      types, a strict Content-Security-Policy, ETags (304 on If-None-Match).
 //   2. The admin token: the rankings table (order, token counts), a cost figure, the chart's
 //      series totals and the first call's id equal what the stats APIs answer; user text (an app
-//      title with markup) shows as text; the calls' generation link opens the record.
+//      title with markup) shows as text; the calls' generation link opens the record; the status
+//      filter narrows the calls; the 7d window asks for day buckets and redraws the rankings.
 //   3. A key's token: spend by key shows only that key's own row and cost; the account panel is
 //      reserved to the admin token.
 //   4. A wrong token: the page says the token was refused (401).
@@ -243,6 +244,23 @@ describe('dashboard in headless chromium', { timeout: 180000 }, () => {
       await page.click('#calls tbody tr:first-child a.gen');
       await page.waitForFunction(() => document.querySelector('#generation').textContent.includes('"id"'));
       assert.ok((await page.textContent('#generation')).includes(calls.data[0].id));
+
+      // The calls filter: status 5xx leaves the one failed call.
+      await page.selectOption('#calls-filter select[name=status]', '5xx');
+      await page.click('#calls-filter button[type=submit]');
+      await page.waitForFunction(() => document.querySelectorAll('#calls tbody tr').length === 1);
+      const failed = (await api(gw.url, '/api/v1/stats/calls?status=5xx')).data;
+      assert.equal(failed.length, 1);
+      assert.equal(await page.getAttribute('#calls tbody tr', 'data-id'), failed[0].id);
+      // Another window: the chart asks for day buckets over 7 days.
+      const before = requests.length;
+      await page.click('[data-window="7d"]');
+      await page.waitForSelector('body[data-loaded="3"]');
+      const weekly = new URL(requests.slice(before).find((u) => u.includes('/api/v1/stats/timeseries')));
+      assert.equal(weekly.searchParams.get('bucket'), 'day');
+      assert.equal(weekly.searchParams.get('window'), '7d');
+      assert.deepEqual(await values(page, '#rankings tbody td.tokens'),
+        (await api(gw.url, '/api/v1/stats/models?window=7d')).data.map((m) => m.tokens));
       assert.deepEqual(problems, []);
       console.error(`dashboard e2e: admin screenshot ${shot}`);
     } finally {
