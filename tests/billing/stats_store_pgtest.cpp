@@ -12,7 +12,9 @@
 
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <map>
+#include <thread>
 #include <random>
 #include <set>
 
@@ -467,6 +469,26 @@ TEST_F(StatsStorePg, RefusesUnknownTimeZonesAndTooManyBuckets) {
   ASSERT_TRUE(empty) << empty.error().message;
   EXPECT_EQ(empty->buckets.size(), 25u);  // 00:00Z is 05:45 local: a partial first and last hour
   EXPECT_TRUE(empty->series.empty());
+}
+
+TEST_F(StatsStorePg, ReportsUnavailableDuringAnOutageAndReconnects) {
+  const StatsRange range{At(kSpring), At(kSpring + kDay)};
+  ASSERT_TRUE(store_->Aggregate(range, {}, StatsGroup::kModel));
+  BeginOutage();
+  auto down = store_->Aggregate(range, {}, StatsGroup::kModel);
+  ASSERT_FALSE(down);
+  EXPECT_EQ(down.error().code, ErrorCode::kUnavailable);
+  EndOutage();
+  // From several threads at once: the pool hands each its own connection.
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&] {
+      if (store_->Timeseries(range, {}, StatsGroup::kNone, StatsBucket::kHour, "Asia/Kolkata", true)) ++ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 6);
 }
 
 TEST(LatencySketch, MatchesTheSqlIndexAndStaysWithinTwoPercent) {
