@@ -323,6 +323,11 @@ struct StatsStore::Impl {
     q.text += sketches ? ", latency_s.s, ttft_s.s FROM agg LEFT JOIN latency_s USING (b, g1, g2)"
                          " LEFT JOIN ttft_s USING (b, g1, g2)"
                        : " FROM agg";
+    return Read(q, sketches);
+  }
+
+  // Runs an Aggregate statement: (bucket micros, g1, g2, label, agg.* [, sketches]).
+  Result<std::vector<AggRow>> Read(const Sql& q, bool sketches) {
     PgOutcome out = Exec(q);
     if (!out.ok()) return out.ToError("reading usage statistics");
     const PGresult* r = out.result.get();

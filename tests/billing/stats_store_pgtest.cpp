@@ -325,6 +325,19 @@ TEST_F(StatsStorePg, AggregatesEqualRawRowsAcrossDaysTimeZonesAndDst) {
           ASSERT_NE(it, got.end()) << what << " " << row[0] << " " << row[1];
           ExpectMeasures(*it->second, row, 2, true, what + " " + row[0] + " " + row[1]);
         }
+        // Without sketches the store sums per quarter hour first: the same measures.
+        auto plain = store_->Timeseries(range, {}, StatsGroup::kModel, bucket, tz, false);
+        ASSERT_TRUE(plain) << plain.error().message;
+        ASSERT_EQ(plain->buckets.size(), ts->buckets.size());
+        std::map<std::string, const TimeseriesResult::Series*> plain_series;
+        for (const auto& s : plain->series) plain_series[s.key] = &s;
+        ASSERT_EQ(plain_series.size(), ts->series.size()) << what;
+        for (const auto& s : ts->series) {
+          ASSERT_TRUE(plain_series.count(s.key)) << what;
+          for (size_t i = 0; i < s.values.size(); ++i) {
+            EXPECT_EQ(MeasureList(plain_series[s.key]->values[i]), MeasureList(s.values[i])) << what << " " << s.key;
+          }
+        }
         auto total = store_->Aggregate(range, {}, StatsGroup::kNone);
         ASSERT_TRUE(total);
         EXPECT_EQ(MeasureList(sum), MeasureList((*total)[0].measures)) << what << ": buckets sum to the range";
