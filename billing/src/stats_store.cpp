@@ -319,10 +319,12 @@ struct StatsStore::Impl {
                   " jsonb_each_text(src." + s + "_sketch) e GROUP BY 1, 2, 3, 4) x GROUP BY 1, 2, 3)";
       }
     }
-    q.text += " SELECT (extract(epoch FROM b) * 1000000)::bigint, g1, g2, " + g.label + ", agg.*";
-    q.text += sketches ? ", latency_s.s, ttft_s.s FROM agg LEFT JOIN latency_s USING (b, g1, g2)"
+    // Labels looked up once per group, not once per bucket and group.
+    q.text += ", labels AS MATERIALIZED (SELECT g1, " + g.label + " AS label FROM (SELECT DISTINCT g1 FROM agg) d)";
+    q.text += " SELECT (extract(epoch FROM b) * 1000000)::bigint, g1, g2, labels.label, agg.*";
+    q.text += sketches ? ", latency_s.s, ttft_s.s FROM agg JOIN labels USING (g1) LEFT JOIN latency_s USING (b, g1, g2)"
                          " LEFT JOIN ttft_s USING (b, g1, g2)"
-                       : " FROM agg";
+                       : " FROM agg JOIN labels USING (g1)";
     return Read(q, sketches);
   }
 
