@@ -3,18 +3,26 @@
 --  * usage_events is partitioned by day (UTC) on created_at, so retention
 --    drops whole partitions (tollgate_drop_usage_partitions) and time-range
 --    queries touch only the days they ask for.
---  * Rollups per quarter hour and per UTC day, keyed by model, provider,
---    endpoint, account, key and app, are added to by the usage writer in the
---    statement that inserts the usage rows (tollgate_rollup_usage on the
---    INSERT's RETURNING), so a row counts once and stats queries never scan
---    raw rows. Rollups outlive retention.
+--  * Rollups per UTC quarter hour, UTC hour and UTC day, keyed by model,
+--    provider, endpoint, account, key and app, are added to by the usage
+--    writer in the statement that inserts the usage rows
+--    (tollgate_rollup_usage on the INSERT's RETURNING), so a row counts once
+--    and stats queries never scan raw rows. Rollups outlive retention.
 --  * App attribution (OpenRouter's HTTP-Referer and X-Title headers) on each
 --    usage row and in the apps table.
 --
--- Why quarter hours: every UTC offset in use is a multiple of 15 minutes
--- (India +05:30, Nepal +05:45, Chatham +12:45; IANA tz database), so the
--- hours and days of any time zone are exact unions of quarter-hour buckets;
--- usage_rollup_1d serves UTC days and the whole days of long windows.
+-- Three tiers, each an exact sum of the one below; a query reads the coarsest
+-- that fits its range and buckets (billing/src/stats_store.cpp):
+--  * usage_rollup_1d (UTC days): unbucketed totals over long windows (whole
+--    UTC days) and day buckets in UTC.
+--  * usage_rollup_1h (UTC hours): the hours and days of every time zone whose
+--    UTC offset is a whole number of hours over the range (most of them,
+--    DST included: New York's days are unions of UTC hours).
+--  * usage_rollup_15m (UTC quarter hours): exists only because some zones
+--    have :30 or :45 offsets (India +05:30, Nepal +05:45, Chatham +12:45;
+--    IANA tz database). Every offset in use is a multiple of 15 minutes, so
+--    the hours and days of any zone are exact unions of quarter hours; the
+--    partial hours at the ends of a range come from here too.
 
 -- ---------------------------------------------------------------- usage_events, partitioned
 
@@ -243,6 +251,12 @@ CREATE TABLE usage_rollup_15m (
 CREATE INDEX usage_rollup_15m_key_idx ON usage_rollup_15m (api_key_id, bucket_start);
 CREATE INDEX usage_rollup_15m_account_idx ON usage_rollup_15m (account_id, bucket_start);
 
+CREATE TABLE usage_rollup_1h (LIKE usage_rollup_15m INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE usage_rollup_1h ADD PRIMARY KEY (bucket_start, model, provider, endpoint_id, account_id, api_key_id, app);
+CREATE INDEX usage_rollup_1h_key_idx ON usage_rollup_1h (api_key_id, bucket_start);
+CREATE INDEX usage_rollup_1h_account_idx ON usage_rollup_1h (account_id, bucket_start);
+COMMENT ON COLUMN usage_rollup_1h.bucket_start IS 'UTC hour, :00';
+
 CREATE TABLE usage_rollup_1d (LIKE usage_rollup_15m INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE usage_rollup_1d ADD PRIMARY KEY (bucket_start, model, provider, endpoint_id, account_id, api_key_id, app);
 CREATE INDEX usage_rollup_1d_key_idx ON usage_rollup_1d (api_key_id, bucket_start);
@@ -257,7 +271,7 @@ CREATE TABLE apps (
   last_seen   timestamptz NOT NULL
 );
 
--- Adds usage rows to both rollups and the apps table. The usage writer calls
+-- Adds usage rows to the three rollups and the apps table. The usage writer calls
 -- it on the rows its INSERT returned (only rows actually inserted, so a
 -- replay adds nothing); the backfill below calls it on the rows of 001-005.
 -- Rows are grouped and upserted in key order, so concurrent writers lock
@@ -267,7 +281,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
   spec record;
 BEGIN
-  FOR spec IN SELECT * FROM (VALUES ('usage_rollup_15m', 'quarter'), ('usage_rollup_1d', 'day')) AS s(tbl, grain) LOOP
+  FOR spec IN SELECT * FROM (VALUES ('usage_rollup_15m', 'quarter'), ('usage_rollup_1h', 'hour'),
+                                     ('usage_rollup_1d', 'day')) AS s(tbl, grain) LOOP
     EXECUTE format($q$
       INSERT INTO %I AS t (bucket_start, model, provider, endpoint_id, account_id, api_key_id, app,
         requests, errors, server_errors, cancelled, usage_reported_requests,
@@ -295,6 +310,7 @@ BEGIN
       FROM unnest($1) AS r
       CROSS JOIN LATERAL (SELECT
         CASE WHEN %L = 'quarter' THEN date_bin('15 minutes', r.created_at, 'epoch'::timestamptz)
+             WHEN %L = 'hour' THEN date_bin('1 hour', r.created_at, 'epoch'::timestamptz)
              ELSE date_trunc('day', r.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END AS b,
         (NOT r.usage_estimated AND r.ttft_ms IS NOT NULL AND r.latency_ms > r.ttft_ms) AS g) x
       GROUP BY 1, 2, 3, 4, 5, 6, 7
@@ -322,7 +338,7 @@ BEGIN
         ttft_sketch = tollgate_sketch_merge(t.ttft_sketch, EXCLUDED.ttft_sketch),
         generation_tokens = t.generation_tokens + EXCLUDED.generation_tokens,
         generation_ms = t.generation_ms + EXCLUDED.generation_ms
-    $q$, spec.tbl, spec.grain) USING p_rows;
+    $q$, spec.tbl, spec.grain, spec.grain) USING p_rows;
   END LOOP;
 
   INSERT INTO apps AS a (app, title, first_seen, last_seen)

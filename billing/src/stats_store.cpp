@@ -25,6 +25,7 @@ using internal::PgText;
 
 constexpr double kGamma = 1.02 / 0.98;
 constexpr int64_t kQuarterMicros = int64_t{15} * 60 * 1000000;
+constexpr int64_t kHourMicros = int64_t{3600} * 1000000;
 constexpr int64_t kDayMicros = int64_t{24} * 3600 * 1000000;
 
 int64_t Micros(StatsTime t) {
@@ -128,8 +129,14 @@ void AppendScope(Sql& q, const StatsScope& scope, std::string& where) {
 
 // How the rows of a query are bucketed.
 struct BucketSql {
-  std::string quarter;  // bucket of a usage_rollup_15m row (an expression over bucket_start)
+  // The bucket of a usage_rollup_15m row (an expression over bucket_start);
+  // also of a usage_rollup_1h row when `hourly`.
+  std::string quarter;
   std::string daily;    // of a usage_rollup_1d row; empty = read no daily rows
+  // Whether every UTC hour of the range lies inside one bucket, so the whole
+  // hours may come from usage_rollup_1h (the bucket of an hour row is that
+  // of its first quarter).
+  bool hourly = true;
 };
 
 struct AggRow {
@@ -271,16 +278,51 @@ struct StatsStore::Impl {
     return out;
   }
 
-  // The whole UTC days [d0, d1) inside `range` (d0 == d1 when none).
-  static std::pair<StatsTime, StatsTime> WholeDays(const StatsRange& range) {
+  // The whole UTC units (days or hours) [u0, u1) inside `range` (u0 == u1 when none).
+  static std::pair<StatsTime, StatsTime> WholeUnits(const StatsRange& range, int64_t unit_micros) {
     const int64_t s = Micros(range.start), e = Micros(range.end);
-    int64_t d0 = FloorDiv(s + kDayMicros - 1, kDayMicros) * kDayMicros;
-    int64_t d1 = FloorDiv(e, kDayMicros) * kDayMicros;
-    if (d0 >= d1) d0 = d1 = e;
-    return {StatsTime(std::chrono::microseconds(d0)), StatsTime(std::chrono::microseconds(d1))};
+    int64_t u0 = FloorDiv(s + unit_micros - 1, unit_micros) * unit_micros;
+    int64_t u1 = FloorDiv(e, unit_micros) * unit_micros;
+    if (u0 >= u1) u0 = u1 = e;
+    return {StatsTime(std::chrono::microseconds(u0)), StatsTime(std::chrono::microseconds(u1))};
+  }
+  static std::pair<StatsTime, StatsTime> WholeHours(const StatsRange& range) { return WholeUnits(range, kHourMicros); }
+
+  // The pieces of a quarter-aligned range per rollup tier, coarsest first:
+  // whole UTC days (when `days`), whole UTC hours of the rest (when
+  // `hours`), and the quarter hours left at the ends. Disjoint; their union
+  // is the range.
+  struct Tiers {
+    std::vector<StatsRange> days, hours, quarters;
+  };
+  static Tiers Split(const StatsRange& range, bool days, bool hours) {
+    Tiers t;
+    auto rest = [&](StatsTime a, StatsTime b) {
+      if (a >= b) return;
+      if (hours) {
+        const auto [h0, h1] = WholeHours({a, b});
+        if (h0 < h1) {
+          if (a < h0) t.quarters.push_back({a, h0});
+          t.hours.push_back({h0, h1});
+          if (h1 < b) t.quarters.push_back({h1, b});
+          return;
+        }
+      }
+      t.quarters.push_back({a, b});
+    };
+    auto [d0, d1] = days ? WholeUnits(range, kDayMicros) : std::pair{range.end, range.end};
+    if (d0 < d1) {
+      t.days.push_back({d0, d1});
+      rest(range.start, d0);
+      rest(d1, range.end);
+    } else {
+      rest(range.start, range.end);
+    }
+    return t;
   }
 
-  // Measures per (bucket, group) over `range` (rounded to quarter hours).
+  // Measures per (bucket, group) over `range` (rounded to quarter hours),
+  // each part of it read from the coarsest rollup its bucketing allows.
   Result<std::vector<AggRow>> Aggregate(StatsRange range, const StatsScope& scope, const GroupSql& g,
                                         const std::function<BucketSql(Sql&)>& bucket_of, bool sketches) {
     range.start = FloorQuarter(range.start);
@@ -293,19 +335,26 @@ struct StatsStore::Impl {
     if (sketches) cols += ", latency_sketch, ttft_sketch";
     std::string scope_sql;
     AppendScope(q, scope, scope_sql);
+    Tiers tiers = Split(range, !b.daily.empty(), b.hourly);
+    // Always a quarter-hour select (an empty range when no quarters are
+    // left): it uses the parameters of the bucket expression, whose types
+    // the server must infer.
+    if (tiers.quarters.empty()) tiers.quarters.push_back({range.end, range.end});
     std::string src;
-    if (!b.daily.empty()) {
-      auto [d0, d1] = WholeDays(range);
-      const std::string p_d0 = q.Time(d0), p_d1 = q.Time(d1);
-      src = "SELECT " + b.daily + " AS b, " + cols + " FROM usage_rollup_1d WHERE bucket_start >= " + p_d0 +
-            " AND bucket_start < " + p_d1 + scope_sql + " UNION ALL SELECT " + b.quarter + " AS b, " + cols +
-            " FROM usage_rollup_15m WHERE ((bucket_start >= " + q.Time(range.start) + " AND bucket_start < " +
-            p_d0 + ") OR (bucket_start >= " + p_d1 + " AND bucket_start < " + q.Time(range.end) + "))" +
-            scope_sql;
-    } else {
-      src = "SELECT " + b.quarter + " AS b, " + cols + " FROM usage_rollup_15m WHERE bucket_start >= " +
-            q.Time(range.start) + " AND bucket_start < " + q.Time(range.end) + scope_sql;
-    }
+    auto select = [&](const std::vector<StatsRange>& pieces, const char* table, const std::string& bucket) {
+      if (pieces.empty()) return;
+      std::string where;
+      for (const StatsRange& p : pieces) {
+        where += std::string(where.empty() ? "" : " OR ") + "(bucket_start >= " + q.Time(p.start) +
+                 " AND bucket_start < " + q.Time(p.end) + ")";
+      }
+      if (pieces.size() > 1) where = "(" + where + ")";
+      src += std::string(src.empty() ? "" : " UNION ALL ") + "SELECT " + bucket + " AS b, " + cols + " FROM " + table +
+             " WHERE " + where + scope_sql;
+    };
+    select(tiers.days, "usage_rollup_1d", b.daily);
+    select(tiers.hours, "usage_rollup_1h", b.quarter);
+    select(tiers.quarters, "usage_rollup_15m", b.quarter);
     std::string sums;
     for (const char* c : kMeasureColumns) sums += std::string(", sum(") + c + ")::bigint";
     // Materialised once when the sketch sums read it again; else inlined.
@@ -456,6 +505,7 @@ Result<TimeseriesResult> StatsStore::Timeseries(const StatsRange& range_in, cons
 
   // Buckets of the range: every local hour / day that has a quarter in it.
   TimeseriesResult result;
+  bool hours_exact = utc;
   if (range.end > range.start) {
     Sql q;
     const std::string s = q.Time(range.start), e = q.Time(range.end), z = q.P(tz, "text");
@@ -467,11 +517,28 @@ Result<TimeseriesResult> StatsStore::Timeseries(const StatsRange& range_in, cons
       list = "SELECT d::timestamp AT TIME ZONE " + z + " AS b FROM generate_series((" + s + " AT TIME ZONE " + z +
              ")::date, ((" + e + " - interval '15 minutes') AT TIME ZONE " + z + ")::date, interval '1 day') d";
     }
+    // Whether every whole UTC hour of the range lies inside one bucket (its
+    // four quarters fall in the same local hour / day): true where the zone's
+    // offset is a whole number of hours throughout, false for India, Nepal,
+    // ... Then the hours come from usage_rollup_1h. Checked once per query
+    // on the range's quarters (<= 4 per bucket hour), not assumed per zone.
+    std::string hourly = "true";
+    const auto [h0, h1] = Impl::WholeHours(range);
+    if (!utc && h0 < h1) {
+      const std::string of_q = bucket == StatsBucket::kHour
+                                   ? "q - extract(minute FROM q AT TIME ZONE " + z + ") * interval '1 minute'"
+                                   : "((q AT TIME ZONE " + z + ")::date)::timestamp AT TIME ZONE " + z;
+      hourly = "(SELECT coalesce(bool_and(n = 1), true) FROM (SELECT count(DISTINCT " + of_q +
+               ") AS n FROM generate_series(" + q.Time(h0) + ", " + q.Time(h1) +
+               " - interval '15 minutes', interval '15 minutes') q"
+               " GROUP BY date_bin('1 hour', q, 'epoch'::timestamptz)) h)";
+    }
     q.text = "SELECT (extract(epoch FROM b) * 1000000)::bigint, (extract(epoch FROM (b AT TIME ZONE " + z +
-             ") - (b AT TIME ZONE 'UTC')) / 60)::int FROM (" + list + ") x ORDER BY b";
+             ") - (b AT TIME ZONE 'UTC')) / 60)::int, " + hourly + " FROM (" + list + ") x ORDER BY b";
     PgOutcome out = impl_->Exec(q);
     if (!out.ok()) return out.ToError("listing time buckets");
     const PGresult* r = out.result.get();
+    if (PQntuples(r) > 0) hours_exact = internal::PgBool(r, 0, 2);
     for (int i = 0; i < PQntuples(r); ++i) {
       result.buckets.push_back(TimeseriesBucket{StatsTime(std::chrono::microseconds(PgInt64(r, i, 0))),
                                                 static_cast<int>(PgInt64(r, i, 1))});
@@ -490,11 +557,11 @@ Result<TimeseriesResult> StatsStore::Timeseries(const StatsRange& range_in, cons
         const std::string z = q.P(tz, "text");
         if (bucket == StatsBucket::kHour) {
           return BucketSql{"bucket_start - extract(minute FROM bucket_start AT TIME ZONE " + z + ") * interval '1 minute'",
-                           ""};
+                           "", hours_exact};
         }
         // Local midnight of the quarter's local date; UTC days straight from usage_rollup_1d.
         return BucketSql{"((bucket_start AT TIME ZONE " + z + ")::date)::timestamp AT TIME ZONE " + z,
-                         utc ? "bucket_start" : ""};
+                         utc ? "bucket_start" : "", hours_exact};
       },
       with_sketches);
   if (!rows) return rows.error();

@@ -218,6 +218,8 @@ TEST_F(StatsStorePg, AggregatesEqualRawRowsAcrossDaysTimeZonesAndDst) {
       {At(kSpring + 3 * 3600 + 15 * 60), At(kSpring + 2 * kDay + 20 * 3600 + 45 * 60)},
       {At(kFall), At(kFall + 3 * kDay)},
       {At(kFall + 5 * 3600), At(kFall + 5 * 3600 + 45 * 60)},  // inside one day
+      // Partial UTC hours at both ends, whole hours between (usage_rollup_1h).
+      {At(kFall + kDay + 5 * 3600 + 15 * 60), At(kFall + kDay + 9 * 3600 + 30 * 60)},
   };
   const std::vector<StatsScope> scopes = {
       {}, {keys_[0].first, std::nullopt}, {std::nullopt, keys_[0].second}, {keys_[1].first, keys_[1].second}};
@@ -272,10 +274,12 @@ TEST_F(StatsStorePg, AggregatesEqualRawRowsAcrossDaysTimeZonesAndDst) {
   EXPECT_TRUE(seen);
 
   // 3. Time series in several zones, hour and day buckets, against raw rows;
-  //    the buckets of a range sum to the range's total.
+  //    the buckets of a range sum to the range's total. New York and UTC read
+  //    whole hours from usage_rollup_1h, Kolkata and Kathmandu only quarters
+  //    (HourlyRollupsServeWholeHourZonesOnly shows which).
   for (const char* tz : {"America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "UTC"}) {
     for (StatsBucket bucket : {StatsBucket::kHour, StatsBucket::kDay}) {
-      for (size_t ri = 0; ri < 2; ++ri) {
+      for (size_t ri : {0, 1, 3}) {
         const StatsRange& range = ranges[ri];
         const std::string z = std::string("'") + tz + "'";
         const std::string raw_bucket =
@@ -420,6 +424,66 @@ TEST_F(StatsStorePg, AggregatesEqualRawRowsAcrossDaysTimeZonesAndDst) {
     EXPECT_EQ((*rankings)[i].model, raw_rank[i][0]);
     EXPECT_EQ((*rankings)[i].current.total_tokens(), raw_rank[i][1].empty() ? 0 : std::stoll(raw_rank[i][1]));
     EXPECT_EQ((*rankings)[i].previous.total_tokens(), raw_rank[i][2].empty() ? 0 : std::stoll(raw_rank[i][2]));
+  }
+}
+
+// Which tier serves what: after every usage_rollup_1h row is made wrong on
+// purpose, the results that read it (totals, whole-hour zones) change by
+// exactly the hours they cover, and those of :30/:45 zones do not.
+TEST_F(StatsStorePg, HourlyRollupsServeWholeHourZonesOnly) {
+  WriteRandomUsage(300);
+  if (HasFatalFailure()) return;
+  // Over the fall DST change in New York, partial UTC hours at both ends.
+  const StatsRange range{At(kFall + 3 * 3600 + 15 * 60), At(kFall + 2 * kDay + 7 * 3600 + 45 * 60)};
+  const char* zones[] = {"America/New_York", "UTC", "Asia/Kolkata", "Asia/Kathmandu"};
+  auto requests = [&](const char* tz, StatsBucket bucket) {
+    auto ts = store_->Timeseries(range, {}, StatsGroup::kNone, bucket, tz, false);
+    EXPECT_TRUE(ts) << ts.error().message;
+    int64_t n = 0;
+    for (const auto& s : ts->series) {
+      for (const StatsMeasures& m : s.values) n += m.requests;
+    }
+    return n;
+  };
+  const int64_t raw = QueryInt("SELECT count(*) FROM usage_events WHERE created_at >= " + Ts(range.start) +
+                               " AND created_at < " + Ts(range.end));
+  ASSERT_GT(raw, 0);
+  for (const char* tz : zones) {
+    EXPECT_EQ(requests(tz, StatsBucket::kHour), raw) << tz;
+    EXPECT_EQ(requests(tz, StatsBucket::kDay), raw) << tz;
+  }
+  auto total = [&] {
+    auto t = store_->Aggregate(range, {}, StatsGroup::kNone);
+    EXPECT_TRUE(t) << t.error().message;
+    return (*t)[0].measures.requests;
+  };
+  EXPECT_EQ(total(), raw);
+
+  // +1000 requests on every hour row: the whole UTC hours outside whole UTC
+  // days are 04:00Z..24:00Z (day 1) and 00:00Z..07:00Z (day 3).
+  const int64_t hour_rows_all = QueryInt("SELECT count(*) FROM usage_rollup_1h WHERE bucket_start >= " +
+                                         Ts(At(kFall + 4 * 3600)) + " AND bucket_start < " +
+                                         Ts(At(kFall + 2 * kDay + 7 * 3600)));
+  const int64_t edge_hour_rows = QueryInt("SELECT count(*) FROM usage_rollup_1h WHERE (bucket_start >= " +
+                                          Ts(At(kFall + 4 * 3600)) + " AND bucket_start < " + Ts(At(kFall + kDay)) +
+                                          ") OR (bucket_start >= " + Ts(At(kFall + 2 * kDay)) +
+                                          " AND bucket_start < " + Ts(At(kFall + 2 * kDay + 7 * 3600)) + ")");
+  ASSERT_GT(QueryInt("WITH u AS (UPDATE usage_rollup_1h SET requests = requests + 1000 RETURNING 1)"
+                     " SELECT count(*) FROM u"),
+            0);
+  ASSERT_GT(edge_hour_rows, 0);
+  // Totals: whole days from usage_rollup_1d, the edge hours from usage_rollup_1h.
+  EXPECT_EQ(total(), raw + 1000 * edge_hour_rows);
+  // Hour buckets in New York and UTC: every whole hour from usage_rollup_1h.
+  EXPECT_EQ(requests("America/New_York", StatsBucket::kHour), raw + 1000 * hour_rows_all);
+  EXPECT_EQ(requests("UTC", StatsBucket::kHour), raw + 1000 * hour_rows_all);
+  // Day buckets: New York's from hours; UTC's whole days from usage_rollup_1d.
+  EXPECT_EQ(requests("America/New_York", StatsBucket::kDay), raw + 1000 * hour_rows_all);
+  EXPECT_EQ(requests("UTC", StatsBucket::kDay), raw + 1000 * edge_hour_rows);
+  // :30 and :45 zones: quarter hours only.
+  for (const char* tz : {"Asia/Kolkata", "Asia/Kathmandu"}) {
+    EXPECT_EQ(requests(tz, StatsBucket::kHour), raw) << tz;
+    EXPECT_EQ(requests(tz, StatsBucket::kDay), raw) << tz;
   }
 }
 

@@ -1,12 +1,19 @@
 // Usage statistics read from the rollups of migrations/006_stats.sql
-// (usage_rollup_15m, usage_rollup_1d): rankings, cost, time series, provider
-// stats, OpenRouter's datasets and activity; and the one raw-row query, the
-// paged list of calls (usage_events). Served by gateway/src/stats_api.hpp.
+// (usage_rollup_15m, usage_rollup_1h, usage_rollup_1d): rankings, cost, time
+// series, provider stats, OpenRouter's datasets and activity; and the one
+// raw-row query, the paged list of calls (usage_events). Served by
+// gateway/src/stats_api.hpp.
 //
-// Every aggregate reads only rollup rows: whole UTC days of a range from
-// usage_rollup_1d where the query is not bucketed below a UTC day, the rest
-// from usage_rollup_15m. Ranges are rounded to quarter hours (start down, end
-// up), the rollups' resolution.
+// Every aggregate reads only rollup rows, each part of its range from the
+// coarsest exact tier: whole UTC days from usage_rollup_1d (unbucketed
+// totals, and day buckets in UTC); whole UTC hours from usage_rollup_1h when
+// every hour of the range lies inside one bucket (unbucketed totals, and the
+// buckets of zones whose offset is a whole number of hours over the range,
+// decided once per query); quarter hours from usage_rollup_15m for the rest
+// (the partial hours at the ends, and zones with :30/:45 offsets such as
+// Asia/Kolkata). Results are the same whichever tiers are read (sums, and
+// sketches merged bucket-wise). Ranges are rounded to quarter hours (start
+// down, end up), the rollups' resolution.
 //
 // "Not reported": token measures (prompt_tokens ... reasoning_tokens) sum only
 // calls whose usage the provider reported; usage_reported_requests counts
@@ -254,8 +261,9 @@ class StatsStore {
   // Buckets of `bucket` in time zone `tz` (an IANA name known to the server's
   // pg_timezone_names; else kInvalidArgument naming it, param "tz") covering
   // `range`: local hours / local days (23 or 25 h on DST days), the first and
-  // last possibly partial. Values are exact sums of quarter-hour rollups
-  // (every tz offset is a multiple of 15 min). At most `max_buckets`, else
+  // last possibly partial. Values are exact sums of rollup rows (every tz
+  // offset is a multiple of 15 min; hour rows only where each UTC hour lies
+  // in one bucket). At most `max_buckets`, else
   // kInvalidArgument (param "bucket").
   Result<TimeseriesResult> Timeseries(const StatsRange& range, const StatsScope& scope, StatsGroup group,
                                       StatsBucket bucket, const std::string& tz, bool with_sketches,
