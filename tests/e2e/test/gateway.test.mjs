@@ -486,6 +486,18 @@ describe('tollgate end to end', { timeout: 180000 }, () => {
     assert.equal(rolled.rows[0].n, 3);
   });
 
+  test('usage prune creates the partitions a week ahead and keeps rows within retention', async () => {
+    const ahead = "'usage_events_p' || to_char((now() AT TIME ZONE 'UTC')::date + 7, 'YYYYMMDD')";
+    await db.query(`DO $$ BEGIN EXECUTE 'DROP TABLE IF EXISTS ' || ${ahead}; END $$`);
+    const before = (await db.query('SELECT count(*)::int AS n FROM usage_events')).rows[0].n;
+    const r = await runCliOk(['usage', 'prune', '--retention-days', '30'], { env: ctx.env });
+    assert.match(r.stdout, /^1 daily partitions created, 0 dropped \(raw rows older than 30 days removed\)/);
+    assert.equal((await db.query(`SELECT to_regclass(${ahead}) IS NOT NULL AS ok`)).rows[0].ok, true);
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM usage_events')).rows[0].n, before);
+    const bad = await runCli(['usage', 'prune', '--retention-days', '-1'], { env: ctx.env });
+    assert.equal(bad.code, 2);
+  });
+
   // ------------------------------------------------------------------ local model
 
   test('local model, chat, greedy: reproduces the reference text exactly', async () => {
