@@ -19,14 +19,15 @@
 // 32), so overall model popularity falls off like a Zipf law; 2 endpoints per
 // model on 12 providers, chosen at random; 20 apps (keys 0..19 mod 25; the
 // others send none); 3% errors (429/500/502/503), 2% usage not reported.
-// The rollups of each day are built by one INSERT ... SELECT per rollup table
-// that groups the day's raw rows exactly as tollgate_rollup_usage does (same
-// keys, measures and sketches; checked equal to it on the first day), which
-// is about 13 times faster than calling it on 333k rows.
+// The rollups of each day (quarter hours, hours, the day) are built by one
+// INSERT ... SELECT per rollup table that groups the day's raw rows exactly
+// as tollgate_rollup_usage does (same keys, measures and sketches; checked
+// equal to it on the first two hours), which is about 13 times faster than
+// calling it on 333k rows.
 //
 // The queries run as the dashboard asks them, at a simulated "now" of
-// yesterday 13:45 UTC (so windows have partial days from the quarter-hour
-// rollup as well as whole days from the daily one), `runs` times each after
+// yesterday 13:45 UTC (so windows have partial days from the hourly and
+// quarter-hour rollups as well as whole days from the daily one), `runs` times each after
 // one warm-up; p50 and p99 of the wall time of the StatsStore call (nearest
 // rank). "admin" is unscoped; "key" is the scope of the busiest key (id 1,
 // about 13% of all rows).
@@ -158,6 +159,7 @@ std::string RollupDaySql(const std::string& table, const std::string& bucket_sql
 }
 
 constexpr const char* kQuarter = "date_bin('15 minutes', created_at, 'epoch'::timestamptz)";
+constexpr const char* kHour = "date_bin('1 hour', created_at, 'epoch'::timestamptz)";
 constexpr const char* kDay = "date_trunc('day', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'";
 
 std::string Utc(system_clock::time_point t) {
@@ -296,28 +298,36 @@ int main(int argc, char** argv) {
     seed_raw_s += Seconds(t);
     t = Clock::now();
     Exec(conn, "BEGIN;" + RollupDaySql("usage_rollup_15m", kQuarter, lo) + ";" +
-                   RollupDaySql("usage_rollup_1d", kDay, lo) + ";COMMIT");
+                   RollupDaySql("usage_rollup_1h", kHour, lo) + ";" + RollupDaySql("usage_rollup_1d", kDay, lo) +
+                   ";COMMIT");
     seed_rollup_s += Seconds(t);
     if (d == days) {
       // The seeding rollup must equal the writer's: tollgate_rollup_usage on
       // the rows of the first two hours, into empty copies of the tables,
-      // against the seeded quarter hours of those two hours (the daily rows
-      // come from the same statement with the day as the bucket).
+      // against the seeded quarter hours and hours of those two hours (the
+      // daily rows come from the same statement with the day as the bucket).
       Exec(conn, "BEGIN; ALTER TABLE usage_rollup_15m RENAME TO seeded_15m;"
+                 " ALTER TABLE usage_rollup_1h RENAME TO seeded_1h;"
                  " ALTER TABLE usage_rollup_1d RENAME TO seeded_1d;"
                  " CREATE TABLE usage_rollup_15m (LIKE seeded_15m INCLUDING ALL);"
+                 " CREATE TABLE usage_rollup_1h (LIKE seeded_1h INCLUDING ALL);"
                  " CREATE TABLE usage_rollup_1d (LIKE seeded_1d INCLUDING ALL);"
                  " SELECT tollgate_rollup_usage(array_agg(u)) FROM usage_events u"
                  " WHERE created_at < '" + lo + "'::timestamptz + interval '2 hours'");
-      const std::string diff = Exec(
-          conn, "WITH s AS (SELECT * FROM seeded_15m WHERE bucket_start < '" + lo +
-                    "'::timestamptz + interval '2 hours')"
-                    " SELECT (SELECT count(*) FROM (SELECT * FROM usage_rollup_15m EXCEPT SELECT * FROM s) a)"
-                    " + (SELECT count(*) FROM (SELECT * FROM s EXCEPT SELECT * FROM usage_rollup_15m) b)"
-                    " + (SELECT CASE WHEN count(*) > 0 THEN 0 ELSE 1 END FROM s)");
+      std::string diff = "0";
+      for (const std::string tier : {"15m", "1h"}) {
+        const std::string seeded = "(SELECT * FROM seeded_" + tier + " WHERE bucket_start < '" + lo +
+                                   "'::timestamptz + interval '2 hours')";
+        const std::string d = Exec(
+            conn, "SELECT (SELECT count(*) FROM (SELECT * FROM usage_rollup_" + tier + " EXCEPT SELECT * FROM " +
+                      seeded + " s) a) + (SELECT count(*) FROM (SELECT * FROM " + seeded +
+                      " s EXCEPT SELECT * FROM usage_rollup_" + tier + ") b)"
+                      " + (SELECT CASE WHEN count(*) > 0 THEN 0 ELSE 1 END FROM " + seeded + " s)");
+        if (d != "0") diff = tier + ": " + d;
+      }
       Exec(conn, "ROLLBACK");
       if (diff != "0") Die("the seeding rollup differs from tollgate_rollup_usage in " + diff + " rows");
-      std::printf("seed rollup == tollgate_rollup_usage on the first 2 hours: yes\n");
+      std::printf("seed rollup == tollgate_rollup_usage on the first 2 hours (15m, 1h): yes\n");
     }
     std::fprintf(stderr, "seeded day -%d (%lld rows), %.0f s so far\n", d, static_cast<long long>(n),
                  seed_raw_s + seed_rollup_s);
@@ -328,8 +338,9 @@ int main(int argc, char** argv) {
   std::printf("seeded %lld rows over %d UTC days: raw rows + request ids %.0f s, rollups %.0f s, "
               "VACUUM ANALYZE %.0f s\n",
               static_cast<long long>(rows), days, seed_raw_s, seed_rollup_s, vacuum_s);
-  std::printf("rollup rows: 15m %s, 1d %s; database %s\n",
+  std::printf("rollup rows: 15m %s, 1h %s, 1d %s; database %s\n",
               Exec(conn, "SELECT count(*) FROM usage_rollup_15m").c_str(),
+              Exec(conn, "SELECT count(*) FROM usage_rollup_1h").c_str(),
               Exec(conn, "SELECT count(*) FROM usage_rollup_1d").c_str(),
               Exec(conn, "SELECT pg_size_pretty(pg_database_size(current_database()))").c_str());
 
