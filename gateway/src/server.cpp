@@ -217,7 +217,7 @@ struct Services {
   std::unique_ptr<billing::CreditGuard> guard;
   std::unique_ptr<billing::RateLimiter> limiter;
   std::unique_ptr<billing::GenerationStore> generations;
-  std::unique_ptr<billing::StatsStore> stats;  // blocking: on the `blocking` pool only
+  std::unique_ptr<billing::StatsStore> stats;  // blocking: on the `stats_pool` only
   std::unique_ptr<billing::AccountStore> accounts;  // blocking: on the `blocking` pool only
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<GuardAdmission> admission;
@@ -226,6 +226,12 @@ struct Services {
   // The local engines by model file stem (owned by RunServer, outliving the loop).
   std::vector<std::pair<std::string, const local_backend::LocalProvider*>> engines;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
+  // Stats queries apart (a long series must not delay key and generation
+  // lookups): 2 threads, as many as StatsStore's connections; at most
+  // kMaxStatsRequests running or queued, more are answered 503.
+  static constexpr int kMaxStatsRequests = 16;
+  asio::thread_pool stats_pool{2};
+  std::atomic<int> stats_requests{0};
   asio::thread_pool key_reloads{1};     // reloads for key-cache misses, one at a time
   Clock::time_point last_miss_reload;  // when the last miss reload began; key_reloads' thread only
   std::atomic<bool> stopping{false};
@@ -668,7 +674,7 @@ class Connection {
   }
 
   // GET /v1/stats/..., /v1/datasets/..., /v1/activity (gateway/src/stats_api.hpp)
-  // on the blocking pool; the key cache answers who the bearer is first.
+  // on the stats pool; the key cache answers who the bearer is first.
   awaitable<Response> HandleStatsRequest(const Request& req, boost::urls::url_view url, const std::string& route) {
     StatsRequest stats;
     stats.route = route;
@@ -684,10 +690,17 @@ class Connection {
         stats.auth_error = AuthError(req, key);
       }
     }
+    if (s_.stats_requests.fetch_add(1) >= Services::kMaxStatsRequests) {
+      --s_.stats_requests;
+      co_return ErrorResponse(req, Error{ErrorCode::kUnavailable, "too many statistics queries at once; try again",
+                                         "", "stats_busy"});
+    }
     auto handle = [this, stats = std::move(stats)]() -> awaitable<StatsResponse> {
-      co_return HandleStats(stats, s_.stats.get());
+      StatsResponse r = HandleStats(stats, s_.stats.get());
+      --s_.stats_requests;
+      co_return r;
     };
-    StatsResponse answer = co_await asio::co_spawn(s_.blocking, handle, asio::use_awaitable);
+    StatsResponse answer = co_await asio::co_spawn(s_.stats_pool, handle, asio::use_awaitable);
     co_return MakeResponse(req, answer.status, std::move(answer.body), answer.content_type);
   }
 
@@ -1438,6 +1451,7 @@ int Serve(const Config& config, const ServeOptions& options) {
     ioc.run();
     for (auto& t : pool) t.join();
     services.blocking.join();
+    services.stats_pool.join();
     services.key_reloads.join();
     // The local engines' workers may still post to the (stopped) loop; join
     // them while it exists. Then the remote providers, then the loop itself
