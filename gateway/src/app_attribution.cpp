@@ -3,6 +3,7 @@
 #include "tollgate/core/text.hpp"
 
 #include <cctype>
+#include <limits>
 
 namespace tollgate::gateway {
 namespace {
@@ -22,8 +23,16 @@ std::string Lower(std::string_view s) {
   return out;
 }
 
+bool IsHostChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+         c == '_';
+}
+
 // The origin of an http(s) URL (RFC 3986 section 3 for the parts, RFC 6454
-// section 6.2 for the serialisation), or "" when `url` is not one.
+// section 6.2 for the serialisation), or "" when `url` is not one: another
+// scheme, no host, a host with other characters than ASCII letters, digits,
+// '.', '-', '_' (or an IPv6 literal of hex digits, ':' and '.'), a port that
+// is not 1..65535. User info before '@' is never part of the result.
 std::string Origin(std::string_view url) {
   const std::string lower = Lower(url.substr(0, 8));
   std::string scheme;
@@ -35,7 +44,7 @@ std::string Origin(std::string_view url) {
     return "";
   }
   std::string_view rest = url.substr(scheme.size() + 3);
-  std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+  std::string_view authority = rest.substr(0, rest.find_first_of("/?#\\"));
   if (size_t at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
   std::string_view host = authority, port;
   if (authority.starts_with('[')) {  // IPv6 literal
@@ -51,22 +60,29 @@ std::string Origin(std::string_view url) {
       if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':' && c != '.') return "";
     }
   } else {
-    if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    if (size_t colon = authority.find(':'); colon != std::string_view::npos) {
       host = authority.substr(0, colon);
       port = authority.substr(colon + 1);
     }
-    if (host.empty()) return "";
+    if (host.empty() || host.size() > 253) return "";
     for (char c : host) {
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != '~') return "";
+      if (!IsHostChar(c)) return "";
     }
   }
-  if (port.size() > 5) return "";
-  for (char c : port) {
-    if (!std::isdigit(static_cast<unsigned char>(c))) return "";
+  // An empty port (RFC 3986 "https://host:/") is the default one.
+  unsigned port_number = 0;
+  if (!port.empty()) {
+    if (port.size() > 5) return "";
+    for (char c : port) {
+      if (c < '0' || c > '9') return "";
+      port_number = port_number * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (port_number < 1 || port_number > 65535) return "";
   }
   std::string origin = scheme + "://" + Lower(host);
-  const bool default_port = port.empty() || (scheme == "http" && port == "80") || (scheme == "https" && port == "443");
-  if (!default_port) origin += ":" + std::string(port);
+  const bool default_port =
+      port_number == 0 || (scheme == "http" && port_number == 80) || (scheme == "https" && port_number == 443);
+  if (!default_port) origin += ":" + std::to_string(port_number);
   return origin;
 }
 
@@ -104,10 +120,13 @@ std::string CleanHeaderText(std::string_view value, size_t max_bytes) {
 AppAttribution AppFromHeaders(std::string_view referer, std::string_view title) {
   AppAttribution a;
   a.app_title = CleanHeaderText(title);
-  const std::string ref = CleanHeaderText(referer);
-  if (!ref.empty()) {
-    const std::string origin = Origin(ref);
-    a.app = origin.empty() ? ref : CutUtf8(origin, kMaxAppBytes);
+  // Only ever an origin: the rest of a referer (path, query, user info) can
+  // hold secrets, and the app id is shown to other keys (app rankings). The
+  // whole referer is parsed (a cut could shorten its port); an origin longer
+  // than kMaxAppBytes counts as none (a cut one would be another origin).
+  const std::string origin = Origin(CleanHeaderText(referer, std::numeric_limits<size_t>::max()));
+  if (!origin.empty() && origin.size() <= kMaxAppBytes) {
+    a.app = origin;
   } else if (!a.app_title.empty()) {
     a.app = CutUtf8("title:" + a.app_title, kMaxAppBytes);
   }

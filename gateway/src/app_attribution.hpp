@@ -12,11 +12,16 @@
 namespace tollgate::gateway {
 
 struct AppAttribution {
-  // The app id: the referer's origin when it is an http(s) URL (RFC 6454
-  // section 6.2 serialisation, lowercased, without user info, path, query,
-  // fragment or the scheme's default port: "https://example.com",
-  // "http://localhost:3000"); otherwise the referer as sent; without a
-  // referer "title:<app_title>"; empty when neither header gave anything.
+  // The app id: the referer's origin when it is an http(s) URL with a valid
+  // host and port (RFC 6454 section 6.2 serialisation, lowercased: scheme,
+  // host of ASCII letters, digits, '.', '-', '_' or an IPv6 literal, port
+  // 1..65535 unless the scheme's default: "https://example.com",
+  // "http://localhost:3000"). Never anything else of the referer: user info
+  // ("user:pass@") is stripped, path, query and fragment too, and a referer
+  // that yields no valid origin (another scheme, odd host characters, a bad
+  // port, no URL at all) contributes nothing, since the app id is shown to
+  // other keys (app rankings) and a referer can carry secrets. Without an
+  // origin: "title:<app_title>"; empty when neither header gave anything.
   std::string app;
   std::string app_title;  // X-Title (else X-OpenRouter-Title); empty = none
   friend bool operator==(const AppAttribution&, const AppAttribution&) = default;

@@ -24,12 +24,32 @@ TEST(AppAttribution, DefaultPortsAndUserInfoAreNotPartOfTheOrigin) {
   EXPECT_EQ(AppFromHeaders("http://[::1]:8080/x", "").app, "http://[::1]:8080");
 }
 
-TEST(AppAttribution, AnythingElseIsKeptRaw) {
-  EXPECT_EQ(AppFromHeaders("my-cli-tool", "").app, "my-cli-tool");
-  EXPECT_EQ(AppFromHeaders("ftp://example.com/x", "").app, "ftp://example.com/x");
-  EXPECT_EQ(AppFromHeaders("https:///nohost", "").app, "https:///nohost");
-  EXPECT_EQ(AppFromHeaders("https://exa mple.com/", "").app, "https://exa mple.com/");
-  EXPECT_EQ(AppFromHeaders("https://example.com:99999999/", "").app, "https://example.com:99999999/");
+TEST(AppAttribution, OnlyAnOriginIsEverKept) {
+  // A referer that yields no valid origin contributes nothing: its raw text
+  // (path, query: secrets) must never become the app id, which other keys see.
+  for (const char* referer : {"my-cli-tool", "ftp://example.com/x", "https:///nohost", "https://exa mple.com/",
+                              "https://example.com:99999999/", "https://example.com:123456/cb?api_key=SECRET123",
+                              "https://example.com:0/", "https://example.com:65536/x?k=SECRET123",
+                              "https://example.com:8o/?k=SECRET123", "javascript:alert(1)//?k=SECRET123",
+                              "https://ex%61mple.com/?k=SECRET123", "https://ex\xc3\xa4mple.com/?k=SECRET123",
+                              "https://user:SECRET123@exa*mple.com/", "https://user:SECRET123@/x",
+                              "https://[zz::1]/?k=SECRET123", "https://[::1/?k=SECRET123"}) {
+    EXPECT_EQ(AppFromHeaders(referer, ""), App("", "")) << referer;
+    EXPECT_EQ(AppFromHeaders(referer, "Cline"), App("title:Cline", "Cline")) << referer;
+  }
+  // User info of a valid URL is stripped; ports are kept by value.
+  EXPECT_EQ(AppFromHeaders("https://user:SECRET123@Example.com:8443/cb?api_key=SECRET123", "").app,
+            "https://example.com:8443");
+  EXPECT_EQ(AppFromHeaders("https://SECRET123@example.com", "").app, "https://example.com");
+  EXPECT_EQ(AppFromHeaders("https://example.com:65535/", "").app, "https://example.com:65535");
+  EXPECT_EQ(AppFromHeaders("https://example.com:0443/", "").app, "https://example.com");
+  EXPECT_EQ(AppFromHeaders("https://example.com:/", "").app, "https://example.com");
+  EXPECT_EQ(AppFromHeaders("http://example.com\\evil?k=1", "").app, "http://example.com");
+  // A host longer than the stored id: none (a cut origin would be another one).
+  EXPECT_EQ(AppFromHeaders("https://" + std::string(230, 'h') + ".com/", "").app, "");
+  // The port is read from the whole referer, not from a cut at 200 bytes.
+  EXPECT_EQ(AppFromHeaders("https://" + std::string(180, 'h') + ":8080/" + std::string(300, 'p'), "").app,
+            "https://" + std::string(180, 'h') + ":8080");
 }
 
 TEST(AppAttribution, TitleAloneNamesTheApp) {
@@ -64,7 +84,7 @@ TEST(AppAttribution, CutTo200BytesOnACharacterBoundary) {
   EXPECT_EQ(CleanHeaderText(emoji, 7).size(), 4u);
   std::string referer = "https://example.com/" + std::string(500, 'p');
   EXPECT_EQ(AppFromHeaders(referer, "").app, "https://example.com");
-  EXPECT_EQ(AppFromHeaders(std::string(300, 'r'), "").app, std::string(200, 'r'));
+  EXPECT_EQ(AppFromHeaders(std::string(300, 'r'), "").app, "");
 }
 
 }  // namespace
