@@ -681,6 +681,7 @@ class Connection {
     for (const auto& param : url.params()) stats.query[std::string(param.key)] = std::string(param.value);
     stats.authorization = "Bearer " + std::string(BearerKey(req));  // also x-api-key
     stats.admin_token = s_.config->billing.admin_token;
+    stats.error_flavor = FlavorOf(req);
     if (!IsAdminToken(req)) {
       std::optional<billing::KeyRecord> key = co_await Authenticate(req);
       if (Usable(key)) {

@@ -1,6 +1,7 @@
 #include "stats_api.hpp"
 
 #include "tollgate/billing/account_store.hpp"
+#include "tollgate/core/text.hpp"
 
 #include <boost/json.hpp>
 
@@ -8,6 +9,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <iostream>
 #include <variant>
 
 namespace tollgate::gateway {
@@ -70,10 +72,15 @@ std::string JsonRows(const std::vector<Row>& rows) {
   return out + ']';
 }
 
+// A CSV cell, decided per column by the cell's type: numeric columns
+// (int64, double) are written as numbers, negative ones included, so a
+// spreadsheet reads them as numbers; text columns (model, key, label, app,
+// title, error code, ...: names callers choose) go through CsvTextField,
+// which neutralises formulas (OWASP "CSV Injection").
 std::string CsvCell(const Cell& c) {
   if (const auto* i = std::get_if<int64_t>(&c)) return std::to_string(*i);
   if (const auto* d = std::get_if<double>(&c)) return std::isfinite(*d) ? Number(*d) : "";
-  if (const auto* s = std::get_if<std::string>(&c)) return CsvField(*s);
+  if (const auto* s = std::get_if<std::string>(&c)) return CsvTextField(*s);
   if (const auto* b = std::get_if<bool>(&c)) return *b ? "true" : "false";
   return "";  // null: an empty field
 }
@@ -92,12 +99,32 @@ std::string Csv(const Row& header, const std::vector<Row>& rows) {
 
 StatsResponse JsonReply(std::string body) { return StatsResponse{200, std::move(body), "application/json"}; }
 StatsResponse CsvReply(std::string body) { return StatsResponse{200, std::move(body), "text/csv; charset=utf-8"}; }
-StatsResponse Fail(const Error& e) { return StatsResponse{HttpStatus(e.code), ErrorBody(e), "application/json"}; }
-StatsResponse StoreFail(const Error& e) {
-  if (e.code == ErrorCode::kUnavailable) {
-    return Fail(Error{ErrorCode::kUnavailable, "the usage database is unavailable; try again", "", {}});
+// The error in the caller's flavor (OpenRouter's under /api/v1: an integer
+// `code`, which @openrouter/sdk needs to raise its typed errors).
+StatsResponse Fail(const StatsRequest& r, const Error& e) {
+  return StatsResponse{HttpStatus(e.code), ErrorBody(e, r.error_flavor), "application/json"};
+}
+
+// One line on stderr, control characters flattened (a database message can
+// span lines).
+void LogStatsError(std::string_view what, std::string_view detail) {
+  std::string line = "tollgate: stats: " + std::string(what) + ": " + ValidUtf8(detail.substr(0, 2000));
+  for (char& c : line) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   }
-  return Fail(e);
+  std::cerr << line << '\n';
+}
+
+// A StatsStore error: its own parameter checks (tz, bucket count) go out as
+// they are; the database's text never reaches the client (it can quote SQL
+// and values of other rows): a generic 503 or 500, the details in the log.
+StatsResponse StoreFail(const StatsRequest& r, const Error& e) {
+  if (e.code == ErrorCode::kInvalidArgument) return Fail(r, e);
+  if (!e.message.empty()) LogStatsError(r.route, e.message);
+  if (e.code == ErrorCode::kUnavailable) {
+    return Fail(r, Error{ErrorCode::kUnavailable, "the usage database is unavailable; try again", "", {}});
+  }
+  return Fail(r, Error{ErrorCode::kInternal, "internal error while reading usage statistics", "", {}});
 }
 
 // ------------------------------------------------------------------ time
@@ -152,6 +179,15 @@ std::string FormatLocal(StatsTime t, int offset_minutes) {
 
 std::chrono::sys_days Today(StatsTime now) { return std::chrono::floor<std::chrono::days>(now); }
 
+// The times the API accepts: [2000-01-01, 2200-01-01] UTC. Usage rows are
+// never older, and system_clock (nanoseconds since 1970 in an int64) holds
+// only 1677..2262: anything further would wrap around silently.
+constexpr std::chrono::sys_days kFirstDay{std::chrono::year(2000) / 1 / 1};
+constexpr std::chrono::sys_days kEndDay{std::chrono::year(2200) / 1 / 1};
+static_assert(kEndDay < std::chrono::floor<std::chrono::days>(StatsTime::max()) &&
+              kFirstDay > std::chrono::ceil<std::chrono::days>(StatsTime::min()));
+constexpr const char* kRangeText = "between 2000-01-01 and 2200-01-01";
+
 // ------------------------------------------------------------------ parameters
 
 const std::string* Param(const StatsRequest& r, const std::string& name) {
@@ -187,6 +223,24 @@ Result<void> Unsupported(const StatsRequest& r, const std::vector<std::string>& 
   return {};
 }
 
+// Every parameter value is UTF-8 text of at most kMaxParamBytes bytes
+// without NUL (PostgreSQL refuses anything else, and no value of this API is
+// longer): 400 naming the parameter. A parameter whose name is not UTF-8 is
+// none of ours and is ignored like any unknown one.
+constexpr size_t kMaxParamBytes = 256;
+Result<void> CheckText(const StatsRequest& r) {
+  for (const auto& [name, value] : r.query) {
+    if (name.size() > 64 || ValidUtf8(name) != name) continue;
+    if (value.size() > kMaxParamBytes) {
+      return InvalidArgument(name + " is longer than " + std::to_string(kMaxParamBytes) + " bytes", name);
+    }
+    if (value.find('\0') != std::string::npos || ValidUtf8(value) != value) {
+      return InvalidArgument(name + " must be UTF-8 text", name);
+    }
+  }
+  return {};
+}
+
 struct Window {
   StatsRange range;
   std::string name;  // "1h", "24h", "7d", "30d" or "custom"
@@ -194,8 +248,23 @@ struct Window {
 
 Result<StatsTime> ParseTime(const StatsRequest& r, const std::string& name, bool end_of_day) {
   const std::string& v = *Param(r, name);
-  if (auto day = ParseDate(v)) return StatsTime(*day + std::chrono::days(end_of_day ? 1 : 0));
-  if (auto t = billing::ParseTimestamp(v)) return *t;
+  auto out_of_range = [&] { return InvalidArgument(name + " must be " + kRangeText, name); };
+  if (auto day = ParseDate(v)) {
+    // Compared as days, before the conversion to the clock could overflow.
+    const std::chrono::sys_days d = *day + std::chrono::days(end_of_day ? 1 : 0);
+    if (d < kFirstDay || d > kEndDay) return out_of_range();
+    return StatsTime(d);
+  }
+  // The year first: ParseTimestamp's result wraps for years the clock cannot hold.
+  int year = 0;
+  if (v.size() >= 4 && std::from_chars(v.data(), v.data() + 4, year).ec == std::errc() &&
+      (year < 1999 || year > 2200)) {
+    return out_of_range();
+  }
+  if (auto t = billing::ParseTimestamp(v)) {
+    if (*t < StatsTime(kFirstDay) || *t > StatsTime(kEndDay)) return out_of_range();
+    return *t;
+  }
   return InvalidArgument(name + " must be an RFC 3339 time (2026-12-04T10:00:00Z) or a date (2026-12-04)", name);
 }
 
@@ -211,7 +280,7 @@ Result<Window> ParseWindow(const StatsRequest& r) {
     w.range.end = *end;
     w.name = "custom";
   }
-  w.range.start = w.range.end - length;
+  w.range.start = std::max(w.range.end - length, StatsTime(kFirstDay));
   if (Param(r, "start")) {
     auto start = ParseTime(r, "start", false);
     if (!start) return start.error();
@@ -233,12 +302,16 @@ Result<Dates> ParseDates(const StatsRequest& r, int days) {
   if (const std::string* v = Param(r, "end_date")) {
     auto d = ParseDate(*v);
     if (!d) return InvalidArgument("end_date must be a date (YYYY-MM-DD)", "end_date");
+    if (*d < kFirstDay || *d >= kEndDay) return InvalidArgument(std::string("end_date must be ") + kRangeText, "end_date");
     end = *d;
   }
   std::chrono::sys_days start = end - std::chrono::days(days - 1);
   if (const std::string* v = Param(r, "start_date")) {
     auto d = ParseDate(*v);
     if (!d) return InvalidArgument("start_date must be a date (YYYY-MM-DD)", "start_date");
+    if (*d < kFirstDay || *d >= kEndDay) {
+      return InvalidArgument(std::string("start_date must be ") + kRangeText, "start_date");
+    }
     start = *d;
   }
   if (start > end) return InvalidArgument("start_date must not be after end_date", "start_date");
@@ -320,11 +393,11 @@ std::string WindowJson(const Window& w) {
 
 StatsResponse Models(const StatsRequest& r, StatsStore* store, bool csv) {
   auto w = ParseWindow(r);
-  if (!w) return Fail(w.error());
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!w) return Fail(r, w.error());
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   const StatsRange previous{w->range.start - (w->range.end - w->range.start), w->range.start};
   auto rankings = store->ModelRankings(w->range, previous);
-  if (!rankings) return StoreFail(rankings.error());
+  if (!rankings) return StoreFail(r, rankings.error());
   auto order = [](auto tokens) {
     return [tokens](const billing::ModelRanking* a, const billing::ModelRanking* b) {
       return tokens(*a) != tokens(*b) ? tokens(*a) > tokens(*b) : a->model < b->model;
@@ -391,14 +464,14 @@ Row CostRow(const std::string& key, const std::string& label, const StatsMeasure
 
 StatsResponse Cost(const StatsRequest& r, const Caller& caller, StatsStore* store, bool csv) {
   auto w = ParseWindow(r);
-  if (!w) return Fail(w.error());
+  if (!w) return Fail(r, w.error());
   auto group_name = EnumParam(r, "group_by", {"model", "provider", "endpoint", "key", "account", "app"});
-  if (!group_name) return Fail(group_name.error());
+  if (!group_name) return Fail(r, group_name.error());
   auto scope = ScopeOf(caller, r);
-  if (!scope) return Fail(scope.error());
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!scope) return Fail(r, scope.error());
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   auto groups = store->Aggregate(w->range, *scope, *billing::ParseStatsGroup(*group_name));
-  if (!groups) return StoreFail(groups.error());
+  if (!groups) return StoreFail(r, groups.error());
   std::sort(groups->begin(), groups->end(), [](const billing::StatsGroupRow& a, const billing::StatsGroupRow& b) {
     return a.measures.cost != b.measures.cost ? a.measures.cost > b.measures.cost : a.key < b.key;
   });
@@ -438,26 +511,26 @@ double SortValue(const Cell& c) {
 StatsResponse Timeseries(const StatsRequest& r, const Caller& caller, StatsStore* store, bool csv) {
   constexpr size_t kMaxSeries = 20;
   auto w = ParseWindow(r);
-  if (!w) return Fail(w.error());
+  if (!w) return Fail(r, w.error());
   auto metric = EnumParam(r, "metric", {"tokens", "cost", "requests", "errors", "latency_p50", "latency_p90",
                                         "ttft_p50", "ttft_p90", "throughput"});
-  if (!metric) return Fail(metric.error());
+  if (!metric) return Fail(r, metric.error());
   auto group_name = EnumParam(r, "group_by", {"none", "model", "provider", "endpoint", "key", "account", "app"});
-  if (!group_name) return Fail(group_name.error());
+  if (!group_name) return Fail(r, group_name.error());
   const bool short_range = w->range.end - w->range.start <= std::chrono::hours(72);
   auto bucket = EnumParam(r, "bucket", short_range ? std::vector<std::string>{"hour", "day"}
                                                    : std::vector<std::string>{"day", "hour"});
-  if (!bucket) return Fail(bucket.error());
+  if (!bucket) return Fail(r, bucket.error());
   const std::string tz = Param(r, "tz") ? *Param(r, "tz") : "UTC";
-  if (tz.size() > 64) return Fail(InvalidArgument("tz must be an IANA time zone name", "tz"));
+  if (tz.size() > 64) return Fail(r, InvalidArgument("tz must be an IANA time zone name", "tz"));
   auto scope = ScopeOf(caller, r);
-  if (!scope) return Fail(scope.error());
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!scope) return Fail(r, scope.error());
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   const bool sketches = !Additive(*metric) && *metric != "throughput";
   auto ts = store->Timeseries(w->range, *scope, *billing::ParseStatsGroup(*group_name),
                               *bucket == "hour" ? billing::StatsBucket::kHour : billing::StatsBucket::kDay, tz,
                               sketches);
-  if (!ts) return StoreFail(ts.error());
+  if (!ts) return StoreFail(r, ts.error());
 
   struct Series {
     std::string key, label;
@@ -540,12 +613,12 @@ Row ProviderRow(const billing::ProviderStatsRow& p) {
 
 StatsResponse Providers(const StatsRequest& r, const Caller& caller, StatsStore* store, bool csv) {
   auto w = ParseWindow(r);
-  if (!w) return Fail(w.error());
+  if (!w) return Fail(r, w.error());
   auto scope = ScopeOf(caller, r);
-  if (!scope) return Fail(scope.error());
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!scope) return Fail(r, scope.error());
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   auto providers = store->ProviderStats(w->range, *scope);
-  if (!providers) return StoreFail(providers.error());
+  if (!providers) return StoreFail(r, providers.error());
   std::vector<Row> rows;
   for (const auto& p : *providers) rows.push_back(ProviderRow(p));
   if (csv) return CsvReply(Csv(ProviderRow({}), rows));
@@ -583,9 +656,9 @@ Row CallJson(const billing::CallRow& c) {
 
 StatsResponse Calls(const StatsRequest& r, const Caller& caller, StatsStore* store, bool csv) {
   auto w = ParseWindow(r);
-  if (!w) return Fail(w.error());
+  if (!w) return Fail(r, w.error());
   auto scope = ScopeOf(caller, r);
-  if (!scope) return Fail(scope.error());
+  if (!scope) return Fail(r, scope.error());
   billing::CallFilter f;
   f.range = w->range;
   f.scope = *scope;
@@ -607,25 +680,30 @@ StatsResponse Calls(const StatsRequest& r, const Caller& caller, StatsStore* sto
     } else if (ec == std::errc() && end == v->data() + v->size() && code >= 100 && code <= 599) {
       f.status_min = f.status_max = code;
     } else {
-      return Fail(InvalidArgument("status must be an HTTP status (200), 4xx, 5xx, error or ok", "status"));
+      return Fail(r, InvalidArgument("status must be an HTTP status (200), 4xx, 5xx, error or ok", "status"));
     }
   }
   auto limit = IntParam(r, "limit", 1, 500);
-  if (!limit) return Fail(limit.error());
+  if (!limit) return Fail(r, limit.error());
   f.limit = static_cast<int>(limit->value_or(50));
   if (const std::string* v = Param(r, "cursor")) {
     // "<created_at in epoch microseconds>.<request id>" (next_cursor as given).
     const size_t dot = v->find('.');
     int64_t micros = 0;
     auto [end, ec] = std::from_chars(v->data(), v->data() + (dot == std::string::npos ? 0 : dot), micros);
-    if (dot == std::string::npos || ec != std::errc() || end != v->data() + dot || dot + 1 >= v->size()) {
-      return Fail(InvalidArgument("cursor must be a next_cursor value of this API", "cursor"));
+    // Bounded like start/end before it becomes a clock time (which could wrap).
+    constexpr int64_t kFirstMicros =
+        std::chrono::duration_cast<std::chrono::microseconds>(kFirstDay.time_since_epoch()).count();
+    constexpr int64_t kEndMicros = std::chrono::duration_cast<std::chrono::microseconds>(kEndDay.time_since_epoch()).count();
+    if (dot == std::string::npos || ec != std::errc() || end != v->data() + dot || dot + 1 >= v->size() ||
+        micros < kFirstMicros || micros > kEndMicros) {
+      return Fail(r, InvalidArgument("cursor must be a next_cursor value of this API", "cursor"));
     }
     f.cursor = billing::CallCursor{StatsTime(std::chrono::microseconds(micros)), v->substr(dot + 1)};
   }
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   auto page = store->Calls(f);
-  if (!page) return StoreFail(page.error());
+  if (!page) return StoreFail(r, page.error());
   std::vector<Row> rows;
   for (const auto& c : page->rows) rows.push_back(CallJson(c));
   if (csv) return CsvReply(Csv(CallJson({}), rows));
@@ -643,17 +721,17 @@ std::string MetaJson(const StatsRequest& r, const Dates& d) {
 }
 
 StatsResponse RankingsDaily(const StatsRequest& r, StatsStore* store, bool csv) {
-  if (auto ok = Unsupported(r, {"modality", "context_bucket", "category", "language_type"}); !ok) return Fail(ok.error());
+  if (auto ok = Unsupported(r, {"modality", "context_bucket", "category", "language_type"}); !ok) return Fail(r, ok.error());
   auto period = EnumParam(r, "period", {"day", "week", "month"});
-  if (!period) return Fail(period.error());
+  if (!period) return Fail(r, period.error());
   auto dates = ParseDates(r, 30);
-  if (!dates) return Fail(dates.error());
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!dates) return Fail(r, dates.error());
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   auto ranks = store->RankingsDaily(dates->start, dates->end,
                                     *period == "day"    ? billing::DatasetPeriod::kDay
                                     : *period == "week" ? billing::DatasetPeriod::kWeek
                                                         : billing::DatasetPeriod::kMonth);
-  if (!ranks) return StoreFail(ranks.error());
+  if (!ranks) return StoreFail(r, ranks.error());
   std::vector<Row> rows;
   for (const auto& d : *ranks) {
     // total_tokens is a string in OpenRouter's schema (it can exceed 2^53).
@@ -664,19 +742,19 @@ StatsResponse RankingsDaily(const StatsRequest& r, StatsStore* store, bool csv) 
 }
 
 StatsResponse AppRankings(const StatsRequest& r, StatsStore* store, bool csv) {
-  if (auto ok = Unsupported(r, {"category", "subcategory"}); !ok) return Fail(ok.error());
+  if (auto ok = Unsupported(r, {"category", "subcategory"}); !ok) return Fail(r, ok.error());
   auto sort = EnumParam(r, "sort", {"popular"});
-  if (!sort) return Fail(sort.error());
+  if (!sort) return Fail(r, sort.error());
   auto limit = IntParam(r, "limit", 1, 500);
-  if (!limit) return Fail(limit.error());
+  if (!limit) return Fail(r, limit.error());
   auto offset = IntParam(r, "offset", 0, 1'000'000);
-  if (!offset) return Fail(offset.error());
+  if (!offset) return Fail(r, offset.error());
   auto dates = ParseDates(r, 30);
-  if (!dates) return Fail(dates.error());
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!dates) return Fail(r, dates.error());
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   auto apps = store->AppRankings(dates->start, dates->end, static_cast<int>(limit->value_or(50)),
                                  static_cast<int>(offset->value_or(0)));
-  if (!apps) return StoreFail(apps.error());
+  if (!apps) return StoreFail(r, apps.error());
   std::vector<Row> rows;
   for (const auto& a : *apps) {
     rows.push_back(Row{{"rank", a.rank}, {"app_id", a.app_id}, {"app_name", a.app_name}, {"app", a.app},
@@ -705,18 +783,24 @@ Row ActivityJson(const billing::ActivityRow& a) {
 }
 
 StatsResponse Activity(const StatsRequest& r, const Caller& caller, StatsStore* store, bool csv) {
-  if (auto ok = Unsupported(r, {"group_by", "workspace_id", "api_key_hash", "user_id"}); !ok) return Fail(ok.error());
+  if (auto ok = Unsupported(r, {"group_by", "workspace_id", "api_key_hash", "user_id"}); !ok) return Fail(r, ok.error());
   auto scope = ScopeOf(caller, r);
-  if (!scope) return Fail(scope.error());
+  if (!scope) return Fail(r, scope.error());
   // The last 30 UTC days, today included (OpenRouter: the 30 completed days).
   Dates dates{FormatDate(Today(r.now) - std::chrono::days(29)), FormatDate(Today(r.now))};
   if (const std::string* v = Param(r, "date")) {
-    if (!ParseDate(*v)) return Fail(InvalidArgument("date must be a date (YYYY-MM-DD)", "date"));
+    // OpenRouter: "a single UTC date in the last 30 days".
+    auto day = ParseDate(*v);
+    if (!day) return Fail(r, InvalidArgument("date must be a date (YYYY-MM-DD)", "date"));
+    if (*day < Today(r.now) - std::chrono::days(29) || *day > Today(r.now)) {
+      return Fail(r, InvalidArgument("date must be a UTC date in the last 30 days (" + dates.start + " to " + dates.end + ")",
+                                     "date"));
+    }
     dates = Dates{*v, *v};
   }
-  if (!store) return StoreFail(Error{ErrorCode::kUnavailable, "", "", {}});
+  if (!store) return StoreFail(r, Error{ErrorCode::kUnavailable, "", "", {}});
   auto activity = store->Activity(dates.start, dates.end, *scope);
-  if (!activity) return StoreFail(activity.error());
+  if (!activity) return StoreFail(r, activity.error());
   std::vector<Row> rows;
   for (const auto& a : *activity) rows.push_back(ActivityJson(a));
   if (csv) return CsvReply(Csv(ActivityJson({}), rows));
@@ -735,6 +819,15 @@ std::string CsvField(const std::string& value) {
   return out + '"';
 }
 
+std::string CsvTextField(const std::string& value) {
+  // OWASP CSV Injection: a cell starting with = + - @ TAB or CR is taken for a
+  // formula by spreadsheets; a leading single quote makes it text.
+  if (!value.empty() && std::string_view("=+-@\t\r").find(value.front()) != std::string_view::npos) {
+    return CsvField("'" + value);
+  }
+  return CsvField(value);
+}
+
 bool IsStatsRoute(const std::string& route) {
   return route == "/v1/stats/models" || route == "/v1/stats/cost" || route == "/v1/stats/timeseries" ||
          route == "/v1/stats/providers" || route == "/v1/stats/calls" || route == "/v1/datasets/rankings-daily" ||
@@ -744,9 +837,10 @@ bool IsStatsRoute(const std::string& route) {
 StatsResponse HandleStats(const StatsRequest& r, StatsStore* store) {
   try {
     auto caller = Authenticate(r);
-    if (!caller) return Fail(caller.error());
+    if (!caller) return Fail(r, caller.error());
+    if (auto ok = CheckText(r); !ok) return Fail(r, ok.error());
     auto format = EnumParam(r, "format", {"json", "csv"});
-    if (!format) return Fail(format.error());
+    if (!format) return Fail(r, format.error());
     const bool csv = *format == "csv";
     if (r.route == "/v1/stats/models") return Models(r, store, csv);
     if (r.route == "/v1/stats/cost") return Cost(r, *caller, store, csv);
@@ -756,9 +850,10 @@ StatsResponse HandleStats(const StatsRequest& r, StatsStore* store) {
     if (r.route == "/v1/datasets/rankings-daily") return RankingsDaily(r, store, csv);
     if (r.route == "/v1/datasets/app-rankings") return AppRankings(r, store, csv);
     if (r.route == "/v1/activity") return Activity(r, *caller, store, csv);
-    return Fail(Error{ErrorCode::kNotFound, "no route " + r.route.substr(0, 200), "", "unknown_url"});
+    return Fail(r, Error{ErrorCode::kNotFound, "no route " + r.route.substr(0, 200), "", "unknown_url"});
   } catch (const std::exception& e) {
-    return Fail(Error{ErrorCode::kInternal, std::string("stats: ") + e.what(), "", {}});
+    LogStatsError(r.route, e.what());
+    return Fail(r, Error{ErrorCode::kInternal, "internal error while reading usage statistics", "", {}});
   }
 }
 

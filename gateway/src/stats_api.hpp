@@ -28,9 +28,13 @@
 // row, CRLF, fields with , " CR LF quoted, quotes doubled; null is an empty
 // field) on every route; timeseries as long rows bucket,key,label,value.
 //
-// Errors: OpenAI error shape (core ErrorBody): 400 with `param` naming the
-// bad parameter, 401, 403 (a key asking for another key's or account's rows),
-// 503 (database unreachable), 500.
+// Errors: core ErrorBody in StatsRequest::error_flavor (the server passes
+// FlavorOf(req): OpenRouter's shape, integer `code`, under /api/v1, else
+// OpenAI's): 400 with `param` naming the bad parameter (also a value that is
+// not UTF-8 or longer than 256 bytes, a time outside 2000-01-01..2200-01-01,
+// an activity date outside the last 30 UTC days), 401, 403 (a key asking for
+// another key's or account's rows), 503 (database unreachable), 500. No
+// database error text reaches the client (it goes to stderr).
 #pragma once
 
 #include "tollgate/billing/stats_store.hpp"
@@ -53,6 +57,7 @@ struct StatsRequest {
   std::optional<int64_t> key_id;              // the bearer's key when it is a usable API key
   std::optional<int64_t> account_id;          // that key's account
   std::optional<Error> auth_error;            // why the bearer is not usable (401 body), if known
+  ErrorFlavor error_flavor = ErrorFlavor::kOpenAi;  // the error shape (ErrorFlavorForPath of the path)
   std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
 };
 
@@ -72,5 +77,10 @@ StatsResponse HandleStats(const StatsRequest& request, billing::StatsStore* stor
 
 // RFC 4180 field: quoted when it holds , " CR or LF (quotes doubled).
 std::string CsvField(const std::string& value);
+
+// CsvField of a text column's value, neutralised against formula injection
+// (OWASP "CSV Injection"): a value starting with = + - @ TAB or CR gets a
+// leading single quote. Numeric columns are written as numbers, not through this.
+std::string CsvTextField(const std::string& value);
 
 }  // namespace tollgate::gateway

@@ -6,8 +6,13 @@
 //      record (the admin token may read any, a key only its own);
 //   3. CSV (RFC 4180 quoting of an app title with a comma and quotes), 400s naming the parameter,
 //      401 and 403;
-//   4. @openrouter/sdk 1.3.19 parses /datasets/rankings-daily, /datasets/app-rankings and /activity.
+//   4. @openrouter/sdk 1.3.19 parses /datasets/rankings-daily, /datasets/app-rankings and /activity,
+//      and gets its typed errors (OpenRouter's error shape) for 400, 401 and 403;
+//   5. hostile input: a secret in HTTP-Referer never becomes the app id, CSV cells cannot be
+//      formulas, dates the clock cannot hold and bytes that are not UTF-8 are 400s, and no
+//      database error text reaches the client.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
 import { ADMIN_TOKEN, createStack, loadDeps, waitFor } from '../lib/harness.mjs';
@@ -287,5 +292,104 @@ describe('usage statistics API', { timeout: 120000 }, () => {
       .analytics.getUserActivity({});
     const [everyone] = await sql('SELECT count(*)::int AS n FROM usage_events');
     assert.equal(adminActivity.data.reduce((s, r) => s + r.requests, 0), everyone.n);
+  });
+
+  test('@openrouter/sdk gets its typed errors from the stats APIs (OpenRouter error shape)', async () => {
+    const { OpenRouter, orErrors } = deps;
+    const client = (apiKey) => new OpenRouter({ apiKey, serverURL: `${stack.gw.url}/api/v1`, retryConfig: { strategy: 'none' } });
+    const or = client(stack.keys.a);
+    const typed = (cls, param) => (err) => {
+      assert.ok(err instanceof orErrors[cls], `${cls} expected, got ${err?.constructor?.name}: ${err?.message}`);
+      assert.equal(typeof err.error.code, 'number');
+      if (param) assert.equal(JSON.parse(err.body).error.param, param);  // the SDK's error data has no param
+      return true;
+    };
+    await assert.rejects(or.analytics.getUserActivity({ date: 'nope' }), typed('BadRequestResponseError', 'date'));
+    await assert.rejects(or.analytics.getUserActivity({ date: '1900-01-01' }), typed('BadRequestResponseError', 'date'));
+    await assert.rejects(or.datasets.getRankingsDaily({ startDate: '2026-13-01' }), typed('BadRequestResponseError', 'start_date'));
+    await assert.rejects(client('tg-not-a-real-key').datasets.getRankingsDaily({}), typed('UnauthorizedResponseError'));
+    await assert.rejects(client('tg-not-a-real-key').analytics.getUserActivity({}), typed('UnauthorizedResponseError'));
+    // 403 (no SDK call takes key_id): the same shape, integer code.
+    const forbidden = await get(`/api/v1/activity?key_id=${ids.b.id}`, stack.keys.a);
+    assert.equal(forbidden.status, 403);
+    assert.equal(forbidden.body.error.code, 403);
+    assert.ok(orErrors.ForbiddenResponseError);
+    // Under /v1 the OpenAI shape stays.
+    const openai = await get('/v1/stats/models?window=2h', stack.keys.a);
+    assert.equal(openai.status, 400);
+    assert.notEqual(typeof openai.body.error.code, 'number');
+  });
+
+  test('hostile input: referer secrets, CSV formulas, far dates, bad UTF-8, database errors', async () => {
+    const SECRET = 'SECRET123';
+    const FORMULA = '=HYPERLINK("http://evil.example","x")';
+    const [before] = await sql('SELECT count(*)::int AS n FROM usage_events');
+    const call = async (headers) => {
+      const r = await fetch(url('/api/v1/chat/completions'), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${stack.keys.b}`, 'content-type': 'application/json', ...headers },
+        body: JSON.stringify({ model: 'mock/ok', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 }),
+      });
+      assert.equal(r.status, 200, await r.text());
+    };
+    // Origin() refuses the port: the raw referer (query included) must not become the app id.
+    await call({ 'HTTP-Referer': `https://example.com:123456/cb?api_key=${SECRET}`, 'X-Title': FORMULA });
+    await call({ 'HTTP-Referer': `https://user:${SECRET}@Ok.Example:8443/cb?api_key=${SECRET}` });
+    await call({ 'HTTP-Referer': `ftp://${SECRET}@files.example/` });
+    await waitFor(async () => {
+      const [r] = await sql('SELECT count(*)::int AS n FROM usage_events');
+      const [s] = await sql('SELECT coalesce(sum(requests), 0)::int AS n FROM usage_rollup_15m');
+      return r.n === before.n + 3 && s.n === r.n;
+    }, { what: 'usage rows', timeoutMs: 10000 });
+    const rows = await sql(`SELECT app FROM usage_events WHERE api_key_id = $1 ORDER BY created_at DESC LIMIT 3`, [ids.b.id]);
+    assert.deepEqual(rows.map((r) => r.app ?? 'none').sort(), ['https://ok.example:8443', 'none', `title:${FORMULA}`].sort());
+    const apps = await sql('SELECT app, title FROM apps');
+    assert.ok(!JSON.stringify(apps).includes(SECRET), JSON.stringify(apps));
+    const rankings = await get('/api/v1/datasets/app-rankings', stack.keys.a);
+    assert.equal(rankings.status, 200);
+    assert.ok(!rankings.text.includes(SECRET), rankings.text);
+    assert.ok(!(await get('/api/v1/stats/cost?group_by=app', ADMIN_TOKEN)).text.includes(SECRET));
+    await new Promise((r) => setTimeout(r, 200));  // the last access-log lines
+    const log = fs.readFileSync(stack.gw.logFile, 'utf8');
+    assert.ok(!log.includes(SECRET), 'the secret in the access log');
+
+    // CSV: the title is text and starts with '=': it goes out quoted as text; numbers stay numbers.
+    const csv = await get('/api/v1/stats/cost?group_by=app&format=csv', ADMIN_TOKEN, { csv: true });
+    const line = csv.text.split('\r\n').find((l) => l.startsWith(`"title:=HYPERLINK(`));
+    assert.ok(line, csv.text);
+    assert.ok(line.includes(`,"'=HYPERLINK(""http://evil.example"",""x"")",1,0,`), line);
+    assert.ok(!csv.text.split('\r\n').some((l) => /(^|,)[=+\-@]/.test(l.replace(/"[^"]*"/g, '""'))), csv.text);
+
+    // Dates the clock cannot hold; a cursor beyond it.
+    for (const [q, param] of [
+      ['/api/v1/stats/cost?start=2300-01-01&end=2300-01-02', 'end'],
+      ['/api/v1/stats/cost?start=0000-01-01', 'start'],
+      ['/api/v1/stats/cost?end=9999-12-30', 'end'],
+      ['/api/v1/stats/calls?cursor=9223372036854775807.x', 'cursor'],
+      ['/api/v1/stats/calls?cursor=-9223372036854775807.x', 'cursor'],
+      ['/api/v1/activity?date=1900-01-01', 'date'],
+      ['/api/v1/stats/calls?model=%FF%FE', 'model'],
+      ['/api/v1/stats/calls?app=%FF%FE', 'app'],
+      ['/api/v1/stats/calls?provider=%C3', 'provider'],
+      ['/api/v1/stats/calls?endpoint=a%00b', 'endpoint'],
+      [`/api/v1/stats/calls?model=${'m'.repeat(300)}`, 'model'],
+      ['/api/v1/stats/timeseries?tz=%FF', 'tz'],
+    ]) {
+      const r = await get(q, stack.keys.a);
+      assert.equal(r.status, 400, `${q}: ${r.text}`);
+      assert.equal(r.body.error.param, param, q);
+      assert.equal(r.body.error.code, 400, q);
+    }
+
+    // A database error: a generic 500, the details only in the log.
+    await stack.db.query('ALTER TABLE usage_events RENAME TO usage_events_away');
+    try {
+      const r = await get('/api/v1/stats/calls', ADMIN_TOKEN);
+      assert.equal(r.status, 500, r.text);
+      assert.doesNotMatch(r.text, /usage_events|relation|SQLSTATE|SELECT/i);
+    } finally {
+      await stack.db.query('ALTER TABLE usage_events_away RENAME TO usage_events');
+    }
+    assert.equal((await get('/api/v1/stats/calls', ADMIN_TOKEN)).status, 200);
   });
 });
