@@ -78,6 +78,17 @@ CREATE TABLE usage_request_ids (
   created_at  timestamptz NOT NULL   -- usage_events.created_at of the row
 );
 
+-- The retention horizon: usage rows created before it may have been deleted
+-- with their request ids, so the writer can no longer tell whether such a
+-- row was already written and charged; it skips rows created before it (a
+-- spool replayed after an outage longer than the retention), rather than
+-- risk counting a call twice. Raised by tollgate_drop_usage_partitions.
+CREATE TABLE usage_retention_horizon (
+  only_row  boolean     PRIMARY KEY DEFAULT true CHECK (only_row),
+  horizon   timestamptz NOT NULL
+);
+INSERT INTO usage_retention_horizon (horizon) VALUES ('-infinity');
+
 CREATE INDEX usage_events_api_key_created_idx ON usage_events (api_key_id, created_at);
 CREATE INDEX usage_events_model_created_idx ON usage_events (model, created_at);
 -- The drill-down list: newest first, keyset-paged on (created_at, request_id).
@@ -132,6 +143,7 @@ DECLARE
   dropped int := 0;
 BEGIN
   PERFORM pg_advisory_xact_lock(hashtext('tollgate_usage_partitions'));
+  UPDATE usage_retention_horizon SET horizon = greatest(horizon, before);
   FOR part IN
     SELECT c.relname AS name, to_date(substr(c.relname, 15), 'YYYYMMDD') AS day
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

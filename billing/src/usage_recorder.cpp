@@ -208,7 +208,10 @@ constexpr const char* kInsertTail =
     // The request id is the idempotency key across all partitions
     // (usage_request_ids, migrations/006_stats.sql): a row is inserted only
     // if its id was not there; DISTINCT ON drops a repeat within the batch.
+    // Rows created before the retention horizon are skipped: their ids may
+    // have been deleted with their partition, so they may be charged already.
     " ids AS (INSERT INTO usage_request_ids (request_id, created_at) SELECT request_id, created_at FROM v"
+    " WHERE v.created_at >= (SELECT horizon FROM usage_retention_horizon)"
     " ON CONFLICT (request_id) DO NOTHING RETURNING request_id),"
     " ins AS (INSERT INTO usage_events ($COLUMNS)"
     " SELECT DISTINCT ON (v.request_id) v.* FROM v JOIN ids USING (request_id) ORDER BY v.request_id"
@@ -611,7 +614,8 @@ Result<std::unique_ptr<UsageRecorder>> UsageRecorder::Start(const std::string& d
     unreachable = ok.error();
   } else {
     internal::PgOutcome schema = impl->session.Exec(
-        "SELECT 1 FROM usage_events, api_keys, accounts, ledger_entries, period_usage, credit_leases LIMIT 0",
+        "SELECT 1 FROM usage_events, usage_retention_horizon, api_keys, accounts, ledger_entries, period_usage,"
+        " credit_leases LIMIT 0",
         {}, /*idempotent=*/true);
     if (schema.ok()) {
       reachable = true;

@@ -16,8 +16,8 @@
 #include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/rate_limiter.hpp"
 #include "tollgate/billing/secret_box.hpp"
-#include "tollgate/billing/usage_maintenance.hpp"
 #include "tollgate/billing/stats_store.hpp"
+#include "tollgate/billing/usage_maintenance.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
 #include "tollgate/local_backend/local_provider.hpp"
 #include "tollgate/providers/remote_provider.hpp"
@@ -1220,7 +1220,6 @@ int Serve(const Config& config, const ServeOptions& options) {
       }
     }
   });
-
   // Usage partitions a week ahead and retention of raw usage rows
   // (stats.retention_days), at start and hourly, on its own thread and
   // connection: the statements block and may wait for locks

@@ -169,6 +169,17 @@ TEST_F(UsageMaintenancePg, ReplayedRowOlderThanEveryPartitionLandsInDefaultOnce)
   EXPECT_EQ(Count("usage_events", "gen-replayed"), 0);
   EXPECT_EQ(Count("usage_request_ids", "gen-replayed"), 0);
   EXPECT_EQ(QueryInt("SELECT sum(requests) FROM usage_rollup_1d"), 1);
+
+  // Replayed again after retention deleted its id: it may have been charged,
+  // so it is skipped, not written and charged a second time.
+  Write({Event("gen-replayed", old, 700)});
+  EXPECT_EQ(Count("usage_events", "gen-replayed"), 0);
+  EXPECT_EQ(QueryInt("SELECT sum(requests) FROM usage_rollup_1d"), 1);
+  EXPECT_EQ(QueryInt("SELECT spent_nano_usd FROM api_keys WHERE id = " + std::to_string(key_)), 700);
+  // A row after the horizon is written as usual.
+  Write({Event("gen-later", old + 2h, 300)});
+  EXPECT_EQ(Count("usage_events", "gen-later"), 1);
+  EXPECT_EQ(QueryInt("SELECT spent_nano_usd FROM api_keys WHERE id = " + std::to_string(key_)), 1000);
 }
 
 }  // namespace

@@ -51,9 +51,10 @@ class UsageMaintenance {
   // whose day ends at or before `before`, with the call_attempts and
   // usage_request_ids rows of its calls, and deletes the default
   // partition's rows created before `before` with theirs. Returns the
-  // number of partitions dropped. A replayed usage row older than `before`
-  // may still be written afterwards (into the default partition); the next
-  // run deletes it.
+  // number of partitions dropped. It raises the retention horizon to
+  // `before`: the usage writer then skips rows created before it (a spool
+  // replayed after an outage longer than the retention), whose request ids
+  // may be gone, so that no call is counted or charged twice.
   Result<int64_t> DropBefore(std::chrono::system_clock::time_point before);
 
   // EnsurePartitions(now), then, when retention_days > 0,
