@@ -181,27 +181,30 @@ LANGUAGE sql IMMUTABLE AS $$
               ELSE ceil(ln(ms::float8) / ln(1.02 / 0.98) - 1e-9)::int + 1 END
 $$;
 
--- The sketch of one value (NULL for NULL).
-CREATE FUNCTION tollgate_sketch_of(ms bigint) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE WHEN ms IS NULL THEN NULL ELSE jsonb_build_object(tollgate_sketch_index(ms)::text, 1) END
-$$;
-
 -- The sketch of the union of the values of a and b (bucket-wise sum); NULL
--- stands for the empty sketch.
+-- stands for the empty sketch. Walks only b's buckets (a's are looked up),
+-- so merging a small sketch into a large one is cheap: the usage writer
+-- merges each batch's sketch into the stored one.
 CREATE FUNCTION tollgate_sketch_merge(a jsonb, b jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
   SELECT CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a ELSE
-    (SELECT jsonb_object_agg(k, n) FROM
-       (SELECT k, sum(v)::bigint AS n FROM
-          (SELECT key AS k, value::bigint AS v FROM jsonb_each_text(a)
-           UNION ALL SELECT key, value::bigint FROM jsonb_each_text(b)) x
-        GROUP BY k) y)
+    a || coalesce((SELECT jsonb_object_agg(key, value::bigint + coalesce((a ->> key)::bigint, 0))
+                   FROM jsonb_each_text(b)), '{}'::jsonb)
   END
 $$;
 
--- Merge of many sketches (for small sets; a query over many rollup rows sums
--- buckets with jsonb_each_text ... GROUP BY instead, which is linear).
+-- The sketch of the non-NULL values of an array (NULL when there are none):
+-- one call per group, e.g. tollgate_sketch_of_all(array_agg(latency_ms)).
+CREATE FUNCTION tollgate_sketch_of_all(ms bigint[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT jsonb_object_agg(i, n) FROM
+    (SELECT tollgate_sketch_index(v) AS i, count(*) AS n FROM unnest(ms) AS v WHERE v IS NOT NULL GROUP BY 1) x
+$$;
+
+-- Merge of many sketches, for ad-hoc queries such as
+--   SELECT tollgate_sketch_quantile(tollgate_sketch_sum(latency_sketch), 0.99)
+--   FROM usage_rollup_1d WHERE model = '...';
+-- (StatsStore sums buckets with jsonb_each_text ... GROUP BY instead.)
 CREATE AGGREGATE tollgate_sketch_sum(jsonb) (SFUNC = tollgate_sketch_merge, STYPE = jsonb);
 
 -- The q-quantile (0 <= q <= 1) of a sketch in ms: the estimate of the
@@ -315,8 +318,8 @@ BEGIN
         coalesce(sum(r.completion_tokens) FILTER (WHERE r.usage_estimated), 0),
         sum(r.cost_nano_usd), count(*) FILTER (WHERE r.byok),
         coalesce(sum(r.provider_cost_nano_usd) FILTER (WHERE r.byok), 0),
-        sum(r.latency_ms), tollgate_sketch_sum(tollgate_sketch_of(r.latency_ms)),
-        count(r.ttft_ms), coalesce(sum(r.ttft_ms), 0), tollgate_sketch_sum(tollgate_sketch_of(r.ttft_ms)),
+        sum(r.latency_ms), tollgate_sketch_of_all(array_agg(r.latency_ms)),
+        count(r.ttft_ms), coalesce(sum(r.ttft_ms), 0), tollgate_sketch_of_all(array_agg(r.ttft_ms)),
         coalesce(sum(r.completion_tokens) FILTER (WHERE g), 0),
         coalesce(sum(r.latency_ms - r.ttft_ms) FILTER (WHERE g), 0)
       FROM unnest($1) AS r
