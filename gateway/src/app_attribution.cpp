@@ -88,10 +88,7 @@ std::string Origin(std::string_view url) {
 
 // `s` (valid UTF-8) cut to at most max_bytes on a character boundary.
 std::string CutUtf8(std::string s, size_t max_bytes) {
-  if (s.size() <= max_bytes) return s;
-  size_t end = max_bytes;
-  while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
-  s.resize(end);
+  if (s.size() > max_bytes) s.resize(CompleteUtf8Prefix(std::string_view(s).substr(0, max_bytes)));
   return s;
 }
 
