@@ -292,28 +292,28 @@ Result<Window> ParseWindow(const StatsRequest& r) {
   return w;
 }
 
+// A dataset date parameter ("YYYY-MM-DD" in [kFirstDay, kEndDay)); nullopt when absent.
+Result<std::optional<std::chrono::sys_days>> DateParam(const StatsRequest& r, const std::string& name) {
+  const std::string* v = Param(r, name);
+  if (!v) return std::optional<std::chrono::sys_days>();
+  auto d = ParseDate(*v);
+  if (!d) return InvalidArgument(name + " must be a date (YYYY-MM-DD)", name);
+  if (*d < kFirstDay || *d >= kEndDay) return InvalidArgument(name + " must be " + kRangeText, name);
+  return d;
+}
+
 // Dataset dates: [start_date, end_date], default the last `days` UTC days up to today.
 struct Dates {
   std::string start;
   std::string end;
 };
 Result<Dates> ParseDates(const StatsRequest& r, int days) {
-  std::chrono::sys_days end = Today(r.now);
-  if (const std::string* v = Param(r, "end_date")) {
-    auto d = ParseDate(*v);
-    if (!d) return InvalidArgument("end_date must be a date (YYYY-MM-DD)", "end_date");
-    if (*d < kFirstDay || *d >= kEndDay) return InvalidArgument(std::string("end_date must be ") + kRangeText, "end_date");
-    end = *d;
-  }
-  std::chrono::sys_days start = end - std::chrono::days(days - 1);
-  if (const std::string* v = Param(r, "start_date")) {
-    auto d = ParseDate(*v);
-    if (!d) return InvalidArgument("start_date must be a date (YYYY-MM-DD)", "start_date");
-    if (*d < kFirstDay || *d >= kEndDay) {
-      return InvalidArgument(std::string("start_date must be ") + kRangeText, "start_date");
-    }
-    start = *d;
-  }
+  auto end_param = DateParam(r, "end_date");
+  if (!end_param) return end_param.error();
+  const std::chrono::sys_days end = end_param->value_or(Today(r.now));
+  auto start_param = DateParam(r, "start_date");
+  if (!start_param) return start_param.error();
+  const std::chrono::sys_days start = start_param->value_or(end - std::chrono::days(days - 1));
   if (start > end) return InvalidArgument("start_date must not be after end_date", "start_date");
   if (end - start > std::chrono::days(3660)) return InvalidArgument("the range is longer than 10 years", "start_date");
   return Dates{FormatDate(start), FormatDate(end)};
