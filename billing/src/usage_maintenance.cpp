@@ -8,6 +8,9 @@ namespace tollgate::billing {
 
 using internal::PgOutcome;
 
+// lock_timeout of each maintenance transaction (the header says why).
+constexpr int64_t kLockTimeoutMs = 10'000;
+
 struct UsageMaintenance::Impl {
   std::mutex mutex;
   internal::PgSession session;
@@ -42,7 +45,7 @@ Result<int64_t> UsageMaintenance::CallInt(const std::string& sql, const std::str
     return e;
   };
   PgOutcome timeout = internal::PgExec(session.conn(), "SELECT set_config('lock_timeout', $1, true)",
-                                       {std::to_string(lock_timeout_ms_) + "ms"});
+                                       {std::to_string(kLockTimeoutMs) + "ms"});
   if (!timeout.ok()) return fail(timeout);
   PgOutcome out = internal::PgExec(session.conn(), sql, {param});
   if (!out.ok()) return fail(out);

@@ -1,7 +1,7 @@
 // Partition upkeep and retention of the raw usage rows (usage_events,
 // partitioned by UTC day: migrations/006_stats.sql). The rollups
-// (usage_rollup_15m, usage_rollup_1d) and the apps table are never touched,
-// so statistics, rankings and GetKeyUsage outlive the raw rows.
+// (usage_rollup_15m, usage_rollup_1h, usage_rollup_1d) and the apps table are
+// never touched, so statistics, rankings and GetKeyUsage outlive the raw rows.
 //
 // The server runs Run() at start and hourly on its own thread; `tollgate
 // usage prune` runs it once. Several replicas may run it at once: the SQL
@@ -63,15 +63,14 @@ class UsageMaintenance {
   Result<UsageMaintenanceReport> Run(std::chrono::system_clock::time_point now, int retention_days);
 
   // Errors of every call: kUnavailable (database unreachable after one
-  // reconnect, or a lock not granted within lock_timeout_ms: another session
-  // held usage_events too long; try again later), kInternal (e.g. schema not
-  // migrated; the message says to run `tollgate migrate`).
-  // Partitions are created and dropped under lock_timeout (default 10 s):
-  // dropping a partition takes an ACCESS EXCLUSIVE lock on usage_events, and
-  // waiting behind a long query would stall every usage write queued behind
-  // the waiting lock.
-  void set_lock_timeout_ms(int64_t ms) { lock_timeout_ms_ = ms; }
-
+  // reconnect, or a lock not granted within the 10 s lock_timeout: another
+  // session held usage_events too long; try again later), kInternal (e.g.
+  // schema not migrated; the message says to run `tollgate migrate`).
+  // Partitions are created and dropped under that lock_timeout: dropping a
+  // partition takes an ACCESS EXCLUSIVE lock on usage_events, and waiting
+  // behind a long query would stall every usage write queued behind the
+  // waiting lock.
+  //
   // Thread-safe: calls are serialised on one connection (a mutex).
 
  private:
@@ -79,7 +78,6 @@ class UsageMaintenance {
   explicit UsageMaintenance(std::unique_ptr<Impl> impl);
   Result<int64_t> CallInt(const std::string& sql, const std::string& param, const char* what);
   std::unique_ptr<Impl> impl_;
-  int64_t lock_timeout_ms_ = 10'000;
 };
 
 }  // namespace tollgate::billing
