@@ -7,16 +7,15 @@
 #include <cmath>
 #include <condition_variable>
 #include <functional>
-#include <tuple>
 #include <mutex>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 
 namespace tollgate::billing {
 namespace {
 
 using internal::PgInt64;
-using internal::PgIsNull;
 using internal::PgOptInt64;
 using internal::PgOptText;
 using internal::PgOutcome;
@@ -497,7 +496,7 @@ Result<TimeseriesResult> StatsStore::Timeseries(const StatsRange& range_in, cons
   if (range.end < range.start) range.end = range.start;
   // A bound before generating anything (a local day is >= 23 h, an hour 1 h).
   const int64_t span = Micros(range.end) - Micros(range.start);
-  const int64_t unit = bucket == StatsBucket::kHour ? int64_t{3600} * 1000000 : int64_t{23} * 3600 * 1000000;
+  const int64_t unit = bucket == StatsBucket::kHour ? kHourMicros : 23 * kHourMicros;
   if (span / unit > max_buckets + 1) {
     return InvalidArgument("the range holds more than " + std::to_string(max_buckets) + " buckets", "bucket");
   }

@@ -208,7 +208,8 @@ enum class DatasetPeriod { kDay, kWeek, kMonth };
 // A UTC date, "YYYY-MM-DD".
 struct RankingsDailyRow {
   std::string date;   // the period's first day (ISO week: Monday; month: the 1st)
-  std::string model;  // or "other": the models outside the period's top 50, last of its date
+  std::string model;  // or "other": the models outside the period's top 50 (every
+                      // period with calls has one, last of its date; 0 when none)
   int64_t total_tokens = 0;  // prompt + completion, reported plus estimated
 };
 
@@ -294,9 +295,8 @@ class StatsStore {
   // Whether the server knows time zone `tz` (pg_timezone_names; cached).
   Result<bool> KnownTimeZone(const std::string& tz);
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit StatsStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
