@@ -79,7 +79,8 @@ Credit movements are idempotent: rerunning one with the same --idempotency-key
 applies it once. Without one a random key is made and printed, so a command
 whose outcome is unknown (database unreachable) can be rerun safely with it.
 `ledger check` exits 1 if any balance differs from the sum of its ledger or any
-key's spend from the sum of its usage rows.
+key's spend from the sum of its usage costs (the daily rollup, which outlives
+retention of the raw rows).
 
 `usage prune` does once what serve does hourly: creates the daily partitions
 of raw usage rows from yesterday to a week ahead and drops the raw rows older
@@ -724,7 +725,7 @@ int Ledger(const Args& args) {
                   Usd(Money{m.balance.nano_usd - m.ledger_sum.nano_usd}).c_str());
     }
     for (const auto& m : report->key_mismatches) {
-      std::printf("MISMATCH key %lld: spent %s, sum of usage rows %s (difference %s)\n",
+      std::printf("MISMATCH key %lld: spent %s, sum of usage costs %s (difference %s)\n",
                   static_cast<long long>(m.key_id), Usd(m.spent).c_str(), Usd(m.usage_sum).c_str(),
                   Usd(Money{m.spent.nano_usd - m.usage_sum.nano_usd}).c_str());
     }
