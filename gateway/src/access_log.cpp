@@ -30,9 +30,7 @@ boost::json::value TextOrNull(const std::string& s) {
   return s.empty() ? boost::json::value(nullptr) : boost::json::value(s);
 }
 
-}  // namespace
-
-std::string AccessLogLine(const billing::UsageEvent& row, std::string_view model, bool metered) {
+boost::json::object AccessLogObject(const billing::UsageEvent& row, std::string_view model, bool metered) {
   boost::json::object o;
   o["log"] = "access";
   o["ts"] = Rfc3339Millis(row.finished_at);
@@ -59,6 +57,28 @@ std::string AccessLogLine(const billing::UsageEvent& row, std::string_view model
   o["attempts"] = static_cast<int64_t>(row.attempts.size());
   o["byok"] = row.byok;
   o["metered"] = metered;
+  return o;
+}
+
+}  // namespace
+
+std::string AccessLogLine(const billing::UsageEvent& row, std::string_view model, bool metered) {
+  return boost::json::serialize(AccessLogObject(row, model, metered));
+}
+
+std::string RefusedCallLine(const RefusedCall& call) {
+  billing::UsageEvent row;
+  row.request_id = std::string(call.request_id);
+  row.api_key_id = call.key_id;
+  row.account_id = call.account_id;
+  row.app = std::string(call.app);
+  row.status = HttpStatus(call.error->code);
+  row.error_code = std::string(ErrorType(call.error->code));
+  row.latency_ms = call.latency_ms;
+  row.streamed = call.streamed;
+  row.finished_at = std::chrono::system_clock::now();
+  boost::json::object o = AccessLogObject(row, call.model, /*metered=*/false);
+  if (!call.error->code_string.empty()) o["reason"] = call.error->code_string;
   return boost::json::serialize(o);
 }
 

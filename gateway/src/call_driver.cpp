@@ -955,7 +955,7 @@ void CallDriver::Finish(const std::optional<Error>& outcome) {
       std::vector<billing::AttemptRecord> records;
       for (const auto& attempt : attempts_) records.push_back(attempt->record);
       deps_.observer->OnUnmetered(spec_, stop_ == Stop::kClientGone ? 499 : error ? HttpStatus(error->code) : 200,
-                                  records);
+                                  error ? &*error : nullptr, records);
     }
     return deliver();
   }

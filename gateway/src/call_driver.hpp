@@ -154,8 +154,9 @@ class CallObserver {
   // asked (unknown model, not allowed, admission, stopped before it started;
   // `attempts` empty) or rejected as invalid by the only provider asked (its
   // record in `attempts`). `model` is the model the request named (raw
-  // input), `status` the HTTP status answered.
-  virtual void OnUnmetered(const CallSpec& spec, int status, const std::vector<billing::AttemptRecord>& attempts) {}
+  // input), `status` the HTTP status answered, `error` why (null for 200).
+  virtual void OnUnmetered(const CallSpec& spec, int status, const Error* error,
+                           const std::vector<billing::AttemptRecord>& attempts) {}
 };
 
 // What the connection learns when the call commits to an endpoint: enough to

@@ -182,9 +182,18 @@ class MetricsObserver final : public CallObserver {
     }
     if (access_log_) WriteLogLine(AccessLogLine(e, metrics_.ModelLabel(e.model), /*metered=*/true));
   }
-  void OnUnmetered(const CallSpec& spec, int status, const std::vector<billing::AttemptRecord>& attempts) override {
+  void OnUnmetered(const CallSpec& spec, int status, const Error* error,
+                   const std::vector<billing::AttemptRecord>& attempts) override {
     metrics_.CountUnmeteredCall(routing::SplitVariant(spec.request.model).first, status, attempts);
     if (!access_log_) return;
+    if (attempts.empty() && error != nullptr) {  // refused before any provider was asked
+      const std::string model = metrics_.ModelLabel(routing::SplitVariant(spec.request.model).first);
+      WriteLogLine(RefusedCallLine(RefusedCall{
+          spec.request_id, spec.key.id, spec.key.account_id, model, spec.app, error,
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - spec.received).count(),
+          spec.request.stream}));
+      return;
+    }
     billing::UsageEvent row;
     row.request_id = spec.request_id;
     row.api_key_id = spec.key.id;
@@ -465,6 +474,9 @@ class Connection {
                         "request body is larger than " + std::to_string(s_.config->server.max_body_bytes) + " bytes",
                         "", "request_too_large"};
         Response res = ErrorResponse(head, too_large);
+        if (head.method() == http::verb::post && CallApiOf(head.target())) {
+          LogRefused(res, too_large, std::nullopt, "", false, Clock::now());
+        }
         co_await Write(res);
         break;
       }
@@ -538,10 +550,7 @@ class Connection {
       co_return co_await Write(res);
     }
 
-    std::optional<ApiFlavor> call_api;
-    if (route == "/v1/chat/completions") call_api = ApiFlavor::kOpenAiChat;
-    if (route == "/v1/completions") call_api = ApiFlavor::kOpenAiCompletions;
-    if (route == "/v1/messages") call_api = ApiFlavor::kAnthropicMessages;
+    const std::optional<ApiFlavor> call_api = CallApiOf(route);
     if (call_api && post) {
       auto [keep, status] = co_await HandleCall(req, *call_api);
       s_.metrics->CountRequest(route, status);
@@ -827,6 +836,36 @@ class Connection {
     co_return JsonResponse(req, 200, credits ? RenderCredits(*usage) : RenderKey(*usage, *key));
   }
 
+  // The call API of a route ("/v1/chat/completions"; a request target is
+  // normalized as Handle() does: query, trailing '/' and "/api" dropped).
+  static std::optional<ApiFlavor> CallApiOf(std::string_view target) {
+    target = target.substr(0, target.find('?'));
+    if (target.size() > 1 && target.back() == '/') target.remove_suffix(1);
+    if (target.starts_with("/api/v1/")) target.remove_prefix(4);
+    if (target == "/v1/chat/completions") return ApiFlavor::kOpenAiChat;
+    if (target == "/v1/completions") return ApiFlavor::kOpenAiCompletions;
+    if (target == "/v1/messages") return ApiFlavor::kAnthropicMessages;
+    return std::nullopt;
+  }
+
+  // A call route's request refused before the call driver: a request id
+  // made as the driver's are (NewRequestId), sent as x-request-id for the
+  // caller to quote, and its access-log line (RefusedCallLine). `key`: the
+  // key that authenticated, or none; `model`: the model named (raw input,
+  // logged as its catalog id or "other").
+  void LogRefused(Response& res, const Error& error, const std::optional<billing::KeyRecord>& key,
+                  std::string_view model, bool stream, Clock::time_point received) {
+    const auto now = std::chrono::system_clock::now();
+    const std::string request_id =
+        NewRequestId(std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count());
+    res.set("x-request-id", request_id);
+    if (!s_.config->log.access) return;
+    const std::string label = s_.metrics->ModelLabel(model);
+    WriteLogLine(RefusedCallLine(RefusedCall{
+        request_id, key ? key->id : 0, key ? key->account_id : 0, label, "", &error,
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - received).count(), stream}));
+  }
+
   static Result<ChatRequest> Decode(ApiFlavor api, std::string_view body) {
     switch (api) {
       case ApiFlavor::kOpenAiChat: return wire::openai::DecodeChatRequest(body);
@@ -856,9 +895,10 @@ class Connection {
       rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
     }
     if (rejection) {
-      s_.metrics->CountUnmeteredCall(parsed ? routing::SplitVariant(parsed->model).first : std::string_view(),
-                                     HttpStatus(rejection->code));
+      const std::string_view model = parsed ? routing::SplitVariant(parsed->model).first : std::string_view();
+      s_.metrics->CountUnmeteredCall(model, HttpStatus(rejection->code));
       Response res = ErrorResponse(req, *rejection);
+      LogRefused(res, *rejection, Usable(key) ? key : std::optional<billing::KeyRecord>(), model, parsed && parsed->stream, received);
       bool keep = co_await Write(res);
       co_return std::pair{keep, HttpStatus(rejection->code)};
     }
@@ -882,6 +922,7 @@ class Connection {
       Error limited{ErrorCode::kResourceExhausted, rate.message, "", "rate_limit_exceeded"};
       Response res = ErrorResponse(req, limited);
       for (const auto& [name, value] : rate_headers) res.set(name, value);
+      LogRefused(res, limited, key, routing::SplitVariant(chat.model).first, chat.stream, received);
       bool keep = co_await Write(res);
       co_return std::pair{keep, 429};
     }

@@ -3,8 +3,9 @@
 // token used as a caller key, an upstream that refuses the provider key, an account's own provider
 // key (BYOK) refused, malformed JSON, an unknown model, an error in mid-stream), then the gateway's
 // whole stdout/stderr, GET /metrics and every response body and header are searched for every
-// caller key, the admin tokens and the provider keys used. Also checks the access log: one JSON
-// line per call with the documented fields.
+// caller key, the admin tokens and the provider keys used. Also checks the access log: exactly one
+// JSON line per request to a call route, refused ones included (401, 400, 404, 429), with the
+// documented fields, its request_id the response's x-request-id.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
@@ -22,6 +23,7 @@ const FAKE_KEY = `tg-${'Zq7'.repeat(14)}x`;
 describe('secrets stay out of logs, metrics and responses', { timeout: 120000 }, () => {
   const stack = createStack('secrets');
   const seen = [];  // every response: status, headers and body as text
+  const calls = [];  // every response of a call route: { status, id (x-request-id) }
   let upstreamKey;
 
   // `issuing`: the admin API's create-key answer, the one place a key is shown (not recorded).
@@ -36,6 +38,7 @@ describe('secrets stay out of logs, metrics and responses', { timeout: 120000 },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await r.text();
+    if (/^\/(api\/)?v1\/(chat\/completions|completions|messages)$/.test(p)) calls.push({ status: r.status, id: r.headers.get('x-request-id') });
     if (!issuing) seen.push(`${method} ${p} -> ${r.status}\n${[...r.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${text}`);
     let json = null;
     try { json = JSON.parse(text); } catch { /* SSE or text */ }
@@ -114,6 +117,15 @@ describe('secrets stay out of logs, metrics and responses', { timeout: 120000 },
     assert.ok([400, 404].includes(unknown.status), unknown.text);
     assert.equal((await chat(main, 'mock/midstream-error', { stream: true })).status, 200);
 
+    // Rate limited: a key allowed one request a minute (a minute boundary may admit a second).
+    const slow = (await admin('POST', `/accounts/${account.id}/keys`, { name: 'one-a-minute', requests_per_minute: 1 })).json;
+    let limited;
+    for (let i = 0; i < 3 && !limited; i++) {
+      const r = await chat(slow.key, 'mock/ok');
+      if (r.status === 429) limited = r;
+    }
+    assert.ok(limited, 'a 429 for the one-a-minute key');
+
     await waitFor(async () => /tollgate_background\{item="usage_rows_pending"\} 0\b/.test(
       await (await fetch(`${stack.gw.url}/metrics`)).text()), { what: 'rows written' });
     const metrics = (await request('GET', '/metrics')).text;
@@ -121,7 +133,7 @@ describe('secrets stay out of logs, metrics and responses', { timeout: 120000 },
     const log = fs.readFileSync(stack.gw.logFile, 'utf8');
 
     const secrets = {
-      'caller key': main, 'revoked key': revokedKey, 'BYOK account key': byokKey, 'unknown key': FAKE_KEY,
+      'caller key': main, 'revoked key': revokedKey, 'BYOK account key': byokKey, 'unknown key': FAKE_KEY, 'rate-limited key': slow.key,
       'admin token': ADMIN_TOKEN, 'wrong admin token': WRONG_ADMIN_TOKEN, 'provider key': upstreamKey,
       'wrong provider key': WRONG_PROVIDER_KEY, 'BYOK provider key': BYOK_KEY, 'secret box key': SECRET_KEY,
     };
@@ -161,6 +173,41 @@ describe('secrets stay out of logs, metrics and responses', { timeout: 120000 },
     assert.ok(failed && failed.status === 502 && failed.metered === true, JSON.stringify(failed));
     const unknownLine = lines.find((o) => o.request_id === unknown.id);
     assert.ok(unknownLine && unknownLine.model === 'other' && unknownLine.provider === null, JSON.stringify(unknownLine));
+    assert.equal(unknownLine.status, unknown.status);
+    assert.equal(unknownLine.error_code, unknown.status === 404 ? 'not_found_error' : 'invalid_request_error');
+
+    // Exactly one line per request to a call route, refused ones included, found by x-request-id.
+    const byId = new Map();
+    for (const o of lines) byId.set(o.request_id, [...(byId.get(o.request_id) ?? []), o]);
+    for (const c of calls) {
+      assert.match(c.id ?? '', /^gen-/, `x-request-id on every call response (${c.status})`);
+      assert.equal(byId.get(c.id)?.length, 1, `one access-log line for ${c.id} (${c.status}): ${JSON.stringify(byId.get(c.id))}`);
+      // A stream that fails mid-way was answered 200; its line has the outcome (502).
+      if (c.status !== 200) assert.equal(byId.get(c.id)[0].status, c.status, c.id);
+    }
+    assert.equal(lines.length, calls.length, 'no access-log line but for a call request');
+    const lineOf = (r) => byId.get(r.id)[0];
+    const unauth = lineOf(calls.find((c) => c.status === 401));
+    assert.equal(unauth.key_id, null);
+    assert.equal(unauth.account_id, null);
+    assert.equal(unauth.error_code, 'authentication_error');
+    assert.equal(unauth.model, 'mock/ok');
+    assert.equal(unauth.metered, false);
+    assert.ok(typeof unauth.latency_ms === 'number' && unauth.ts, JSON.stringify(unauth));
+    const malformed = lineOf(calls.find((c) => c.status === 400));
+    assert.equal(malformed.key_id, keyId);
+    assert.equal(malformed.error_code, 'invalid_request_error');
+    assert.equal(malformed.model, 'other');
+    const limitedLine = lineOf(limited);
+    assert.equal(limitedLine.status, 429);
+    assert.equal(limitedLine.key_id, slow.data.id);
+    assert.equal(limitedLine.account_id, account.id);
+    assert.equal(limitedLine.error_code, 'rate_limit_error');
+    assert.equal(limitedLine.reason, 'rate_limit_exceeded');
+    assert.equal(limitedLine.model, 'mock/ok');
+    for (const key of [main, revokedKey, byokKey, FAKE_KEY, slow.key, ADMIN_TOKEN]) {
+      assert.ok(!lines.some((o) => JSON.stringify(o).includes(key)), 'no key in an access-log line');
+    }
     assert.ok(!log.includes('nobody/no-such-model') || !lines.some((o) => JSON.stringify(o).includes('nobody/')),
       'the access log names unknown models "other"');
   });
