@@ -235,6 +235,7 @@ if [ "$smoke" = 0 ]; then
 Tollgate is running on $url  (Ctrl-C stops it$stops_pg)
   API key:   $key   (.data/first-key)
   Admin API: $url/admin/v1   (Authorization: Bearer \$(cat .data/admin-token); README "Accounts, credits and limits")
+  Dashboard: $url/dashboard   (paste the API key, or the admin token for everything)
   Database:  $db_url   (.data/database-url)
   Models:    curl -sS $url/v1/models
 
@@ -329,6 +330,23 @@ if [ "$code" = 200 ] && grep -q '"ok":true' "$smoke_dir/check.json"; then
   echo "  ok    every balance equals its ledger (admin API /ledger/check)" >&2
 else
   echo "  FAIL  /admin/v1/ledger/check: HTTP $code $(cat "$smoke_dir/check.json")" >&2
+  failed=1
+fi
+
+echo "== GET /api/v1/stats/models, GET /dashboard" >&2
+code=$(curl -sS -o "$smoke_dir/models.json" -w '%{http_code}' "$url/api/v1/stats/models?window=1h" \
+  -H "Authorization: Bearer $TOLLGATE_ADMIN_TOKEN") || code=000
+if [ "$code" = 200 ] && grep -q '"model":"local/stories260k"' "$smoke_dir/models.json"; then
+  echo "  ok    the model rankings count the calls (usage rollups)" >&2
+else
+  echo "  FAIL  /api/v1/stats/models: HTTP $code $(cat "$smoke_dir/models.json")" >&2
+  failed=1
+fi
+code=$(curl -sS -o "$smoke_dir/dashboard.html" -w '%{http_code}' "$url/dashboard") || code=000
+if [ "$code" = 200 ] && grep -q '<title>' "$smoke_dir/dashboard.html"; then
+  echo "  ok    the dashboard is served at $url/dashboard" >&2
+else
+  echo "  FAIL  /dashboard: HTTP $code" >&2
   failed=1
 fi
 
