@@ -688,7 +688,7 @@ class Connection {
     StatsRequest stats;
     stats.route = route;
     for (const auto& param : url.params()) stats.query[std::string(param.key)] = std::string(param.value);
-    stats.authorization = "Bearer " + std::string(BearerKey(req));  // also x-api-key
+    stats.bearer = std::string(BearerKey(req));
     stats.admin_token = s_.config->billing.admin_token;
     stats.error_flavor = FlavorOf(req);
     if (!IsAdminToken(req)) {

@@ -327,20 +327,8 @@ struct Caller {
   int64_t account_id = 0;
 };
 
-std::string_view Bearer(std::string_view header) {
-  constexpr std::string_view kPrefix = "bearer ";
-  if (header.size() < kPrefix.size()) return {};
-  for (size_t i = 0; i < kPrefix.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(header[i])) != kPrefix[i]) return {};
-  }
-  header.remove_prefix(kPrefix.size());
-  while (!header.empty() && header.front() == ' ') header.remove_prefix(1);
-  while (!header.empty() && header.back() == ' ') header.remove_suffix(1);
-  return header;
-}
-
 Result<Caller> Authenticate(const StatsRequest& r) {
-  const std::string_view token = Bearer(r.authorization);
+  const std::string_view token = r.bearer;
   if (!r.admin_token.empty() && !token.empty() && billing::SecretEquals(token, r.admin_token)) {
     return Caller{true, 0, 0};
   }

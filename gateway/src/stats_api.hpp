@@ -52,7 +52,8 @@ namespace tollgate::gateway {
 struct StatsRequest {
   std::string route;                          // "/v1/stats/models", ... (the /api prefix removed)
   std::map<std::string, std::string> query;   // percent-decoded query parameters
-  std::string authorization;                  // the Authorization header as received, or empty
+  std::string bearer;                         // the credential presented (`Authorization: Bearer X` or
+                                              // `x-api-key: X`, as the server reads it), or empty
   std::string admin_token;                    // billing.admin_token; empty = no admin access
   std::optional<int64_t> key_id;              // the bearer's key when it is a usable API key
   std::optional<int64_t> account_id;          // that key's account

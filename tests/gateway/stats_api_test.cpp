@@ -18,13 +18,13 @@ StatsRequest Admin(std::string route, std::map<std::string, std::string> query =
   r.route = std::move(route);
   r.query = std::move(query);
   r.admin_token = kAdmin;
-  r.authorization = std::string("Bearer ") + kAdmin;
+  r.bearer = kAdmin;
   return r;
 }
 
 StatsRequest Key(std::string route, std::map<std::string, std::string> query = {}) {
   StatsRequest r = Admin(std::move(route), std::move(query));
-  r.authorization = "Bearer tg-somekey";
+  r.bearer = "tg-somekey";
   r.key_id = 7;
   r.account_id = 3;
   return r;
@@ -50,18 +50,18 @@ TEST(StatsApi, AnswersEveryRouteOnceAuthenticated) {
 
 TEST(StatsApi, RefusesMissingWrongAndUnusableCredentials) {
   StatsRequest none = Admin("/v1/stats/cost");
-  none.authorization.clear();
+  none.bearer.clear();
   EXPECT_EQ(HandleStats(none, nullptr).status, 401);
   StatsRequest wrong = Admin("/v1/stats/cost");
-  wrong.authorization = "Bearer admin-token-0123456788";
+  wrong.bearer = "admin-token-0123456788";
   EXPECT_EQ(HandleStats(wrong, nullptr).status, 401);
   // Without a configured admin token nothing matches it, not even an empty bearer.
   StatsRequest off = Admin("/v1/stats/cost");
   off.admin_token.clear();
-  off.authorization = "Bearer ";
+  off.bearer = "";
   EXPECT_EQ(HandleStats(off, nullptr).status, 401);
   StatsRequest revoked = Admin("/v1/stats/models");
-  revoked.authorization = "Bearer tg-revoked";
+  revoked.bearer = "tg-revoked";
   revoked.auth_error = Error{ErrorCode::kUnauthenticated, "this API key was revoked", "", "revoked_api_key"};
   StatsResponse res = HandleStats(revoked, nullptr);
   EXPECT_EQ(res.status, 401);
@@ -180,7 +180,7 @@ TEST(StatsApi, ErrorsTakeTheCallersFlavor) {
   EXPECT_EQ(v.at("error").at("code"), json::value(400));
   EXPECT_EQ(v.at("error").at("param"), json::value("window"));
   StatsRequest anonymous = Admin("/v1/activity");
-  anonymous.authorization.clear();
+  anonymous.bearer.clear();
   anonymous.error_flavor = ErrorFlavor::kOpenRouter;
   EXPECT_EQ(json::parse(HandleStats(anonymous, nullptr).body).at("error").at("code"), json::value(401));
   StatsRequest other = Key("/v1/stats/cost", {{"key_id", "8"}});
