@@ -218,7 +218,7 @@ enum class RequestKind {
 
 // The inbound API a request came in by; decides the shape of its answers and
 // errors, and which passthrough fields an upstream of the same API gets.
-enum class ApiFlavor { kOpenAiChat, kOpenAiCompletions, kAnthropicMessages };
+enum class ApiFlavor { kOpenAiChat, kOpenAiCompletions, kAnthropicMessages, kOpenAiResponses };
 
 struct ChatRequest {
   RequestKind kind = RequestKind::kChat;

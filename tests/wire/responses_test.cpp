@@ -1,0 +1,2 @@
+// Inbound Responses codec tests (wire/responses.hpp).
+#include "tollgate/wire/responses.hpp"

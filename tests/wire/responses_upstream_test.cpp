@@ -1,0 +1,2 @@
+// Outbound Responses codec tests (wire/responses.hpp).
+#include "tollgate/wire/responses.hpp"

@@ -1,0 +1,3 @@
+// OpenAI Responses API, outbound half (providers): requests out, responses in.
+// wire/include/tollgate/wire/responses.hpp documents the mapping.
+#include "tollgate/wire/responses.hpp"
