@@ -58,8 +58,16 @@
 //   mock-slow             200 pieces, 50 ms apart (for cancellation and timeout tests); not
 //                         streamed: nothing at all for 10 s (200 x 50 ms), then the JSON answer
 //                         (start option slowPieceMs changes the 50 ms, for tests that must be fast)
+//   mock-agent            a coding agent's turn (the Codex CLI test): with tools declared and no tool
+//                         result yet, ONE call to the shell tool that writes AGENT_PROOF_TEXT into
+//                         AGENT_PROOF_FILE in the agent's working directory: Codex's `exec_command`
+//                         with {"cmd":"echo tollgate > codex-proof.txt"} when declared, else a `shell`
+//                         tool with {"command":["bash","-lc","echo tollgate > codex-proof.txt"]}, else
+//                         the first declared tool with the exec_command arguments (3 argument
+//                         fragments); when the conversation ends with tool results: AGENT_FINAL_TEXT
+//                         ("Done: created codex-proof.txt"), split in word pieces
 // mock-stop without any stop sequence answers the whole reply; mock-tools / -parallel-tools /
-// -tool-no-args without tools answer the default reply. One scenario per name, no combinations.
+// -tool-no-args / mock-agent without tools answer the default reply. One scenario per name, no combinations.
 // The API key must be `Bearer <apiKey>` or the mock answers 401 as OpenAI does.
 //
 // Exports for tests: startMockOpenAI({port, apiKey, writeDelayMs, slowPieceMs, log}) ->
@@ -97,7 +105,7 @@ export const MAGIC_MODELS = [
   'mock-json', 'mock-stop', 'mock-length', 'mock-image', 'mock-cjk', 'mock-cache',
   'mock-error-400', 'mock-error-401', 'mock-error-429', 'mock-error-500', 'mock-error-529',
   'mock-truncated', 'mock-no-terminator', 'mock-no-finish', 'mock-midstream-error', 'mock-no-usage',
-  'mock-slow',
+  'mock-slow', 'mock-agent',
 ];
 export const CJK_PIECES = ['你好', '，世', '界 🌍', '🚀 数', '据'];
 export const CJK_TEXT = CJK_PIECES.join(''); // "你好，世界 🌍🚀 数据"
@@ -118,6 +126,22 @@ export const TOOL_ARG_FRAGMENTS_2 = ['{"city":', '"Tok', 'yo",', '"unit":"cel', 
 export const DEFAULT_TOOL_NAME = 'get_weather';
 export const SLOW_PIECES = Array.from({ length: 200 }, (_, i) => ` w${i}`);
 export const SLOW_PIECE_MS = 50;
+/** mock-agent: the file its shell call creates in the agent's working directory, and what it holds. */
+export const AGENT_PROOF_FILE = 'codex-proof.txt';
+export const AGENT_PROOF_TEXT = 'tollgate';
+export const AGENT_COMMAND = `echo ${AGENT_PROOF_TEXT} > ${AGENT_PROOF_FILE}`;
+export const AGENT_FINAL_TEXT = `Done: created ${AGENT_PROOF_FILE}`;
+
+/** mock-agent's one call: Codex's exec_command ({"cmd": string}), else `shell` ({"command": argv}),
+ * else the first declared tool with exec_command's arguments. Returns {name, fragments}. */
+export function agentCall(toolNames) {
+  const cmd = JSON.stringify(AGENT_COMMAND);
+  if (!toolNames.includes('exec_command') && toolNames.includes('shell')) {
+    return { name: 'shell', fragments: ['{"command":["bash","-lc",', cmd, ']}'] };
+  }
+  const name = toolNames.includes('exec_command') ? 'exec_command' : toolNames[0];
+  return { name, fragments: ['{"cmd":', cmd.slice(0, 10), `${cmd.slice(10)}}`] };
+}
 export const RETRY_AFTER_SECONDS = 7;
 export const TRUNCATE_AFTER_PIECES = 3;
 export const MIDSTREAM_ERROR_AFTER_PIECES = 2;
@@ -193,11 +217,13 @@ export function planAnswer(view) {
   const limit = Number.isInteger(view.maxTokens) && view.maxTokens >= 0 ? view.maxTokens : null;
   const toolNames = view.toolNames ?? [];
   const toolResults = view.toolResults ?? [];
-  const toolScenario = ['mock-tools', 'mock-parallel-tools', 'mock-tool-no-args', 'mock-length-tool'].includes(s);
+  const toolScenario = ['mock-tools', 'mock-parallel-tools', 'mock-tool-no-args', 'mock-length-tool', 'mock-agent'].includes(s);
   let pieces = REPLY_PIECES;
   let calls = null; // [{name, fragments, argsJson}]
   let cap = limit;
-  if (toolScenario && toolResults.length > 0 && s !== 'mock-length-tool') {
+  if (s === 'mock-agent' && toolResults.length > 0) {
+    pieces = splitPieces(AGENT_FINAL_TEXT);
+  } else if (toolScenario && toolResults.length > 0 && s !== 'mock-length-tool') {
     pieces = splitPieces(`The weather is ${toolResults.join(', ')}`);
   } else if (s === 'mock-length-tool') {
     calls = [{ name: toolNames[0] ?? DEFAULT_TOOL_NAME, fragments: TOOL_ARG_FRAGMENTS }];
@@ -211,6 +237,7 @@ export function planAnswer(view) {
       ];
     }
     if (s === 'mock-tool-no-args') calls = [{ name: toolNames[0], fragments: [], noArgs: true }];
+    if (s === 'mock-agent') calls = [agentCall(toolNames)];
   } else if (s === 'mock-json') {
     pieces = JSON_PIECES;
   } else if (s === 'mock-image') {
