@@ -1,6 +1,7 @@
 #include "tollgate/billing/usage_maintenance.hpp"
 
 #include "pg.hpp"
+#include "response_prune.hpp"
 
 #include <mutex>
 
@@ -84,6 +85,12 @@ Result<UsageMaintenanceReport> UsageMaintenance::Run(std::chrono::system_clock::
     if (!dropped) return dropped.error();
     report.partitions_dropped = *dropped;
     report.retention_applied = true;
+  }
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto pruned = internal::PruneExpiredResponses(impl_->session, now);
+    if (!pruned) return pruned.error();
+    report.responses_pruned = *pruned;
   }
   return report;
 }

@@ -61,6 +61,27 @@ TEST_F(MigrationsPg, ConcurrentMigratorsApplyEachMigrationOnce) {
   EXPECT_EQ(QueryInt("SELECT count(*) FROM schema_migrations"), known);
 }
 
+// 007_responses applies to a database migrated up to 006 (every deployment
+// before it): undo it, then migrate again.
+TEST_F(MigrationsPg, ResponsesMigrationAppliesOnTopOf006) {
+  Result<int> first = ApplyMigrations(url());
+  ASSERT_TRUE(first) << first.error().message;
+  EXPECT_EQ(Query("SELECT name FROM schema_migrations WHERE version = 7"), "responses");
+  EXPECT_EQ(QueryInt("SELECT max(version) FROM schema_migrations"), 7);
+  Query("DROP TABLE responses; DELETE FROM schema_migrations WHERE version = 7 RETURNING 1");
+  EXPECT_EQ(QueryInt("SELECT max(version) FROM schema_migrations"), 6);
+  Result<int> again = ApplyMigrations(url());
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(*again, 1);
+  EXPECT_EQ(Query("SELECT string_agg(column_name || ':' || data_type, ',' ORDER BY ordinal_position) FROM "
+                  "information_schema.columns WHERE table_name = 'responses'"),
+            "id:text,request_id:text,api_key_id:bigint,account_id:bigint,model:text,"
+            "created_at:timestamp with time zone,expires_at:timestamp with time zone,response:json,context:json");
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM pg_indexes WHERE tablename = 'responses' AND "
+                     "indexname = 'responses_expires_idx'"),
+            1);
+}
+
 TEST_F(MigrationsPg, UnreachableServerIsUnavailable) {
   Result<int> applied = ApplyMigrations("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2");
   ASSERT_FALSE(applied);

@@ -2,6 +2,7 @@
 // partitioned by UTC day: migrations/006_stats.sql). The rollups
 // (usage_rollup_15m, usage_rollup_1h, usage_rollup_1d) and the apps table are
 // never touched, so statistics, rankings and GetKeyUsage outlive the raw rows.
+// Run() also deletes expired stored responses (migrations/007_responses.sql).
 //
 // The server runs Run() at start and hourly on its own thread; `tollgate
 // usage prune` runs it once. Several replicas may run it at once: the SQL
@@ -26,6 +27,7 @@ struct UsageMaintenanceReport {
   int64_t partitions_created = 0;  // daily partitions created by EnsurePartitions
   int64_t partitions_dropped = 0;  // daily partitions dropped by retention
   bool retention_applied = false;  // false when retention_days == 0 (keep forever)
+  int64_t responses_pruned = 0;    // expired stored responses deleted (ResponseStore; whatever retention_days)
 };
 
 class UsageMaintenance {
@@ -58,8 +60,11 @@ class UsageMaintenance {
   Result<int64_t> DropBefore(std::chrono::system_clock::time_point before);
 
   // EnsurePartitions(now), then, when retention_days > 0,
-  // DropBefore(now - retention_days * 24 h). retention_days == 0 keeps raw
-  // rows forever; negative is kInvalidArgument.
+  // DropBefore(now - retention_days * 24 h), then deletes the stored
+  // responses expired at `now` (as ResponseStore::Prune; their expiry is
+  // their own, retention_days does not apply to them). retention_days == 0
+  // keeps raw rows forever; negative is kInvalidArgument. A step that fails
+  // ends the run with its error (the steps before it stay done).
   Result<UsageMaintenanceReport> Run(std::chrono::system_clock::time_point now, int retention_days);
 
   // Errors of every call: kUnavailable (database unreachable after one
