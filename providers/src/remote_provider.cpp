@@ -6,6 +6,7 @@
 #include "tollgate/wire/anthropic.hpp"
 #include "tollgate/wire/gemini.hpp"
 #include "tollgate/wire/openai.hpp"
+#include "tollgate/wire/responses.hpp"
 #include "upstream_errors.hpp"
 
 #include <boost/url/encode.hpp>
@@ -27,6 +28,7 @@ using detail::HttpResponseHead;
 // this and we give up on it.
 constexpr std::size_t kMaxDrainBytes = 4 * 1024;
 constexpr std::string_view kAnthropicVersion = "2023-06-01";  // docs.anthropic.com/en/api/versioning
+constexpr std::string_view kOpenAiBaseUrl = "https://api.openai.com/v1";
 
 Error InvalidOption(std::string message, std::string param) {
   return Error{ErrorCode::kInvalidArgument, std::move(message), std::move(param), {}, {}, {}};
@@ -272,6 +274,15 @@ class RemoteProviderImpl final : public RemoteProvider {
                                   Param::kTopP, Param::kTopK, Param::kFrequencyPenalty, Param::kPresencePenalty,
                                   Param::kMaxTokens, Param::kN, Param::kReasoning, Param::kImageInput};
         break;
+      case RemoteApi::kOpenAiResponses:
+        // "Create a model response": no stop, seed, penalties, n, top_k,
+        // logit_bias; logprobs cannot travel in canonical events (as for the
+        // OpenAI preset).
+        supported_ = ParameterSet{Param::kTools, Param::kToolChoice, Param::kParallelToolCalls,
+                                  Param::kResponseFormat, Param::kStructuredOutputs, Param::kTemperature,
+                                  Param::kTopP, Param::kMaxTokens, Param::kReasoning, Param::kUser,
+                                  Param::kImageInput};
+        break;
     }
   }
 
@@ -353,6 +364,13 @@ class RemoteProviderImpl final : public RemoteProvider {
         if (!api_key.empty()) http.headers.emplace_back("x-goog-api-key", api_key);
         break;
       }
+      case RemoteApi::kOpenAiResponses: {
+        kind = RequestKind::kChat;
+        path = "/responses";
+        http.body = wire::responses::EncodeRequest(AsChat(chat), wire::responses::RequestOptions{request.upstream_model, true});
+        if (!api_key.empty()) http.headers.emplace_back("Authorization", "Bearer " + api_key);
+        break;
+      }
     }
     http.target = endpoint_.path_prefix + path;
     if (!endpoint_.query.empty()) {
@@ -394,7 +412,9 @@ Result<std::unique_ptr<RemoteProvider>> RemoteProvider::Create(RemoteProviderOpt
   } else if (options.api != RemoteApi::kOpenAiCompatible && !options.preset.empty()) {
     return InvalidOption("preset applies to openai_compatible providers only", "preset");
   }
-  if (options.base_url.empty()) options.base_url = std::string(preset->base_url);
+  if (options.base_url.empty()) {
+    options.base_url = options.api == RemoteApi::kOpenAiResponses ? std::string(kOpenAiBaseUrl) : std::string(preset->base_url);
+  }
   if (options.base_url.empty()) return InvalidOption("base_url is required", "base_url");
   if (options.display_name.empty()) options.display_name = std::string(preset->display_name);
   auto endpoint = ParseBaseUrl(options.base_url);

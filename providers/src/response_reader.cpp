@@ -3,6 +3,7 @@
 #include "tollgate/wire/anthropic.hpp"
 #include "tollgate/wire/gemini.hpp"
 #include "tollgate/wire/openai.hpp"
+#include "tollgate/wire/responses.hpp"
 #include "tollgate/wire/sse_parser.hpp"
 #include "upstream_errors.hpp"
 
@@ -42,6 +43,7 @@ struct ResponseReader::Impl {
   std::optional<wire::openai::ResponseDecoder> openai;
   wire::anthropic::ResponseDecoder anthropic;
   wire::gemini::ResponseDecoder gemini;
+  wire::responses::ResponseDecoder responses;
   std::size_t events_seen = 0;
   bool finish_seen = false;  // a FinishDelta came (Anthropic)
   bool failed = false;
@@ -55,6 +57,7 @@ struct ResponseReader::Impl {
       case RemoteApi::kOpenAiCompatible: r = openai->OnData(event.data, out); break;
       case RemoteApi::kAnthropic: r = anthropic.OnEvent(event.type, event.data, out); break;
       case RemoteApi::kGemini: r = gemini.OnChunk(event.data, out); break;
+      case RemoteApi::kOpenAiResponses: r = responses.OnEvent(event.type, event.data, out); break;
     }
     for (std::size_t i = before; i < out.size(); ++i) {
       if (std::holds_alternative<FinishDelta>(out[i])) finish_seen = true;
@@ -72,6 +75,7 @@ struct ResponseReader::Impl {
       case RemoteApi::kOpenAiCompatible: return openai->done();
       case RemoteApi::kAnthropic: return anthropic.done();
       case RemoteApi::kGemini: return false;  // Gemini streams end with the body
+      case RemoteApi::kOpenAiResponses: return responses.done();  // response.completed / .incomplete
     }
     return false;
   }
@@ -81,6 +85,7 @@ struct ResponseReader::Impl {
       case RemoteApi::kOpenAiCompatible: return openai->finish_seen();
       case RemoteApi::kAnthropic: return finish_seen;
       case RemoteApi::kGemini: return gemini.finish_seen();
+      case RemoteApi::kOpenAiResponses: return responses.done();  // its final event is also its finish
     }
     return false;
   }
@@ -90,6 +95,7 @@ struct ResponseReader::Impl {
       case RemoteApi::kOpenAiCompatible: openai->Finish(out); break;
       case RemoteApi::kAnthropic: anthropic.Finish(out); break;
       case RemoteApi::kGemini: gemini.Finish(out); break;
+      case RemoteApi::kOpenAiResponses: responses.Finish(out); break;
     }
   }
 };
@@ -167,6 +173,7 @@ Result<void> ResponseReader::OnEnd(std::vector<StreamEvent>& out) {
         case RemoteApi::kOpenAiCompatible: r = s.openai->OnWholeResponse(s.body, out); break;
         case RemoteApi::kAnthropic: r = s.anthropic.OnWholeResponse(s.body, out); break;
         case RemoteApi::kGemini: r = s.gemini.OnChunk(s.body, out); break;
+        case RemoteApi::kOpenAiResponses: r = s.responses.OnWholeResponse(s.body, out); break;
       }
       if (!r) {
         Error e = r.error();

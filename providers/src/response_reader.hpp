@@ -9,7 +9,7 @@
 //                             wire decoder, event by event as they complete
 //
 // How a 2xx stream ends: its terminator (OpenAI `data: [DONE]`, Anthropic
-// `message_stop`) -> complete; the end of the body after a finish reason
+// `message_stop`, Responses `response.completed` / `response.incomplete`) -> complete; the end of the body after a finish reason
 // (servers that omit the terminator; Gemini never sends one) -> complete; the
 // end of the body with neither -> kBadGateway "the upstream stream ended
 // before it finished" (a cut-off answer must not look finished); a 2xx body

@@ -9,6 +9,7 @@
 //   generic    RemoteApi::kOpenAiCompatible, no preset (a vLLM server)
 //   anthropic  RemoteApi::kAnthropic
 //   gemini     RemoteApi::kGemini
+//   responses  RemoteApi::kOpenAiResponses (OpenAI's own Responses API)
 //
 // Each (case, adapter) pair is its own test (value-parameterized):
 //   SpeaksTheDocumentedWireFormat/<Case>_<adapter>
@@ -85,6 +86,21 @@
 //                and Google's error model (cloud.google.com/apis/design/errors):
 //                {"error": {code, message, status, details}}; 429
 //                RESOURCE_EXHAUSTED carries google.rpc.RetryInfo in `details`
+//   [RSP]        OpenAI API reference, "Create a model response" and "The response
+//                object" (platform.openai.com/docs/api-reference/responses), and the
+//                `openai` npm package 6.x types (resources/responses/responses.d.ts):
+//                input items (message, function_call, function_call_output,
+//                reasoning {id, summary, encrypted_content}), FunctionTool
+//                {type, name, parameters, strict}, text.format, ResponseUsage
+//                {input_tokens, input_tokens_details.cached_tokens, output_tokens,
+//                output_tokens_details.reasoning_tokens}; incomplete_details.reason
+//   [RSP-STREAM] OpenAI, "Streaming events" (…/responses-streaming):
+//                `event: TYPE` + `data: {type, sequence_number, ...}`;
+//                response.created, .in_progress, .output_item.added / .done,
+//                .content_part.added / .done, .output_text.delta / .done,
+//                .reasoning_summary_part.added, .reasoning_summary_text.delta,
+//                .function_call_arguments.delta / .done, then response.completed
+//                (or .incomplete / .failed, or an `error` event); no terminator
 //   [WIRE]       shared/WIRE-FORMATS.md sections 3.1-3.3
 #include "response_reader.hpp"
 #include "tollgate/core/parameters.hpp"
@@ -130,7 +146,7 @@ using testing::FakeUpstream;
 
 // ================================================================ adapters
 
-enum class Adapter { kOpenAi, kDeepSeek, kGeneric, kAnthropic, kGemini };
+enum class Adapter { kOpenAi, kDeepSeek, kGeneric, kAnthropic, kGemini, kResponses };
 
 struct AdapterSpec {
   Adapter id;
@@ -157,6 +173,8 @@ const std::vector<AdapterSpec>& Adapters() {
        "sk-ant-api03-CONFORMANCEanthropicKEY0004", "claude-sonnet-4-5", "/v1"},
       {Adapter::kGemini, "gemini", RemoteApi::kGemini, "", "Google AI Studio", "AIzaSyCONFORMANCEgeminiKEY0005",
        "gemini-2.5-flash", "/v1beta"},
+      {Adapter::kResponses, "responses", RemoteApi::kOpenAiResponses, "", "OpenAI",
+       "sk-proj-CONFORMANCEresponsesKEY0006", "gpt-5-mini", "/v1"},
   };
   return adapters;
 }
@@ -462,6 +480,135 @@ std::string GemUsage(int prompt, int candidates, int thoughts = 0, int cached = 
   return u + R"(,"promptTokensDetails": [{"modality": "TEXT","tokenCount": )" + std::to_string(prompt) + "}]}";
 }
 
+// [RSP-STREAM]. Each Event() is one SSE event (one HTTP chunk) with the next
+// sequence number; Message / Reasoning / Call add an output item at the next
+// output index (texts and arguments already JSON-escaped) and remember its
+// finished form for the final Response object.
+std::string RspUsage(int input, int output, int cached = 0, int reasoning = 0) {
+  return R"({"input_tokens":)" + std::to_string(input) + R"(,"input_tokens_details":{"cached_tokens":)" +
+         std::to_string(cached) + R"(},"output_tokens":)" + std::to_string(output) +
+         R"(,"output_tokens_details":{"reasoning_tokens":)" + std::to_string(reasoning) + R"(},"total_tokens":)" +
+         std::to_string(input + output) + "}";
+}
+std::string RspResponse(std::string_view status, std::string_view output, std::string_view usage,
+                        std::string_view incomplete = "null", std::string_view error = "null") {
+  return std::string(R"({"id":"resp_0f3b6c1a9e2d4b7c0a5e8d1f3c6b9a2e4d7f0c3b6a9e","object":"response","created_at":1756400000,"status":")") +
+         std::string(status) + R"(","background":false,"error":)" + std::string(error) + R"(,"incomplete_details":)" +
+         std::string(incomplete) +
+         R"(,"instructions":null,"max_output_tokens":null,"model":"gpt-5-mini-2025-08-07","output":)" +
+         std::string(output) +
+         R"(,"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":"medium","summary":null},)"
+         R"("service_tier":"default","store":false,"temperature":1.0,"text":{"format":{"type":"text"},"verbosity":"medium"},)"
+         R"("tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":)" +
+         std::string(usage) + R"(,"user":null,"metadata":{}})";
+}
+class RspStream {
+ public:
+  RspStream() {
+    Event("response.created", R"("response":)" + RspResponse("in_progress", "[]", "null"));
+    Event("response.in_progress", R"("response":)" + RspResponse("in_progress", "[]", "null"));
+  }
+  RspStream& Event(std::string_view type, const std::string& fields) {
+    pieces_.push_back("event: " + std::string(type) + "\ndata: {\"type\":\"" + std::string(type) +
+                      "\",\"sequence_number\":" + std::to_string(seq_++) + "," + fields + "}\n\n");
+    return *this;
+  }
+  RspStream& Message(const std::vector<std::string>& deltas, bool close = true) {
+    const std::string id = "msg_0a1b2c3d4e5f60718293a4b5c6d7e8f9" + std::to_string(index_);
+    const std::string at = R"("item_id":")" + id + R"(","output_index":)" + std::to_string(index_) + ",";
+    std::string text;
+    for (const auto& d : deltas) text += d;
+    Event("response.output_item.added", R"("output_index":)" + std::to_string(index_) + R"(,"item":{"id":")" + id +
+                                            R"(","type":"message","status":"in_progress","content":[],"role":"assistant"})");
+    Event("response.content_part.added",
+          at + R"("content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":""})");
+    for (const auto& d : deltas) {
+      Event("response.output_text.delta", at + R"("content_index":0,"delta":")" + d + R"(","logprobs":[])");
+    }
+    const std::string item = R"({"id":")" + id + R"(","type":"message","status":"completed","content":[{"type":"output_text","annotations":[],"logprobs":[],"text":")" +
+                             text + R"("}],"role":"assistant"})";
+    if (close) {
+      Event("response.output_text.done", at + R"("content_index":0,"text":")" + text + R"(","logprobs":[])");
+      Event("response.content_part.done", at + R"("content_index":0,"part":{"type":"output_text","annotations":[],"logprobs":[],"text":")" + text + R"("})");
+      Event("response.output_item.done", R"("output_index":)" + std::to_string(index_) + R"(,"item":)" + item);
+    }
+    output_.push_back(item);
+    ++index_;
+    return *this;
+  }
+  RspStream& Reasoning(const std::string& id, const std::vector<std::string>& summaries, const std::string& encrypted) {
+    const std::string at = R"("item_id":")" + id + R"(","output_index":)" + std::to_string(index_) + ",";
+    Event("response.output_item.added", R"("output_index":)" + std::to_string(index_) + R"(,"item":{"id":")" + id +
+                                            R"(","type":"reasoning","encrypted_content":")" + encrypted +
+                                            R"(","summary":[]})");
+    std::string summary;
+    for (std::size_t i = 0; i < summaries.size(); ++i) {
+      const std::string n = std::to_string(i);
+      Event("response.reasoning_summary_part.added",
+            at + R"("summary_index":)" + n + R"(,"part":{"type":"summary_text","text":""})");
+      Event("response.reasoning_summary_text.delta", at + R"("summary_index":)" + n + R"(,"delta":")" + summaries[i] + R"(")");
+      Event("response.reasoning_summary_text.done", at + R"("summary_index":)" + n + R"(,"text":")" + summaries[i] + R"(")");
+      Event("response.reasoning_summary_part.done",
+            at + R"("summary_index":)" + n + R"(,"part":{"type":"summary_text","text":")" + summaries[i] + R"("})");
+      summary += (i ? "," : "") + std::string(R"({"type":"summary_text","text":")") + summaries[i] + R"("})";
+    }
+    const std::string item = R"({"id":")" + id + R"(","type":"reasoning","encrypted_content":")" + encrypted +
+                             R"(","summary":[)" + summary + "]}";
+    Event("response.output_item.done", R"("output_index":)" + std::to_string(index_) + R"(,"item":)" + item);
+    output_.push_back(item);
+    ++index_;
+    return *this;
+  }
+  // A function call; without deltas, its arguments come only on the done item.
+  RspStream& Call(const std::string& call_id, const std::string& name, const std::vector<std::string>& deltas,
+                  const std::string& whole = {}) {
+    const std::string id = "fc_0a1b2c3d4e5f60718293a4b5c6d7e8f9" + std::to_string(index_);
+    const std::string at = R"("item_id":")" + id + R"(","output_index":)" + std::to_string(index_) + ",";
+    auto item = [&](const std::string& status, const std::string& arguments) {
+      return R"({"id":")" + id + R"(","type":"function_call","status":")" + status + R"(","arguments":")" + arguments +
+             R"(","call_id":")" + call_id + R"(","name":")" + name + R"("})";
+    };
+    std::string arguments = whole;
+    for (const auto& d : deltas) arguments += d;
+    Event("response.output_item.added", R"("output_index":)" + std::to_string(index_) + R"(,"item":)" + item("in_progress", ""));
+    for (const auto& d : deltas) Event("response.function_call_arguments.delta", at + R"("delta":")" + d + R"(")");
+    if (!deltas.empty()) Event("response.function_call_arguments.done", at + R"("arguments":")" + arguments + R"(")");
+    Event("response.output_item.done", R"("output_index":)" + std::to_string(index_) + R"(,"item":)" + item("completed", arguments));
+    output_.push_back(item("completed", arguments));
+    ++index_;
+    return *this;
+  }
+  // response.completed, or response.incomplete with `incomplete` details.
+  RspStream& Final(const std::string& usage, const std::string& incomplete = "null") {
+    std::string output = "[";
+    for (std::size_t i = 0; i < output_.size(); ++i) output += (i ? "," : "") + output_[i];
+    output += "]";
+    const bool complete = incomplete == "null";
+    return Event(complete ? "response.completed" : "response.incomplete",
+                 R"("response":)" + RspResponse(complete ? "completed" : "incomplete", output, usage, incomplete));
+  }
+  Fixture Done() const {
+    Fixture f;
+    f.pieces = pieces_;
+    return f;
+  }
+  Fixture WholeJson(const std::string& usage) const {
+    std::string output = "[";
+    for (std::size_t i = 0; i < output_.size(); ++i) output += (i ? "," : "") + output_[i];
+    return Fixture{200, "application/json", {}, {}, {RspResponse("completed", output + "]", usage)}, false};
+  }
+
+ private:
+  std::vector<std::string> pieces_;
+  std::vector<std::string> output_;
+  int seq_ = 0;
+  int index_ = 0;
+};
+std::string RspUser(std::string_view escaped_text) {
+  return R"({"type":"message","role":"user","content":[{"type":"input_text","text":")" + std::string(escaped_text) +
+         R"("}]})";
+}
+
 // `piece` without its last `n` bytes (the rest never arrives).
 std::string Cut(const std::string& piece, std::size_t n) { return piece.substr(0, piece.size() - n); }
 
@@ -516,6 +663,10 @@ const std::string kOaiWeatherTools =
 const std::string kAntWeatherTools =
     std::string(R"([{"name":"get_weather","description":"Current weather for a city","input_schema":)") +
     kWeatherSchema + "}]";
+// [RSP] FunctionTool: flat, `strict` always given.
+const std::string kRspWeatherTools =
+    std::string(R"([{"type":"function","name":"get_weather","description":"Current weather for a city","parameters":)") +
+    kWeatherSchema + R"(,"strict":false}])";
 const std::string kGemWeatherTools =
     std::string(
         R"([{"functionDeclarations":[{"name":"get_weather","description":"Current weather for a city","parametersJsonSchema":)") +
@@ -542,6 +693,14 @@ std::vector<JsonCheck> AntWeatherHistory() {
       {"/messages/2",
        R"({"role":"user","content":[{"type":"tool_result","tool_use_id":"call_paris1","content":"18°C, sunny"}]})"},
       {"/messages/3", kAbsent}};
+}
+std::vector<JsonCheck> RspWeatherHistory() {
+  return {{"/input/0", RspUser("What's the weather in Paris, then in Tokyo? One call at a time.")},
+          // [RSP] function_call and function_call_output items; arguments a JSON string.
+          {"/input/1",
+           R"({"type":"function_call","call_id":"call_paris1","name":"get_weather","arguments":"{\"location\":\"Paris\"}"})"},
+          {"/input/2", R"({"type":"function_call_output","call_id":"call_paris1","output":"18°C, sunny"})"},
+          {"/input/3", kAbsent}};
 }
 std::vector<JsonCheck> GemWeatherHistory() {
   return {
@@ -628,6 +787,16 @@ Case PlainText() {
                {{"/contents/1",
                  R"({"role":"model","parts":[{"text":"Hello there!","thoughtSignature":"AY89a18iOcFus5wr5bW5xN6zZ4aUiCyhgmg6HE2YjtYDV/dwZ5oZ="}]})"},
                 {"/contents/2", R"({"role":"user","parts":[{"text":"Thanks!"}]})"}}},
+          // [RSP]: input items, stateless (store false, encrypted reasoning included).
+          {.adapter = Adapter::kResponses,
+           .body =
+               {{"",
+                 R"({"model":"gpt-5-mini","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello"}]}],"store":false,"include":["reasoning.encrypted_content"],"stream":true})"}},
+           .reply = RspStream().Message({"Hello", " there!"}).Final(RspUsage(12, 3)).Done(),
+           .expect = {.text = "Hello there!",
+                      .finish = FinishReason::kStop,
+                      .native_finish = "completed",
+                      .usage = Tokens(12, 3)}},
       }};
 }
 
@@ -683,6 +852,17 @@ Case SystemPrompts() {
            .reply = Stream({GemChunk(GemParts(GemText("Bonjour."), "STOP"), GemUsage(11, 3))}),
            .expect =
                {.text = "Bonjour.", .finish = FinishReason::kStop, .native_finish = "STOP", .usage = Tokens(11, 3)}},
+          // [RSP]: system and developer messages are input items of their role.
+          {.adapter = Adapter::kResponses,
+           .body = {{"/input",
+                     R"([{"type":"message","role":"system","content":[{"type":"input_text","text":"You are terse."}]},{"type":"message","role":"developer","content":[{"type":"input_text","text":"Answer in French."}]},)" +
+                         RspUser("Greet me.") + "]"},
+                    {"/instructions", kAbsent}},
+           .reply = RspStream().Message({"Bonjour."}).Final(RspUsage(24, 3)).Done(),
+           .expect = {.text = "Bonjour.",
+                      .finish = FinishReason::kStop,
+                      .native_finish = "completed",
+                      .usage = Tokens(24, 3)}},
       }};
 }
 
@@ -757,6 +937,16 @@ Case MultiTurn() {
                       .finish = FinishReason::kStop,
                       .native_finish = "STOP",
                       .usage = Tokens(1040, 5, 1024)}},
+          {.adapter = Adapter::kResponses,
+           .body = {{"/input", "[" + RspUser("My name is Ada.") +
+                                   R"(,{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Nice to meet you, Ada."}]},)" +
+                                   RspUser("What is my name?") + "]"},
+                    {"/user", R"("user-4711")"}},
+           .reply = RspStream().Message({"Your name is ", "Ada."}).Final(RspUsage(31, 5, 16)).Done(),
+           .expect = {.text = "Your name is Ada.",
+                      .finish = FinishReason::kStop,
+                      .native_finish = "completed",
+                      .usage = Tokens(31, 5, 16)}},
       }};
 }
 
@@ -862,6 +1052,20 @@ Case ToolCallStreamed() {
                  R"({"role":"model","parts":[{"functionCall":{"name":"get_weather","args":{"location":"Tokyo"}},"thoughtSignature":"skip_thought_signature_validator"}]})"},
                 {"/contents/4",
                  R"({"role":"user","parts":[{"functionResponse":{"name":"get_weather","response":{"result":"ok"}}}]})"}}},
+          {.adapter = Adapter::kResponses,
+           .body = Concat({{"/tools", kRspWeatherTools}, {"/tool_choice", R"("required")"}}, RspWeatherHistory()),
+           .reply = RspStream()
+                        .Call("call_tokyo9Rs", "get_weather", {R"({\"lo)", R"(cation\": \"To)", R"(kyo\"})"})
+                        .Final(RspUsage(96, 17))
+                        .Done(),
+           .expect = {.calls = {{"call_tokyo9Rs", "get_weather", R"({"location": "Tokyo"})"}},
+                      .finish = FinishReason::kToolCalls,
+                      .native_finish = "completed",
+                      .usage = Tokens(96, 17)},
+           .replay =
+               {{"/input/3",
+                 R"({"type":"function_call","call_id":"call_tokyo9Rs","name":"get_weather","arguments":"{\"location\": \"Tokyo\"}"})"},
+                {"/input/4", R"({"type":"function_call_output","call_id":"call_tokyo9Rs","output":"ok"})"}}},
       }};
 }
 
@@ -1012,6 +1216,17 @@ Case ToolCallWhole() {
                       .finish = FinishReason::kToolCalls,
                       .native_finish = "STOP",
                       .usage = Tokens(118, 16)}},
+          // [RSP] ToolChoiceFunction {type, name}; the whole Response object.
+          {.adapter = Adapter::kResponses,
+           .body = Concat({{"/tools", kRspWeatherTools}, {"/tool_choice", R"({"type":"function","name":"get_weather"})"}},
+                          RspWeatherHistory()),
+           .reply = RspStream()
+                        .Call("call_wh0le7", "get_weather", {}, R"({\"location\":\"Tokyo\"})")
+                        .WholeJson(RspUsage(118, 16, 64)),
+           .expect = {.calls = {{"call_wh0le7", "get_weather", R"({"location":"Tokyo"})"}},
+                      .finish = FinishReason::kToolCalls,
+                      .native_finish = "completed",
+                      .usage = Tokens(118, 16, 64)}},
       }};
 }
 
@@ -1124,6 +1339,27 @@ Case ParallelToolCalls() {
                  R"({"role":"model","parts":[{"functionCall":{"name":"get_weather","args":{"location":"Paris"}},"thoughtSignature":"CiIBVKhc7oPaRiSsIgNaTuReFiRsTcAlL0="},{"functionCall":{"name":"get_weather","args":{"location":"Tokyo"}}}]})"},
                 {"/contents/2",
                  R"({"role":"user","parts":[{"functionResponse":{"name":"get_weather","response":{"result":"ok"}}},{"functionResponse":{"name":"get_weather","response":{"result":"ok"}}}]})"}}},
+          {.adapter = Adapter::kResponses,
+           .body = {{"/tools", kRspWeatherTools}, {"/parallel_tool_calls", "true"}, {"/tool_choice", kAbsent}},
+           .reply = RspStream()
+                        .Message({"I'll check both cities."})
+                        .Call("call_P4r1sRsp", "get_weather", {R"({\"location\": \"Paris\"})"})
+                        .Call("call_T0ky0Rsp", "get_weather", {R"({\"location\":)", R"( \"Tokyo\"})"})
+                        .Final(RspUsage(70, 46))
+                        .Done(),
+           .expect = {.text = "I'll check both cities.",
+                      .calls = {{"call_P4r1sRsp", "get_weather", R"({"location": "Paris"})"},
+                                {"call_T0ky0Rsp", "get_weather", R"({"location": "Tokyo"})"}},
+                      .finish = FinishReason::kToolCalls,
+                      .native_finish = "completed",
+                      .usage = Tokens(70, 46)},
+           .replay =
+               {{"/input/1",
+                 R"({"type":"message","role":"assistant","content":[{"type":"output_text","text":"I'll check both cities."}]})"},
+                {"/input/2/call_id", R"("call_P4r1sRsp")"},
+                {"/input/3/call_id", R"("call_T0ky0Rsp")"},
+                {"/input/4", R"({"type":"function_call_output","call_id":"call_P4r1sRsp","output":"ok"})"},
+                {"/input/5", R"({"type":"function_call_output","call_id":"call_T0ky0Rsp","output":"ok"})"}}},
       }};
 }
 
@@ -1200,6 +1436,18 @@ Case ToolCallWithoutArguments() {
                       .finish = FinishReason::kToolCalls,
                       .native_finish = "STOP",
                       .usage = Tokens(30, 5)}},
+          // [RSP] `parameters` is required: an empty object schema; the
+          // arguments come only on the done item.
+          {.adapter = Adapter::kResponses,
+           .body =
+               {{"/tools",
+                 R"([{"type":"function","name":"get_time","description":"Current UTC time","parameters":{"type":"object","properties":{}},"strict":false}])"},
+                {"/tool_choice", R"("auto")"}},
+           .reply = RspStream().Call("call_t1meRsp", "get_time", {}, "{}").Final(RspUsage(45, 11)).Done(),
+           .expect = {.calls = {{"call_t1meRsp", "get_time", "{}"}},
+                      .finish = FinishReason::kToolCalls,
+                      .native_finish = "completed",
+                      .usage = Tokens(45, 11)}},
       }};
 }
 
@@ -1258,6 +1506,14 @@ Case JsonMode() {
                               .finish = FinishReason::kStop,
                               .native_finish = "STOP",
                               .usage = Tokens(20, 6)}},
+                  // [RSP] text.format.
+                  {.adapter = Adapter::kResponses,
+                   .body = {{"/text", R"({"format":{"type":"json_object"}})"}, {"/response_format", kAbsent}},
+                   .reply = RspStream().Message({R"({\"answer\":)", " 42}"}).Final(RspUsage(33, 6)).Done(),
+                   .expect = {.text = R"({"answer": 42})",
+                              .finish = FinishReason::kStop,
+                              .native_finish = "completed",
+                              .usage = Tokens(33, 6)}},
               }};
 }
 
@@ -1324,6 +1580,15 @@ Case JsonSchema() {
                               .finish = FinishReason::kStop,
                               .native_finish = "STOP",
                               .usage = Tokens(8, 5)}},
+                  // [RSP] text.format json_schema {name, schema, strict}, flat.
+                  {.adapter = Adapter::kResponses,
+                   .body = {{"/text", std::string(R"({"format":{"type":"json_schema","name":"answer","schema":)") +
+                                          kAnswerSchema + R"(,"strict":true}})"}},
+                   .reply = RspStream().Message({R"({\"answer\":42})"}).Final(RspUsage(60, 5)).Done(),
+                   .expect = {.text = R"({"answer":42})",
+                              .finish = FinishReason::kStop,
+                              .native_finish = "completed",
+                              .usage = Tokens(60, 5)}},
               }};
 }
 
@@ -1376,6 +1641,15 @@ Case StopSequence() {
                               .finish = FinishReason::kStop,
                               .native_finish = "STOP",
                               .usage = Tokens(14, 18)}},
+                  // The Responses API has no `stop`: the gateway drops it.
+                  {.adapter = Adapter::kResponses,
+                   .dropped = {Param::kStop},
+                   .body = {{"/stop", kAbsent}},
+                   .reply = RspStream().Message({"1 2 3 4 5", " 6 7 8 9 END"}).Final(RspUsage(20, 20)).Done(),
+                   .expect = {.text = "1 2 3 4 5 6 7 8 9 END",
+                              .finish = FinishReason::kStop,
+                              .native_finish = "completed",
+                              .usage = Tokens(20, 20)}},
               }};
 }
 
@@ -1431,6 +1705,17 @@ Case MaxTokens() {
                               .finish = FinishReason::kLength,
                               .native_finish = "MAX_TOKENS",
                               .usage = Tokens(6, 5)}},
+                  // [RSP] max_output_tokens; response.incomplete with reason max_output_tokens.
+                  {.adapter = Adapter::kResponses,
+                   .body = {{"/max_output_tokens", "5"}, {"/max_tokens", kAbsent}, {"/max_completion_tokens", kAbsent}},
+                   .reply = RspStream()
+                                .Message({"Once upon", " a time,"})
+                                .Final(RspUsage(12, 5), R"({"reason":"max_output_tokens"})")
+                                .Done(),
+                   .expect = {.text = "Once upon a time,",
+                              .finish = FinishReason::kLength,
+                              .native_finish = "max_output_tokens",
+                              .usage = Tokens(12, 5)}},
               }};
 }
 
@@ -1495,6 +1780,16 @@ Case MaxTokensMidToolCall() {
            .reply = Stream({GemChunk(R"("content": {"role": "model"},"finishReason": "MAX_TOKENS")",
                                      R"({"promptTokenCount": 45,"totalTokenCount": 57,"thoughtsTokenCount": 12})")}),
            .expect = {.finish = FinishReason::kLength, .native_finish = "MAX_TOKENS", .usage = Tokens(45, 12, 0, 12)}},
+          {.adapter = Adapter::kResponses,
+           .body = {{"/max_output_tokens", "12"}, {"/tools", kRspWeatherTools}},
+           .reply = RspStream()
+                        .Call("call_cUtRsp12", "get_weather", {R"({\"location\": \"Pa)"})
+                        .Final(RspUsage(70, 12), R"({"reason":"max_output_tokens"})")
+                        .Done(),
+           .expect = {.calls = {{"call_cUtRsp12", "get_weather", R"({"location": "Pa)"}},
+                      .finish = FinishReason::kLength,
+                      .native_finish = "max_output_tokens",
+                      .usage = Tokens(70, 12)}},
       }};
 }
 
@@ -1563,6 +1858,17 @@ Case ImageInput() {
                       .finish = FinishReason::kStop,
                       .native_finish = "STOP",
                       .usage = Tokens(524, 7)}},
+          // [RSP] input_image {image_url, detail} (detail required: "auto" when not given).
+          {.adapter = Adapter::kResponses,
+           .body = {{"/input/0/content",
+                     R"([{"type":"input_text","text":"What is in these images?"},{"type":"input_image","image_url":")" +
+                         data_uri + R"(","detail":"low"},{"type":"input_image","image_url":")" + kAntUrl +
+                         R"(","detail":"auto"}])"}},
+           .reply = RspStream().Message({"A red pixel and an ant."}).Final(RspUsage(1120, 8)).Done(),
+           .expect = {.text = "A red pixel and an ant.",
+                      .finish = FinishReason::kStop,
+                      .native_finish = "completed",
+                      .usage = Tokens(1120, 8)}},
       }};
 }
 
@@ -1819,6 +2125,49 @@ Case ReasoningReplay() {
                      kGemNewSignature + R"("}]})"},
                 {"/contents/4",
                  R"({"role":"user","parts":[{"functionResponse":{"name":"get_weather","response":{"result":"ok"}}}]})"}}},
+          // The Responses API returns reasoning items (summary + encrypted
+          // content, with include) and takes them back untouched, under
+          // their id [RSP]: the prior item goes out again, and the new one
+          // comes back on the next turn.
+          {.adapter = Adapter::kResponses,
+           .request =
+               [] {
+                 ReasoningPart summary =
+                     Reasoning(ReasoningPart::Kind::kSummary, "Paris first.", "", "", "openai-responses-v1");
+                 summary.id = "rs_prev0a1b2c3d";
+                 ReasoningPart encrypted =
+                     Reasoning(ReasoningPart::Kind::kEncrypted, "", "", "gAAAAABoPREVenc==", "openai-responses-v1");
+                 encrypted.id = "rs_prev0a1b2c3d";
+                 return ReasoningHistory({summary, encrypted, Call("call_paris1", "get_weather", R"({"location":"Paris"})")},
+                                         "call_paris1", "low", std::nullopt);
+               },
+           .model = "o4-mini",
+           .body =
+               {{"/reasoning", R"({"effort":"low","summary":"auto"})"},
+                {"/input/1",
+                 R"({"type":"reasoning","id":"rs_prev0a1b2c3d","summary":[{"type":"summary_text","text":"Paris first."}],"encrypted_content":"gAAAAABoPREVenc=="})"},
+                {"/input/2",
+                 R"({"type":"function_call","call_id":"call_paris1","name":"get_weather","arguments":"{\"location\":\"Paris\"}"})"},
+                {"/input/3", R"({"type":"function_call_output","call_id":"call_paris1","output":"18°C, sunny"})"},
+                {"/model", R"("o4-mini")"}},
+           .reply = RspStream()
+                        .Reasoning("rs_new9f8e7d6c", {R"(**Tokyo next**\n\nParis is done.)"}, "gAAAAABoNEWenc==")
+                        .Message({"Paris is sunny; ", "Tokyo next."})
+                        .Final(RspUsage(150, 210, 0, 192))
+                        .Done(),
+           .expect = {.text = "Paris is sunny; Tokyo next.",
+                      .reasoning = {{ReasoningPart::Kind::kSummary, "**Tokyo next**\n\nParis is done.", "", "",
+                                     "openai-responses-v1"},
+                                    {ReasoningPart::Kind::kEncrypted, "", "", "gAAAAABoNEWenc==", "openai-responses-v1"}},
+                      .finish = FinishReason::kStop,
+                      .native_finish = "completed",
+                      .usage = Tokens(150, 210, 0, 192)},
+           .replay =
+               {{"/input/4",
+                 R"({"type":"reasoning","id":"rs_new9f8e7d6c","summary":[{"type":"summary_text","text":"**Tokyo next**\n\nParis is done."}],"encrypted_content":"gAAAAABoNEWenc=="})"},
+                {"/input/5",
+                 R"({"type":"message","role":"assistant","content":[{"type":"output_text","text":"Paris is sunny; Tokyo next."}]})"},
+                {"/input/6", R"({"type":"message","role":"user","content":[{"type":"input_text","text":"Thanks!"}]})"}}},
       }};
 }
 
@@ -1861,6 +2210,10 @@ Case UnicodeSplit() {
                             GemChunk(GemParts(GemText(kHello2)), GemUsage(7, 4)),
                             GemChunk(GemParts(GemText(kHello3), "STOP"), GemUsage(7, 5))}),
            .expect = {.text = kHello, .finish = FinishReason::kStop, .native_finish = "STOP", .usage = Tokens(7, 5)}},
+          {.adapter = Adapter::kResponses,
+           .body = {{"/input/0/content/0/text", R"("用中文打个招呼 👋")"}},
+           .reply = RspStream().Message({kHello1, kHello2, kHello3}).Final(RspUsage(15, 6)).Done(),
+           .expect = {.text = kHello, .finish = FinishReason::kStop, .native_finish = "completed", .usage = Tokens(15, 6)}},
       }};
 }
 
@@ -1912,6 +2265,10 @@ Case WithUserOnly(Case c, const std::string& text) {
       case RemoteApi::kGemini:
         col.body.push_back({"/contents", R"([{"role":"user","parts":[{"text":)" + t + "}]}]"});
         col.body.push_back({"/systemInstruction", kAbsent});
+        break;
+      case RemoteApi::kOpenAiResponses:
+        col.body.push_back({"/input", R"([{"type":"message","role":"user","content":[{"type":"input_text","text":)" +
+                                          t + "}]}]"});
         break;
     }
   }
@@ -1980,6 +2337,18 @@ Case Error400() {
 )",
                          "application/json; charset=UTF-8"),
            .expect = {.error = WithMessage(Err(ErrorCode::kInvalidArgument, 400), gem)}},
+          // The Responses API answers errors in the same [OAI-ERR] shape.
+          {.adapter = Adapter::kResponses,
+           .body = {{"/temperature", "3.5"}},
+           .reply = Json(400, R"({
+  "error": {
+    "message": ")" + oai + R"(",
+    "type": "invalid_request_error",
+    "param": "temperature",
+    "code": "decimal_above_max_value"
+  }
+})"),
+           .expect = {.error = WithMessage(Err(ErrorCode::kInvalidArgument, 400), oai, "temperature")}},
       }};
 }
 
@@ -2014,6 +2383,11 @@ Case Error401() {
            .reply = Json(
                401,
                R"({"error":{"code":401,"message":"Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.","status":"UNAUTHENTICATED"}})"),
+           .expect = {.error = e}},
+          {.adapter = Adapter::kResponses,
+           .reply = Json(
+               401,
+               R"({"error":{"message":"Incorrect API key provided: sk-proj-****************0006. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}})"),
            .expect = {.error = e}},
       }};
 }
@@ -2080,6 +2454,11 @@ Case InvalidApiKey() {
 )",
                          "application/json; charset=UTF-8"),
            .expect = {.error = gem}},
+          {.adapter = Adapter::kResponses,
+           .reply = Json(
+               401,
+               R"({"error":{"message":"Incorrect API key provided: sk-proj-****************0006. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}})"),
+           .expect = {.error = e}},
       }};
 }
 
@@ -2149,6 +2528,11 @@ Case Error429() {
 )",
                          "application/json; charset=UTF-8"),
            .expect = {.error = RateLimited("You exceeded your current quota", "22", "RESOURCE_EXHAUSTED")}},
+          {.adapter = Adapter::kResponses,
+           .reply = with_retry(Json(
+               429,
+               R"({"error":{"message":"Rate limit reached for gpt-5-mini in organization org-AbCdEfGh on tokens per min (TPM): Limit 200000, Used 199000, Requested 1500. Please try again in 450ms.","type":"tokens","param":null,"code":"rate_limit_exceeded"}})")),
+           .expect = {.error = RateLimited("Rate limit reached for gpt-5-mini", "7", "rate_limit_exceeded")}},
       }};
 }
 
@@ -2183,6 +2567,11 @@ Case Error500() {
                R"({"error":{"code":500,"message":"An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting","status":"INTERNAL"}})",
                "application/json; charset=UTF-8"),
            .expect = {.error = Containing(e, "An internal error has occurred.")}},
+          {.adapter = Adapter::kResponses,
+           .reply = Json(
+               500,
+               R"({"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}})"),
+           .expect = {.error = Containing(e, "The server had an error while processing your request.")}},
       }};
 }
 
@@ -2219,6 +2608,11 @@ Case Overloaded() {
                R"({"error":{"code":503,"message":"The model is overloaded. Please try again later.","status":"UNAVAILABLE"}})",
                "application/json; charset=UTF-8"),
            .expect = {.error = Containing(e, "The model is overloaded.")}},
+          {.adapter = Adapter::kResponses,
+           .reply = Json(
+               503,
+               R"({"error":{"message":"The engine is currently overloaded, please try again later.","type":"server_error","param":null,"code":null}})"),
+           .expect = {.error = Containing(e, "The engine is currently overloaded")}},
       }};
 }
 
@@ -2275,6 +2669,16 @@ Case EndedByTheProvider() {
                       .finish = FinishReason::kContentFilter,
                       .native_finish = "SAFETY",
                       .usage = Tokens(20, 3)}},
+          // [RSP] response.incomplete, incomplete_details.reason content_filter.
+          {.adapter = Adapter::kResponses,
+           .reply = RspStream()
+                        .Message({"Here is the"})
+                        .Final(RspUsage(20, 3), R"({"reason":"content_filter"})")
+                        .Done(),
+           .expect = {.text = "Here is the",
+                      .finish = FinishReason::kContentFilter,
+                      .native_finish = "content_filter",
+                      .usage = Tokens(20, 3)}},
       }};
 }
 
@@ -2318,6 +2722,20 @@ Case MidStreamError() {
                 "data: {\"error\": {\"code\": 503, \"message\": \"The model is overloaded. Please try again later.\", \"status\": \"UNAVAILABLE\"}}\r\n\r\n"}),
            .expect = {.text = "Once upon",
                       .error = Containing(Err(ErrorCode::kUnavailable, 503), "The model is overloaded.")}},
+          // [RSP-STREAM] an `error` event, then response.failed; server_error
+          // is the upstream's own trouble: 503 (retry elsewhere).
+          {.adapter = Adapter::kResponses,
+           .reply = RspStream()
+                        .Message({"Once upon"}, false)
+                        .Event("error",
+                               R"("code":"server_error","message":"The server had an error while processing your request. Sorry about that!","param":null)")
+                        .Event("response.failed",
+                               R"("response":)" + RspResponse("failed", "[]", "null", "null",
+                                                              R"({"code":"server_error","message":"The server had an error while processing your request. Sorry about that!"})"))
+                        .Done(),
+           .expect = {.text = "Once upon",
+                      .error = Containing(Err(ErrorCode::kUnavailable, 503),
+                                          "The server had an error while processing your request.")}},
       }};
 }
 
@@ -2350,6 +2768,15 @@ Case TruncatedStream() {
            .reply = CutStream({GemChunk(GemParts(GemText("Once")), GemUsage(6, 1)),
                                GemChunk(GemParts(GemText(" upon a")), GemUsage(6, 3)),
                                Cut(GemChunk(GemParts(GemText(" time")), GemUsage(6, 4)), 60)}),
+           .expect = {.text = "Once upon a", .error = e}},
+          {.adapter = Adapter::kResponses,
+           .reply =
+               [] {
+                 Fixture f = RspStream().Message({"Once", " upon a", " time"}, false).Done();
+                 f.pieces.back() = Cut(f.pieces.back(), 20);
+                 f.cut = true;
+                 return f;
+               }(),
            .expect = {.text = "Once upon a", .error = e}},
       }};
 }
@@ -2387,6 +2814,11 @@ Case NoTerminatorAfterFinish() {
                             GemChunk(GemParts(GemText(""), "STOP"), GemUsage(6, 3))}),
            .expect =
                {.text = "The end.", .finish = FinishReason::kStop, .native_finish = "STOP", .usage = Tokens(6, 3)}},
+          // response.completed is both the finish and the end: nothing follows it.
+          {.adapter = Adapter::kResponses,
+           .reply = RspStream().Message({"The end."}).Final(RspUsage(12, 3)).Done(),
+           .expect =
+               {.text = "The end.", .finish = FinishReason::kStop, .native_finish = "completed", .usage = Tokens(12, 3)}},
       }};
 }
 
@@ -2413,6 +2845,9 @@ Case NoTerminatorNoFinish() {
           {.adapter = Adapter::kGemini,
            .reply = Stream({GemChunk(GemParts(GemText("Part")), GemUsage(6, 1)),
                             GemChunk(GemParts(GemText("ial")), GemUsage(6, 2))}),
+           .expect = {.text = "Partial", .error = e}},
+          {.adapter = Adapter::kResponses,
+           .reply = RspStream().Message({"Part", "ial"}, false).Done(),
            .expect = {.text = "Partial", .error = e}},
       }};
 }
@@ -2695,6 +3130,24 @@ void CheckStandardRequest(const AdapterSpec& spec, const std::string& model, con
         EXPECT_TRUE(contents != nullptr && contents->is_array() && !contents->get_array().empty());
       }
       break;
+    case RemoteApi::kOpenAiResponses:
+      // [RSP]: POST {base}/responses, Bearer auth; always streamed and
+      // stateless: store false, encrypted reasoning included.
+      EXPECT_EQ(req.target, std::string(spec.base_path) + "/responses");
+      EXPECT_EQ(HeaderOr(req, "authorization"), "Bearer " + key);
+      EXPECT_EQ(HeaderOr(req, "x-api-key"), kAbsent);
+      CheckBody({{"/model", json::serialize(json::value(model))},
+                 {"/stream", "true"},
+                 {"/store", "false"},
+                 {"/include", R"(["reasoning.encrypted_content"])"},
+                 {"/messages", kAbsent},
+                 {"/stream_options", kAbsent}},
+                body);
+      {
+        const json::value* input = Find(body, "/input");
+        EXPECT_TRUE(input != nullptr && input->is_array() && !input->get_array().empty());
+      }
+      break;
   }
 }
 
@@ -2849,6 +3302,7 @@ const Fixture& FollowUp(Adapter a) {
       {Adapter::kAnthropic, AntStream({AntStart(50), AntTextStart(0), AntText(0, "OK."), AntBlockStop(0),
                                        AntDelta("end_turn", 2), kAntStop})},
       {Adapter::kGemini, Stream({GemChunk(GemParts(GemText("OK."), "STOP"), GemUsage(50, 2))})},
+      {Adapter::kResponses, RspStream().Message({"OK."}).Final(RspUsage(50, 2)).Done()},
   };
   return fixtures.at(a);
 }

@@ -1,4 +1,4 @@
-// Remote providers: one Provider per configured upstream, speaking one of three
+// Remote providers: one Provider per configured upstream, speaking one of four
 // APIs over pooled HTTP/1.1 (+TLS), always streamed, translated to and from the
 // canonical model by wire/ codecs.
 //
@@ -14,6 +14,17 @@
 //                      `x-goog-api-key: {api_key}` (never in the URL);
 //                      base_url ends in /v1beta, e.g.
 //                      https://generativelanguage.googleapis.com/v1beta.
+//   kOpenAiResponses   POST {base_url}/responses, `Authorization: Bearer
+//                      {api_key}`; OpenAI's Responses API ("Create a model
+//                      response", "Streaming events"), stateless (`store:
+//                      false`, include reasoning.encrypted_content) so that
+//                      OpenAI's encrypted reasoning items round-trip untouched
+//                      (wire/responses.hpp); base_url ends in /v1, e.g.
+//                      https://api.openai.com/v1 (the default). Parameters:
+//                      tools, tool_choice, parallel_tool_calls, response_format,
+//                      structured outputs, temperature, top_p, max_tokens,
+//                      reasoning, user, image input (the API has no stop,
+//                      seed, penalties, n, top_k or logit_bias).
 //
 // Every call is sent streamed whatever the caller asked for, so that usage is
 // always reported and the first byte is known; the gateway assembles whole
@@ -34,6 +45,8 @@
 //                             -> kUnavailable (503)
 //   other 5xx, malformed or cut-off responses, in-stream errors
 //                             -> kBadGateway (502), or the in-stream error's own class
+//                                (Responses: `error` events and response.failed with
+//                                code rate_limit_exceeded -> 429, server_error -> 503)
 //   request deadline          -> kDeadlineExceeded; cancel -> kCancelled.
 //
 // Thread-safety: Create() and every Provider method may be called from any
@@ -56,7 +69,7 @@ class io_context;
 
 namespace tollgate::providers {
 
-enum class RemoteApi { kOpenAiCompatible, kAnthropic, kGemini };
+enum class RemoteApi { kOpenAiCompatible, kAnthropic, kGemini, kOpenAiResponses };
 
 struct RemoteProviderOptions {
   RemoteApi api = RemoteApi::kOpenAiCompatible;
@@ -64,7 +77,8 @@ struct RemoteProviderOptions {
   // OpenAI-compatible server (every parameter passed on as given).
   std::string preset;
   std::string display_name;  // Provider::Name(): "OpenAI", "DeepSeek", ...
-  // http:// or https:// URL up to the API version; empty = the preset's.
+  // http:// or https:// URL up to the API version; empty = the preset's
+  // (kOpenAiResponses: https://api.openai.com/v1).
   // A query (e.g. Azure's "?api-version=...") is kept after the endpoint path.
   // No user-info, no fragment.
   std::string base_url;
