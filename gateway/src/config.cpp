@@ -509,9 +509,10 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
                             "context_length", "threads", "max_sequences", "max_queue", "max_batch_tokens",
                             "kv_cache_mib", "kv_cache_type", "prefix_cache", "device", "gpu_device",
                             "gpu_memory_mib"});
-      if (!n["type"]) Fail(path + ".type", "is required (local, openai_compatible, anthropic or gemini)");
+      if (!n["type"]) Fail(path + ".type", "is required (local, openai_compatible, openai_responses, anthropic or gemini)");
       p.type = r.String(n["type"], path + ".type");
-      const bool remote = p.type == "openai_compatible" || p.type == "anthropic" || p.type == "gemini";
+      const bool remote = p.type == "openai_compatible" || p.type == "openai_responses" || p.type == "anthropic" ||
+                          p.type == "gemini";
       std::string default_name = p.id;
       if (n["preset"]) {
         if (p.type != "openai_compatible") Fail(path + ".preset", "applies to openai_compatible providers only");
@@ -534,6 +535,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
         }
         if (p.type == "anthropic") p.base_url = "https://api.anthropic.com/v1";
         if (p.type == "gemini") p.base_url = "https://generativelanguage.googleapis.com/v1beta";
+        if (p.type == "openai_responses") p.base_url = "https://api.openai.com/v1";
         if (n["base_url"]) p.base_url = r.String(n["base_url"], path + ".base_url");
         if (p.base_url.empty()) Fail(path + ".base_url", "is required for openai_compatible without a preset");
         if (p.base_url.rfind("http://", 0) != 0 && p.base_url.rfind("https://", 0) != 0) {
@@ -598,7 +600,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
         if (n["gpu_device"]) p.gpu_device = static_cast<int>(r.Int(n["gpu_device"], path + ".gpu_device", 0, 1024));
         if (n["gpu_memory_mib"]) p.gpu_memory_mib = r.Int(n["gpu_memory_mib"], path + ".gpu_memory_mib", 0, 1 << 24);
       } else {
-        Fail(path + ".type", "'" + p.type + "' is not a provider type (local, openai_compatible, anthropic, gemini)");
+        Fail(path + ".type", "'" + p.type + "' is not a provider type (local, openai_compatible, openai_responses, anthropic, gemini)");
       }
       provider_ids.insert(p.id);
       config.providers.push_back(std::move(p));

@@ -1172,6 +1172,7 @@ int StartupError(const std::string& what) {
 providers::RemoteApi RemoteApiOf(const std::string& type) {
   if (type == "anthropic") return providers::RemoteApi::kAnthropic;
   if (type == "gemini") return providers::RemoteApi::kGemini;
+  if (type == "openai_responses") return providers::RemoteApi::kOpenAiResponses;
   return providers::RemoteApi::kOpenAiCompatible;
 }
 

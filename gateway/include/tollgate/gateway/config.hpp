@@ -63,7 +63,7 @@ struct BillingConfig {
 
 struct ProviderConfig {
   std::string id;            // key under `providers:`
-  std::string type;          // "local" | "openai_compatible" | "anthropic" | "gemini"
+  std::string type;          // "local" | "openai_compatible" | "openai_responses" | "anthropic" | "gemini"
   std::string display_name;  // shown as `provider` in responses; defaults to the preset's, else id
   bool enabled = true;
   std::string disabled_reason;  // why not enabled ("OPENAI_API_KEY is not set")
