@@ -4,7 +4,8 @@
 // It speaks OpenAI's real wire format (../../../shared/WIRE-FORMATS.md section 3.1; OpenAI API
 // reference, https://platform.openai.com/docs/api-reference/chat/create and
 // .../chat/streaming, errors https://platform.openai.com/docs/guides/error-codes): POST
-// /v1/chat/completions and POST /v1/completions, non-streaming JSON and Server-Sent Events
+// /v1/chat/completions and POST /v1/completions (and POST /v1/responses, OpenAI's Responses API: see
+// the section above startMockOpenAI), non-streaming JSON and Server-Sent Events
 // (`data: {chunk}\n\n` ... `data: [DONE]\n\n`, with the usage chunk whose `choices` is `[]` only when
 // the request has stream_options.include_usage, and `"usage": null` on every other chunk then).
 // Reasoning follows DeepSeek's OpenAI-compatible extension (https://api-docs.deepseek.com/guides/reasoning_model):
@@ -622,6 +623,109 @@ export function openaiErrorBody(status) {
   return { error: ERRORS[status] };
 }
 
+// ------------------------------------------------------------------ OpenAI Responses API (POST /v1/responses)
+//
+// The same scenario plans rendered in OpenAI's Responses wire format (API reference "Create a model
+// response", "The response object", "Streaming events"; the `openai` npm package's
+// resources/responses/responses.d.ts): `input` items in, a Response object out (stream: false), or
+// `event: TYPE` + `data: {type, sequence_number, ...}` events: response.created, response.in_progress,
+// per output item response.output_item.added ... response.output_item.done (reasoning: summary part
+// and summary text deltas; message: content part and output_text deltas; function_call: argument
+// deltas), then response.completed, or response.incomplete (max tokens: incomplete_details.reason
+// "max_output_tokens"); mid-stream errors are an `error` event then response.failed. No terminator.
+// mock-reasoning answers a reasoning item with one summary (REASONING_TEXT) and an encrypted_content
+// the mock can recognise (responsesEncryptedReasoning(id)) before the reply. Each recorded request
+// also has reasoningItemsReceived: [{id, encrypted_content, summary, intact}] (intact: the
+// encrypted_content is the one this mock issued for that id, i.e. replayed unchanged).
+
+/** The encrypted_content the mock issues for reasoning item `id` (opaque to clients, checkable here). */
+export function responsesEncryptedReasoning(id) {
+  return `gAAAAAB${Buffer.from(JSON.stringify({ mock: 'reasoning', id })).toString('base64')}`;
+}
+
+function responsesContentText(content) {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) return content.map((p) => (typeof p?.text === 'string' ? p.text : typeof p?.refusal === 'string' ? p.refusal : '')).join(' ');
+  return '';
+}
+
+/** `input` as an item list (a string is one user message). */
+export function responsesInputItems(body) {
+  if (typeof body.input === 'string') return [{ type: 'message', role: 'user', content: body.input }];
+  return Array.isArray(body.input) ? body.input : [];
+}
+
+/** Prompt tokens for a Responses request: 3 + per item (and instructions) 3 + words of its text. */
+export function responsesPromptTokens(body) {
+  let n = 3;
+  if (typeof body.instructions === 'string' && body.instructions) n += 3 + words(body.instructions);
+  for (const it of responsesInputItems(body)) {
+    const type = it?.type ?? 'message';
+    if (type === 'message') n += 3 + words(responsesContentText(it.content));
+    else if (type === 'function_call') n += 3 + words(String(it.arguments ?? ''));
+    else if (type === 'function_call_output') n += 3 + words(responsesContentText(it.output));
+  }
+  return n;
+}
+
+/** What a Responses request says, for planAnswer() and the request record. */
+export function readResponsesRequest(body) {
+  const items = responsesInputItems(body);
+  const toolNames = (Array.isArray(body.tools) ? body.tools : [])
+    .filter((t) => t?.type === 'function' && typeof t.name === 'string').map((t) => t.name);
+  const toolResults = [];
+  for (let i = items.length - 1; i >= 0 && items[i]?.type === 'function_call_output'; i--) {
+    toolResults.unshift(responsesContentText(items[i].output));
+  }
+  let imageReceived = false;
+  let reasoningText = '';
+  const reasoningItemsReceived = [];
+  const toolCallsReceived = [];
+  const toolResultsReceived = [];
+  for (const it of items) {
+    const type = it?.type ?? 'message';
+    if (type === 'message' && Array.isArray(it.content) && it.content.some((p) => p?.type === 'input_image')) imageReceived = true;
+    if (type === 'reasoning') {
+      const summary = (Array.isArray(it.summary) ? it.summary : []).map((s) => s?.text ?? '').join('');
+      reasoningText += summary;
+      reasoningItemsReceived.push({
+        id: it.id ?? null, encrypted_content: it.encrypted_content ?? null, summary,
+        intact: typeof it.id === 'string' && it.encrypted_content === responsesEncryptedReasoning(it.id),
+      });
+    }
+    if (type === 'function_call') {
+      toolCallsReceived.push({ id: it.call_id ?? null, name: it.name ?? null, arguments: it.arguments, args: parseMaybe(it.arguments) });
+    }
+    if (type === 'function_call_output') toolResultsReceived.push({ id: it.call_id ?? null, name: null, text: responsesContentText(it.output) });
+  }
+  const rf = body.text?.format?.type;
+  return {
+    scenario: scenarioOf(body.model),
+    maxTokens: body.max_output_tokens ?? null,
+    stop: [],
+    toolNames,
+    toolResults,
+    imageReceived,
+    jsonRequested: rf === 'json_object' || rf === 'json_schema',
+    reasoningReceived: reasoningItemsReceived.length ? { text: reasoningText, signatures: [] } : null,
+    reasoningItemsReceived,
+    toolCallsReceived,
+    toolResultsReceived,
+  };
+}
+
+/** The Responses usage object for a plan (OpenAI semantics: cached within input, reasoning within output). */
+export function responsesUsage(prompt, plan) {
+  const output = plan.outputTokens + plan.reasoningTokens;
+  return {
+    input_tokens: prompt,
+    input_tokens_details: { cached_tokens: plan.cacheRead ? Math.floor(prompt / 2) : 0 },
+    output_tokens: output,
+    output_tokens_details: { reasoning_tokens: plan.reasoningTokens },
+    total_tokens: prompt + output,
+  };
+}
+
 export async function startMockOpenAI({
   host = '127.0.0.1', port = 0, apiKey = DEFAULT_API_KEY, writeDelayMs = 2, slowPieceMs = SLOW_PIECE_MS, log = null,
 } = {}) {
@@ -738,9 +842,120 @@ export async function startMockOpenAI({
     return w.sendEvents(rec, res, headers, texts, { pieceDelayMs: plan.slow ? w.slowPieceMs : 0, everyChar });
   }
 
+  // POST /v1/responses: the plan as Response items and events (section above startMockOpenAI).
+  async function handleResponses(rec, res) {
+    const body = rec.body;
+    const view = readResponsesRequest(body);
+    Object.assign(rec, {
+      scenario: view.scenario, stream: body.stream === true, jsonRequested: view.jsonRequested,
+      imageReceived: view.imageReceived, reasoningReceived: view.reasoningReceived,
+      reasoningItemsReceived: view.reasoningItemsReceived,
+      toolCallsReceived: view.toolCallsReceived, toolResultsReceived: view.toolResultsReceived,
+    });
+    const plan = planAnswer(view);
+    if (plan.error) {
+      const status = ERROR_STATUS[plan.error] ?? 500;
+      const headers = status === 429
+        ? { 'retry-after': String(RETRY_AFTER_SECONDS), 'x-ratelimit-limit-requests': '3', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': `${RETRY_AFTER_SECONDS}s` }
+        : {};
+      return sendError(rec, res, status, headers);
+    }
+    const everyChar = plan.scenario === 'mock-cjk';
+    const n = ++seq;
+    const usage = responsesUsage(responsesPromptTokens(body), plan);
+    const withEncrypted = body.store === false || (Array.isArray(body.include) && body.include.includes('reasoning.encrypted_content'));
+    const incomplete = plan.finish === 'length';
+    const rsId = `rs_mock${n}`;
+    const msgId = `msg_mock${n}`;
+    const reasoningItem = plan.reasoning.length
+      ? { id: rsId, type: 'reasoning', summary: [{ type: 'summary_text', text: plan.reasoning.join('') }], encrypted_content: withEncrypted ? responsesEncryptedReasoning(rsId) : null }
+      : null;
+    const textStatus = incomplete ? 'incomplete' : 'completed';
+    const messageItem = plan.text.length || !plan.toolCalls.length
+      ? { id: msgId, type: 'message', status: textStatus, role: 'assistant', content: [{ type: 'output_text', annotations: [], logprobs: [], text: plan.text.join('') }] }
+      : null;
+    const callItems = plan.toolCalls.map((c, i) => ({
+      id: `fc_mock${n}_${i}`, type: 'function_call', status: c.complete ? 'completed' : 'incomplete',
+      arguments: c.argsJson, call_id: `call_mock${n}_${i}`, name: c.name,
+    }));
+    const output = [reasoningItem, messageItem, ...callItems].filter(Boolean);
+    const response = (status, out, extra = {}) => ({
+      id: `resp_mock${n}`, object: 'response', created_at: 1700000000 + n, status, background: false, error: null,
+      incomplete_details: null, instructions: body.instructions ?? null, max_output_tokens: body.max_output_tokens ?? null,
+      model: String(body.model ?? ''), output: out, parallel_tool_calls: body.parallel_tool_calls ?? true,
+      previous_response_id: body.previous_response_id ?? null,
+      reasoning: { effort: body.reasoning?.effort ?? null, summary: body.reasoning?.summary ?? null },
+      service_tier: 'default', store: body.store ?? true, temperature: body.temperature ?? 1, text: { format: body.text?.format ?? { type: 'text' } },
+      tool_choice: body.tool_choice ?? 'auto', tools: body.tools ?? [], top_p: body.top_p ?? 1, truncation: 'disabled',
+      usage: null, user: body.user ?? null, metadata: body.metadata ?? {}, ...extra,
+    });
+    const final = response(incomplete ? 'incomplete' : 'completed', output, {
+      usage, incomplete_details: incomplete ? { reason: 'max_output_tokens' } : null,
+    });
+    const headers = { 'x-request-id': rec.upstreamId, 'openai-processing-ms': '9' };
+
+    if (!body.stream) {
+      if (plan.slow && !(await w.holdSlow(rec))) return undefined;
+      return w.sendJson(rec, res, 200, headers, final, { everyChar, truncate: plan.truncateAfter !== null });
+    }
+
+    let sn = 0;
+    const events = [];
+    const ev = (type, fields) => events.push(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sn++, ...fields })}\n\n`);
+    ev('response.created', { response: response('in_progress', []) });
+    ev('response.in_progress', { response: response('in_progress', []) });
+    let index = 0;
+    if (reasoningItem) {
+      const at = { item_id: rsId, output_index: index };
+      const summary = reasoningItem.summary[0].text;
+      ev('response.output_item.added', { output_index: index, item: { ...reasoningItem, summary: [] } });
+      ev('response.reasoning_summary_part.added', { ...at, summary_index: 0, part: { type: 'summary_text', text: '' } });
+      for (const p of plan.reasoning) ev('response.reasoning_summary_text.delta', { ...at, summary_index: 0, delta: p, obfuscation: 'mock' });
+      ev('response.reasoning_summary_text.done', { ...at, summary_index: 0, text: summary });
+      ev('response.reasoning_summary_part.done', { ...at, summary_index: 0, part: { type: 'summary_text', text: summary } });
+      ev('response.output_item.done', { output_index: index, item: reasoningItem });
+      index++;
+    }
+    let textPieces = plan.text;
+    let cutAfterText = null; // 'destroy' | 'error'
+    if (plan.truncateAfter !== null) { textPieces = textPieces.slice(0, plan.truncateAfter); cutAfterText = 'destroy'; }
+    if (plan.midstreamErrorAfter !== null) { textPieces = textPieces.slice(0, plan.midstreamErrorAfter); cutAfterText = 'error'; }
+    if (messageItem) {
+      const at = { item_id: msgId, output_index: index, content_index: 0 };
+      ev('response.output_item.added', { output_index: index, item: { ...messageItem, status: 'in_progress', content: [] } });
+      ev('response.content_part.added', { ...at, part: { type: 'output_text', annotations: [], logprobs: [], text: '' } });
+      for (const p of textPieces) ev('response.output_text.delta', { ...at, delta: p, logprobs: [], obfuscation: 'mock' });
+      if (cutAfterText === 'destroy') return w.sendEvents(rec, res, headers, events, { end: 'destroy', everyChar });
+      if (cutAfterText === 'error') {
+        const e = ERRORS[500];
+        ev('error', { code: 'server_error', message: e.message, param: null });
+        ev('response.failed', { response: response('failed', [], { error: { code: 'server_error', message: e.message } }) });
+        return w.sendEvents(rec, res, headers, events, { everyChar });
+      }
+      const text = plan.text.join('');
+      ev('response.output_text.done', { ...at, text, logprobs: [] });
+      ev('response.content_part.done', { ...at, part: messageItem.content[0] });
+      ev('response.output_item.done', { output_index: index, item: messageItem });
+      index++;
+    }
+    for (const item of callItems) {
+      const c = plan.toolCalls[callItems.indexOf(item)];
+      const at = { item_id: item.id, output_index: index };
+      ev('response.output_item.added', { output_index: index, item: { ...item, status: 'in_progress', arguments: '' } });
+      for (const f of c.fragments) ev('response.function_call_arguments.delta', { ...at, delta: f, obfuscation: 'mock' });
+      ev('response.function_call_arguments.done', { ...at, name: item.name, arguments: item.arguments });
+      ev('response.output_item.done', { output_index: index, item });
+      index++;
+    }
+    // mock-no-finish: the stream ends without its final event.
+    if (plan.finish !== null) ev(incomplete ? 'response.incomplete' : 'response.completed', { response: final });
+    return w.sendEvents(rec, res, headers, events, { pieceDelayMs: plan.slow ? w.slowPieceMs : 0, everyChar });
+  }
+
   async function route(rec, req, res) {
     const path = (req.url ?? '').split('?')[0];
-    const kind = path === '/v1/chat/completions' ? 'chat' : path === '/v1/completions' ? 'completions' : null;
+    const kind = path === '/v1/chat/completions' ? 'chat' : path === '/v1/completions' ? 'completions'
+      : path === '/v1/responses' ? 'responses' : null;
     if (req.method === 'GET' && path === '/v1/models') {
       return w.sendJson(rec, res, 200, { 'x-request-id': rec.upstreamId }, { object: 'list', data: [{ id: 'gpt-test-upstream', object: 'model', created: 1700000000, owned_by: 'mock' }] });
     }
@@ -756,6 +971,7 @@ export async function startMockOpenAI({
       return sendError(rec, res, 400);
     }
     if (rec.body === null || typeof rec.body !== 'object') return sendError(rec, res, 400);
+    if (kind === 'responses') return handleResponses(rec, res);
     return handleCompletion(rec, res, kind);
   }
 

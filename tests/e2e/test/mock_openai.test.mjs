@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { E2E_DIR } from '../lib/harness.mjs';
 import {
   CJK_TEXT, JSON_TEXT, REASONING_TEXT, REPLY_PIECES, REPLY_TEXT, TOOL_ARGS, TOOL_ARGS_2, answerFor,
-  completionFor, promptTokens, startMockOpenAI,
+  completionFor, promptTokens, responsesEncryptedReasoning, responsesPromptTokens, startMockOpenAI,
 } from '../mock_openai.mjs';
 
 // Only the openai client is needed here (loadDeps() would also load @openrouter/sdk and pg: seconds).
@@ -380,5 +380,138 @@ describe('mock OpenAI upstream: scenarios through the openai SDK', { timeout: 60
     while (!rec.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.equal(rec.closed, true);
     assert.equal(rec.cutByMock, false);
+  });
+});
+
+// POST /v1/responses: the same plans in OpenAI's Responses wire format, read by the SDK's
+// client.responses.create (plain: a Response object, the SDK adding output_text; stream: typed
+// events with consecutive sequence numbers, ending in response.completed / response.incomplete).
+describe('mock OpenAI upstream: the Responses API through the openai SDK', { timeout: 60000 }, () => {
+  let mock;
+  let client;
+  const RSP_TOOLS = [
+    { type: 'function', name: 'get_weather', description: 'Current weather', parameters: { type: 'object', properties: { city: { type: 'string' }, unit: { type: 'string' } }, required: ['city'] }, strict: false },
+    { type: 'function', name: 'get_time', description: 'Local time', parameters: { type: 'object', properties: { city: { type: 'string' } } }, strict: false },
+  ];
+
+  before(async () => {
+    mock = await startMockOpenAI({ writeDelayMs: 0 });
+    client = new OpenAI({ apiKey: mock.apiKey, baseURL: mock.baseURL, maxRetries: 0 });
+  });
+  after(async () => {
+    await mock?.close();
+  });
+
+  async function events(params) {
+    const stream = await client.responses.create({ ...params, stream: true });
+    const out = [];
+    for await (const e of stream) out.push(e);
+    out.forEach((e, i) => assert.equal(e.sequence_number, i, `event ${i} (${e.type})`));
+    assert.equal(out[0].type, 'response.created');
+    assert.equal(out[1].type, 'response.in_progress');
+    return out;
+  }
+
+  test('plain and streamed text, usage, the request recorded', async () => {
+    const params = { model: 'gpt-test-upstream', instructions: 'Be brief.', input: 'Say hello' };
+    const r = await client.responses.create(params);
+    assert.equal(r.object, 'response');
+    assert.equal(r.status, 'completed');
+    assert.equal(r.output_text, REPLY_TEXT);
+    assert.equal(r.output.length, 1);
+    assert.equal(r.output[0].type, 'message');
+    const prompt = responsesPromptTokens(params);
+    assert.equal(prompt, 3 + 3 + 2 + 3 + 2);
+    assert.deepEqual(r.usage, {
+      input_tokens: prompt, input_tokens_details: { cached_tokens: 0 }, output_tokens: REPLY_PIECES.length,
+      output_tokens_details: { reasoning_tokens: 0 }, total_tokens: prompt + REPLY_PIECES.length,
+    });
+    assert.equal(mock.last('/v1/responses').scenario, 'default');
+    assert.equal(mock.last('/v1/responses').stream, false);
+
+    const es = await events(params);
+    assert.deepEqual(es.filter((e) => e.type === 'response.output_text.delta').map((e) => e.delta), REPLY_PIECES);
+    const types = es.map((e) => e.type);
+    assert.deepEqual(types.slice(2, 4), ['response.output_item.added', 'response.content_part.added']);
+    assert.deepEqual(types.slice(-4), ['response.output_text.done', 'response.content_part.done', 'response.output_item.done', 'response.completed']);
+    const last = es.at(-1);
+    assert.equal(last.type, 'response.completed');
+    assert.equal(last.response.output[0].content[0].text, REPLY_TEXT);
+    assert.equal(last.response.usage.output_tokens, REPLY_PIECES.length);
+    assert.equal(mock.last('/v1/responses').stream, true);
+  });
+
+  test('mock-tools and mock-parallel-tools: function_call items with argument deltas; the tool result turn', async () => {
+    const es = await events({ model: 'mock-tools', input: 'Weather in Paris?', tools: RSP_TOOLS });
+    const done = es.filter((e) => e.type === 'response.output_item.done').map((e) => e.item);
+    assert.equal(done.length, 1);
+    assert.equal(done[0].type, 'function_call');
+    assert.equal(done[0].name, 'get_weather');
+    assert.deepEqual(JSON.parse(done[0].arguments), TOOL_ARGS);
+    assert.ok(es.filter((e) => e.type === 'response.function_call_arguments.delta').length > 1);
+    assert.equal(es.at(-1).type, 'response.completed');
+
+    const call = done[0];
+    const r = await client.responses.create({
+      model: 'mock-tools', tools: RSP_TOOLS,
+      input: [{ role: 'user', content: 'Weather in Paris?' }, call, { type: 'function_call_output', call_id: call.call_id, output: '18°C' }],
+    });
+    assert.equal(r.output_text, 'The weather is 18°C');
+    const rec = mock.last('/v1/responses');
+    assert.deepEqual(rec.toolCallsReceived.map((c) => c.id), [call.call_id]);
+    assert.deepEqual(rec.toolResultsReceived, [{ id: call.call_id, name: null, text: '18°C' }]);
+
+    const p = await client.responses.create({ model: 'mock-parallel-tools', input: 'Both cities', tools: RSP_TOOLS });
+    assert.deepEqual(p.output.map((o) => [o.type, o.name, JSON.parse(o.arguments)]),
+      [['function_call', 'get_weather', TOOL_ARGS], ['function_call', 'get_time', TOOL_ARGS_2]]);
+  });
+
+  test('mock-reasoning: a reasoning item with a summary and encrypted content, recognised when replayed', async () => {
+    const es = await events({ model: 'mock-reasoning', input: 'Think.', store: false, include: ['reasoning.encrypted_content'] });
+    const summary = es.filter((e) => e.type === 'response.reasoning_summary_text.delta').map((e) => e.delta).join('');
+    assert.equal(summary, REASONING_TEXT);
+    const final = es.at(-1).response;
+    const [reasoning, message] = final.output;
+    assert.equal(reasoning.type, 'reasoning');
+    assert.equal(reasoning.encrypted_content, responsesEncryptedReasoning(reasoning.id));
+    assert.equal(message.content[0].text, REPLY_TEXT);
+    assert.equal(final.usage.output_tokens_details.reasoning_tokens, final.usage.output_tokens - REPLY_PIECES.length);
+    assert.ok(final.usage.output_tokens_details.reasoning_tokens > 0);
+
+    await client.responses.create({ model: 'mock-reasoning', input: [{ role: 'user', content: 'Think.' }, reasoning, message, { role: 'user', content: 'Again' }] });
+    const rec = mock.last('/v1/responses');
+    assert.equal(rec.reasoningItemsReceived.length, 1);
+    assert.equal(rec.reasoningItemsReceived[0].intact, true);
+    assert.equal(rec.reasoningReceived.text, REASONING_TEXT);
+    await client.responses.create({ model: 'mock-reasoning', input: [{ ...reasoning, encrypted_content: 'gAAAAABtampered' }, { role: 'user', content: 'Again' }] });
+    assert.equal(mock.last('/v1/responses').reasoningItemsReceived[0].intact, false);
+  });
+
+  test('mock-length (incomplete), mock-json, mock-cjk, errors, mock-midstream-error', async () => {
+    const len = await client.responses.create({ model: 'mock-length', input: 'Tell me', max_output_tokens: 2 });
+    assert.equal(len.status, 'incomplete');
+    assert.deepEqual(len.incomplete_details, { reason: 'max_output_tokens' });
+    assert.equal(len.output_text, REPLY_PIECES.slice(0, 2).join(''));
+    const es = await events({ model: 'mock-length', input: 'Tell me', max_output_tokens: 2 });
+    assert.equal(es.at(-1).type, 'response.incomplete');
+
+    const json = await client.responses.create({ model: 'mock-json', input: 'JSON', text: { format: { type: 'json_object' } } });
+    assert.equal(json.output_text, JSON_TEXT);
+    assert.equal(mock.last('/v1/responses').jsonRequested, true);
+    const cjk = await events({ model: 'mock-cjk', input: 'Hi' });
+    assert.equal(cjk.at(-1).response.output[0].content[0].text, CJK_TEXT);
+
+    await assert.rejects(client.responses.create({ model: 'mock-error-429', input: 'Hi' }), (e) => e.status === 429 && e.headers.get('retry-after') === '7');
+    await assert.rejects(client.responses.create({ model: 'mock-error-400', input: 'Hi' }), (e) => e.status === 400);
+
+    // Mid-stream: text deltas, then an `error` event and response.failed, nothing after.
+    const stream = await client.responses.create({ model: 'mock-midstream-error', input: 'Hi', stream: true });
+    const seen = [];
+    try { for await (const e of stream) seen.push(e.type); } catch { /* an SDK may throw on the error event */ }
+    assert.ok(seen.includes('response.output_text.delta'));
+    assert.ok(!seen.includes('response.completed'));
+    const raw = Buffer.concat(mock.last('/v1/responses').writes).toString('utf8');
+    assert.match(raw, /event: error\ndata: \{"type":"error","sequence_number":\d+,"code":"server_error"/);
+    assert.match(raw, /event: response\.failed\n/);
   });
 });
