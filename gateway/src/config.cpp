@@ -418,7 +418,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
   Config config;
   if (!root.IsDefined() || root.IsNull()) Fail("(top level)", "the file is empty");
   r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing", "log",
-                         "stats"});
+                         "stats", "responses"});
   if (auto l = root["log"]) {
     r.CheckKeys(l, "log", {"access"});
     if (l["access"]) config.log.access = r.Bool(l["access"], "log.access");
@@ -428,6 +428,10 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
     if (st["retention_days"]) {
       config.stats.retention_days = static_cast<int>(r.Int(st["retention_days"], "stats.retention_days", 0, 36'500));
     }
+  }
+  if (auto rs = root["responses"]) {
+    r.CheckKeys(rs, "responses", {"ttl_days"});
+    if (rs["ttl_days"]) config.responses.ttl_days = static_cast<int>(r.Int(rs["ttl_days"], "responses.ttl_days", 1, 36'500));
   }
 
   if (auto s = root["server"]) {

@@ -85,7 +85,8 @@ retention of the raw rows).
 `usage prune` does once what serve does hourly: creates the daily partitions
 of raw usage rows from yesterday to a week ahead and drops the raw rows older
 than N days (default: stats.retention_days of the config, 90; 0 keeps them).
-The rollups behind statistics and /api/v1/key are kept.
+The rollups behind statistics and /api/v1/key are kept. It also deletes
+stored Responses API responses past their expiry (responses.ttl_days).
 
 Provider keys are encrypted with TOLLGATE_SECRET_KEY (64 hex characters, e.g.
 from `openssl rand -hex 32`), which `serve` needs too to use them.
@@ -833,6 +834,7 @@ int UsageCommand(const Args& args) {
               static_cast<long long>(report->partitions_created), static_cast<long long>(report->partitions_dropped),
               retention_days == 0 ? "retention off: raw rows kept"
                                   : ("raw rows older than " + std::to_string(retention_days) + " days removed").c_str());
+  std::printf("%lld expired stored responses deleted\n", static_cast<long long>(report->responses_pruned));
   return 0;
 }
 

@@ -9,7 +9,8 @@
 namespace tollgate::gateway {
 
 ResponseEncoder::ResponseEncoder(const ChatRequest& request, wire::ResponseMeta meta, ErrorFlavor error_flavor,
-                                 int64_t prompt_tokens_hint)
+                                 int64_t prompt_tokens_hint,
+                                 std::optional<wire::responses::ResponseOptions> responses)
     : api_(request.api),
       kind_(request.kind),
       stream_(request.stream),
@@ -17,7 +18,10 @@ ResponseEncoder::ResponseEncoder(const ChatRequest& request, wire::ResponseMeta 
       include_reasoning_(!(request.reasoning && request.reasoning->exclude)),
       meta_(std::move(meta)),
       error_flavor_(error_flavor),
-      prompt_tokens_hint_(prompt_tokens_hint) {}
+      prompt_tokens_hint_(prompt_tokens_hint),
+      responses_options_(std::move(responses)) {
+  if (api_ == ApiFlavor::kOpenAiResponses && !responses_options_) responses_options_.emplace();
+}
 
 namespace {
 
@@ -83,6 +87,8 @@ void ResponseEncoder::Commit(const CommitInfo& info) {
   if (!stream_) return;
   if (api_ == ApiFlavor::kAnthropicMessages) {
     anthropic_.emplace(meta_, prompt_tokens_hint_);
+  } else if (api_ == ApiFlavor::kOpenAiResponses) {
+    responses_.emplace(meta_, *responses_options_);
   } else {
     openai_.emplace(meta_, wire::openai::ResponseOptions{kind_, include_usage_, include_reasoning_});
   }
@@ -93,6 +99,8 @@ std::string ResponseEncoder::Event(const StreamEvent& event) {
   if (anthropic_) {
     if (!include_reasoning_ && std::holds_alternative<ReasoningDelta>(event)) return {};
     bytes = anthropic_->Encode(event);
+  } else if (responses_) {
+    bytes = responses_->Encode(event);
   } else if (openai_) {
     bytes = openai_->Encode(event);
   }
@@ -104,12 +112,14 @@ std::string ResponseEncoder::Event(const StreamEvent& event) {
 
 std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
   if (anthropic_) return anthropic_->Finish(summary.usage);
+  if (responses_) return responses_->Finish(summary.usage, summary.cost, summary.byok);
   if (openai_) return openai_->Finish(summary.usage, summary.cost, summary.byok);
   return {};
 }
 
-std::string ResponseEncoder::StreamError(const Error& error) const {
+std::string ResponseEncoder::StreamError(const Error& error) {
   if (api_ == ApiFlavor::kAnthropicMessages) return wire::anthropic::StreamEncoder::ErrorEvent(error);
+  if (responses_) return responses_->Fail(error);
   // OpenRouter's mid-stream error (openrouter.ai/docs/api-reference/streaming,
   // "Mid-stream errors"): a chunk with the stream's id, `error`, and choice 0
   // ending with finish_reason "error" (@openrouter/sdk parses it as a chunk;
@@ -131,10 +141,16 @@ std::string ResponseEncoder::StreamError(const Error& error) const {
   return wire::SseFrame(boost::json::serialize(chunk));
 }
 
-std::string ResponseEncoder::WholeBody(const CallSummary& summary) const {
+std::string ResponseEncoder::WholeBody(const CallSummary& summary) {
   ChatResponse response = whole_.Take();
   if (!include_reasoning_) {
     for (auto& choice : response.choices) choice.reasoning.clear();
+  }
+  if (api_ == ApiFlavor::kOpenAiResponses) {
+    responses_whole_ =
+        wire::responses::BuildResponse(meta_, *responses_options_, response, summary.usage, summary.cost, summary.byok);
+    if (routing_) responses_whole_->client["routing"] = *routing_;
+    return boost::json::serialize(responses_whole_->client);
   }
   std::string body = api_ == ApiFlavor::kAnthropicMessages
                          ? wire::anthropic::EncodeMessagesResponse(meta_, response, summary.usage)
@@ -142,6 +158,12 @@ std::string ResponseEncoder::WholeBody(const CallSummary& summary) const {
                                meta_, wire::openai::ResponseOptions{kind_, include_usage_, include_reasoning_},
                                response, summary.usage, summary.cost, summary.byok);
   return routing_ ? WithRouting(body, *routing_) : body;
+}
+
+const wire::responses::BuiltResponse* ResponseEncoder::responses_result() const {
+  if (responses_whole_) return &*responses_whole_;
+  if (responses_) return &responses_->result();
+  return nullptr;
 }
 
 std::string ResponseEncoder::ErrorBody(const Error& error) const { return tollgate::ErrorBody(error, error_flavor_); }

@@ -7,6 +7,9 @@
 //     or OpenRouter's under /api/v1 (core/error.hpp).
 //   Anthropic Messages (/v1/messages): wire::anthropic::StreamEncoder /
 //     EncodeMessagesResponse; errors in Anthropic's shape.
+//   OpenAI Responses (/v1/responses): wire::responses::StreamEncoder /
+//     BuildResponse; errors in OpenAI's (OpenRouter's under /api/v1) shape.
+//     A stream that fails ends with `error` + response.failed.
 // A stream that fails after its first byte ends with the API's error event,
 // which is the last thing sent (never followed by [DONE] or message_stop).
 #pragma once
@@ -17,6 +20,7 @@
 #include "tollgate/wire/anthropic.hpp"
 #include "tollgate/wire/common.hpp"
 #include "tollgate/wire/openai.hpp"
+#include "tollgate/wire/responses.hpp"
 
 #include <boost/json/value.hpp>
 
@@ -31,8 +35,10 @@ class ResponseEncoder {
  public:
   // `request` is the decoded call (its api, kind, stream options); `meta.provider`
   // is filled in at commit. `error_flavor` is the shape of errors (by path).
+  // `responses`: the Responses API's options (request.api kOpenAiResponses only).
   ResponseEncoder(const ChatRequest& request, wire::ResponseMeta meta, ErrorFlavor error_flavor,
-                  int64_t prompt_tokens_hint);
+                  int64_t prompt_tokens_hint,
+                  std::optional<wire::responses::ResponseOptions> responses = std::nullopt);
 
   // The call committed to a provider (streamed calls start encoding now).
   void Commit(const CommitInfo& info);
@@ -42,11 +48,15 @@ class ResponseEncoder {
   // Streamed: the last bytes of a successful stream.
   std::string StreamEnd(const CallSummary& summary);
   // Streamed: the error event that ends a broken stream.
-  std::string StreamError(const Error& error) const;
+  std::string StreamError(const Error& error);
 
   // Not streamed: the whole body of a successful call, from its events.
   void Accumulate(const StreamEvent& event) { whole_.Add(event); }
-  std::string WholeBody(const CallSummary& summary) const;
+  std::string WholeBody(const CallSummary& summary);
+
+  // Responses API, after StreamEnd / WholeBody: the response as sent and its
+  // output items for a stored conversation; nullptr for other APIs.
+  const wire::responses::BuiltResponse* responses_result() const;
 
   // The JSON error body for a call that failed before anything was sent.
   std::string ErrorBody(const Error& error) const;
@@ -64,6 +74,9 @@ class ResponseEncoder {
   int64_t prompt_tokens_hint_;
   std::optional<wire::openai::StreamEncoder> openai_;
   std::optional<wire::anthropic::StreamEncoder> anthropic_;
+  std::optional<wire::responses::ResponseOptions> responses_options_;
+  std::optional<wire::responses::StreamEncoder> responses_;
+  std::optional<wire::responses::BuiltResponse> responses_whole_;
   ResponseAccumulator whole_;
   std::optional<boost::json::value> routing_;  // the explanation, until it is sent
 };

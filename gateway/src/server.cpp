@@ -15,6 +15,7 @@
 #include "tollgate/billing/generation_store.hpp"
 #include "tollgate/billing/key_cache.hpp"
 #include "tollgate/billing/rate_limiter.hpp"
+#include "tollgate/billing/response_store.hpp"
 #include "tollgate/billing/secret_box.hpp"
 #include "tollgate/billing/stats_store.hpp"
 #include "tollgate/billing/usage_maintenance.hpp"
@@ -24,8 +25,10 @@
 #include "tollgate/routing/catalog.hpp"
 #include "tollgate/wire/anthropic.hpp"
 #include "tollgate/wire/openai.hpp"
+#include "tollgate/wire/responses.hpp"
 
 #include <boost/asio.hpp>
+#include <boost/json/serialize.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/url/parse.hpp>
@@ -226,6 +229,7 @@ struct Services {
   std::unique_ptr<billing::CreditGuard> guard;
   std::unique_ptr<billing::RateLimiter> limiter;
   std::unique_ptr<billing::GenerationStore> generations;
+  std::unique_ptr<billing::ResponseStore> responses;  // blocking: on the `blocking` pool only
   std::unique_ptr<billing::StatsStore> stats;  // blocking: on the `stats_pool` only
   std::unique_ptr<billing::AccountStore> accounts;  // blocking: on the `blocking` pool only
   std::unique_ptr<Metrics> metrics;
@@ -427,6 +431,7 @@ class ConnectionSink final : public ClientSink {
   const CommitInfo& info() const { return info_; }
   const std::optional<Error>& error() const { return error_; }
   std::string& body() { return body_; }
+  const ResponseEncoder& encoder() const { return encoder_; }
 
  private:
   // Streamed calls wake the writer for output and for the commit (headers);
@@ -629,6 +634,13 @@ class Connection {
       res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model, *s_.router, Clock::now()))
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
+    } else if (route.rfind("/v1/responses/", 0) == 0 && (get || req.method() == http::verb::delete_)) {
+      // GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items
+      std::string id = route.substr(14);
+      const bool input_items = get && id.ends_with("/input_items");
+      if (input_items) id.resize(id.size() - 12);
+      route = input_items ? "/v1/responses/{id}/input_items" : "/v1/responses/{id}";
+      res = co_await HandleStoredResponse(req, *url, id, get ? (input_items ? 2 : 1) : 0);
     } else if (IsDashboardPath(path) && get) {
       route = "/dashboard";  // one label for all its files
       const DashboardReply d = ServeDashboard(path, req[http::field::if_none_match]);
@@ -637,10 +649,13 @@ class Connection {
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
                route == "/v1/providers" || route == "/v1/key" || route == "/v1/credits" ||
                call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation" ||
-               IsStatsRoute(route)) {
+               IsStatsRoute(route) || route.rfind("/v1/responses/", 0) == 0) {
       Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
       res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
-      res.set(http::field::allow, call_api || route == "/v1/messages/count_tokens" ? "POST" : "GET");
+      res.set(http::field::allow, call_api || route == "/v1/messages/count_tokens" ? "POST"
+                                  : route.rfind("/v1/responses/", 0) == 0   ? "GET, DELETE"
+                                                                              : "GET");
+      if (route.rfind("/v1/responses/", 0) == 0) route = "/v1/responses/{id}";
     } else {
       route = "unmatched";  // a bounded label set: raw paths would grow /metrics without limit
       res = ErrorResponse(req, Error{ErrorCode::kNotFound,
@@ -753,6 +768,88 @@ class Connection {
     co_return JsonResponse(req, 200, RenderGeneration(*event));
   }
 
+  // A stored response of the calling key (wire/responses.hpp; OpenAI's
+  // "Get a model response", "Delete a model response", "List input items"):
+  // what = 1: GET, the response object as it was sent; 0: DELETE,
+  // {"id", "object": "response", "deleted": true}; 2: GET .../input_items,
+  // the items of its context before its output (previous conversation and
+  // input), newest first unless order=asc, `limit` 1..100 (20), `after` an
+  // item id. Unknown, another key's or expired: 404.
+  awaitable<Response> HandleStoredResponse(const Request& req, boost::urls::url_view url, std::string id, int what) {
+    std::optional<billing::KeyRecord> key = co_await Authenticate(req);
+    if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
+    const int64_t key_id = key->id;
+    const Error not_found{ErrorCode::kNotFound, "Response with id '" + id.substr(0, 200) + "' not found.", "",
+                          "response_not_found"};
+    if (what == 0) {
+      auto remove = [this, id, key_id]() -> awaitable<Result<bool>> { co_return s_.responses->Delete(id, key_id); };
+      Result<bool> deleted = co_await asio::co_spawn(s_.blocking, remove, asio::use_awaitable);
+      if (!deleted) co_return ErrorResponse(req, deleted.error());
+      if (!*deleted) co_return ErrorResponse(req, not_found);
+      co_return JsonResponse(
+          req, 200, boost::json::serialize(boost::json::object{{"id", id}, {"object", "response"}, {"deleted", true}}));
+    }
+    auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<billing::StoredResponse>>> {
+      co_return s_.responses->Get(id, key_id, std::chrono::system_clock::now());
+    };
+    Result<std::optional<billing::StoredResponse>> found =
+        co_await asio::co_spawn(s_.blocking, lookup, asio::use_awaitable);
+    if (!found) co_return ErrorResponse(req, found.error());
+    if (!*found) co_return ErrorResponse(req, not_found);
+    if (what == 1) co_return JsonResponse(req, 200, std::move((*found)->response));
+    // input_items: the context without the response's own output items.
+    std::optional<boost::json::value> context = wire::ParseUpstreamJson((*found)->context);
+    std::optional<boost::json::value> response = wire::ParseUpstreamJson((*found)->response);
+    if (!context || !context->is_array() || !response || !response->is_object()) {
+      co_return ErrorResponse(req, Error{ErrorCode::kInternal, "the stored response is unreadable", "", {}});
+    }
+    boost::json::array items = std::move(context->as_array());
+    const boost::json::value* output = response->as_object().if_contains("output");
+    const std::size_t outputs = output != nullptr && output->is_array() ? output->as_array().size() : 0;
+    items.resize(items.size() >= outputs ? items.size() - outputs : 0);
+    bool ascending = false;
+    std::size_t limit = 20;
+    std::string after;
+    for (const auto& param : url.params()) {
+      if (param.key == "order") {
+        if (param.value != "asc" && param.value != "desc") {
+          co_return ErrorResponse(req, InvalidArgument("order must be 'asc' or 'desc'", "order"));
+        }
+        ascending = param.value == "asc";
+      } else if (param.key == "limit") {
+        const std::string& v = param.value;
+        if (v.empty() || v.size() > 3 || v.find_first_not_of("0123456789") != std::string::npos ||
+            std::stoi(v) < 1 || std::stoi(v) > 100) {
+          co_return ErrorResponse(req, InvalidArgument("limit must be an integer from 1 to 100", "limit"));
+        }
+        limit = static_cast<std::size_t>(std::stoi(v));
+      } else if (param.key == "after") {
+        after = param.value;
+      }
+    }
+    if (!ascending) std::reverse(items.begin(), items.end());
+    std::size_t start = 0;
+    if (!after.empty()) {
+      while (start < items.size()) {
+        const auto* item_id = items[start].is_object() ? items[start].as_object().if_contains("id") : nullptr;
+        ++start;
+        if (item_id != nullptr && item_id->is_string() && item_id->as_string() == after) break;
+      }
+    }
+    boost::json::array data;
+    for (std::size_t i = start; i < items.size() && data.size() < limit; ++i) data.push_back(items[i]);
+    auto item_id = [](const boost::json::value& item) -> boost::json::value {
+      const auto* v = item.is_object() ? item.as_object().if_contains("id") : nullptr;
+      return v != nullptr ? *v : boost::json::value(nullptr);
+    };
+    boost::json::object list{{"object", "list"},
+                             {"first_id", data.empty() ? boost::json::value(nullptr) : item_id(data.front())},
+                             {"last_id", data.empty() ? boost::json::value(nullptr) : item_id(data.back())},
+                             {"has_more", start + data.size() < items.size()}};
+    list["data"] = std::move(data);
+    co_return JsonResponse(req, 200, boost::json::serialize(list));
+  }
+
   // POST /v1/messages/count_tokens: the prompt's tokens at the model's first
   // endpoint, exact where the provider can count (the local engine's
   // tokenizer), else estimated like an unreported usage (call_driver.hpp).
@@ -845,6 +942,7 @@ class Connection {
     if (target == "/v1/chat/completions") return ApiFlavor::kOpenAiChat;
     if (target == "/v1/completions") return ApiFlavor::kOpenAiCompletions;
     if (target == "/v1/messages") return ApiFlavor::kAnthropicMessages;
+    if (target == "/v1/responses") return ApiFlavor::kOpenAiResponses;
     return std::nullopt;
   }
 
@@ -866,13 +964,78 @@ class Connection {
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - received).count(), stream}));
   }
 
-  static Result<ChatRequest> Decode(ApiFlavor api, std::string_view body) {
+  // The canonical request of a call body; a Responses API body also fills
+  // `responses` (what the canonical request does not carry: store,
+  // previous_response_id, the fields its answer echoes).
+  static Result<ChatRequest> Decode(ApiFlavor api, std::string_view body,
+                                    std::optional<wire::responses::Request>& responses) {
     switch (api) {
       case ApiFlavor::kOpenAiChat: return wire::openai::DecodeChatRequest(body);
       case ApiFlavor::kOpenAiCompletions: return wire::openai::DecodeCompletionRequest(body);
       case ApiFlavor::kAnthropicMessages: return wire::anthropic::DecodeMessagesRequest(body);
+      case ApiFlavor::kOpenAiResponses: {
+        Result<wire::responses::Request> decoded = wire::responses::DecodeRequest(body);
+        if (!decoded) return decoded.error();
+        responses = std::move(*decoded);
+        return responses->chat;
+      }
     }
     return InvalidArgument("unknown API");
+  }
+
+  // previous_response_id: the stored conversation of key `key_id` goes
+  // before `responses`' input (its context items, after the new
+  // instructions); `prior` gets those items. Errors: 404 for an id that is
+  // unknown, another key's or expired; 503 when the store is unreachable.
+  awaitable<std::optional<Error>> LoadPreviousResponse(wire::responses::Request& responses, int64_t key_id,
+                                                       boost::json::array& prior) {
+    const std::string id = responses.previous_response_id;
+    auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<billing::StoredResponse>>> {
+      co_return s_.responses->Get(id, key_id, std::chrono::system_clock::now());
+    };
+    Result<std::optional<billing::StoredResponse>> found =
+        co_await asio::co_spawn(s_.blocking, lookup, asio::use_awaitable);
+    if (!found) {
+      co_return Error{ErrorCode::kUnavailable, "stored responses are unavailable; try again", "", {}};
+    }
+    if (!*found) {
+      co_return Error{ErrorCode::kNotFound, "Previous response with id '" + id.substr(0, 200) + "' not found.",
+                      "previous_response_id", "previous_response_not_found"};
+    }
+    std::optional<boost::json::value> context = wire::ParseUpstreamJson((*found)->context);
+    if (!context || !context->is_array()) {
+      co_return Error{ErrorCode::kInternal, "the stored response " + id.substr(0, 200) + " is unreadable", "", {}};
+    }
+    prior = std::move(context->as_array());
+    co_return wire::responses::PrependContext(responses, prior);
+  }
+
+  // Keeps a finished Responses API call (`store: true`) for
+  // previous_response_id and GET /v1/responses/{id}: its answer as sent, and
+  // its context (the prior context, this input, the output with encrypted
+  // reasoning). Runs before the answer's last bytes go out, so a caller that
+  // continues at once finds it. A failure is logged; the answer still goes.
+  awaitable<void> StoreResponse(const ConnectionSink& sink, const wire::responses::Request& responses,
+                                const boost::json::array& prior, const billing::KeyRecord& key,
+                                const std::string& request_id, std::chrono::system_clock::time_point created_at) {
+    const wire::responses::BuiltResponse* built = sink.encoder().responses_result();
+    if (built == nullptr) co_return;
+    billing::StoredResponse row;
+    if (const auto* id = built->client.if_contains("id"); id != nullptr && id->is_string()) row.id = id->as_string();
+    row.request_id = request_id;
+    row.api_key_id = key.id;
+    row.account_id = key.account_id;
+    row.model = responses.chat.model;
+    row.created_at = created_at;
+    row.expires_at = created_at + std::chrono::days(s_.config->responses.ttl_days);
+    row.response = boost::json::serialize(built->client);
+    boost::json::array context = prior;
+    for (const auto& item : responses.input) context.push_back(item);
+    for (const auto& item : built->stored_output) context.push_back(item);
+    row.context = boost::json::serialize(context);
+    auto put = [this, row = std::move(row)]() -> awaitable<Result<void>> { co_return s_.responses->Put(row); };
+    Result<void> stored = co_await asio::co_spawn(s_.blocking, put, asio::use_awaitable);
+    if (!stored) std::cerr << "tollgate: response not stored: " << stored.error().message << std::endl;
   }
 
   // One model call in the caller's API: authenticate and decode here, then
@@ -885,14 +1048,19 @@ class Connection {
 
     // Rejections before the driver: nothing is recorded or billed.
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
-    Result<ChatRequest> parsed = Decode(api, req.body());
+    std::optional<wire::responses::Request> responses;
+    Result<ChatRequest> parsed = Decode(api, req.body(), responses);
     std::optional<Error> rejection;
+    boost::json::array prior_context;  // previous_response_id's stored conversation
     if (!Usable(key)) {
       rejection = AuthError(req, key);
     } else if (!parsed) {
       rejection = parsed.error();
     } else if (s_.stopping) {
       rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
+    } else if (responses && !responses->previous_response_id.empty()) {
+      rejection = co_await LoadPreviousResponse(*responses, key->id, prior_context);
+      if (!rejection) parsed->messages = responses->chat.messages;
     }
     if (rejection) {
       const std::string_view model = parsed ? routing::SplitVariant(parsed->model).first : std::string_view();
@@ -950,13 +1118,21 @@ class Connection {
     } guard{s_, rate, sink, estimated_tokens};
 
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(created_at.time_since_epoch()).count();
-    wire::ResponseMeta meta{NewRequestId(created), created, chat.model, ""};
-    const std::string request_id = meta.id;
+    const std::string request_id = NewRequestId(created);
+    // A Responses API answer has its own id ("resp_..."), kept with the request id when stored.
+    wire::ResponseMeta meta{responses ? wire::responses::NewResponseId() : request_id, created, chat.model, ""};
     const bool stream = chat.stream;
     const bool http10 = req.version() < 11;
     auto strand = co_await asio::this_coro::executor;
+    std::optional<wire::responses::ResponseOptions> responses_options;
+    if (responses) {
+      responses_options = wire::responses::ResponseOptions{responses->echo, responses->include_encrypted_reasoning,
+                                                           true, responses->dropped_tools};
+    }
     sink = std::make_shared<ConnectionSink>(
-        strand, ResponseEncoder(chat, meta, FlavorOf(req), prompt_estimate));
+        strand, ResponseEncoder(chat, meta, FlavorOf(req), prompt_estimate, std::move(responses_options)));
+    // store: true keeps the answer; it is written before its last bytes go out.
+    bool store_pending = responses && responses->store;
 
     CallSpec spec;
     spec.request = std::move(chat);
@@ -991,6 +1167,10 @@ class Connection {
     bool keep = req.keep_alive();
     for (;;) {
       co_await sink->Wait();
+      if (store_pending && sink->done() && !sink->error() && !client_gone) {
+        store_pending = false;
+        co_await StoreResponse(*sink, *responses, prior_context, *key, request_id, created_at);
+      }
       if (!sink->committed()) {
         // Failed before anything was committed: answer with the error status.
         const Error error = sink->error().value_or(Error{ErrorCode::kInternal, "call ended without an outcome"});
@@ -1243,6 +1423,9 @@ int Serve(const Config& config, const ServeOptions& options) {
   auto generations = billing::GenerationStore::Connect(options.database_url);
   if (!generations) return StartupError("database: " + generations.error().message);
   services.generations = std::move(*generations);
+  auto stored_responses = billing::ResponseStore::Connect(options.database_url);
+  if (!stored_responses) return StartupError("database: " + stored_responses.error().message);
+  services.responses = std::move(*stored_responses);
   auto stats = billing::StatsStore::Connect(options.database_url, 2);
   if (!stats) return StartupError("database: " + stats.error().message);
   services.stats = std::move(*stats);
@@ -1289,6 +1472,9 @@ int Serve(const Config& config, const ServeOptions& options) {
         } else if (report->partitions_dropped > 0) {
           std::cerr << "tollgate: usage retention: " << report->partitions_dropped << " daily partitions older than "
                     << retention_days << " days dropped" << std::endl;
+        }
+        if (report && report->responses_pruned > 0) {
+          std::cerr << "tollgate: " << report->responses_pruned << " expired stored responses deleted" << std::endl;
         }
       }
       if (!error.empty()) std::cerr << "tollgate: usage maintenance: " << error << std::endl;

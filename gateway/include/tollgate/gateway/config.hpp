@@ -135,10 +135,20 @@ struct StatsConfig {
   int retention_days = 90;
 };
 
+// `responses:` (the OpenAI Responses API, issue 11).
+struct ResponsesConfig {
+  // A response created with `store: true` (OpenAI's default) is kept this
+  // many days for GET /v1/responses/{id} and previous_response_id, then
+  // expires (never read again; deleted by the hourly maintenance). OpenAI
+  // keeps them 30 days. 1..36500.
+  int ttl_days = 30;
+};
+
 struct Config {
   ServerConfig server;
   LogConfig log;
   StatsConfig stats;
+  ResponsesConfig responses;
   std::string database_url;  // may be empty here; TOLLGATE_DATABASE_URL overrides
   UsageConfig usage;
   BillingConfig billing;
