@@ -47,15 +47,23 @@ void ExpectRejected(std::string_view body, std::string_view param, std::string_v
 // A body with model "m", string input "hi" and `extra` fields.
 std::string Body(std::string_view extra) {
   std::string body = R"({"model":"m","input":"hi")";
-  if (!extra.empty()) body += "," + std::string(extra);
-  return body + "}";
+  if (!extra.empty()) {
+    body += ',';
+    body += extra;
+  }
+  body += '}';
+  return body;
 }
 
 // A body whose input is the items array `items`.
 std::string WithInput(std::string_view items, std::string_view extra = {}) {
   std::string body = R"({"model":"m","input":)" + std::string(items);
-  if (!extra.empty()) body += "," + std::string(extra);
-  return body + "}";
+  if (!extra.empty()) {
+    body += ',';
+    body += extra;
+  }
+  body += '}';
+  return body;
 }
 
 std::string S(const json::value& v) { return std::string(v.as_string().data(), v.as_string().size()); }
@@ -524,6 +532,7 @@ TEST(ResponsesDecode, EmptyAssistantTextAndEmptyReasoningAreLeftOut) {
   const Request r = Decode(WithInput(R"([{"role":"user","content":"q"},
     {"type":"reasoning","id":"rs_9","summary":[]},
     {"type":"message","role":"assistant","content":[{"type":"output_text","text":""}]},
+    {"type":"message","role":"assistant","content":[]},
     {"type":"function_call","call_id":"c","name":"f","arguments":"{}"}])"));
   ASSERT_EQ(r.chat.messages.size(), 2u);
   ASSERT_EQ(r.chat.messages[1].parts.size(), 1u);

@@ -8,7 +8,6 @@
 
 #include "tollgate/core/text.hpp"
 
-#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/string.hpp>
 #include <boost/json/value.hpp>
@@ -18,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <set>
 #include <utility>
 #include <variant>
@@ -26,7 +26,6 @@ namespace tollgate::wire::responses {
 namespace json = boost::json;
 using detail::ArrayAt;
 using detail::BadRequest;
-using detail::ObjectAt;
 using detail::StringAt;
 using detail::View;
 
@@ -342,7 +341,9 @@ class ItemDecoder {
       parts.emplace_back(TextPart{std::string(View(content->get_string())), {}});
     } else if (content->is_array()) {
       const json::array& list = content->get_array();
-      if (list.empty()) return Bad(cp + " must contain at least one content part", cp);
+      // An assistant turn may have said nothing in text (its calls are items
+      // of their own); an input message must say something.
+      if (list.empty() && role != Role::kAssistant) return Bad(cp + " must contain at least one content part", cp);
       for (std::size_t j = 0; j < list.size(); ++j) {
         if (auto e = DecodeContentPart(list[j], Item(cp, j), role, parts)) return e;
       }
@@ -1408,52 +1409,38 @@ struct StreamEncoder::Impl {
                    {"background", false},
                    {"error", std::move(error)},
                    {"incomplete_details", std::move(incomplete)}};
-    // The echoed request fields (defaults for a caller-less echo).
-    const json::object defaults{{"instructions", nullptr},
-                                {"max_output_tokens", nullptr},
-                                {"model", meta.model},
-                                {"output", nullptr},
-                                {"output_text", nullptr},
-                                {"parallel_tool_calls", true},
-                                {"previous_response_id", nullptr},
-                                {"reasoning", json::object{{"effort", nullptr}, {"summary", nullptr}}},
-                                {"store", true},
-                                {"temperature", 1.0},
-                                {"text", json::object{{"format", json::object{{"type", "text"}}}}},
-                                {"tool_choice", "auto"},
-                                {"tools", json::array{}},
-                                {"top_p", 1.0},
-                                {"truncation", "disabled"},
-                                {"usage", nullptr},
-                                {"user", nullptr},
-                                {"metadata", json::object{}}};
-    for (const auto& [key, value] : defaults) {
-      const std::string_view k(key.data(), key.size());
-      if (k == "model") {
-        r["model"] = meta.model;
-      } else if (k == "output") {
-        r["output"] = std::move(output);
-      } else if (k == "output_text") {
-        r["output_text"] = output_text;
-      } else if (k == "usage") {
-        r["usage"] = std::move(usage);
-      } else if (k == "metadata") {
-        json::object metadata;
-        if (const json::value* m = options.echo.if_contains("metadata"); m != nullptr && m->is_object()) {
-          metadata = m->get_object();
-        }
-        if (!options.dropped_tools.empty()) {
-          std::string list;
-          for (const std::string& t : options.dropped_tools) list += (list.empty() ? "" : ",") + t;
-          metadata[kDroppedToolsKey] = list;
-        }
-        r["metadata"] = std::move(metadata);
-      } else if (const json::value* echoed = options.echo.if_contains(k)) {
-        r[k] = *echoed;
-      } else {
-        r[k] = value;
-      }
+    // An echoed request field, or OpenAI's default when the echo lacks it.
+    auto echoed = [&](std::string_view key, json::value fallback) {
+      const json::value* v = options.echo.if_contains(key);
+      r[key] = v != nullptr ? *v : std::move(fallback);
+    };
+    echoed("instructions", nullptr);
+    echoed("max_output_tokens", nullptr);
+    r["model"] = meta.model;
+    r["output"] = std::move(output);
+    r["output_text"] = output_text;
+    echoed("parallel_tool_calls", true);
+    echoed("previous_response_id", nullptr);
+    echoed("reasoning", json::object{{"effort", nullptr}, {"summary", nullptr}});
+    echoed("store", true);
+    echoed("temperature", 1.0);
+    echoed("text", json::object{{"format", json::object{{"type", "text"}}}});
+    echoed("tool_choice", "auto");
+    echoed("tools", json::array{});
+    echoed("top_p", 1.0);
+    echoed("truncation", "disabled");
+    r["usage"] = std::move(usage);
+    echoed("user", nullptr);
+    json::object metadata;
+    if (const json::value* m = options.echo.if_contains("metadata"); m != nullptr && m->is_object()) {
+      metadata = m->get_object();
     }
+    if (!options.dropped_tools.empty()) {
+      std::string list;
+      for (const std::string& t : options.dropped_tools) list += (list.empty() ? "" : ",") + t;
+      metadata[kDroppedToolsKey] = list;
+    }
+    r["metadata"] = std::move(metadata);
     // Echoed fields without a default (top_logprobs).
     for (const auto& [key, value] : options.echo) {
       if (!r.contains(key)) r[key] = value;

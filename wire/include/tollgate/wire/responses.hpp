@@ -17,11 +17,16 @@
 // canonical model groups them into messages:
 //   message (role user|system|developer)  -> Message of that role; input_text ->
 //                                            TextPart, input_image -> ImagePart
-//                                            (image_url; file_id is a 400)
+//                                            (image_url, user messages only;
+//                                            file_id, input_file and
+//                                            input_audio are a 400)
 //   message (role assistant), reasoning, function_call
 //                                         -> parts of one assistant Message, in
-//                                            order (a run of them is one turn);
-//                                            output_text / refusal -> TextPart
+//                                            order (a run of them is one turn,
+//                                            also across a stored context and
+//                                            the new input); output_text /
+//                                            refusal / input_text -> TextPart
+//                                            (empty text left out)
 //   function_call_output                  -> a kTool Message with one
 //                                            ToolResultPart (string output, or
 //                                            input_text / input_image parts)
@@ -29,16 +34,27 @@
 //                                            kSummary, each content reasoning_text
 //                                            kText, encrypted_content kEncrypted;
 //                                            all with the item's id and format
-//                                            "openai-responses-v1". A sealed
+//                                            "openai-responses-v1" (an item with
+//                                            none of them is left out). A sealed
 //                                            item (SealReasoning, below) gives
-//                                            back the parts it was made from.
+//                                            back the parts it was made from (its
+//                                            summary and content are views of
+//                                            them); "tollgate.v1." followed by
+//                                            anything unsealable is a 400.
 //   built-in tool calls and their results (web_search_call, file_search_call,
-//   computer_call, ...)                   -> left out (Tollgate ran none)
+//   computer_call, custom_tool_call, mcp_call, local_shell_call, their
+//   outputs, compaction, ...)             -> left out (Tollgate ran none)
 //   item_reference                        -> 400 (nothing to resolve it from)
 // The other way, an assistant Message becomes its items in order: reasoning
-// parts that share an `id` (or sealed parts in a row without one) -> one
-// reasoning item; text -> one message item with an output_text part; each
-// tool call -> a function_call item (call_id = ToolCallPart::id).
+// parts in a row with the same `format` and the same `id` (where both have
+// one) -> one reasoning item (id: the parts' id, else a new "rs_..."); text ->
+// one message item with an output_text part; each tool call -> a
+// function_call item (call_id = ToolCallPart::id, or a new "call_..."). A
+// reasoning item whose parts are all "openai-responses-v1" carries OpenAI's
+// encrypted_content untouched; any other item is sealed whole. A Gemini
+// thought signature on a call rides on a reasoning item of its own just
+// before the call (one kEncrypted part, format "google-gemini-v1", id = the
+// call id), which DecodeItems puts back on the call.
 //
 // Reasoning of other providers (Anthropic thinking with its signature,
 // DeepSeek reasoning text, Gemini thought signatures) has no Responses shape
@@ -108,7 +124,12 @@ struct Request {
 // description}; reasoning {effort, summary}; include (only
 // "reasoning.encrypted_content" changes anything); routing fields as on chat
 // completions (DecodeRoutingFields). null counts as absent. Unknown fields
-// are ignored. JSON depth limit 64.
+// are ignored. JSON depth limit 64. Details: `input` may be left out only
+// with previous_response_id; max_output_tokens -> max_tokens with
+// kMaxCompletionTokens (it counts reasoning too); effort "max" -> "xhigh";
+// reasoning.generate_summary is read as summary; user, else
+// safety_identifier -> user; prompt_cache_key -> session_id unless the body
+// has one; background true, conversation and prompt are a 400 (not served).
 // Errors: kInvalidArgument with `param` naming the field ("input[3].content[0].type").
 Result<Request> DecodeRequest(std::string_view body);
 
@@ -142,7 +163,8 @@ struct ResponseOptions {
 std::string NewResponseId();
 
 // The `usage` object: input_tokens (= prompt_tokens, cached included),
-// input_tokens_details.cached_tokens, output_tokens (reasoning included),
+// input_tokens_details.cached_tokens and .cache_write_tokens (the SDK's
+// ResponseUsage requires both), output_tokens (reasoning included),
 // output_tokens_details.reasoning_tokens, total_tokens, and OpenRouter's
 // `cost` (USD number) and `is_byok`.
 boost::json::object UsageObject(const Usage& usage, Money cost, bool byok);
@@ -160,7 +182,9 @@ struct BuiltResponse {
 // id = meta.id, object "response", created_at, status "completed", or
 // "incomplete" with incomplete_details.reason "max_output_tokens" (finish
 // kLength) or "content_filter"; error null; model; output items (reasoning,
-// message, function calls, in that order); output_text (all text); usage;
+// message, function calls, in that order; made by a StreamEncoder run over
+// ResponseEvents, so a whole answer has the items a streamed one has);
+// output_text (all text); usage;
 // the echoed request fields; `metadata` = the caller's, plus
 // "tollgate_dropped_tools": comma-separated dropped_tools when any; and
 // Tollgate's `provider` (display name), as on chat completions.
@@ -175,13 +199,21 @@ BuiltResponse BuildResponse(const ResponseMeta& meta, const ResponseOptions& opt
 //   ReasoningDelta starting a new item: response.output_item.added
 //     (reasoning, summary []); kSummary text: response.reasoning_summary_part.added
 //     (per summary_index) then response.reasoning_summary_text.delta; kText:
-//     response.reasoning_text.delta (content_index); kEncrypted/signature: kept
-//     for the item's encrypted_content (sealed when not OpenAI's own);
+//     response.content_part.added (part reasoning_text, which the SDK's
+//     accumulator needs before a delta) then response.reasoning_text.delta
+//     (content_index); kEncrypted/signature: kept for the item's
+//     encrypted_content (sealed when not OpenAI's own); a block joins the open
+//     reasoning item as the file comment says, else starts a new one;
 //   TextDelta: (message item added + response.content_part.added output_text)
 //     response.output_text.delta;
 //   ToolCallDelta new call: response.output_item.added (function_call,
 //     arguments ""), then response.function_call_arguments.delta;
-//   an item closes when another item starts or at the end:
+//   an item closes when another item starts or at the end, except that the
+//     function calls of one turn stay open together until a text or
+//     reasoning item starts or the end (fragments of parallel calls may
+//     interleave); a fragment for an item already closed is kept in the
+//     final response and stored output but not streamed; items closed by an
+//     incomplete Finish get status "incomplete":
 //     response.reasoning_summary_text.done / .reasoning_summary_part.done /
 //     response.reasoning_text.done, response.output_text.done /
 //     response.content_part.done, response.function_call_arguments.done, then
@@ -189,7 +221,11 @@ BuiltResponse BuildResponse(const ResponseMeta& meta, const ResponseOptions& opt
 //   Finish: response.completed, or response.incomplete, with the whole
 //     response object (as BuildResponse's client view);
 //   Fail: an `error` event {code, message, param} then response.failed (status
-//     failed, error {code, message}); nothing after it.
+//     failed, error {code, message}, the items so far, open ones with status
+//     "incomplete" and no done events); code = Error::code_string, else
+//     "rate_limit_exceeded" (kResourceExhausted), "invalid_prompt"
+//     (kInvalidArgument) or "server_error". Nothing after it: after Finish or
+//     Fail every call returns "".
 // Not thread-safe.
 class StreamEncoder {
  public:
