@@ -143,14 +143,16 @@ std::string ResponseEncoder::StreamError(const Error& error) {
 
 std::string ResponseEncoder::WholeBody(const CallSummary& summary) {
   ChatResponse response = whole_.Take();
-  if (!include_reasoning_) {
-    for (auto& choice : response.choices) choice.reasoning.clear();
-  }
   if (api_ == ApiFlavor::kOpenAiResponses) {
+    // The stored output keeps the reasoning (the next turn replays it); the
+    // client sees it as options_.include_reasoning says.
     responses_whole_ =
         wire::responses::BuildResponse(meta_, *responses_options_, response, summary.usage, summary.cost, summary.byok);
     if (routing_) responses_whole_->client["routing"] = *routing_;
     return boost::json::serialize(responses_whole_->client);
+  }
+  if (!include_reasoning_) {
+    for (auto& choice : response.choices) choice.reasoning.clear();
   }
   std::string body = api_ == ApiFlavor::kAnthropicMessages
                          ? wire::anthropic::EncodeMessagesResponse(meta_, response, summary.usage)
