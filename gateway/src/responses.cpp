@@ -119,7 +119,7 @@ std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
 
 std::string ResponseEncoder::StreamError(const Error& error) {
   if (api_ == ApiFlavor::kAnthropicMessages) return wire::anthropic::StreamEncoder::ErrorEvent(error);
-  if (responses_) return responses_->Fail(error);
+  if (responses_) return responses_->Fail(InCallersTerms(error));
   // OpenRouter's mid-stream error (openrouter.ai/docs/api-reference/streaming,
   // "Mid-stream errors"): a chunk with the stream's id, `error`, and choice 0
   // ending with finish_reason "error" (@openrouter/sdk parses it as a chunk;
@@ -168,7 +168,41 @@ const wire::responses::BuiltResponse* ResponseEncoder::responses_result() const 
   return nullptr;
 }
 
-std::string ResponseEncoder::ErrorBody(const Error& error) const { return tollgate::ErrorBody(error, error_flavor_); }
+std::string ResponseEncoder::ErrorBody(const Error& error) const {
+  return tollgate::ErrorBody(InCallersTerms(error), error_flavor_);
+}
+
+Error ResponseEncoder::InCallersTerms(const Error& error) const {
+  // The router and the driver name the conversation "messages"; a Responses
+  // caller sent it as `input`.
+  if (api_ != ApiFlavor::kOpenAiResponses || !error.param.starts_with("messages")) return error;
+  Error renamed = error;
+  renamed.param = "input" + error.param.substr(8);
+  return renamed;
+}
+
+std::string MarkNotStored(std::string bytes, bool stream) {
+  std::size_t start = 0;
+  std::size_t end = bytes.size();
+  if (stream) {
+    const std::size_t data = bytes.rfind("\ndata: ");
+    if (data == std::string::npos) return bytes;
+    start = data + 7;
+    end = bytes.find("\n\n", start);
+    if (end == std::string::npos) return bytes;
+  }
+  boost::json::error_code ec;
+  boost::json::value v = boost::json::parse(std::string_view(bytes).substr(start, end - start), ec);
+  if (ec || !v.is_object()) return bytes;
+  boost::json::object* response = &v.as_object();
+  if (stream) {
+    boost::json::value* inner = response->if_contains("response");
+    if (inner == nullptr || !inner->is_object()) return bytes;
+    response = &inner->as_object();
+  }
+  (*response)["store"] = false;
+  return bytes.substr(0, start) + boost::json::serialize(v) + bytes.substr(end);
+}
 
 ErrorFlavor ErrorFlavorForPath(std::string_view path) {
   const bool openrouter = path.starts_with("/api/");

@@ -64,6 +64,10 @@ class ResponseEncoder {
   bool stream() const { return stream_; }
 
  private:
+  // `error` as the caller's API names things (Responses: `input` for the
+  // conversation the router calls `messages`).
+  Error InCallersTerms(const Error& error) const;
+
   ApiFlavor api_;
   RequestKind kind_;
   bool stream_;
@@ -87,6 +91,12 @@ class ResponseEncoder {
 // (femto-USD per blended token, docs/routing.md)} or {..., "skipped": reason,
 // "unsupported_parameters"}]}.
 boost::json::value RoutingExplanation(const routing::Plan& plan);
+
+// A Responses API answer whose response could not be stored: `store` made
+// false in the whole body (`stream` false), or in the response object of a
+// stream's last event (its terminal one), so the caller does not continue
+// from an id that was never kept. Bytes it cannot read come back unchanged.
+std::string MarkNotStored(std::string bytes, bool stream);
 
 // The caller's error shape for a request path: Anthropic's under /v1/messages
 // (and /api/v1/messages), OpenRouter's under /api/, else OpenAI's.

@@ -432,6 +432,15 @@ class ConnectionSink final : public ClientSink {
   const std::optional<Error>& error() const { return error_; }
   std::string& body() { return body_; }
   const ResponseEncoder& encoder() const { return encoder_; }
+  // The Responses answer's response could not be stored: say so in it
+  // (MarkNotStored) before it goes out.
+  void MarkNotStored() {
+    if (encoder_.stream()) {
+      out_ = gateway::MarkNotStored(std::move(out_), true);
+    } else {
+      body_ = gateway::MarkNotStored(std::move(body_), false);
+    }
+  }
 
  private:
   // Streamed calls wake the writer for output and for the commit (headers);
@@ -1014,12 +1023,13 @@ class Connection {
   // previous_response_id and GET /v1/responses/{id}: its answer as sent, and
   // its context (the prior context, this input, the output with encrypted
   // reasoning). Runs before the answer's last bytes go out, so a caller that
-  // continues at once finds it. A failure is logged; the answer still goes.
-  awaitable<void> StoreResponse(const ConnectionSink& sink, const wire::responses::Request& responses,
+  // continues at once finds it. Returns whether it was stored; a failure is
+  // logged, and the answer still goes (saying store: false).
+  awaitable<bool> StoreResponse(const ConnectionSink& sink, const wire::responses::Request& responses,
                                 const boost::json::array& prior, const billing::KeyRecord& key,
                                 const std::string& request_id, std::chrono::system_clock::time_point created_at) {
     const wire::responses::BuiltResponse* built = sink.encoder().responses_result();
-    if (built == nullptr) co_return;
+    if (built == nullptr) co_return false;
     billing::StoredResponse row;
     if (const auto* id = built->client.if_contains("id"); id != nullptr && id->is_string()) row.id = id->as_string();
     row.request_id = request_id;
@@ -1036,6 +1046,7 @@ class Connection {
     auto put = [this, row = std::move(row)]() -> awaitable<Result<void>> { co_return s_.responses->Put(row); };
     Result<void> stored = co_await asio::co_spawn(s_.blocking, put, asio::use_awaitable);
     if (!stored) std::cerr << "tollgate: response not stored: " << stored.error().message << std::endl;
+    co_return stored.has_value();
   }
 
   // One model call in the caller's API: authenticate and decode here, then
@@ -1061,6 +1072,14 @@ class Connection {
     } else if (responses && !responses->previous_response_id.empty()) {
       rejection = co_await LoadPreviousResponse(*responses, key->id, prior_context);
       if (!rejection) parsed->messages = responses->chat.messages;
+    }
+    if (!rejection && responses && responses->store &&
+        boost::json::serialize(prior_context).size() + boost::json::serialize(responses->input).size() >
+            billing::kMaxStoredJsonBytes) {
+      // Refused before it costs anything, rather than answered and then lost.
+      rejection = InvalidArgument("the conversation is over the " + std::to_string(billing::kMaxStoredJsonBytes >> 20) +
+                                      " MiB a stored response keeps; send it with store: false",
+                                  "input");
     }
     if (rejection) {
       const std::string_view model = parsed ? routing::SplitVariant(parsed->model).first : std::string_view();
@@ -1169,7 +1188,8 @@ class Connection {
       co_await sink->Wait();
       if (store_pending && sink->done() && !sink->error() && !client_gone) {
         store_pending = false;
-        co_await StoreResponse(*sink, *responses, prior_context, *key, request_id, created_at);
+        bool stored = co_await StoreResponse(*sink, *responses, prior_context, *key, request_id, created_at);
+        if (!stored) sink->MarkNotStored();
       }
       if (!sink->committed()) {
         // Failed before anything was committed: answer with the error status.

@@ -295,5 +295,63 @@ TEST(Api, ErrorShapesFollowThePath) {
   EXPECT_EQ(ErrorFlavorForPath("/api/v1/messages/count_tokens"), ErrorFlavor::kAnthropic);
 }
 
+// ---------------------------------------------------------------- Responses API answers
+
+ChatRequest ResponsesRequest(bool stream) {
+  Result<wire::responses::Request> r =
+      wire::responses::DecodeRequest(std::string(R"({"model":"m","input":"hi","stream":)") + (stream ? "true}" : "false}"));
+  EXPECT_TRUE(r);
+  return r->chat;
+}
+
+TEST(Api, ResponsesStreamEndsWithTheResponseAndItsStoredOutput) {
+  ResponseEncoder encoder(ResponsesRequest(true), wire::ResponseMeta{"resp_1", 1700000000, "m", ""},
+                          ErrorFlavor::kOpenAi, 3);
+  encoder.Commit(CommitInfo{"OpenAI", "up", "e", "m", {}, {}, nullptr});
+  std::string bytes = encoder.Event(TextDelta{0, "Hello"});
+  bytes += encoder.Event(FinishDelta{0, FinishReason::kStop, "stop", ""});
+  bytes += encoder.StreamEnd(CallSummary{Usage{3, 1}, false, Money{}, false});
+  EXPECT_EQ(bytes.rfind("event: response.created\n", 0), 0u) << bytes;
+  EXPECT_NE(bytes.find("event: response.completed\n"), std::string::npos);
+  ASSERT_NE(encoder.responses_result(), nullptr);
+  EXPECT_EQ(encoder.responses_result()->stored_output.size(), 1u);
+  EXPECT_EQ(encoder.responses_result()->client.at("store"), true);
+
+  // A response that could not be stored says so in its terminal event, and
+  // nowhere else changes.
+  const std::string marked = MarkNotStored(bytes, true);
+  const std::size_t last = marked.rfind("event: ");
+  EXPECT_EQ(marked.substr(0, last), bytes.substr(0, last));
+  const json::value terminal = json::parse(marked.substr(marked.find("data: ", last) + 6));
+  EXPECT_EQ(terminal.at("type"), "response.completed");
+  EXPECT_EQ(terminal.at("response").at("store"), false);
+  EXPECT_EQ(terminal.at("response").at("output").as_array().size(), 1u);
+  EXPECT_EQ(MarkNotStored("not sse", true), "not sse");
+}
+
+TEST(Api, ResponsesWholeBodyAndErrorsInTheCallersTerms) {
+  ResponseEncoder encoder(ResponsesRequest(false), wire::ResponseMeta{"resp_2", 1700000000, "m", ""},
+                          ErrorFlavor::kOpenAi, 3);
+  encoder.Commit(CommitInfo{"OpenAI", "up", "e", "m", {}, {}, nullptr});
+  encoder.Accumulate(TextDelta{0, "Hi"});
+  encoder.Accumulate(FinishDelta{0, FinishReason::kLength, "length", ""});
+  const json::value body = json::parse(encoder.WholeBody(CallSummary{Usage{3, 1}, false, Money{}, false}));
+  EXPECT_EQ(body.at("id"), "resp_2");
+  EXPECT_EQ(body.at("status"), "incomplete");
+  EXPECT_EQ(body.at("provider"), "OpenAI");
+  EXPECT_EQ(json::parse(MarkNotStored(json::serialize(body), false)).at("store"), false);
+
+  // The router names the conversation `messages`; a Responses caller sent `input`.
+  const json::value error =
+      json::parse(encoder.ErrorBody(Error{ErrorCode::kInvalidArgument, "too long", "messages", {}}));
+  EXPECT_EQ(error.at("error").at("param"), "input");
+  ResponseEncoder streamed(ResponsesRequest(true), wire::ResponseMeta{"resp_3", 1700000000, "m", ""},
+                           ErrorFlavor::kOpenAi, 3);
+  streamed.Commit(CommitInfo{"OpenAI", "up", "e", "m", {}, {}, nullptr});
+  const std::string failed = streamed.StreamError(Error{ErrorCode::kInvalidArgument, "no images", "messages[0]", {}});
+  EXPECT_NE(failed.find("event: response.failed"), std::string::npos) << failed;
+  EXPECT_NE(failed.find(R"("param":"input[0]")"), std::string::npos) << failed;
+}
+
 }  // namespace
 }  // namespace tollgate::gateway

@@ -425,8 +425,13 @@ TEST(ResponsesDecode, StringInputIsOneUserMessage) {
   ASSERT_EQ(r.chat.messages.size(), 1u);
   EXPECT_EQ(r.chat.messages[0].role, Role::kUser);
   EXPECT_EQ(TextOf(r.chat.messages[0], 0).text, "Hello");
-  EXPECT_EQ(json::serialize(r.input),
-            R"([{"type":"message","role":"user","content":[{"type":"input_text","text":"Hello"}]}])");
+  ASSERT_EQ(r.input.size(), 1u);
+  json::object item = r.input[0].as_object();
+  EXPECT_TRUE(item.at("id").as_string().starts_with("msg_")) << item;
+  EXPECT_EQ(item.at("id").as_string().size(), 4u + 32u);
+  item.erase("id");
+  EXPECT_EQ(json::serialize(item),
+            R"({"type":"message","role":"user","content":[{"type":"input_text","text":"Hello"}],"status":"completed"})");
   EXPECT_TRUE(r.store);
   EXPECT_FALSE(r.chat.stream);
   EXPECT_FALSE(r.include_encrypted_reasoning);
@@ -730,6 +735,53 @@ TEST(ResponsesDecode, RoutingFieldsAsOnChatCompletions) {
   EXPECT_TRUE(r.chat.explain_routing);
 }
 
+TEST(ResponsesDecode, InputItemsAreListedAsOpenAiListsThem) {
+  const Request r = Decode(R"({"model":"m","input":[
+    {"role":"user","content":"one"},
+    {"role":"assistant","content":"two"},
+    {"type":"message","id":"msg_mine","role":"user","content":[{"type":"input_text","text":"three"}],"status":"completed"},
+    {"type":"function_call","call_id":"call_1","name":"f","arguments":"{}"},
+    {"type":"function_call_output","call_id":"call_1","output":"42"},
+    {"type":"reasoning","summary":[{"type":"summary_text","text":"s"}]}]})");
+  ASSERT_EQ(r.input.size(), 6u);
+  auto id = [&](std::size_t i) { return std::string(r.input[i].as_object().at("id").as_string()); };
+  EXPECT_TRUE(id(0).starts_with("msg_"));
+  EXPECT_NE(id(0), id(1));
+  EXPECT_EQ(id(2), "msg_mine");  // the caller's own id stays
+  EXPECT_TRUE(id(3).starts_with("fc_"));
+  EXPECT_TRUE(id(4).starts_with("fco_"));
+  EXPECT_FALSE(r.input[5].as_object().contains("id"));  // a reasoning id would name OpenAI's item
+  EXPECT_EQ(json::serialize(r.input[0].as_object().at("content")), R"([{"type":"input_text","text":"one"}])");
+  EXPECT_EQ(json::serialize(r.input[1].as_object().at("content")),
+            R"([{"type":"output_text","text":"two","annotations":[]}])");
+  for (std::size_t i : {0u, 1u, 3u, 4u}) EXPECT_EQ(r.input[i].as_object().at("status"), "completed");
+  EXPECT_EQ(r.input[0].as_object().at("type"), "message");
+  // The items still decode to the same conversation (what a stored context replays).
+  std::vector<Message> again;
+  ASSERT_FALSE(DecodeItems(r.input, "input", again));
+  EXPECT_EQ(again.size(), r.chat.messages.size());
+}
+
+TEST(ResponsesDecode, AToolOutputNeedsAnEarlierCall) {
+  ExpectRejected(R"({"model":"m","input":[{"type":"function_call_output","call_id":"call_zzz","output":"42"}]})",
+                 "input", "No tool call found for function call output with call_id call_zzz");
+  ExpectRejected(R"({"model":"m","input":[{"type":"function_call_output","call_id":"call_2","output":"1"},
+                    {"type":"function_call","call_id":"call_2","name":"f","arguments":"{}"}]})",
+                 "input", "call_2");
+  // With previous_response_id the calls come with the stored context.
+  Request r = Decode(R"({"model":"m","previous_response_id":"resp_1",
+                         "input":[{"type":"function_call_output","call_id":"call_9","output":"sunny"}]})");
+  const json::array with_call{json::object{{"type", "message"}, {"role", "user"}, {"content", "weather?"}},
+                              json::object{{"type", "function_call"}, {"call_id", "call_9"}, {"name", "get_weather"},
+                                           {"arguments", "{}"}}};
+  EXPECT_FALSE(PrependContext(r, with_call));
+  Request orphan = Decode(R"({"model":"m","previous_response_id":"resp_1",
+                              "input":[{"type":"function_call_output","call_id":"call_8","output":"sunny"}]})");
+  const std::optional<Error> e = PrependContext(orphan, with_call);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->param, "input");
+}
+
 TEST(ResponsesDecode, PreviousResponseIdAloneNeedsNoInput) {
   const Request r = Decode(R"({"model":"m","previous_response_id":"resp_1","instructions":"sys"})");
   EXPECT_TRUE(r.input.empty());
@@ -893,6 +945,7 @@ TEST(ResponsesDecode, ReasoningEffortAndSummary) {
   const Request s = Decode(Body(R"("reasoning":{"generate_summary":"concise"})"));
   EXPECT_FALSE(s.chat.reasoning);
   EXPECT_EQ(s.reasoning_summary, "concise");
+  EXPECT_EQ(s.chat.reasoning_summary, "concise");  // for an OpenAI Responses upstream
   EXPECT_EQ(json::serialize(s.echo.at("reasoning")), R"({"effort":null,"summary":"concise"})");
   const Request n = Decode(Body(R"("reasoning":{"effort":null,"summary":null})"));
   EXPECT_FALSE(n.chat.reasoning);

@@ -195,6 +195,19 @@ TEST(ResponsesUpstreamEncode, ToolsToolChoiceFormatReasoningAndSampling) {
   EXPECT_EQ(body.at("top_p"), J("0.9"));
   EXPECT_EQ(body.at("top_logprobs"), J("3"));
   EXPECT_EQ(body.at("user"), J(R"("user-42")"));
+  EXPECT_FALSE(body.contains("prompt_cache_key"));
+
+  // The caller's summary choice goes as it is, also without an effort (what
+  // Codex sends); the session becomes OpenAI's prompt_cache_key.
+  ChatRequest summary_only = r;
+  summary_only.reasoning.reset();
+  summary_only.reasoning_summary = "detailed";
+  summary_only.session_id = "conv-7";
+  const json::object b2 = Encode(summary_only);
+  EXPECT_EQ(b2.at("reasoning"), J(R"({"summary":"detailed"})"));
+  EXPECT_EQ(b2.at("prompt_cache_key"), J(R"("conv-7")"));
+  summary_only.reasoning_summary.clear();
+  EXPECT_FALSE(Encode(summary_only).contains("reasoning"));
 
   for (auto [mode, want] : std::vector<std::pair<ToolChoice::Mode, const char*>>{
            {ToolChoice::Mode::kAuto, R"("auto")"},

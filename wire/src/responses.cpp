@@ -570,7 +570,29 @@ void FillToolNames(std::vector<Message>& messages) {
   }
 }
 
+// OpenAI's rule: every function_call_output answers a function_call made
+// earlier in the conversation ("No tool call found for function call output
+// with call_id ..."). Providers reject an orphan result too, less clearly.
+Status CheckToolResults(const std::vector<Message>& messages) {
+  std::set<std::string> calls;
+  for (const Message& m : messages) {
+    for (const ContentPart& part : m.parts) {
+      if (const auto* call = std::get_if<ToolCallPart>(&part)) {
+        calls.insert(call->id);
+      } else if (const auto* result = std::get_if<ToolResultPart>(&part);
+                 result != nullptr && !calls.contains(result->tool_call_id)) {
+        return Bad("No tool call found for function call output with call_id " + result->tool_call_id.substr(0, 200) +
+                       ".",
+                   "input");
+      }
+    }
+  }
+  return {};
+}
+
 // request.chat.messages from instructions, `prior` (may be null) and input.
+// Tool results are checked against the calls once the whole conversation is
+// known (with previous_response_id: when its context comes).
 Status BuildMessages(Request& request, const json::array* prior) {
   std::vector<Message> messages;
   if (!request.instructions.empty()) {
@@ -586,8 +608,47 @@ Status BuildMessages(Request& request, const json::array* prior) {
   if (auto e = decoder.Decode(request.input, "input")) return e;
   decoder.Finish();
   FillToolNames(messages);
+  if (prior != nullptr || request.previous_response_id.empty()) {
+    if (auto e = CheckToolResults(messages)) return e;
+  }
   request.chat.messages = std::move(messages);
   return {};
+}
+
+// Input items as OpenAI lists them (GET /v1/responses/{id}/input_items):
+// shorthand messages get type "message" and their string content becomes one
+// input_text part (output_text for the assistant); messages, function calls
+// and their outputs get an id ("msg_", "fc_", "fco_" + 32 base62) when they
+// have none, and status "completed". Reasoning items are kept as they are (an
+// id there names OpenAI's own item). Runs on validated items.
+void NormalizeInputItems(json::array& items) {
+  for (json::value& v : items) {
+    if (!v.is_object()) continue;
+    json::object& item = v.get_object();
+    const json::value* type = item.if_contains("type");
+    if ((type == nullptr || type->is_null()) && item.contains("role")) item["type"] = "message";
+    const std::string_view t = item.at("type").is_string() ? View(item.at("type").get_string()) : "";
+    std::string_view prefix;
+    if (t == "message") {
+      prefix = "msg_";
+      if (json::value* content = item.if_contains("content"); content != nullptr && content->is_string()) {
+        const bool assistant = item.at("role") == "assistant";
+        json::object part{{"type", assistant ? "output_text" : "input_text"}, {"text", content->get_string()}};
+        if (assistant) part["annotations"] = json::array{};
+        *content = json::array{std::move(part)};
+      }
+    } else if (t == "function_call") {
+      prefix = "fc_";
+    } else if (t == "function_call_output") {
+      prefix = "fco_";
+    } else {
+      continue;
+    }
+    const json::value* id = item.if_contains("id");
+    if (id == nullptr || !id->is_string() || id->get_string().empty()) item["id"] = std::string(prefix) + RandomBase62(32);
+    const json::value* status = item.if_contains("status");
+    if (status == nullptr || status->is_null()) item["status"] = "completed";
+  }
 }
 
 // ---------------------------------------------------------------- inbound: tools and formats
@@ -799,6 +860,7 @@ Status DecodeReasoning(const json::object& root, Request& req, json::object& ech
     }
     if (summary) {
       req.reasoning_summary = *summary;
+      req.chat.reasoning_summary = *summary;
       reasoning["summary"] = *summary;
     }
   }
@@ -988,6 +1050,7 @@ Result<Request> DecodeRequest(std::string_view body) {
     return Bad("you must provide an input parameter", "input");
   }
   if (auto e = BuildMessages(req, nullptr)) return *e;
+  NormalizeInputItems(req.input);
 
   if (auto e = DecodeTools(root, req)) return *e;
   if (auto e = DecodeToolChoice(root, req)) return *e;

@@ -324,13 +324,17 @@ std::string EncodeRequest(const ChatRequest& request, const RequestOptions& opti
   }
   if (request.parallel_tool_calls) body["parallel_tool_calls"] = *request.parallel_tool_calls;
   if (request.response_format) body["text"] = json::object{{"format", TextFormat(*request.response_format)}};
-  if (request.reasoning) {
-    const ReasoningSettings& r = *request.reasoning;
-    json::object reasoning;
-    if (!r.effort.empty()) reasoning["effort"] = r.effort;
-    if (r.Requested() && !r.exclude) reasoning["summary"] = "auto";
-    if (!reasoning.empty()) body["reasoning"] = std::move(reasoning);
+  json::object reasoning;
+  if (request.reasoning && !request.reasoning->effort.empty()) reasoning["effort"] = request.reasoning->effort;
+  if (!request.reasoning_summary.empty()) {
+    reasoning["summary"] = request.reasoning_summary;  // the caller's own choice
+  } else if (request.reasoning && request.reasoning->Requested() && !request.reasoning->exclude) {
+    reasoning["summary"] = "auto";
   }
+  if (!reasoning.empty()) body["reasoning"] = std::move(reasoning);
+  // The caller's conversation identity keeps its turns on one OpenAI prompt
+  // cache (platform.openai.com/docs/guides/prompt-caching, prompt_cache_key).
+  if (!request.session_id.empty()) body["prompt_cache_key"] = request.session_id;
   if (request.max_tokens) body["max_output_tokens"] = *request.max_tokens;
   if (request.temperature) body["temperature"] = *request.temperature;
   if (request.top_p) body["top_p"] = *request.top_p;

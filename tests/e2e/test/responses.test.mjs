@@ -206,6 +206,11 @@ describe('openai client.responses against every kind of upstream', { timeout: 18
     const items = await client.responses.inputItems.list(second.r.id, { order: 'asc' });
     const texts = items.data.map((i) => i.content?.map((c) => c.text).join(''));
     assert.deepEqual(texts, ['Once upon a time', first.r.output_text, 'Then what?']);
+    // Every item has an id, so the SDK pages through them one at a time; newest first by default.
+    const paged = [];
+    for await (const item of client.responses.inputItems.list(second.r.id, { limit: 1 })) paged.push(item);
+    assert.deepEqual(paged.map((i) => i.id), items.data.map((i) => i.id).reverse());
+    assert.ok(paged.every((i) => i.type === 'message' && /^msg_/.test(i.id)), JSON.stringify(paged));
     // Another key sees none of it.
     await assert.rejects(other.responses.retrieve(first.r.id), (e) => e.status === 404);
     await assert.rejects(create({ model: LOCAL_MODEL, previous_response_id: first.r.id, input: 'x' }, other),
@@ -373,6 +378,18 @@ describe('openai client.responses against every kind of upstream', { timeout: 18
   });
 
   // ------------------------------------------------------------------ built-in tools and bad input
+
+  test('a function_call_output without its call is a 400 that bills nothing', async () => {
+    const res = await fetch(`${stack.gw.url}/v1/responses`, {
+      method: 'POST', headers: { authorization: `Bearer ${stack.keys.main}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: modelOf('openai', 'mock-tools'), input: [{ type: 'function_call_output', call_id: 'call_zzz', output: '42' }] }),
+    });
+    assert.equal(res.status, 400);
+    const body = await res.json();
+    assert.equal(body.error.param, 'input');
+    assert.match(body.error.message, /call_zzz/);
+    assert.deepEqual(await usageRowsAfter(stack.db, res.headers.get('x-request-id')), []);
+  });
 
   test('built-in tools are left out and listed; forcing one is a 400 naming it', async () => {
     const w = tag();

@@ -254,6 +254,11 @@ struct ChatRequest {
   std::optional<int64_t> top_logprobs;
 
   std::optional<ReasoningSettings> reasoning;
+  // OpenAI Responses `reasoning.summary` ("auto", "concise", "detailed"), or
+  // empty: how much of its hidden reasoning an OpenAI reasoning model
+  // summarises. Only an OpenAI Responses upstream uses it; it asks for no
+  // reasoning by itself.
+  std::string reasoning_summary;
 
   std::string user;              // end-user id
   boost::json::object metadata;  // caller's metadata (OpenAI `metadata`, Anthropic `metadata`)

@@ -92,7 +92,11 @@ struct Request {
   // tools: the function tools only; session_id from prompt_cache_key.
   ChatRequest chat;
   // This request's `input` as items (a string input becomes one user message
-  // item with an input_text part), as the caller sent them: what a stored
+  // item with an input_text part), as OpenAI lists input items: shorthand
+  // messages get type "message" and string content one input_text part
+  // (output_text for the assistant); messages, function calls and their
+  // outputs without an id get one ("msg_", "fc_", "fco_" + 32 base62) and
+  // status "completed"; reasoning items stay as sent. What a stored
   // response's context keeps.
   boost::json::array input;
   std::string instructions;
@@ -129,7 +133,10 @@ struct Request {
 // kMaxCompletionTokens (it counts reasoning too); effort "max" -> "xhigh";
 // reasoning.generate_summary is read as summary; user, else
 // safety_identifier -> user; prompt_cache_key -> session_id unless the body
-// has one; background true, conversation and prompt are a 400 (not served).
+// has one; background true, conversation and prompt are a 400 (not served);
+// a function_call_output whose call_id no earlier function_call made is a
+// 400 (OpenAI's rule; checked in PrependContext when previous_response_id
+// brings the calls).
 // Errors: kInvalidArgument with `param` naming the field ("input[3].content[0].type").
 Result<Request> DecodeRequest(std::string_view body);
 
@@ -264,8 +271,9 @@ struct RequestOptions {
 // id; other providers' reasoning is left out); tool messages as
 // function_call_output), function tools with `strict` (false when not
 // given), tool_choice, parallel_tool_calls, text.format, reasoning {effort,
-// summary "auto"} when requested, max_output_tokens, temperature, top_p,
-// top_logprobs, user; always `store: false` and include
+// summary: request.reasoning_summary, else "auto" when reasoning is
+// requested}, max_output_tokens, temperature, top_p, top_logprobs, user,
+// prompt_cache_key = session_id; always `store: false` and include
 // ["reasoning.encrypted_content"] (stateless: the gateway keeps the state).
 std::string EncodeRequest(const ChatRequest& request, const RequestOptions& options);
 
