@@ -1,8 +1,14 @@
-// wire/common.hpp: SSE frames, usage sanitising, data URIs, JSON parsing.
+// wire/common.hpp: SSE frames, usage sanitising, data URIs, JSON parsing;
+// and base64url from the internal wire/src/json_util.hpp.
 #include "tollgate/wire/common.hpp"
+
+#include "json_util.hpp"
 
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
+
+#include <random>
+#include <string>
 
 namespace tollgate::wire {
 namespace {
@@ -58,6 +64,58 @@ TEST(WireCommon, ToolCallIdsAreFreshAndShaped) {
   EXPECT_EQ(a.rfind("call_", 0), 0u);
   EXPECT_EQ(a.size(), 5u + 24u);
   EXPECT_NE(a, b);
+}
+
+// RFC 4648 section 10's vectors in the URL-safe alphabet, unpadded.
+TEST(WireCommon, Base64UrlEncodesUnpaddedWithTheUrlAlphabet) {
+  using detail::Base64UrlEncode;
+  EXPECT_EQ(Base64UrlEncode(""), "");
+  EXPECT_EQ(Base64UrlEncode("f"), "Zg");
+  EXPECT_EQ(Base64UrlEncode("fo"), "Zm8");
+  EXPECT_EQ(Base64UrlEncode("foo"), "Zm9v");
+  EXPECT_EQ(Base64UrlEncode("foob"), "Zm9vYg");
+  EXPECT_EQ(Base64UrlEncode("fooba"), "Zm9vYmE");
+  EXPECT_EQ(Base64UrlEncode("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(Base64UrlEncode("\xfb\xff"), "-_8");  // "+/8=" in standard base64
+  EXPECT_EQ(Base64UrlEncode(std::string("\0\0\0", 3)), "AAAA");
+}
+
+TEST(WireCommon, Base64UrlRoundTripsEveryLengthAndByte) {
+  using detail::Base64UrlDecode;
+  using detail::Base64UrlEncode;
+  std::mt19937 rng(20240611);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (std::size_t n = 0; n <= 64; ++n) {
+    std::string bytes(n, '\0');
+    for (char& c : bytes) c = static_cast<char>(byte(rng));
+    const std::string text = Base64UrlEncode(bytes);
+    EXPECT_EQ(text.size(), (4 * n + 2) / 3) << n;
+    EXPECT_EQ(text.find_first_of("+/="), std::string::npos) << text;
+    EXPECT_EQ(Base64UrlDecode(text), bytes) << n;
+  }
+  std::string all;
+  for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+  for (std::size_t skip = 0; skip < 3; ++skip) {  // each byte in each position of a group
+    const std::string bytes = all.substr(skip);
+    EXPECT_EQ(Base64UrlDecode(Base64UrlEncode(bytes)), bytes) << skip;
+  }
+}
+
+TEST(WireCommon, Base64UrlRejectsOtherAlphabetsPaddingAndBadLengths) {
+  using detail::Base64UrlDecode;
+  EXPECT_EQ(Base64UrlDecode(""), std::string());
+  EXPECT_EQ(Base64UrlDecode("Zm9vYg"), "foob");
+  EXPECT_FALSE(Base64UrlDecode("Zg=="));   // padding
+  EXPECT_FALSE(Base64UrlDecode("Zm9vYg=")); // padding
+  EXPECT_FALSE(Base64UrlDecode("+_8"));    // standard alphabet
+  EXPECT_FALSE(Base64UrlDecode("-/8"));
+  EXPECT_FALSE(Base64UrlDecode("Zm9v Yg"));
+  EXPECT_FALSE(Base64UrlDecode("Zm9v\nYg"));
+  EXPECT_FALSE(Base64UrlDecode(std::string("Zm9v\0", 5)));
+  EXPECT_FALSE(Base64UrlDecode("Z"));      // length 4n+1
+  EXPECT_FALSE(Base64UrlDecode("Zm9vY"));
+  EXPECT_FALSE(Base64UrlDecode("Zh"));     // leftover bits set ("f" is "Zg")
+  EXPECT_FALSE(Base64UrlDecode("Zm9"));    // leftover bits set ("fo" is "Zm8")
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <set>
 
 namespace tollgate::wire {
@@ -90,6 +91,55 @@ std::string Base64(std::string_view bytes) {
 
 }  // namespace
 
+// ---------------------------------------------------------------- base64url
+
+namespace detail {
+
+std::string Base64UrlEncode(std::string_view bytes) {
+  std::string out = Base64(bytes);
+  while (!out.empty() && out.back() == '=') out.pop_back();
+  for (char& c : out) {
+    if (c == '+') c = '-';
+    else if (c == '/') c = '_';
+  }
+  return out;
+}
+
+std::optional<std::string> Base64UrlDecode(std::string_view text) {
+  // EVP_DecodeBlock takes an int length.
+  if (text.size() % 4 == 1 || text.size() > static_cast<std::size_t>(std::numeric_limits<int>::max() - 3)) {
+    return std::nullopt;
+  }
+  std::string padded(text);
+  for (char& c : padded) {
+    if (c == '-') c = '+';
+    else if (c == '_') c = '/';
+    else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) return std::nullopt;
+  }
+  // A canonical encoding leaves the bits after the last byte zero: the last
+  // character carries 4 of them in a 2-character group, 2 in a 3-character one.
+  if (const std::size_t rest = text.size() % 4; rest != 0) {
+    const char last = padded.back();
+    const int value = last >= 'A' && last <= 'Z'   ? last - 'A'
+                      : last >= 'a' && last <= 'z' ? last - 'a' + 26
+                      : last >= '0' && last <= '9' ? last - '0' + 52
+                      : last == '+'                ? 62
+                                                   : 63;
+    if ((value & (rest == 2 ? 0x0F : 0x03)) != 0) return std::nullopt;
+  }
+  const std::size_t pad = (4 - text.size() % 4) % 4;
+  padded.append(pad, '=');
+  // EVP_DecodeBlock writes 3 bytes per 4 characters, padding counted as zero bytes.
+  std::string out(padded.size() / 4 * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(padded.data()), static_cast<int>(padded.size()));
+  if (n < 0 || static_cast<std::size_t>(n) < pad) return std::nullopt;
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
+}
+
+}  // namespace detail
+
 std::optional<boost::json::value> ParseJson(std::string_view text) { return Parse(text, false); }
 
 std::optional<boost::json::value> ParseUpstreamJson(std::string_view text) { return Parse(text, true); }
@@ -121,8 +171,9 @@ std::optional<DataUri> ParseDataUri(std::string_view url) {
 namespace {
 
 namespace json = boost::json;
+using detail::Present;
+using detail::Status;
 using detail::View;
-using Status = std::optional<Error>;
 
 // Paths and messages in the caller's API's own style.
 class Paths {
@@ -143,12 +194,6 @@ class Paths {
  private:
   ParamStyle style_;
 };
-
-// The value at `key` unless absent or null (SDKs send null for unset fields).
-const json::value* Present(const json::object& o, std::string_view key) {
-  const json::value* v = o.if_contains(key);
-  return v != nullptr && !v->is_null() ? v : nullptr;
-}
 
 Status ReadFlag(const json::object& o, std::string_view key, const std::string& param, const Paths& paths,
                 bool& out) {

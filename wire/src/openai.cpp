@@ -22,9 +22,19 @@
 namespace tollgate::wire::openai {
 namespace json = boost::json;
 using detail::ArrayAt;
+using detail::AsInteger;
+using detail::Bad;
 using detail::BadRequest;
 using detail::BadUpstream;
+using detail::Item;
+using detail::Num;
 using detail::ObjectAt;
+using detail::Present;
+using detail::ReadBool;
+using detail::ReadInteger;
+using detail::ReadNumber;
+using detail::ReadString;
+using detail::Status;
 using detail::StringAt;
 using detail::View;
 
@@ -81,12 +91,6 @@ bool IsFunctionName(std::string_view name) {
 
 // ---------------------------------------------------------------- small helpers
 
-using Status = std::optional<Error>;  // nullopt = fine
-
-Error Bad(std::string message, std::string param) {
-  return BadRequest(std::move(message), std::move(param));
-}
-
 std::string Field(std::string_view base, std::string_view key) {
   std::string out(base);
   if (!out.empty()) out += '.';
@@ -94,93 +98,11 @@ std::string Field(std::string_view base, std::string_view key) {
   return out;
 }
 
-std::string Item(std::string_view base, std::size_t i) {
-  return std::string(base) + "[" + std::to_string(i) + "]";
-}
-
-// "%g": 2 reads "2", 0.5 reads "0.5".
-std::string Num(double d) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", d);
-  return buf;
-}
-
-// The value at `key` unless absent or null (OpenAI treats null as not given).
-const json::value* Present(const json::object& o, std::string_view key) {
-  const json::value* v = o.if_contains(key);
-  return v != nullptr && !v->is_null() ? v : nullptr;
-}
-
 std::string_view Trim(std::string_view s) {
   constexpr std::string_view kSpace = " \t\r\n";
   const auto first = s.find_first_not_of(kSpace);
   if (first == std::string_view::npos) return {};
   return s.substr(first, s.find_last_not_of(kSpace) - first + 1);
-}
-
-// A JSON number that is an integer: int64, uint64 (saturated at INT64_MAX so
-// that range checks reject it), or a double without a fraction.
-std::optional<int64_t> AsInteger(const json::value& v) {
-  if (v.is_int64()) return v.get_int64();
-  if (v.is_uint64()) {
-    return v.get_uint64() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
-               ? std::numeric_limits<int64_t>::max()
-               : static_cast<int64_t>(v.get_uint64());
-  }
-  if (v.is_double()) {
-    const double d = v.get_double();
-    if (std::isfinite(d) && d == std::trunc(d) && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
-  }
-  return std::nullopt;
-}
-
-Status ReadBool(const json::object& o, std::string_view key, const std::string& param,
-                std::optional<bool>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  if (!v->is_bool()) return Bad(param + " must be a boolean", param);
-  out = v->get_bool();
-  return {};
-}
-
-Status ReadString(const json::object& o, std::string_view key, const std::string& param,
-                  std::optional<std::string>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  if (!v->is_string()) return Bad(param + " must be a string", param);
-  out = std::string(View(v->get_string()));
-  return {};
-}
-
-// A number in [lo, hi], or (lo, hi] when `lo_open`.
-Status ReadNumber(const json::object& o, std::string_view key, const std::string& param, double lo,
-                  double hi, bool lo_open, std::optional<double>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  if (!v->is_number()) return Bad(param + " must be a number", param);
-  const double d = v->to_number<double>();
-  if (!std::isfinite(d) || d < lo || d > hi) {
-    return Bad(param + " must be between " + Num(lo) + " and " + Num(hi), param);
-  }
-  if (lo_open && d == lo) return Bad(param + " must be greater than " + Num(lo), param);
-  out = d;
-  return {};
-}
-
-Status ReadInteger(const json::object& o, std::string_view key, const std::string& param, int64_t lo,
-                   int64_t hi, std::optional<int64_t>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  const std::optional<int64_t> i = AsInteger(*v);
-  if (!i) return Bad(param + " must be an integer", param);
-  if (*i < lo || *i > hi) {
-    std::string range = hi == std::numeric_limits<int64_t>::max()
-                            ? " must be at least " + std::to_string(lo)
-                            : " must be between " + std::to_string(lo) + " and " + std::to_string(hi);
-    return Bad(param + range, param);
-  }
-  out = *i;
-  return {};
 }
 
 // OpenAI `logit_bias`: an object of token ids (decimal strings) to biases in

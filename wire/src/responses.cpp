@@ -25,7 +25,19 @@
 namespace tollgate::wire::responses {
 namespace json = boost::json;
 using detail::ArrayAt;
+using detail::AsInteger;
+using detail::Bad;
+using detail::Base64UrlDecode;
+using detail::Base64UrlEncode;
 using detail::BadRequest;
+using detail::Item;
+using detail::Num;
+using detail::Present;
+using detail::ReadBool;
+using detail::ReadInteger;
+using detail::ReadNumber;
+using detail::ReadString;
+using detail::Status;
 using detail::StringAt;
 using detail::View;
 
@@ -81,55 +93,6 @@ bool IsFunctionName(std::string_view name) {
 
 // ---------------------------------------------------------------- small helpers
 
-using Status = std::optional<Error>;  // nullopt = fine
-
-Error Bad(std::string message, std::string param) { return BadRequest(std::move(message), std::move(param)); }
-
-std::string Item(std::string_view base, std::size_t i) { return std::string(base) + "[" + std::to_string(i) + "]"; }
-
-std::string Num(double d) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", d);
-  return buf;
-}
-
-// The value at `key` unless absent or null (OpenAI treats null as not given).
-const json::value* Present(const json::object& o, std::string_view key) {
-  const json::value* v = o.if_contains(key);
-  return v != nullptr && !v->is_null() ? v : nullptr;
-}
-
-std::optional<int64_t> AsInteger(const json::value& v) {
-  if (v.is_int64()) return v.get_int64();
-  if (v.is_uint64()) {
-    return v.get_uint64() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
-               ? std::numeric_limits<int64_t>::max()
-               : static_cast<int64_t>(v.get_uint64());
-  }
-  if (v.is_double()) {
-    const double d = v.get_double();
-    if (std::isfinite(d) && d == std::trunc(d) && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
-  }
-  return std::nullopt;
-}
-
-Status ReadBool(const json::object& o, std::string_view key, const std::string& param, std::optional<bool>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  if (!v->is_bool()) return Bad(param + " must be a boolean", param);
-  out = v->get_bool();
-  return {};
-}
-
-Status ReadString(const json::object& o, std::string_view key, const std::string& param,
-                  std::optional<std::string>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  if (!v->is_string()) return Bad(param + " must be a string", param);
-  out = std::string(View(v->get_string()));
-  return {};
-}
-
 // A required non-empty string.
 Status ReadId(const json::object& o, std::string_view key, const std::string& param, std::string& out) {
   const json::value* v = o.if_contains(key);
@@ -138,82 +101,6 @@ Status ReadId(const json::object& o, std::string_view key, const std::string& pa
   }
   out = std::string(View(v->get_string()));
   return {};
-}
-
-// A number in [lo, hi], or (lo, hi] when `lo_open`.
-Status ReadNumber(const json::object& o, std::string_view key, const std::string& param, double lo, double hi,
-                  bool lo_open, std::optional<double>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  if (!v->is_number()) return Bad(param + " must be a number", param);
-  const double d = v->to_number<double>();
-  if (!std::isfinite(d) || d < lo || d > hi) {
-    return Bad(param + " must be between " + Num(lo) + " and " + Num(hi), param);
-  }
-  if (lo_open && d == lo) return Bad(param + " must be greater than " + Num(lo), param);
-  out = d;
-  return {};
-}
-
-Status ReadInteger(const json::object& o, std::string_view key, const std::string& param, int64_t lo, int64_t hi,
-                   std::optional<int64_t>& out) {
-  const json::value* v = Present(o, key);
-  if (v == nullptr) return {};
-  const std::optional<int64_t> i = AsInteger(*v);
-  if (!i) return Bad(param + " must be an integer", param);
-  if (*i < lo || *i > hi) {
-    return Bad(param + " must be between " + std::to_string(lo) + " and " + std::to_string(hi), param);
-  }
-  out = *i;
-  return {};
-}
-
-// ---------------------------------------------------------------- base64url (RFC 4648 section 5, no padding)
-
-constexpr std::string_view kBase64Url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-std::string Base64UrlEncode(std::string_view bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  std::size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t n = (uint32_t{static_cast<unsigned char>(bytes[i])} << 16) |
-                       (uint32_t{static_cast<unsigned char>(bytes[i + 1])} << 8) |
-                       uint32_t{static_cast<unsigned char>(bytes[i + 2])};
-    out += kBase64Url[(n >> 18) & 63];
-    out += kBase64Url[(n >> 12) & 63];
-    out += kBase64Url[(n >> 6) & 63];
-    out += kBase64Url[n & 63];
-  }
-  if (const std::size_t rest = bytes.size() - i; rest > 0) {
-    uint32_t n = uint32_t{static_cast<unsigned char>(bytes[i])} << 16;
-    if (rest == 2) n |= uint32_t{static_cast<unsigned char>(bytes[i + 1])} << 8;
-    out += kBase64Url[(n >> 18) & 63];
-    out += kBase64Url[(n >> 12) & 63];
-    if (rest == 2) out += kBase64Url[(n >> 6) & 63];
-  }
-  return out;
-}
-
-std::optional<std::string> Base64UrlDecode(std::string_view text) {
-  if (text.size() % 4 == 1) return std::nullopt;
-  std::string out;
-  out.reserve(text.size() / 4 * 3 + 2);
-  uint32_t acc = 0;
-  int bits = 0;
-  for (const char c : text) {
-    const std::size_t v = kBase64Url.find(c);
-    if (v == std::string_view::npos) return std::nullopt;
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xFF);
-    }
-  }
-  // Leftover bits must be zero (a canonical encoding).
-  if ((acc & ((1u << bits) - 1)) != 0) return std::nullopt;
-  return out;
 }
 
 // ---------------------------------------------------------------- inbound: items
