@@ -4,6 +4,7 @@
 
 #include <boost/json.hpp>
 
+#include <chrono>
 #include <utility>
 
 namespace tollgate::gateway {
@@ -24,6 +25,10 @@ ResponseEncoder::ResponseEncoder(const ChatRequest& request, wire::ResponseMeta 
 }
 
 namespace {
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 // Adds `"routing": routing` to the JSON object `json` (serialized).
 std::string WithRouting(const std::string& json, const boost::json::value& routing) {
@@ -112,7 +117,7 @@ std::string ResponseEncoder::Event(const StreamEvent& event) {
 
 std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
   if (anthropic_) return anthropic_->Finish(summary.usage);
-  if (responses_) return responses_->Finish(summary.usage, summary.cost, summary.byok);
+  if (responses_) return responses_->Finish(summary.usage, summary.cost, summary.byok, UnixNow());
   if (openai_) return openai_->Finish(summary.usage, summary.cost, summary.byok);
   return {};
 }
@@ -147,7 +152,8 @@ std::string ResponseEncoder::WholeBody(const CallSummary& summary) {
     // The stored output keeps the reasoning (the next turn replays it); the
     // client sees it as options_.include_reasoning says.
     responses_whole_ =
-        wire::responses::BuildResponse(meta_, *responses_options_, response, summary.usage, summary.cost, summary.byok);
+        wire::responses::BuildResponse(meta_, *responses_options_, response, summary.usage, summary.cost, summary.byok,
+                                       UnixNow());
     if (routing_) responses_whole_->client["routing"] = *routing_;
     return boost::json::serialize(responses_whole_->client);
   }

@@ -1357,6 +1357,7 @@ struct StreamEncoder::Impl {
                    {"created_at", meta.created},
                    {"status", status},
                    {"background", false},
+                   {"completed_at", nullptr},  // Finish sets it
                    {"error", std::move(error)},
                    {"incomplete_details", std::move(incomplete)}};
     // An echoed request field, or OpenAI's default when the echo lacks it.
@@ -1370,6 +1371,10 @@ struct StreamEncoder::Impl {
     r["output"] = std::move(output);
     r["output_text"] = output_text;
     echoed("parallel_tool_calls", true);
+    // OpenRouter's response object (@openrouter/sdk OpenResponsesResult)
+    // requires the penalties, which the Responses API has no request field for.
+    r["frequency_penalty"] = 0.0;
+    r["presence_penalty"] = 0.0;
     echoed("previous_response_id", nullptr);
     echoed("reasoning", json::object{{"effort", nullptr}, {"summary", nullptr}});
     echoed("store", true);
@@ -1451,7 +1456,7 @@ std::string StreamEncoder::Encode(const StreamEvent& event) {
   return std::move(s.out);
 }
 
-std::string StreamEncoder::Finish(const Usage& usage, Money cost, bool byok) {
+std::string StreamEncoder::Finish(const Usage& usage, Money cost, bool byok, int64_t completed_at) {
   Impl& s = *impl_;
   if (s.ended) return {};
   s.out.clear();
@@ -1467,6 +1472,7 @@ std::string StreamEncoder::Finish(const Usage& usage, Money cost, bool byok) {
   auto [output, text] = s.ClientOutput();
   json::object response =
       s.ResponseJson(status, std::move(output), text, nullptr, std::move(incomplete), UsageObject(usage, cost, byok));
+  if (status == "completed" && completed_at > 0) response["completed_at"] = completed_at;
   result_.client = response;
   result_.stored_output = s.StoredOutput();
   s.Emit(status == "completed" ? "response.completed" : "response.incomplete",
@@ -1504,12 +1510,12 @@ std::string StreamEncoder::Fail(const Error& error) {
 }
 
 BuiltResponse BuildResponse(const ResponseMeta& meta, const ResponseOptions& options, const ChatResponse& response,
-                            const Usage& usage, Money cost, bool byok) {
+                            const Usage& usage, Money cost, bool byok, int64_t completed_at) {
   // The stream encoder over the answer's events: one code path for both
   // shapes, so a streamed and a whole answer carry the same items.
   StreamEncoder encoder(meta, options);
   for (const StreamEvent& event : ResponseEvents(response)) encoder.Encode(event);
-  encoder.Finish(usage, cost, byok);
+  encoder.Finish(usage, cost, byok, completed_at);
   return encoder.result();
 }
 

@@ -23,7 +23,7 @@ import {
 import { startMockAnthropic } from '../mock_anthropic.mjs';
 import { startMockGemini } from '../mock_gemini.mjs';
 
-const { OpenAI, pg } = await loadDeps();
+const { OpenAI, OpenRouter, pg } = await loadDeps();
 adminDatabaseUrl();
 requireBinary();
 
@@ -378,6 +378,24 @@ describe('openai client.responses against every kind of upstream', { timeout: 18
   });
 
   // ------------------------------------------------------------------ built-in tools and bad input
+
+  test('@openrouter/sdk responses.send under /api/v1: plain and streamed, parsed by its schemas', async () => {
+    const or = new OpenRouter({ apiKey: stack.keys.main, serverURL: `${stack.gw.url}/api/v1`, retryConfig: { strategy: 'none' } });
+    const w = tag();
+    const r = await or.responses.send({
+      responsesRequest: { model: modelOf('anthropic', 'mock-tools'), input: `Weather? ${w}`, tools: TOOLS },
+    });
+    const call = r.output.find((i) => i.type === 'function_call');
+    assert.equal(call.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.arguments), TOOL_ARGS);
+    assert.equal(r.status, 'completed');
+    assert.ok(r.usage.inputTokens > 0 && r.usage.outputTokens > 0, JSON.stringify(r.usage));
+    const events = [];
+    const streamed = await or.responses.send({ responsesRequest: { model: modelOf('openai', 'default'), input: `Hi ${tag()}`, stream: true } });
+    for await (const e of streamed) events.push(e);
+    assert.equal(events.at(-1).type, 'response.completed');
+    assert.equal(events.filter((e) => e.type === 'response.output_text.delta').map((e) => e.delta).join(''), REPLY_TEXT);
+  });
 
   test('a function_call_output without its call is a 400 that bills nothing', async () => {
     const res = await fetch(`${stack.gw.url}/v1/responses`, {

@@ -195,8 +195,11 @@ struct BuiltResponse {
 // the echoed request fields; `metadata` = the caller's, plus
 // "tollgate_dropped_tools": comma-separated dropped_tools when any; and
 // Tollgate's `provider` (display name), as on chat completions.
+// `completed_at` (unix seconds; 0 = unknown) is set on a completed response
+// only, null otherwise (OpenAI's Response.completed_at); frequency_penalty and
+// presence_penalty are 0 (OpenRouter's response object requires them).
 BuiltResponse BuildResponse(const ResponseMeta& meta, const ResponseOptions& options, const ChatResponse& response,
-                            const Usage& usage, Money cost, bool byok);
+                            const Usage& usage, Money cost, bool byok, int64_t completed_at = 0);
 
 // Encodes canonical events (choice 0; others are ignored) as the Responses
 // SSE stream, every event `event: TYPE\ndata: {..., "sequence_number": N}`
@@ -241,7 +244,8 @@ class StreamEncoder {
   // Zero or more SSE events for `event` (the opening events on the first call).
   std::string Encode(const StreamEvent& event);
   // Closes open items; response.completed / response.incomplete.
-  std::string Finish(const Usage& usage, Money cost, bool byok);
+  // `completed_at` as BuildResponse's.
+  std::string Finish(const Usage& usage, Money cost, bool byok, int64_t completed_at = 0);
   // Ends a broken stream: error + response.failed. Opening events first if
   // nothing was sent yet.
   std::string Fail(const Error& error);
