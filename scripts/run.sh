@@ -350,6 +350,33 @@ else
   failed=1
 fi
 
+echo "== POST /v1/responses, then previous_response_id, GET and DELETE /v1/responses/{id}" >&2
+body_resp=$(printf '{"model": "local/stories260k", "input": "%s", "max_output_tokens": %d}' "$prompt" "$max_tokens")
+echo "\$ curl -sS $url/v1/responses -H 'Authorization: Bearer tg-...' -d '$body_resp'" >&2
+code=$(curl -sS -o "$smoke_dir/response.json" -w '%{http_code}' "$url/v1/responses" \
+  -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d "$body_resp") || code=000
+cat "$smoke_dir/response.json" >&2; echo >&2
+resp_id=$(grep -o '"id":"resp_[0-9A-Za-z]*"' "$smoke_dir/response.json" | head -n 1 | cut -d'"' -f4)
+if [ "$code" = 200 ] && [ -n "$resp_id" ] && grep -q '"output_text":"[^"]' "$smoke_dir/response.json"; then
+  echo "  ok    a response object with text ($resp_id)" >&2
+else
+  echo "  FAIL  POST /v1/responses: HTTP $code" >&2
+  failed=1
+fi
+code=$(curl -sS -o "$smoke_dir/response2.json" -w '%{http_code}' "$url/v1/responses" \
+  -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  -d "{\"model\": \"local/stories260k\", \"previous_response_id\": \"$resp_id\", \"input\": \"And then?\", \"max_output_tokens\": 8}") || code=000
+get=$(curl -sS -o /dev/null -w '%{http_code}' "$url/v1/responses/$resp_id" -H "Authorization: Bearer $key") || get=000
+del=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$url/v1/responses/$resp_id" -H "Authorization: Bearer $key") || del=000
+gone=$(curl -sS -o /dev/null -w '%{http_code}' "$url/v1/responses/$resp_id" -H "Authorization: Bearer $key") || gone=000
+if [ "$code" = 200 ] && grep -q "\"previous_response_id\":\"$resp_id\"" "$smoke_dir/response2.json" &&
+   [ "$get" = 200 ] && [ "$del" = 200 ] && [ "$gone" = 404 ]; then
+  echo "  ok    previous_response_id continues it; GET 200, DELETE 200, then GET 404" >&2
+else
+  echo "  FAIL  stored responses: continue HTTP $code, GET $get, DELETE $del, GET after delete $gone" >&2
+  failed=1
+fi
+
 # Stop the gateway now (SIGTERM, graceful) and check it exits cleanly.
 kill -TERM "$gw_pid" 2>/dev/null || true
 rc=0
