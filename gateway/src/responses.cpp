@@ -124,7 +124,7 @@ std::string ResponseEncoder::StreamEnd(const CallSummary& summary) {
 
 std::string ResponseEncoder::StreamError(const Error& error) {
   if (api_ == ApiFlavor::kAnthropicMessages) return wire::anthropic::StreamEncoder::ErrorEvent(error);
-  if (responses_) return responses_->Fail(InCallersTerms(error));
+  if (responses_) return responses_->Fail(InCallersTerms(api_, error));
   // OpenRouter's mid-stream error (openrouter.ai/docs/api-reference/streaming,
   // "Mid-stream errors"): a chunk with the stream's id, `error`, and choice 0
   // ending with finish_reason "error" (@openrouter/sdk parses it as a chunk;
@@ -175,15 +175,13 @@ const wire::responses::BuiltResponse* ResponseEncoder::responses_result() const 
 }
 
 std::string ResponseEncoder::ErrorBody(const Error& error) const {
-  return tollgate::ErrorBody(InCallersTerms(error), error_flavor_);
+  return tollgate::ErrorBody(InCallersTerms(api_, error), error_flavor_);
 }
 
-Error ResponseEncoder::InCallersTerms(const Error& error) const {
-  // The router and the driver name the conversation "messages"; a Responses
-  // caller sent it as `input`.
-  if (api_ != ApiFlavor::kOpenAiResponses || !error.param.starts_with("messages")) return error;
+Error InCallersTerms(ApiFlavor api, const Error& error) {
+  if (api != ApiFlavor::kOpenAiResponses || !error.param.starts_with("messages")) return error;
   Error renamed = error;
-  renamed.param = "input" + error.param.substr(8);
+  renamed.param = "input";
   return renamed;
 }
 
@@ -197,9 +195,10 @@ std::string MarkNotStored(std::string bytes, bool stream) {
     end = bytes.find("\n\n", start);
     if (end == std::string::npos) return bytes;
   }
-  boost::json::error_code ec;
-  boost::json::value v = boost::json::parse(std::string_view(bytes).substr(start, end - start), ec);
-  if (ec || !v.is_object()) return bytes;
+  // Depth 64, as callers may nest (a tool schema echoed in the response).
+  std::optional<boost::json::value> parsed = wire::ParseJson(std::string_view(bytes).substr(start, end - start));
+  if (!parsed || !parsed->is_object()) return bytes;
+  boost::json::value& v = *parsed;
   boost::json::object* response = &v.as_object();
   if (stream) {
     boost::json::value* inner = response->if_contains("response");

@@ -64,9 +64,6 @@ class ResponseEncoder {
   bool stream() const { return stream_; }
 
  private:
-  // `error` as the caller's API names things (Responses: `input` for the
-  // conversation the router calls `messages`).
-  Error InCallersTerms(const Error& error) const;
 
   ApiFlavor api_;
   RequestKind kind_;
@@ -91,6 +88,12 @@ class ResponseEncoder {
 // (femto-USD per blended token, docs/routing.md)} or {..., "skipped": reason,
 // "unsupported_parameters"}]}.
 boost::json::value RoutingExplanation(const routing::Plan& plan);
+
+// `error` as the caller's API names things: a Responses caller sent the
+// conversation as `input`, which the router and the driver call `messages`
+// (their `messages[i]` counts canonical messages, not input items, so the
+// param becomes plain "input"). Other APIs: unchanged.
+Error InCallersTerms(ApiFlavor api, const Error& error);
 
 // A Responses API answer whose response could not be stored: `store` made
 // false in the whole body (`stream` false), or in the response object of a

@@ -239,6 +239,10 @@ struct Services {
   // The local engines by model file stem (owned by RunServer, outliving the loop).
   std::vector<std::pair<std::string, const local_backend::LocalProvider*>> engines;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
+  // Stored responses apart (a write holds back the end of an answer): as
+  // many threads as ResponseStore's connections.
+  static constexpr int kResponseStoreConnections = 4;
+  asio::thread_pool responses_pool{kResponseStoreConnections};
   // Stats queries apart (a long series must not delay key and generation
   // lookups): 2 threads, as many as StatsStore's connections; at most
   // kMaxStatsRequests running or queued, more are answered 503.
@@ -565,6 +569,8 @@ class Connection {
     }
 
     const std::optional<ApiFlavor> call_api = CallApiOf(route);
+    const bool stored_route = route.starts_with("/v1/responses/");  // a stored response (HandleStoredResponse)
+    const bool input_items = stored_route && route.ends_with("/input_items");
     if (call_api && post) {
       auto [keep, status] = co_await HandleCall(req, *call_api);
       s_.metrics->CountRequest(route, status);
@@ -643,13 +649,13 @@ class Connection {
       res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model, *s_.router, Clock::now()))
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
-    } else if (route.rfind("/v1/responses/", 0) == 0 && (get || req.method() == http::verb::delete_)) {
+    } else if (stored_route && (get || (req.method() == http::verb::delete_ && !input_items))) {
       // GET|DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items
       std::string id = route.substr(14);
-      const bool input_items = get && id.ends_with("/input_items");
       if (input_items) id.resize(id.size() - 12);
       route = input_items ? "/v1/responses/{id}/input_items" : "/v1/responses/{id}";
-      res = co_await HandleStoredResponse(req, *url, id, get ? (input_items ? 2 : 1) : 0);
+      const StoredOp op = input_items ? StoredOp::kInputItems : get ? StoredOp::kGet : StoredOp::kDelete;
+      res = co_await HandleStoredResponse(req, *url, id, op);
     } else if (IsDashboardPath(path) && get) {
       route = "/dashboard";  // one label for all its files
       const DashboardReply d = ServeDashboard(path, req[http::field::if_none_match]);
@@ -658,13 +664,13 @@ class Connection {
     } else if (route == "/healthz" || route == "/readyz" || route == "/metrics" || route == "/v1/models" ||
                route == "/v1/providers" || route == "/v1/key" || route == "/v1/credits" ||
                call_api || route == "/v1/messages/count_tokens" || route == "/v1/generation" ||
-               IsStatsRoute(route) || route.rfind("/v1/responses/", 0) == 0) {
+               IsStatsRoute(route) || stored_route) {
       Error not_allowed = InvalidArgument("method " + std::string(req.method_string()) + " is not allowed on " + path);
       res = JsonResponse(req, 405, ErrorBody(not_allowed, FlavorOf(req)));
       res.set(http::field::allow, call_api || route == "/v1/messages/count_tokens" ? "POST"
-                                  : route.rfind("/v1/responses/", 0) == 0   ? "GET, DELETE"
+                                  : stored_route && !input_items              ? "GET, DELETE"
                                                                               : "GET");
-      if (route.rfind("/v1/responses/", 0) == 0) route = "/v1/responses/{id}";
+      if (stored_route) route = input_items ? "/v1/responses/{id}/input_items" : "/v1/responses/{id}";
     } else {
       route = "unmatched";  // a bounded label set: raw paths would grow /metrics without limit
       res = ErrorResponse(req, Error{ErrorCode::kNotFound,
@@ -777,42 +783,85 @@ class Connection {
     co_return JsonResponse(req, 200, RenderGeneration(*event));
   }
 
+  enum class StoredOp { kGet, kDelete, kInputItems };
+
+  // An id NewResponseId could have made ("resp_" + base62, at most 64
+  // characters in all). No other id is ever stored, so any other is
+  // answered 404 without a query (nor reaches libpq: no NUL, no bad UTF-8).
+  static bool IsResponseId(std::string_view id) {
+    if (!id.starts_with("resp_") || id.size() <= 5 || id.size() > 64) return false;
+    return std::all_of(id.begin() + 5, id.end(), [](char c) {
+      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    });
+  }
+
+  // What the store says when it cannot answer: the details go to the log,
+  // never to the caller (they may name the database host).
+  static Error StoreUnavailable(const Error& error) {
+    std::cerr << "tollgate: stored responses: " << error.message << std::endl;
+    return Error{ErrorCode::kUnavailable, "stored responses are unavailable; try again", "", {}};
+  }
+
+  // A stored response of key `key_id` with its context parsed, read on the
+  // responses pool; nullopt when unknown, another key's or expired.
+  struct LoadedResponse {
+    billing::StoredResponse row;
+    boost::json::array context;
+  };
+  awaitable<Result<std::optional<LoadedResponse>>> FindStoredResponse(std::string id, int64_t key_id) {
+    if (!IsResponseId(id)) co_return std::optional<LoadedResponse>();
+    auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<LoadedResponse>>> {
+      Result<std::optional<billing::StoredResponse>> found =
+          s_.responses->Get(id, key_id, std::chrono::system_clock::now());
+      if (!found) co_return StoreUnavailable(found.error());
+      if (!*found) co_return std::optional<LoadedResponse>();
+      std::optional<boost::json::value> context = wire::ParseJson((*found)->context);
+      if (!context || !context->is_array()) {
+        co_return Error{ErrorCode::kInternal, "the stored response " + id + " is unreadable", "", {}};
+      }
+      co_return LoadedResponse{std::move(**found), std::move(context->as_array())};
+    };
+    Result<std::optional<LoadedResponse>> loaded =
+        co_await asio::co_spawn(s_.responses_pool, lookup, asio::use_awaitable);
+    co_return loaded;
+  }
+
   // A stored response of the calling key (wire/responses.hpp; OpenAI's
   // "Get a model response", "Delete a model response", "List input items"):
-  // what = 1: GET, the response object as it was sent; 0: DELETE,
-  // {"id", "object": "response", "deleted": true}; 2: GET .../input_items,
-  // the items of its context before its output (previous conversation and
-  // input), newest first unless order=asc, `limit` 1..100 (20), `after` an
-  // item id. Unknown, another key's or expired: 404.
-  awaitable<Response> HandleStoredResponse(const Request& req, boost::urls::url_view url, std::string id, int what) {
+  // kGet: the response object as it was sent; kDelete: {"id", "object":
+  // "response", "deleted": true}; kInputItems: the items of its context
+  // before its output (previous conversation and input), newest first
+  // unless order=asc, `limit` 1..100 (20), `after` an item id. Unknown,
+  // another key's or expired: 404.
+  awaitable<Response> HandleStoredResponse(const Request& req, boost::urls::url_view url, std::string id, StoredOp op) {
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
     if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
     const int64_t key_id = key->id;
     const Error not_found{ErrorCode::kNotFound, "Response with id '" + id.substr(0, 200) + "' not found.", "",
                           "response_not_found"};
-    if (what == 0) {
-      auto remove = [this, id, key_id]() -> awaitable<Result<bool>> { co_return s_.responses->Delete(id, key_id); };
-      Result<bool> deleted = co_await asio::co_spawn(s_.blocking, remove, asio::use_awaitable);
+    if (op == StoredOp::kDelete) {
+      if (!IsResponseId(id)) co_return ErrorResponse(req, not_found);
+      auto remove = [this, id, key_id]() -> awaitable<Result<bool>> {
+        Result<bool> deleted = s_.responses->Delete(id, key_id, std::chrono::system_clock::now());
+        if (!deleted) co_return StoreUnavailable(deleted.error());
+        co_return deleted;
+      };
+      Result<bool> deleted = co_await asio::co_spawn(s_.responses_pool, remove, asio::use_awaitable);
       if (!deleted) co_return ErrorResponse(req, deleted.error());
       if (!*deleted) co_return ErrorResponse(req, not_found);
       co_return JsonResponse(
           req, 200, boost::json::serialize(boost::json::object{{"id", id}, {"object", "response"}, {"deleted", true}}));
     }
-    auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<billing::StoredResponse>>> {
-      co_return s_.responses->Get(id, key_id, std::chrono::system_clock::now());
-    };
-    Result<std::optional<billing::StoredResponse>> found =
-        co_await asio::co_spawn(s_.blocking, lookup, asio::use_awaitable);
+    Result<std::optional<LoadedResponse>> found = co_await FindStoredResponse(id, key_id);
     if (!found) co_return ErrorResponse(req, found.error());
     if (!*found) co_return ErrorResponse(req, not_found);
-    if (what == 1) co_return JsonResponse(req, 200, std::move((*found)->response));
+    if (op == StoredOp::kGet) co_return JsonResponse(req, 200, std::move((*found)->row.response));
     // input_items: the context without the response's own output items.
-    std::optional<boost::json::value> context = wire::ParseUpstreamJson((*found)->context);
-    std::optional<boost::json::value> response = wire::ParseUpstreamJson((*found)->response);
-    if (!context || !context->is_array() || !response || !response->is_object()) {
+    std::optional<boost::json::value> response = wire::ParseJson((*found)->row.response);
+    if (!response || !response->is_object()) {
       co_return ErrorResponse(req, Error{ErrorCode::kInternal, "the stored response is unreadable", "", {}});
     }
-    boost::json::array items = std::move(context->as_array());
+    boost::json::array items = std::move((*found)->context);
     const boost::json::value* output = response->as_object().if_contains("output");
     const std::size_t outputs = output != nullptr && output->is_array() ? output->as_array().size() : 0;
     items.resize(items.size() >= outputs ? items.size() - outputs : 0);
@@ -994,39 +1043,33 @@ class Connection {
 
   // previous_response_id: the stored conversation of key `key_id` goes
   // before `responses`' input (its context items, after the new
-  // instructions); `prior` gets those items. Errors: 404 for an id that is
-  // unknown, another key's or expired; 503 when the store is unreachable.
+  // instructions); `prior` gets those items and `prior_bytes` their stored
+  // size. Errors: 404 for an id that is unknown, another key's or expired;
+  // 503 when the store is unreachable; 400 when the conversation is not
+  // valid (PrependContext).
   awaitable<std::optional<Error>> LoadPreviousResponse(wire::responses::Request& responses, int64_t key_id,
-                                                       boost::json::array& prior) {
+                                                       boost::json::array& prior, std::size_t& prior_bytes) {
     const std::string id = responses.previous_response_id;
-    auto lookup = [this, id, key_id]() -> awaitable<Result<std::optional<billing::StoredResponse>>> {
-      co_return s_.responses->Get(id, key_id, std::chrono::system_clock::now());
-    };
-    Result<std::optional<billing::StoredResponse>> found =
-        co_await asio::co_spawn(s_.blocking, lookup, asio::use_awaitable);
-    if (!found) {
-      co_return Error{ErrorCode::kUnavailable, "stored responses are unavailable; try again", "", {}};
-    }
+    Result<std::optional<LoadedResponse>> found = co_await FindStoredResponse(id, key_id);
+    if (!found) co_return found.error();
     if (!*found) {
       co_return Error{ErrorCode::kNotFound, "Previous response with id '" + id.substr(0, 200) + "' not found.",
                       "previous_response_id", "previous_response_not_found"};
     }
-    std::optional<boost::json::value> context = wire::ParseUpstreamJson((*found)->context);
-    if (!context || !context->is_array()) {
-      co_return Error{ErrorCode::kInternal, "the stored response " + id.substr(0, 200) + " is unreadable", "", {}};
-    }
-    prior = std::move(context->as_array());
+    prior_bytes = (*found)->row.context.size();
+    prior = std::move((*found)->context);
     co_return wire::responses::PrependContext(responses, prior);
   }
 
   // Keeps a finished Responses API call (`store: true`) for
   // previous_response_id and GET /v1/responses/{id}: its answer as sent, and
   // its context (the prior context, this input, the output with encrypted
-  // reasoning). Runs before the answer's last bytes go out, so a caller that
-  // continues at once finds it. Returns whether it was stored; a failure is
-  // logged, and the answer still goes (saying store: false).
-  awaitable<bool> StoreResponse(const ConnectionSink& sink, const wire::responses::Request& responses,
-                                const boost::json::array& prior, const billing::KeyRecord& key,
+  // reasoning; `prior` and `responses.input` are moved from). Runs before the
+  // answer's last bytes go out, so a caller that continues at once finds it.
+  // Returns whether it was stored; a failure is logged, and the answer still
+  // goes (saying store: false).
+  awaitable<bool> StoreResponse(const ConnectionSink& sink, wire::responses::Request& responses,
+                                boost::json::array& prior, const billing::KeyRecord& key,
                                 const std::string& request_id, std::chrono::system_clock::time_point created_at) {
     const wire::responses::BuiltResponse* built = sink.encoder().responses_result();
     if (built == nullptr) co_return false;
@@ -1038,13 +1081,17 @@ class Connection {
     row.model = responses.chat.model;
     row.created_at = created_at;
     row.expires_at = created_at + std::chrono::days(s_.config->responses.ttl_days);
-    row.response = boost::json::serialize(built->client);
-    boost::json::array context = prior;
-    for (const auto& item : responses.input) context.push_back(item);
+    boost::json::array context = std::move(prior);
+    for (auto& item : responses.input) context.push_back(std::move(item));
     for (const auto& item : built->stored_output) context.push_back(item);
-    row.context = boost::json::serialize(context);
-    auto put = [this, row = std::move(row)]() -> awaitable<Result<void>> { co_return s_.responses->Put(row); };
-    Result<void> stored = co_await asio::co_spawn(s_.blocking, put, asio::use_awaitable);
+    // Serialized on the pool: a long conversation is megabytes of JSON.
+    auto put = [this, row = std::move(row), context = std::move(context),
+                client = built->client]() mutable -> awaitable<Result<void>> {
+      row.response = boost::json::serialize(client);
+      row.context = boost::json::serialize(context);
+      co_return s_.responses->Put(row);
+    };
+    Result<void> stored = co_await asio::co_spawn(s_.responses_pool, std::move(put), asio::use_awaitable);
     if (!stored) std::cerr << "tollgate: response not stored: " << stored.error().message << std::endl;
     co_return stored.has_value();
   }
@@ -1063,6 +1110,7 @@ class Connection {
     Result<ChatRequest> parsed = Decode(api, req.body(), responses);
     std::optional<Error> rejection;
     boost::json::array prior_context;  // previous_response_id's stored conversation
+    std::size_t prior_bytes = 0;       // its serialized size
     if (!Usable(key)) {
       rejection = AuthError(req, key);
     } else if (!parsed) {
@@ -1070,13 +1118,12 @@ class Connection {
     } else if (s_.stopping) {
       rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
     } else if (responses && !responses->previous_response_id.empty()) {
-      rejection = co_await LoadPreviousResponse(*responses, key->id, prior_context);
+      rejection = co_await LoadPreviousResponse(*responses, key->id, prior_context, prior_bytes);
       if (!rejection) parsed->messages = responses->chat.messages;
     }
-    if (!rejection && responses && responses->store &&
-        boost::json::serialize(prior_context).size() + boost::json::serialize(responses->input).size() >
-            billing::kMaxStoredJsonBytes) {
-      // Refused before it costs anything, rather than answered and then lost.
+    if (!rejection && responses && responses->store && prior_bytes + req.body().size() > billing::kMaxStoredJsonBytes) {
+      // Refused before it costs anything, rather than answered and then lost
+      // (the body bounds the new input from above).
       rejection = InvalidArgument("the conversation is over the " + std::to_string(billing::kMaxStoredJsonBytes >> 20) +
                                       " MiB a stored response keeps; send it with store: false",
                                   "input");
@@ -1199,7 +1246,7 @@ class Connection {
           keep = false;  // the client is gone: nobody to answer
           break;
         }
-        Response res = ErrorResponse(req, error);
+        Response res = ErrorResponse(req, InCallersTerms(api, error));
         res.set("x-request-id", request_id);
         for (const auto& [name, value] : rate_headers) res.set(name, value);
         keep = co_await Write(res);
@@ -1213,7 +1260,7 @@ class Connection {
             keep = false;
             break;
           }
-          Response res = ErrorResponse(req, *sink->error());
+          Response res = ErrorResponse(req, InCallersTerms(api, *sink->error()));
           res.set("x-request-id", request_id);
           for (const auto& [name, value] : rate_headers) res.set(name, value);
           keep = co_await Write(res);
@@ -1443,7 +1490,7 @@ int Serve(const Config& config, const ServeOptions& options) {
   auto generations = billing::GenerationStore::Connect(options.database_url);
   if (!generations) return StartupError("database: " + generations.error().message);
   services.generations = std::move(*generations);
-  auto stored_responses = billing::ResponseStore::Connect(options.database_url);
+  auto stored_responses = billing::ResponseStore::Connect(options.database_url, Services::kResponseStoreConnections);
   if (!stored_responses) return StartupError("database: " + stored_responses.error().message);
   services.responses = std::move(*stored_responses);
   auto stats = billing::StatsStore::Connect(options.database_url, 2);

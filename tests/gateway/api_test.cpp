@@ -350,7 +350,12 @@ TEST(Api, ResponsesWholeBodyAndErrorsInTheCallersTerms) {
   streamed.Commit(CommitInfo{"OpenAI", "up", "e", "m", {}, {}, nullptr});
   const std::string failed = streamed.StreamError(Error{ErrorCode::kInvalidArgument, "no images", "messages[0]", {}});
   EXPECT_NE(failed.find("event: response.failed"), std::string::npos) << failed;
-  EXPECT_NE(failed.find(R"("param":"input[0]")"), std::string::npos) << failed;
+  EXPECT_NE(failed.find(R"("param":"input")"), std::string::npos) << failed;
+  // messages[i] counts canonical messages, not input items: plain `input`.
+  EXPECT_EQ(InCallersTerms(ApiFlavor::kOpenAiResponses, Error{ErrorCode::kInvalidArgument, "x", "messages[3]", {}}).param,
+            "input");
+  EXPECT_EQ(InCallersTerms(ApiFlavor::kOpenAiChat, Error{ErrorCode::kInvalidArgument, "x", "messages[3]", {}}).param,
+            "messages[3]");
 }
 
 }  // namespace

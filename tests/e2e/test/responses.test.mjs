@@ -427,6 +427,16 @@ describe('openai client.responses against every kind of upstream', { timeout: 18
   test('bad input: a 400 in OpenAI\'s shape naming the field; /api/v1 answers in OpenRouter\'s shape', async () => {
     await assert.rejects(create({ model: LOCAL_MODEL, input: [{ type: 'message', role: 'user', content: [{ type: 'input_bogus' }] }] }),
       (e) => e.status === 400 && e.param === 'input[0].content[0].type');
+    // The router's refusal names the caller's field (`input`), not the canonical `messages`.
+    const PNG = 'data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
+    await assert.rejects(create({ model: LOCAL_MODEL, input: [{ role: 'user', content: [{ type: 'input_image', image_url: PNG }] }] }),
+      (e) => e.status === 400 && e.param === 'input');
+    // Ids no response could have are 404 without reaching the store (NUL, bad UTF-8, long).
+    for (const id of ['resp_x%00junk', 'resp_%FF', `resp_${'a'.repeat(100)}`, 'nope']) {
+      const r = await fetch(`${stack.gw.url}/v1/responses/${id}`, { headers: { authorization: `Bearer ${stack.keys.main}` } });
+      assert.equal(r.status, 404, id);
+      assert.equal((await r.json()).error.code, 'response_not_found');
+    }
     const res = await fetch(`${stack.gw.url}/api/v1/responses`, {
       method: 'POST', headers: { authorization: `Bearer ${stack.keys.main}`, 'content-type': 'application/json' },
       body: JSON.stringify({ model: LOCAL_MODEL }),
