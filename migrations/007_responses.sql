@@ -37,3 +37,5 @@ CREATE TABLE responses (
 
 -- Pruning: DELETE ... WHERE expires_at <= now.
 CREATE INDEX responses_expires_idx ON responses (expires_at);
+-- Deleting a key: the ON DELETE CASCADE finds its rows without a scan.
+CREATE INDEX responses_api_key_idx ON responses (api_key_id);

@@ -170,6 +170,8 @@ Result<void> ResponseStore::Put(const StoredResponse& r) {
 
 Result<std::optional<StoredResponse>> ResponseStore::Get(std::string_view id, int64_t api_key_id,
                                                          std::chrono::system_clock::time_point now) {
+  // libpq would cut the id at a NUL byte (and match another id); Put stores none.
+  if (id.find('\0') != std::string_view::npos) return std::optional<StoredResponse>();
   Impl::Lease session(*impl_);
   // Timestamps as integer microseconds (exact: extract is numeric since
   // PostgreSQL 14); the JSON columns as their stored text.
@@ -200,6 +202,8 @@ Result<std::optional<StoredResponse>> ResponseStore::Get(std::string_view id, in
 }
 
 Result<bool> ResponseStore::Delete(std::string_view id, int64_t api_key_id, std::chrono::system_clock::time_point now) {
+  // As in Get: an id with a NUL byte names no stored response.
+  if (id.find('\0') != std::string_view::npos) return false;
   Impl::Lease session(*impl_);
   // Re-running it after a lost connection is harmless (at worst it reports
   // false for a row the first run deleted).

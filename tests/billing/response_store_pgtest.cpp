@@ -238,7 +238,79 @@ TEST_F(ResponseStorePg, MalformedValuesAreInvalidArgument) {
   EXPECT_EQ(Rows(), 0);
 }
 
+TEST_F(ResponseStorePg, AnIdWithANulByteNamesNothing) {
+  ASSERT_TRUE(store_->Put(Make("resp_a", alice_)));
+  // Cut at the NUL, as libpq would cut it, the id would be resp_a's.
+  const std::string nul_id("resp_a\0zzz", 10);
+  auto got = store_->Get(nul_id, alice_, kT0);
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_FALSE(got->has_value());
+  auto deleted = store_->Delete(nul_id, alice_, kT0);
+  ASSERT_TRUE(deleted) << deleted.error().message;
+  EXPECT_FALSE(*deleted);
+  auto still = store_->Get("resp_a", alice_, kT0);
+  ASSERT_TRUE(still) << still.error().message;
+  EXPECT_TRUE(still->has_value());
+}
+
+// The state a lost answer leaves: the store's connection broke, and a row
+// with the id is there (its first insert committed before the break). A
+// retried Put takes the row for its own only when it has its request id and
+// key.
+TEST_F(ResponseStorePg, PutRetriedOnABrokenConnectionRecognisesItsOwnRow) {
+  auto store = ResponseStore::Connect(url(), 1);
+  ASSERT_TRUE(store) << store.error().message;
+  ASSERT_TRUE((*store)->Put(Make("resp_0", alice_)));
+  auto insert_row = [&](const std::string& id, const std::string& request_id, int64_t key) {
+    Query("INSERT INTO responses (id, request_id, api_key_id, account_id, model, created_at, expires_at,"
+          " response, context) VALUES ('" + id + "', '" + request_id + "', " + std::to_string(key) + ", " +
+          std::to_string(account_) + ", 'openai/gpt-5', now(), now() + interval '1 day', '{}', '[]')"
+          " RETURNING 1");
+  };
+  // Kills the store's connection and waits until its backend is gone, so
+  // that the next Put's first try meets a broken connection.
+  auto break_connection = [&] {
+    KillConnections();
+    for (int i = 0; i < 500; ++i) {
+      if (QueryInt("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                   " AND pid <> pg_backend_pid()") == 0) {
+        return;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    ADD_FAILURE() << "the killed connections did not go away";
+  };
+
+  break_connection();
+  insert_row("resp_lost", "gen-resp_lost", alice_);
+  auto put = (*store)->Put(Make("resp_lost", alice_));
+  ASSERT_TRUE(put) << put.error().message;
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM responses WHERE id = 'resp_lost'"), 1);
+
+  // Without a broken connection the same row is a conflict.
+  put = (*store)->Put(Make("resp_lost", alice_));
+  ASSERT_FALSE(put);
+  EXPECT_EQ(put.error().code, ErrorCode::kConflict);
+
+  // Another call's row (request id), or another key's: a conflict after the retry too.
+  break_connection();
+  insert_row("resp_other", "gen-someone-else", alice_);
+  put = (*store)->Put(Make("resp_other", alice_));
+  ASSERT_FALSE(put);
+  EXPECT_EQ(put.error().code, ErrorCode::kConflict);
+  break_connection();
+  insert_row("resp_bobs", "gen-resp_bobs", bob_);
+  put = (*store)->Put(Make("resp_bobs", alice_));
+  ASSERT_FALSE(put);
+  EXPECT_EQ(put.error().code, ErrorCode::kConflict);
+  EXPECT_EQ(Rows(), 4);
+}
+
 TEST_F(ResponseStorePg, DeletingTheKeyDeletesItsResponses) {
+  // The cascade has an index to find the key's rows by.
+  EXPECT_EQ(QueryInt("SELECT count(*) FROM pg_indexes WHERE tablename = 'responses'"
+                     " AND indexname = 'responses_api_key_idx'"),
+            1);
   ASSERT_TRUE(store_->Put(Make("resp_a", alice_)));
   ASSERT_TRUE(store_->Put(Make("resp_b", bob_)));
   Query("DELETE FROM api_keys WHERE id = " + std::to_string(alice_) + " RETURNING 1");
@@ -250,8 +322,7 @@ TEST_F(ResponseStorePg, SurvivesAServerRestartAndConcurrentCalls) {
   ASSERT_TRUE(store) << store.error().message;
   ASSERT_TRUE((*store)->Put(Make("resp_0", alice_)));
   KillConnections();
-  // The first call on the killed connection retries on a new one; a Put is
-  // not doubled by that.
+  // The first call on the killed connection retries on a new one.
   auto put = (*store)->Put(Make("resp_1", alice_));
   ASSERT_TRUE(put) << put.error().message;
   std::vector<std::thread> threads;

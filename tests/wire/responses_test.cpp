@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -713,6 +714,10 @@ TEST(ResponsesDecode, SamplingAndTheRest) {
   EXPECT_DOUBLE_EQ(r.echo.at("temperature").as_double(), 0.2);
   EXPECT_DOUBLE_EQ(r.echo.at("top_p").as_double(), 0.9);
   EXPECT_EQ(r.echo.at("top_logprobs").as_int64(), 3);
+  // Reaches the canonical request as on a chat completions body with
+  // top_logprobs and no logprobs.
+  EXPECT_EQ(r.chat.top_logprobs, 3);
+  EXPECT_FALSE(r.chat.logprobs);
   EXPECT_EQ(r.echo.at("parallel_tool_calls").as_bool(), false);
   EXPECT_EQ(r.echo.at("store").as_bool(), false);
   EXPECT_EQ(S(r.echo.at("user")), "u-1");
@@ -979,6 +984,61 @@ TEST(ResponsesItems, DecodeItemsAppendsAndPrefixesParams) {
   ASSERT_TRUE(e);
   EXPECT_EQ(e->param, "context[1].type");
   EXPECT_EQ(e->code, ErrorCode::kInvalidArgument);
+}
+
+TEST(ResponsesDecode, TopLogprobsReachesTheChatRequest) {
+  const Request zero = Decode(Body(R"("top_logprobs":0)"));
+  EXPECT_EQ(zero.chat.top_logprobs, 0);
+  EXPECT_FALSE(zero.chat.logprobs);
+  EXPECT_EQ(zero.echo.at("top_logprobs").as_int64(), 0);
+  const Request most = Decode(Body(R"("top_logprobs":20)"));
+  EXPECT_EQ(most.chat.top_logprobs, 20);
+  const Request absent = Decode(Body(""));
+  EXPECT_FALSE(absent.chat.top_logprobs.has_value());
+  EXPECT_FALSE(absent.echo.contains("top_logprobs"));
+  const Request null = Decode(Body(R"("top_logprobs":null)"));
+  EXPECT_FALSE(null.chat.top_logprobs.has_value());
+  ExpectRejected(Body(R"("top_logprobs":-1)"), "top_logprobs");
+}
+
+// A Gemini thought signature rides on a reasoning item of its own (format
+// google-gemini-v1, id = the call id); DecodeItems puts it back on the call
+// whether the carrier comes before the call (a signature on the call's first
+// fragment) or after it (a signature that came late).
+TEST(ResponsesItems, GeminiSignatureCarrierBeforeOrAfterItsCall) {
+  const std::string sealed_a =
+      SealReasoning({Part(kEncrypted, "", "", "sig-a", "google-gemini-v1", "call_a")});
+  const std::string sealed_b =
+      SealReasoning({Part(kEncrypted, "", "", "sig-b", "google-gemini-v1", "call_b")});
+  auto carrier = [](std::string_view id, const std::string& sealed) {
+    return json::value(json::object{
+        {"type", "reasoning"}, {"id", id}, {"summary", json::array{}}, {"encrypted_content", sealed}});
+  };
+  auto call = [](std::string_view call_id) {
+    return json::value(json::object{{"type", "function_call"}, {"id", std::string("fc_") + std::string(call_id)},
+                                    {"call_id", call_id}, {"name", "f"}, {"arguments", "{}"},
+                                    {"status", "completed"}});
+  };
+  // call_a's carrier before it, call_b's after it.
+  for (const json::array& items : {json::array{carrier("rs_1", sealed_a), call("call_a"), call("call_b"),
+                                               carrier("rs_2", sealed_b)},
+                                   json::array{call("call_b"), carrier("rs_2", sealed_b), carrier("rs_1", sealed_a),
+                                               call("call_a")}}) {
+    std::vector<Message> back;
+    ASSERT_FALSE(DecodeItems(items, "input", back)) << json::serialize(items);
+    ASSERT_EQ(back.size(), 1u);
+    ASSERT_EQ(back[0].parts.size(), 2u) << json::serialize(items);  // no stray reasoning part
+    for (std::size_t i = 0; i < 2; ++i) {
+      const ToolCallPart& c = CallOf(back[0], i);
+      EXPECT_EQ(c.thought_signature, c.id == "call_a" ? "sig-a" : "sig-b") << c.id;
+    }
+  }
+  // A carrier without its call stays a reasoning part.
+  std::vector<Message> alone;
+  ASSERT_FALSE(DecodeItems(json::array{carrier("rs_1", sealed_a), call("call_b")}, "input", alone));
+  ASSERT_EQ(alone[0].parts.size(), 2u);
+  EXPECT_EQ(ReasoningOf(alone[0], 0).data, "sig-a");
+  EXPECT_EQ(CallOf(alone[0], 1).thought_signature, "");
 }
 
 TEST(ResponsesItems, PrependContextGoesAfterInstructionsBeforeInput) {
@@ -1458,6 +1518,76 @@ TEST(ResponsesStream, GeminiThoughtSignatureRidesOnAReasoningItem) {
   }
 }
 
+// One stream's state: moved with the encoder, never shared by a copy.
+static_assert(!std::is_copy_constructible_v<StreamEncoder> && !std::is_copy_assignable_v<StreamEncoder>);
+static_assert(std::is_nothrow_move_constructible_v<StreamEncoder> && std::is_nothrow_move_assignable_v<StreamEncoder>);
+
+TEST(ResponsesStream, AMovedEncoderKeepsItsStream) {
+  StreamEncoder first(Meta(), ResponseOptions{});
+  std::string sse = first.Encode(TextDelta{0, "Hello"});
+  StreamEncoder moved(std::move(first));
+  sse += moved.Encode(TextDelta{0, ", world"});
+  StreamEncoder assigned(Meta(), ResponseOptions{});
+  assigned = std::move(moved);
+  EXPECT_TRUE(assigned.started());
+  sse += assigned.Finish(Usage{}, Money{}, false);
+  const Stream s = CheckStream(sse);
+  EXPECT_EQ(S(s.final_response.at("output_text")), "Hello, world");
+  EXPECT_EQ(S(assigned.result().client.at("output_text")), "Hello, world");
+}
+
+// wire/openai.cpp emits a Gemini signature that arrives in a later
+// reasoning.encrypted detail as a later fragment of the call. Six calls:
+// the carriers opened for them grow (and reallocate) the encoder's items.
+TEST(ResponsesStream, LateGeminiThoughtSignaturesOfManyCalls) {
+  constexpr int kCalls = 6;
+  ResponseOptions options;
+  options.include_encrypted_reasoning = true;
+  StreamEncoder enc(Meta(), options);
+  std::vector<StreamEvent> events;
+  for (int i = 0; i < kCalls; ++i) {
+    events.push_back(TC(i, "call_" + std::to_string(i), "fn" + std::to_string(i), "{\"a\":"));
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    events.push_back(TC(i, "", "", std::to_string(i) + "}", "sig-" + std::to_string(i)));
+  }
+  std::string sse = EncodeAll(enc, events);
+  sse += enc.Finish(Usage{}, Money{}, false);
+  CheckStream(sse);
+
+  const json::array& stored = enc.result().stored_output;
+  ASSERT_EQ(stored.size(), 2u * kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    const json::object& call = stored[static_cast<std::size_t>(i)].as_object();
+    EXPECT_EQ(S(call.at("type")), "function_call");
+    EXPECT_EQ(S(call.at("call_id")), "call_" + std::to_string(i));
+    EXPECT_EQ(S(call.at("name")), "fn" + std::to_string(i));
+    EXPECT_EQ(S(call.at("arguments")), "{\"a\":" + std::to_string(i) + "}");
+    // The carrier of call i, after all the calls (the signature came late).
+    const json::object& carrier = stored[static_cast<std::size_t>(kCalls + i)].as_object();
+    EXPECT_EQ(S(carrier.at("type")), "reasoning");
+    EXPECT_EQ(S(carrier.at("status")), "completed");
+    const auto parts = UnsealReasoning(S(carrier.at("encrypted_content")));
+    ASSERT_TRUE(parts) << json::serialize(carrier);
+    ASSERT_EQ(parts->size(), 1u);
+    EXPECT_EQ((*parts)[0].kind, kEncrypted);
+    EXPECT_EQ((*parts)[0].format, "google-gemini-v1");
+    EXPECT_EQ((*parts)[0].id, "call_" + std::to_string(i));
+    EXPECT_EQ((*parts)[0].data, "sig-" + std::to_string(i));
+  }
+
+  std::vector<Message> back;
+  ASSERT_FALSE(DecodeItems(stored, "input", back));
+  ASSERT_EQ(back.size(), 1u);
+  ASSERT_EQ(back[0].parts.size(), static_cast<std::size_t>(kCalls));  // calls only: signatures are back on them
+  for (int i = 0; i < kCalls; ++i) {
+    const ToolCallPart& c = CallOf(back[0], static_cast<std::size_t>(i));
+    EXPECT_EQ(c.id, "call_" + std::to_string(i));
+    EXPECT_EQ(c.thought_signature, "sig-" + std::to_string(i));
+    EXPECT_EQ(c.arguments, "{\"a\":" + std::to_string(i) + "}");
+  }
+}
+
 TEST(ResponsesStream, OtherChoicesAreIgnored) {
   StreamEncoder enc(Meta(), ResponseOptions{});
   std::string sse = EncodeAll(enc, {TextDelta{1, "other"}, TextDelta{0, "mine"}, FinishDelta{1, FinishReason::kLength, "", ""}});
@@ -1557,18 +1687,29 @@ TEST(ResponsesBuild, WholeResponseShapeAndRoundTrip) {
   EXPECT_EQ(CallOf(m, 4).id, "toolu_2");
 }
 
-TEST(ResponsesBuild, SameItemsAsTheStream) {
-  const ChatResponse answer = FullAnswer(FinishReason::kToolCalls);
-  const BuiltResponse built = BuildResponse(Meta(), ResponseOptions{}, answer, Usage{1, 2}, Money{0}, false);
-  StreamEncoder enc(Meta(), ResponseOptions{});
-  for (const StreamEvent& e : ResponseEvents(answer)) enc.Encode(e);
-  enc.Finish(Usage{1, 2}, Money{0}, false);
-  // Equal but for the minted item ids.
-  auto shape = [](json::array output) {
-    for (json::value& item : output) item.as_object().erase("id");
-    return json::serialize(output);
-  };
-  EXPECT_EQ(shape(built.client.at("output").as_array()), shape(enc.result().client.at("output").as_array()));
+// The whole answer's output items against an independently written
+// expectation (ids aside: minted, checked by prefix).
+TEST(ResponsesBuild, WholeOutputItemsAsWritten) {
+  const BuiltResponse built = BuildResponse(Meta(), ResponseOptions{}, FullAnswer(FinishReason::kToolCalls),
+                                            Usage{1, 2}, Money{0}, false);
+  json::array output = built.client.at("output").as_array();
+  const std::vector<std::string> prefixes = {"rs_", "msg_", "fc_", "fc_"};
+  ASSERT_EQ(output.size(), prefixes.size()) << json::serialize(output);
+  for (std::size_t i = 0; i < output.size(); ++i) {
+    EXPECT_TRUE(S(output[i].at("id")).starts_with(prefixes[i])) << json::serialize(output[i]);
+    output[i].as_object().erase("id");
+  }
+  const json::value expected = json::parse(R"([
+    {"type":"reasoning","summary":[],"content":[{"type":"reasoning_text","text":"pondering"}],
+     "status":"completed"},
+    {"type":"message","status":"completed","role":"assistant",
+     "content":[{"type":"output_text","annotations":[],"logprobs":[],"text":"The answer"}]},
+    {"type":"function_call","status":"completed","arguments":"{\"q\":\"x\"}","call_id":"toolu_1",
+     "name":"search"},
+    {"type":"function_call","status":"completed","arguments":"{}","call_id":"toolu_2","name":"fetch"}
+  ])");
+  EXPECT_EQ(json::value(output), expected) << json::serialize(output);
+  EXPECT_EQ(S(built.client.at("output_text")), "The answer");
 }
 
 TEST(ResponsesBuild, IncompleteAndEmpty) {

@@ -16,6 +16,7 @@
 
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -671,6 +672,29 @@ TEST(ResponsesUpstreamDecode, EventTypeFromTheSseLineWhenDataHasNone) {
                                                      "usage prompt=3 completion=4 cached=0 reasoning=0 write=0"}));
   ResponseDecoder bad;
   EXPECT_FALSE(bad.OnEvent("response.output_text.delta", "not json", out));
+}
+
+// One stream's state: moved with the decoder, never shared by a copy.
+static_assert(!std::is_copy_constructible_v<ResponseDecoder> && !std::is_copy_assignable_v<ResponseDecoder>);
+static_assert(std::is_nothrow_move_constructible_v<ResponseDecoder> &&
+              std::is_nothrow_move_assignable_v<ResponseDecoder>);
+
+TEST(ResponsesUpstreamDecode, AMovedDecoderKeepsItsStream) {
+  ResponseDecoder first;
+  std::vector<StreamEvent> out;
+  ASSERT_TRUE(first.OnEvent("", R"({"type":"response.output_item.added","output_index":0,)"
+                                R"("item":{"id":"msg_1","type":"message","role":"assistant","content":[]}})",
+                            out));
+  ResponseDecoder moved(std::move(first));
+  ASSERT_TRUE(moved.OnEvent("", R"({"type":"response.output_text.delta","item_id":"msg_1","output_index":0,)"
+                                R"("content_index":0,"delta":"Hi"})",
+                            out));
+  ResponseDecoder assigned;
+  assigned = std::move(moved);
+  ASSERT_TRUE(assigned.OnEvent("", R"({"type":"response.output_text.delta","item_id":"msg_1","output_index":0,)"
+                                   R"("content_index":0,"delta":" there"})",
+                               out));
+  EXPECT_EQ(Describe(out), (std::vector<std::string>{"text Hi", "text  there"}));
 }
 
 TEST(ResponsesUpstreamDecode, WholeResponseObject) {

@@ -31,7 +31,6 @@ using detail::Base64UrlDecode;
 using detail::Base64UrlEncode;
 using detail::BadRequest;
 using detail::Item;
-using detail::Num;
 using detail::Present;
 using detail::ReadBool;
 using detail::ReadInteger;
@@ -144,19 +143,26 @@ class ItemDecoder {
     for (std::size_t m = first_; m < out_.size(); ++m) {
       Message& message = out_[m];
       if (message.role != Role::kAssistant) continue;
-      std::vector<ContentPart> kept;
+      // Two passes: a carrier may come before or after its call, so the
+      // carriers are collected first and the parts moved only afterwards.
+      std::map<std::string, std::string, std::less<>> signatures;
+      for (const ContentPart& part : message.parts) {
+        if (const auto* r = GeminiCarrier(part)) signatures.insert_or_assign(r->id, r->data);
+      }
+      if (signatures.empty()) continue;
+      std::set<std::string, std::less<>> attached;
       for (ContentPart& part : message.parts) {
-        if (auto* r = std::get_if<ReasoningPart>(&part);
-            r != nullptr && r->kind == ReasoningPart::Kind::kEncrypted && r->format == kGeminiFormat && !r->id.empty()) {
-          bool attached = false;
-          for (ContentPart& other : message.parts) {
-            if (auto* call = std::get_if<ToolCallPart>(&other); call != nullptr && call->id == r->id) {
-              call->thought_signature = r->data;
-              attached = true;
-            }
+        if (auto* call = std::get_if<ToolCallPart>(&part)) {
+          if (auto it = signatures.find(call->id); it != signatures.end()) {
+            call->thought_signature = it->second;
+            attached.insert(call->id);
           }
-          if (attached) continue;
         }
+      }
+      std::vector<ContentPart> kept;
+      kept.reserve(message.parts.size());
+      for (ContentPart& part : message.parts) {
+        if (const auto* r = GeminiCarrier(part); r != nullptr && attached.contains(r->id)) continue;
         kept.push_back(std::move(part));
       }
       message.parts = std::move(kept);
@@ -164,6 +170,15 @@ class ItemDecoder {
   }
 
  private:
+  // A sealed Gemini thought signature riding for the call whose id it has.
+  static const ReasoningPart* GeminiCarrier(const ContentPart& part) {
+    const auto* r = std::get_if<ReasoningPart>(&part);
+    if (r == nullptr || r->kind != ReasoningPart::Kind::kEncrypted || r->format != kGeminiFormat || r->id.empty()) {
+      return nullptr;
+    }
+    return r;
+  }
+
   Message& Assistant() {
     if (!assistant_open_) {
       Message m;
@@ -798,6 +813,10 @@ Status DecodeRest(const json::object& root, Request& req, json::object& echo) {
   if (auto e = ReadNumber(root, "top_p", "top_p", 0, 1, true, chat.top_p)) return e;
   std::optional<int64_t> top_logprobs;
   if (auto e = ReadInteger(root, "top_logprobs", "top_logprobs", 0, kMaxTopLogprobs, top_logprobs)) return e;
+  // As the chat completions decoder reads a body with top_logprobs and no
+  // `logprobs` (which the Responses API does not have): top_logprobs set,
+  // logprobs left false.
+  chat.top_logprobs = top_logprobs;
   if (auto e = ReadBool(root, "parallel_tool_calls", "parallel_tool_calls", chat.parallel_tool_calls)) return e;
 
   std::optional<bool> stream, store;
@@ -1316,13 +1335,14 @@ struct StreamEncoder::Impl {
 
   // A Gemini thought signature of call `call_id`: a reasoning item of its
   // own, so that a stateless client hands it back (DecodeItems puts it back
-  // on the call).
-  void CarrySignature(const std::string& call_id, const std::string& signature) {
+  // on the call). `call_id` by value: callers pass an item's own call_id,
+  // and OpenItem below may reallocate `items`.
+  void CarrySignature(std::string call_id, const std::string& signature) {
     const std::size_t i = OpenItem(OutItem::Kind::kReasoning, "rs_" + RandomBase62(32));
     OutItem& item = items[i];
     item.signature_carrier = true;
     item.parts.push_back(ReasoningPart{ReasoningPart::Kind::kEncrypted, {}, {}, signature,
-                                       std::string(kGeminiFormat), call_id});
+                                       std::string(kGeminiFormat), std::move(call_id)});
     item.entry.push_back(-1);
     CloseItem(item, "completed");
   }
@@ -1336,7 +1356,9 @@ struct StreamEncoder::Impl {
       if (!e.thought_signature.empty()) CarrySignature(call_id, e.thought_signature);
       known = calls.emplace(e.index, OpenItem(OutItem::Kind::kCall, "fc_" + RandomBase62(32), call_id, e.name)).first;
     } else if (!e.thought_signature.empty()) {
-      CarrySignature(items[known->second].call_id, e.thought_signature);
+      // A copy: a reference into `items` would dangle once OpenItem grows it.
+      std::string call_id = items[known->second].call_id;
+      CarrySignature(std::move(call_id), e.thought_signature);
     }
     OutItem& item = items[known->second];
     if (item.name.empty() && !e.name.empty()) item.name = e.name;
@@ -1423,10 +1445,14 @@ struct StreamEncoder::Impl {
   }
 };
 
-StreamEncoder::StreamEncoder(ResponseMeta meta, ResponseOptions options) : impl_(std::make_shared<Impl>()) {
+StreamEncoder::StreamEncoder(ResponseMeta meta, ResponseOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->meta = std::move(meta);
   impl_->options = std::move(options);
 }
+
+StreamEncoder::~StreamEncoder() = default;
+StreamEncoder::StreamEncoder(StreamEncoder&&) noexcept = default;
+StreamEncoder& StreamEncoder::operator=(StreamEncoder&&) noexcept = default;
 
 std::string StreamEncoder::Encode(const StreamEvent& event) {
   Impl& s = *impl_;

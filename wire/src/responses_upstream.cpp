@@ -554,9 +554,16 @@ struct ResponseDecoder::Impl {
   }
 };
 
+// Impl is made on first use, so a default-constructed decoder costs
+// nothing until an event comes.
+ResponseDecoder::ResponseDecoder() = default;
+ResponseDecoder::~ResponseDecoder() = default;
+ResponseDecoder::ResponseDecoder(ResponseDecoder&&) noexcept = default;
+ResponseDecoder& ResponseDecoder::operator=(ResponseDecoder&&) noexcept = default;
+
 Result<void> ResponseDecoder::OnEvent(std::string_view type, std::string_view data, std::vector<StreamEvent>& out) {
   if (done_) return {};
-  if (!impl_) impl_ = std::make_shared<Impl>();
+  if (!impl_) impl_ = std::make_unique<Impl>();
   Impl& s = *impl_;
   const auto parsed = ParseUpstreamJson(data);
   if (!parsed || !parsed->is_object()) return BadUpstream("OpenAI upstream sent an event that is not a JSON object");
@@ -651,7 +658,7 @@ Result<void> ResponseDecoder::OnEvent(std::string_view type, std::string_view da
 }
 
 Result<void> ResponseDecoder::OnWholeResponse(std::string_view body, std::vector<StreamEvent>& out) {
-  if (!impl_) impl_ = std::make_shared<Impl>();
+  if (!impl_) impl_ = std::make_unique<Impl>();
   const auto parsed = ParseUpstreamJson(body);
   if (!parsed || !parsed->is_object()) return BadUpstream("OpenAI upstream answered with a body that is not JSON");
   const json::object& response = parsed->get_object();

@@ -60,8 +60,14 @@ class ResponseStore {
   ResponseStore(const ResponseStore&) = delete;
   ResponseStore& operator=(const ResponseStore&) = delete;
 
-  // Inserts `response`. Not retried on a broken connection (the insert may
-  // have happened): the caller sees kUnavailable.
+  // Inserts `response`. A connection found broken (one this store had open)
+  // is replaced and the insert retried once; the first try may have been
+  // committed with its answer lost, so when the retry finds a row with this
+  // id that has this response's request_id and api_key_id, that row is
+  // taken as this Put's own and Put succeeds (another row with the id is
+  // kConflict). Without a retry any existing row is kConflict. A connection
+  // still broken on the retry: kUnavailable (the insert may or may not have
+  // happened).
   // Errors: kConflict (a response with this id exists, whoever owns it),
   // kPayloadTooLarge (`response` or `context` over kMaxStoredJsonBytes;
   // nothing written), kInvalidArgument (empty id, `response` not a JSON
@@ -71,7 +77,8 @@ class ResponseStore {
 
   // The response `id` if key `api_key_id` stored it and it has not expired
   // at `now` (expires_at > now); nullopt for an unknown id, another key's
-  // response or an expired one.
+  // response or an expired one, and for an id with a NUL byte (no stored id
+  // has one; the database is not asked).
   // Errors: kUnavailable (database unreachable, after one reconnect
   // attempt), kInternal.
   Result<std::optional<StoredResponse>> Get(std::string_view id, int64_t api_key_id,
@@ -80,7 +87,8 @@ class ResponseStore {
   // Deletes the response `id` of key `api_key_id`. True when it existed and
   // had not expired at `now` (what Get would have returned); false for an
   // unknown id, another key's response (left alone) or an expired one
-  // (deleted anyway).
+  // (deleted anyway); false for an id with a NUL byte (no stored id has one;
+  // the database is not asked).
   // Errors: kUnavailable, kInternal.
   Result<bool> Delete(std::string_view id, int64_t api_key_id,
                       std::chrono::system_clock::time_point now = std::chrono::system_clock::now());

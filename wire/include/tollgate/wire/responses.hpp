@@ -89,7 +89,9 @@ struct Request {
   // api kOpenAiResponses, kind kChat. messages: a kSystem message from
   // `instructions` (when given and not empty), then `input`. max_tokens from
   // max_output_tokens; response_format from text.format; reasoning.effort;
-  // tools: the function tools only; session_id from prompt_cache_key.
+  // tools: the function tools only; session_id from prompt_cache_key;
+  // top_logprobs as given (logprobs stays false, as on a chat completions
+  // body with top_logprobs and no logprobs).
   ChatRequest chat;
   // This request's `input` as items (a string input becomes one user message
   // item with an input_text part), as OpenAI lists input items: shorthand
@@ -130,7 +132,8 @@ struct Request {
 // completions (DecodeRoutingFields). null counts as absent. Unknown fields
 // are ignored. JSON depth limit 64. Details: `input` may be left out only
 // with previous_response_id; max_output_tokens -> max_tokens with
-// kMaxCompletionTokens (it counts reasoning too); effort "max" -> "xhigh";
+// kMaxCompletionTokens (it counts reasoning too); top_logprobs (0..20) ->
+// ChatRequest::top_logprobs, with logprobs left false; effort "max" -> "xhigh";
 // reasoning.generate_summary is read as summary; user, else
 // safety_identifier -> user; prompt_cache_key -> session_id unless the body
 // has one; background true, conversation and prompt are a 400 (not served);
@@ -236,10 +239,16 @@ BuiltResponse BuildResponse(const ResponseMeta& meta, const ResponseOptions& opt
 //     "rate_limit_exceeded" (kResourceExhausted), "invalid_prompt"
 //     (kInvalidArgument) or "server_error". Nothing after it: after Finish or
 //     Fail every call returns "".
-// Not thread-safe.
+// Not thread-safe. Movable, not copyable (one stream's state; a moved-from
+// encoder may only be destroyed or assigned to).
 class StreamEncoder {
  public:
   StreamEncoder(ResponseMeta meta, ResponseOptions options);
+  ~StreamEncoder();
+  StreamEncoder(StreamEncoder&&) noexcept;
+  StreamEncoder& operator=(StreamEncoder&&) noexcept;
+  StreamEncoder(const StreamEncoder&) = delete;
+  StreamEncoder& operator=(const StreamEncoder&) = delete;
 
   // Zero or more SSE events for `event` (the opening events on the first call).
   std::string Encode(const StreamEvent& event);
@@ -256,7 +265,7 @@ class StreamEncoder {
 
  private:
   struct Impl;
-  std::shared_ptr<Impl> impl_;
+  std::unique_ptr<Impl> impl_;
   BuiltResponse result_;
   bool started_ = false;
 };
@@ -293,8 +302,16 @@ std::string EncodeRequest(const ChatRequest& request, const RequestOptions& opti
 // kLength (max_output_tokens) or kContentFilter; response.failed and
 // `error` events -> an error (kBadGateway, or the class of the upstream's
 // code: rate_limit_exceeded 429, server_error / overloaded 503).
+// Movable, not copyable (one stream's state).
 class ResponseDecoder {
  public:
+  ResponseDecoder();
+  ~ResponseDecoder();
+  ResponseDecoder(ResponseDecoder&&) noexcept;
+  ResponseDecoder& operator=(ResponseDecoder&&) noexcept;
+  ResponseDecoder(const ResponseDecoder&) = delete;
+  ResponseDecoder& operator=(const ResponseDecoder&) = delete;
+
   // One SSE event: its `event` type (may be empty: then the data's `type`
   // decides) and data.
   Result<void> OnEvent(std::string_view type, std::string_view data, std::vector<StreamEvent>& out);
@@ -307,7 +324,7 @@ class ResponseDecoder {
 
  private:
   struct Impl;
-  std::shared_ptr<Impl> impl_;
+  std::unique_ptr<Impl> impl_;
   bool done_ = false;
 };
 
