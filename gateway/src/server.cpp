@@ -1193,7 +1193,8 @@ class Connection {
     std::optional<wire::responses::ResponseOptions> responses_options;
     if (responses) {
       responses_options = wire::responses::ResponseOptions{responses->echo, responses->include_encrypted_reasoning,
-                                                           true, responses->dropped_tools};
+                                                           true, responses->dropped_tools,
+                                                           !responses->reasoning_summary.empty()};
     }
     sink = std::make_shared<ConnectionSink>(
         strand, ResponseEncoder(chat, meta, FlavorOf(req), prompt_estimate, std::move(responses_options)));

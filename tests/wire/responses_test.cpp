@@ -528,8 +528,10 @@ TEST(ResponsesDecode, EveryInputItemAndPart) {
 
 TEST(ResponsesDecode, FunctionCallWithoutArgumentsGetsEmptyObject) {
   const Request r = Decode(WithInput(R"([{"type":"function_call","call_id":"c","name":"f"},
-                                         {"type":"function_call","call_id":"d","name":"g","arguments":""}])"));
-  ASSERT_EQ(r.chat.messages.size(), 1u);
+                                         {"type":"function_call","call_id":"d","name":"g","arguments":""},
+                                         {"type":"function_call_output","call_id":"c","output":"1"},
+                                         {"type":"function_call_output","call_id":"d","output":"2"}])"));
+  ASSERT_EQ(r.chat.messages.size(), 3u);
   EXPECT_EQ(CallOf(r.chat.messages[0], 0).arguments, "{}");
   EXPECT_EQ(CallOf(r.chat.messages[0], 1).arguments, "{}");
 }
@@ -539,8 +541,9 @@ TEST(ResponsesDecode, EmptyAssistantTextAndEmptyReasoningAreLeftOut) {
     {"type":"reasoning","id":"rs_9","summary":[]},
     {"type":"message","role":"assistant","content":[{"type":"output_text","text":""}]},
     {"type":"message","role":"assistant","content":[]},
-    {"type":"function_call","call_id":"c","name":"f","arguments":"{}"}])"));
-  ASSERT_EQ(r.chat.messages.size(), 2u);
+    {"type":"function_call","call_id":"c","name":"f","arguments":"{}"},
+    {"type":"function_call_output","call_id":"c","output":"1"}])"));
+  ASSERT_EQ(r.chat.messages.size(), 3u);
   ASSERT_EQ(r.chat.messages[1].parts.size(), 1u);
   EXPECT_EQ(CallOf(r.chat.messages[1], 0).id, "c");
 }
@@ -767,6 +770,21 @@ TEST(ResponsesDecode, InputItemsAreListedAsOpenAiListsThem) {
   EXPECT_EQ(again.size(), r.chat.messages.size());
 }
 
+TEST(ResponsesDecode, EveryCallNeedsItsOutput) {
+  ExpectRejected(R"({"model":"m","input":[{"role":"user","content":"q"},
+                    {"type":"function_call","call_id":"call_a","name":"f","arguments":"{}"},
+                    {"type":"function_call","call_id":"call_b","name":"f","arguments":"{}"},
+                    {"type":"function_call_output","call_id":"call_a","output":"1"},
+                    {"role":"user","content":"and?"}]})",
+                 "input", "No tool output found for function call call_b.");
+  // A stored context that ends with calls is answered by the new input.
+  Request r = Decode(R"({"model":"m","previous_response_id":"resp_1","input":"never mind"})");
+  const std::optional<Error> e = PrependContext(r, json::parse(R"([{"role":"user","content":"q"},
+      {"type":"function_call","call_id":"call_c","name":"f","arguments":"{}"}])").as_array());
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->message, "No tool output found for function call call_c.");
+}
+
 TEST(ResponsesDecode, AToolOutputNeedsAnEarlierCall) {
   ExpectRejected(R"({"model":"m","input":[{"type":"function_call_output","call_id":"call_zzz","output":"42"}]})",
                  "input", "No tool call found for function call output with call_id call_zzz");
@@ -936,6 +954,13 @@ TEST(ResponsesDecode, TextFormatAllThree) {
                  "text.format.description");
 }
 
+TEST(ResponsesDecode, PromptCacheKeyIsTheSessionAndIsEchoed) {
+  const Request r = Decode(Body(R"("prompt_cache_key":"conv-1")"));
+  EXPECT_EQ(r.chat.session_id, "conv-1");
+  EXPECT_EQ(r.echo.at("prompt_cache_key"), "conv-1");
+  EXPECT_FALSE(Decode(Body("")).echo.contains("prompt_cache_key"));
+}
+
 TEST(ResponsesDecode, ReasoningEffortAndSummary) {
   const Request r = Decode(Body(R"("reasoning":{"effort":"high","summary":"auto"})"));
   ASSERT_TRUE(r.chat.reasoning);
@@ -1071,10 +1096,13 @@ TEST(ResponsesItems, PrependContextGoesAfterInstructionsBeforeInput) {
 }
 
 TEST(ResponsesItems, PriorAssistantItemsAndNewAssistantItemsAreOneTurn) {
-  Request r = Decode(WithInput(R"([{"type":"function_call","call_id":"c2","name":"g","arguments":"{}"}])"));
+  Request r = Decode(R"({"model":"m","previous_response_id":"resp_1","input":[
+      {"type":"function_call","call_id":"c2","name":"g","arguments":"{}"},
+      {"type":"function_call_output","call_id":"c1","output":"1"},
+      {"type":"function_call_output","call_id":"c2","output":"2"}]})");
   ASSERT_FALSE(PrependContext(r, json::parse(R"([{"role":"user","content":"q"},
       {"type":"function_call","call_id":"c1","name":"f","arguments":"{}"}])").as_array()));
-  ASSERT_EQ(r.chat.messages.size(), 2u);
+  ASSERT_EQ(r.chat.messages.size(), 4u);
   EXPECT_EQ(r.chat.messages[1].parts.size(), 2u);
 }
 
@@ -1319,6 +1347,48 @@ TEST(ResponsesStream, AnthropicThinkingSealedOnlyWhenIncluded) {
       }
     }
   }
+}
+
+TEST(ResponsesStream, OtherProvidersThinkingIsASummaryWhenSummariesAreAsked) {
+  ResponseOptions options;
+  options.include_encrypted_reasoning = true;
+  options.reasoning_text_as_summary = true;
+  StreamEncoder enc(Meta(), options);
+  const std::string fmt = "anthropic-claude-v1";
+  std::string sse = EncodeAll(enc, {RD(0, kText, "Let me", fmt), RD(0, kText, " think"), RD(0, kText, "", "", "", "EqSig=="),
+                                    TextDelta{0, "Hi"}, FinishDelta{0, FinishReason::kStop, "end_turn", ""}});
+  sse += enc.Finish(Usage{3, 4}, Money{0}, false);
+  const Stream s = CheckStream(sse);
+  EXPECT_EQ(Names(s.events),
+            (std::vector<std::string>{"response.created", "response.in_progress", "response.output_item.added",
+                                      "response.reasoning_summary_part.added", "response.reasoning_summary_text.delta",
+                                      "response.reasoning_summary_text.delta", "response.reasoning_summary_text.done",
+                                      "response.reasoning_summary_part.done", "response.output_item.done",
+                                      "response.output_item.added", "response.content_part.added",
+                                      "response.output_text.delta", "response.output_text.done",
+                                      "response.content_part.done", "response.output_item.done",
+                                      "response.completed"}));
+  const json::object& item = s.events[8].data.at("item").as_object();
+  EXPECT_EQ(json::serialize(item.at("summary")), R"([{"type":"summary_text","text":"Let me think"}])");
+  EXPECT_FALSE(item.contains("content"));
+  // The seal keeps the thinking as it was: Anthropic gets its signed block again.
+  std::vector<Message> back;
+  ASSERT_FALSE(DecodeItems(s.final_response.at("output").as_array(), "input", back));
+  ASSERT_EQ(back.size(), 1u);
+  const ReasoningPart& thinking = ReasoningOf(back[0], 0);
+  EXPECT_EQ(thinking.kind, kText);
+  EXPECT_EQ(thinking.text, "Let me think");
+  EXPECT_EQ(thinking.signature, "EqSig==");
+  EXPECT_EQ(thinking.format, fmt);
+
+  // OpenAI's own reasoning text stays content.
+  StreamEncoder openai(Meta(), options);
+  std::string sse2 = EncodeAll(openai, {RD(0, kText, "raw", "openai-responses-v1", "rs_1"),
+                                        FinishDelta{0, FinishReason::kStop, "completed", ""}});
+  sse2 += openai.Finish(Usage{3, 4}, Money{0}, false);
+  const Stream s2 = CheckStream(sse2);
+  EXPECT_EQ(json::serialize(s2.final_response.at("output").at(0).at("content")),
+            R"([{"type":"reasoning_text","text":"raw"}])");
 }
 
 TEST(ResponsesStream, TwoToolCallsInParallel) {

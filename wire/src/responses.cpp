@@ -472,22 +472,32 @@ void FillToolNames(std::vector<Message>& messages) {
   }
 }
 
-// OpenAI's rule: every function_call_output answers a function_call made
+// OpenAI's rules: every function_call_output answers a function_call made
 // earlier in the conversation ("No tool call found for function call output
-// with call_id ..."). Providers reject an orphan result too, less clearly.
+// with call_id ..."), and every function_call is answered by a
+// function_call_output ("No tool output found for function call ...").
+// Providers reject both too (Anthropic: a tool_use without its tool_result),
+// less clearly.
 Status CheckToolResults(const std::vector<Message>& messages) {
   std::set<std::string> calls;
+  std::set<std::string> answered;
+  std::vector<std::string> order;  // call ids in order, for the first unanswered one
   for (const Message& m : messages) {
     for (const ContentPart& part : m.parts) {
       if (const auto* call = std::get_if<ToolCallPart>(&part)) {
-        calls.insert(call->id);
-      } else if (const auto* result = std::get_if<ToolResultPart>(&part);
-                 result != nullptr && !calls.contains(result->tool_call_id)) {
-        return Bad("No tool call found for function call output with call_id " + result->tool_call_id.substr(0, 200) +
-                       ".",
-                   "input");
+        if (calls.insert(call->id).second) order.push_back(call->id);
+      } else if (const auto* result = std::get_if<ToolResultPart>(&part); result != nullptr) {
+        if (!calls.contains(result->tool_call_id)) {
+          return Bad("No tool call found for function call output with call_id " +
+                         result->tool_call_id.substr(0, 200) + ".",
+                     "input");
+        }
+        answered.insert(result->tool_call_id);
       }
     }
+  }
+  for (const std::string& id : order) {
+    if (!answered.contains(id)) return Bad("No tool output found for function call " + id.substr(0, 200) + ".", "input");
   }
   return {};
 }
@@ -870,6 +880,7 @@ Status DecodeRest(const json::object& root, Request& req, json::object& echo) {
     }
     chat.session_id = *cache_key;
   }
+  if (cache_key) echo["prompt_cache_key"] = *cache_key;
 
   // The fields the response object repeats, OpenAI's defaults for the rest.
   echo["instructions"] = req.instructions.empty() ? json::value(nullptr) : json::value(req.instructions);
@@ -965,10 +976,11 @@ Result<Request> DecodeRequest(std::string_view body) {
   if (auto e = DecodeInclude(root, req)) return *e;
 
   // The echo in the order OpenAI's response object lists the fields.
-  static constexpr std::array<std::string_view, 16> kOrder = {
-      "instructions", "max_output_tokens", "metadata", "parallel_tool_calls", "previous_response_id", "reasoning",
-      "store",        "temperature",       "text",     "tool_choice",         "tools",                "top_logprobs",
-      "top_p",        "truncation",        "user",     ""};
+  static constexpr std::array<std::string_view, 17> kOrder = {
+      "instructions", "max_output_tokens", "metadata",    "parallel_tool_calls", "previous_response_id",
+      "prompt_cache_key", "reasoning",     "store",       "temperature",         "text",
+      "tool_choice",  "tools",             "top_logprobs", "top_p",              "truncation",
+      "user",         ""};
   for (std::string_view key : kOrder) {
     if (key.empty()) break;
     if (json::value* v = echo.if_contains(key)) req.echo[key] = std::move(*v);
@@ -1096,6 +1108,18 @@ struct StreamEncoder::Impl {
 
   // ---- item shapes
 
+  // How a reasoning part shows in an item: a summary entry (summary_text,
+  // reasoning_summary_* events), a content entry (reasoning_text), or not
+  // at all (encrypted data). Another provider's visible reasoning is a
+  // summary when the caller asked for summaries (reasoning.summary): what
+  // clients such as Codex display.
+  enum class Shown { kSummary, kContent, kNone };
+  Shown ShownAs(const ReasoningPart& p) const {
+    if (p.kind == ReasoningPart::Kind::kSummary) return Shown::kSummary;
+    if (p.kind != ReasoningPart::Kind::kText) return Shown::kNone;
+    return options.reasoning_text_as_summary && p.format != kOpenAiFormat ? Shown::kSummary : Shown::kContent;
+  }
+
   static std::string EncryptedContent(const std::vector<ReasoningPart>& parts) {
     const bool all_openai = std::all_of(parts.begin(), parts.end(),
                                         [](const ReasoningPart& p) { return p.format == kOpenAiFormat; });
@@ -1111,9 +1135,9 @@ struct StreamEncoder::Impl {
       case OutItem::Kind::kReasoning: {
         json::array summary, content;
         for (const ReasoningPart& p : item.parts) {
-          if (p.kind == ReasoningPart::Kind::kSummary) {
+          if (ShownAs(p) == Shown::kSummary) {
             summary.push_back(json::object{{"type", "summary_text"}, {"text", p.text}});
-          } else if (p.kind == ReasoningPart::Kind::kText) {
+          } else if (ShownAs(p) == Shown::kContent) {
             content.push_back(json::object{{"type", "reasoning_text"}, {"text", p.text}});
           }
         }
@@ -1175,14 +1199,14 @@ struct StreamEncoder::Impl {
     const int entry = item.entry[static_cast<std::size_t>(item.open_part)];
     item.open_part = -1;
     if (!Visible(item)) return;
-    if (part.kind == ReasoningPart::Kind::kSummary) {
+    if (ShownAs(part) == Shown::kSummary) {
       Emit("response.reasoning_summary_text.done",
            json::object{{"item_id", item.id}, {"output_index", item.output_index}, {"summary_index", entry},
                         {"text", part.text}});
       Emit("response.reasoning_summary_part.done",
            json::object{{"item_id", item.id}, {"output_index", item.output_index}, {"summary_index", entry},
                         {"part", json::object{{"type", "summary_text"}, {"text", part.text}}}});
-    } else if (part.kind == ReasoningPart::Kind::kText) {
+    } else if (ShownAs(part) == Shown::kContent) {
       Emit("response.reasoning_text.done",
            json::object{{"item_id", item.id}, {"output_index", item.output_index}, {"content_index", entry},
                         {"text", part.text}});
@@ -1254,13 +1278,13 @@ struct StreamEncoder::Impl {
   void OpenEntry(OutItem& item, std::size_t part_index) {
     const ReasoningPart& part = item.parts[part_index];
     int entry = -1;
-    if (part.kind == ReasoningPart::Kind::kSummary) entry = item.summaries++;
-    if (part.kind == ReasoningPart::Kind::kText) entry = item.contents++;
+    if (ShownAs(part) == Shown::kSummary) entry = item.summaries++;
+    if (ShownAs(part) == Shown::kContent) entry = item.contents++;
     item.entry.push_back(entry);
     if (entry < 0) return;
     item.open_part = static_cast<int>(part_index);
     if (!Visible(item)) return;
-    if (part.kind == ReasoningPart::Kind::kSummary) {
+    if (ShownAs(part) == Shown::kSummary) {
       Emit("response.reasoning_summary_part.added",
            json::object{{"item_id", item.id}, {"output_index", item.output_index}, {"summary_index", entry},
                         {"part", json::object{{"type", "summary_text"}, {"text", ""}}}});
@@ -1273,11 +1297,11 @@ struct StreamEncoder::Impl {
 
   void EmitReasoningText(const OutItem& item, const ReasoningPart& part, int entry, std::string_view text) {
     if (!Visible(item) || text.empty()) return;
-    if (part.kind == ReasoningPart::Kind::kSummary) {
+    if (ShownAs(part) == Shown::kSummary) {
       Emit("response.reasoning_summary_text.delta",
            json::object{{"item_id", item.id}, {"output_index", item.output_index}, {"summary_index", entry},
                         {"delta", text}});
-    } else if (part.kind == ReasoningPart::Kind::kText) {
+    } else if (ShownAs(part) == Shown::kContent) {
       Emit("response.reasoning_text.delta",
            json::object{{"item_id", item.id}, {"output_index", item.output_index}, {"content_index", entry},
                         {"delta", text}});

@@ -359,6 +359,17 @@ describe('openai client.responses against every kind of upstream', { timeout: 18
     assert.equal(thinking.signature, REASONING_SIGNATURE);
   });
 
+  test('anthropic: with reasoning.summary asked, the thinking streams as a summary (what Codex shows)', async () => {
+    const s = await stream({
+      model: modelOf('anthropic', 'mock-reasoning'), input: `Think ${tag()}`, reasoning: { effort: 'high', summary: 'auto' },
+    });
+    const final = checkEvents(s.events);
+    const deltas = s.events.filter((e) => e.type === 'response.reasoning_summary_text.delta').map((e) => e.delta).join('');
+    assert.equal(deltas, REASONING_TEXT);
+    assert.ok(!s.events.some((e) => e.type === 'response.reasoning_text.delta'));
+    assert.deepEqual(final.output.find((i) => i.type === 'reasoning').summary, [{ type: 'summary_text', text: REASONING_TEXT }]);
+  });
+
   test('OpenAI Responses upstream: encrypted reasoning round-trips untouched through previous_response_id', async () => {
     const model = modelOf(RESPONSES_KIND, 'mock-reasoning');
     const w = tag();

@@ -136,10 +136,13 @@ struct Request {
 // ChatRequest::top_logprobs, with logprobs left false; effort "max" -> "xhigh";
 // reasoning.generate_summary is read as summary; user, else
 // safety_identifier -> user; prompt_cache_key -> session_id unless the body
-// has one; background true, conversation and prompt are a 400 (not served);
-// a function_call_output whose call_id no earlier function_call made is a
-// 400 (OpenAI's rule; checked in PrependContext when previous_response_id
-// brings the calls).
+// has one (and is echoed); background true, conversation and prompt are a
+// 400 (not served); a function_call_output whose call_id no earlier
+// function_call made, or a function_call that no function_call_output
+// answers, is a 400 (OpenAI's rules; checked in PrependContext when
+// previous_response_id brings the calls). `include` values other than
+// reasoning.encrypted_content are accepted and change nothing (OpenAI
+// rejects unknown ones; new client versions may send new ones).
 // Errors: kInvalidArgument with `param` naming the field ("input[3].content[0].type").
 Result<Request> DecodeRequest(std::string_view body);
 
@@ -165,6 +168,14 @@ struct ResponseOptions {
   bool include_encrypted_reasoning = false;  // Request::include_encrypted_reasoning
   bool include_reasoning = true;             // false: reasoning items are left out entirely
   std::vector<std::string> dropped_tools;    // listed in metadata (below)
+  // The caller asked for reasoning summaries (Request::reasoning_summary not
+  // empty): other providers' visible reasoning (kText parts of a format other
+  // than "openai-responses-v1": Anthropic thinking, DeepSeek reasoning) is
+  // shown as summary entries (summary_text, response.reasoning_summary_*
+  // events) instead of reasoning_text content, which is what clients that
+  // display summaries (Codex) show. The sealed encrypted_content keeps the
+  // parts as they were, so replays are unchanged.
+  bool reasoning_text_as_summary = false;
 };
 
 // Response ids: "resp_" + 32 base62 (CSPRNG); item ids "msg_", "fc_", "rs_"
