@@ -1035,7 +1035,10 @@ class Connection {
         Result<wire::responses::Request> decoded = wire::responses::DecodeRequest(body);
         if (!decoded) return decoded.error();
         responses = std::move(*decoded);
-        return responses->chat;
+        // The canonical request moves out; PrependContext rebuilds only
+        // responses->chat.messages from the rest.
+        ChatRequest chat = std::move(responses->chat);
+        return chat;
       }
     }
     return InvalidArgument("unknown API");
@@ -1069,7 +1072,7 @@ class Connection {
   // Returns whether it was stored; a failure is logged, and the answer still
   // goes (saying store: false).
   awaitable<bool> StoreResponse(const ConnectionSink& sink, wire::responses::Request& responses,
-                                boost::json::array& prior, const billing::KeyRecord& key,
+                                boost::json::array& prior, const billing::KeyRecord& key, const std::string& model,
                                 const std::string& request_id, std::chrono::system_clock::time_point created_at) {
     const wire::responses::BuiltResponse* built = sink.encoder().responses_result();
     if (built == nullptr) co_return false;
@@ -1078,7 +1081,7 @@ class Connection {
     row.request_id = request_id;
     row.api_key_id = key.id;
     row.account_id = key.account_id;
-    row.model = responses.chat.model;
+    row.model = model;
     row.created_at = created_at;
     row.expires_at = created_at + std::chrono::days(s_.config->responses.ttl_days);
     boost::json::array context = std::move(prior);
@@ -1119,7 +1122,7 @@ class Connection {
       rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
     } else if (responses && !responses->previous_response_id.empty()) {
       rejection = co_await LoadPreviousResponse(*responses, key->id, prior_context, prior_bytes);
-      if (!rejection) parsed->messages = responses->chat.messages;
+      if (!rejection) parsed->messages = std::move(responses->chat.messages);
     }
     if (!rejection && responses && responses->store && prior_bytes + req.body().size() > billing::kMaxStoredJsonBytes) {
       // Refused before it costs anything, rather than answered and then lost
@@ -1236,7 +1239,8 @@ class Connection {
       co_await sink->Wait();
       if (store_pending && sink->done() && !sink->error() && !client_gone) {
         store_pending = false;
-        bool stored = co_await StoreResponse(*sink, *responses, prior_context, *key, request_id, created_at);
+        bool stored =
+            co_await StoreResponse(*sink, *responses, prior_context, *key, meta.model, request_id, created_at);
         if (!stored) sink->MarkNotStored();
       }
       if (!sink->committed()) {
