@@ -73,7 +73,7 @@ using detail::ObjectAt;
 using detail::StringAt;
 
 // OpenRouter's `format` of Anthropic reasoning blocks.
-constexpr std::string_view kFormat = "anthropic-claude-v1";
+constexpr std::string_view kFormat = kReasoningFormatAnthropic;
 // OpenRouter's limit on `fallbacks` entries (model-fallbacks guide, "Limitations").
 constexpr std::size_t kMaxFallbacks = 3;
 

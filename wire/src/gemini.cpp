@@ -37,7 +37,7 @@ using detail::View;
 
 // OpenRouter's `format` for Gemini reasoning blocks
 // (openrouter.ai/docs/guides/best-practices/reasoning-tokens).
-constexpr std::string_view kFormat = "google-gemini-v1";
+constexpr std::string_view kFormat = kReasoningFormatGemini;
 
 // The thought-signatures guide (FAQ) documents this value for function calls
 // the model did not produce itself (history from another model, injected

@@ -60,7 +60,7 @@ constexpr std::size_t kMaxUpstreamMessageBytes = 2000;
 // same enum in @openrouter/sdk's schema: unknown, openai-responses-v1,
 // xai-responses-v1, anthropic-claude-v1, google-gemini-v1).
 constexpr std::string_view kUnknownFormat = "unknown";
-constexpr std::string_view kGeminiFormat = "google-gemini-v1";
+constexpr std::string_view kGeminiFormat = kReasoningFormatGemini;
 
 // A Gemini thought signature that belongs to a function call
 // (ai.google.dev/gemini-api/docs/thought-signatures) travels in OpenAI shape as

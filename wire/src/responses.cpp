@@ -50,8 +50,8 @@ constexpr int64_t kMaxOutputTokens = int64_t{1} << 24;
 // OpenAI API reference, "Create a model response": top_logprobs 0..20.
 constexpr int64_t kMaxTopLogprobs = 20;
 
-constexpr std::string_view kOpenAiFormat = "openai-responses-v1";
-constexpr std::string_view kGeminiFormat = "google-gemini-v1";
+constexpr std::string_view kOpenAiFormat = kReasoningFormatOpenAiResponses;
+constexpr std::string_view kGeminiFormat = kReasoningFormatGemini;
 constexpr std::string_view kSealPrefix = "tollgate.v1.";
 constexpr std::string_view kIncludeEncrypted = "reasoning.encrypted_content";
 // Response metadata key listing the built-in tools that were left out.

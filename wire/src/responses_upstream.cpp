@@ -66,7 +66,7 @@ using detail::StringAt;
 
 // OpenRouter's `format` of OpenAI Responses reasoning (the only format
 // replayed to this API).
-constexpr std::string_view kFormat = "openai-responses-v1";
+constexpr std::string_view kFormat = kReasoningFormatOpenAiResponses;
 // Upstream text passed on in an error message is capped at this many bytes.
 constexpr std::size_t kMaxUpstreamMessageBytes = 2000;
 

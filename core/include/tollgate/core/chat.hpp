@@ -106,6 +106,12 @@ struct ReasoningPart {
   std::string id;  // OpenRouter's block `id`, when one was given
 };
 
+// ReasoningPart::format values: OpenRouter's reasoning_details formats
+// (openrouter.ai/docs/guides/best-practices/reasoning-tokens).
+inline constexpr std::string_view kReasoningFormatAnthropic = "anthropic-claude-v1";
+inline constexpr std::string_view kReasoningFormatGemini = "google-gemini-v1";
+inline constexpr std::string_view kReasoningFormatOpenAiResponses = "openai-responses-v1";
+
 enum class ApiFlavor;
 
 // A block of one API that the canonical model does not carry (Anthropic's
