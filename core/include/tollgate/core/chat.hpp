@@ -1,6 +1,6 @@
 // The canonical request and the canonical stream of events: the one model that
 // every inbound API (OpenAI Chat Completions and legacy Completions, Anthropic
-// Messages) decodes into and every provider (remote adapters, the local
+// Messages, OpenAI Responses) decodes into and every provider (remote adapters, the local
 // engine) encodes from and reports back in. Nothing above a provider sees a
 // provider's wire format; nothing in here knows one (wire/ holds the codecs).
 //
