@@ -41,12 +41,6 @@ inline std::string_view StringAt(const boost::json::object& o, std::string_view 
 
 inline std::string_view View(const boost::json::string& s) { return std::string_view(s.data(), s.size()); }
 
-// True when `key` is present and not null.
-inline bool Has(const boost::json::object& o, std::string_view key) {
-  const auto* v = o.if_contains(key);
-  return v != nullptr && !v->is_null();
-}
-
 inline Error BadRequest(std::string message, std::string param = {}) {
   return Error{ErrorCode::kInvalidArgument, std::move(message), std::move(param), {}};
 }
@@ -85,6 +79,9 @@ inline const boost::json::value* Present(const boost::json::object& o, std::stri
   const boost::json::value* v = o.if_contains(key);
   return v != nullptr && !v->is_null() ? v : nullptr;
 }
+
+// True when `key` is present and not null.
+inline bool Has(const boost::json::object& o, std::string_view key) { return Present(o, key) != nullptr; }
 
 // A JSON number that is an integer: int64, uint64 (saturated at INT64_MAX so
 // that range checks reject it), or a double without a fraction.

@@ -967,7 +967,8 @@ Result<Request> DecodeRequest(std::string_view body) {
     return Bad("you must provide an input parameter", "input");
   }
   if (auto e = BuildMessages(req, nullptr)) return *e;
-  NormalizeInputItems(req.input);
+  // Only a stored response lists its input items; ids cost a CSPRNG read each.
+  if (req.store) NormalizeInputItems(req.input);
 
   if (auto e = DecodeTools(root, req)) return *e;
   if (auto e = DecodeToolChoice(root, req)) return *e;

@@ -293,12 +293,7 @@ std::optional<Usage> ParseUsage(const json::object& usage) {
 
 std::optional<int64_t> IntAt(const json::object& o, std::string_view key) {
   const json::value* v = o.if_contains(key);
-  if (v == nullptr) return std::nullopt;
-  if (v->is_int64()) return v->get_int64();
-  if (v->is_uint64() && v->get_uint64() <= static_cast<uint64_t>(INT64_MAX)) {
-    return static_cast<int64_t>(v->get_uint64());
-  }
-  return std::nullopt;
+  return v != nullptr ? detail::AsInteger(*v) : std::nullopt;
 }
 
 }  // namespace

@@ -94,7 +94,7 @@ struct Request {
   // body with top_logprobs and no logprobs).
   ChatRequest chat;
   // This request's `input` as items (a string input becomes one user message
-  // item with an input_text part), as OpenAI lists input items: shorthand
+  // item with an input_text part); with `store`, as OpenAI lists input items: shorthand
   // messages get type "message" and string content one input_text part
   // (output_text for the assistant); messages, function calls and their
   // outputs without an id get one ("msg_", "fc_", "fco_" + 32 base62) and
