@@ -794,6 +794,8 @@ TEST_F(CreditGuardPg, IdlePotsAndStopReturnTheirFreeLease) {
   EXPECT_TRUE(WaitFor([&] { return QueryInt("SELECT amount_nano_usd FROM credit_leases") == kW; }, 3000));
   guard->Settle(r.ticket, Money{0});  // a refund: all of it free again
   EXPECT_TRUE(WaitFor([&] { return QueryInt("SELECT count(*) FROM credit_leases") == 0; }, 3000));
+  // The counters move after the return's commit, so the row can be gone first.
+  EXPECT_TRUE(WaitFor([&] { return guard->counters().returned_nano_usd == 25 * kW; }, 3000));
   EXPECT_GE(guard->counters().lease_returns, 2);
   EXPECT_EQ(guard->counters().returned_nano_usd, 25 * kW);
 
