@@ -12,6 +12,7 @@ packages=(
   prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev
+  libjemalloc-dev
   nodejs curl
   chromium
   prometheus

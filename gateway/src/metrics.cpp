@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <mutex>
@@ -177,6 +178,25 @@ struct Metrics::Impl {
 
   std::set<std::string, std::less<>> models;
   std::set<std::string, std::less<>> providers;
+
+  // The series of one (model, provider) pair that every metered call
+  // touches, looked up once: Family::Add builds a label map and hashes it
+  // under the family's lock on every call, and a call touches ten of them.
+  // Slots fill on first use, so the exported series are the same as without
+  // the cache. Families never remove a series, so the pointers stay valid.
+  struct PairSeries {
+    std::array<Counter*, kStatusLabels.size() + 1> calls{};  // by place in kStatusLabels; the last: "other"
+    std::array<Counter*, 7> tokens{};                        // by place in CountMeteredCall's kKinds
+    Counter* usage_not_reported = nullptr;
+    Counter* cost_usd = nullptr;
+    Counter* cost_nano = nullptr;
+    Histogram* duration = nullptr;
+    Histogram* ttft = nullptr;
+    Histogram* throughput = nullptr;
+  };
+  std::mutex pairs_mu;
+  // model label -> provider label -> series; guarded by pairs_mu
+  std::map<std::string, std::map<std::string, PairSeries, std::less<>>, std::less<>> pairs;
   // The engines' counters as last exported, so their growth is added.
   std::mutex engines_mu;
   std::map<std::string, std::pair<int64_t, int64_t>, std::less<>> engine_totals;  // guarded by engines_mu
@@ -248,36 +268,68 @@ void Metrics::CountUnmeteredCall(std::string_view model, int status,
 }
 
 void Metrics::CountMeteredCall(const billing::UsageEvent& e) {
-  const std::string m = ModelLabel(e.model);
-  const std::string p = ProviderLabel(e.provider);
   Impl& x = *impl_;
-  x.calls.Add({{"model", m}, {"provider", p}, {"status", StatusLabel(e.status)}}).Increment();
-  auto add_tokens = [&](const char* kind, int64_t n) {
+  const std::string_view m = x.models.contains(e.model) ? std::string_view(e.model) : std::string_view("other");
+  const std::string_view p =
+      x.providers.contains(e.provider) ? std::string_view(e.provider) : std::string_view("other");
+  const auto labels = [&]() -> std::map<std::string, std::string> {
+    return {{"model", std::string(m)}, {"provider", std::string(p)}};
+  };
+  {
+    std::lock_guard lock(x.pairs_mu);
+    auto by_model = x.pairs.find(m);
+    if (by_model == x.pairs.end()) by_model = x.pairs.try_emplace(std::string(m)).first;
+    auto by_provider = by_model->second.find(p);
+    if (by_provider == by_model->second.end()) by_provider = by_model->second.try_emplace(std::string(p)).first;
+    Impl::PairSeries& ps = by_provider->second;
+    const auto status = std::ranges::find(kStatusLabels, e.status);
+    Counter*& calls = ps.calls[static_cast<size_t>(status - kStatusLabels.begin())];
+    if (calls == nullptr) {
+      auto l = labels();
+      l["status"] = StatusLabel(e.status);
+      calls = &x.calls.Add(l);
+    }
+    calls->Increment();
     // Every kind's series exists from a model's first call on, zero or not,
     // so rate() over it starts at the right time.
-    x.tokens.Add({{"model", m}, {"provider", p}, {"kind", kind}}).Increment(static_cast<double>(std::max<int64_t>(n, 0)));
-  };
-  if (e.usage_estimated) {
-    add_tokens("estimated_prompt", e.usage.prompt_tokens);
-    add_tokens("estimated_completion", e.usage.completion_tokens);
-    x.usage_not_reported.Add({{"model", m}, {"provider", p}}).Increment();
-  } else {
-    add_tokens("prompt", e.usage.prompt_tokens);
-    add_tokens("completion", e.usage.completion_tokens);
-    add_tokens("cached_read", e.usage.cached_tokens);
-    add_tokens("cache_write", e.usage.cache_write_tokens);
-    add_tokens("reasoning", e.usage.reasoning_tokens);
-  }
-  const int64_t cost = std::max<int64_t>(e.cost.nano_usd, 0);
-  x.cost_usd.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost) / 1e9);
-  x.cost_nano.Add({{"model", m}, {"provider", p}}).Increment(static_cast<double>(cost));
-  if (e.status == 200) x.duration.Add({{"model", m}, {"provider", p}}, kDurationBuckets).Observe(e.latency_ms / 1000.0);
-  if (e.ttft_ms) x.ttft.Add({{"model", m}, {"provider", p}}, kTtftBuckets).Observe(*e.ttft_ms / 1000.0);
-  // Generation throughput as routing's health measures it: completion
-  // tokens over the time from the first token to the end.
-  if (!e.usage_estimated && e.ttft_ms && e.latency_ms > *e.ttft_ms && e.usage.completion_tokens > 0) {
-    const double tps = static_cast<double>(e.usage.completion_tokens) * 1000.0 / static_cast<double>(e.latency_ms - *e.ttft_ms);
-    x.throughput.Add({{"model", m}, {"provider", p}}, kThroughputBuckets).Observe(tps);
+    static constexpr std::array<const char*, 7> kKinds{"estimated_prompt", "estimated_completion", "prompt",
+                                                       "completion", "cached_read", "cache_write", "reasoning"};
+    auto add_tokens = [&](size_t kind, int64_t n) {
+      Counter*& c = ps.tokens[kind];
+      if (c == nullptr) {
+        auto l = labels();
+        l["kind"] = kKinds[kind];
+        c = &x.tokens.Add(l);
+      }
+      c->Increment(static_cast<double>(std::max<int64_t>(n, 0)));
+    };
+    auto series = [&](auto*& slot, auto& family, auto&&... extra) -> auto& {
+      if (slot == nullptr) slot = &family.Add(labels(), extra...);
+      return *slot;
+    };
+    if (e.usage_estimated) {
+      add_tokens(0, e.usage.prompt_tokens);
+      add_tokens(1, e.usage.completion_tokens);
+      series(ps.usage_not_reported, x.usage_not_reported).Increment();
+    } else {
+      add_tokens(2, e.usage.prompt_tokens);
+      add_tokens(3, e.usage.completion_tokens);
+      add_tokens(4, e.usage.cached_tokens);
+      add_tokens(5, e.usage.cache_write_tokens);
+      add_tokens(6, e.usage.reasoning_tokens);
+    }
+    const int64_t cost = std::max<int64_t>(e.cost.nano_usd, 0);
+    series(ps.cost_usd, x.cost_usd).Increment(static_cast<double>(cost) / 1e9);
+    series(ps.cost_nano, x.cost_nano).Increment(static_cast<double>(cost));
+    if (e.status == 200) series(ps.duration, x.duration, kDurationBuckets).Observe(e.latency_ms / 1000.0);
+    if (e.ttft_ms) series(ps.ttft, x.ttft, kTtftBuckets).Observe(*e.ttft_ms / 1000.0);
+    // Generation throughput as routing's health measures it: completion
+    // tokens over the time from the first token to the end.
+    if (!e.usage_estimated && e.ttft_ms && e.latency_ms > *e.ttft_ms && e.usage.completion_tokens > 0) {
+      const double tps =
+          static_cast<double>(e.usage.completion_tokens) * 1000.0 / static_cast<double>(e.latency_ms - *e.ttft_ms);
+      series(ps.throughput, x.throughput, kThroughputBuckets).Observe(tps);
+    }
   }
   for (const billing::AttemptRecord& a : e.attempts) {
     if (auto reason = UpstreamErrorReason(a)) {

@@ -29,8 +29,10 @@
 #include <boost/beast/http/write.hpp>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <sys/socket.h>
 
 #include <atomic>
+#include <cerrno>
 #include <deque>
 #include <exception>
 #include <map>
@@ -81,16 +83,16 @@ struct Connection {
 // A pooled keep-alive connection must have nothing to read: EOF (the server
 // closed it while idle), a reset, or stray bytes (a TLS close_notify, junk)
 // all mean it is unusable. A non-blocking peek tells without consuming.
+// One recv(2) with MSG_DONTWAIT: no toggling of the socket's blocking mode
+// (two ioctl(2) calls per reuse).
 bool LooksAlive(tcp::socket& socket) {
   if (!socket.is_open()) return false;
-  error_code ec;
-  socket.non_blocking(true, ec);
-  if (ec) return false;
   char byte = 0;
-  socket.receive(asio::buffer(&byte, 1), tcp::socket::message_peek, ec);
-  error_code ignored;
-  socket.non_blocking(false, ignored);
-  return ec == asio::error::would_block || ec == asio::error::try_again;
+  ssize_t n;
+  do {
+    n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 // Errors that mean "the server closed this idle keep-alive connection before
