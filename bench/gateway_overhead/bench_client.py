@@ -8,8 +8,9 @@ progress on stderr):
             the time to the first content chunk, the gaps between content chunks and the chunks
             held back; one TSV line of statistics per target.
   scale     N concurrent streams through one target; once every stream has its first chunk,
-            the target's VmRSS and open fds; /healthz probed all along; then waits for the
-            streams to end.
+            the target's VmRSS and open fds, and its CPU time so far; /healthz probed all along
+            (by `health` in a process of its own); then waits for the streams to end.
+  health    GET /healthz every 200 ms until SIGTERM, then one RESULT line.
   calls     exactly N POSTs, one keep-alive connection, one after the other (callgrind).
   start     starts a command N times, polls GET /readyz every 2 ms on one port until it answers
             200, waits, reads the process's VmRSS, stops it (SIGTERM, by PID).
@@ -272,26 +273,52 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def health_probe(port, stop, out):
-    req = request_bytes(port, "/healthz", b"", "", False, method="GET")
-    while not stop.is_set():
-        t0 = now_ns()
-        try:
-            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-            w.write(req)
-            data = await asyncio.wait_for(r.read(), 5)
-            w.close()
-            ok = data.startswith(b"HTTP/1.1 200")
-        except (OSError, asyncio.TimeoutError):
-            ok = False
-        out.append((ok, now_ns() - t0))
-        try:
-            await asyncio.wait_for(stop.wait(), 0.2)
-        except asyncio.TimeoutError:
-            pass
+def health_cmd(a):
+    """GET /healthz every --interval seconds, one connection each, until SIGTERM; then one RESULT line.
+    Its own process, so the scale client's busy event loop does not add to the latencies."""
+    req = request_bytes(a.port, "/healthz", b"", "", False, method="GET")
+    ok_us, failed = [], 0
+    try:
+        while True:
+            t0 = now_ns()
+            why = None
+            try:
+                with socket.create_connection(("127.0.0.1", a.port), timeout=a.timeout) as s:
+                    s.sendall(req)
+                    data = b""
+                    while True:
+                        d = s.recv(4096)
+                        if not d:
+                            break
+                        data += d
+                if not data.startswith(b"HTTP/1.1 200"):
+                    why = f"answer {data[:40]!r}"
+            except OSError as e:
+                why = repr(e)
+            took = now_ns() - t0
+            if why is None:
+                ok_us.append(took // 1000)
+            else:
+                failed += 1
+                if failed <= 5:
+                    log(f"/healthz failed after {took / 1e6:.0f} ms: {why}")
+            time.sleep(a.interval)
+    except SystemExit:
+        pass
+    finally:
+        print(f"RESULT health_ok={len(ok_us)} health_failed={failed} "
+              f"health_p50_us={pct(ok_us, 50) if ok_us else -1} health_p99_us={pct(ok_us, 99) if ok_us else -1} "
+              f"health_max_us={max(ok_us) if ok_us else -1}", flush=True)
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def scale_cmd(a):
+    global child
     raise_nofile()
     key = os.environ.get("BENCH_KEY", "")
     with open(a.body, "rb") as f:
@@ -310,9 +337,9 @@ async def scale_cmd(a):
         if first[0] == a.n:
             all_first.set()
 
-    stop = asyncio.Event()
-    health = []
-    probe = asyncio.create_task(health_probe(a.health_port, stop, health))
+    probe = subprocess.Popen([sys.executable, os.path.abspath(__file__), "health", "--port", str(a.health_port)],
+                             stdout=subprocess.PIPE, text=True)
+    child = probe  # stopped by PID on any failure (main)
     results = {"complete": 0, "errors": 0, "bad_chunks": 0}
     examples = []
 
@@ -333,6 +360,7 @@ async def scale_cmd(a):
             results["complete"] += 1
 
     t0 = now_ns()
+    cpu0 = cpu_s(a.pid)
     tasks = [asyncio.create_task(one()) for _ in range(a.n)]
     waiter = asyncio.create_task(all_first.wait())
     last = -1
@@ -347,6 +375,7 @@ async def scale_cmd(a):
             log(f"{first[0]} of {a.n} streams open (first chunk received)")
             last = first[0]
     t_open = (now_ns() - t0) / 1e9
+    cpu_open = cpu_s(a.pid) - cpu0
     await asyncio.sleep(0.5)  # let the I/O settle before reading the numbers
     rss_open = proc_kb(a.pid, "VmRSS")
     fds_open = fd_count(a.pid)
@@ -354,20 +383,22 @@ async def scale_cmd(a):
     log(f"{open_now} streams open after {t_open:.1f} s: VmRSS {rss_open} kB, {fds_open} fds")
     await asyncio.gather(*tasks)
     t_all = (now_ns() - t0) / 1e9
-    stop.set()
-    await probe
+    cpu_all = cpu_s(a.pid) - cpu0
+    probe.send_signal(signal.SIGTERM)
+    health = probe.communicate(timeout=30)[0].strip().split("\n")[-1]
+    child = None
     await asyncio.sleep(1.0)
     rss_after = proc_kb(a.pid, "VmRSS")
     fds_after = fd_count(a.pid)
     for e in examples:
         log(f"stream error: {e}")
-    hl = [d for ok, d in health if ok]
-    print(f"RESULT n={a.n} first={open_now} open_s={t_open:.2f} all_s={t_all:.2f} rss_before_kb={rss_before} "
+    if not health.startswith("RESULT "):
+        raise SystemExit("no RESULT from the /healthz prober")
+    print(f"RESULT n={a.n} first={open_now} open_s={t_open:.2f} all_s={t_all:.2f} cpu_open_s={cpu_open:.2f} "
+          f"cpu_all_s={cpu_all:.2f} rss_before_kb={rss_before} "
           f"rss_open_kb={rss_open} rss_after_kb={rss_after} fds_before={fds_before} fds_open={fds_open} "
           f"fds_after={fds_after} complete={results['complete']} errors={results['errors']} "
-          f"bad_chunks={results['bad_chunks']} health_ok={len(hl)} health_failed={len(health) - len(hl)} "
-          f"health_p50_us={pct(hl, 50) // 1000 if hl else -1} health_max_us={max(hl) // 1000 if hl else -1}",
-          flush=True)
+          f"bad_chunks={results['bad_chunks']} {health[len('RESULT '):]}", flush=True)
 
 
 # ------------------------------------------------------------------------------------ calls
@@ -470,6 +501,10 @@ def main():
     c.add_argument("--opening", type=int, default=256, help="streams opening at once")
     c.add_argument("--open-timeout", type=float, default=120)
     c.add_argument("--timeout", type=float, default=180)
+    h = sub.add_parser("health")
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--interval", type=float, default=0.2)
+    h.add_argument("--timeout", type=float, default=10)
     k = sub.add_parser("calls")
     k.add_argument("--port", type=int, required=True)
     k.add_argument("--path", required=True)
@@ -491,6 +526,8 @@ def main():
             asyncio.run(stream_cmd(a))
         elif a.cmd == "scale":
             asyncio.run(scale_cmd(a))
+        elif a.cmd == "health":
+            health_cmd(a)
         elif a.cmd == "calls":
             calls_cmd(a)
         elif a.cmd == "start":
