@@ -1,5 +1,7 @@
 #include "pg.hpp"
 
+#include "tollgate/core/text.hpp"
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -150,17 +152,7 @@ bool PgBool(const PGresult* result, int row, int column) {
 }
 
 std::string PgTimestamp(std::chrono::system_clock::time_point time) {
-  using namespace std::chrono;
-  auto micros = floor<microseconds>(time.time_since_epoch());
-  auto secs = floor<seconds>(micros);
-  long long frac = (micros - secs).count();
-  std::time_t t = static_cast<std::time_t>(secs.count());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
-  return buf;
+  return FormatUtc(time, " ", 6, "+00");
 }
 
 std::chrono::system_clock::time_point FromEpochMicros(int64_t micros) {

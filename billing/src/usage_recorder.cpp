@@ -1,5 +1,7 @@
 #include "tollgate/billing/usage_recorder.hpp"
 
+#include "tollgate/core/json_writer.hpp"
+
 #include "log_internal.hpp"
 #include "pg.hpp"
 #include "usage_spool.hpp"
@@ -146,47 +148,53 @@ void AppendParams(Item& item, int64_t account_id, std::vector<PgParam>& params) 
 // The attempts of `items` as one JSON array for jsonb_to_recordset: one
 // parameter however many attempts there are.
 std::string AttemptsJson(std::span<const ItemPtr> items) {
-  boost::json::array rows;
+  std::string out;
+  JsonWriter w(out);
+  w.BeginArray();
   for (const ItemPtr& item : items) {
     const UsageEvent& e = item->event;
     for (const AttemptRecord& a : e.attempts) {
-      rows.push_back(boost::json::object{
-          {"request_id", e.request_id},
-          {"attempt", a.attempt},
-          {"endpoint_id", a.endpoint_id},
-          {"provider", a.provider},
-          {"upstream_model", a.upstream_model},
-          {"outcome", a.outcome},
-          {"status", a.status},
-          {"error_code", a.error_code ? boost::json::value(*a.error_code) : boost::json::value(nullptr)},
-          {"started_ms", a.started_ms},
-          {"latency_ms", a.latency_ms},
-          {"ttft_ms", a.ttft_ms ? boost::json::value(*a.ttft_ms) : boost::json::value(nullptr)},
-          {"prompt_tokens", a.usage.prompt_tokens},
-          {"completion_tokens", a.usage.completion_tokens},
-          {"cached_tokens", a.usage.cached_tokens},
-          {"cost_nano_usd", a.cost.nano_usd},
-      });
+      w.BeginObject();
+      w.Key("request_id").String(e.request_id);
+      w.Key("attempt").Int(a.attempt);
+      w.Key("endpoint_id").String(a.endpoint_id);
+      w.Key("provider").String(a.provider);
+      w.Key("upstream_model").String(a.upstream_model);
+      w.Key("outcome").String(a.outcome);
+      w.Key("status").Int(a.status);
+      w.Key("error_code").OptionalString(a.error_code);
+      w.Key("started_ms").Int(a.started_ms);
+      w.Key("latency_ms").Int(a.latency_ms);
+      w.Key("ttft_ms").OptionalInt(a.ttft_ms);
+      w.Key("prompt_tokens").Int(a.usage.prompt_tokens);
+      w.Key("completion_tokens").Int(a.usage.completion_tokens);
+      w.Key("cached_tokens").Int(a.usage.cached_tokens);
+      w.Key("cost_nano_usd").Int(a.cost.nano_usd);
+      w.EndObject();
     }
   }
-  return boost::json::serialize(rows);
+  w.EndArray();
+  return out;
 }
 
 // The leased pots of `items` as one JSON array for jsonb_to_recordset.
 std::string LeasedPotsJson(std::span<const ItemPtr> items) {
-  boost::json::array rows;
+  std::string out;
+  JsonWriter w(out);
+  w.BeginArray();
   for (const ItemPtr& item : items) {
     const UsageEvent& e = item->event;
     for (const LeasedPot& p : e.leased_pots) {
-      rows.push_back(boost::json::object{
-          {"request_id", e.request_id},
-          {"scope", p.scope},
-          {"owner_id", p.owner_id},
-          {"period_start", internal::PgTimestamp(p.period_start)},
-      });
+      w.BeginObject();
+      w.Key("request_id").String(e.request_id);
+      w.Key("scope").String(p.scope);
+      w.Key("owner_id").Int(p.owner_id);
+      w.Key("period_start").String(internal::PgTimestamp(p.period_start));
+      w.EndObject();
     }
   }
-  return boost::json::serialize(rows);
+  w.EndArray();
+  return out;
 }
 
 std::string IdArray(std::vector<int64_t>& ids) {

@@ -1,5 +1,7 @@
 #include "tollgate/core/text.hpp"
 
+#include <algorithm>
+
 #include <sys/random.h>
 
 #include <cerrno>
@@ -115,6 +117,44 @@ std::string RandomBase62(std::size_t n) {
       out.push_back(kAlphabet[buf[i] % 62]);
     }
   }
+  return out;
+}
+
+std::string FormatUtc(std::chrono::system_clock::time_point t, std::string_view separator, int fraction_digits,
+                      std::string_view zone) {
+  using namespace std::chrono;
+  const auto ns = floor<nanoseconds>(t);
+  const auto day = floor<days>(ns);
+  const year_month_day ymd{day};
+  const hh_mm_ss hms{ns - day};
+  char buf[64];
+  char* p = buf;
+  auto put = [&p](long long v, int width) {
+    for (int i = width - 1; i >= 0; --i, v /= 10) p[i] = static_cast<char>('0' + v % 10);
+    p += width;
+  };
+  put(static_cast<int>(ymd.year()), 4);
+  *p++ = '-';
+  put(static_cast<unsigned>(ymd.month()), 2);
+  *p++ = '-';
+  put(static_cast<unsigned>(ymd.day()), 2);
+  std::string out(buf, p);
+  out += separator;
+  p = buf;
+  put(hms.hours().count(), 2);
+  *p++ = ':';
+  put(hms.minutes().count(), 2);
+  *p++ = ':';
+  put(hms.seconds().count(), 2);
+  fraction_digits = std::clamp(fraction_digits, 0, 9);
+  if (fraction_digits > 0) {
+    long long fraction = hms.subseconds().count();
+    for (int i = fraction_digits; i < 9; ++i) fraction /= 10;
+    *p++ = '.';
+    put(fraction, fraction_digits);
+  }
+  out.append(buf, p);
+  out += zone;
   return out;
 }
 

@@ -1,6 +1,7 @@
 #include "access_log.hpp"
 
-#include <boost/json.hpp>
+#include "tollgate/core/json_writer.hpp"
+#include "tollgate/core/text.hpp"
 
 #include <cerrno>
 #include <chrono>
@@ -13,57 +14,56 @@ namespace tollgate::gateway {
 
 namespace {
 
-std::string Rfc3339Millis(std::chrono::system_clock::time_point t) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  const std::time_t secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char out[64];
-  std::snprintf(out, sizeof out, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(((ms % 1000) + 1000) % 1000));
+// The line's fields, in the order of access_log.hpp, and `reason` when not
+// empty (a refused call's), written straight into one string (JsonWriter):
+// this runs once per call.
+std::string AccessLogText(const billing::UsageEvent& row, std::string_view model, bool metered,
+                          std::string_view reason) {
+  std::string out;
+  out.reserve(512);
+  JsonWriter w(out);
+  auto id_or_null = [&w](int64_t id) { id > 0 ? w.Int(id) : w.Null(); };
+  auto text_or_null = [&w](const std::string& s) { s.empty() ? w.Null() : w.String(s); };
+  w.BeginObject();
+  w.Key("log").String("access");
+  w.Key("ts").String(FormatUtc(row.finished_at, "T", 3, "Z"));
+  w.Key("request_id").String(row.request_id);
+  w.Key("key_id");
+  id_or_null(row.api_key_id);
+  w.Key("account_id");
+  id_or_null(row.account_id);
+  w.Key("model").String(model);
+  w.Key("provider");
+  text_or_null(row.provider);
+  w.Key("endpoint");
+  text_or_null(row.endpoint_id);
+  w.Key("app");
+  text_or_null(row.app);
+  w.Key("status").Int(row.status);
+  w.Key("error_code").OptionalString(row.error_code);
+  w.Key("prompt_tokens").Int(row.usage.prompt_tokens);
+  w.Key("completion_tokens").Int(row.usage.completion_tokens);
+  w.Key("cached_tokens").Int(row.usage.cached_tokens);
+  w.Key("cache_write_tokens").Int(row.usage.cache_write_tokens);
+  w.Key("reasoning_tokens").Int(row.usage.reasoning_tokens);
+  w.Key("usage_reported").Bool(metered && !row.usage_estimated);
+  w.Key("cost_usd").Double(static_cast<double>(row.cost.nano_usd) / 1e9);
+  w.Key("cost_nano_usd").Int(row.cost.nano_usd);
+  w.Key("latency_ms").Int(row.latency_ms);
+  w.Key("ttft_ms").OptionalInt(row.ttft_ms);
+  w.Key("streamed").Bool(row.streamed);
+  w.Key("attempts").Int(static_cast<int64_t>(row.attempts.size()));
+  w.Key("byok").Bool(row.byok);
+  w.Key("metered").Bool(metered);
+  if (!reason.empty()) w.Key("reason").String(reason);
+  w.EndObject();
   return out;
-}
-
-boost::json::value IdOrNull(int64_t id) { return id > 0 ? boost::json::value(id) : boost::json::value(nullptr); }
-
-boost::json::value TextOrNull(const std::string& s) {
-  return s.empty() ? boost::json::value(nullptr) : boost::json::value(s);
-}
-
-boost::json::object AccessLogObject(const billing::UsageEvent& row, std::string_view model, bool metered) {
-  boost::json::object o;
-  o["log"] = "access";
-  o["ts"] = Rfc3339Millis(row.finished_at);
-  o["request_id"] = row.request_id;
-  o["key_id"] = IdOrNull(row.api_key_id);
-  o["account_id"] = IdOrNull(row.account_id);
-  o["model"] = model;
-  o["provider"] = TextOrNull(row.provider);
-  o["endpoint"] = TextOrNull(row.endpoint_id);
-  o["app"] = TextOrNull(row.app);
-  o["status"] = row.status;
-  o["error_code"] = row.error_code ? boost::json::value(*row.error_code) : boost::json::value(nullptr);
-  o["prompt_tokens"] = row.usage.prompt_tokens;
-  o["completion_tokens"] = row.usage.completion_tokens;
-  o["cached_tokens"] = row.usage.cached_tokens;
-  o["cache_write_tokens"] = row.usage.cache_write_tokens;
-  o["reasoning_tokens"] = row.usage.reasoning_tokens;
-  o["usage_reported"] = metered && !row.usage_estimated;
-  o["cost_usd"] = static_cast<double>(row.cost.nano_usd) / 1e9;
-  o["cost_nano_usd"] = row.cost.nano_usd;
-  o["latency_ms"] = row.latency_ms;
-  o["ttft_ms"] = row.ttft_ms ? boost::json::value(*row.ttft_ms) : boost::json::value(nullptr);
-  o["streamed"] = row.streamed;
-  o["attempts"] = static_cast<int64_t>(row.attempts.size());
-  o["byok"] = row.byok;
-  o["metered"] = metered;
-  return o;
 }
 
 }  // namespace
 
 std::string AccessLogLine(const billing::UsageEvent& row, std::string_view model, bool metered) {
-  return boost::json::serialize(AccessLogObject(row, model, metered));
+  return AccessLogText(row, model, metered, "");
 }
 
 std::string RefusedCallLine(const RefusedCall& call) {
@@ -77,9 +77,7 @@ std::string RefusedCallLine(const RefusedCall& call) {
   row.latency_ms = call.latency_ms;
   row.streamed = call.streamed;
   row.finished_at = std::chrono::system_clock::now();
-  boost::json::object o = AccessLogObject(row, call.model, /*metered=*/false);
-  if (!call.error->code_string.empty()) o["reason"] = call.error->code_string;
-  return boost::json::serialize(o);
+  return AccessLogText(row, call.model, /*metered=*/false, call.error->code_string);
 }
 
 void WriteLogLine(std::string_view line) {

@@ -1,5 +1,7 @@
 #include "api.hpp"
 
+#include "tollgate/core/text.hpp"
+
 #include <boost/json.hpp>
 
 #include <chrono>
@@ -11,21 +13,6 @@
 
 namespace tollgate::gateway {
 namespace json = boost::json;
-namespace {
-
-std::string Iso8601(std::chrono::system_clock::time_point t) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
-  return buf;
-}
-
-}  // namespace
-
 namespace {
 
 // OpenRouter `pricing` (api.hpp): decimal strings in USD per token; the fee
@@ -255,7 +242,7 @@ std::string RenderGeneration(const billing::UsageEvent& e) {
       {"usage", cost},
       {"cache_discount", nullptr},
       {"upstream_inference_cost", e.provider_cost ? json::value(ToUsd(*e.provider_cost)) : json::value(nullptr)},
-      {"created_at", Iso8601(e.created_at)},
+      {"created_at", FormatUtc(e.created_at, "T", 3, "Z")},
       {"model", e.model},
       {"app_id", nullptr},
       {"streamed", e.streamed},
@@ -328,7 +315,7 @@ std::string RenderKey(const billing::KeyUsage& u, const billing::KeyRecord& key)
       {"creator_user_id", nullptr},
       {"organization_id", nullptr},
       {"workspace_id", nullptr},
-      {"expires_at", key.expires_at ? json::value(Iso8601(*key.expires_at)) : json::value(nullptr)},
+      {"expires_at", key.expires_at ? json::value(FormatUtc(*key.expires_at, "T", 3, "Z")) : json::value(nullptr)},
       // Tollgate has no free models with a daily quota.
       {"free_model_daily_requests", json::object{{"limit", 0}, {"remaining", 0}, {"used", 0}}},
       {"rate_limit", std::move(rate)},

@@ -1,7 +1,8 @@
 // Small shared helpers for text that crosses the wire: UTF-8 hold-back for
-// streamed fragments, and random identifiers.
+// streamed fragments, random identifiers, UTC timestamps.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -41,5 +42,15 @@ std::string ValidUtf8(std::string_view text);
 // uniformly distributed (rejection sampling). Throws std::runtime_error only
 // if the kernel refuses randomness.
 std::string RandomBase62(std::size_t n);
+
+// `t` in UTC as "YYYY-MM-DD" + `separator` + "hh:mm:ss", then "." and
+// `fraction_digits` digits (0 to 9; none and no "." for 0), truncated toward
+// the past, then `zone`. RFC 3339 with milliseconds: FormatUtc(t, "T", 3, "Z");
+// a PostgreSQL timestamptz literal: FormatUtc(t, " ", 6, "+00"). Years before
+// 0000 or after 9999 are not supported (the digits are then wrong). Pure,
+// thread-safe; no locale, no allocation beyond the result (per call on the
+// metering path, where snprintf and gmtime_r cost more than the rest).
+std::string FormatUtc(std::chrono::system_clock::time_point t, std::string_view separator, int fraction_digits,
+                      std::string_view zone);
 
 }  // namespace tollgate
