@@ -15,7 +15,7 @@
 #     through the echo module, two OpenAI SSE streams (gateway_overhead/mock.conf.in):
 #     /stream/v1/chat/completions, a role chunk and the first content chunk at once, then 63 more
 #     content chunks 20 ms apart, the finish_reason chunk, the usage chunk and data: [DONE]
-#     (64 content chunks "Tok01 " .. "Tok64 "); /long/v1/chat/completions, 30 content chunks 1 s
+#     (64 content chunks "Tok01 " .. "Tok64 "); /long/v1/chat/completions, 60 content chunks 1 s
 #     apart (the scale test);
 #   - a private PostgreSQL (scripts/pg.sh, durable settings), database `tollgate`, migrated, one
 #     prepaid API key (tollgate keys create --credits 1000);
@@ -54,11 +54,11 @@
 #              content chunk is held back when it arrives in the same read as the next one or
 #              less than 2 ms before it (the mock sent them 20 ms apart); counted for every
 #              target, so the client's own noise shows on the mock and nginx rows.
-#   scale      BENCH_STREAMS (default 10000) concurrent long streams through Tollgate, opened 256 at
-#              a time; when every stream has had its first chunk, Tollgate's VmRSS and open fds;
-#              RSS before, with the streams open, and per stream ((with - before) / streams);
-#              /healthz probed every 200 ms meanwhile; then every stream must end with its 30
-#              chunks. Each stream needs two sockets in Tollgate (caller and upstream): when the
+#   scale      BENCH_STREAMS (default 10000) concurrent long streams (60 chunks 1 s apart) through
+#              Tollgate, opened 256 at a time; when every stream has had its first chunk, Tollgate's
+#              VmRSS, open fds and CPU time so far; RSS before, with the streams open, and per open
+#              stream ((with - before) / streams still open); /healthz probed every 200 ms
+#              meanwhile by a separate process; then every stream must end with its 60 chunks. Each stream needs two sockets in Tollgate (caller and upstream): when the
 #              hard open-files limit cannot hold 2 x BENCH_STREAMS + 256 (containers often cap it
 #              at 20000 and do not let root raise it), the test runs with as many streams as fit
 #              and says so, projecting the RSS to BENCH_STREAMS from the per-stream figure.
@@ -86,8 +86,8 @@
 # Output: markdown tables on stdout (load: per target the medians over the rounds and Tollgate's
 # ratios to nginx, per-round ratio, median over rounds; streaming; scale; footprint; callgrind;
 # then every target of the issue with PASS/MISS), the header line with date and machine.
-# Progress and every single run go to stderr. Total time with the defaults: about 10 minutes on
-# 2 cores (load 3, stream 3.5, scale 1, footprint 0.2, callgrind 1.5, setup); the whole script
+# Progress and every single run go to stderr. Total time with the defaults: about 9 minutes on
+# 2 cores (load 3, stream 3.5, scale 1.5 to 2, footprint 0.2, callgrind 1, setup); the whole script
 # is killed after BENCH_TIMEOUT seconds (default 1200).
 #
 # Environment: TOLLGATE_BIN (default build/bin/tollgate), BENCH_PARTS, BENCH_SECONDS (5),
@@ -117,7 +117,7 @@ starts=${BENCH_STARTS:-5}
 cg_calls=${BENCH_CG_CALLS:-2000}
 cg_warmup=${BENCH_CG_WARMUP:-200}
 stream_chunks=64
-long_chunks=30
+long_chunks=60  # longer than opening 10,000 streams takes, so that all are open at once
 
 say() { echo "gateway_overhead: $*" >&2; }
 die() { echo "gateway_overhead: $*" >&2; exit 1; }
@@ -513,7 +513,7 @@ if part scale; then
     scale_limited=1
     say "scale: the open-files hard limit ($nofile, not raisable here) holds $scale_n streams through Tollgate, not $streams_wanted (2 sockets each)"
   fi
-  say "scale: $scale_n concurrent streams through Tollgate (30 chunks 1 s apart)"
+  say "scale: $scale_n concurrent streams through Tollgate ($long_chunks chunks 1 s apart)"
   run_helper "$dir/scale.out" "$py" "$here/bench_client.py" scale --port "$tg_port" --path /v1/chat/completions \
     --body "$here/openai_long_request.json" --n "$scale_n" --pid "$tg_pid" --health-port "$tg_port" \
     --chunks "$long_chunks" || die "the scale client failed"
@@ -745,15 +745,15 @@ fi
 if part scale; then
   # The issue's figure is 10,000 streams in at most 200 MB (taken as 200 x 10^6 bytes of VmRSS).
   issue_streams=10000
-  opened=${sc[first]}
+  opened=${sc[open]}
   per_kb=0
   [ "$opened" -gt 0 ] && per_kb=$(calc "(${sc[rss_open_kb]} - ${sc[rss_before_kb]}) / $opened")
   echo
   echo "### Scale: concurrent open streams through Tollgate"
   echo
-  echo "Long streams (30 content chunks 1 s apart) opened 256 at a time by one Python asyncio client (on the same 2 cores); RSS and fds read once every stream had its first chunk; /healthz probed every 200 ms throughout by a separate process, one connection per probe (10 s timeout)."
+  echo "Long streams ($long_chunks content chunks 1 s apart) opened 256 at a time by one Python asyncio client (on the same 2 cores); RSS and fds read once every stream had its first chunk (streams that had already ended by then do not count as open); /healthz probed every 200 ms throughout by a separate process, one connection per probe (10 s timeout)."
   echo
-  echo "| streams open | open after (Tollgate CPU) | RSS before | RSS with streams open | RSS per stream | fds open | completed | failed | /healthz ok / failed (p50, p99, max) | RSS after they ended | RSS at 10,000 streams ≤ 200 MB |"
+  echo "| streams open at once | all had a first chunk after (Tollgate CPU, per stream) | RSS before | RSS with streams open | RSS per stream | fds open | completed | failed | /healthz ok / failed (p50, p99, max) | RSS after they ended | RSS at 10,000 streams ≤ 200 MB |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   if [ "$opened" -ge "$issue_streams" ]; then
     rss_at=${sc[rss_open_kb]}
@@ -763,10 +763,10 @@ if part scale; then
     rss_note="$(mib "$rss_at") MiB projected from $opened streams"
   fi
   scale_verdict=$(verdict_le "$rss_at" $(( 200 * 1000 * 1000 / 1024 )))
-  [ "$opened" = "$scale_n" ] || scale_verdict="MISS ($opened of $scale_n streams opened)"
+  [ "$opened" = "$scale_n" ] || scale_verdict="MISS ($opened of $scale_n streams open at once)"
   [ "$scale_failed" = 0 ] || scale_verdict="MISS ($scale_failed streams failed)"
   [ "${sc[health_failed]}" = 0 ] || scale_verdict="MISS (${sc[health_failed]} /healthz probes failed)"
-  echo "| $opened of $scale_n | ${sc[open_s]} s (${sc[cpu_open_s]} s) | $(mib "${sc[rss_before_kb]}") MiB | $(mib "${sc[rss_open_kb]}") MiB | $(printf '%.1f' "$per_kb") KiB | ${sc[fds_open]} | ${sc[complete]} | $scale_failed | ${sc[health_ok]} / ${sc[health_failed]} ($(ms "${sc[health_p50_us]}"), $(ms "${sc[health_p99_us]}"), $(ms "${sc[health_max_us]}")) | $(mib "${sc[rss_after_kb]}") MiB | $rss_note: $scale_verdict |"
+  echo "| $opened of $scale_n | ${sc[open_s]} s (${sc[cpu_open_s]} s, $(calc "${sc[cpu_open_s]} * 1000000 / ${sc[first]}" | xargs printf '%.0f') µs) | $(mib "${sc[rss_before_kb]}") MiB | $(mib "${sc[rss_open_kb]}") MiB | $(printf '%.1f' "$per_kb") KiB | ${sc[fds_open]} | ${sc[complete]} | $scale_failed | ${sc[health_ok]} / ${sc[health_failed]} ($(ms "${sc[health_p50_us]}"), $(ms "${sc[health_p99_us]}"), $(ms "${sc[health_max_us]}")) | $(mib "${sc[rss_after_kb]}") MiB | $rss_note: $scale_verdict |"
   if [ "$scale_limited" = 1 ]; then
     echo
     echo "Not measured at $streams_wanted streams: the open-files hard limit here is $nofile and cannot be raised (no CAP_SYS_RESOURCE); each stream holds two sockets in Tollgate (caller and upstream), so $scale_n streams were opened."

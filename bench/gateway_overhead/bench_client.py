@@ -199,6 +199,10 @@ async def one_stream(port, request, timeout_s, on_first=None):
         return proto, f"HTTP {r.status}: {bytes(r.body[:200])!r}"
     if not r.complete and (r.chunked or r.length is not None):
         return proto, "connection closed before the end of the response"
+    # A stream that ended well ends with the API's own end marker (OpenAI `data: [DONE]`,
+    # Anthropic `message_stop`), not with an error event.
+    if b"data: [DONE]" not in r.body[-64:] and b"message_stop" not in r.body[-160:]:
+        return proto, f"stream without its end marker, ending {bytes(r.body[-160:])!r}"
     return proto, None
 
 
@@ -340,7 +344,7 @@ async def scale_cmd(a):
     probe = subprocess.Popen([sys.executable, os.path.abspath(__file__), "health", "--port", str(a.health_port)],
                              stdout=subprocess.PIPE, text=True)
     child = probe  # stopped by PID on any failure (main)
-    results = {"complete": 0, "errors": 0, "bad_chunks": 0}
+    results = {"complete": 0, "errors": 0, "bad_chunks": 0, "ended_after_first": 0}
     examples = []
 
     async def one():
@@ -348,6 +352,8 @@ async def scale_cmd(a):
         proto, err = await one_stream(a.port, req, a.timeout, on_first)
         if proto is None or not getattr(proto, "got_first", False):
             gate.release()
+        else:
+            results["ended_after_first"] += 1
         if err:
             results["errors"] += 1
             if len(examples) < 5:
@@ -379,8 +385,11 @@ async def scale_cmd(a):
     await asyncio.sleep(0.5)  # let the I/O settle before reading the numbers
     rss_open = proc_kb(a.pid, "VmRSS")
     fds_open = fd_count(a.pid)
-    open_now = first[0]
-    log(f"{open_now} streams open after {t_open:.1f} s: VmRSS {rss_open} kB, {fds_open} fds")
+    # Streams that already ended (the first ones, if opening took longer than a stream lasts)
+    # are not open any more: only those count for the memory per open stream.
+    open_now = first[0] - results["ended_after_first"]
+    log(f"{first[0]} streams had their first chunk after {t_open:.1f} s, {open_now} of them still open: "
+        f"VmRSS {rss_open} kB, {fds_open} fds")
     await asyncio.gather(*tasks)
     t_all = (now_ns() - t0) / 1e9
     cpu_all = cpu_s(a.pid) - cpu0
@@ -394,7 +403,7 @@ async def scale_cmd(a):
         log(f"stream error: {e}")
     if not health.startswith("RESULT "):
         raise SystemExit("no RESULT from the /healthz prober")
-    print(f"RESULT n={a.n} first={open_now} open_s={t_open:.2f} all_s={t_all:.2f} cpu_open_s={cpu_open:.2f} "
+    print(f"RESULT n={a.n} first={first[0]} open={open_now} open_s={t_open:.2f} all_s={t_all:.2f} cpu_open_s={cpu_open:.2f} "
           f"cpu_all_s={cpu_all:.2f} rss_before_kb={rss_before} "
           f"rss_open_kb={rss_open} rss_after_kb={rss_after} fds_before={fds_before} fds_open={fds_open} "
           f"fds_after={fds_after} complete={results['complete']} errors={results['errors']} "
