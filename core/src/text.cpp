@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 
 namespace tollgate {
@@ -103,19 +104,31 @@ std::string ValidUtf8(std::string_view text) {
 
 std::string RandomBase62(std::size_t n) {
   static constexpr char kAlphabet[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  // Kernel randomness fetched 256 bytes at a time per thread: one
+  // getrandom(2) per ~10 ids of 20 characters rather than per id (an id is
+  // minted per call). Reads of up to 256 bytes are never short (getrandom(2)).
+  // Bytes are used once; a forked child would repeat its parent's unused
+  // ones, and Tollgate does not fork.
+  struct Pool {
+    unsigned char bytes[256];
+    std::size_t next = sizeof bytes;
+  };
+  thread_local Pool pool;
   std::string out;
   out.reserve(n);
-  unsigned char buf[64];
   while (out.size() < n) {
-    ssize_t got = getrandom(buf, sizeof buf, 0);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      throw std::runtime_error("getrandom failed");
+    if (pool.next == sizeof pool.bytes) {
+      ssize_t got = getrandom(pool.bytes, sizeof pool.bytes, 0);
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        throw std::runtime_error("getrandom failed");
+      }
+      pool.next = sizeof pool.bytes - static_cast<std::size_t>(got);  // short only if the kernel breaks its word
+      std::memmove(pool.bytes + pool.next, pool.bytes, static_cast<std::size_t>(got));
     }
-    for (ssize_t i = 0; i < got && out.size() < n; ++i) {
-      if (buf[i] >= 248) continue;  // 248 = 4 * 62: keep the distribution uniform
-      out.push_back(kAlphabet[buf[i] % 62]);
-    }
+    const unsigned char b = pool.bytes[pool.next++];
+    if (b >= 248) continue;  // 248 = 4 * 62: keep the distribution uniform
+    out.push_back(kAlphabet[b % 62]);
   }
   return out;
 }

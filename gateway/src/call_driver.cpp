@@ -1,5 +1,7 @@
 #include "call_driver.hpp"
 
+#include "tollgate/core/json_writer.hpp"
+
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
@@ -1014,19 +1016,26 @@ std::string PriceSnapshotJson(const routing::Endpoint& endpoint, const Pricing& 
   for (const routing::PriceTier& t : endpoint.tiers) {
     if (&t.pricing == &prices) tier = t.above_prompt_tokens;
   }
-  boost::json::object o{
-      {"endpoint", endpoint.id},
-      {"tier_above_prompt_tokens", tier},
-      {"unit", "femto_usd_per_token"},
-      {"prompt", prices.prompt.femto_usd_per_token},
-      {"completion", prices.completion.femto_usd_per_token},
-      {"cached_read", prices.cached_prompt.femto_usd_per_token},
-      {"cache_write", prices.cache_write.femto_usd_per_token},
-      {"reasoning", prices.reasoning ? boost::json::value(prices.reasoning->femto_usd_per_token) : nullptr},
-      {"request_nano_usd", prices.per_request.nano_usd},
-  };
-  if (byok_account != nullptr) o["byok_fee_ppm"] = byok_account->byok_fee_ppm;
-  return boost::json::serialize(o);
+  std::string out;
+  JsonWriter w(out);
+  w.BeginObject();
+  w.Key("endpoint").String(endpoint.id);
+  w.Key("tier_above_prompt_tokens").Int(tier);
+  w.Key("unit").String("femto_usd_per_token");
+  w.Key("prompt").Int(prices.prompt.femto_usd_per_token);
+  w.Key("completion").Int(prices.completion.femto_usd_per_token);
+  w.Key("cached_read").Int(prices.cached_prompt.femto_usd_per_token);
+  w.Key("cache_write").Int(prices.cache_write.femto_usd_per_token);
+  w.Key("reasoning");
+  if (prices.reasoning) {
+    w.Int(prices.reasoning->femto_usd_per_token);
+  } else {
+    w.Null();
+  }
+  w.Key("request_nano_usd").Int(prices.per_request.nano_usd);
+  if (byok_account != nullptr) w.Key("byok_fee_ppm").Int(byok_account->byok_fee_ppm);
+  w.EndObject();
+  return out;
 }
 
 }  // namespace tollgate::gateway

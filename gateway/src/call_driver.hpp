@@ -134,8 +134,9 @@ class UsageSink {
  public:
   virtual ~UsageSink() = default;
   // Queues `event`; `durable` runs once (on any thread, possibly inside
-  // Record) when the row can no longer be lost (spooled with fsync, or
-  // committed).
+  // Record) when the driver may answer: when the row can no longer be lost
+  // (spooled with fsync, or committed), or at once where the gateway is
+  // configured to answer first (config usage.answer_after_spool: false).
   virtual void Record(billing::UsageEvent event, std::function<void()> durable) = 0;
 };
 

@@ -456,7 +456,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
     if (d["url"]) config.database_url = r.String(d["url"], "database.url", &missing);
   }
   if (auto u = root["usage"]) {
-    r.CheckKeys(u, "usage", {"flush_interval_ms", "batch_size", "spool_dir"});
+    r.CheckKeys(u, "usage", {"flush_interval_ms", "batch_size", "spool_dir", "answer_after_spool"});
     if (u["spool_dir"]) {
       std::string missing;
       const std::string dir = r.String(u["spool_dir"], "usage.spool_dir", &missing);
@@ -467,6 +467,7 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
           static_cast<int>(r.Int(u["flush_interval_ms"], "usage.flush_interval_ms", 1, 60'000));
     }
     if (u["batch_size"]) config.usage.batch_size = static_cast<int>(r.Int(u["batch_size"], "usage.batch_size", 1, 10'000));
+    if (u["answer_after_spool"]) config.usage.answer_after_spool = r.Bool(u["answer_after_spool"], "usage.answer_after_spool");
   }
 
   if (auto b = root["billing"]) {

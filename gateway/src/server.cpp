@@ -160,13 +160,18 @@ class GuardAdmission final : public Admission {
 
 class RecorderSink final : public UsageSink {
  public:
-  explicit RecorderSink(billing::UsageRecorder& recorder) : recorder_(recorder) {}
+  // `wait_for_spool`: config usage.answer_after_spool.
+  RecorderSink(billing::UsageRecorder& recorder, bool wait_for_spool)
+      : recorder_(recorder), wait_for_spool_(wait_for_spool) {}
   void Record(billing::UsageEvent event, std::function<void()> durable) override {
-    recorder_.Record(std::move(event), std::move(durable));
+    if (wait_for_spool_) return recorder_.Record(std::move(event), std::move(durable));
+    recorder_.Record(std::move(event));
+    durable();  // the driver answers now; the row is spooled right behind
   }
 
  private:
   billing::UsageRecorder& recorder_;
+  const bool wait_for_spool_;
 };
 
 // Metrics and the access log of each call (gateway/src/metrics.hpp, access_log.hpp).
@@ -1469,7 +1474,7 @@ int Serve(const Config& config, const ServeOptions& options) {
     std::cerr << "tollgate: " << services.recorder->rows_replayed() << " usage rows replayed from the spool"
               << std::endl;
   }
-  services.usage = std::make_unique<RecorderSink>(*services.recorder);
+  services.usage = std::make_unique<RecorderSink>(*services.recorder, config.usage.answer_after_spool);
   // This process in credit leases and rate counters: the spool's stable id
   // (so a restart finds its earlier boots' leases) and a boot nonce.
   const std::string replica_id = services.recorder->replica_stable_id() + ":" + BootNonce();

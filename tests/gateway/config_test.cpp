@@ -100,6 +100,18 @@ TEST(Config, StatsRetentionDays) {
   EXPECT_EQ(config->stats.retention_days, 0);
 }
 
+TEST(Config, AnswerAfterSpoolDefaultsToTrue) {
+  auto config = ParseConfig(std::string(kMinimal), "/etc", FakeEnv({}));
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_TRUE(config->usage.answer_after_spool);
+  config = ParseConfig(std::string(kMinimal) + "usage: {answer_after_spool: false}\n", "/etc", FakeEnv({}));
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_FALSE(config->usage.answer_after_spool);
+  config = ParseConfig(std::string(kMinimal) + "usage: {answer_after_spool: later}\n", "/etc", FakeEnv({}));
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().message.find("usage.answer_after_spool"), std::string::npos) << config.error().message;
+}
+
 TEST(Config, DefaultConfigFileParses) {
   auto config = LoadConfig(TOLLGATE_SOURCE_DIR "/config/tollgate.yaml", FakeEnv({{"TOLLGATE_DATABASE_URL", "postgresql://x"}}));
   ASSERT_TRUE(config) << config.error().message;

@@ -38,9 +38,9 @@ class Utf8Stitcher {
 // make the JSON serialized from it invalid.
 std::string ValidUtf8(std::string_view text);
 
-// `n` characters from [0-9A-Za-z], from the kernel's CSPRNG (getrandom(2)),
-// uniformly distributed (rejection sampling). Throws std::runtime_error only
-// if the kernel refuses randomness.
+// `n` characters from [0-9A-Za-z], from the kernel's CSPRNG (getrandom(2),
+// fetched in blocks per thread), uniformly distributed (rejection sampling).
+// Thread-safe. Throws std::runtime_error only if the kernel refuses randomness.
 std::string RandomBase62(std::size_t n);
 
 // `t` in UTC as "YYYY-MM-DD" + `separator` + "hh:mm:ss", then "." and

@@ -42,6 +42,15 @@ struct UsageConfig {
   // process (it holds the process's replica id). Empty = no spool: rows wait
   // in memory only (a crash loses what was not written yet).
   std::string spool_dir;
+  // true: a call's last bytes (the whole body, or the stream's end) wait
+  // until its row is fsynced to the spool, so a client that saw a complete
+  // answer was billed even if the process dies right after. false: the
+  // answer goes out at once and the row is fsynced right behind it (with
+  // the next group commit); a crash in between loses those rows. The wait is
+  // one fdatasync(2) per group of calls ending together: at one call at a
+  // time, most of the latency Tollgate adds to a short non-streamed call
+  // (README "Gateway overhead"). No effect without a spool.
+  bool answer_after_spool = true;
 };
 
 // Accounts, credits, limits (billing/README.md).
