@@ -15,7 +15,7 @@
 #     through the echo module, two OpenAI SSE streams (gateway_overhead/mock.conf.in):
 #     /stream/v1/chat/completions, a role chunk and the first content chunk at once, then 63 more
 #     content chunks 20 ms apart, the finish_reason chunk, the usage chunk and data: [DONE]
-#     (64 content chunks "Tok01 " .. "Tok64 "); /long/v1/chat/completions, 60 content chunks 1 s
+#     (64 content chunks "Tok01 " .. "Tok64 "); /long/v1/chat/completions, 90 content chunks 1 s
 #     apart (the scale test);
 #   - a private PostgreSQL (scripts/pg.sh, durable settings), database `tollgate`, migrated, one
 #     prepaid API key (tollgate keys create --credits 1000);
@@ -54,11 +54,11 @@
 #              content chunk is held back when it arrives in the same read as the next one or
 #              less than 2 ms before it (the mock sent them 20 ms apart); counted for every
 #              target, so the client's own noise shows on the mock and nginx rows.
-#   scale      BENCH_STREAMS (default 10000) concurrent long streams (60 chunks 1 s apart) through
+#   scale      BENCH_STREAMS (default 10000) concurrent long streams (90 chunks 1 s apart) through
 #              Tollgate, opened 256 at a time; when every stream has had its first chunk, Tollgate's
 #              VmRSS, open fds and CPU time so far; RSS before, with the streams open, and per open
 #              stream ((with - before) / streams still open); /healthz probed every 200 ms
-#              meanwhile by a separate process; then every stream must end with its 60 chunks. Each stream needs two sockets in Tollgate (caller and upstream): when the
+#              meanwhile by a separate process; then every stream must end with its 90 chunks. Each stream needs two sockets in Tollgate (caller and upstream): when the
 #              hard open-files limit cannot hold 2 x BENCH_STREAMS + 256 (containers often cap it
 #              at 20000 and do not let root raise it), the test runs with as many streams as fit
 #              and says so, projecting the RSS to BENCH_STREAMS from the per-stream figure.
@@ -86,8 +86,8 @@
 # Output: markdown tables on stdout (load: per target the medians over the rounds and Tollgate's
 # ratios to nginx, per-round ratio, median over rounds; streaming; scale; footprint; callgrind;
 # then every target of the issue with PASS/MISS), the header line with date and machine.
-# Progress and every single run go to stderr. Total time with the defaults: about 9 minutes on
-# 2 cores (load 3, stream 3.5, scale 1.5 to 2, footprint 0.2, callgrind 1, setup); the whole script
+# Progress and every single run go to stderr. Total time with the defaults: about 10 minutes on
+# 2 cores (load 3, stream 3.5, scale 2.5, footprint 0.2, callgrind 1, setup); the whole script
 # is killed after BENCH_TIMEOUT seconds (default 1200).
 #
 # Environment: TOLLGATE_BIN (default build/bin/tollgate), BENCH_PARTS, BENCH_SECONDS (5),
@@ -117,7 +117,7 @@ starts=${BENCH_STARTS:-5}
 cg_calls=${BENCH_CG_CALLS:-2000}
 cg_warmup=${BENCH_CG_WARMUP:-200}
 stream_chunks=64
-long_chunks=60  # longer than opening 10,000 streams takes, so that all are open at once
+long_chunks=90  # much longer than opening 10,000 streams takes (40 to 55 s seen), so all are open at once
 
 say() { echo "gateway_overhead: $*" >&2; }
 die() { echo "gateway_overhead: $*" >&2; exit 1; }
@@ -753,7 +753,7 @@ if part scale; then
   echo
   echo "Long streams ($long_chunks content chunks 1 s apart) opened 256 at a time by one Python asyncio client (on the same 2 cores); RSS and fds read once every stream had its first chunk (streams that had already ended by then do not count as open); /healthz probed every 200 ms throughout by a separate process, one connection per probe (10 s timeout)."
   echo
-  echo "| streams open at once | all had a first chunk after (Tollgate CPU, per stream) | RSS before | RSS with streams open | RSS per stream | fds open | completed | failed | /healthz ok / failed (p50, p99, max) | RSS after they ended | RSS at 10,000 streams ≤ 200 MB |"
+  echo "| streams open at once | all had a first chunk after (Tollgate CPU meanwhile, per stream; includes relaying the open streams' chunks) | RSS before | RSS with streams open | RSS per stream | fds open | completed | failed | /healthz ok / failed (p50, p99, max) | RSS after they ended | RSS at 10,000 streams ≤ 200 MB |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   if [ "$opened" -ge "$issue_streams" ]; then
     rss_at=${sc[rss_open_kb]}
