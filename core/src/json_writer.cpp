@@ -64,9 +64,18 @@ void JsonWriter::EndArray() {
 
 JsonWriter& JsonWriter::Key(std::string_view name) {
   Separate();
-  out_.push_back('"');
-  out_.append(name);
-  out_ += "\":";
+  char buf[64];  // '"' name '":' in one append: names are short literals
+  if (name.size() + 3 <= sizeof buf) {
+    buf[0] = '"';
+    std::memcpy(buf + 1, name.data(), name.size());
+    buf[name.size() + 1] = '"';
+    buf[name.size() + 2] = ':';
+    out_.append(buf, name.size() + 3);
+  } else {
+    out_.push_back('"');
+    out_.append(name);
+    out_ += "\":";
+  }
   after_key_ = true;
   return *this;
 }
