@@ -68,6 +68,8 @@ uint64_t CallSeed() {
 }
 
 constexpr size_t kHeaderLimitBytes = 16 * 1024;
+constexpr uint64_t kBodyReadReserveBytes = 64 * 1024;
+constexpr size_t kIdleBufferBytes = 4 * 1024;
 constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
 // After server.drain_timeout_ms, calls still running are cancelled; this long is
@@ -485,7 +487,18 @@ class Connection {
       parser.header_limit(kHeaderLimitBytes);
       parser.body_limit(static_cast<uint64_t>(s_.config->server.max_body_bytes));
       stream_.expires_after(kIdleTimeout);
-      auto [ec, n] = co_await http::async_read(stream_, buffer, parser, kUseTuple);
+      auto [head_ec, head_n] = co_await http::async_read_header(stream_, buffer, parser, kUseTuple);
+      beast::error_code ec = head_ec;
+      if (!ec && !parser.is_done()) {
+        // The body in reads as large as it is (up to kBodyReadReserveBytes),
+        // not in the buffer's 512 bytes at a time: a coding agent's prompt of
+        // 100 KB would otherwise take 200 reads.
+        if (auto length = parser.content_length()) {
+          buffer.reserve(static_cast<std::size_t>(std::min<uint64_t>(*length, kBodyReadReserveBytes)));
+        }
+        auto [body_ec, body_n] = co_await http::async_read(stream_, buffer, parser, kUseTuple);
+        ec = body_ec;
+      }
       if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
           ec == beast::error::timeout || ec == asio::error::operation_aborted) {
         break;
@@ -522,6 +535,8 @@ class Connection {
       Request req = parser.release();
       bool keep_alive = co_await Handle(req);
       if (!keep_alive || s_.stopping) break;
+      // An idle connection keeps a small buffer, not its largest request's.
+      if (buffer.size() == 0 && buffer.capacity() > kIdleBufferBytes) buffer.shrink_to_fit();
     }
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);

@@ -31,6 +31,7 @@
 #include <openssl/x509.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <deque>
@@ -358,6 +359,13 @@ class Call : public std::enable_shared_from_this<Call> {
       // (LooksAlive).
       Fail(HttpFailureKind::kBrokenStream, "the upstream " + DescribeIoError(head_ec) + " before responding");
       co_return Outcome::kDone;
+    }
+
+    // A body of known length in reads as large as it is (up to a chunk),
+    // not in the buffer's 512 bytes at a time; a stream (chunked) keeps the
+    // small buffer, its events are small and each is handed on as it comes.
+    if (auto length = parser.content_length(); length && *length > buffer.capacity()) {
+      buffer.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*length, kReadChunkBytes)));
     }
 
     HttpResponseHead head;
