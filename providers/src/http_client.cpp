@@ -374,7 +374,11 @@ class Call : public std::enable_shared_from_this<Call> {
     head.retry_after = std::string(parser.get()[http::field::retry_after]);
     handler_->OnHead(head);
 
-    char chunk[kReadChunkBytes];
+    // The body goes through `chunk` no faster than the buffer reads it, so a
+    // chunk the size of the buffer's reads will do: small for a stream (an
+    // open stream holds it for its whole life; thousands may be open), up
+    // to kReadChunkBytes for a body of known length.
+    std::vector<char> chunk(std::clamp<std::size_t>(buffer.capacity(), 1024, kReadChunkBytes));
     while (!parser.is_done()) {
       if (!handler_->Ready(ResumeCallback())) {
         co_await Pause();
@@ -384,8 +388,8 @@ class Call : public std::enable_shared_from_this<Call> {
         }
       }
       auto& body = parser.get().body();
-      body.data = chunk;
-      body.size = sizeof chunk;
+      body.data = chunk.data();
+      body.size = chunk.size();
       // async_read_some returns after each parse step, so bytes are handed on
       // as soon as they arrive instead of after the chunk buffer fills.
       auto [read_ec, read_bytes] = co_await http::async_read_some(stream, buffer, parser, kAwait);
@@ -394,7 +398,7 @@ class Call : public std::enable_shared_from_this<Call> {
         co_return Outcome::kDone;
       }
       if (read_ec == http::error::need_buffer) read_ec = {};
-      const std::size_t got = sizeof chunk - parser.get().body().size;
+      const std::size_t got = chunk.size() - parser.get().body().size;
       if (read_ec == ssl::error::stream_truncated && !parser.chunked() &&
           !parser.content_length()) {
         // A body delimited by connection close: a TCP close without TLS
@@ -404,7 +408,7 @@ class Call : public std::enable_shared_from_this<Call> {
       }
       if (got > 0) {
         Arm(request_.read_idle_timeout_ms, HttpFailureKind::kReadTimeout);
-        if (!handler_->OnBody(std::string_view(chunk, got))) {
+        if (!handler_->OnBody(std::string_view(chunk.data(), got))) {
           terminal_sent_ = true;  // the handler ended the exchange itself
           co_return Outcome::kDone;
         }
