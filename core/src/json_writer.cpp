@@ -38,29 +38,22 @@ void JsonWriter::Separate() {
   }
 }
 
-void JsonWriter::BeginObject() {
+void JsonWriter::Open(char bracket) {
   Separate();
-  out_.push_back('{');
+  out_.push_back(bracket);
   ++depth_;
   has_value_ &= ~(uint64_t{1} << (depth_ - 1));
 }
 
-void JsonWriter::EndObject() {
-  out_.push_back('}');
+void JsonWriter::Close(char bracket) {
+  out_.push_back(bracket);
   --depth_;
 }
 
-void JsonWriter::BeginArray() {
-  Separate();
-  out_.push_back('[');
-  ++depth_;
-  has_value_ &= ~(uint64_t{1} << (depth_ - 1));
-}
-
-void JsonWriter::EndArray() {
-  out_.push_back(']');
-  --depth_;
-}
+void JsonWriter::BeginObject() { Open('{'); }
+void JsonWriter::EndObject() { Close('}'); }
+void JsonWriter::BeginArray() { Open('['); }
+void JsonWriter::EndArray() { Close(']'); }
 
 JsonWriter& JsonWriter::Key(std::string_view name) {
   Separate();

@@ -50,6 +50,8 @@ class JsonWriter {
 
  private:
   void Separate();
+  void Open(char bracket);
+  void Close(char bracket);
 
   std::string& out_;
   // Bit d: a value was written in the open container at depth d (1-based;
