@@ -7,7 +7,9 @@
 #include <boost/json.hpp>
 
 #include <fcntl.h>
+#if defined(__x86_64__)
 #include <nmmintrin.h>
+#endif
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,6 +64,7 @@ uint32_t GetU32(const char* p) {
   return v;
 }
 
+#if defined(__x86_64__)
 // The same CRC with SSE 4.2's crc32 instruction, which computes CRC-32C
 // (Intel SDM vol. 2A, "CRC32"), 8 bytes at a time; `crc` is the running
 // register (no initial or final xor here). Chosen at run time (Crc32cOf).
@@ -78,15 +81,19 @@ __attribute__((target("sse4.2"))) uint32_t Crc32cSse42(uint32_t crc, std::string
   for (; n > 0; ++p, --n) crc = _mm_crc32_u8(crc, static_cast<unsigned char>(*p));
   return crc;
 }
+#endif
 
-// CRC-32C of the concatenation of `parts`.
+// CRC-32C of the concatenation of `parts`: with SSE 4.2 where the CPU has
+// it, else Boost's table-driven engine (the same checksum).
 uint32_t Crc32cOf(std::initializer_list<std::string_view> parts) {
+#if defined(__x86_64__)
   static const bool sse42 = __builtin_cpu_supports("sse4.2");
   if (sse42) {
     uint32_t crc = 0xFFFFFFFF;
     for (std::string_view part : parts) crc = Crc32cSse42(crc, part);
     return ~crc;
   }
+#endif
   Crc32cEngine crc;
   for (std::string_view part : parts) crc.process_bytes(part.data(), part.size());
   return crc.checksum();

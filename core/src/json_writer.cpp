@@ -1,5 +1,6 @@
 #include "tollgate/core/json_writer.hpp"
 
+#include <cassert>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -39,6 +40,7 @@ void JsonWriter::Separate() {
 }
 
 void JsonWriter::Open(char bracket) {
+  assert(depth_ < 64 && "JsonWriter: at most 64 containers deep");
   Separate();
   out_.push_back(bracket);
   ++depth_;

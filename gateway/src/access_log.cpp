@@ -5,8 +5,6 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
-#include <ctime>
 
 #include <unistd.h>
 

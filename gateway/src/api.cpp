@@ -5,7 +5,6 @@
 #include <boost/json.hpp>
 
 #include <chrono>
-#include <cstdio>
 #include <optional>
 #include <set>
 #include <string_view>

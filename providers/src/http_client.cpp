@@ -37,6 +37,7 @@
 #include <deque>
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 
 namespace tollgate::providers::detail {
@@ -52,6 +53,7 @@ using boost::system::error_code;
 
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t kReadChunkBytes = 16 * 1024;
+constexpr std::size_t kStreamBufferBytes = 1024;
 
 struct Connection {
   Connection(asio::io_context& ioc, ssl::context* tls_ctx) {
@@ -362,10 +364,16 @@ class Call : public std::enable_shared_from_this<Call> {
     }
 
     // A body of known length in reads as large as it is (up to a chunk),
-    // not in the buffer's 512 bytes at a time; a stream (chunked) keeps the
-    // small buffer, its events are small and each is handed on as it comes.
-    if (auto length = parser.content_length(); length && *length > buffer.capacity()) {
-      buffer.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*length, kReadChunkBytes)));
+    // not in the buffer's 512 bytes at a time. A stream (no length) gets a
+    // small buffer back if an earlier answer on this pooled connection grew
+    // it: its events are small, each is handed on as it comes, and an open
+    // stream holds the buffer for its whole life.
+    if (auto length = parser.content_length()) {
+      if (*length > buffer.capacity()) {
+        buffer.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(*length, kReadChunkBytes)));
+      }
+    } else if (buffer.capacity() > kStreamBufferBytes) {
+      buffer.shrink_to_fit();
     }
 
     HttpResponseHead head;
@@ -378,7 +386,8 @@ class Call : public std::enable_shared_from_this<Call> {
     // chunk the size of the buffer's reads will do: small for a stream (an
     // open stream holds it for its whole life; thousands may be open), up
     // to kReadChunkBytes for a body of known length.
-    std::vector<char> chunk(std::clamp<std::size_t>(buffer.capacity(), 1024, kReadChunkBytes));
+    const std::size_t chunk_size = std::clamp<std::size_t>(buffer.capacity(), kStreamBufferBytes, kReadChunkBytes);
+    const auto chunk = std::make_unique_for_overwrite<char[]>(chunk_size);
     while (!parser.is_done()) {
       if (!handler_->Ready(ResumeCallback())) {
         co_await Pause();
@@ -388,8 +397,8 @@ class Call : public std::enable_shared_from_this<Call> {
         }
       }
       auto& body = parser.get().body();
-      body.data = chunk.data();
-      body.size = chunk.size();
+      body.data = chunk.get();
+      body.size = chunk_size;
       // async_read_some returns after each parse step, so bytes are handed on
       // as soon as they arrive instead of after the chunk buffer fills.
       auto [read_ec, read_bytes] = co_await http::async_read_some(stream, buffer, parser, kAwait);
@@ -398,7 +407,7 @@ class Call : public std::enable_shared_from_this<Call> {
         co_return Outcome::kDone;
       }
       if (read_ec == http::error::need_buffer) read_ec = {};
-      const std::size_t got = chunk.size() - parser.get().body().size;
+      const std::size_t got = chunk_size - parser.get().body().size;
       if (read_ec == ssl::error::stream_truncated && !parser.chunked() &&
           !parser.content_length()) {
         // A body delimited by connection close: a TCP close without TLS
@@ -408,7 +417,7 @@ class Call : public std::enable_shared_from_this<Call> {
       }
       if (got > 0) {
         Arm(request_.read_idle_timeout_ms, HttpFailureKind::kReadTimeout);
-        if (!handler_->OnBody(std::string_view(chunk.data(), got))) {
+        if (!handler_->OnBody(std::string_view(chunk.get(), got))) {
           terminal_sent_ = true;  // the handler ended the exchange itself
           co_return Outcome::kDone;
         }

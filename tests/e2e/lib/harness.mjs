@@ -423,7 +423,7 @@ export async function loadAnthropicSdk() {
  */
 export function writeGatewayConfig(workDir, {
   databaseUrl, providers, models, maxBodyBytes = 1 << 20, flushIntervalMs = 50, batchSize = 64,
-  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml', routing,
+  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml', routing, answerAfterSpool = true,
 }) {
   const q = (s) => JSON.stringify(String(s));
   let yaml = `# Written by tests/e2e/lib/harness.mjs (writeGatewayConfig) for one test run.
@@ -440,6 +440,7 @@ usage:
   flush_interval_ms: ${flushIntervalMs}
   batch_size: ${batchSize}
   spool_dir: "\${TOLLGATE_SPOOL_DIR:-}"
+  answer_after_spool: ${answerAfterSpool}
 
 billing:
   admin_token: "\${TOLLGATE_ADMIN_TOKEN:-}"

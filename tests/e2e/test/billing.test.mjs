@@ -778,6 +778,29 @@ describe('billing across two replicas', { timeout: 240000 }, () => {
     }
   });
 
+  // ================================================================ 6b. answering before the spool
+
+  test('usage.answer_after_spool: false: 40 concurrent calls answered first, then a graceful stop: every 200 has exactly one row', async () => {
+    const accountId = await createAccount('nowait', { credits_nano_usd: 5_000_000_000 });
+    const { key } = await createKey(accountId, 'nowait-key');
+    const configPath = writeGatewayConfig(workDir, {
+      file: 'nowait.yaml', databaseUrl: database.url, answerAfterSpool: false,
+      providers: { mock: { type: 'openai_compatible', display_name: 'Mock', base_url: mock.baseURL, api_key: mock.apiKey } },
+      models: [{ id: 'bill/m', context_length: CONTEXT, endpoints: [{ provider: 'mock', model: 'bill-upstream', pricing: PRICE }] }],
+    });
+    const gw = await startGateway({ configPath, workDir, env: { ...env, TOLLGATE_SPOOL_DIR: path.join(workDir, 'spool-nowait') } });
+    extraGateways.push(gw);
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => chat(gw, key, burstBody(5000 + i))));
+    assert.deepEqual(results.filter((r) => r.status !== 200).map((r) => `${r.status} ${r.text}`), [], 'every call answered 200');
+    // A graceful stop writes what was answered but not yet in the database.
+    const exit = await gw.stop('SIGTERM', 10000);
+    assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+    await checkExactlyOnce(results, 'answer_after_spool: false');
+    const m = await accountMoney(accountId);
+    assert.equal(m.rows, 40, 'no other rows for the account');
+    assert.equal(m.balance, 5_000_000_000 - m.cost, 'balance = credits - sum(costs)');
+  });
+
   // ================================================================ 7. /api/v1/key and /api/v1/credits
 
   test('@openrouter/sdk: GET /api/v1/key and /api/v1/credits parse and match the database', async () => {
