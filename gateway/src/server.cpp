@@ -1129,8 +1129,14 @@ class Connection {
 
     // Rejections before the driver: nothing is recorded or billed.
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
-    std::optional<wire::responses::Request> responses;
-    Result<ChatRequest> parsed = Decode(api, req.body(), responses);
+    // The decoded request, the Responses API request and the call's spec
+    // (about 3.5 KiB together) live on the heap and go once the driver has
+    // its copy: GCC keeps every local of a coroutine in its frame for the
+    // coroutine's whole life, and this one lives as long as its stream.
+    auto responses_holder = std::make_unique<std::optional<wire::responses::Request>>();
+    std::optional<wire::responses::Request>& responses = *responses_holder;
+    auto parsed_holder = std::make_unique<Result<ChatRequest>>(Decode(api, req.body(), responses));
+    Result<ChatRequest>& parsed = *parsed_holder;
     std::optional<Error> rejection;
     boost::json::array prior_context;  // previous_response_id's stored conversation
     std::size_t prior_bytes = 0;       // its serialized size
@@ -1159,7 +1165,7 @@ class Connection {
       bool keep = co_await Write(res);
       co_return std::pair{keep, HttpStatus(rejection->code)};
     }
-    ChatRequest chat = std::move(*parsed);
+    ChatRequest& chat = *parsed;
     if (api == ApiFlavor::kAnthropicMessages) chat.anthropic_beta = AnthropicBetas(req);
     if (chat.session_id.empty()) chat.session_id = std::string(req["x-session-id"]).substr(0, 256);
 
@@ -1224,7 +1230,8 @@ class Connection {
     // store: true keeps the answer; it is written before its last bytes go out.
     bool store_pending = responses && responses->store;
 
-    CallSpec spec;
+    auto spec_holder = std::make_unique<CallSpec>();
+    CallSpec& spec = *spec_holder;
     spec.request = std::move(chat);
     spec.key = *key;
     spec.request_id = request_id;
@@ -1242,6 +1249,10 @@ class Connection {
     Services* services = &s_;
     auto driver = CallDriver::Create(s_.Deps(), std::make_shared<StrandExecutor>(strand), std::move(spec), sink,
                                      [services, &registration] { services->Unregister(registration); });
+    // Not used past here (`chat`, `parsed` and `spec` refer into these).
+    spec_holder.reset();
+    parsed_holder.reset();
+    if (!store_pending) responses_holder.reset();  // only StoreResponse reads it below
     registration = s_.Register(driver);
     driver->Start();
 
@@ -1260,7 +1271,7 @@ class Connection {
       if (store_pending && sink->done() && !sink->error() && !client_gone) {
         store_pending = false;
         bool stored =
-            co_await StoreResponse(*sink, *responses, prior_context, *key, meta.model, request_id, created_at);
+            co_await StoreResponse(*sink, **responses_holder, prior_context, *key, meta.model, request_id, created_at);
         if (!stored) sink->MarkNotStored();
       }
       if (!sink->committed()) {
