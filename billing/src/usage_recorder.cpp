@@ -156,16 +156,7 @@ std::string AttemptsJson(std::span<const ItemPtr> items) {
     for (const AttemptRecord& a : e.attempts) {
       w.BeginObject();
       w.Key("request_id").String(e.request_id);
-      w.Key("attempt").Int(a.attempt);
-      w.Key("endpoint_id").String(a.endpoint_id);
-      w.Key("provider").String(a.provider);
-      w.Key("upstream_model").String(a.upstream_model);
-      w.Key("outcome").String(a.outcome);
-      w.Key("status").Int(a.status);
-      w.Key("error_code").OptionalString(a.error_code);
-      w.Key("started_ms").Int(a.started_ms);
-      w.Key("latency_ms").Int(a.latency_ms);
-      w.Key("ttft_ms").OptionalInt(a.ttft_ms);
+      internal::WriteAttemptFields(w, a);
       w.Key("prompt_tokens").Int(a.usage.prompt_tokens);
       w.Key("completion_tokens").Int(a.usage.completion_tokens);
       w.Key("cached_tokens").Int(a.usage.cached_tokens);

@@ -1,7 +1,6 @@
 #include "usage_spool.hpp"
 
 #include "log_internal.hpp"
-#include "tollgate/core/json_writer.hpp"
 
 #include <boost/crc.hpp>
 #include <boost/json.hpp>
@@ -323,6 +322,19 @@ std::string FrameSpoolRecord(std::string_view payload) {
   return out;
 }
 
+void WriteAttemptFields(JsonWriter& w, const AttemptRecord& a) {
+  w.Key("attempt").Int(a.attempt);
+  w.Key("endpoint_id").String(a.endpoint_id);
+  w.Key("provider").String(a.provider);
+  w.Key("upstream_model").String(a.upstream_model);
+  w.Key("outcome").String(a.outcome);
+  w.Key("status").Int(a.status);
+  w.Key("error_code").OptionalString(a.error_code);
+  w.Key("started_ms").Int(a.started_ms);
+  w.Key("latency_ms").Int(a.latency_ms);
+  w.Key("ttft_ms").OptionalInt(a.ttft_ms);
+}
+
 std::string EncodeUsageEvent(const UsageEvent& e) {
   // Written field by field (JsonWriter): this runs once per call, and a tree
   // cost several times more. DecodeUsageEvent reads it back.
@@ -382,16 +394,7 @@ std::string EncodeUsageEvent(const UsageEvent& e) {
   w.Key("attempts").BeginArray();
   for (const AttemptRecord& a : e.attempts) {
     w.BeginObject();
-    w.Key("attempt").Int(a.attempt);
-    w.Key("endpoint_id").String(a.endpoint_id);
-    w.Key("provider").String(a.provider);
-    w.Key("upstream_model").String(a.upstream_model);
-    w.Key("outcome").String(a.outcome);
-    w.Key("status").Int(a.status);
-    w.Key("error_code").OptionalString(a.error_code);
-    w.Key("started_ms").Int(a.started_ms);
-    w.Key("latency_ms").Int(a.latency_ms);
-    w.Key("ttft_ms").OptionalInt(a.ttft_ms);
+    WriteAttemptFields(w, a);
     w.Key("usage");
     usage(a.usage);
     w.Key("cost").Int(a.cost.nano_usd);

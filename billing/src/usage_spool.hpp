@@ -50,6 +50,7 @@
 
 #include "tollgate/billing/usage_event.hpp"
 #include "tollgate/core/error.hpp"
+#include "tollgate/core/json_writer.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -78,6 +79,11 @@ struct SpooledEvent {
 // trip is exact. Strings are copied byte for byte, also when they are not
 // valid UTF-8 (DecodeUsageEvent accepts them back).
 std::string EncodeUsageEvent(const UsageEvent& event);
+
+// The fields an attempt's record shares between the spool record
+// (EncodeUsageEvent) and the usage batch's `attempts` JSON (usage_recorder.cpp),
+// from "attempt" to "ttft_ms", as members of the object `w` has open.
+void WriteAttemptFields(JsonWriter& w, const AttemptRecord& a);
 
 // Inverse of EncodeUsageEvent. Errors: kInvalidArgument (not JSON, not an
 // object, unknown version, a field of the wrong type, empty request_id).

@@ -178,6 +178,12 @@ struct Metrics::Impl {
 
   std::set<std::string, std::less<>> models;
   std::set<std::string, std::less<>> providers;
+  // The label of a model or provider: itself when known, else "other" (a
+  // bounded label set).
+  std::string_view ModelLabel(std::string_view model) const { return models.contains(model) ? model : "other"; }
+  std::string_view ProviderLabel(std::string_view provider) const {
+    return providers.contains(provider) ? provider : "other";
+  }
 
   // The series of one (model, provider) pair that every metered call
   // touches, looked up once: Family::Add builds a label map and hashes it
@@ -210,12 +216,10 @@ void Metrics::SetKnownLabels(const std::vector<std::string>& models, const std::
   impl_->providers = {providers.begin(), providers.end()};
 }
 
-std::string Metrics::ModelLabel(std::string_view model) const {
-  return impl_->models.contains(model) ? std::string(model) : std::string("other");
-}
+std::string Metrics::ModelLabel(std::string_view model) const { return std::string(impl_->ModelLabel(model)); }
 
 std::string Metrics::ProviderLabel(std::string_view provider) const {
-  return impl_->providers.contains(provider) ? std::string(provider) : std::string("other");
+  return std::string(impl_->ProviderLabel(provider));
 }
 
 std::string Metrics::StatusLabel(int status) {
@@ -269,9 +273,8 @@ void Metrics::CountUnmeteredCall(std::string_view model, int status,
 
 void Metrics::CountMeteredCall(const billing::UsageEvent& e) {
   Impl& x = *impl_;
-  const std::string_view m = x.models.contains(e.model) ? std::string_view(e.model) : std::string_view("other");
-  const std::string_view p =
-      x.providers.contains(e.provider) ? std::string_view(e.provider) : std::string_view("other");
+  const std::string_view m = x.ModelLabel(e.model);
+  const std::string_view p = x.ProviderLabel(e.provider);
   const auto labels = [&]() -> std::map<std::string, std::string> {
     return {{"model", std::string(m)}, {"provider", std::string(p)}};
   };
