@@ -110,7 +110,7 @@ secs=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
 warmup=${BENCH_WARMUP:-2}
 conns=${BENCH_CONNECTIONS:-32}
-parts=" ${BENCH_PARTS:-load stream scale footprint callgrind} "
+parts=" ${BENCH_PARTS-load stream scale footprint callgrind} "
 stream_runs=${BENCH_STREAM_RUNS:-1:25 16:200}
 streams_wanted=${BENCH_STREAMS:-10000}
 starts=${BENCH_STARTS:-5}
@@ -207,7 +207,8 @@ stop_nginx() { # MASTER_PID
 }
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM  # a second Ctrl-C (the terminal's, forwarded by timeout) must not cut the cleanup short
   stop_pid "$wrk_pid" TERM 5
   stop_pid "$helper_pid" TERM 25  # bench_client.py stops its own child (footprint) by PID
   stop_pid "$cg_pid" TERM 20
@@ -303,7 +304,7 @@ wait_http() { # URL PID WHAT [LOG] [TRIES]
   local i
   for i in $(seq 1 "${5:-200}"); do
     kill -0 "$2" 2>/dev/null || { [ -n "${4:-}" ] && tail -n 20 "$4" >&2; die "$3 exited before it was ready"; }
-    curl -s -o /dev/null -X POST -d '{}' "$1" 2>/dev/null && return 0
+    curl -s -m 2 -o /dev/null -X POST -d '{}' "$1" 2>/dev/null && return 0
     sleep 0.1
   done
   die "$3 not ready within $(( ${5:-200} / 10 )) s"
