@@ -181,18 +181,8 @@ helper_pid=""
 cg_pid=""
 ok=0
 
-# Stops PID (our child) with SIG, waits up to SECS, then SIGKILL.
-stop_pid() { # PID SIG SECS
-  local pid=$1 i
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-  kill "-$2" "$pid" 2>/dev/null || true
-  for i in $(seq 1 $(( $3 * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "pid $pid still running after $3 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
+# stop_pid PID SIG SECS (bench/bench_lib.sh)
+. "$(dirname "${BASH_SOURCE[0]}")/bench_lib.sh"
 # An nginx master and its workers (the workers exit with the master; any left are killed by PID).
 stop_nginx() { # MASTER_PID
   local master=$1 workers w

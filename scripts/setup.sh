@@ -8,14 +8,18 @@ packages=(
   build-essential cmake pkg-config
   libboost-json1.81-dev libboost-url1.81-dev libboost-system1.81-dev
   libboost-program-options1.81-dev
-  libssl-dev ca-certificates libpq-dev postgresql
+  libssl-dev ca-certificates openssl libpq-dev postgresql
   prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev
   libjemalloc-dev
+  clang libclang-rt-14-dev llvm  # libFuzzer targets (tests/fuzz, scripts/fuzz.sh); llvm for llvm-symbolizer
+  zlib1g-dev
   nodejs curl
   chromium
   prometheus
+  golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev
+  yamllint docker-compose python3-yaml
 )
 
 missing=()

@@ -39,8 +39,10 @@ system_clock::time_point WindowTime(int64_t window) {
   return system_clock::time_point(std::chrono::seconds(window));
 }
 
-// One key on this replica. Local counts are for `window`; the others' counts
-// are for `others_window` as of the last sync.
+// One key on this replica: a key used here, or one only the other replicas
+// use (ApplyOthers; then the local counts stay zero, ready for its first use
+// here). Local counts are for `window`; the others' counts are for
+// `others_window` as of the last sync.
 struct Entry {
   int64_t window = kNever;
   int64_t requests = 0;
@@ -77,6 +79,15 @@ struct Entry {
   int64_t OthersInFlight() const {
     return others_window >= window - kWindowSeconds ? others_in_flight : 0;
   }
+  // Nothing to keep once rolled to window `w`: not used here in this window or
+  // the one before, nothing in flight, nothing left to write, and none of the
+  // others' counts apply any more. So an entry kept for the others' counts
+  // goes with their window (calls in flight: one window later, or at the
+  // sync that reads them as zero).
+  bool Forgettable(int64_t w) const {
+    return !dirty && in_flight == 0 && last_used_window < w - kWindowSeconds &&
+           OthersRequests() == 0 && OthersTokens() == 0 && OthersInFlight() == 0;
+  }
 };
 
 constexpr size_t kShards = 16;
@@ -108,12 +119,20 @@ std::string BigintArray(const std::vector<int64_t>& values) {
 }
 
 // Upserts this replica's rows ($3..$6, absolute values) and reads the other
-// replicas' sums for the keys in $7, in one round trip. The read does not see
-// the upsert (same snapshot), which is fine: it excludes this replica.
-// Calls in flight come from each other replica's newest row of the last two
-// windows (a replica carries its calls in flight into each new window's row),
-// and only while that row is fresh ($8 seconds, database clock), so a dead
-// replica's calls stop counting.
+// replicas' sums for every key they have counts for, in one round trip: not
+// only the keys used here, so a key's first call on this replica already
+// counts what the others admitted (ApplyOthers keeps those sums). The read
+// does not see the upsert (same snapshot), which is fine: it excludes this
+// replica. Calls in flight come from each other replica's newest row of the
+// last two windows (a replica carries its calls in flight into each new
+// window's row), and only while that row is fresh ($7 seconds, database
+// clock), so a dead replica's calls stop counting. Keys whose sums are all
+// zero are left out (ApplyOthers reads a missing key as zeros), so the answer
+// holds only the keys the others counted in this window or have calls in
+// flight for. No index leads with window_start, so the read scans
+// rate_counters, which holds only the last kKeepWindowsSeconds +
+// kCleanupEverySeconds of windows (the cleanup below); the range keeps the
+// aggregation to the last two windows' rows.
 constexpr const char* kSyncSql = R"sql(
 WITH upsert AS (
   INSERT INTO rate_counters AS c
@@ -125,20 +144,24 @@ WITH upsert AS (
         in_flight = EXCLUDED.in_flight, updated_at = now()
   RETURNING 1
 )
-SELECT api_key_id,
-       COALESCE(SUM(requests) FILTER (WHERE window_start = $1::timestamptz), 0)::bigint,
-       COALESCE(SUM(tokens) FILTER (WHERE window_start = $1::timestamptz), 0)::bigint,
-       COALESCE(SUM(in_flight) FILTER (
-         WHERE newest AND updated_at > now() - make_interval(secs => $8::int)), 0)::bigint
+SELECT api_key_id, requests, tokens, in_flight
 FROM (
-  SELECT api_key_id, window_start, requests, tokens, in_flight, updated_at,
-         window_start = max(window_start) OVER (PARTITION BY api_key_id, replica_id) AS newest
-  FROM rate_counters
-  WHERE api_key_id = ANY($7::bigint[]) AND replica_id <> $2
-    AND window_start >= $1::timestamptz - interval '1 minute'
-    AND window_start <= $1::timestamptz
-) r
-GROUP BY api_key_id
+  SELECT api_key_id,
+         COALESCE(SUM(requests) FILTER (WHERE window_start = $1::timestamptz), 0)::bigint AS requests,
+         COALESCE(SUM(tokens) FILTER (WHERE window_start = $1::timestamptz), 0)::bigint AS tokens,
+         COALESCE(SUM(in_flight) FILTER (
+           WHERE newest AND updated_at > now() - make_interval(secs => $7::int)), 0)::bigint AS in_flight
+  FROM (
+    SELECT api_key_id, window_start, requests, tokens, in_flight, updated_at,
+           window_start = max(window_start) OVER (PARTITION BY api_key_id, replica_id) AS newest
+    FROM rate_counters
+    WHERE replica_id <> $2
+      AND window_start >= $1::timestamptz - interval '1 minute'
+      AND window_start <= $1::timestamptz
+  ) r
+  GROUP BY api_key_id
+) s
+WHERE requests <> 0 OR tokens <> 0 OR in_flight <> 0
 )sql";
 
 }  // namespace
@@ -240,13 +263,13 @@ struct RateLimiter::Impl {
   // Caller holds session_mutex.
   Result<void> RoundLocked();
 
+  // The first round ran in Start.
   void Run() {
     std::unique_lock lock(stop_mutex);
-    while (!stop_requested) {
+    while (!stop_cv.wait_for(lock, sync_interval, [&] { return stop_requested; })) {
       lock.unlock();
       (void)Round();
       lock.lock();
-      if (stop_cv.wait_for(lock, sync_interval, [&] { return stop_requested; })) break;
     }
   }
 };
@@ -273,6 +296,10 @@ Result<std::unique_ptr<RateLimiter>> RateLimiter::Start(const std::string& datab
     std::lock_guard lock(impl.session_mutex);
     if (auto ok = impl.session->Ensure(); !ok) return ok.error();
   }
+  // One round before the first Acquire: the others' counts of every key are
+  // known from the start. A failure is logged and counted like any other
+  // round's, and the thread tries again after an interval.
+  (void)impl.Round();
   Impl* raw = &impl;
   impl.thread = std::thread([raw] { raw->Run(); });
   return limiter;
@@ -406,7 +433,7 @@ RateSyncBatch RateLimiter::PrepareSync(system_clock::time_point now) {
         continue;
       }
       e.Roll(window);
-      if (!e.dirty && e.in_flight == 0 && e.last_used_window < window - kWindowSeconds) {
+      if (e.Forgettable(window)) {
         it = shard.entries.erase(it);
         continue;
       }
@@ -419,7 +446,6 @@ RateSyncBatch RateLimiter::PrepareSync(system_clock::time_point now) {
         e.written_window = window;
         e.written_at = now_s;
       }
-      batch.active_keys.push_back(it->first);
       ++it;
     }
   }
@@ -438,30 +464,48 @@ void RateLimiter::SyncFailed(const RateSyncBatch& batch) {
 }
 
 void RateLimiter::ApplyOthers(const RateSyncBatch& batch, const std::vector<RateCounterRow>& others) {
-  std::unordered_map<int64_t, const RateCounterRow*> by_key;
-  by_key.reserve(others.size());
-  for (const RateCounterRow& row : others) by_key.emplace(row.key_id, &row);
+  // Bucketed by shard first, so each shard's lock is taken once and alone.
+  std::array<std::unordered_map<int64_t, const RateCounterRow*>, kShards> by_shard;
+  for (const RateCounterRow& row : others) by_shard[ShardOf(row.key_id)][row.key_id] = &row;
   const int64_t window = WindowOf(batch.window_start);
-  static const RateCounterRow kZero;
-  for (int64_t key_id : batch.active_keys) {
-    Shard& shard = impl_->ShardFor(key_id);
+  for (size_t i = 0; i < kShards; ++i) {
+    Shard& shard = impl_->shards[i];
+    auto& rows = by_shard[i];
     std::lock_guard lock(shard.mutex);
-    auto it = shard.entries.find(key_id);
-    if (it == shard.entries.end()) continue;
-    Entry& e = it->second;
-    auto found = by_key.find(key_id);
-    const RateCounterRow& row = found == by_key.end() ? kZero : *found->second;
-    e.others_window = window;
-    e.others_requests = row.requests;
-    e.others_tokens = row.tokens;
-    e.others_in_flight = row.in_flight;
+    // The answer covers every key: a key tracked here and missing from it
+    // has nothing on the other replicas.
+    for (auto& [key_id, e] : shard.entries) {
+      auto found = rows.find(key_id);
+      e.others_window = window;
+      if (found == rows.end()) {
+        e.others_requests = 0;
+        e.others_tokens = 0;
+        e.others_in_flight = 0;
+        continue;
+      }
+      e.others_requests = found->second->requests;
+      e.others_tokens = found->second->tokens;
+      e.others_in_flight = found->second->in_flight;
+      rows.erase(found);
+    }
+    // Keys not used here yet: kept for their first call here.
+    for (const auto& [key_id, row] : rows) {
+      if (row->requests == 0 && row->tokens == 0 && row->in_flight == 0) continue;
+      Entry& e = shard.entries[key_id];
+      e.others_window = window;
+      e.others_requests = row->requests;
+      e.others_tokens = row->tokens;
+      e.others_in_flight = row->in_flight;
+    }
   }
 }
 
 Result<void> RateLimiter::Impl::RoundLocked() {
   const system_clock::time_point now = Now();
   RateSyncBatch batch = self->PrepareSync(now);
-  if (!batch.changed.empty() || !batch.active_keys.empty()) {
+  // Every round reads, also with nothing to write: the others' counts of
+  // keys not used here yet are what a first call here is decided with.
+  {
     std::vector<int64_t> keys, requests, tokens, in_flight;
     keys.reserve(batch.changed.size());
     requests.reserve(batch.changed.size());
@@ -479,7 +523,7 @@ Result<void> RateLimiter::Impl::RoundLocked() {
         kSyncSql,
         {internal::PgTimestamp(batch.window_start), replica_id, BigintArray(keys),
          BigintArray(requests), BigintArray(tokens), BigintArray(in_flight),
-         BigintArray(batch.active_keys), std::to_string(kStaleInFlightSeconds)},
+         std::to_string(kStaleInFlightSeconds)},
         /*idempotent=*/true);
     if (!out.ok()) {
       session->DropIfBad();

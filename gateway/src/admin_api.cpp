@@ -703,6 +703,19 @@ AdminResponse Route(const AdminRequest& req, AccountStore& store) {
     }
     return MethodNotAllowed(m, "GET, PATCH, DELETE");
   }
+  if (seg[0] == "reload" && seg.size() == 1) {
+    if (m != "POST") return MethodNotAllowed(m, "POST");
+    if (!req.reload) return Fail(ErrorCode::kUnavailable, "config reload is not available here", {}, "reload_unavailable");
+    json::object summary;
+    if (std::optional<std::string> error = req.reload(summary)) {
+      AdminResponse r = Fail(ErrorCode::kInvalidArgument, "the new config was refused; the old one stays: " + *error, {},
+                             "config_refused");
+      r.status = 422;
+      return r;
+    }
+    summary["status"] = "reloaded";
+    return Data(200, std::move(summary));
+  }
   if (seg[0] == "ledger" && seg.size() == 2 && seg[1] == "check") {
     if (m == "GET") return LedgerCheck(store);
     return MethodNotAllowed(m, "GET");

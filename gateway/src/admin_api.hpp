@@ -40,6 +40,10 @@
 //   GET    /accounts/{id}/provider_keys[/{provider}]                       200 labels only
 //   DELETE /accounts/{id}/provider_keys/{provider}                         200, 404 if none
 //   GET    /ledger/check                                                   200 report (ok: bool)
+//   POST   /reload                    re-read the config file, as SIGHUP does   200 {status:
+//                                      "reloaded", models, providers}; 422 when the new
+//                                      config is refused (the old one stays; the message
+//                                      names the bad setting); 503 when reload is unset
 // The plaintext API key appears only in the create-key response; provider
 // keys never appear (only SecretLabel's "sk-...abcd").
 //
@@ -51,6 +55,10 @@
 #pragma once
 
 #include "tollgate/billing/account_store.hpp"
+
+#include <boost/json/object.hpp>
+
+#include <functional>
 
 #include <map>
 #include <optional>
@@ -70,6 +78,9 @@ struct AdminRequest {
   std::string admin_token;                    // the configured admin token; empty = API off (403)
   // Provider ids of the config; when set, PUT provider_keys refuses others (400).
   std::optional<std::vector<std::string>> known_providers;
+  // POST /reload: reloads the config (blocking: may load models) and returns
+  // the error, or nullopt with `summary` filled ({models, providers}).
+  std::function<std::optional<std::string>(boost::json::object& summary)> reload;
 };
 
 struct AdminResponse {

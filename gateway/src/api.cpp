@@ -327,4 +327,31 @@ std::string RenderCredits(const billing::KeyUsage& u) {
       {"data", json::object{{"total_credits", ToUsd(u.total_credits)}, {"total_usage", ToUsd(u.total_usage)}}}});
 }
 
+std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, const CallLimits& limits) {
+  const bool responses = api == ApiFlavor::kOpenAiResponses;
+  auto over = [](std::string_view what, std::size_t count, int limit, std::string_view param) {
+    return InvalidArgument("the request has " + std::to_string(count) + " " + std::string(what) + "; at most " +
+                               std::to_string(limit) + " are allowed",
+                           std::string(param));
+  };
+  if (request.messages.size() > static_cast<std::size_t>(limits.max_messages)) {
+    return over(responses ? "input items" : "messages", request.messages.size(), limits.max_messages,
+                responses ? "input" : "messages");
+  }
+  if (request.tools.size() > static_cast<std::size_t>(limits.max_tools)) {
+    return over("tools", request.tools.size(), limits.max_tools, "tools");
+  }
+  std::size_t parts = 0;
+  for (const Message& m : request.messages) {
+    parts += m.parts.size();
+    for (const ContentPart& part : m.parts) {
+      if (const auto* result = std::get_if<ToolResultPart>(&part)) parts += result->content.size();
+    }
+  }
+  if (parts > static_cast<std::size_t>(limits.max_content_parts)) {
+    return over("content parts", parts, limits.max_content_parts, responses ? "input" : "messages");
+  }
+  return std::nullopt;
+}
+
 }  // namespace tollgate::gateway

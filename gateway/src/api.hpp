@@ -97,5 +97,17 @@ std::string RenderKey(const billing::KeyUsage& usage, const billing::KeyRecord& 
 // usage charged; their difference is the balance.
 std::string RenderCredits(const billing::KeyUsage& usage);
 
+// Bounds on a decoded call (config server.max_messages, max_tools,
+// max_content_parts).
+struct CallLimits {
+  int max_messages = 0;
+  int max_tools = 0;
+  int max_content_parts = 0;  // over all messages, tool results' parts included
+};
+
+// A 400 naming the field, its count and the limit, or nullopt when `request`
+// is within `limits`. `api` picks the caller's field names (messages, input,
+// tools, content).
+std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, const CallLimits& limits);
 
 }  // namespace tollgate::gateway

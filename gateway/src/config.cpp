@@ -418,7 +418,21 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
   Config config;
   if (!root.IsDefined() || root.IsNull()) Fail("(top level)", "the file is empty");
   r.CheckKeys(root, "", {"server", "database", "usage", "billing", "providers", "models", "routing", "log",
-                         "stats", "responses"});
+                         "stats", "responses", "outbound"});
+  if (auto o = root["outbound"]) {
+    r.CheckKeys(o, "outbound", {"proxy", "no_proxy", "dns_ttl_ms"});
+    // An unset ${VAR} leaves the setting unset: the environment decides.
+    auto optional_string = [&](const char* key) -> std::optional<std::string> {
+      if (!o[key]) return std::nullopt;
+      std::string missing;
+      std::string value = r.String(o[key], std::string("outbound.") + key, &missing);
+      if (!missing.empty()) return std::nullopt;
+      return value;
+    };
+    config.outbound.proxy = optional_string("proxy");
+    config.outbound.no_proxy = optional_string("no_proxy");
+    if (o["dns_ttl_ms"]) config.outbound.dns_ttl_ms = static_cast<int>(r.Int(o["dns_ttl_ms"], "outbound.dns_ttl_ms", 0, 86'400'000));
+  }
   if (auto l = root["log"]) {
     r.CheckKeys(l, "log", {"access"});
     if (l["access"]) config.log.access = r.Bool(l["access"], "log.access");
@@ -435,7 +449,11 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
   }
 
   if (auto s = root["server"]) {
-    r.CheckKeys(s, "server", {"listen", "io_threads", "max_body_bytes", "request_timeout_ms", "drain_timeout_ms"});
+    r.CheckKeys(s, "server",
+                {"listen", "io_threads", "max_body_bytes", "request_timeout_ms", "drain_timeout_ms",
+                 "max_header_bytes", "max_headers", "max_url_bytes", "max_json_depth", "max_messages", "max_tools",
+                 "max_content_parts", "max_connections", "max_connections_per_client", "header_timeout_ms",
+                 "body_timeout_ms", "idle_timeout_ms", "write_timeout_ms", "tls"});
     if (s["listen"]) ParseListen(r.String(s["listen"], "server.listen"), "server.listen", config.server);
     if (s["io_threads"]) config.server.io_threads = r.Int(s["io_threads"], "server.io_threads", 0, 1024);
     if (s["max_body_bytes"]) {
@@ -447,6 +465,31 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
     }
     if (s["drain_timeout_ms"]) {
       config.server.drain_timeout_ms = r.Int(s["drain_timeout_ms"], "server.drain_timeout_ms", 0, 3'600'000);
+    }
+    ServerConfig& sc = config.server;
+    auto limit = [&](const char* key, auto& field, int64_t min, int64_t max) {
+      if (s[key]) field = static_cast<std::remove_reference_t<decltype(field)>>(r.Int(s[key], std::string("server.") + key, min, max));
+    };
+    limit("max_header_bytes", sc.max_header_bytes, 1024, 1 << 20);
+    limit("max_headers", sc.max_headers, 8, 10'000);
+    limit("max_url_bytes", sc.max_url_bytes, 256, 1 << 20);
+    limit("max_json_depth", sc.max_json_depth, 4, 64);
+    limit("max_messages", sc.max_messages, 1, 1'000'000);
+    limit("max_tools", sc.max_tools, 0, 100'000);
+    limit("max_content_parts", sc.max_content_parts, 1, 10'000'000);
+    limit("max_connections", sc.max_connections, 1, 1'000'000);
+    limit("max_connections_per_client", sc.max_connections_per_client, 1, 1'000'000);
+    limit("header_timeout_ms", sc.header_timeout_ms, 100, 3'600'000);
+    limit("body_timeout_ms", sc.body_timeout_ms, 100, 3'600'000);
+    limit("idle_timeout_ms", sc.idle_timeout_ms, 100, 3'600'000);
+    limit("write_timeout_ms", sc.write_timeout_ms, 100, 3'600'000);
+    if (auto t = s["tls"]) {
+      r.CheckKeys(t, "server.tls", {"cert_file", "key_file"});
+      if (t["cert_file"]) sc.tls_cert_file = r.Path(t["cert_file"], "server.tls.cert_file");
+      if (t["key_file"]) sc.tls_key_file = r.Path(t["key_file"], "server.tls.key_file");
+      if (sc.tls_cert_file.empty() != sc.tls_key_file.empty()) {
+        Fail("server.tls", "needs both cert_file and key_file");
+      }
     }
   }
   if (auto d = root["database"]) {
@@ -552,6 +595,11 @@ Config ParseRoot(const YAML::Node& root, Reader& r) {
           if (!missing.empty()) {
             p.enabled = false;
             p.disabled_reason = missing + " is not set";
+          } else if (p.api_key.empty() && n["api_key"].Scalar().find("${") != std::string::npos) {
+            // Set but empty (a compose file's `KEY=`): off, as unset. A literal
+            // "" stays: a keyless server (a local vLLM or Ollama).
+            p.enabled = false;
+            p.disabled_reason = n["api_key"].Scalar() + " is empty";
           }
         }
         if (n["ca_file"]) p.ca_file = r.Path(n["ca_file"], path + ".ca_file");
@@ -713,12 +761,30 @@ std::string Interpolate(std::string_view text, const EnvLookup& env, std::string
 }
 
 Result<Config> ParseConfig(std::string_view yaml_text, const std::string& base_dir, const EnvLookup& env) {
+  // Every value taken from the environment, by variable: an error message
+  // shows "${NAME}" where the value would be (a key put in the wrong field
+  // must not reach the log). Values under 6 characters are shown: no secret
+  // is that short, and "${N}" inside a number would only confuse.
+  std::vector<std::pair<std::string, std::string>> used;
+  const EnvLookup recording = [&](std::string_view name) {
+    std::optional<std::string> value = env(name);
+    if (value && value->size() >= 6) used.emplace_back(name, *value);
+    return value;
+  };
   try {
     YAML::Node root = YAML::Load(std::string(yaml_text));
-    Reader reader(env, base_dir);
+    Reader reader(recording, base_dir);
     return ParseRoot(root, reader);
   } catch (const ConfigError& e) {
-    return InvalidArgument(e.message);
+    std::string message = e.message;
+    std::sort(used.begin(), used.end(), [](const auto& a, const auto& b) { return a.second.size() > b.second.size(); });
+    for (const auto& [name, value] : used) {
+      for (std::size_t at = message.find(value); at != std::string::npos; at = message.find(value, at)) {
+        message.replace(at, value.size(), "${" + name + "}");
+        at += name.size() + 3;
+      }
+    }
+    return InvalidArgument(std::move(message));
   } catch (const YAML::Exception& e) {
     return InvalidArgument("line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }

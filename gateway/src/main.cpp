@@ -33,6 +33,7 @@ using billing::AccountStore;
 constexpr const char* kUsage = R"(usage:
   tollgate serve [--config FILE] [--listen HOST:PORT] [--port-file PATH] [--database-url URL]
   tollgate migrate
+  tollgate check-config [--config FILE]
 
   tollgate accounts create --name NAME [--postpaid] [--credits USD] [--budget USD]
                            [--budget-reset RESET] [--soft-limit USD] [--byok-fee-ppm N]
@@ -81,6 +82,10 @@ whose outcome is unknown (database unreachable) can be rerun safely with it.
 `ledger check` exits 1 if any balance differs from the sum of its ledger or any
 key's spend from the sum of its usage costs (the daily rollup, which outlives
 retention of the raw rows).
+
+`check-config` reads the config as serve (and a reload) would and says what is
+wrong, with its path in the file; exit 0 when it is good, 2 when not. It loads
+no model and opens no connection.
 
 `usage prune` does once what serve does hourly: creates the daily partitions
 of raw usage rows from yesterday to a week ahead and drops the raw rows older
@@ -397,6 +402,17 @@ std::unique_ptr<AccountStore> Connect(const Args& args, bool with_box, int* stat
   return std::move(*store);
 }
 
+int CheckConfig(const Args& args) {
+  if (!CheckFlags(args, {})) return 2;
+  auto config = LoadConfigFlag(args, true);
+  if (!config) return 2;
+  std::size_t enabled = 0;
+  for (const auto& p : config->providers) enabled += p.enabled ? 1 : 0;
+  std::cout << "config OK: " << config->models.size() << " models, " << enabled << " of " << config->providers.size()
+            << " providers enabled\n";
+  return 0;
+}
+
 int Serve(const Args& args) {
   if (!CheckFlags(args, {"listen", "port-file"})) return 2;
   auto config = LoadConfigFlag(args, true);
@@ -414,6 +430,7 @@ int Serve(const Args& args) {
     return Fail("no database: set TOLLGATE_DATABASE_URL or database.url in the config");
   }
   if (const std::string* port_file = args.Flag("port-file")) options.port_file = *port_file;
+  options.config_path = args.Flag("config") ? *args.Flag("config") : kDefaultConfig;
   return gateway::Serve(*config, options);
 }
 
@@ -850,6 +867,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "serve") return Serve(*args);
     if (command == "migrate") return Migrate(*args);
+    if (command == "check-config") return CheckConfig(*args);
     if (command == "accounts") return Accounts(*args);
     if (command == "keys") return Keys(*args);
     if (command == "credits") return Credits(*args);

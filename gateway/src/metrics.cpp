@@ -160,6 +160,30 @@ struct Metrics::Impl {
           .Name("tollgate_local_engine_info")
           .Help("Local engine by <provider>/<model file stem>, with the device it runs on; always 1")
           .Register(*registry);
+  Family<Counter>& config_reloads = BuildCounter()
+                                       .Name("tollgate_config_reloads_total")
+                                       .Help("Config reloads (SIGHUP, POST /admin/v1/reload) by result")
+                                       .Register(*registry);
+  Gauge& config_reload_ok = BuildGauge()
+                                .Name("tollgate_config_last_reload_successful")
+                                .Help("1 when the last config reload succeeded (or none was tried), else 0")
+                                .Register(*registry)
+                                .Add({}, 1);
+  Gauge& connections_open = BuildGauge()
+                                .Name("tollgate_connections_open")
+                                .Help("Client connections open now")
+                                .Register(*registry)
+                                .Add({});
+  Family<Counter>& connections_refused =
+      BuildCounter()
+          .Name("tollgate_connections_refused_total")
+          .Help("Client connections closed at accept, by the limit passed: total, per_client")
+          .Register(*registry);
+  Family<Counter>& limit_rejections =
+      BuildCounter()
+          .Name("tollgate_limit_rejections_total")
+          .Help("Requests refused by a server limit, by limit (server.max_* and the read timeouts)")
+          .Register(*registry);
   Family<Counter>& refusals =
       BuildCounter()
           .Name("tollgate_admission_refusals_total")
@@ -176,13 +200,20 @@ struct Metrics::Impl {
                                      .Help("Calls admitted past a soft limit (key, budget or credits), by scope")
                                      .Register(*registry);
 
-  std::set<std::string, std::less<>> models;
-  std::set<std::string, std::less<>> providers;
+  // The catalog's models and providers: replaced whole by a config reload
+  // while calls are counted on other threads.
+  struct KnownLabels {
+    std::set<std::string, std::less<>> models;
+    std::set<std::string, std::less<>> providers;
+  };
+  std::atomic<std::shared_ptr<const KnownLabels>> known{std::make_shared<const KnownLabels>()};
   // The label of a model or provider: itself when known, else "other" (a
-  // bounded label set).
-  std::string_view ModelLabel(std::string_view model) const { return models.contains(model) ? model : "other"; }
+  // bounded label set). Views into the argument or a literal.
+  std::string_view ModelLabel(std::string_view model) const {
+    return known.load()->models.contains(model) ? model : "other";
+  }
   std::string_view ProviderLabel(std::string_view provider) const {
-    return providers.contains(provider) ? provider : "other";
+    return known.load()->providers.contains(provider) ? provider : "other";
   }
 
   // The series of one (model, provider) pair that every metered call
@@ -212,8 +243,10 @@ Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
 Metrics::~Metrics() = default;
 
 void Metrics::SetKnownLabels(const std::vector<std::string>& models, const std::vector<std::string>& providers) {
-  impl_->models = {models.begin(), models.end()};
-  impl_->providers = {providers.begin(), providers.end()};
+  auto labels = std::make_shared<Impl::KnownLabels>();
+  labels->models = {models.begin(), models.end()};
+  labels->providers = {providers.begin(), providers.end()};
+  impl_->known.store(std::move(labels));
 }
 
 std::string Metrics::ModelLabel(std::string_view model) const { return std::string(impl_->ModelLabel(model)); }
@@ -360,6 +393,21 @@ void Metrics::SetBackground(const BackgroundStats& s) {
   set("credit_lost_nano_usd", s.credit_lost_nano_usd);
   set("credit_db_errors", s.credit_db_errors);
   set("rate_limit_sync_failures", s.rate_limit_sync_failures);
+}
+
+void Metrics::CountConfigReload(bool ok) {
+  impl_->config_reloads.Add({{"result", ok ? "success" : "failure"}}).Increment();
+  impl_->config_reload_ok.Set(ok ? 1 : 0);
+}
+
+void Metrics::AddOpenConnections(int delta) { impl_->connections_open.Increment(delta); }
+
+void Metrics::CountConnectionRefused(std::string_view reason) {
+  impl_->connections_refused.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void Metrics::CountLimitRejection(std::string_view limit) {
+  impl_->limit_rejections.Add({{"limit", std::string(limit)}}).Increment();
 }
 
 void Metrics::CountRefusal(std::string_view reason) {

@@ -19,12 +19,12 @@
 // Nothing is derived from keys, users, apps, headers or other raw input, so
 // the series count does not grow with them. Labels never carry secrets.
 //
-// Thread-safe: every method may be called from any thread, except
-// SetKnownLabels, which is called once before serving.
+// Thread-safe: every method may be called from any thread.
 #pragma once
 
 #include "tollgate/billing/usage_event.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -41,8 +41,8 @@ class Metrics {
 
   // The label values allowed for `model` (catalog model ids) and `provider`
   // (display names of the configured providers, routing::Endpoint's
-  // provider->Name()). Anything else is counted as "other". Call once, before
-  // the first call is counted.
+  // provider->Name()). Anything else is counted as "other". Called at start
+  // and on each config reload (the sets are swapped whole).
   void SetKnownLabels(const std::vector<std::string>& models, const std::vector<std::string>& providers);
   std::string ModelLabel(std::string_view model) const;
   std::string ProviderLabel(std::string_view provider) const;
@@ -113,6 +113,21 @@ class Metrics {
   // A call admitted past a soft limit (`scope`: key, budget, credits); the
   // caller was warned in the x-tollgate-soft-limit header.
   void CountSoftLimitWarning(std::string_view scope);
+
+  // A config reload (SIGHUP, POST /admin/v1/reload): counted by result
+  // (tollgate_config_reloads_total{result="success"|"failure"}), and
+  // tollgate_config_last_reload_successful set to 1 or 0.
+  void CountConfigReload(bool ok);
+  // Client connections open now (tollgate_connections_open), and those
+  // closed at accept (tollgate_connections_refused_total{reason}: "total"
+  // past server.max_connections, "per_client" past
+  // server.max_connections_per_client).
+  void AddOpenConnections(int delta);
+  void CountConnectionRefused(std::string_view reason);
+  // A request refused by a server limit (tollgate_limit_rejections_total
+  // {limit}): header_bytes, headers, url_bytes, body_bytes, json_depth,
+  // messages, tools, content_parts, header_timeout, body_timeout.
+  void CountLimitRejection(std::string_view limit);
 
   // Calls past authentication and rate limits and not yet ended
   // (tollgate_calls_in_flight), read at each scrape.

@@ -24,13 +24,16 @@
 #include "tollgate/providers/remote_provider.hpp"
 #include "tollgate/routing/catalog.hpp"
 #include "tollgate/wire/anthropic.hpp"
+#include "tollgate/wire/common.hpp"
 #include "tollgate/wire/openai.hpp"
 #include "tollgate/wire/responses.hpp"
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
@@ -45,6 +48,7 @@
 #include <random>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include <sys/socket.h>
 
@@ -67,11 +71,13 @@ uint64_t CallSeed() {
   return generator();
 }
 
-constexpr size_t kHeaderLimitBytes = 16 * 1024;
 constexpr uint64_t kBodyReadReserveBytes = 64 * 1024;
 constexpr size_t kIdleBufferBytes = 4 * 1024;
-constexpr auto kIdleTimeout = std::chrono::seconds(75);
-constexpr auto kWriteTimeout = std::chrono::seconds(60);
+// A request's first bytes are read in pieces of this size.
+constexpr size_t kFirstReadBytes = 4 * 1024;
+// The read buffer's bound beyond the header limit (or the body read reserve).
+constexpr size_t kBufferSlackBytes = 64 * 1024;
+constexpr auto kTlsHandshakeTimeout = std::chrono::seconds(10);
 // After server.drain_timeout_ms, calls still running are cancelled; this long is
 // left for them to end (CallDriver::kCancelGrace plus writing the end).
 constexpr auto kShutdownGrace = std::chrono::seconds(8);
@@ -227,10 +233,38 @@ class MetricsObserver final : public CallObserver {
   const bool access_log_;
 };
 
-struct Services {
-  const Config* config = nullptr;
+// What one loaded config serves: its settings, providers, catalog, router
+// and listener TLS. A reload (SIGHUP, POST /admin/v1/reload) builds a new
+// one and swaps it in; each request takes the current one and keeps it to
+// its end (a call: until its driver is done), so calls in flight finish with
+// the providers, prices and limits they started with.
+struct Runtime {
+  Config config;
+  // Providers by provider id (remote) and by provider id + '\n' + model path
+  // (local). A reload shares those whose settings are unchanged (Serve keeps
+  // the others alive while calls may still use them).
+  std::map<std::string, std::shared_ptr<providers::RemoteProvider>> remote;
+  std::map<std::string, std::shared_ptr<local_backend::LocalProvider>> local;
+  // The local engines by metrics label (<provider>/<file stem>).
+  std::vector<std::pair<std::string, const local_backend::LocalProvider*>> engines;
   routing::Catalog catalog;
-  std::unique_ptr<routing::Router> router;  // over `catalog`
+  std::unique_ptr<routing::Router> router;  // over `catalog`; health starts anew on a reload
+  std::shared_ptr<asio::ssl::context> tls;  // server.tls; null: plain HTTP
+};
+
+struct Services {
+  // The current Runtime (Current()); replaced whole by a reload.
+  std::atomic<std::shared_ptr<const Runtime>> runtime;
+  std::shared_ptr<const Runtime> Current() const { return runtime.load(); }
+  // Reloads the config file (blocking: may load models; one at a time).
+  // Returns the error, or nullopt with `summary` filled. Set by Serve.
+  std::function<std::optional<std::string>(boost::json::object& summary)> reload;
+
+  // Open client connections, in all and per client address.
+  std::atomic<int> connections{0};
+  std::mutex clients_mu;
+  std::unordered_map<std::string, int> per_client;  // guarded by clients_mu
+
   std::unique_ptr<billing::KeyCache> keys;
   std::unique_ptr<billing::UsageRecorder> recorder;
   std::unique_ptr<billing::CreditGuard> guard;
@@ -243,8 +277,6 @@ struct Services {
   std::unique_ptr<GuardAdmission> admission;
   std::unique_ptr<RecorderSink> usage;
   std::unique_ptr<MetricsObserver> observer;
-  // The local engines by model file stem (owned by RunServer, outliving the loop).
-  std::vector<std::pair<std::string, const local_backend::LocalProvider*>> engines;
   asio::thread_pool blocking{2};  // libpq calls off the I/O threads
   // Stored responses apart (a write holds back the end of an answer): as
   // many threads as ResponseStore's connections.
@@ -267,7 +299,9 @@ struct Services {
   std::map<uint64_t, std::weak_ptr<CallDriver>> calls;  // guarded by calls_mu
   uint64_t next_call = 0;                                // guarded by calls_mu
 
-  CallDeps Deps() const { return CallDeps{router.get(), admission.get(), usage.get(), observer.get()}; }
+  CallDeps Deps(const Runtime& rt) const {
+    return CallDeps{rt.router.get(), admission.get(), usage.get(), observer.get()};
+  }
 
   uint64_t Register(const std::shared_ptr<CallDriver>& driver) {
     std::lock_guard lock(calls_mu);
@@ -325,8 +359,9 @@ ErrorFlavor FlavorOf(const Request& req) {
   return ErrorFlavorForPath(target.substr(0, target.find('?')));
 }
 
-Response ErrorResponse(const Request& req, const Error& error) {
-  Response res = JsonResponse(req, HttpStatus(error.code), ErrorBody(error, FlavorOf(req)));
+// `status`: the HTTP status when not the error code's (408, 414, 431).
+Response ErrorResponse(const Request& req, const Error& error, int status = 0) {
+  Response res = JsonResponse(req, status != 0 ? status : HttpStatus(error.code), ErrorBody(error, FlavorOf(req)));
   if (!error.retry_after.empty()) res.set(http::field::retry_after, error.retry_after);
   return res;
 }
@@ -473,31 +508,127 @@ class ConnectionSink final : public ClientSink {
   bool gone_ = false;
 };
 
+// A request deadline: when `after` passes before Done(), the socket's
+// operations are cancelled and fired() says so. Unlike tcp_stream's expiry
+// (which closes the socket), the connection can still answer 408.
+class ReadDeadline {
+ public:
+  ReadDeadline(const asio::any_io_executor& strand, tcp::socket& socket, std::chrono::milliseconds after)
+      : timer_(strand, after) {
+    timer_.async_wait([&socket, state = state_](const beast::error_code& ec) {
+      if (ec || !state->armed) return;
+      state->fired = true;
+      beast::error_code ignored;
+      socket.cancel(ignored);
+    });
+  }
+  ~ReadDeadline() { Done(); }
+  ReadDeadline(const ReadDeadline&) = delete;
+  ReadDeadline& operator=(const ReadDeadline&) = delete;
+  void Done() {
+    state_->armed = false;
+    timer_.cancel();
+  }
+  bool fired() const { return state_->fired; }
+
+ private:
+  struct State {
+    bool armed = true;
+    bool fired = false;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();  // outlives this object in the handler
+  asio::steady_timer timer_;
+};
+
+// One client connection: HTTP/1.1 requests in turn (keep-alive), over plain
+// TCP (Stream = beast::tcp_stream) or TLS (beast::ssl_stream<tcp_stream>).
+template <class Stream>
 class Connection {
+  static constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+
  public:
   // `admin_only`: the connection came in on billing.admin_listen, which
   // serves the admin API and nothing else.
-  Connection(Services& services, tcp::socket socket, bool admin_only)
-      : s_(services), stream_(std::move(socket)), admin_only_(admin_only) {}
+  Connection(Services& services, Stream stream, bool admin_only)
+      : s_(services), stream_(std::move(stream)), admin_only_(admin_only) {}
 
   awaitable<void> Run() {
     beast::flat_buffer buffer;
+    auto strand = co_await asio::this_coro::executor;
     for (;;) {
+      // Idle: wait for the next request's first bytes (server.idle_timeout_ms),
+      // holding no Runtime, so an idle connection keeps no replaced config alive.
+      if (buffer.size() == 0) {
+        Lowest().expires_after(std::chrono::milliseconds(s_.Current()->config.server.idle_timeout_ms));
+        auto [ec, n] = co_await stream_.async_read_some(buffer.prepare(kFirstReadBytes), kUseTuple);
+        if (ec) break;  // closed, reset or idle too long: nothing to answer
+        buffer.commit(n);
+      }
+      Lowest().expires_never();
+      rt_ = s_.Current();
+      const ServerConfig& limits = rt_->config.server;
+      write_timeout_ = std::chrono::milliseconds(limits.write_timeout_ms);
+      // The read buffer is bounded too: Beast holds a chunk-size line (or
+      // extension) whole in it, so without a bound one that never ends grows
+      // it until a timeout (boostorg/beast#3077). Its overflow is a 400.
+      buffer.max_size(static_cast<std::size_t>(std::max<int64_t>(limits.max_header_bytes, kBodyReadReserveBytes)) +
+                      kBufferSlackBytes);
       http::request_parser<http::string_body> parser;
-      parser.header_limit(kHeaderLimitBytes);
-      parser.body_limit(static_cast<uint64_t>(s_.config->server.max_body_bytes));
-      stream_.expires_after(kIdleTimeout);
-      auto [head_ec, head_n] = co_await http::async_read_header(stream_, buffer, parser, kUseTuple);
-      beast::error_code ec = head_ec;
-      if (!ec && !parser.is_done()) {
+      parser.header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
+      parser.body_limit(static_cast<uint64_t>(limits.max_body_bytes));
+      beast::error_code ec;
+      std::string_view limit;  // the limit a refusal names, for metrics
+      std::optional<std::pair<int, std::string>> refusal;  // status, message
+      {
+        ReadDeadline deadline(strand, Lowest().socket(), std::chrono::milliseconds(limits.header_timeout_ms));
+        auto [head_ec, head_n] = co_await http::async_read_header(stream_, buffer, parser, kUseTuple);
+        deadline.Done();
+        ec = head_ec;
+        if (deadline.fired()) {
+          limit = "header_timeout";
+          refusal.emplace(408, "request headers were not received within " +
+                                             std::to_string(limits.header_timeout_ms) + " ms (server.header_timeout_ms)");
+        }
+      }
+      if (!ec && !refusal) {
+        const auto& head = parser.get();
+        if (head.target().size() > static_cast<std::size_t>(limits.max_url_bytes)) {
+          limit = "url_bytes";
+          refusal.emplace(414, "the request URL is " + std::to_string(head.target().size()) +
+                                             " bytes; at most " + std::to_string(limits.max_url_bytes) +
+                                             " are allowed (server.max_url_bytes)");
+        } else if (const auto fields = std::distance(head.begin(), head.end()); fields > limits.max_headers) {
+          limit = "headers";
+          refusal.emplace(431, "the request has " + std::to_string(fields) + " header fields; at most " +
+                                             std::to_string(limits.max_headers) + " are allowed (server.max_headers)");
+        }
+      }
+      if (!ec && !refusal && !parser.is_done()) {
         // The body in reads as large as it is (up to kBodyReadReserveBytes),
         // not in the buffer's 512 bytes at a time: a coding agent's prompt of
         // 100 KB would otherwise take 200 reads.
         if (auto length = parser.content_length()) {
           buffer.reserve(static_cast<std::size_t>(std::min<uint64_t>(*length, kBodyReadReserveBytes)));
         }
+        ReadDeadline deadline(strand, Lowest().socket(), std::chrono::milliseconds(limits.body_timeout_ms));
         auto [body_ec, body_n] = co_await http::async_read(stream_, buffer, parser, kUseTuple);
+        deadline.Done();
         ec = body_ec;
+        if (deadline.fired()) {
+          limit = "body_timeout";
+          refusal.emplace(408, "the request body was not received within " +
+                                             std::to_string(limits.body_timeout_ms) + " ms (server.body_timeout_ms)");
+        }
+      }
+      if (refusal) {
+        // In the caller's API shape once the request line is in.
+        Request head{http::verb::get, "/", 11};
+        if (parser.is_header_done()) head = Request{parser.get().method(), parser.get().target(), parser.get().version()};
+        head.keep_alive(false);
+        Response res = ErrorResponse(head, InvalidArgument(std::move(refusal->second)), refusal->first);
+        s_.metrics->CountLimitRejection(limit);
+        if (!kTls || !ec) co_await Write(res);  // TLS: a cancelled read leaves no usable stream
+        break;
       }
       if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
           ec == beast::error::timeout || ec == asio::error::operation_aborted) {
@@ -507,21 +638,26 @@ class Connection {
         Request head{parser.get().method(), parser.get().target(), parser.get().version()};
         head.keep_alive(false);
         Error too_large{ErrorCode::kPayloadTooLarge,
-                        "request body is larger than " + std::to_string(s_.config->server.max_body_bytes) + " bytes",
+                        "request body is larger than " + std::to_string(limits.max_body_bytes) +
+                            " bytes (server.max_body_bytes)",
                         "", "request_too_large"};
         Response res = ErrorResponse(head, too_large);
         if (head.method() == http::verb::post && CallApiOf(head.target())) {
           LogRefused(res, too_large, std::nullopt, "", false, Clock::now());
         }
+        s_.metrics->CountLimitRejection("body_bytes");
         co_await Write(res);
         break;
       }
       if (ec == http::error::header_limit) {
         Request head{http::verb::get, "/", 11};
         head.keep_alive(false);
-        Error too_big = InvalidArgument("request headers are larger than " + std::to_string(kHeaderLimitBytes) +
-                                        " bytes");
-        Response res = JsonResponse(head, 431, ErrorBody(too_big));
+        Response res = ErrorResponse(head,
+                                     InvalidArgument("request headers are larger than " +
+                                                     std::to_string(limits.max_header_bytes) +
+                                                     " bytes (server.max_header_bytes)"),
+                                     431);
+        s_.metrics->CountLimitRejection("header_bytes");
         co_await Write(res);
         break;
       }
@@ -534,15 +670,23 @@ class Connection {
       }
       Request req = parser.release();
       bool keep_alive = co_await Handle(req);
+      rt_.reset();
       if (!keep_alive || s_.stopping) break;
       // An idle connection keeps a small buffer, not its largest request's.
       if (buffer.size() == 0 && buffer.capacity() > kIdleBufferBytes) buffer.shrink_to_fit();
     }
+    rt_.reset();
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    if constexpr (kTls) {
+      Lowest().expires_after(std::chrono::seconds(2));
+      co_await stream_.async_shutdown(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+    Lowest().socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
  private:
+  beast::tcp_stream& Lowest() { return beast::get_lowest_layer(stream_); }
+
   // Returns false when the connection must close.
   //
   // GCC 12 destroys some temporaries of a full-expression that contains
@@ -550,7 +694,7 @@ class Connection {
   // co_await in this file takes named variables only.
   awaitable<bool> Write(Response& res) {
     bool keep = res.keep_alive();
-    stream_.expires_after(kWriteTimeout);
+    Lowest().expires_after(write_timeout_);
     auto [ec, n] = co_await http::async_write(stream_, res, kUseTuple);
     co_return !ec && keep;
   }
@@ -575,7 +719,7 @@ class Connection {
     // The admin API routes the path as received, percent-encoded ("/keys/%31" is not key 1).
     const std::string raw_path(url->encoded_path());
     const bool admin_path = raw_path == "/admin/v1" || raw_path.rfind("/admin/v1/", 0) == 0;
-    const bool admin_here = admin_only_ || s_.config->billing.admin_host.empty();
+    const bool admin_here = admin_only_ || rt_->config.billing.admin_host.empty();
     if (admin_path && admin_here) {
       Response res = co_await HandleAdminRequest(req, *url, raw_path);
       s_.metrics->CountRequest("/admin/v1", res.result_int());
@@ -600,9 +744,12 @@ class Connection {
     if (route == "/healthz" && get) {
       res = JsonResponse(req, 200, R"({"status":"ok"})");
     } else if (route == "/readyz" && get) {
-      bool ready = co_await Ready();
-      res = ready ? JsonResponse(req, 200, R"({"status":"ready"})")
-                  : JsonResponse(req, 503, R"({"status":"database unreachable"})");
+      // Draining after SIGTERM: not ready at once, so load balancers stop
+      // sending while the calls in flight finish.
+      bool ready = !s_.stopping && co_await Ready();
+      res = ready           ? JsonResponse(req, 200, R"({"status":"ready"})")
+            : s_.stopping ? JsonResponse(req, 503, R"({"status":"draining"})")
+                          : JsonResponse(req, 503, R"({"status":"database unreachable"})");
     } else if (route == "/metrics" && get) {
       const billing::UsageRecorder& r = *s_.recorder;
       const billing::CreditGuardCounters g = s_.guard->counters();
@@ -625,11 +772,11 @@ class Connection {
       s_.metrics->SetBackground(b);
       s_.metrics->SetCallsInFlight(s_.active_calls.load());
       const auto now = Clock::now();
-      for (const routing::Model& m : s_.catalog.models()) {
-        const auto queued = static_cast<int64_t>(s_.router->queued(m));
+      for (const routing::Model& m : rt_->catalog.models()) {
+        const auto queued = static_cast<int64_t>(rt_->router->queued(m));
         s_.metrics->SetCallsQueued(m.id, queued);
         for (const routing::Endpoint& e : m.endpoints) {
-          const routing::HealthSnapshot h = s_.router->health(e).Snapshot(now);
+          const routing::HealthSnapshot h = rt_->router->health(e).Snapshot(now);
           const bool waiting = h.availability != routing::Availability::kAvailable && h.available_at > now;
           s_.metrics->SetEndpoint(m.id, e.id,
                                   {h.in_flight, queued,
@@ -640,7 +787,7 @@ class Connection {
                                    waiting ? std::chrono::duration<double>(h.available_at - now).count() : 0.0});
         }
       }
-      for (const auto& [name, engine] : s_.engines) {
+      for (const auto& [name, engine] : rt_->engines) {
         const local_backend::LocalEngineStats es = engine->Stats();
         s_.metrics->SetLocalEngineInfo(name, engine->DeviceName());
         s_.metrics->SetLocalEngine(name, {es.running, es.queued, es.max_sequences, es.max_queue, es.kv.used_pages,
@@ -650,9 +797,9 @@ class Connection {
       }
       res = MakeResponse(req, 200, s_.metrics->Serialize(), "text/plain; version=0.0.4");
     } else if (route == "/v1/models" && get) {
-      res = JsonResponse(req, 200, RenderModels(s_.catalog));
+      res = JsonResponse(req, 200, RenderModels(rt_->catalog));
     } else if (route == "/v1/providers" && get) {
-      res = JsonResponse(req, 200, RenderProviders(s_.catalog));
+      res = JsonResponse(req, 200, RenderProviders(rt_->catalog));
     } else if (route == "/v1/messages/count_tokens" && post) {
       res = co_await HandleCountTokens(req);
     } else if (route == "/v1/generation" && get) {
@@ -664,9 +811,9 @@ class Connection {
     } else if (route.rfind("/v1/models/", 0) == 0 && route.ends_with("/endpoints") && get) {
       // /v1/models/{author}/{slug}/endpoints
       std::string id = route.substr(11, route.size() - 11 - 10);
-      const routing::Model* model = s_.catalog.Find(id);
+      const routing::Model* model = rt_->catalog.Find(id);
       route = "/v1/models/{id}/endpoints";
-      res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model, *s_.router, Clock::now()))
+      res = model != nullptr ? JsonResponse(req, 200, RenderModelEndpoints(*model, *rt_->router, Clock::now()))
                              : ErrorResponse(req, Error{ErrorCode::kNotFound, "no model '" + id.substr(0, 200) + "'",
                                                         "", "model_not_found"});
     } else if (stored_route && (get || (req.method() == http::verb::delete_ && !input_items))) {
@@ -710,9 +857,10 @@ class Connection {
     admin.body = req.body();
     admin.authorization = std::string(req[http::field::authorization]);
     admin.idempotency_key = std::string(req["idempotency-key"]);
-    admin.admin_token = s_.config->billing.admin_token;
+    admin.admin_token = rt_->config.billing.admin_token;
+    admin.reload = s_.reload;
     admin.known_providers.emplace();
-    for (const auto& p : s_.config->providers) admin.known_providers->push_back(p.id);
+    for (const auto& p : rt_->config.providers) admin.known_providers->push_back(p.id);
     auto handle = [this, admin = std::move(admin)]() -> awaitable<AdminResponse> {
       co_return HandleAdmin(admin, *s_.accounts);
     };
@@ -739,7 +887,7 @@ class Connection {
     stats.route = route;
     for (const auto& param : url.params()) stats.query[std::string(param.key)] = std::string(param.value);
     stats.bearer = std::string(BearerKey(req));
-    stats.admin_token = s_.config->billing.admin_token;
+    stats.admin_token = rt_->config.billing.admin_token;
     stats.error_flavor = FlavorOf(req);
     if (!IsAdminToken(req)) {
       std::optional<billing::KeyRecord> key = co_await Authenticate(req);
@@ -766,7 +914,7 @@ class Connection {
 
   // The bearer is billing.admin_token (constant-time compare).
   bool IsAdminToken(const Request& req) const {
-    const std::string& token = s_.config->billing.admin_token;
+    const std::string& token = rt_->config.billing.admin_token;
     return !token.empty() && billing::SecretEquals(BearerKey(req), token);
   }
 
@@ -934,9 +1082,16 @@ class Connection {
   awaitable<Response> HandleCountTokens(const Request& req) {
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
     if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
+    if (const int depth = wire::JsonNestingDepth(req.body()); depth > rt_->config.server.max_json_depth) {
+      s_.metrics->CountLimitRejection("json_depth");
+      co_return ErrorResponse(req, InvalidArgument("the JSON body nests " + std::to_string(depth) +
+                                                   " levels deep; at most " +
+                                                   std::to_string(rt_->config.server.max_json_depth) +
+                                                   " are allowed (server.max_json_depth)"));
+    }
     Result<ChatRequest> parsed = wire::anthropic::DecodeCountTokensRequest(req.body());
     if (!parsed) co_return ErrorResponse(req, parsed.error());
-    const routing::Model* model = s_.catalog.Find(routing::SplitVariant(parsed->model).first);
+    const routing::Model* model = rt_->catalog.Find(routing::SplitVariant(parsed->model).first);
     if (model == nullptr) {
       co_return ErrorResponse(req, Error{ErrorCode::kNotFound,
                                          "The model '" + parsed->model.substr(0, 200) +
@@ -1035,7 +1190,7 @@ class Connection {
     const std::string request_id =
         NewRequestId(std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count());
     res.set("x-request-id", request_id);
-    if (!s_.config->log.access) return;
+    if (!rt_->config.log.access) return;
     const std::string label = s_.metrics->ModelLabel(model);
     WriteLogLine(RefusedCallLine(RefusedCall{
         request_id, key ? key->id : 0, key ? key->account_id : 0, label, "", &error,
@@ -1062,6 +1217,28 @@ class Connection {
       }
     }
     return InvalidArgument("unknown API");
+  }
+
+  // Decode() within the server's limits on JSON nesting and on the numbers of
+  // messages, tools and content parts (a 400 that names the limit).
+  Result<ChatRequest> DecodeWithinLimits(ApiFlavor api, std::string_view body,
+                                         std::optional<wire::responses::Request>& responses) {
+    const ServerConfig& limits = rt_->config.server;
+    if (const int depth = wire::JsonNestingDepth(body); depth > limits.max_json_depth) {
+      s_.metrics->CountLimitRejection("json_depth");
+      return InvalidArgument("the JSON body nests " + std::to_string(depth) + " levels deep; at most " +
+                             std::to_string(limits.max_json_depth) + " are allowed (server.max_json_depth)");
+    }
+    Result<ChatRequest> decoded = Decode(api, body, responses);
+    if (!decoded) return decoded;
+    const CallLimits call_limits{limits.max_messages, limits.max_tools, limits.max_content_parts};
+    if (std::optional<Error> over = CheckCallLimits(*decoded, api, call_limits)) {
+      s_.metrics->CountLimitRejection(over->param == "tools" ? "tools"
+                                      : over->message.find("content parts") != std::string::npos ? "content_parts"
+                                                                                                 : "messages");
+      return *over;
+    }
+    return decoded;
   }
 
   // previous_response_id: the stored conversation of key `key_id` goes
@@ -1103,7 +1280,7 @@ class Connection {
     row.account_id = key.account_id;
     row.model = model;
     row.created_at = created_at;
-    row.expires_at = created_at + std::chrono::days(s_.config->responses.ttl_days);
+    row.expires_at = created_at + std::chrono::days(rt_->config.responses.ttl_days);
     boost::json::array context = std::move(prior);
     for (auto& item : responses.input) context.push_back(std::move(item));
     for (const auto& item : built->stored_output) context.push_back(item);
@@ -1135,7 +1312,7 @@ class Connection {
     // coroutine's whole life, and this one lives as long as its stream.
     auto responses_holder = std::make_unique<std::optional<wire::responses::Request>>();
     std::optional<wire::responses::Request>& responses = *responses_holder;
-    auto parsed_holder = std::make_unique<Result<ChatRequest>>(Decode(api, req.body(), responses));
+    auto parsed_holder = std::make_unique<Result<ChatRequest>>(DecodeWithinLimits(api, req.body(), responses));
     Result<ChatRequest>& parsed = *parsed_holder;
     std::optional<Error> rejection;
     boost::json::array prior_context;  // previous_response_id's stored conversation
@@ -1237,7 +1414,7 @@ class Connection {
     spec.request_id = request_id;
     spec.received = received;
     spec.created_at = created_at;
-    spec.deadline = received + std::chrono::milliseconds(s_.config->server.request_timeout_ms);
+    spec.deadline = received + std::chrono::milliseconds(rt_->config.server.request_timeout_ms);
     spec.session = routing::SessionKey(spec.request, spec.key.id);
     spec.seed = CallSeed();
     // OpenRouter app attribution (app_attribution.hpp).
@@ -1247,8 +1424,12 @@ class Connection {
     spec.app_title = std::move(app.app_title);
     uint64_t registration = 0;
     Services* services = &s_;
-    auto driver = CallDriver::Create(s_.Deps(), std::make_shared<StrandExecutor>(strand), std::move(spec), sink,
-                                     [services, &registration] { services->Unregister(registration); });
+    // The driver's router and providers are the runtime's: it stays alive
+    // until the driver is done (its on_done), past a reload.
+    auto driver = CallDriver::Create(s_.Deps(*rt_), std::make_shared<StrandExecutor>(strand), std::move(spec), sink,
+                                     [services, &registration, runtime = rt_] {
+                                       services->Unregister(registration);
+                                     });
     // Not used past here (`chat`, `parsed` and `spec` refer into these).
     spec_holder.reset();
     parsed_holder.reset();
@@ -1259,7 +1440,7 @@ class Connection {
     // A client that leaves is noticed by watching its socket for EOF: a
     // non-streamed call writes nothing until it ends, and a stream nothing
     // before its first event (a failed write notices it after that).
-    asio::co_spawn(strand, WatchForClose(stream_.socket(), driver), asio::detached);
+    asio::co_spawn(strand, WatchForClose(Lowest().socket(), driver), asio::detached);
 
     bool client_gone = false;
     bool cancelled = false;
@@ -1320,14 +1501,14 @@ class Connection {
         head.keep_alive(req.keep_alive() && !http10);
         head.chunked(!http10);
         http::response_serializer<http::empty_body> serializer{head};
-        stream_.expires_after(kWriteTimeout);
+        Lowest().expires_after(write_timeout_);
         auto [ec, n] = co_await http::async_write_header(stream_, serializer, kUseTuple);
         headers_sent = true;
         if (ec) client_gone = true;
       }
       std::string out = sink->TakeOutput();
       if (!out.empty() && !client_gone) {
-        stream_.expires_after(kWriteTimeout);
+        Lowest().expires_after(write_timeout_);
         beast::error_code ec;
         if (http10) {
           auto [wec, n] = co_await asio::async_write(stream_, asio::buffer(out), kUseTuple);
@@ -1350,7 +1531,7 @@ class Connection {
       if (sink->has_output() && !client_gone) continue;
       if (sink->done() && !client_gone) {
         if (!http10) {
-          stream_.expires_after(kWriteTimeout);
+          Lowest().expires_after(write_timeout_);
           auto last = http::make_chunk_last();
           auto [ec, n] = co_await asio::async_write(stream_, last, kUseTuple);
           if (ec) client_gone = true;
@@ -1366,7 +1547,7 @@ class Connection {
     }
     {
       beast::error_code ignored;
-      stream_.socket().cancel(ignored);  // ends WatchForClose
+      Lowest().socket().cancel(ignored);  // ends WatchForClose
     }
     // Keep the driver alive until it finished (its on_done unregisters it).
     while (!sink->done()) co_await sink->Wait();
@@ -1406,9 +1587,74 @@ class Connection {
   }
 
   Services& s_;
-  beast::tcp_stream stream_;
+  Stream stream_;
   const bool admin_only_;
+  // The Runtime of the request being handled (none while idle), and its
+  // server.write_timeout_ms.
+  std::shared_ptr<const Runtime> rt_;
+  std::chrono::milliseconds write_timeout_{60'000};
 };
+
+// One open client connection, counted for server.max_connections and
+// server.max_connections_per_client while it lives.
+class ConnectionSlot {
+ public:
+  ConnectionSlot(Services& services, std::string client) : s_(&services), client_(std::move(client)) {
+    s_->connections++;
+    s_->metrics->AddOpenConnections(1);
+    std::lock_guard lock(s_->clients_mu);
+    ++s_->per_client[client_];
+  }
+  ConnectionSlot(ConnectionSlot&& other) noexcept
+      : s_(std::exchange(other.s_, nullptr)), client_(std::move(other.client_)) {}
+  ConnectionSlot(const ConnectionSlot&) = delete;
+  ConnectionSlot& operator=(const ConnectionSlot&) = delete;
+  ConnectionSlot& operator=(ConnectionSlot&&) = delete;
+  ~ConnectionSlot() {
+    if (s_ == nullptr) return;
+    s_->connections--;
+    s_->metrics->AddOpenConnections(-1);
+    std::lock_guard lock(s_->clients_mu);
+    if (auto it = s_->per_client.find(client_); it != s_->per_client.end() && --it->second <= 0) {
+      s_->per_client.erase(it);
+    }
+  }
+
+ private:
+  Services* s_;
+  std::string client_;
+};
+
+// Why a new connection from `client` may not open, or "" (the limit's
+// metrics label: "total", "per_client").
+std::string_view ConnectionLimitPassed(Services& services, const ServerConfig& limits, const std::string& client) {
+  if (services.connections.load() >= limits.max_connections) return "total";
+  std::lock_guard lock(services.clients_mu);
+  auto it = services.per_client.find(client);
+  if (it != services.per_client.end() && it->second >= limits.max_connections_per_client) return "per_client";
+  return "";
+}
+
+// Answers a connection refused at accept and closes it: best effort, one
+// non-blocking send of a short response in OpenAI's error shape (no request
+// is read, so its API is unknown), on a plain listener only.
+void RefuseConnection(tcp::socket& socket, std::string_view reason, bool tls) {
+  if (!tls) {
+    const bool total = reason == "total";
+    const Error error{total ? ErrorCode::kUnavailable : ErrorCode::kResourceExhausted,
+                      total ? "the server has too many open connections (server.max_connections); retry shortly"
+                            : "too many open connections from your address (server.max_connections_per_client)",
+                      "", total ? "server_busy" : "too_many_connections"};
+    const std::string body = ErrorBody(error);
+    const std::string response = std::string(total ? "HTTP/1.1 503 Service Unavailable" : "HTTP/1.1 429 Too Many Requests") +
+                                 "\r\nServer: tollgate\r\nContent-Type: application/json\r\nContent-Length: " +
+                                 std::to_string(body.size()) + "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + body;
+    (void)::send(socket.native_handle(), response.data(), response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  beast::error_code ignored;
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
+  socket.close(ignored);
+}
 
 awaitable<void> Accept(Services& services, tcp::acceptor& acceptor, bool admin_only) {
   for (;;) {
@@ -1421,12 +1667,37 @@ awaitable<void> Accept(Services& services, tcp::acceptor& acceptor, bool admin_o
       co_await backoff.async_wait(kUseTuple);
       continue;
     }
+    // TLS on the main listener when server.tls is set; the admin listener
+    // (billing.admin_listen, meant for a private network) stays plain.
+    std::shared_ptr<asio::ssl::context> tls;
+    std::string client;
+    {
+      const std::shared_ptr<const Runtime> rt = services.Current();
+      if (!admin_only) tls = rt->tls;
+      beast::error_code peer_ec;
+      client = socket.remote_endpoint(peer_ec).address().to_string();
+      if (const std::string_view passed = ConnectionLimitPassed(services, rt->config.server, client); !passed.empty()) {
+        services.metrics->CountConnectionRefused(passed);
+        RefuseConnection(socket, passed, tls != nullptr);
+        continue;
+      }
+    }
     socket.set_option(tcp::no_delay(true));
     auto strand = asio::make_strand(acceptor.get_executor());
     asio::co_spawn(
         strand,
-        [&services, s = std::move(socket), admin_only]() mutable -> awaitable<void> {
-          Connection connection(services, std::move(s), admin_only);
+        [&services, s = std::move(socket), admin_only, tls = std::move(tls),
+         slot = ConnectionSlot(services, std::move(client))]() mutable -> awaitable<void> {
+          if (!tls) {
+            Connection<beast::tcp_stream> connection(services, beast::tcp_stream(std::move(s)), admin_only);
+            co_await connection.Run();
+            co_return;
+          }
+          beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(s)), *tls);
+          beast::get_lowest_layer(stream).expires_after(kTlsHandshakeTimeout);
+          auto [handshake_ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, kUseTuple);
+          if (handshake_ec) co_return;  // not TLS, a bad client certificate choice, or too slow
+          Connection<beast::ssl_stream<beast::tcp_stream>> connection(services, std::move(stream), admin_only);
           co_await connection.Run();
         },
         asio::detached);
@@ -1459,6 +1730,217 @@ providers::RemoteApi RemoteApiOf(const std::string& type) {
   return providers::RemoteApi::kOpenAiCompatible;
 }
 
+
+// The listener's TLS context from server.tls (TLS 1.2 and later), or null
+// when it is off. Errors name the setting.
+Result<std::shared_ptr<asio::ssl::context>> ListenerTls(const ServerConfig& server) {
+  if (server.tls_cert_file.empty()) return std::shared_ptr<asio::ssl::context>();
+  auto tls = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                   asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1 |
+                   asio::ssl::context::single_dh_use);
+  beast::error_code ec;
+  tls->use_certificate_chain_file(server.tls_cert_file, ec);
+  if (ec) return InvalidArgument("server.tls.cert_file: cannot use '" + server.tls_cert_file + "': " + ec.message());
+  tls->use_private_key_file(server.tls_key_file, asio::ssl::context::pem, ec);
+  if (ec) return InvalidArgument("server.tls.key_file: cannot use '" + server.tls_key_file + "': " + ec.message());
+  if (SSL_CTX_check_private_key(tls->native_handle()) != 1) {
+    return InvalidArgument("server.tls.key_file: the key does not match server.tls.cert_file");
+  }
+  return tls;
+}
+
+// Builds what `config` serves: providers, catalog, router, listener TLS.
+// Providers of `previous` whose settings are unchanged are shared, not
+// rebuilt (their connection pools and loaded models stay). Logs disabled
+// providers and loaded models. Errors name the setting; nothing of a failed
+// build stays.
+Result<std::shared_ptr<Runtime>> BuildRuntime(Config config, const Runtime* previous, asio::io_context& ioc) {
+  auto rt = std::make_shared<Runtime>();
+  rt->config = std::move(config);
+  const Config& cfg = rt->config;
+  auto tls = ListenerTls(cfg.server);
+  if (!tls) return tls.error();
+  rt->tls = std::move(*tls);
+  auto previous_config = [&](const std::string& id) -> const ProviderConfig* {
+    if (previous == nullptr) return nullptr;
+    for (const ProviderConfig& p : previous->config.providers) {
+      if (p.id == id) return &p;
+    }
+    return nullptr;
+  };
+  // Providers: one instance per remote provider, one local engine per model file.
+  std::map<std::string, const ProviderConfig*> provider_configs;
+  for (const auto& p : cfg.providers) {
+    provider_configs[p.id] = &p;
+    if (!p.enabled) {
+      std::cerr << "tollgate: provider " << p.id << " disabled: " << p.disabled_reason << "\n";
+      continue;
+    }
+    if (p.type == "local") continue;
+    if (const ProviderConfig* old = previous_config(p.id); old != nullptr && *old == p &&
+                                                          previous->config.outbound == cfg.outbound &&
+                                                          previous->remote.count(p.id)) {
+      rt->remote[p.id] = previous->remote.at(p.id);
+      continue;
+    }
+    providers::RemoteProviderOptions o;
+    o.api = RemoteApiOf(p.type);
+    o.preset = p.preset;
+    o.display_name = p.display_name;
+    o.base_url = p.base_url;
+    o.api_key = p.api_key;
+    o.ca_file = p.ca_file;
+    o.connect_timeout_ms = p.connect_timeout_ms;
+    o.first_byte_timeout_ms = p.first_byte_timeout_ms;
+    o.max_idle_connections = p.max_idle_connections;
+    o.default_max_tokens = p.default_max_tokens;
+    o.extra_headers = p.extra_headers;
+    o.proxy = cfg.outbound.proxy;
+    o.no_proxy = cfg.outbound.no_proxy;
+    o.dns_ttl_ms = cfg.outbound.dns_ttl_ms;
+    auto provider = providers::RemoteProvider::Create(std::move(o), ioc);
+    if (!provider) return InvalidArgument("providers." + p.id + ": " + provider.error().message);
+    rt->remote[p.id] = std::move(*provider);
+  }
+  std::vector<routing::Model> models;
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch()).count();
+  for (size_t i = 0; i < cfg.models.size(); ++i) {
+    const ModelConfig& mc = cfg.models[i];
+    routing::Model m{mc.id, mc.name, mc.context_length, now, {}, mc.routing};
+    for (size_t j = 0; j < mc.endpoints.size(); ++j) {
+      const EndpointConfig& ec = mc.endpoints[j];
+      const ProviderConfig& pc = *provider_configs.at(ec.provider);
+      if (!pc.enabled) continue;
+      routing::Endpoint e;
+      e.id = ec.id;
+      e.provider_id = ec.provider;
+      e.upstream_model = ec.model;
+      e.pricing = ec.pricing;
+      e.tiers = ec.tiers;
+      e.context_length = ec.context_length;
+      e.max_output_tokens = ec.max_output_tokens;
+      e.quantization = ec.quantization;
+      e.data_policy = ec.data_policy;
+      e.max_concurrency = ec.max_concurrency;
+      e.weight = ec.weight;
+      if (pc.type == "local") {
+        // One engine per (provider, file): two providers may run one file
+        // with different settings.
+        const std::string engine_key = ec.provider + '\n' + ec.model;
+        auto& engine = rt->local[engine_key];
+        if (!engine) {
+          const ProviderConfig* old = previous_config(ec.provider);
+          if (old != nullptr && *old == pc && previous->local.count(engine_key)) {
+            engine = previous->local.at(engine_key);
+          }
+        }
+        if (!engine) {
+          local_backend::LocalProviderOptions o;
+          o.display_name = pc.display_name;
+          o.model_path = ec.model;
+          o.context_length = pc.context_length;
+          o.threads = pc.threads;
+          o.max_sequences = pc.max_sequences;
+          o.max_queue = pc.max_queue;
+          o.max_batch_tokens = pc.max_batch_tokens;
+          o.kv_cache_bytes = pc.kv_cache_mib << 20;
+          o.kv_cache_type = pc.kv_cache_type == "q8"    ? local_backend::KvType::kQ8
+                            : pc.kv_cache_type == "f32" ? local_backend::KvType::kF32
+                                                        : local_backend::KvType::kF16;
+          o.prefix_cache = pc.prefix_cache;
+          o.device = pc.device == "cpu"    ? local_backend::LocalDevice::kCpu
+                     : pc.device == "cuda" ? local_backend::LocalDevice::kCuda
+                                           : local_backend::LocalDevice::kAuto;
+          o.gpu_device = pc.gpu_device;
+          o.gpu_memory_bytes = pc.gpu_memory_mib << 20;
+          auto created = local_backend::LocalProvider::Create(o);
+          if (!created) {
+            rt->local.erase(engine_key);
+            // Device errors are the provider's settings, not the endpoint's.
+            const std::string& param = created.error().param;
+            if (param == "device" || param == "gpu_device" || param == "gpu_memory_bytes") {
+              const std::string key = param == "gpu_memory_bytes" ? "gpu_memory_mib" : param;
+              return InvalidArgument("providers." + ec.provider + "." + key + ": " + created.error().message);
+            }
+            return InvalidArgument(ec.config_path + " (" + mc.id + "): " + created.error().message);
+          }
+          engine = std::move(*created);
+          std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << " on " << engine->DeviceName() << "\n";
+        }
+        // The metrics label: <provider>/<file stem>, made unique.
+        if (std::none_of(rt->engines.begin(), rt->engines.end(),
+                         [&](const auto& named) { return named.second == engine.get(); })) {
+          std::string label = ec.provider + "/" + std::filesystem::path(ec.model).stem().string();
+          const std::string base = label;
+          for (int n = 2; std::any_of(rt->engines.begin(), rt->engines.end(),
+                                      [&](const auto& named) { return named.first == label; });
+               ++n) {
+            label = base + "#" + std::to_string(n);
+          }
+          rt->engines.emplace_back(std::move(label), engine.get());
+        }
+        e.provider = engine.get();
+        if (e.context_length == 0) e.context_length = engine->ContextLength();
+        if (e.max_concurrency == 0) e.max_concurrency = engine->MaxSequences();
+      } else {
+        e.provider = rt->remote.at(ec.provider).get();
+      }
+      // What the endpoint honours: its provider's parameters, narrowed by the config.
+      e.supported = e.provider->SupportedParameters();
+      if (ec.supported_parameters) e.supported = e.supported.Minus(e.supported.Minus(*ec.supported_parameters));
+      m.context_length = std::max(m.context_length, e.context_length);
+      m.endpoints.push_back(std::move(e));
+    }
+    if (m.endpoints.empty()) continue;
+    models.push_back(std::move(m));
+  }
+  if (models.empty()) {
+    return InvalidArgument("no model is available: the config lists none, or every model's providers are disabled");
+  }
+  rt->catalog = routing::Catalog(std::move(models));
+  rt->router = std::make_unique<routing::Router>(&rt->catalog, cfg.routing);
+  return rt;
+}
+
+// Metric labels come from the catalog only (metrics.hpp, "Cardinality").
+void SetKnownLabels(Metrics& metrics, const routing::Catalog& catalog) {
+  std::vector<std::string> model_ids, provider_names;
+  for (const routing::Model& m : catalog.models()) {
+    model_ids.push_back(m.id);
+    for (const routing::Endpoint& e : m.endpoints) provider_names.emplace_back(e.provider->Name());
+  }
+  metrics.SetKnownLabels(model_ids, provider_names);
+}
+
+// Settings a reload cannot change (they take effect at restart): copied from
+// `running` into `next`, and named in the returned list when they differed.
+std::vector<std::string> KeepRestartOnlySettings(const Config& running, Config& next) {
+  std::vector<std::string> changed;
+  auto keep = [&](auto& field, const auto& value, const char* name) {
+    if (!(field == value)) changed.emplace_back(name);
+    field = value;
+  };
+  keep(next.server.host, running.server.host, "server.listen");
+  keep(next.server.port, running.server.port, "server.listen");
+  keep(next.server.io_threads, running.server.io_threads, "server.io_threads");
+  keep(next.database_url, running.database_url, "database.url");
+  keep(next.usage.spool_dir, running.usage.spool_dir, "usage.spool_dir");
+  keep(next.usage.flush_interval_ms, running.usage.flush_interval_ms, "usage.flush_interval_ms");
+  keep(next.usage.batch_size, running.usage.batch_size, "usage.batch_size");
+  keep(next.usage.answer_after_spool, running.usage.answer_after_spool, "usage.answer_after_spool");
+  keep(next.billing.admin_host, running.billing.admin_host, "billing.admin_listen");
+  keep(next.billing.admin_port, running.billing.admin_port, "billing.admin_listen");
+  keep(next.billing.lease_ttl_ms, running.billing.lease_ttl_ms, "billing.lease_ttl_ms");
+  keep(next.billing.lease_idle_return_ms, running.billing.lease_idle_return_ms, "billing.lease_idle_return_ms");
+  keep(next.billing.rate_limit_sync_ms, running.billing.rate_limit_sync_ms, "billing.rate_limit_sync_ms");
+  keep(next.log.access, running.log.access, "log.access");
+  keep(next.stats.retention_days, running.stats.retention_days, "stats.retention_days");
+  changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
+  return changed;
+}
+
 }  // namespace
 
 int Serve(const Config& config, const ServeOptions& options) {
@@ -1468,7 +1950,6 @@ int Serve(const Config& config, const ServeOptions& options) {
   // call's frame) goes before the Services those frames use, and the
   // providers go before the io_context their work posts to.
   Services services;
-  services.config = &config;
   services.metrics = std::make_unique<Metrics>();
   services.observer = std::make_unique<MetricsObserver>(*services.metrics, config.log.access);
 
@@ -1589,131 +2070,98 @@ int Serve(const Config& config, const ServeOptions& options) {
 
   {
     asio::io_context ioc(threads);
-    // Providers: one instance per remote provider, one local engine per model file.
-    std::map<std::string, std::unique_ptr<providers::RemoteProvider>> remote;
-    std::map<std::string, std::unique_ptr<local_backend::LocalProvider>> local;  // by provider id and model path
-    std::map<std::string, const ProviderConfig*> provider_configs;
-    for (const auto& p : config.providers) {
-      provider_configs[p.id] = &p;
-      if (!p.enabled) {
-        std::cerr << "tollgate: provider " << p.id << " disabled: " << p.disabled_reason << "\n";
-        continue;
-      }
-      if (p.type == "local") continue;
-      providers::RemoteProviderOptions o;
-      o.api = RemoteApiOf(p.type);
-      o.preset = p.preset;
-      o.display_name = p.display_name;
-      o.base_url = p.base_url;
-      o.api_key = p.api_key;
-      o.ca_file = p.ca_file;
-      o.connect_timeout_ms = p.connect_timeout_ms;
-      o.first_byte_timeout_ms = p.first_byte_timeout_ms;
-      o.max_idle_connections = p.max_idle_connections;
-      o.default_max_tokens = p.default_max_tokens;
-      o.extra_headers = p.extra_headers;
-      auto provider = providers::RemoteProvider::Create(std::move(o), ioc);
-      if (!provider) return StartupError("providers." + p.id + ": " + provider.error().message);
-      remote[p.id] = std::move(*provider);
-    }
-    std::vector<routing::Model> models;
-    const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::system_clock::now().time_since_epoch()).count();
-    for (size_t i = 0; i < config.models.size(); ++i) {
-      const ModelConfig& mc = config.models[i];
-      routing::Model m{mc.id, mc.name, mc.context_length, now, {}, mc.routing};
-      for (size_t j = 0; j < mc.endpoints.size(); ++j) {
-        const EndpointConfig& ec = mc.endpoints[j];
-        const ProviderConfig& pc = *provider_configs.at(ec.provider);
-        if (!pc.enabled) continue;
-        routing::Endpoint e;
-        e.id = ec.id;
-        e.provider_id = ec.provider;
-        e.upstream_model = ec.model;
-        e.pricing = ec.pricing;
-        e.tiers = ec.tiers;
-        e.context_length = ec.context_length;
-        e.max_output_tokens = ec.max_output_tokens;
-        e.quantization = ec.quantization;
-        e.data_policy = ec.data_policy;
-        e.max_concurrency = ec.max_concurrency;
-        e.weight = ec.weight;
-        if (pc.type == "local") {
-          // One engine per (provider, file): two providers may run one file
-          // with different settings.
-          auto& engine = local[ec.provider + '\n' + ec.model];
-          if (!engine) {
-            local_backend::LocalProviderOptions o;
-            o.display_name = pc.display_name;
-            o.model_path = ec.model;
-            o.context_length = pc.context_length;
-            o.threads = pc.threads;
-            o.max_sequences = pc.max_sequences;
-            o.max_queue = pc.max_queue;
-            o.max_batch_tokens = pc.max_batch_tokens;
-            o.kv_cache_bytes = pc.kv_cache_mib << 20;
-            o.kv_cache_type = pc.kv_cache_type == "q8"    ? local_backend::KvType::kQ8
-                              : pc.kv_cache_type == "f32" ? local_backend::KvType::kF32
-                                                          : local_backend::KvType::kF16;
-            o.prefix_cache = pc.prefix_cache;
-            o.device = pc.device == "cpu"    ? local_backend::LocalDevice::kCpu
-                       : pc.device == "cuda" ? local_backend::LocalDevice::kCuda
-                                             : local_backend::LocalDevice::kAuto;
-            o.gpu_device = pc.gpu_device;
-            o.gpu_memory_bytes = pc.gpu_memory_mib << 20;
-            auto created = local_backend::LocalProvider::Create(o);
-            if (!created) {
-              // Device errors are the provider's settings, not the endpoint's.
-              const std::string& param = created.error().param;
-              if (param == "device" || param == "gpu_device" || param == "gpu_memory_bytes") {
-                const std::string key = param == "gpu_memory_bytes" ? "gpu_memory_mib" : param;
-                return StartupError("providers." + ec.provider + "." + key + ": " + created.error().message);
-              }
-              return StartupError(ec.config_path + " (" + mc.id + "): " + created.error().message);
-            }
-            engine = std::move(*created);
-            // The metrics label: <provider>/<file stem>, made unique.
-            std::string label = ec.provider + "/" + std::filesystem::path(ec.model).stem().string();
-            const std::string base = label;
-            for (int n = 2; std::any_of(services.engines.begin(), services.engines.end(),
-                                        [&](const auto& e) { return e.first == label; });
-                 ++n) {
-              label = base + "#" + std::to_string(n);
-            }
-            services.engines.emplace_back(std::move(label), engine.get());
-            std::cerr << "tollgate: loaded " << ec.model << " for " << mc.id << " on " << engine->DeviceName()
-                      << "\n";
-          }
-          e.provider = engine.get();
-          if (e.context_length == 0) e.context_length = engine->ContextLength();
-          if (e.max_concurrency == 0) e.max_concurrency = engine->MaxSequences();
-        } else {
-          e.provider = remote.at(ec.provider).get();
-        }
-        // What the endpoint honours: its provider's parameters, narrowed by the config.
-        e.supported = e.provider->SupportedParameters();
-        if (ec.supported_parameters) e.supported = e.supported.Minus(e.supported.Minus(*ec.supported_parameters));
-        m.context_length = std::max(m.context_length, e.context_length);
-        m.endpoints.push_back(std::move(e));
-      }
-      if (m.endpoints.empty()) continue;
-      models.push_back(std::move(m));
-    }
-    if (models.empty()) {
-      return StartupError(
-          "no model is available: the config lists none, or every model's providers are disabled");
-    }
-    services.catalog = routing::Catalog(std::move(models));
     {
-      // Metric labels come from the catalog only (metrics.hpp, "Cardinality").
-      std::vector<std::string> model_ids, provider_names;
-      for (const routing::Model& m : services.catalog.models()) {
-        model_ids.push_back(m.id);
-        for (const routing::Endpoint& e : m.endpoints) provider_names.emplace_back(e.provider->Name());
-      }
-      services.metrics->SetKnownLabels(model_ids, provider_names);
+      auto built = BuildRuntime(config, nullptr, ioc);
+      if (!built) return StartupError(built.error().message);
+      services.runtime.store(std::move(*built));
     }
-    services.router = std::make_unique<routing::Router>(&services.catalog, config.routing);
+    SetKnownLabels(*services.metrics, services.Current()->catalog);
+
+    // Reload (SIGHUP, POST /admin/v1/reload): the file again, restart-only
+    // settings kept, providers with unchanged settings shared; swapped in
+    // whole, or refused with the running config left as it was.
+    //
+    // A replaced runtime stays here until no request has held it for two
+    // sweeps in a row (5 s apart): work a call posted (a capacity-queue wake)
+    // may still reach its router a moment after the call ended. Remote
+    // providers the new config no longer uses stay until exit (a request may
+    // still be unwinding on one); local engines until idle and unused (their
+    // memory is the model's).
+    std::mutex reload_mu;
+    std::vector<std::pair<std::shared_ptr<const Runtime>, int>> retired;       // idle sweeps; guarded by reload_mu
+    std::vector<std::shared_ptr<providers::RemoteProvider>> replaced_remote;    // guarded by reload_mu
+    std::vector<std::shared_ptr<local_backend::LocalProvider>> replaced_local;  // guarded by reload_mu
+    auto sweep_replaced = [&] {  // with reload_mu held
+      for (auto& [runtime, idle_sweeps] : retired) idle_sweeps = runtime.use_count() == 1 ? idle_sweeps + 1 : 0;
+      std::erase_if(retired, [](const auto& entry) { return entry.second >= 2; });
+      std::erase_if(replaced_local, [](const std::shared_ptr<local_backend::LocalProvider>& engine) {
+        if (engine.use_count() > 1) return false;  // a runtime still uses it
+        const local_backend::LocalEngineStats stats = engine->Stats();
+        return stats.running == 0 && stats.queued == 0;
+      });
+    };
+    services.reload = [&](boost::json::object& summary) -> std::optional<std::string> {
+      std::lock_guard lock(reload_mu);
+      auto refuse = [&](std::string why) {
+        services.metrics->CountConfigReload(false);
+        std::cerr << "tollgate: config reload refused; the running config stays: " << why << std::endl;
+        return std::optional<std::string>(std::move(why));
+      };
+      if (options.config_path.empty()) return refuse("the server was started without a config file");
+      auto loaded = LoadConfig(options.config_path, ProcessEnv());
+      if (!loaded) return refuse(loaded.error().message);
+      const std::shared_ptr<const Runtime> running = services.Current();
+      for (const std::string& setting : KeepRestartOnlySettings(running->config, *loaded)) {
+        std::cerr << "tollgate: config reload: " << setting << " changed; it takes effect at restart" << std::endl;
+      }
+      auto next = BuildRuntime(std::move(*loaded), running.get(), ioc);
+      if (!next) return refuse(next.error().message);
+      for (const auto& [id, provider] : running->remote) {
+        auto it = (*next)->remote.find(id);
+        if (it == (*next)->remote.end() || it->second != provider) replaced_remote.push_back(provider);
+      }
+      for (const auto& [key, engine] : running->local) {
+        auto it = (*next)->local.find(key);
+        if (it == (*next)->local.end() || it->second != engine) replaced_local.push_back(engine);
+      }
+      const std::shared_ptr<const Runtime> installed = std::move(*next);
+      services.runtime.store(installed);
+      retired.emplace_back(running, 0);
+      SetKnownLabels(*services.metrics, installed->catalog);
+      services.metrics->CountConfigReload(true);
+      sweep_replaced();
+      summary["models"] = installed->catalog.models().size();
+      summary["providers"] = installed->remote.size() + installed->engines.size();
+      std::cerr << "tollgate: config reloaded from " << options.config_path << ": " << installed->catalog.models().size()
+                << " models" << std::endl;
+      return std::nullopt;
+    };
+    asio::steady_timer sweep_timer(ioc);
+    std::function<void()> sweep_later = [&] {
+      sweep_timer.expires_after(std::chrono::seconds(5));
+      sweep_timer.async_wait([&](const beast::error_code& ec) {
+        if (ec) return;
+        asio::post(services.blocking, [&] {
+          std::lock_guard lock(reload_mu);
+          sweep_replaced();
+        });
+        sweep_later();
+      });
+    };
+    sweep_later();
+    asio::signal_set hangup(ioc, SIGHUP);
+    std::function<void()> wait_for_hangup = [&] {
+      hangup.async_wait([&](const beast::error_code& ec, int) {
+        if (ec) return;
+        std::cerr << "tollgate: SIGHUP: reloading the config" << std::endl;
+        asio::post(services.blocking, [&] {
+          boost::json::object summary;
+          (void)services.reload(summary);
+        });
+        wait_for_hangup();
+      });
+    };
+    wait_for_hangup();
 
     tcp::acceptor acceptor(ioc);
     if (std::string error = Listen(acceptor, config.server.host, config.server.port, "server.listen");
@@ -1726,9 +2174,10 @@ int Serve(const Config& config, const ServeOptions& options) {
     }
     std::string shown_host = config.server.host.find(':') != std::string::npos ? "[" + config.server.host + "]"
                                                                               : config.server.host;
-    const size_t model_count = services.catalog.models().size();
+    const size_t model_count = services.Current()->catalog.models().size();
     std::cerr << "tollgate: " << model_count << (model_count == 1 ? " model, " : " models, ") << threads
-              << (threads == 1 ? " I/O thread" : " I/O threads") << "; listening on http://" << shown_host << ":"
+              << (threads == 1 ? " I/O thread" : " I/O threads") << "; listening on "
+              << (services.Current()->tls ? "https://" : "http://") << shown_host << ":"
               << port << std::endl;
 
     asio::co_spawn(ioc, Accept(services, acceptor, false), asio::detached);
@@ -1769,11 +2218,13 @@ int Serve(const Config& config, const ServeOptions& options) {
     signals.async_wait([&](const beast::error_code& ec, int signo) {
       if (ec) return;
       std::cerr << "tollgate: signal " << signo << ", stopping" << std::endl;
-      services.stopping = true;
+      services.stopping = true;  // /readyz answers 503 from now on
       beast::error_code ignored;
       acceptor.close(ignored);
       admin_acceptor.close(ignored);
-      drain_until = Clock::now() + std::chrono::milliseconds(config.server.drain_timeout_ms);
+      hangup.cancel(ignored);
+      sweep_timer.cancel();
+      drain_until = Clock::now() + std::chrono::milliseconds(services.Current()->config.server.drain_timeout_ms);
       drain_poll();
     });
 
@@ -1785,10 +2236,13 @@ int Serve(const Config& config, const ServeOptions& options) {
     services.stats_pool.join();
     services.key_reloads.join();
     // The local engines' workers may still post to the (stopped) loop; join
-    // them while it exists. Then the remote providers, then the loop itself
-    // with every frame it still holds.
-    local.clear();
-    remote.clear();
+    // them while it exists (the runtime and the replaced providers hold the
+    // last references, unless a call's frame still does). Then the loop
+    // itself with every frame it still holds.
+    services.runtime.store(nullptr);
+    retired.clear();
+    replaced_local.clear();
+    replaced_remote.clear();
   }
   // Bounded: during a database outage the rows still queued after 30 s are
   // logged and counted as lost rather than hanging the shutdown forever.

@@ -4,6 +4,10 @@
 // errors) and example/http/client/async-ssl (SNI, host-name verification).
 #include "http_client.hpp"
 
+#include "content_decoder.hpp"
+#include "dns_cache.hpp"
+#include "proxy_config.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -22,6 +26,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
@@ -34,6 +39,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <deque>
 #include <exception>
 #include <map>
@@ -133,7 +139,10 @@ std::string HostForUrl(const std::string& host) {
 
 struct HttpClient::Impl {
   Impl(asio::io_context& io, HttpClientOptions opts)
-      : ioc(io), options(std::move(opts)), tls(ssl::context::tls_client) {}
+      : ioc(io),
+        options(std::move(opts)),
+        tls(ssl::context::tls_client),
+        dns(DnsCache::Options{options.dns_ttl_ms, options.dns_negative_ttl_ms, options.dns_max_entries}) {}
 
   std::unique_ptr<Connection> TakeIdle(const std::string& key) {
     std::vector<std::unique_ptr<Connection>> dead;
@@ -186,6 +195,9 @@ struct HttpClient::Impl {
   asio::io_context& ioc;
   HttpClientOptions options;
   ssl::context tls;
+  ProxySettings proxies;  // set in Create(), then read-only
+  DnsCache dns;
+  std::atomic<std::uint64_t> tunnels{0};
   mutable std::mutex mu;
   std::map<std::string, std::deque<std::unique_ptr<Connection>>> idle;  // guarded by mu
   std::atomic<std::uint64_t> opened{0};
@@ -215,6 +227,11 @@ class Call : public std::enable_shared_from_this<Call> {
     authority_ = HostForUrl(up.host) + ":" + std::to_string(up.port);
     host_header_ = default_port ? HostForUrl(up.host) : authority_;
     pool_key_ = (up.tls ? "https://" : "http://") + authority_;
+    proxy_ = client_->proxies.For(up.tls, up.host, up.port);
+    // A connection to a proxy is only reused for the same upstream: a tunnel
+    // is bound to its CONNECT target, and keying absolute-form requests the
+    // same way keeps one rule for both.
+    if (proxy_ != nullptr) pool_key_ += " via " + proxy_->Authority();
   }
 
   void Launch(std::stop_token cancel) {
@@ -274,24 +291,14 @@ class Call : public std::enable_shared_from_this<Call> {
   asio::awaitable<bool> Connect() {
     const HttpUpstream& up = request_.upstream;
     Arm(request_.connect_timeout_ms, HttpFailureKind::kConnectTimeout);
-    auto [resolve_ec, endpoints] =
-        co_await resolver_.async_resolve(up.host, std::to_string(up.port), kAwait);
-    if (aborted_) co_return FailAborted(false);
-    if (resolve_ec) {
-      co_return Fail(HttpFailureKind::kConnect, "cannot resolve the upstream's host name (" + resolve_ec.message() + ")");
-    }
-
     conn_ = std::make_unique<Connection>(client_->ioc, up.tls ? &client_->tls : nullptr);
-    auto [connect_ec, endpoint] = co_await asio::async_connect(conn_->Socket(), endpoints, kAwait);
-    if (aborted_) co_return FailAborted(false);
-    if (connect_ec == asio::error::connection_refused) {
-      co_return Fail(HttpFailureKind::kConnect, "the upstream refused the connection");
-    }
-    if (connect_ec) {
-      co_return Fail(HttpFailureKind::kConnect, "cannot connect to the upstream (" + connect_ec.message() + ")");
+    const bool via_proxy = proxy_ != nullptr;
+    if (!co_await ConnectTcp(via_proxy ? proxy_->host : up.host, via_proxy ? proxy_->port : up.port, via_proxy)) {
+      co_return false;
     }
     error_code ignored;
     conn_->Socket().set_option(tcp::no_delay(true), ignored);
+    if (via_proxy && up.tls && !co_await OpenTunnel()) co_return false;
 
     if (conn_->tls) {
       auto& stream = *conn_->tls;
@@ -318,16 +325,117 @@ class Call : public std::enable_shared_from_this<Call> {
     co_return true;
   }
 
+  // TCP connection to `host`:`port` (the upstream, or the proxy), through
+  // the client's DNS cache. Fails the call (and returns false) on error.
+  asio::awaitable<bool> ConnectTcp(const std::string& host, std::uint16_t port, bool to_proxy) {
+    const char* peer = to_proxy ? "the HTTP proxy" : "the upstream";
+    DnsCache& dns = client_->dns;
+    error_code not_ip;  // set when `host` is a name rather than an IP literal
+    const auto ip = asio::ip::make_address(host, not_ip);
+    for (int round = 0; round < 2; ++round) {
+      DnsCache::Endpoints endpoints;
+      bool cached = false;
+      if (!not_ip) {
+        endpoints.emplace_back(ip, port);
+      } else if (auto hit = dns.Find(host, port)) {
+        if (hit->failed) {
+          co_return Fail(HttpFailureKind::kConnect,
+                         std::string("cannot resolve ") + peer + "'s host name (" + hit->error + ")");
+        }
+        endpoints = std::move(hit->endpoints);
+        cached = true;
+      } else {
+        auto [resolve_ec, results] = co_await resolver_.async_resolve(host, std::to_string(port), kAwait);
+        if (aborted_) co_return FailAborted(false);
+        if (resolve_ec) {
+          dns.PutFailure(host, port, resolve_ec.message());
+          co_return Fail(HttpFailureKind::kConnect,
+                         std::string("cannot resolve ") + peer + "'s host name (" + resolve_ec.message() + ")");
+        }
+        for (const auto& r : results) endpoints.push_back(r.endpoint());
+        dns.Put(host, port, endpoints);
+      }
+      auto [connect_ec, endpoint] = co_await asio::async_connect(conn_->Socket(), endpoints, kAwait);
+      if (aborted_) co_return FailAborted(false);
+      if (!connect_ec) co_return true;
+      if (not_ip) {  // a host name, not an IP literal
+        // Every address failed: it may have moved. Forget it, and when it came
+        // from the cache, resolve once more before giving up.
+        dns.Drop(host, port);
+        if (cached && round == 0) continue;
+      }
+      if (connect_ec == asio::error::connection_refused) {
+        co_return Fail(HttpFailureKind::kConnect, std::string(peer) + " refused the connection");
+      }
+      co_return Fail(HttpFailureKind::kConnect,
+                     std::string("cannot connect to ") + peer + " (" + connect_ec.message() + ")");
+    }
+    co_return Fail(HttpFailureKind::kConnect, std::string("cannot connect to ") + peer);
+  }
+
+  // CONNECT upstream:port through the proxy (RFC 9110 section 9.3.6); on 2xx
+  // the socket is a byte tunnel to the upstream, ready for the TLS handshake.
+  asio::awaitable<bool> OpenTunnel() {
+    tcp::socket& socket = conn_->Socket();
+    http::request<http::empty_body> req{http::verb::connect, authority_, 11};
+    req.set(http::field::host, authority_);
+    req.set(http::field::user_agent, "tollgate/0.1");
+    if (!proxy_->authorization.empty()) req.set(http::field::proxy_authorization, proxy_->authorization);
+    auto [write_ec, written] = co_await http::async_write(socket, req, kAwait);
+    if (aborted_) co_return FailAborted(false);
+    if (write_ec) {
+      co_return Fail(HttpFailureKind::kConnect,
+                     "sending CONNECT to the HTTP proxy failed: it " + DescribeIoError(write_ec));
+    }
+    http::response_parser<http::empty_body> parser;
+    parser.skip(true);  // a 2xx to CONNECT has no body: the tunnel starts after the header
+    parser.header_limit(static_cast<std::uint32_t>(client_->options.max_header_bytes));
+    beast::flat_buffer buffer;
+    auto [read_ec, read] = co_await http::async_read_header(socket, buffer, parser, kAwait);
+    if (aborted_) co_return FailAborted(false);
+    if (read_ec) {
+      co_return Fail(HttpFailureKind::kConnect, "the HTTP proxy " + DescribeIoError(read_ec) + " during CONNECT");
+    }
+    const int status = static_cast<int>(parser.get().result_int());
+    if (status == 407) {
+      co_return Fail(HttpFailureKind::kConnect,
+                     "the HTTP proxy requires authentication or rejected Tollgate's proxy credentials (407)");
+    }
+    if (status < 200 || status > 299) {
+      co_return Fail(HttpFailureKind::kConnect,
+                     "the HTTP proxy refused the tunnel to the upstream (" + std::to_string(status) + ")");
+    }
+    if (buffer.size() != 0) {
+      // The upstream speaks only after our ClientHello: bytes here are the
+      // proxy's, and TLS would read them as the server's.
+      co_return Fail(HttpFailureKind::kConnect, "the HTTP proxy sent data into the tunnel before TLS started");
+    }
+    ++client_->tunnels;
+    co_return true;
+  }
+
   template <class Stream>
   asio::awaitable<Outcome> Exchange(Stream& stream, bool reused) {
     Arm(request_.first_byte_timeout_ms, HttpFailureKind::kFirstByteTimeout);
     {
       http::request<http::string_body> req;
       req.method_string(request_.method);
-      req.target(request_.target);
+      const bool absolute_form = proxy_ != nullptr && !request_.upstream.tls;
+      if (absolute_form) {
+        // RFC 9112 section 3.2.2: a proxy gets the absolute URI.
+        req.target("http://" + authority_ + request_.target);
+      } else {
+        req.target(request_.target);
+      }
       req.version(11);
       req.set(http::field::host, host_header_);
+      // Ask for the bytes as they are (RFC 9110 section 12.5.3); a request
+      // header may still say otherwise.
+      req.set(http::field::accept_encoding, "identity");
       for (const auto& [name, value] : request_.headers) req.set(name, value);
+      if (absolute_form && !proxy_->authorization.empty()) {
+        req.set(http::field::proxy_authorization, proxy_->authorization);
+      }
       req.body() = request_.body;
       req.prepare_payload();
       auto [write_ec, written] = co_await http::async_write(stream, req, kAwait);
@@ -376,6 +484,19 @@ class Call : public std::enable_shared_from_this<Call> {
       buffer.shrink_to_fit();
     }
 
+    if (proxy_ != nullptr && !request_.upstream.tls && parser.get().result_int() == 407) {
+      // Absolute-form: the proxy itself answered (an upstream has no reason to
+      // send 407), so the request never left it.
+      Fail(HttpFailureKind::kConnect,
+           "the HTTP proxy requires authentication or rejected Tollgate's proxy credentials (407)");
+      co_return Outcome::kDone;
+    }
+    auto decoder = ContentDecoder::ForContentEncoding(parser.get()[http::field::content_encoding]);
+    if (!decoder) {
+      Fail(HttpFailureKind::kBrokenStream, decoder.error().message);
+      co_return Outcome::kDone;
+    }
+
     HttpResponseHead head;
     head.status = static_cast<int>(parser.get().result_int());
     head.content_type = std::string(parser.get()[http::field::content_type]);
@@ -388,6 +509,7 @@ class Call : public std::enable_shared_from_this<Call> {
     // to kReadChunkBytes for a body of known length.
     const std::size_t chunk_size = std::clamp<std::size_t>(buffer.capacity(), kStreamBufferBytes, kReadChunkBytes);
     const auto chunk = std::make_unique_for_overwrite<char[]>(chunk_size);
+    std::unique_ptr<char[]> decoded;  // decoder output, allocated on first use
     while (!parser.is_done()) {
       if (!handler_->Ready(ResumeCallback())) {
         co_await Pause();
@@ -417,9 +539,35 @@ class Call : public std::enable_shared_from_this<Call> {
       }
       if (got > 0) {
         Arm(request_.read_idle_timeout_ms, HttpFailureKind::kReadTimeout);
-        if (!handler_->OnBody(std::string_view(chunk.get(), got))) {
-          terminal_sent_ = true;  // the handler ended the exchange itself
-          co_return Outcome::kDone;
+        if (decoder->identity()) {
+          if (!handler_->OnBody(std::string_view(chunk.get(), got))) {
+            terminal_sent_ = true;  // the handler ended the exchange itself
+            co_return Outcome::kDone;
+          }
+        } else {
+          // Hand on each decoded piece as it comes; one read can inflate to
+          // many pieces, so flow control is asked between them too.
+          if (!decoded) decoded = std::make_unique_for_overwrite<char[]>(chunk_size);
+          decoder->Feed(std::string_view(chunk.get(), got));
+          for (bool first = true;; first = false) {
+            if (!first && !handler_->Ready(ResumeCallback())) {
+              co_await Pause();
+              if (aborted_) {
+                FailAborted(true);
+                co_return Outcome::kDone;
+              }
+            }
+            auto n = decoder->Next(decoded.get(), chunk_size);
+            if (!n) {
+              Fail(HttpFailureKind::kBrokenStream, n.error().message, /*head_received=*/true);
+              co_return Outcome::kDone;
+            }
+            if (*n == 0) break;
+            if (!handler_->OnBody(std::string_view(decoded.get(), *n))) {
+              terminal_sent_ = true;
+              co_return Outcome::kDone;
+            }
+          }
         }
       }
       if (read_ec) {
@@ -429,6 +577,10 @@ class Call : public std::enable_shared_from_this<Call> {
     }
 
     Disarm();
+    if (auto finished = decoder->Finish(); !finished) {
+      Fail(HttpFailureKind::kBrokenStream, finished.error().message, /*head_received=*/true);
+      co_return Outcome::kDone;
+    }
     if (parser.keep_alive() && buffer.size() == 0) {
       client_->ReturnIdle(pool_key_, std::move(conn_));
     }
@@ -567,6 +719,7 @@ class Call : public std::enable_shared_from_this<Call> {
   tcp::resolver resolver_;
   std::optional<std::stop_callback<std::function<void()>>> stop_cb_;
   std::unique_ptr<Connection> conn_;
+  const ProxyServer* proxy_ = nullptr;  // into client_->proxies; null = direct
   std::string authority_;
   std::string host_header_;
   std::string pool_key_;
@@ -602,6 +755,10 @@ Result<HttpClient> HttpClient::Create(asio::io_context& ioc, HttpClientOptions o
     }
   }
   impl->tls.set_verify_mode(ssl::verify_peer);
+  auto proxies = ResolveProxySettings(impl->options.proxy, impl->options.no_proxy,
+                                      [](const char* name) { return std::getenv(name); });
+  if (!proxies) return proxies.error();
+  impl->proxies = std::move(*proxies);
   return HttpClient(std::move(impl));
 }
 
@@ -619,9 +776,27 @@ HttpClientStats HttpClient::Stats() const {
   stats.connections_reused = impl_->reused.load();
   stats.stale_retries = impl_->stale_retries.load();
   stats.dead_idle_dropped = impl_->dead_idle.load();
+  stats.proxy_tunnels = impl_->tunnels.load();
+  const auto dns = impl_->dns.GetStats();
+  stats.dns_hits = dns.hits;
+  stats.dns_misses = dns.misses;
+  stats.dns_dropped = dns.dropped;
   std::lock_guard lock(impl_->mu);
   for (const auto& [key, queue] : impl_->idle) stats.idle_connections += queue.size();
   return stats;
+}
+
+std::vector<std::string> HttpClient::Secrets() const {
+  std::vector<std::string> secrets;
+  for (const auto* proxy : {&impl_->proxies.http, &impl_->proxies.https}) {
+    if (!*proxy) continue;
+    if (!(*proxy)->authorization.empty()) {
+      secrets.push_back((*proxy)->authorization);
+      secrets.push_back((*proxy)->authorization.substr(6));  // the base64 alone
+    }
+    if (!(*proxy)->password.empty()) secrets.push_back((*proxy)->password);
+  }
+  return secrets;
 }
 
 }  // namespace tollgate::providers::detail

@@ -12,7 +12,29 @@
 // (SSL_CTX_set_default_verify_paths) plus an optional PEM `ca_file`,
 // verify_peer, host-name verification (asio::ssl::host_name_verification, i.e.
 // X509_check_host / X509_check_ip_asc), SNI for host names (RFC 6066 section 3:
-// never for IP literals), TLS 1.2 minimum.
+// never for IP literals), TLS 1.2 minimum. Always on: there is no option to
+// turn verification off. Through a proxy the same checks apply to the
+// upstream inside the tunnel (never to the proxy, which is plain HTTP).
+//
+// Forward proxy (proxy_config.hpp for where it comes from and NO_PROXY): an
+// https upstream is reached through `CONNECT host:port` (RFC 9110 section
+// 9.3.6), then TLS inside the tunnel; an http upstream gets its request in
+// absolute form (RFC 9112 section 3.2.2). Pooled connections are keyed by
+// scheme, upstream host:port and proxy, so a tunnel only ever carries requests
+// for the upstream it was opened to. A proxy that refuses (CONNECT answered
+// with anything but 2xx, or 407 to an absolute-form request) or cannot be
+// reached is a kConnect failure (nothing reached the upstream). Messages name
+// neither the proxy's address nor its credentials.
+//
+// Content-Encoding: every request says `Accept-Encoding: identity` unless its
+// headers set Accept-Encoding; a gzip or deflate answer is decoded on the fly
+// (content_decoder.hpp), so handlers always see identity bytes; any other
+// coding fails the exchange before OnHead (kBrokenStream).
+//
+// DNS: host names are resolved through a DnsCache (dns_cache.hpp) shared by
+// all calls of one client; IP literals skip it. When connecting to every
+// cached address fails, the entry is dropped and the name resolved once more
+// within the same connect timeout.
 #pragma once
 
 #include "tollgate/core/error.hpp"
@@ -47,6 +69,16 @@ struct HttpClientOptions {
   std::size_t max_idle_connections = 16;  // per upstream; 0 disables reuse
   int idle_ttl_ms = 30000;                // idle connections older than this are closed
   std::size_t max_header_bytes = 64 * 1024;
+  // Forward proxy URL for every upstream ("http://user:pass@host:port"); ""
+  // = none; nullopt = from the environment (proxy_config.hpp). Read once, in
+  // Create().
+  std::optional<std::string> proxy;
+  // Hosts that bypass the proxy (curl's NO_PROXY syntax); nullopt = from the
+  // environment (no_proxy / NO_PROXY).
+  std::optional<std::string> no_proxy;
+  int dns_ttl_ms = 30000;          // resolved addresses; <= 0 = no DNS cache
+  int dns_negative_ttl_ms = 1000;  // resolution failures; <= 0 = not cached
+  std::size_t dns_max_entries = 1024;
 };
 
 struct HttpRequest {
@@ -116,11 +148,18 @@ struct HttpClientStats {
   std::uint64_t dead_idle_dropped = 0;   // pooled connections found dead (EOF, reset, stray
                                          // bytes, TTL) before use
   std::size_t idle_connections = 0;      // pooled now, all upstreams
+  std::uint64_t proxy_tunnels = 0;       // CONNECT tunnels established
+  std::uint64_t dns_hits = 0;            // host names answered from the DNS cache
+  std::uint64_t dns_misses = 0;          // host names sent to the resolver
+  std::uint64_t dns_dropped = 0;         // cache entries dropped after every address failed
 };
 
 class HttpClient {
  public:
-  // Errors: kInvalidArgument when `ca_file` cannot be loaded.
+  // Errors: kInvalidArgument when `ca_file` cannot be loaded (param
+  // "ca_file"), or when the proxy URL, explicit or from the environment, is
+  // not a usable http:// proxy (param "proxy"; the message names the source,
+  // e.g. "HTTPS_PROXY: ...", never the URL).
   // `ioc` must outlive the client and every call started on it.
   static Result<HttpClient> Create(boost::asio::io_context& ioc, HttpClientOptions options);
 
@@ -137,6 +176,11 @@ class HttpClient {
   void Post(std::function<void()> fn) const;
 
   HttpClientStats Stats() const;
+
+  // Strings that no error message may contain: the proxy passwords and
+  // Proxy-Authorization values in use (empty when there is no proxy
+  // authentication). For callers that redact upstream-written text.
+  std::vector<std::string> Secrets() const;
 
   struct Impl;
 

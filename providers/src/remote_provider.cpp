@@ -255,6 +255,8 @@ class RemoteProviderImpl final : public RemoteProvider {
     hidden_ = {options_.base_url,
                endpoint_.upstream.host + ":" + std::to_string(endpoint_.upstream.port),
                endpoint_.upstream.host};
+    // Proxy credentials (a proxy may write them into an error page).
+    for (auto& secret : client_.Secrets()) hidden_.insert(hidden_.begin(), std::move(secret));
     switch (options_.api) {
       case RemoteApi::kOpenAiCompatible:
         supported_ = preset_.supported;
@@ -389,7 +391,8 @@ class RemoteProviderImpl final : public RemoteProvider {
 
   ConnectionStats Stats() const override {
     const auto s = client_.Stats();
-    return ConnectionStats{s.connections_opened, s.connections_reused, s.dead_idle_dropped, s.idle_connections};
+    return ConnectionStats{s.connections_opened, s.connections_reused, s.dead_idle_dropped, s.idle_connections,
+                           s.proxy_tunnels,      s.dns_hits,           s.dns_misses};
   }
 
  private:
@@ -426,6 +429,7 @@ Result<std::unique_ptr<RemoteProvider>> RemoteProvider::Create(RemoteProviderOpt
   if (options.max_idle_connections < 0) {
     return InvalidOption("max_idle_connections must not be negative", "max_idle_connections");
   }
+  if (options.dns_ttl_ms < 0) return InvalidOption("dns_ttl_ms must not be negative", "dns_ttl_ms");
   if (options.default_max_tokens < 1) return InvalidOption("default_max_tokens must be positive", "default_max_tokens");
   if (HasControlChars(options.api_key)) return InvalidOption("api_key contains CR, LF or NUL", "api_key");
   for (const auto& [name, value] : options.extra_headers) {
@@ -437,6 +441,9 @@ Result<std::unique_ptr<RemoteProvider>> RemoteProvider::Create(RemoteProviderOpt
   detail::HttpClientOptions client_options;
   client_options.ca_file = options.ca_file;
   client_options.max_idle_connections = static_cast<std::size_t>(options.max_idle_connections);
+  client_options.proxy = options.proxy;
+  client_options.no_proxy = options.no_proxy;
+  client_options.dns_ttl_ms = options.dns_ttl_ms;
   auto client = detail::HttpClient::Create(ioc, std::move(client_options));
   if (!client) return client.error();
   return std::unique_ptr<RemoteProvider>(

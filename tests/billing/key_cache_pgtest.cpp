@@ -362,7 +362,8 @@ TEST_F(KeyCachePg, NewKeysAndLimitChangesArriveByNotification) {
 
   TestKey alice = CreateKey(account, "alice");
   ASSERT_TRUE(WaitFor([&] { return cache->Lookup(alice.key).has_value(); }, 1000));
-  EXPECT_TRUE(changes.Has("key", alice.id));
+  // The callback runs right after the key is in the map, on the listener's thread.
+  EXPECT_TRUE(WaitFor([&] { return changes.Has("key", alice.id); }, 1000));
 
   Query("UPDATE api_keys SET credit_limit_nano_usd = 777, limit_reset = 'daily',"
         " soft_limit_nano_usd = 700, requests_per_minute = 5, tokens_per_minute = 50,"
@@ -441,7 +442,7 @@ TEST_F(KeyCachePg, ANewProviderKeyArrivesByNotification) {
   AddProviderKey(acme, "openai", "sk-live-abc123456789");
   ASSERT_TRUE(WaitFor([&] { return !cache->Lookup(k.key)->account.provider_keys.empty(); }, 1000));
   EXPECT_EQ(cache->Lookup(k.key)->account.provider_keys.at("openai"), "sk-live-abc123456789");
-  EXPECT_TRUE(changes.Has("account", acme));
+  EXPECT_TRUE(WaitFor([&] { return changes.Has("account", acme); }, 1000));
 
   // Removed (and notified): gone.
   Query("BEGIN; DELETE FROM provider_keys WHERE account_id = " + std::to_string(acme) +

@@ -108,6 +108,96 @@ TEST_F(RateLimiterPg, ReadsOtherReplicasSumsAndIgnoresStaleCallsInFlight) {
   RateDecision d = b->Acquire(key, 0, Now());
   EXPECT_TRUE(d.allowed);
   EXPECT_EQ(d.remaining_requests, 100 - 30 - 2);
+  // Key 4 was never used on b: read all the same.
+  RateUsage other_key = b->Usage(4, Now());
+  EXPECT_EQ(other_key.local.requests, 0);
+  EXPECT_EQ(other_key.others.requests, 50);
+  EXPECT_EQ(other_key.others.tokens, 500);
+  EXPECT_EQ(other_key.others.in_flight, 1);
+}
+
+// The scale-out reproduction: rpm 5, six calls on a give 5 admitted and 1
+// refused; once a round of each replica has run, six concurrent calls on b,
+// which has never seen the key, are all refused (before the fix b admitted 5
+// more: it read only keys it had used itself).
+TEST_F(RateLimiterPg, AKeyUsedUpOnOneReplicaIsRefusedAtItsFirstUseOnAnother) {
+  constexpr int kIntervalMs = 250;
+  auto a = MustStart("a", kIntervalMs);
+  auto b = MustStart("b", kIntervalMs);
+  ASSERT_TRUE(a && b);
+  KeyRecord key = RateLimitedKey(14, 5);
+  int admitted_on_a = 0;
+  for (int i = 0; i < 6; ++i) {
+    RateDecision d = a->Acquire(key, 0, Now());
+    if (!d.allowed) continue;
+    ++admitted_on_a;
+    a->Release(d, 0, Now());
+  }
+  ASSERT_EQ(admitted_on_a, 5);
+  // A round of a that started after the calls (its second end from now) has
+  // written them; then a round of b that started after that has read them.
+  steady_clock::time_point start = steady_clock::now();
+  const int64_t a_rounds = a->syncs();
+  ASSERT_TRUE(WaitFor([&] { return a->syncs() >= a_rounds + 2; }, 5000));
+  const int64_t b_rounds = b->syncs();
+  ASSERT_TRUE(WaitFor([&] { return b->syncs() >= b_rounds + 2; }, 5000));
+  auto waited_ms = std::chrono::duration_cast<milliseconds>(steady_clock::now() - start).count();
+  EXPECT_EQ(b->sync_failures(), 0);
+  RateUsage seen = b->Usage(14, Now());
+  EXPECT_EQ(seen.local.requests, 0);
+  EXPECT_EQ(seen.others.requests, 5);
+
+  std::atomic<int> admitted_on_b{0};
+  std::atomic<int> refused_on_requests{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&] {
+      RateDecision d = b->Acquire(key, 0, Now());
+      if (d.allowed) {
+        admitted_on_b.fetch_add(1);
+        b->Release(d, 0, Now());
+      } else if (d.refused_by == RateLimitKind::kRequests && d.remaining_requests == 0) {
+        refused_on_requests.fetch_add(1);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  std::printf("rpm 5: 5 admitted on a; %d of 6 concurrent first calls on b admitted, %lld ms "
+              "after a's calls (sync interval %d ms)\n",
+              admitted_on_b.load(), static_cast<long long>(waited_ms), kIntervalMs);
+  EXPECT_EQ(admitted_on_b.load(), 0);
+  EXPECT_EQ(refused_on_requests.load(), 6);
+}
+
+// A replica that starts after a key was used up elsewhere refuses the key's
+// first call on it at once: Start runs a round before it returns.
+TEST_F(RateLimiterPg, AReplicaStartedLaterCountsTheOthersFromItsFirstCall) {
+  auto a = MustStart("a", 50);
+  ASSERT_TRUE(a);
+  KeyRecord key = RateLimitedKey(15, 3, std::nullopt, 4);
+  std::vector<RateDecision> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(a->Acquire(key, 0, Now()));
+    ASSERT_TRUE(held.back().allowed);
+  }
+  const int64_t a_rounds = a->syncs();
+  ASSERT_TRUE(WaitFor([&] { return a->syncs() >= a_rounds + 2; }, 5000));
+  auto c = MustStart("c", 60'000);  // no round after Start's within the test
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->syncs(), 1);
+  RateDecision first = c->Acquire(key, 0, Now());
+  EXPECT_FALSE(first.allowed);
+  EXPECT_EQ(first.refused_by, RateLimitKind::kRequests);
+  RateUsage seen = c->Usage(15, Now());
+  EXPECT_EQ(seen.others.requests, 3);
+  EXPECT_EQ(seen.others.in_flight, 3);
+  // Calls in flight elsewhere count too: 3 of 4 on a, so one more here.
+  KeyRecord concurrent_only = RateLimitedKey(15, std::nullopt, std::nullopt, 4);
+  RateDecision one = c->Acquire(concurrent_only, 0, Now());
+  EXPECT_TRUE(one.allowed);
+  EXPECT_EQ(c->Acquire(concurrent_only, 0, Now()).refused_by, RateLimitKind::kConcurrency);
+  c->Release(one, 0, Now());
+  for (const RateDecision& d : held) a->Release(d, 0, Now());
 }
 
 TEST_F(RateLimiterPg, TwoReplicasHoldTheRequestLimitWithinTheTolerance) {

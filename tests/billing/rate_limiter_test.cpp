@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -52,7 +53,7 @@ TEST(RateLimiter, KeyWithoutLimitsIsAllowedAndNotTracked) {
   EXPECT_TRUE(RateLimitHeaders(d).empty());
   limiter.Release(d, 5, At(1));  // harmless
   EXPECT_EQ(limiter.tracked_keys(), 0u);
-  EXPECT_TRUE(limiter.PrepareSync(At(2)).active_keys.empty());
+  EXPECT_TRUE(limiter.PrepareSync(At(2)).changed.empty());
 }
 
 TEST(RateLimiter, RefusesRequestsOverTheLimitUntilTheNextMinute) {
@@ -266,14 +267,17 @@ TEST(RateLimiter, ConcurrentThreadsNeverExceedTheLimits) {
 class FakeRateCounters {
  public:
   // One sync round of `limiter` as replica `replica` at `now`, like the
-  // statement of RateLimiter::Start's thread.
+  // statement of RateLimiter::Start's thread: the others' sums of every key
+  // in the table, all-zero sums left out.
   void Sync(RateLimiter& limiter, const std::string& replica, system_clock::time_point now) {
     RateSyncBatch batch = limiter.PrepareSync(now);
     for (const RateCounterRow& row : batch.changed) {
       rows_[{row.key_id, batch.window_start, replica}] = {row, now};
     }
+    std::set<int64_t> keys;
+    for (const auto& [id, row] : rows_) keys.insert(std::get<0>(id));
     std::vector<RateCounterRow> others;
-    for (int64_t key_id : batch.active_keys) {
+    for (int64_t key_id : keys) {
       RateCounterRow sum{key_id, 0, 0, 0};
       std::map<std::string, std::pair<system_clock::time_point, const Row*>> newest;
       for (const auto& [id, row] : rows_) {
@@ -292,7 +296,7 @@ class FakeRateCounters {
           sum.in_flight += slot.second->counts.in_flight;
         }
       }
-      others.push_back(sum);
+      if (sum.requests != 0 || sum.tokens != 0 || sum.in_flight != 0) others.push_back(sum);
     }
     limiter.ApplyOthers(batch, others);
   }
@@ -410,12 +414,11 @@ TEST(RateLimiterSync, WritesOnlyChangesAndRewritesAfterAFailure) {
   EXPECT_EQ(first.changed[0].tokens, 5);
   EXPECT_EQ(first.changed[0].in_flight, 1);
   EXPECT_EQ(first.window_start, kMinute0);
-  EXPECT_EQ(first.active_keys, std::vector<int64_t>{31});
 
-  // Nothing changed: nothing to write, still read.
+  // Nothing changed: nothing to write (the round still reads).
   RateSyncBatch second = limiter.PrepareSync(At(1'500));
   EXPECT_TRUE(second.changed.empty());
-  EXPECT_EQ(second.active_keys, std::vector<int64_t>{31});
+  EXPECT_EQ(second.window_start, kMinute0);
 
   // A failed round writes the same key again next time, with its latest counts.
   limiter.SyncFailed(first);
@@ -454,9 +457,10 @@ TEST(RateLimiterSync, ForgetsIdleKeysButNotKeysWithCallsInFlight) {
   limiter.PrepareSync(At(2'000));
   limiter.PrepareSync(At(119'000));  // the next minute: still kept
   EXPECT_EQ(limiter.tracked_keys(), 2u);
-  RateSyncBatch later = limiter.PrepareSync(At(121'000));
+  limiter.PrepareSync(At(121'000));
   EXPECT_EQ(limiter.tracked_keys(), 1u);
-  EXPECT_EQ(later.active_keys, std::vector<int64_t>{42});
+  EXPECT_EQ(limiter.Usage(42, At(121'000)).local.in_flight, 1);
+  EXPECT_EQ(limiter.Usage(41, At(121'000)).local.requests, 0);
   limiter.Release(busy, 0, At(122'000));
   EXPECT_EQ(limiter.PrepareSync(At(122'100)).changed.size(), 1u);  // the release is written first
   limiter.PrepareSync(At(240'000));
@@ -497,6 +501,115 @@ TEST(RateLimiterSync, OthersRequestsEndWithTheirWindowAndTheirCallsInFlightLater
   RateSyncBatch again = limiter.PrepareSync(At(62'000));
   limiter.ApplyOthers(again, {});
   EXPECT_EQ(limiter.Usage(51, At(62'000)).others.in_flight, 0);
+}
+
+// The first-use gap: rpm 5, six calls on a (5 admitted, 1 refused); after a
+// round of each, six calls on b, which never saw the key before, are all
+// refused: b counts a's admissions from its first decision on.
+TEST(RateLimiterSync, AKeysFirstCallsOnAReplicaCountWhatTheOthersAdmitted) {
+  FakeRateCounters table;
+  RateLimiter a, b;
+  KeyRecord key = RateLimitedKey(24, 5, 1000, 10);
+  int admitted_on_a = 0;
+  for (int i = 0; i < 6; ++i) {
+    RateDecision d = a.Acquire(key, 100, At(1'000));
+    if (!d.allowed) continue;
+    ++admitted_on_a;
+    a.Release(d, 100, At(1'100));
+  }
+  ASSERT_EQ(admitted_on_a, 5);
+  table.Sync(a, "a", At(1'250));
+  // b has nothing to write and has never seen key 24: its round still reads it.
+  RateSyncBatch b_batch = b.PrepareSync(At(1'300));
+  EXPECT_TRUE(b_batch.changed.empty());
+  table.Sync(b, "b", At(1'300));
+  EXPECT_EQ(b.tracked_keys(), 1u);
+  RateUsage seen = b.Usage(24, At(1'300));
+  EXPECT_EQ(seen.local.requests, 0);
+  EXPECT_EQ(seen.others.requests, 5);
+  EXPECT_EQ(seen.others.tokens, 500);
+  for (int i = 0; i < 6; ++i) {
+    RateDecision d = b.Acquire(key, 0, At(3'000));
+    EXPECT_FALSE(d.allowed) << i;
+    EXPECT_EQ(d.refused_by, RateLimitKind::kRequests);
+    EXPECT_EQ(d.remaining_requests, 0);
+    EXPECT_EQ(d.retry_after_s, 57);
+  }
+  // A token limit of a key first seen here counts the others' tokens too.
+  KeyRecord tokens_key = RateLimitedKey(24, std::nullopt, 1000);
+  RateDecision big = b.Acquire(tokens_key, 600, At(3'000));
+  EXPECT_EQ(big.refused_by, RateLimitKind::kTokens);
+  EXPECT_EQ(big.remaining_tokens, 500);
+  // Next minute: a's requests no longer count.
+  EXPECT_TRUE(b.Acquire(key, 0, At(60'000)).allowed);
+}
+
+// Calls in flight on the others limit a key's first calls here as well.
+TEST(RateLimiterSync, AKeysFirstCallsOnAReplicaCountTheOthersCallsInFlight) {
+  FakeRateCounters table;
+  RateLimiter a, b;
+  KeyRecord key = RateLimitedKey(25, std::nullopt, std::nullopt, 2);
+  RateDecision x = a.Acquire(key, 0, At(1'000));
+  RateDecision y = a.Acquire(key, 0, At(1'000));
+  ASSERT_TRUE(x.allowed && y.allowed);
+  table.Sync(a, "a", At(1'250));
+  table.Sync(b, "b", At(1'300));
+  EXPECT_EQ(b.Acquire(key, 0, At(1'400)).refused_by, RateLimitKind::kConcurrency);
+  a.Release(x, 0, At(1'500));
+  table.Sync(a, "a", At(1'750));
+  table.Sync(b, "b", At(1'800));
+  RateDecision one = b.Acquire(key, 0, At(1'900));
+  EXPECT_TRUE(one.allowed);
+  EXPECT_EQ(b.Acquire(key, 0, At(1'900)).refused_by, RateLimitKind::kConcurrency);
+  b.Release(one, 0, At(2'000));
+  a.Release(y, 0, At(2'000));
+}
+
+// Entries for keys only the others use: created by ApplyOthers (not for
+// all-zero sums), kept from one round to the next (no gap between a round's
+// PrepareSync and its ApplyOthers), zeroed when missing from an answer and
+// dropped with their window.
+TEST(RateLimiterSync, KeepsTheOthersCountsOfKeysNotUsedHereAndDropsThemWithTheirWindow) {
+  RateLimiter limiter;
+  limiter.ApplyOthers(limiter.PrepareSync(At(1'000)),
+                      {{61, 5, 50, 0}, {62, 0, 0, 2}, {63, 0, 0, 0}});
+  EXPECT_EQ(limiter.tracked_keys(), 2u);
+  EXPECT_EQ(limiter.Usage(61, At(1'000)).others.requests, 5);
+  EXPECT_EQ(limiter.Usage(63, At(1'000)).others.requests, 0);
+
+  // The next round's PrepareSync keeps both, and nothing is written for them.
+  RateSyncBatch next = limiter.PrepareSync(At(1'250));
+  EXPECT_TRUE(next.changed.empty());
+  EXPECT_EQ(limiter.tracked_keys(), 2u);
+  // A first call here between that PrepareSync and its ApplyOthers counts
+  // the others' 5 requests.
+  EXPECT_EQ(limiter.Acquire(RateLimitedKey(61, 5), 0, At(1'300)).refused_by,
+            RateLimitKind::kRequests);
+  EXPECT_EQ(limiter.Usage(62, At(1'300)).others.in_flight, 2);
+  limiter.ApplyOthers(next, {{61, 5, 50, 0}, {62, 0, 0, 2}});
+
+  // Next minute: 61's requests are over (61 stays a window more: it was used
+  // here); 62, never used here, stays for the others' calls in flight, which
+  // carry over until a sync reads them as gone.
+  limiter.PrepareSync(At(60'100));
+  EXPECT_EQ(limiter.tracked_keys(), 2u);
+  EXPECT_EQ(limiter.Usage(61, At(60'100)).others.requests, 0);
+  EXPECT_EQ(limiter.Usage(62, At(60'100)).others.in_flight, 2);
+  RateSyncBatch gone = limiter.PrepareSync(At(60'200));
+  limiter.ApplyOthers(gone, {});  // nothing on the others any more
+  EXPECT_EQ(limiter.Usage(62, At(60'200)).others.in_flight, 0);
+  limiter.PrepareSync(At(60'300));
+  EXPECT_EQ(limiter.tracked_keys(), 1u);  // 61, used here in the last window
+  limiter.PrepareSync(At(120'300));
+  EXPECT_EQ(limiter.tracked_keys(), 0u);
+
+  // Requests of a key only the others use go with their window, unread.
+  limiter.ApplyOthers(limiter.PrepareSync(At(121'000)), {{64, 3, 0, 0}});
+  EXPECT_EQ(limiter.tracked_keys(), 1u);
+  limiter.PrepareSync(At(179'999));
+  EXPECT_EQ(limiter.tracked_keys(), 1u);
+  limiter.PrepareSync(At(180'000));
+  EXPECT_EQ(limiter.tracked_keys(), 0u);
 }
 
 TEST(RateLimiterSync, SyncNowNeedsADatabase) {

@@ -63,6 +63,12 @@ TEST(Config, UnsetProviderKeyDisablesTheProvider) {
   ASSERT_TRUE(config) << config.error().message;
   EXPECT_FALSE(config->providers[1].enabled);
   EXPECT_EQ(config->providers[1].disabled_reason, "OPENAI_API_KEY is not set");
+
+  // Set but empty (a compose file's OPENAI_API_KEY=) is off too.
+  auto empty = ParseConfig(kMinimal, "/x", FakeEnv({{"OPENAI_API_KEY", ""}}));
+  ASSERT_TRUE(empty) << empty.error().message;
+  EXPECT_FALSE(empty->providers[1].enabled);
+  EXPECT_EQ(empty->providers[1].disabled_reason, "${OPENAI_API_KEY} is empty");
 }
 
 void ExpectError(const std::string& yaml, const std::string& expected_path) {
@@ -626,6 +632,67 @@ TEST(Config, TheShippedConfigDocumentsRoutedModels) {
     for (const auto& e : m.endpoints) EXPECT_TRUE(ids.insert(e.id).second) << e.id;
   }
   EXPECT_TRUE(ids.count("local/stories260K"));
+}
+
+TEST(Config, ServerLimitsAndTls) {
+  auto defaults = ParseConfig(kMinimal, "/etc/tollgate", FakeEnv({{"OPENAI_API_KEY", "sk-test"}}));
+  ASSERT_TRUE(defaults) << defaults.error().message;
+  EXPECT_EQ(defaults->server.max_json_depth, 64);
+  EXPECT_EQ(defaults->server.max_header_bytes, 16 * 1024);
+  EXPECT_TRUE(defaults->server.tls_cert_file.empty());
+
+  std::string text = kMinimal;
+  text.replace(text.find("server: {listen: \"127.0.0.1:9000\"}"), 34,
+               "server: {listen: \"127.0.0.1:9000\", max_json_depth: 20, max_messages: 7, max_tools: 0, "
+               "header_timeout_ms: 500, max_connections_per_client: 3, tls: {cert_file: c.pem, key_file: k.pem}}");
+  auto set = ParseConfig(text, "/etc/tollgate", FakeEnv({{"OPENAI_API_KEY", "sk-test"}}));
+  ASSERT_TRUE(set) << set.error().message;
+  EXPECT_EQ(set->server.max_json_depth, 20);
+  EXPECT_EQ(set->server.max_messages, 7);
+  EXPECT_EQ(set->server.max_tools, 0);
+  EXPECT_EQ(set->server.header_timeout_ms, 500);
+  EXPECT_EQ(set->server.max_connections_per_client, 3);
+  EXPECT_EQ(set->server.tls_cert_file, "/etc/tollgate/c.pem");
+  EXPECT_EQ(set->server.tls_key_file, "/etc/tollgate/k.pem");
+
+  auto bad = [](std::string_view server) {
+    std::string t = kMinimal;
+    t.replace(t.find("server: {listen: \"127.0.0.1:9000\"}"), 34, server);
+    auto r = ParseConfig(t, "/etc/tollgate", FakeEnv({{"OPENAI_API_KEY", "sk-test"}}));
+    return r ? std::string("accepted") : r.error().message;
+  };
+  EXPECT_EQ(bad("server: {max_json_depth: 65}"), "server.max_json_depth: 65 is out of range [4, 64]");
+  EXPECT_EQ(bad("server: {tls: {cert_file: c.pem}}"), "server.tls: needs both cert_file and key_file");
+  EXPECT_EQ(bad("server: {tls: {cert: c.pem}}"), "server.tls.cert: unknown key");
+}
+
+// A secret interpolated into the wrong field never reaches the message: its
+// variable's name does.
+TEST(Config, ErrorsNameTheVariableNotItsValue) {
+  std::string text = kMinimal;
+  text.replace(text.find("server: {listen: \"127.0.0.1:9000\"}"), 34, "server: {io_threads: \"${ADMIN_TOKEN}\"}");
+  auto r = ParseConfig(text, "/etc/tollgate",
+                       FakeEnv({{"OPENAI_API_KEY", "sk-test"}, {"ADMIN_TOKEN", "s3cr3t-admin-token-value"}}));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "server.io_threads: '${ADMIN_TOKEN}' is not an integer");
+  EXPECT_EQ(r.error().message.find("s3cr3t"), std::string::npos);
+}
+
+TEST(Config, OutboundProxySettings) {
+  auto unset = ParseConfig(kMinimal, "/x", FakeEnv({}));
+  ASSERT_TRUE(unset) << unset.error().message;
+  EXPECT_FALSE(unset->outbound.proxy);  // the environment decides
+  EXPECT_EQ(unset->outbound.dns_ttl_ms, 30'000);
+  const std::string text = std::string(kMinimal) +
+                           "outbound: {proxy: \"${PROXY}\", no_proxy: \"\", dns_ttl_ms: 0}\n";
+  auto from_env = ParseConfig(text, "/x", FakeEnv({{"PROXY", "http://u:p@proxy:3128"}}));
+  ASSERT_TRUE(from_env) << from_env.error().message;
+  EXPECT_EQ(from_env->outbound.proxy, "http://u:p@proxy:3128");
+  EXPECT_EQ(from_env->outbound.no_proxy, "");  // explicitly no exceptions
+  EXPECT_EQ(from_env->outbound.dns_ttl_ms, 0);
+  auto no_var = ParseConfig(text, "/x", FakeEnv({}));
+  ASSERT_TRUE(no_var) << no_var.error().message;
+  EXPECT_FALSE(no_var->outbound.proxy);  // ${PROXY} unset: as if not written
 }
 
 }  // namespace

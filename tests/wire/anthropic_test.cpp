@@ -601,6 +601,52 @@ TEST(AnthropicDecode, TextCutInsideACharacterAtTheEndBecomesReplacementCharacter
   EXPECT_EQ(Accumulate(d.events).choices[0].text, "ok\xEF\xBF\xBD");
 }
 
+// Found by tests/fuzz (wire_anthropic): an upstream's invalid UTF-8 outside
+// the streamed text (a tool_use id, a stop_reason, an error message) went to
+// callers as it was, so the gateway wrote JSON that strict parsers refuse.
+TEST(AnthropicDecode, InvalidUtf8InIdsNamesAndReasonsBecomesReplacementCharacters) {
+  const std::string bad = "\x9B\xFF";
+  const std::string fffd2 = "\xEF\xBF\xBD\xEF\xBF\xBD";
+  ResponseDecoder whole;
+  std::vector<StreamEvent> out;
+  ASSERT_TRUE(whole.OnWholeResponse(
+      "{\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"t" + bad +
+          "\"},{\"type\":\"thinking\",\"thinking\":\"r" + bad + "\",\"signature\":\"s" + bad +
+          "\"},{\"type\":\"tool_use\",\"id\":\"toolu_" + bad + "\",\"name\":\"f" + bad +
+          "\",\"input\":{\"k\":\"v" + bad + "\"}}],\"stop_reason\":\"odd" + bad + "\"}",
+      out));
+  const ChatResponse r = Accumulate(out);
+  ASSERT_EQ(r.choices.size(), 1u);
+  EXPECT_EQ(r.choices[0].text, "t" + fffd2);
+  ASSERT_EQ(r.choices[0].tool_calls.size(), 1u);
+  EXPECT_EQ(r.choices[0].tool_calls[0].id, "toolu_" + fffd2);
+  EXPECT_EQ(r.choices[0].tool_calls[0].name, "f" + fffd2);
+  EXPECT_EQ(r.choices[0].tool_calls[0].arguments, "{\"k\":\"v" + fffd2 + "\"}");
+  EXPECT_EQ(r.choices[0].native_finish_reason, "odd" + fffd2);
+  for (const auto& e : out) {
+    if (const auto* d = std::get_if<ReasoningDelta>(&e)) {
+      EXPECT_EQ(d->text, "r" + fffd2);
+      EXPECT_EQ(d->signature, "s" + fffd2);
+    }
+  }
+  // The streamed tool_use block and an error event.
+  const Decoded d = DecodeStream(Sse({
+      {"content_block_start",
+       "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"x" + bad +
+           "\",\"name\":\"n" + bad + "\",\"input\":{\"a\":\"" + bad + "\"}}}"},
+      {"content_block_stop", R"({"type":"content_block_stop","index":0})"},
+      {"error", "{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"m" + bad + "\"}}"},
+  }));
+  ASSERT_TRUE(d.error);
+  EXPECT_EQ(d.error->message, "api_error: m" + fffd2);
+  const ChatResponse s = Accumulate(d.events);
+  ASSERT_EQ(s.choices.size(), 1u);
+  ASSERT_EQ(s.choices[0].tool_calls.size(), 1u);
+  EXPECT_EQ(s.choices[0].tool_calls[0].id, "x" + fffd2);
+  EXPECT_EQ(s.choices[0].tool_calls[0].name, "n" + fffd2);
+  EXPECT_EQ(s.choices[0].tool_calls[0].arguments, "{\"a\":\"" + fffd2 + "\"}");
+}
+
 TEST(AnthropicDecode, EverySplitOfTheBodyGivesIdenticalEvents) {
   const std::string emoji_stream = Sse({
       {"message_start",

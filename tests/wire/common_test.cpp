@@ -120,3 +120,18 @@ TEST(WireCommon, Base64UrlRejectsOtherAlphabetsPaddingAndBadLengths) {
 
 }  // namespace
 }  // namespace tollgate::wire
+
+TEST(JsonNestingDepthTest, CountsArraysAndObjectsOutsideStrings) {
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth(""), 0);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth("42"), 0);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth("{}"), 1);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth(R"({"a":[1,{"b":[]}],"c":{}})"), 4);
+  // Brackets in strings, escaped quotes included, do not count.
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth(R"({"a":"[[[{{\"[[["})"), 1);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth(R"(["\\",[]])"), 2);
+  // Not JSON: still a count, never a crash; stray closers do not go below 0.
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth("]]]][[["), 3);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth("\"unterminated [[["), 0);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth("\\"), 0);
+  EXPECT_EQ(tollgate::wire::JsonNestingDepth(std::string(100000, '[')), 100000);
+}

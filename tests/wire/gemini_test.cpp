@@ -780,6 +780,25 @@ TEST(GeminiDecode, TextStreamBecomesTextDeltasUsageAndFinish) {
   EXPECT_EQ(r.usage, (Usage{8, 32, 0, 22, 0}));
 }
 
+// Found by tests/fuzz (wire_gemini): a finishReason or blockReason with
+// invalid UTF-8 reached callers as it was (in the Anthropic error event of a
+// failed finish), so the gateway wrote JSON that strict parsers refuse.
+TEST(GeminiDecode, InvalidUtf8InFinishAndBlockReasonsBecomesReplacementCharacters) {
+  const std::string bad = "\x9B\xFF";
+  const std::string fffd2 = "\xEF\xBF\xBD\xEF\xBF\xBD";
+  ResponseDecoder decoder;
+  std::vector<StreamEvent> events;
+  ASSERT_TRUE(decoder.OnChunk(
+      "{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x\"}]},\"finishReason\":\"S" + bad + "\"}]}", events));
+  ResponseDecoder blocked;
+  ASSERT_TRUE(blocked.OnChunk("{\"promptFeedback\":{\"blockReason\":\"B" + bad + "\"}}", events));
+  std::vector<std::string> reasons;
+  for (const auto& e : events) {
+    if (const auto* f = std::get_if<FinishDelta>(&e)) reasons.push_back(f->native_reason);
+  }
+  EXPECT_EQ(reasons, (std::vector<std::string>{"S" + fffd2, "B" + fffd2}));
+}
+
 TEST(GeminiDecode, StreamIsNotFinishedBeforeAFinishReason) {
   ResponseDecoder decoder;
   std::vector<StreamEvent> events;

@@ -1504,6 +1504,15 @@ TEST(OpenAiResponse, WholeResponseUsageIsClampedToo) {
   EXPECT_EQ(usages[0].usage.completion_tokens, kMaxUsageTokens);
 }
 
+// The same class as tests/fuzz found in the Anthropic and Gemini decoders: an
+// upstream's native finish_reason with invalid UTF-8 is passed on repaired.
+TEST(OpenAiResponse, InvalidUtf8InTheFinishReasonBecomesReplacementCharacters) {
+  const auto events = FeedChat({"{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"odd\x9B\"}]}"});
+  const auto finishes = All<FinishDelta>(events);
+  ASSERT_EQ(finishes.size(), 1u);
+  EXPECT_EQ(finishes[0].native_reason, "odd\xEF\xBF\xBD");
+}
+
 TEST(OpenAiResponse, ANullErrorFieldIsNoError) {
   const auto events = FeedChat({R"({"error":null,"choices":[{"index":0,"delta":{"content":"fine"}}]})"});
   EXPECT_EQ(Fold(events).choices[0].text, "fine");

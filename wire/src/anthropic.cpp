@@ -1082,8 +1082,8 @@ Error UpstreamError(const json::object& event) {
   } else if (type == "rate_limit_error") {
     code = ErrorCode::kResourceExhausted;
   }
-  std::string text = type.empty() ? std::string("error") : Str(type);
-  if (!message.empty()) text += ": " + Str(message);
+  std::string text = type.empty() ? std::string("error") : ValidUtf8(type);
+  if (!message.empty()) text += ": " + ValidUtf8(message);
   return Error{code, std::move(text), {}, {}};
 }
 
@@ -1135,7 +1135,7 @@ Result<void> ResponseDecoder::OnBlockStart(const json::object& event, std::vecto
     delta.index = block.index;
     delta.kind = ReasoningPart::Kind::kText;
     delta.text = ValidUtf8(block.stitcher.Push(StringAt(*content, "thinking")));
-    delta.signature = Str(StringAt(*content, "signature"));
+    delta.signature = ValidUtf8(StringAt(*content, "signature"));
     delta.format = Str(kFormat);
     out.emplace_back(std::move(delta));
   } else if (type == "redacted_thinking") {
@@ -1144,17 +1144,17 @@ Result<void> ResponseDecoder::OnBlockStart(const json::object& event, std::vecto
     ReasoningDelta delta;
     delta.index = block.index;
     delta.kind = ReasoningPart::Kind::kEncrypted;
-    delta.data = Str(StringAt(*content, "data"));
+    delta.data = ValidUtf8(StringAt(*content, "data"));
     delta.format = Str(kFormat);
     out.emplace_back(std::move(delta));
   } else if (type == "tool_use") {
     block.kind = BlockKind::kToolUse;
     block.index = next_tool_++;
     if (const json::object* input = ObjectAt(*content, "input"); input != nullptr && !input->empty()) {
-      block.start_input = json::serialize(*input);
+      block.start_input = ValidUtf8(json::serialize(*input));
     }
     out.emplace_back(ToolCallDelta{
-        0, block.index, Str(StringAt(*content, "id")), Str(StringAt(*content, "name")), {}, {}});
+        0, block.index, ValidUtf8(StringAt(*content, "id")), ValidUtf8(StringAt(*content, "name")), {}, {}});
   } else {
     // server_tool_use, web_search_tool_result, ...: run and answered by
     // Anthropic itself; the canonical stream has no place for them.
@@ -1187,7 +1187,7 @@ Result<void> ResponseDecoder::OnBlockDelta(const json::object& event, std::vecto
   } else if (type == "signature_delta" && block.kind == BlockKind::kThinking) {
     ReasoningDelta r;
     r.index = block.index;
-    r.signature = Str(StringAt(*delta, "signature"));
+    r.signature = ValidUtf8(StringAt(*delta, "signature"));
     out.emplace_back(std::move(r));
   } else if (type == "input_json_delta" && block.kind == BlockKind::kToolUse) {
     // A character of a string argument may be split between two deltas.
@@ -1254,7 +1254,7 @@ Result<void> ResponseDecoder::OnEvent(std::string_view type, std::string_view da
       const std::string_view reason = StringAt(*delta, "stop_reason");
       if (!reason.empty()) {
         out.emplace_back(
-            FinishDelta{0, MapStopReason(reason), Str(reason), ValidUtf8(StringAt(*delta, "stop_sequence"))});
+            FinishDelta{0, MapStopReason(reason), ValidUtf8(reason), ValidUtf8(StringAt(*delta, "stop_sequence"))});
       }
     }
     if (const json::object* usage = ObjectAt(event, "usage")) {
@@ -1286,26 +1286,26 @@ Result<void> ResponseDecoder::OnWholeResponse(std::string_view body, std::vector
     const std::string_view type = StringAt(*block, "type");
     if (type == "text") {
       const std::string_view text = StringAt(*block, "text");
-      if (!text.empty()) out.emplace_back(TextDelta{0, Str(text)});
+      if (!text.empty()) out.emplace_back(TextDelta{0, ValidUtf8(text)});
     } else if (type == "thinking" || type == "redacted_thinking") {
       ReasoningDelta r;
       r.index = next_reasoning_++;
       r.format = Str(kFormat);
       if (type == "thinking") {
-        r.text = Str(StringAt(*block, "thinking"));
-        r.signature = Str(StringAt(*block, "signature"));
+        r.text = ValidUtf8(StringAt(*block, "thinking"));
+        r.signature = ValidUtf8(StringAt(*block, "signature"));
       } else {
         r.kind = ReasoningPart::Kind::kEncrypted;
-        r.data = Str(StringAt(*block, "data"));
+        r.data = ValidUtf8(StringAt(*block, "data"));
       }
       out.emplace_back(std::move(r));
     } else if (type == "tool_use") {
       const auto* input = block->if_contains("input");
-      std::string arguments = Serialize(input);
+      std::string arguments = ValidUtf8(Serialize(input));
       out.emplace_back(ToolCallDelta{0,
                                      next_tool_++,
-                                     Str(StringAt(*block, "id")),
-                                     Str(StringAt(*block, "name")),
+                                     ValidUtf8(StringAt(*block, "id")),
+                                     ValidUtf8(StringAt(*block, "name")),
                                      std::move(arguments),
                                      {}});
     }
@@ -1313,7 +1313,7 @@ Result<void> ResponseDecoder::OnWholeResponse(std::string_view body, std::vector
   const std::string_view reason = StringAt(message, "stop_reason");
   if (!reason.empty()) {
     out.emplace_back(
-        FinishDelta{0, MapStopReason(reason), Str(reason), ValidUtf8(StringAt(message, "stop_sequence"))});
+        FinishDelta{0, MapStopReason(reason), ValidUtf8(reason), ValidUtf8(StringAt(message, "stop_sequence"))});
   }
   if (const json::object* usage = ObjectAt(message, "usage")) {
     ReadUsage(*usage);

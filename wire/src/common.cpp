@@ -58,6 +58,38 @@ void ClampUsage(Usage& u) {
 
 std::string NewToolCallId() { return "call_" + RandomBase62(24); }
 
+std::string Base64(std::string_view bytes) {
+  // EVP_EncodeBlock writes 4 characters per 3 bytes (rounded up) plus a NUL.
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+int JsonNestingDepth(std::string_view text) {
+  int depth = 0;
+  int deepest = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // the escaped character, '"' included
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == '}' || c == ']') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 namespace {
 
 std::optional<boost::json::value> Parse(std::string_view text, bool allow_invalid_utf8) {
@@ -78,15 +110,6 @@ bool StartsWithIgnoreCase(std::string_view text, std::string_view lower_prefix) 
     if (c != lower_prefix[i]) return false;
   }
   return true;
-}
-
-std::string Base64(std::string_view bytes) {
-  // EVP_EncodeBlock writes 4 characters per 3 bytes (rounded up) plus a NUL.
-  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
-  out.resize(static_cast<std::size_t>(n));
-  return out;
 }
 
 }  // namespace

@@ -819,7 +819,7 @@ Result<void> ResponseDecoder::OnResponse(const json::value& response, std::vecto
       if (!reason.empty() && reason != "FINISH_REASON_UNSPECIFIED") {
         CloseThought(choice, state, out);
         CloseText(choice, state, out);
-        out.emplace_back(FinishDelta{choice, MapFinishReason(reason, state.call_seen), std::string(reason)});
+        out.emplace_back(FinishDelta{choice, MapFinishReason(reason, state.call_seen), ValidUtf8(reason)});
         finish_seen_ = true;
       }
     }
@@ -830,7 +830,7 @@ Result<void> ResponseDecoder::OnResponse(const json::value& response, std::vecto
     if (const json::object* feedback = ObjectAt(*root, "promptFeedback")) {
       const std::string_view block = StringAt(*feedback, "blockReason");
       if (!block.empty() && block != "BLOCK_REASON_UNSPECIFIED") {
-        out.emplace_back(FinishDelta{0, FinishReason::kContentFilter, std::string(block)});
+        out.emplace_back(FinishDelta{0, FinishReason::kContentFilter, ValidUtf8(block)});
         finish_seen_ = true;
       }
     }

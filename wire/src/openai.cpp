@@ -1456,7 +1456,7 @@ void ResponseDecoder::AbsorbChoice(int index, const json::object& choice, bool w
     // "tool_calls" (Envoy AI Gateway maps Gemini's STOP the same way,
     // WIRE-FORMATS.md 3.3). native_reason keeps the upstream's word.
     if (r == FinishReason::kStop && !state.calls.empty()) r = FinishReason::kToolCalls;
-    out.emplace_back(FinishDelta{index, r, std::string(reason)});
+    out.emplace_back(FinishDelta{index, r, ValidUtf8(reason)});
     state.finished = true;
   }
 }

@@ -540,7 +540,7 @@ struct ResponseDecoder::Impl {
       const json::object* details = ObjectAt(response, "incomplete_details");
       const std::string_view reason = details ? StringAt(*details, "reason") : std::string_view{};
       out.emplace_back(
-          FinishDelta{0, IncompleteReason(reason), reason.empty() ? std::string("incomplete") : Str(reason), {}});
+          FinishDelta{0, IncompleteReason(reason), reason.empty() ? std::string("incomplete") : ValidUtf8(reason), {}});
     }
     if (const json::object* usage = ObjectAt(response, "usage")) {
       if (auto u = ParseUsage(*usage)) out.emplace_back(UsageDelta{*u});

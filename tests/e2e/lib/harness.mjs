@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -150,8 +151,12 @@ export const ADMIN_TOKEN = 'e2e-admin-token-0123456789abcdef';
 /**
  * Starts `tollgate serve --config CONFIG --listen 127.0.0.1:0 --port-file F`, waits for the port
  * file and a 200 from /healthz. The process's stdout and stderr go to `logFile`.
+ * `noCoreDump`: run it with a core file size limit of 0 (`ulimit -c 0`, then exec: same PID), for
+ * tests that crash it on purpose (no core file lands in the repository, the process's cwd).
+ * `tlsCa`: the gateway serves HTTPS (server.tls): PEM of the CA(s) /healthz is checked against;
+ * `url` is then https://.
  */
-export async function startGateway({ configPath, workDir, env = {}, startTimeoutMs = 30000 }) {
+export async function startGateway({ configPath, workDir, env = {}, startTimeoutMs = 30000, noCoreDump = false, tlsCa = null }) {
   const bin = requireBinary();
   const stamp = `${Date.now()}-${++gatewayCount}`;
   const portFile = path.join(workDir, `port-${stamp}`);
@@ -160,7 +165,8 @@ export async function startGateway({ configPath, workDir, env = {}, startTimeout
   // (a restarted gateway replays its predecessor's); and the admin API on, with a known token.
   env = { TOLLGATE_SPOOL_DIR: path.join(workDir, `spool-${stamp}`), TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN, ...env };
   const logFd = fs.openSync(logFile, 'a');
-  const child = spawn(bin, ['serve', '--config', configPath, '--listen', '127.0.0.1:0', '--port-file', portFile], {
+  const serveArgs = ['serve', '--config', configPath, '--listen', '127.0.0.1:0', '--port-file', portFile];
+  const child = spawn(noCoreDump ? '/bin/sh' : bin, noCoreDump ? ['-c', 'ulimit -c 0 && exec "$@"', 'sh', bin, ...serveArgs] : serveArgs, {
     cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ['ignore', logFd, logFd],
   });
   fs.closeSync(logFd);
@@ -198,10 +204,11 @@ export async function startGateway({ configPath, workDir, env = {}, startTimeout
     if (/^\d+$/.test(text)) {
       const port = Number(text);
       try {
-        const r = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) });
-        if (r.status === 200) {
+        const status = tlsCa ? await httpsStatus(`https://127.0.0.1:${port}/healthz`, tlsCa)
+          : (await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) })).status;
+        if (status === 200) {
           gw.port = port;
-          gw.url = `http://127.0.0.1:${port}`;
+          gw.url = `${tlsCa ? 'https' : 'http'}://127.0.0.1:${port}`;
           return gw;
         }
       } catch { /* not accepting yet, or a half-written port file */ }
@@ -211,6 +218,18 @@ export async function startGateway({ configPath, workDir, env = {}, startTimeout
   await gw.stop('SIGKILL');
   throw new Error(`tollgate serve did not become healthy within ${startTimeoutMs} ms `
     + `(port file ${portFile}). Log:\n${tail(logFile)}`);
+}
+
+/** The status of a GET over HTTPS trusting only `ca` (PEM). */
+function httpsStatus(url, ca) {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { ca, agent: false, timeout: 2000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
 }
 
 // ---------------------------------------------------------------- database
@@ -418,12 +437,13 @@ export async function loadAnthropicSdk() {
  *   models:    [{ id, name?, context_length?, routing?, endpoints: [{ provider, model, pricing: { prompt,
  *               completion, cached_prompt?, cache_write? } (USD per million tokens, strings), ...other keys }] }]
  *   routing:   the top-level `routing:` mapping, or undefined for none
+ *   billing:   more `billing:` settings besides admin_token ({lease_idle_return_ms: 500, ...}), as JSON values
  * Keys beyond those named (a provider's context_length, an endpoint's id, max_concurrency, data_policy,
  * a pricing's tiers, a model's routing) are written as JSON flow values, which YAML reads as they are.
  */
 export function writeGatewayConfig(workDir, {
   databaseUrl, providers, models, maxBodyBytes = 1 << 20, flushIntervalMs = 50, batchSize = 64,
-  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml', routing, answerAfterSpool = true,
+  requestTimeoutMs = 60000, ioThreads = 2, file = 'tollgate.yaml', routing, answerAfterSpool = true, billing = {},
 }) {
   const q = (s) => JSON.stringify(String(s));
   let yaml = `# Written by tests/e2e/lib/harness.mjs (writeGatewayConfig) for one test run.
@@ -444,7 +464,7 @@ usage:
 
 billing:
   admin_token: "\${TOLLGATE_ADMIN_TOKEN:-}"
-
+${Object.entries(billing).map(([k, v]) => `  ${k}: ${JSON.stringify(v)}\n`).join('')}
 providers:
 `;
   for (const [id, p] of Object.entries(providers)) {

@@ -9,28 +9,39 @@
 // straddles a minute stays in flight). A background thread upserts this
 // replica's counts into rate_counters (migrations/004_ledger.sql), one row per
 // (key, window, replica), and reads back the sums of the other replicas' rows
-// for the keys used here. A decision compares the local counts plus the
-// others' last synced counts with the key's limits.
+// for every key they have counts for, used here or not, and keeps them. A
+// decision compares the local counts plus the others' last synced counts with
+// the key's limits.
 //
-// Tolerance (what the limits guarantee). A replica's admission reaches the
-// table at its next sync round (within one interval plus a round trip) and
-// another replica reads it at that one's next round: so each replica decides
-// with the others' counts as of at most T = 2 sync intervals + 2 database
-// round trips ago (a key first used on a replica: from that replica's first
-// round on). In one window a key is therefore admitted at most
-//   limit + what the other replicas admitted within the T before each one
-//   of this replica's admissions
-// requests (likewise tokens, and calls in flight): with N replicas the
-// overshoot is bounded by what N-1 replicas admit within about
-// 2 x 250 ms (the default interval), and it is zero with one replica. Ex.:
-// rpm 30, two replicas each receiving 5 requests a second: at most about
-// 30 + 2 x 3 admitted in the minute. Windows follow each replica's own
-// clock, so replicas should run NTP; skew of d seconds shifts counts by up to
-// d seconds across a minute boundary.
-// While the database is unreachable each replica keeps counting locally with
-// the others' counts of its last successful sync (dropped when the window
-// ends): the limits then hold per replica only (N replicas may admit up to N
-// times a limit). The first successful sync restores the shared view.
+// Tolerance (what the limits guarantee). A sync round is: take this
+// replica's changed counts, one statement (upsert them, read the others'
+// sums), keep the sums; rounds follow each other one sync interval apart
+// (from the end of one to the start of the next). An admission reaches the
+// table by the end of this replica's next round, and another replica has it
+// in memory by the end of its first round that starts after that: so each
+// replica decides with the others' counts as of at most
+//   T = 2 sync intervals + 4 round durations
+// ago (a round lasts one database round trip plus a pass over the keys in
+// memory). This holds for every key from the replica's first successful
+// round on (Start runs the first round before it returns), for a key's first
+// call on this replica too: a round reads the others' counts of all keys, not
+// only of the keys used here. In one window a key is therefore admitted at
+// most
+//   limit + what the other replicas admitted within the T before the
+//   window's last admission (counted from the replica that made it)
+// requests (likewise tokens as counted, and calls in flight): with N replicas
+// the overshoot is bounded by what N-1 replicas admit within T, which is
+// 2 x 250 ms plus 4 round trips with the default interval, and it is zero
+// with one replica. Ex.: rpm 30, two replicas each receiving 5 requests a
+// second, round trips well under 25 ms: T < 600 ms, in which the other
+// replica admits at most 3, so at most 33 are admitted in the minute.
+// Windows follow each replica's own clock, so replicas should run NTP; skew
+// of d seconds shifts counts by up to d seconds across a minute boundary.
+// While the database is unreachable (or before a replica's first successful
+// round) each replica keeps counting locally with the others' counts of its
+// last successful sync (dropped when the window ends): the limits then hold
+// per replica only (N replicas may admit up to N times a limit). The first
+// successful sync restores the shared view.
 // Calls in flight of a replica that died stop counting after
 // kStaleInFlightSeconds (its rows are no longer refreshed).
 //
@@ -120,17 +131,18 @@ struct RateCounterRow {
   int64_t in_flight = 0;
 };
 
-// What one sync round has to do (RateLimiter::PrepareSync).
+// What one sync round has to do (RateLimiter::PrepareSync): write `changed`,
+// then read the other replicas' sums of window_start for all keys.
 struct RateSyncBatch {
   std::chrono::system_clock::time_point window_start;  // the current window
   std::vector<RateCounterRow> changed;   // this replica's counts to upsert (absolute values)
-  std::vector<int64_t> active_keys;      // keys to read the other replicas' sums for
 };
 
 // A key's counts as this replica sees them now (RateLimiter::Usage).
 struct RateUsage {
   RateCounterRow local;   // this replica's (requests and tokens of the current window)
-  RateCounterRow others;  // the other replicas', as last synced (0 when not synced this window)
+  RateCounterRow others;  // the other replicas', as last synced (0 when not synced this
+                          // window), also for a key not used here yet
 };
 
 class RateLimiter {
@@ -152,11 +164,13 @@ class RateLimiter {
   // unless someone drives the sync API below by hand (tests).
   RateLimiter();
 
-  // Connects to `database_url` (libpq connection string or URI) and starts
-  // the sync thread: every `sync_interval_ms` (>= 1) it upserts this
-  // replica's changed counts and reads the other replicas' sums for the keys
-  // used here, in one statement; about every kCleanupEverySeconds it deletes
-  // windows older than kKeepWindowsSeconds. `replica_id` (non-empty) names
+  // Connects to `database_url` (libpq connection string or URI), runs one
+  // sync round (blocking; a failed one is logged and counted as below, not an
+  // error of Start) and starts the sync thread: `sync_interval_ms` (>= 1)
+  // after each round's end it runs the next, which upserts this replica's
+  // changed counts and reads the other replicas' sums for all keys they have
+  // counts for, in one statement, also when nothing changed here; about every
+  // kCleanupEverySeconds it deletes windows older than kKeepWindowsSeconds. `replica_id` (non-empty) names
   // this process in rate_counters.replica_id and must differ between live
   // processes ("<stable id>:<boot nonce>"). `clock` (tests; default
   // system_clock::now) gives the sync thread's time; pass the same times to
@@ -209,18 +223,27 @@ class RateLimiter {
   // (tests: feed two limiters each other's counts). Thread-safe, but rounds
   // must not overlap.
 
-  // Moves every key to the window of `now`, and returns that window, the
+  // Moves every key to the window of `now`, and returns that window and the
   // counts to write (keys whose counts changed since the last round, plus
   // keys with calls in flight not written in this window or for
-  // kInFlightHeartbeatSeconds) and the keys to read. Forgets keys idle for
-  // over a window with nothing in flight and nothing left to write.
+  // kInFlightHeartbeatSeconds). Forgets keys not used here in this window or
+  // the one before, with nothing in flight and nothing left to write, once
+  // none of the others' counts apply to the window of `now` (their requests
+  // and tokens only to the window they were read for, their calls in flight
+  // also to the next one). So the keys in memory are those used here in the
+  // last two windows, those with calls in flight here, and those the others
+  // counted in this window or the one before.
   RateSyncBatch PrepareSync(std::chrono::system_clock::time_point now);
   // The rows of `batch` were not written: write them again next round.
   void SyncFailed(const RateSyncBatch& batch);
   // The rows of `batch` were written, and `others` holds the other replicas'
-  // sums for batch.window_start for keys of batch.active_keys (requests and
-  // tokens of that window; calls in flight from each replica's newest fresh
-  // row); active keys missing from `others` have zeros.
+  // sums for batch.window_start of every key they have counts for (requests
+  // and tokens of that window; calls in flight from each replica's newest
+  // row of that window or the one before, if written in the last
+  // kStaleInFlightSeconds; at most one row per key). Every key missing from
+  // `others` has zeros, whether used here or not. A key not in memory gets an
+  // entry with just the others' counts (unless all zero), so its first call
+  // here counts them; PrepareSync drops it once they no longer apply.
   void ApplyOthers(const RateSyncBatch& batch, const std::vector<RateCounterRow>& others);
 
   // One sync round now, on the calling thread (blocking; serialised with the
@@ -236,7 +259,7 @@ class RateLimiter {
   // Counters for metrics. Thread-safe.
   int64_t syncs() const;          // successful sync rounds
   int64_t sync_failures() const;  // failed sync rounds
-  size_t tracked_keys() const;    // keys with counts in memory
+  size_t tracked_keys() const;    // keys in memory (used here, or with the others' counts)
 
  private:
   struct Impl;

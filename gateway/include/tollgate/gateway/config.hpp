@@ -31,6 +31,28 @@ struct ServerConfig {
   // On SIGTERM/SIGINT: how long calls in flight may run on before they are
   // cancelled (503 / an error event), then at most 8 s more for them to end.
   int64_t drain_timeout_ms = 30'000;
+
+  // Limits on what a client may send (README "Limits"). Each refusal has the
+  // caller's error shape: 400 (JSON nesting, counts), 408 (slow headers or
+  // body), 413 (body), 414 (URL), 431 (headers), 429/503 (connections).
+  int64_t max_header_bytes = 16 * 1024;  // request line + headers
+  int max_headers = 100;                 // header fields
+  int64_t max_url_bytes = 8 * 1024;      // request target
+  int max_json_depth = 64;               // nesting of arrays/objects in a JSON body (at most 64: the decoders')
+  int max_messages = 20'000;             // messages (or Responses input items) per call
+  int max_tools = 1'024;                 // tool definitions per call
+  int max_content_parts = 50'000;        // content parts over all messages of a call
+  int max_connections = 16'384;          // open client connections in all; more get 503 and are closed
+  int max_connections_per_client = 4'096;  // per client IP address; more get 429 and are closed
+  int64_t header_timeout_ms = 10'000;    // from a request's first byte to its last header byte
+  int64_t body_timeout_ms = 60'000;      // to read a whole request body
+  int64_t idle_timeout_ms = 75'000;      // a keep-alive connection waiting for its next request
+  int64_t write_timeout_ms = 60'000;     // one write to a client that does not read
+
+  // TLS on the listener when both are set (PEM files; the key unencrypted);
+  // read again on every reload.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 struct UsageConfig {
@@ -101,6 +123,10 @@ struct ProviderConfig {
   std::string device = "auto";
   int gpu_device = 0;         // CUDA device index
   int64_t gpu_memory_mib = 0;  // GPU memory budget; 0 = free memory less 1 GiB
+
+  // A reload keeps a provider (its connection pool, its loaded model) whose
+  // settings are all unchanged.
+  bool operator==(const ProviderConfig&) const = default;
 };
 
 // One endpoint of a model (routing/catalog.hpp Endpoint has the meanings).
@@ -130,6 +156,16 @@ struct ModelConfig {
 };
 
 // `log:` (gateway/src/access_log.hpp).
+// Outbound HTTP to remote providers (top-level `outbound:`); unset proxy
+// settings leave the environment in charge (HTTPS_PROXY, HTTP_PROXY,
+// NO_PROXY; providers/remote_provider.hpp RemoteProviderOptions).
+struct OutboundConfig {
+  std::optional<std::string> proxy;     // "http://[user:password@]host[:port]"; "" = never a proxy
+  std::optional<std::string> no_proxy;  // curl's NO_PROXY syntax; "" = no exceptions
+  int dns_ttl_ms = 30'000;              // resolved addresses reused this long; 0 = resolve every connection
+  bool operator==(const OutboundConfig&) const = default;
+};
+
 struct LogConfig {
   bool access = true;  // one JSON access-log line per model call on stderr
 };
@@ -161,6 +197,7 @@ struct Config {
   std::string database_url;  // may be empty here; TOLLGATE_DATABASE_URL overrides
   UsageConfig usage;
   BillingConfig billing;
+  OutboundConfig outbound;
   std::vector<ProviderConfig> providers;
   std::vector<ModelConfig> models;
   routing::RouterOptions routing;  // top-level `routing:` (health, queue, shares constants)

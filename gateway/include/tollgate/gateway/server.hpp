@@ -1,8 +1,14 @@
 // `tollgate serve`: builds the providers, catalog, key cache and usage
-// recorder from a Config, runs the HTTP server on io_threads threads, and on
-// SIGTERM/SIGINT stops accepting, lets in-flight calls finish (up to
-// server.drain_timeout_ms), cancels the ones left and waits for them to end
-// (docs/request-lifecycle.md, "Shutdown"), flushes usage rows and returns.
+// recorder from a Config, runs the HTTP server (HTTPS with server.tls) on
+// io_threads threads. SIGHUP (or POST /admin/v1/reload) reloads the config
+// file: catalog, prices, providers, limits, TLS certificate, admin token; a
+// bad file is refused, logged and counted (tollgate_config_reloads_total),
+// the running config kept; calls in flight finish on what they started
+// with. SIGTERM/SIGINT: /readyz answers 503 at once, the listeners close,
+// calls in flight finish (up to server.drain_timeout_ms), the ones left are
+// cancelled (an error event ends their streams) and waited for
+// (docs/request-lifecycle.md, "Shutdown"), usage rows are flushed, and it
+// returns 0.
 //
 // Its implementation, gateway/src/server.cpp, is the gateway's only
 // translation unit that includes Beast (providers/src/http_client.cpp is the
@@ -18,6 +24,12 @@ namespace tollgate::gateway {
 struct ServeOptions {
   std::string database_url;  // libpq URI (already resolved from env/config)
   std::string port_file;     // when set, the bound port is written here after listen
+  // The config file, read again on SIGHUP and POST /admin/v1/reload (empty:
+  // reload is refused). Settings that need a restart (server.listen,
+  // io_threads, database, usage.*, billing.admin_listen, leases, rate-limit
+  // sync, log.access, stats.retention_days) keep their running values, so
+  // command-line overrides of them survive a reload.
+  std::string config_path;
 };
 
 // Runs until a stop signal. Returns the process exit code: 0 after a clean

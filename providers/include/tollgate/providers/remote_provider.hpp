@@ -41,9 +41,12 @@
 //                             -> kUpstreamTimeout (504)
 //   upstream 429              -> kResourceExhausted (429), keeping Retry-After and the
 //                                upstream's error code (code_string)
-//   upstream 503, 529; connection refused, DNS, TLS failures
+//   upstream 503, 529; connection refused, DNS, TLS failures; the HTTP
+//   proxy unreachable or refusing (CONNECT not 2xx, 407)
 //                             -> kUnavailable (503)
-//   other 5xx, malformed or cut-off responses, in-stream errors
+//   other 5xx, malformed or cut-off responses, in-stream errors, an
+//   unsupported, corrupt or cut-off Content-Encoding (Accept-Encoding:
+//   identity is sent; gzip and deflate answers are decoded)
 //                             -> kBadGateway (502), or the in-stream error's own class
 //                                (Responses: `error` events and response.failed with
 //                                code rate_limit_exceeded -> 429, server_error -> 503)
@@ -60,6 +63,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -87,6 +91,23 @@ struct RemoteProviderOptions {
   int connect_timeout_ms = 10000;     // resolve + TCP connect + TLS handshake
   int first_byte_timeout_ms = 60000;  // request sent -> first body byte; also the longest silence mid-stream
   int max_idle_connections = 64;      // keep-alive pool size for this upstream; 0 = no reuse
+  // Forward proxy for this upstream: "http://[user:password@]host[:port]"
+  // (port 1080 when absent, as curl; http:// proxies only; https upstreams
+  // tunnel through CONNECT and are still verified end to end). "" = never a
+  // proxy; unset = the environment: https_proxy / HTTPS_PROXY for https
+  // upstreams, http_proxy / HTTP_PROXY for http ones (HTTP_PROXY ignored
+  // under CGI, "httpoxy"). The password is never logged or shown.
+  std::optional<std::string> proxy;
+  // Hosts reached directly despite a proxy, curl's NO_PROXY syntax: a comma
+  // list of names (each also matching its subdomains, leading dot or not),
+  // IP literals or CIDR ranges, optional ":port", or "*" for all.
+  // "" = no exceptions; unset = the environment (no_proxy / NO_PROXY).
+  // providers/src/proxy_config.hpp has the details and curl's documentation.
+  std::optional<std::string> no_proxy;
+  // Resolved addresses of the upstream (or proxy) host are reused for this
+  // long; getaddrinfo gives no record TTL, so this is fixed. 0 = resolve for
+  // every new connection. Failed resolutions are remembered for 1 s.
+  int dns_ttl_ms = 30000;
   // kAnthropic: max_tokens sent when the caller gave none (Anthropic requires one).
   int64_t default_max_tokens = 4096;
   // Sent with every request after the standard headers (same name replaces),
@@ -100,6 +121,9 @@ struct ConnectionStats {
   std::uint64_t connections_reused = 0;  // requests sent on a pooled connection
   std::uint64_t dead_idle_dropped = 0;   // pooled connections found dead before use
   std::size_t idle_connections = 0;      // in the pool now
+  std::uint64_t proxy_tunnels = 0;       // CONNECT tunnels opened through the proxy
+  std::uint64_t dns_cache_hits = 0;      // connections whose addresses came from the DNS cache
+  std::uint64_t dns_cache_misses = 0;    // connections that asked the resolver
 };
 
 class RemoteProvider : public Provider {
@@ -108,9 +132,11 @@ class RemoteProvider : public Provider {
   // Errors (kInvalidArgument, `param` naming the option): unknown preset;
   // base_url missing (and no preset default), not an absolute http/https URL
   // with a host, or with user-info or a fragment; a timeout <= 0;
-  // max_idle_connections < 0; api_key or an extra header containing CR, LF or
-  // NUL, or an invalid header name; a ca_file that cannot be loaded. Messages
-  // never contain api_key.
+  // max_idle_connections < 0; dns_ttl_ms < 0; api_key or an extra header
+  // containing CR, LF or NUL, or an invalid header name; a ca_file that cannot
+  // be loaded; a proxy (explicit or from the environment) that is not a
+  // usable http:// URL (param "proxy"). Messages never contain api_key or a
+  // proxy URL.
   static Result<std::unique_ptr<RemoteProvider>> Create(RemoteProviderOptions options,
                                                         boost::asio::io_context& ioc);
 

@@ -55,9 +55,20 @@ void ClampUsage(Usage& usage);
 // base62 characters (CSPRNG).
 std::string NewToolCallId();
 
+// Base64 with the standard alphabet and padding (RFC 4648 section 4), as
+// HTTP Basic credentials (RFC 7617) and data: URLs use it.
+std::string Base64(std::string_view bytes);
+
 // Parses `text` as JSON with a depth limit of 64 (what the gateway accepts
 // from callers). nullopt when it is not JSON.
 std::optional<boost::json::value> ParseJson(std::string_view text);
+
+// The deepest nesting of arrays and objects in `text` (0 for a scalar, 1 for
+// `{}` or `[1]`), brackets inside strings not counted. One pass, no
+// allocation, any input: text that is not JSON gets a count too (its
+// brackets outside string literals), so the gateway can name the depth
+// before the parser refuses the body.
+int JsonNestingDepth(std::string_view text);
 
 // The same for an upstream's body or stream chunk, with invalid UTF-8 inside
 // strings allowed: a server that splits a character between two chunks sends
