@@ -83,7 +83,7 @@ std::string ErrorBody(const Error& error, ErrorFlavor flavor) {
   boost::json::object metadata;
   if (!error.provider_name.empty()) metadata["provider_name"] = error.provider_name;
   if (flavor == ErrorFlavor::kOpenRouter) {
-    inner["code"] = HttpStatus(error.code);
+    inner["code"] = error.status != 0 ? error.status : HttpStatus(error.code);
     if (!error.code_string.empty()) metadata["reason"] = error.code_string;
   } else if (error.code_string.empty()) {
     inner["code"] = nullptr;

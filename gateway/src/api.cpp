@@ -4,6 +4,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <set>
@@ -334,8 +335,13 @@ std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, 
                                std::to_string(limit) + " are allowed",
                            std::string(param));
   };
-  if (request.messages.size() > static_cast<std::size_t>(limits.max_messages)) {
-    return over(responses ? "input items" : "messages", request.messages.size(), limits.max_messages,
+  // System and developer turns are the caller's `system` / `instructions`,
+  // not its messages: their parts count below.
+  const auto conversation = static_cast<std::size_t>(std::count_if(
+      request.messages.begin(), request.messages.end(),
+      [](const Message& m) { return m.role != Role::kSystem && m.role != Role::kDeveloper; }));
+  if (conversation > static_cast<std::size_t>(limits.max_messages)) {
+    return over(responses ? "input items" : "messages", conversation, limits.max_messages,
                 responses ? "input" : "messages");
   }
   if (request.tools.size() > static_cast<std::size_t>(limits.max_tools)) {

@@ -100,7 +100,7 @@ std::string RenderCredits(const billing::KeyUsage& usage);
 // Bounds on a decoded call (config server.max_messages, max_tools,
 // max_content_parts).
 struct CallLimits {
-  int max_messages = 0;
+  int max_messages = 0;       // conversation turns: system and developer messages not counted
   int max_tools = 0;
   int max_content_parts = 0;  // over all messages, tool results' parts included
 };

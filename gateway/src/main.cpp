@@ -404,8 +404,16 @@ std::unique_ptr<AccountStore> Connect(const Args& args, bool with_box, int* stat
 
 int CheckConfig(const Args& args) {
   if (!CheckFlags(args, {})) return 2;
+  if (args.positional.size() > 1) {
+    Fail("check-config takes no arguments (see tollgate --help)");
+    return 2;
+  }
   auto config = LoadConfigFlag(args, true);
   if (!config) return 2;
+  if (std::optional<std::string> error = gateway::CheckServeConfig(*config)) {
+    std::cerr << "tollgate: bad config: " << *error << "\n";
+    return 2;
+  }
   std::size_t enabled = 0;
   for (const auto& p : config->providers) enabled += p.enabled ? 1 : 0;
   std::cout << "config OK: " << config->models.size() << " models, " << enabled << " of " << config->providers.size()

@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
@@ -359,9 +360,9 @@ ErrorFlavor FlavorOf(const Request& req) {
   return ErrorFlavorForPath(target.substr(0, target.find('?')));
 }
 
-// `status`: the HTTP status when not the error code's (408, 414, 431).
-Response ErrorResponse(const Request& req, const Error& error, int status = 0) {
-  Response res = JsonResponse(req, status != 0 ? status : HttpStatus(error.code), ErrorBody(error, FlavorOf(req)));
+Response ErrorResponse(const Request& req, const Error& error) {
+  Response res = JsonResponse(req, error.status != 0 ? error.status : HttpStatus(error.code),
+                              ErrorBody(error, FlavorOf(req)));
   if (!error.retry_after.empty()) res.set(http::field::retry_after, error.retry_after);
   return res;
 }
@@ -577,8 +578,8 @@ class Connection {
       parser.header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
       parser.body_limit(static_cast<uint64_t>(limits.max_body_bytes));
       beast::error_code ec;
-      std::string_view limit;  // the limit a refusal names, for metrics
-      std::optional<std::pair<int, std::string>> refusal;  // status, message
+      std::optional<Error> refusal;  // a limit passed: answered, then the connection closes
+      std::string_view limit;        // its tollgate_limit_rejections_total label
       {
         ReadDeadline deadline(strand, Lowest().socket(), std::chrono::milliseconds(limits.header_timeout_ms));
         auto [head_ec, head_n] = co_await http::async_read_header(stream_, buffer, parser, kUseTuple);
@@ -586,21 +587,39 @@ class Connection {
         ec = head_ec;
         if (deadline.fired()) {
           limit = "header_timeout";
-          refusal.emplace(408, "request headers were not received within " +
-                                             std::to_string(limits.header_timeout_ms) + " ms (server.header_timeout_ms)");
+          refusal = LimitError(408, "request_timeout", "request headers were not received within " +
+                                                           std::to_string(limits.header_timeout_ms) +
+                                                           " ms (server.header_timeout_ms)");
+        } else if (ec == http::error::header_limit) {
+          limit = "header_bytes";
+          refusal = LimitError(431, "request_header_fields_too_large",
+                               "request headers are larger than " + std::to_string(limits.max_header_bytes) +
+                                   " bytes (server.max_header_bytes)");
         }
       }
       if (!ec && !refusal) {
         const auto& head = parser.get();
+        const std::string_view coding = Trim(head[http::field::transfer_encoding]);
         if (head.target().size() > static_cast<std::size_t>(limits.max_url_bytes)) {
           limit = "url_bytes";
-          refusal.emplace(414, "the request URL is " + std::to_string(head.target().size()) +
-                                             " bytes; at most " + std::to_string(limits.max_url_bytes) +
-                                             " are allowed (server.max_url_bytes)");
+          refusal = LimitError(414, "uri_too_long",
+                               "the request URL is " + std::to_string(head.target().size()) + " bytes; at most " +
+                                   std::to_string(limits.max_url_bytes) + " are allowed (server.max_url_bytes)");
         } else if (const auto fields = std::distance(head.begin(), head.end()); fields > limits.max_headers) {
           limit = "headers";
-          refusal.emplace(431, "the request has " + std::to_string(fields) + " header fields; at most " +
-                                             std::to_string(limits.max_headers) + " are allowed (server.max_headers)");
+          refusal = LimitError(431, "request_header_fields_too_large",
+                               "the request has " + std::to_string(fields) + " header fields; at most " +
+                                   std::to_string(limits.max_headers) + " are allowed (server.max_headers)");
+        } else if ((!coding.empty() && !beast::iequals(coding, "chunked")) ||
+                   head.count(http::field::transfer_encoding) > 1) {
+          // RFC 9112 section 6: chunked must be the last coding, and we decode
+          // no other; a body framed some other way would be read as the next
+          // request (request smuggling), so it is refused and the connection closed.
+          limit = "transfer_encoding";
+          const bool chunked_inside = coding.find("chunked") != std::string_view::npos ||
+                                      coding.find("CHUNKED") != std::string_view::npos;
+          refusal = LimitError(chunked_inside ? 400 : 501, "unsupported_transfer_encoding",
+                               "Transfer-Encoding must be chunked alone (or absent, with Content-Length)");
         }
       }
       if (!ec && !refusal && !parser.is_done()) {
@@ -616,56 +635,42 @@ class Connection {
         ec = body_ec;
         if (deadline.fired()) {
           limit = "body_timeout";
-          refusal.emplace(408, "the request body was not received within " +
-                                             std::to_string(limits.body_timeout_ms) + " ms (server.body_timeout_ms)");
+          refusal = LimitError(408, "request_timeout", "the request body was not received within " +
+                                                           std::to_string(limits.body_timeout_ms) +
+                                                           " ms (server.body_timeout_ms)");
         }
       }
-      if (refusal) {
-        // In the caller's API shape once the request line is in.
-        Request head{http::verb::get, "/", 11};
-        if (parser.is_header_done()) head = Request{parser.get().method(), parser.get().target(), parser.get().version()};
-        head.keep_alive(false);
-        Response res = ErrorResponse(head, InvalidArgument(std::move(refusal->second)), refusal->first);
-        s_.metrics->CountLimitRejection(limit);
-        if (!kTls || !ec) co_await Write(res);  // TLS: a cancelled read leaves no usable stream
-        break;
-      }
-      if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-          ec == beast::error::timeout || ec == asio::error::operation_aborted) {
-        break;
-      }
-      if (ec == http::error::body_limit) {
-        Request head{parser.get().method(), parser.get().target(), parser.get().version()};
-        head.keep_alive(false);
-        Error too_large{ErrorCode::kPayloadTooLarge,
+      // From the header's Content-Length, or while reading a chunked body.
+      if (!refusal && ec == http::error::body_limit) {
+        limit = "body_bytes";
+        refusal = Error{ErrorCode::kPayloadTooLarge,
                         "request body is larger than " + std::to_string(limits.max_body_bytes) +
                             " bytes (server.max_body_bytes)",
                         "", "request_too_large"};
-        Response res = ErrorResponse(head, too_large);
-        if (head.method() == http::verb::post && CallApiOf(head.target())) {
-          LogRefused(res, too_large, std::nullopt, "", false, Clock::now());
+      }
+      if (!refusal && (ec == http::error::end_of_stream || ec == asio::error::eof ||
+                       ec == asio::error::connection_reset || ec == beast::error::timeout ||
+                       ec == asio::error::operation_aborted)) {
+        break;
+      }
+      if (refusal || ec) {
+        if (!refusal) refusal = InvalidArgument("malformed HTTP request: " + ec.message());
+        // In the caller's API shape: the path from the request line, parsed
+        // (Beast parses it before the fields) or still raw in the buffer.
+        Request head{http::verb::get, "/", 11};
+        if (!parser.get().target().empty()) {
+          head = Request{parser.get().method(), parser.get().target(), parser.get().version()};
+        } else {
+          head.target(RawRequestTarget(buffer));
         }
-        s_.metrics->CountLimitRejection("body_bytes");
-        co_await Write(res);
-        break;
-      }
-      if (ec == http::error::header_limit) {
-        Request head{http::verb::get, "/", 11};
         head.keep_alive(false);
-        Response res = ErrorResponse(head,
-                                     InvalidArgument("request headers are larger than " +
-                                                     std::to_string(limits.max_header_bytes) +
-                                                     " bytes (server.max_header_bytes)"),
-                                     431);
-        s_.metrics->CountLimitRejection("header_bytes");
-        co_await Write(res);
-        break;
-      }
-      if (ec) {
-        Request head{http::verb::get, "/", 11};
-        head.keep_alive(false);
-        Response res = ErrorResponse(head, InvalidArgument("malformed HTTP request: " + ec.message()));
-        co_await Write(res);
+        Response res = ErrorResponse(head, *refusal);
+        if (!limit.empty()) s_.metrics->CountLimitRejection(limit);
+        if (limit == "body_bytes" && head.method() == http::verb::post && CallApiOf(head.target())) {
+          LogRefused(res, *refusal, std::nullopt, "", false, Clock::now());
+        }
+        // TLS: a read cancelled by a deadline leaves no usable stream.
+        if (!kTls || (limit != "header_timeout" && limit != "body_timeout")) co_await Write(res);
         break;
       }
       Request req = parser.release();
@@ -685,6 +690,31 @@ class Connection {
   }
 
  private:
+  static Error LimitError(int status, std::string code_string, std::string message) {
+    Error error = InvalidArgument(std::move(message));
+    error.code_string = std::move(code_string);
+    error.status = status;
+    return error;
+  }
+
+  // The target of a request line still in `buffer` ("POST /v1/messages
+  // HTTP/1.1"), or "/" when there is none to read.
+  static std::string RawRequestTarget(const beast::flat_buffer& buffer) {
+    std::string_view text(static_cast<const char*>(buffer.data().data()), std::min<std::size_t>(buffer.size(), 8192));
+    text = text.substr(0, text.find_first_of("\r\n"));
+    const std::size_t start = text.find(' ');
+    if (start == std::string_view::npos) return "/";
+    text.remove_prefix(start + 1);
+    text = text.substr(0, text.find(' '));
+    return text.empty() || text.front() != '/' ? "/" : std::string(text);
+  }
+
+  static std::string_view Trim(std::string_view text) {
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+    return text;
+  }
+
   beast::tcp_stream& Lowest() { return beast::get_lowest_layer(stream_); }
 
   // Returns false when the connection must close.
@@ -1091,6 +1121,12 @@ class Connection {
     }
     Result<ChatRequest> parsed = wire::anthropic::DecodeCountTokensRequest(req.body());
     if (!parsed) co_return ErrorResponse(req, parsed.error());
+    const ServerConfig& limits = rt_->config.server;
+    if (std::optional<Error> over = CheckCallLimits(
+            *parsed, ApiFlavor::kAnthropicMessages,
+            CallLimits{limits.max_messages, limits.max_tools, limits.max_content_parts})) {
+      co_return ErrorResponse(req, *over);
+    }
     const routing::Model* model = rt_->catalog.Find(routing::SplitVariant(parsed->model).first);
     if (model == nullptr) {
       co_return ErrorResponse(req, Error{ErrorCode::kNotFound,
@@ -1323,6 +1359,7 @@ class Connection {
       rejection = parsed.error();
     } else if (s_.stopping) {
       rejection = Error{ErrorCode::kUnavailable, "the server is shutting down; retry the request", "", "shutting_down"};
+      rejection->retry_after = "1";
     } else if (responses && !responses->previous_response_id.empty()) {
       rejection = co_await LoadPreviousResponse(*responses, key->id, prior_context, prior_bytes);
       if (!rejection) parsed->messages = std::move(responses->chat.messages);
@@ -1338,6 +1375,7 @@ class Connection {
       const std::string_view model = parsed ? routing::SplitVariant(parsed->model).first : std::string_view();
       s_.metrics->CountUnmeteredCall(model, HttpStatus(rejection->code));
       Response res = ErrorResponse(req, *rejection);
+      if (s_.stopping) res.keep_alive(false);
       LogRefused(res, *rejection, Usable(key) ? key : std::optional<billing::KeyRecord>(), model, parsed && parsed->stream, received);
       bool keep = co_await Write(res);
       co_return std::pair{keep, HttpStatus(rejection->code)};
@@ -1739,6 +1777,8 @@ Result<std::shared_ptr<asio::ssl::context>> ListenerTls(const ServerConfig& serv
   tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
                    asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1 |
                    asio::ssl::context::single_dh_use);
+  // An encrypted key is refused, never a pass phrase prompt on a terminal.
+  tls->set_password_callback([](std::size_t, asio::ssl::context::password_purpose) { return std::string(); });
   beast::error_code ec;
   tls->use_certificate_chain_file(server.tls_cert_file, ec);
   if (ec) return InvalidArgument("server.tls.cert_file: cannot use '" + server.tls_cert_file + "': " + ec.message());
@@ -1748,6 +1788,25 @@ Result<std::shared_ptr<asio::ssl::context>> ListenerTls(const ServerConfig& serv
     return InvalidArgument("server.tls.key_file: the key does not match server.tls.cert_file");
   }
   return tls;
+}
+
+providers::RemoteProviderOptions RemoteOptions(const ProviderConfig& p, const OutboundConfig& outbound) {
+  providers::RemoteProviderOptions o;
+  o.api = RemoteApiOf(p.type);
+  o.preset = p.preset;
+  o.display_name = p.display_name;
+  o.base_url = p.base_url;
+  o.api_key = p.api_key;
+  o.ca_file = p.ca_file;
+  o.connect_timeout_ms = p.connect_timeout_ms;
+  o.first_byte_timeout_ms = p.first_byte_timeout_ms;
+  o.max_idle_connections = p.max_idle_connections;
+  o.default_max_tokens = p.default_max_tokens;
+  o.extra_headers = p.extra_headers;
+  o.proxy = outbound.proxy;
+  o.no_proxy = outbound.no_proxy;
+  o.dns_ttl_ms = outbound.dns_ttl_ms;
+  return o;
 }
 
 // Builds what `config` serves: providers, catalog, router, listener TLS.
@@ -1784,22 +1843,7 @@ Result<std::shared_ptr<Runtime>> BuildRuntime(Config config, const Runtime* prev
       rt->remote[p.id] = previous->remote.at(p.id);
       continue;
     }
-    providers::RemoteProviderOptions o;
-    o.api = RemoteApiOf(p.type);
-    o.preset = p.preset;
-    o.display_name = p.display_name;
-    o.base_url = p.base_url;
-    o.api_key = p.api_key;
-    o.ca_file = p.ca_file;
-    o.connect_timeout_ms = p.connect_timeout_ms;
-    o.first_byte_timeout_ms = p.first_byte_timeout_ms;
-    o.max_idle_connections = p.max_idle_connections;
-    o.default_max_tokens = p.default_max_tokens;
-    o.extra_headers = p.extra_headers;
-    o.proxy = cfg.outbound.proxy;
-    o.no_proxy = cfg.outbound.no_proxy;
-    o.dns_ttl_ms = cfg.outbound.dns_ttl_ms;
-    auto provider = providers::RemoteProvider::Create(std::move(o), ioc);
+    auto provider = providers::RemoteProvider::Create(RemoteOptions(p, cfg.outbound), ioc);
     if (!provider) return InvalidArgument("providers." + p.id + ": " + provider.error().message);
     rt->remote[p.id] = std::move(*provider);
   }
@@ -1943,7 +1987,36 @@ std::vector<std::string> KeepRestartOnlySettings(const Config& running, Config& 
 
 }  // namespace
 
+std::optional<std::string> CheckServeConfig(const Config& config) {
+  if (auto tls = ListenerTls(config.server); !tls) return tls.error().message;
+  asio::io_context ioc;  // the remote providers' pools are built, never used
+  std::map<std::string, const ProviderConfig*> enabled;
+  for (const ProviderConfig& p : config.providers) {
+    if (!p.enabled) continue;
+    enabled[p.id] = &p;
+    if (p.type == "local") continue;
+    auto provider = providers::RemoteProvider::Create(RemoteOptions(p, config.outbound), ioc);
+    if (!provider) return "providers." + p.id + ": " + provider.error().message;
+  }
+  bool any_model = false;
+  for (const ModelConfig& m : config.models) {
+    for (const EndpointConfig& e : m.endpoints) {
+      auto it = enabled.find(e.provider);
+      if (it == enabled.end()) continue;
+      if (it->second->type == "local" && !std::ifstream(e.model)) {
+        return e.config_path + ".model (" + m.id + "): cannot read " + e.model;
+      }
+      any_model = true;
+    }
+  }
+  if (!any_model) return "no model is available: the config lists none, or every model's providers are disabled";
+  return std::nullopt;
+}
+
 int Serve(const Config& config, const ServeOptions& options) {
+  // SIGHUP before the reload handler is installed (during startup: database
+  // connections, model loading) is ignored rather than fatal.
+  std::signal(SIGHUP, SIG_IGN);
   int threads = config.server.io_threads > 0 ? config.server.io_threads
                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // Destruction order matters: the io_context (with every connection's and
@@ -2246,9 +2319,14 @@ int Serve(const Config& config, const ServeOptions& options) {
   }
   // Bounded: during a database outage the rows still queued after 30 s are
   // logged and counted as lost rather than hanging the shutdown forever.
+  // Exit 3 when usage rows were left unwritten: in the spool (replayed by
+  // the next start on the same spool_dir) or lost; the orchestrator and the
+  // operator should know.
+  int exit_code = 0;
   if (!services.recorder->StopWithin(std::chrono::seconds(30))) {
     std::cerr << "tollgate: " << services.recorder->rows_lost() << " usage rows could not be written" << std::endl;
   }
+  if (services.recorder->rows_lost() > 0 || services.recorder->rows_left_in_spool() > 0) exit_code = 3;
   drop_earlier_boots.request_stop();
   if (drop_earlier_boots.joinable()) drop_earlier_boots.join();
   usage_maintenance.request_stop();
@@ -2257,7 +2335,7 @@ int Serve(const Config& config, const ServeOptions& options) {
   services.guard->Stop();
   services.keys->Stop();
   std::cerr << "tollgate: stopped; " << services.recorder->rows_written() << " usage rows written" << std::endl;
-  return 0;
+  return exit_code;
 }
 
 }  // namespace tollgate::gateway

@@ -13,8 +13,11 @@
   refuse, naming POSTGRES_PASSWORD;
 - the resolved compose file: migrate runs `migrate` after postgres is healthy, tollgate runs
   `serve` after migrate completed, its healthcheck is /readyz on TOLLGATE_LISTEN's port, which is
-  the published port, its stop grace exceeds the config's drain timeout, the spool and models
+  the published port, its stop grace covers the config's drain timeout + 8 s (calls cancelled after
+  the drain) + 30 s (the usage flush while PostgreSQL is unreachable), the spool and models
   volumes are mounted where the config reads them, and every bind-mounted file exists;
+- no deploy file says an empty provider key is sent upstream or leaves its provider on (the
+  gateway turns such a provider off; deploy_chart runs that);
 - `promtool check config` on deploy/compose/prometheus.yml with the rules beside it, as mounted.
 """
 
@@ -110,12 +113,29 @@ def main():
     check(any(str(p.get("target")) == port for p in tg["ports"]), f"published ports {tg['ports']} miss {port}")
     check(f"http://127.0.0.1:{port}/readyz" in " ".join(tg["healthcheck"]["test"]), "tollgate healthcheck is not /readyz")
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
-        check(tenv.get(key) is None, f"{key} is set ({tenv.get(key)!r}) although .env.example leaves it out: "
-                                     "an empty key would switch its provider on")
+        check(tenv.get(key) is None, f"{key} is set ({tenv.get(key)!r}) although .env.example leaves it out")
     config = yaml.safe_load(open(os.path.join(a.repo, "config", "tollgate.yaml")))
     drain_s = config["server"]["drain_timeout_ms"] / 1000
-    check(seconds(tg.get("stop_grace_period", "10s")) > drain_s,
-          f"stop_grace_period {tg.get('stop_grace_period')} <= server.drain_timeout_ms {drain_s} s")
+    grace_s = seconds(tg.get("stop_grace_period", "10s"))
+    check(grace_s >= drain_s + 8 + 30,
+          f"stop_grace_period {tg.get('stop_grace_period')} < server.drain_timeout_ms {drain_s} s + 8 s (cancelled "
+          f"calls) + 30 s (usage flush)")
+    # The compose stack and the chart share one shutdown budget; the chart's default has the
+    # preStop sleep on top (deploy_chart checks that one).
+    chart = yaml.safe_load(open(os.path.join(deploy, "helm", "tollgate", "values.yaml")))
+    check(grace_s == chart["terminationGracePeriodSeconds"],
+          f"stop_grace_period {grace_s} s differs from the chart's terminationGracePeriodSeconds "
+          f"{chart['terminationGracePeriodSeconds']}")
+
+    # Empty provider keys turn their provider off (config.cpp: "${VAR} is empty"); no text may say
+    # otherwise.
+    stale = re.compile(r"empty (?:key|one|value)[^.;]*?(?:is sent|would be sent|is a key|sent (?:upstream )?as a key|"
+                       r"stays on|switch\w* its provider on)", re.I | re.S)
+    for rel in ("compose.yaml", ".env.example", "README.md", "Dockerfile", "helm/tollgate/values.yaml",
+                "helm/tollgate/templates/secret.yaml", "helm/tollgate/templates/NOTES.txt"):
+        text = re.sub(r"\s*\n\s*#?\s*", " ", open(os.path.join(deploy, rel)).read())
+        m = stale.search(text)
+        check(not m, f"deploy/{rel} says an empty provider key is used: '{m.group(0) if m else ''}'")
     targets = {v.get("target") if isinstance(v, dict) else v.split(":")[1]: v for v in tg["volumes"]}
     check(tenv["TOLLGATE_SPOOL_DIR"] in targets, f"no volume at TOLLGATE_SPOOL_DIR {tenv['TOLLGATE_SPOOL_DIR']}")
     check(tenv["TOLLGATE_MODEL_DIR"] in targets, f"no volume at TOLLGATE_MODEL_DIR {tenv['TOLLGATE_MODEL_DIR']}")

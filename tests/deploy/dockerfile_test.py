@@ -290,9 +290,15 @@ def main():
         conf = cmd[cmd.index("--config") + 1]
         check(f"/out{conf}" in build_text, f"CMD names {conf}, which the build stage does not install")
 
-    # The config the image ships, checked by the real binary with the image's env.
+    # The config the image ships, checked by the real binary with the image's env; the models
+    # volume (/models in the image) is the repository's model folder here.
+    model_dirs = [os.environ.get("TOLLGATE_MODEL_DIR", ""), os.path.join(repo, "models"),
+                  os.path.join(repo, "..", "shared", "models")]
+    model_dir = next((d for d in model_dirs if d and os.path.isfile(os.path.join(d, "stories260K.gguf"))), None)
+    check(model_dir is not None, f"stories260K.gguf not found in {model_dirs} (see README: the model)")
     r = subprocess.run([a.tollgate, "check-config", "--config", os.path.join(repo, "config", "tollgate.yaml")],
-                       capture_output=True, text=True, timeout=60, env={"PATH": os.environ.get("PATH", ""), **env})
+                       capture_output=True, text=True, timeout=60,
+                       env={"PATH": os.environ.get("PATH", ""), **env, "TOLLGATE_MODEL_DIR": model_dir or "/models"})
     check(r.returncode == 0 and r.stdout.startswith("config OK"),
           f"the image's config/tollgate.yaml with its ENV does not load: rc {r.returncode}: {r.stderr.strip()[:500]}")
 

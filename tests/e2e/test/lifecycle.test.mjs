@@ -217,6 +217,21 @@ describe('config reload, drain, limits and TLS', { timeout: 240000 }, () => {
     assertOpenAiError(await rawExchange(port, post('/v1/chat/completions', chatBody(), manyHeaders)), 431, /30|3\d header fields; at most 20/);
     assertOpenAiError(await rawExchange(port, post('/v1/chat/completions', chatBody(), `X-Big: ${'a'.repeat(3000)}\r\n`)), 431, /larger than 2048 bytes/);
     assertOpenAiError(await rawExchange(port, post(`/v1/chat/completions?${'q'.repeat(1000)}`, chatBody())), 414, /at most 512/);
+    // OpenRouter's shape under /api/v1: `code` is the HTTP status; Anthropic's on /v1/messages, also
+    // when the headers did not parse.
+    assert.equal(assertOpenAiError(await rawExchange(port, post(`/api/v1/chat/completions?${'q'.repeat(1000)}`, chatBody())), 414, /at most 512/).error.code, 414);
+    const bigHead = await rawExchange(port, post('/v1/messages', '{}', `X-Big: ${'a'.repeat(3000)}\r\n`));
+    assert.equal(bigHead.status, 431);
+    assert.equal(JSON.parse(bigHead.body).type, 'error');
+
+    // Transfer-Encoding other than chunked alone: refused and closed, nothing after it is read as a request.
+    const smuggle = await rawExchange(port, `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n${auth}Transfer-Encoding: chunked, identity\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n`);
+    assertOpenAiError(smuggle, 400, /Transfer-Encoding must be chunked alone/);
+    assert.equal(smuggle.body.match(/HTTP\/1\.1 /g), null, 'no second response');
+    // With Content-Length too, Beast refuses it first (400); alone, an unknown coding is 501.
+    const xchunked = await rawExchange(port, post('/v1/chat/completions', chatBody(), 'Transfer-Encoding: xchunked\r\n'));
+    assert.ok([400, 501].includes(xchunked?.status), xchunked?.body);
+    assertOpenAiError(await rawExchange(port, `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n${auth}Transfer-Encoding: gzip\r\n\r\n`), 501, /chunked alone/);
 
     // JSON nesting, named with its depth; in Anthropic's shape on /v1/messages.
     let deep = '"x"';
@@ -237,6 +252,11 @@ describe('config reload, drain, limits and TLS', { timeout: 240000 }, () => {
     assertOpenAiError(await rawExchange(port, post('/v1/chat/completions', chatBody({ tools: [tool('a'), tool('b'), tool('c')] }))), 400, /3 tools; at most 2/);
     const parts = Array.from({ length: 6 }, () => ({ type: 'text', text: 'p' }));
     assertOpenAiError(await rawExchange(port, post('/v1/chat/completions', chatBody({ messages: [{ role: 'user', content: parts }] }))), 400, /6 content parts; at most 5/);
+    // System turns are not messages; count_tokens has the same limits.
+    assert.equal((await call(gw, chatBody({ messages: [{ role: 'system', content: 's' }, ...msgs(3)] }))).status, 200);
+    const counted = await rawExchange(port, post('/v1/messages/count_tokens', JSON.stringify({ model: 'mock/gpt-test', messages: msgs(4) }), 'anthropic-version: 2023-06-01\r\n'));
+    assert.equal(counted.status, 400);
+    assert.match(JSON.parse(counted.body).error.message, /4 messages; at most 3/);
 
     // Slow clients: headers, then a body, that do not arrive in time get 408.
     const t0 = Date.now();
@@ -266,6 +286,31 @@ describe('config reload, drain, limits and TLS', { timeout: 240000 }, () => {
     }
     assert.ok((await metric(gw, 'tollgate_connections_refused_total{reason="per_client"}')) >= 1);
     assert.equal(gw.exited, null);
+  });
+
+  test('check-config refuses what serve would refuse, and names it', async () => {
+    const check = (yaml, extraEnv = {}) => {
+      const file = path.join(workDir, `check-${crypto.randomUUID()}.yaml`);
+      fs.writeFileSync(file, yaml);
+      try {
+        const out = execFileSync(requireBinary(), ['check-config', '--config', file], { env: { ...process.env, ...extraEnv }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+        return { code: 0, out };
+      } catch (e) {
+        return { code: e.status, out: `${e.stdout}${e.stderr}` };
+      }
+    };
+    const good = check(baseConfig);
+    assert.equal(good.code, 0, good.out);
+    assert.match(good.out, /^config OK: /);
+    const noCert = check(baseConfig.replace('  io_threads: 2\n', '  io_threads: 2\n  tls: {cert_file: /nonexistent.crt, key_file: /nonexistent.key}\n'));
+    assert.equal(noCert.code, 2);
+    assert.match(noCert.out, /server\.tls\.cert_file/);
+    const badProxy = check(`${baseConfig}outbound: {proxy: "socks5://127.0.0.1:1"}\n`);
+    assert.equal(badProxy.code, 2);
+    assert.match(badProxy.out, /providers\.mock: .*proxy/);
+    const noModel = check(baseConfig.replace(/stories260K\.gguf/, 'no-such-model.gguf'));
+    assert.equal(noModel.code, 2);
+    assert.match(noModel.out, /cannot read .*no-such-model\.gguf/);
   });
 
   test('TLS on the listener; a new certificate is served after SIGHUP', async () => {

@@ -62,6 +62,9 @@ struct Error {
   // Display name of the provider whose failure this is ("OpenAI"), or empty
   // for Tollgate's own errors. Never a host name.
   std::string provider_name;
+  // The HTTP status when it is not HttpStatus(code): the server's request
+  // limits answer 408, 414 and 431 with kInvalidArgument's body. 0 = none.
+  int status = 0;
 };
 
 // Error::code_string of a provider's error when the upstream refused the API

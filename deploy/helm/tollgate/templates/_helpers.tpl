@@ -56,6 +56,9 @@ The gateway config: .Values.config with the settings the manifests depend on put
 {{- $config := deepCopy .Values.config }}
 {{- $server := default (dict) (get $config "server") }}
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.containerPort)) }}
+{{- if .Values.tls.enabled }}
+{{- $_ := set $server "tls" (dict "cert_file" (printf "%s/tls.crt" .Values.tls.mountPath) "key_file" (printf "%s/tls.key" .Values.tls.mountPath)) }}
+{{- end }}
 {{- $_ := set $config "server" $server }}
 {{- $usage := default (dict) (get $config "usage") }}
 {{- $_ := set $usage "spool_dir" .Values.spool.mountPath }}
@@ -70,14 +73,31 @@ The gateway config: .Values.config with the settings the manifests depend on put
 
 {{/* Checks across values that Kubernetes would not catch. */}}
 {{- define "tollgate.validate" -}}
-{{- $drainMs := int (default 30000 (get (default (dict) .Values.config.server) "drain_timeout_ms")) }}
-{{- if le (mul (int .Values.terminationGracePeriodSeconds) 1000) $drainMs }}
-{{- fail (printf "terminationGracePeriodSeconds (%d s) must be longer than config.server.drain_timeout_ms (%d ms): Kubernetes would kill calls still draining" (int .Values.terminationGracePeriodSeconds) $drainMs) }}
+{{- $server := default (dict) .Values.config.server }}
+{{- $drainMs := 30000 }}
+{{- if hasKey $server "drain_timeout_ms" }}
+{{- $drainMs = int (get $server "drain_timeout_ms") }}
+{{- end }}
+{{- $drainS := div (add $drainMs 999) 1000 }}
+{{- $preStop := int .Values.preStopSleepSeconds }}
+{{- $grace := int .Values.terminationGracePeriodSeconds }}
+{{- $need := add $preStop $drainS 38 }}
+{{- if lt $preStop 0 }}
+{{- fail (printf "preStopSleepSeconds (%d) must be 0 (no hook) or more" $preStop) }}
+{{- end }}
+{{- if lt $grace $need }}
+{{- fail (printf "terminationGracePeriodSeconds (%d s) is too short: it must be at least preStopSleepSeconds (%d s) + config.server.drain_timeout_ms (%d ms, %d s) + 38 s (8 s for calls cancelled after the drain to end, 30 s for the usage flush while PostgreSQL is unreachable) = %d s; Kubernetes would kill the gateway before it has drained and flushed" $grace $preStop $drainMs $drainS $need) }}
 {{- end }}
 {{- if and (not .Values.existingSecret) (not .Values.secrets.TOLLGATE_DATABASE_URL) }}
 {{- fail "secrets.TOLLGATE_DATABASE_URL is required (or existingSecret: a Secret holding TOLLGATE_DATABASE_URL)" }}
 {{- end }}
 {{- if and .Values.adminListener.enabled (eq (int .Values.adminListener.port) (int .Values.containerPort)) }}
 {{- fail "adminListener.port must differ from containerPort" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret: a kubernetes.io/tls Secret with tls.crt and tls.key" }}
+{{- end }}
+{{- if and .Values.tls.enabled (hasKey $server "tls") }}
+{{- fail "set either tls.enabled or config.server.tls, not both (tls.enabled sets config.server.tls to the mounted Secret)" }}
 {{- end }}
 {{- end }}

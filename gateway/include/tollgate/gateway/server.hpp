@@ -17,6 +17,7 @@
 
 #include "tollgate/gateway/config.hpp"
 
+#include <optional>
 #include <string>
 
 namespace tollgate::gateway {
@@ -32,8 +33,18 @@ struct ServeOptions {
   std::string config_path;
 };
 
+// What Serve (and a reload) would refuse in `config` beyond its parsing:
+// the listener's TLS files, each enabled remote provider's settings (its
+// api_key, ca_file, proxy from outbound: or the environment), a local
+// model file that cannot be read, no usable model. Loads no model, opens
+// no connection. Returns the error ("PATH: what"), or nullopt.
+std::optional<std::string> CheckServeConfig(const Config& config);
+
 // Runs until a stop signal. Returns the process exit code: 0 after a clean
-// stop, 1 when startup failed (the reason is printed to stderr first).
+// stop, 1 when startup failed (the reason is printed to stderr first), 3
+// after a stop that left usage rows unwritten (the database unreachable for
+// 30 s at the end: rows in usage.spool_dir are replayed by the next start on
+// it; any others are lost, and logged).
 int Serve(const Config& config, const ServeOptions& options);
 
 }  // namespace tollgate::gateway
