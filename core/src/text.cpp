@@ -171,4 +171,10 @@ std::string FormatUtc(std::chrono::system_clock::time_point t, std::string_view 
   return out;
 }
 
+std::string_view TrimOws(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
 }  // namespace tollgate

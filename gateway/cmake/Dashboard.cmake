@@ -51,4 +51,5 @@ function(tollgate_add_dashboard target)
 
   add_library(${target} STATIC "${CMAKE_CURRENT_SOURCE_DIR}/src/dashboard.cpp" "${output}")
   target_include_directories(${target} PUBLIC "${CMAKE_CURRENT_SOURCE_DIR}/src")
+  target_link_libraries(${target} PRIVATE tollgate_core)  # TrimOws
 endfunction()

@@ -328,12 +328,12 @@ std::string RenderCredits(const billing::KeyUsage& u) {
       {"data", json::object{{"total_credits", ToUsd(u.total_credits)}, {"total_usage", ToUsd(u.total_usage)}}}});
 }
 
-std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, const CallLimits& limits) {
+std::optional<CallLimitPassed> CheckCallLimits(const ChatRequest& request, ApiFlavor api, const CallLimits& limits) {
   const bool responses = api == ApiFlavor::kOpenAiResponses;
-  auto over = [](std::string_view what, std::size_t count, int limit, std::string_view param) {
-    return InvalidArgument("the request has " + std::to_string(count) + " " + std::string(what) + "; at most " +
-                               std::to_string(limit) + " are allowed",
-                           std::string(param));
+  auto over = [](std::string_view label, std::string_view what, std::size_t count, int limit, std::string_view param) {
+    return CallLimitPassed{label, InvalidArgument("the request has " + std::to_string(count) + " " + std::string(what) +
+                                                      "; at most " + std::to_string(limit) + " are allowed",
+                                                  std::string(param))};
   };
   // System and developer turns are the caller's `system` / `instructions`,
   // not its messages: their parts count below.
@@ -341,11 +341,11 @@ std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, 
       request.messages.begin(), request.messages.end(),
       [](const Message& m) { return m.role != Role::kSystem && m.role != Role::kDeveloper; }));
   if (conversation > static_cast<std::size_t>(limits.max_messages)) {
-    return over(responses ? "input items" : "messages", conversation, limits.max_messages,
+    return over("messages", responses ? "input items" : "messages", conversation, limits.max_messages,
                 responses ? "input" : "messages");
   }
   if (request.tools.size() > static_cast<std::size_t>(limits.max_tools)) {
-    return over("tools", request.tools.size(), limits.max_tools, "tools");
+    return over("tools", "tools", request.tools.size(), limits.max_tools, "tools");
   }
   std::size_t parts = 0;
   for (const Message& m : request.messages) {
@@ -355,7 +355,7 @@ std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, 
     }
   }
   if (parts > static_cast<std::size_t>(limits.max_content_parts)) {
-    return over("content parts", parts, limits.max_content_parts, responses ? "input" : "messages");
+    return over("content_parts", "content parts", parts, limits.max_content_parts, responses ? "input" : "messages");
   }
   return std::nullopt;
 }

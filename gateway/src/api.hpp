@@ -105,9 +105,16 @@ struct CallLimits {
   int max_content_parts = 0;  // over all messages, tool results' parts included
 };
 
-// A 400 naming the field, its count and the limit, or nullopt when `request`
-// is within `limits`. `api` picks the caller's field names (messages, input,
-// tools, content).
-std::optional<Error> CheckCallLimits(const ChatRequest& request, ApiFlavor api, const CallLimits& limits);
+// A limit `request` passes: `limit` names it for metrics ("messages",
+// "tools", "content_parts"), `error` is the 400 naming the field, its count
+// and the limit.
+struct CallLimitPassed {
+  std::string_view limit;
+  Error error;
+};
+
+// The first limit `request` passes, or nullopt when it is within `limits`.
+// `api` picks the caller's field names (messages, input, tools, content).
+std::optional<CallLimitPassed> CheckCallLimits(const ChatRequest& request, ApiFlavor api, const CallLimits& limits);
 
 }  // namespace tollgate::gateway

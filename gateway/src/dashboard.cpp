@@ -1,8 +1,9 @@
 #include "dashboard.hpp"
 
-#include <string_view>
-
 #include "dashboard_assets.hpp"
+#include "tollgate/core/text.hpp"
+
+#include <string_view>
 
 namespace tollgate::gateway {
 namespace {
@@ -21,9 +22,7 @@ std::string_view ContentTypeOf(std::string_view url) {
 bool EtagMatches(std::string_view header, std::string_view etag) {
   while (!header.empty()) {
     const size_t comma = header.find(',');
-    std::string_view item = header.substr(0, comma);
-    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    std::string_view item = TrimOws(header.substr(0, comma));
     if (item.starts_with("W/")) item.remove_prefix(2);
     if (item == "*" || item == etag) return true;
     if (comma == std::string_view::npos) break;

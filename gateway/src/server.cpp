@@ -20,6 +20,7 @@
 #include "tollgate/billing/stats_store.hpp"
 #include "tollgate/billing/usage_maintenance.hpp"
 #include "tollgate/billing/usage_recorder.hpp"
+#include "tollgate/core/text.hpp"
 #include "tollgate/local_backend/local_provider.hpp"
 #include "tollgate/providers/remote_provider.hpp"
 #include "tollgate/routing/catalog.hpp"
@@ -386,9 +387,7 @@ std::vector<std::string> AnthropicBetas(const Request& req) {
     std::string_view v = it->value();
     while (!v.empty()) {
       const size_t comma = v.find(',');
-      std::string_view item = v.substr(0, comma);
-      while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-      while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+      const std::string_view item = TrimOws(v.substr(0, comma));
       if (!item.empty()) out.emplace_back(item);
       if (comma == std::string_view::npos) break;
       v.remove_prefix(comma + 1);
@@ -599,7 +598,7 @@ class Connection {
       }
       if (!ec && !refusal) {
         const auto& head = parser.get();
-        const std::string_view coding = Trim(head[http::field::transfer_encoding]);
+        const std::string_view coding = TrimOws(head[http::field::transfer_encoding]);
         if (head.target().size() > static_cast<std::size_t>(limits.max_url_bytes)) {
           limit = "url_bytes";
           refusal = LimitError(414, "uri_too_long",
@@ -707,12 +706,6 @@ class Connection {
     text.remove_prefix(start + 1);
     text = text.substr(0, text.find(' '));
     return text.empty() || text.front() != '/' ? "/" : std::string(text);
-  }
-
-  static std::string_view Trim(std::string_view text) {
-    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
-    return text;
   }
 
   beast::tcp_stream& Lowest() { return beast::get_lowest_layer(stream_); }
@@ -1112,21 +1105,9 @@ class Connection {
   awaitable<Response> HandleCountTokens(const Request& req) {
     std::optional<billing::KeyRecord> key = co_await Authenticate(req);
     if (!Usable(key)) co_return ErrorResponse(req, AuthError(req, key));
-    if (const int depth = wire::JsonNestingDepth(req.body()); depth > rt_->config.server.max_json_depth) {
-      s_.metrics->CountLimitRejection("json_depth");
-      co_return ErrorResponse(req, InvalidArgument("the JSON body nests " + std::to_string(depth) +
-                                                   " levels deep; at most " +
-                                                   std::to_string(rt_->config.server.max_json_depth) +
-                                                   " are allowed (server.max_json_depth)"));
-    }
-    Result<ChatRequest> parsed = wire::anthropic::DecodeCountTokensRequest(req.body());
+    Result<ChatRequest> parsed =
+        DecodeWithinLimits(ApiFlavor::kAnthropicMessages, req.body(), wire::anthropic::DecodeCountTokensRequest);
     if (!parsed) co_return ErrorResponse(req, parsed.error());
-    const ServerConfig& limits = rt_->config.server;
-    if (std::optional<Error> over = CheckCallLimits(
-            *parsed, ApiFlavor::kAnthropicMessages,
-            CallLimits{limits.max_messages, limits.max_tools, limits.max_content_parts})) {
-      co_return ErrorResponse(req, *over);
-    }
     const routing::Model* model = rt_->catalog.Find(routing::SplitVariant(parsed->model).first);
     if (model == nullptr) {
       co_return ErrorResponse(req, Error{ErrorCode::kNotFound,
@@ -1255,24 +1236,23 @@ class Connection {
     return InvalidArgument("unknown API");
   }
 
-  // Decode() within the server's limits on JSON nesting and on the numbers of
-  // messages, tools and content parts (a 400 that names the limit).
-  Result<ChatRequest> DecodeWithinLimits(ApiFlavor api, std::string_view body,
-                                         std::optional<wire::responses::Request>& responses) {
+  // `decode(body)` within the server's limits on JSON nesting (checked
+  // first, so the message names the depth) and on the numbers of messages,
+  // tools and content parts: a 400 that names the limit, counted.
+  template <class Decoder>
+  Result<ChatRequest> DecodeWithinLimits(ApiFlavor api, std::string_view body, Decoder&& decode) {
     const ServerConfig& limits = rt_->config.server;
     if (const int depth = wire::JsonNestingDepth(body); depth > limits.max_json_depth) {
       s_.metrics->CountLimitRejection("json_depth");
       return InvalidArgument("the JSON body nests " + std::to_string(depth) + " levels deep; at most " +
                              std::to_string(limits.max_json_depth) + " are allowed (server.max_json_depth)");
     }
-    Result<ChatRequest> decoded = Decode(api, body, responses);
+    Result<ChatRequest> decoded = decode(body);
     if (!decoded) return decoded;
     const CallLimits call_limits{limits.max_messages, limits.max_tools, limits.max_content_parts};
-    if (std::optional<Error> over = CheckCallLimits(*decoded, api, call_limits)) {
-      s_.metrics->CountLimitRejection(over->param == "tools" ? "tools"
-                                      : over->message.find("content parts") != std::string::npos ? "content_parts"
-                                                                                                 : "messages");
-      return *over;
+    if (std::optional<CallLimitPassed> over = CheckCallLimits(*decoded, api, call_limits)) {
+      s_.metrics->CountLimitRejection(over->limit);
+      return std::move(over->error);
     }
     return decoded;
   }
@@ -1348,7 +1328,8 @@ class Connection {
     // coroutine's whole life, and this one lives as long as its stream.
     auto responses_holder = std::make_unique<std::optional<wire::responses::Request>>();
     std::optional<wire::responses::Request>& responses = *responses_holder;
-    auto parsed_holder = std::make_unique<Result<ChatRequest>>(DecodeWithinLimits(api, req.body(), responses));
+    auto parsed_holder = std::make_unique<Result<ChatRequest>>(DecodeWithinLimits(
+        api, req.body(), [&](std::string_view body) { return Decode(api, body, responses); }));
     Result<ChatRequest>& parsed = *parsed_holder;
     std::optional<Error> rejection;
     boost::json::array prior_context;  // previous_response_id's stored conversation

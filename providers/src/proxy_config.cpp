@@ -1,5 +1,6 @@
 #include "proxy_config.hpp"
 
+#include "tollgate/core/text.hpp"
 #include "tollgate/wire/common.hpp"
 
 #include <arpa/inet.h>
@@ -22,12 +23,6 @@ std::string Lower(std::string_view s) {
   std::string out(s);
   std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return out;
-}
-
-std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
 }
 
 // An IP literal's bytes: 4 for IPv4, 16 for IPv6.
@@ -76,7 +71,7 @@ NoProxyList NoProxyList::Parse(std::string_view list) {
   NoProxyList out;
   while (!list.empty()) {
     const auto comma = list.find(',');
-    std::string_view token = Trim(list.substr(0, comma));
+    std::string_view token = TrimOws(list.substr(0, comma));
     list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
     if (token.empty()) continue;
     if (token == "*") {
@@ -181,7 +176,7 @@ const ProxyServer* ProxySettings::For(bool tls, std::string_view host, std::uint
 }
 
 Result<ProxyServer> ParseProxyUrl(std::string_view url, std::string_view source) {
-  url = Trim(url);
+  url = TrimOws(url);
   std::string text(url);
   if (text.find("://") == std::string::npos) text = "http://" + text;  // curl: no scheme = http
   auto parsed = boost::urls::parse_uri(text);
@@ -223,7 +218,7 @@ Result<ProxySettings> ResolveProxySettings(const std::optional<std::string>& pro
                                            const std::optional<std::string>& no_proxy, const GetEnvFn& getenv) {
   ProxySettings settings;
   if (proxy) {
-    if (!Trim(*proxy).empty()) {
+    if (!TrimOws(*proxy).empty()) {
       auto p = ParseProxyUrl(*proxy, "proxy");
       if (!p) return p.error();
       settings.http = *p;

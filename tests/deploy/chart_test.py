@@ -48,19 +48,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from checks import check, finish  # tests/deploy/checks.py
+
 try:
     import yaml
 except ImportError:
     sys.exit("deploy_chart: PyYAML is missing: install Debian's python3-yaml (scripts/setup.sh does)")
 
-FAILURES = []
-
-
-def check(cond, what):
-    if not cond:
-        FAILURES.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
 
 
 def render(args, sets, expect_error=None):
@@ -594,10 +588,7 @@ def main():
                   f"{name}: Secret is a hook without a migration Job")
 
     run_for_real(args, commands)
-    if FAILURES:
-        print(f"deploy_chart: {len(FAILURES)} failure(s)")
-        sys.exit(1)
-    print("deploy_chart: OK")
+    finish("deploy_chart")
 
 
 if __name__ == "__main__":

@@ -29,19 +29,13 @@ import subprocess
 import sys
 import tempfile
 
+from checks import check, finish  # tests/deploy/checks.py
+
 try:
     import yaml
 except ImportError:
     sys.exit("deploy_compose: PyYAML is missing: install Debian's python3-yaml (scripts/setup.sh does)")
 
-FAILURES = []
-
-
-def check(cond, what):
-    if not cond:
-        FAILURES.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
 
 
 def need(tool):
@@ -95,7 +89,7 @@ def main():
     r = subprocess.run([compose, "-f", compose_file, "--env-file", os.path.join(deploy, ".env.example"), "config"],
                        capture_output=True, text=True, env=env)
     if not check(r.returncode == 0, f"docker-compose config with .env.example: {r.stderr}"):
-        return finish()
+        return finish("deploy_compose")
     print("docker-compose config: valid with deploy/.env.example", flush=True)
     resolved = yaml.safe_load(r.stdout)
     services = resolved["services"]
@@ -160,14 +154,7 @@ def main():
           "Prometheus does not scrape the tollgate service's port")
     grafana_vols = " ".join(v["target"] if isinstance(v, dict) else v for v in services["grafana"]["volumes"])
     check("/var/lib/grafana/dashboards/tollgate-dashboard.json" in grafana_vols, "the dashboard is not provisioned")
-    return finish()
-
-
-def finish():
-    if FAILURES:
-        print(f"deploy_compose: {len(FAILURES)} failure(s)")
-        sys.exit(1)
-    print("deploy_compose: OK")
+    return finish("deploy_compose")
 
 
 if __name__ == "__main__":

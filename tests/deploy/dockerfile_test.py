@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 
-FAILURES = []
+from checks import check, finish  # tests/deploy/checks.py
+
 
 # scripts/setup.sh packages the image does not need: tests, benchmarks, the local PostgreSQL,
 # end-to-end clients, deploy lint tools.
@@ -48,13 +49,6 @@ BUILD_EXTRA = {
 }
 # In the debian:12-slim base image (apt depends on them).
 BASE_IMAGE = {"libc6", "libgcc-s1", "libstdc++6"}
-
-
-def check(cond, what):
-    if not cond:
-        FAILURES.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
 
 
 def parse_dockerfile(path):
@@ -302,10 +296,7 @@ def main():
     check(r.returncode == 0 and r.stdout.startswith("config OK"),
           f"the image's config/tollgate.yaml with its ENV does not load: rc {r.returncode}: {r.stderr.strip()[:500]}")
 
-    if FAILURES:
-        print(f"deploy_dockerfile: {len(FAILURES)} failure(s)")
-        sys.exit(1)
-    print("deploy_dockerfile: OK")
+    finish("deploy_dockerfile")
 
 
 if __name__ == "__main__":

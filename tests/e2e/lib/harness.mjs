@@ -234,6 +234,28 @@ function httpsStatus(url, ca) {
 
 // ---------------------------------------------------------------- database
 
+/** Runs scripts/pg.sh (a private cluster of a test's own); resolves its stdout (the URI for start),
+ * rejects with its stderr on failure. */
+export function pgSh(args, timeoutMs = 90000) {
+  return new Promise((resolve, reject) => {
+    execFile(path.join(REPO_ROOT, 'scripts', 'pg.sh'), args, { cwd: REPO_ROOT, timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`scripts/pg.sh ${args.join(' ')} failed: ${err.message}\n${stderr}`));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/** Creates database `name` on the cluster of superuser URI `adminUrl`; resolves the new database's URI. */
+export async function createDatabaseAt(pg, adminUrl, name) {
+  const c = new pg.Client({ connectionString: adminUrl });
+  await c.connect();
+  await c.query(`CREATE DATABASE "${name}"`);
+  await c.end();
+  const u = new URL(adminUrl);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
 /** Creates a fresh database on the test server; returns {name, url, drop()}. */
 export async function createDatabase(pg, prefix = 'tollgate_e2e') {
   const admin = adminDatabaseUrl();

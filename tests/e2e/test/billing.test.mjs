@@ -28,15 +28,14 @@
 //
 // Money: prices are whole nano-USD per token, so every cost and worst case here is exact.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  ADMIN_TOKEN, REPO_ROOT, adminDatabaseUrl, assertErrorShape, costNano, createDatabase, loadDeps, makeWorkDir,
-  requireBinary, runCli, runCliOk, sleep, startGateway, tail, waitFor, writeGatewayConfig,
+  ADMIN_TOKEN, adminDatabaseUrl, assertErrorShape, costNano, createDatabase, createDatabaseAt, loadDeps,
+  makeWorkDir, pgSh, requireBinary, runCli, runCliOk, sleep, startGateway, tail, waitFor, writeGatewayConfig,
 } from '../lib/harness.mjs';
 import { REPLY_PIECES, answerFor, startMockOpenAI } from '../mock_openai.mjs';
 
@@ -73,16 +72,6 @@ function usdText(nano) {
   const whole = Math.trunc(nano / 1e9);
   const frac = String(nano % 1e9).padStart(9, '0').replace(/0+$/, '');
   return `$${whole}${frac ? `.${frac}` : ''}`;
-}
-
-/** Runs scripts/pg.sh; resolves its stdout (the URI for start), rejects with its stderr on failure. */
-function pgSh(args, timeoutMs = 60000) {
-  return new Promise((resolve, reject) => {
-    execFile(path.join(REPO_ROOT, 'scripts', 'pg.sh'), args, { cwd: REPO_ROOT, timeout: timeoutMs }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`scripts/pg.sh ${args.join(' ')} failed: ${err.message}\n${stderr}`));
-      else resolve(stdout.trim());
-    });
-  });
 }
 
 /** Summary statistics of a list of numbers, for the printed report. */
@@ -695,14 +684,7 @@ describe('billing across two replicas', { timeout: 240000 }, () => {
     try {
       const adminUrl = await pgSh(['start', pgDir, '--test']);
       pgRunning = true;
-      const name = `tollgate_e2e_outage_${process.pid}`;
-      const c = new pg.Client({ connectionString: adminUrl });
-      await c.connect();
-      await c.query(`CREATE DATABASE "${name}"`);
-      await c.end();
-      const u = new URL(adminUrl);
-      u.pathname = `/${name}`;
-      const url = u.toString();
+      const url = await createDatabaseAt(pg, adminUrl, `tollgate_e2e_outage_${process.pid}`);
       const oenv = { TOLLGATE_DATABASE_URL: url };
       await runCliOk(['migrate'], { env: oenv });
       // Postpaid (no --credits), no limit, no budget: admission needs no database.

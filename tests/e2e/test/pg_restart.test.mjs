@@ -18,15 +18,14 @@
 // prepaid account's balance match the rows' costs, one ledger entry per charged row, and
 // `tollgate ledger check` exits 0. The statuses seen during each outage are printed.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  REPO_ROOT, adminDatabaseUrl, costNano, loadDeps, makeWorkDir, requireBinary, runCli, runCliOk, sleep, startGateway, tail,
-  waitFor, writeGatewayConfig,
+  adminDatabaseUrl, costNano, createDatabaseAt, loadDeps, makeWorkDir, pgSh, requireBinary, runCli, runCliOk,
+  sleep, startGateway, tail, waitFor, writeGatewayConfig,
 } from '../lib/harness.mjs';
 import { callChat } from '../lib/outcomes.mjs';
 import { startFaultMock } from '../mock_faults.mjs';
@@ -39,16 +38,6 @@ const OUTAGE_MS = 6000;
 const WORKERS = 6;
 const PRICE = { prompt: '1.00', completion: '2.00' };
 const CREDITS_USD = 50;
-
-/** Runs scripts/pg.sh; resolves its stdout (the URI for start), rejects with its stderr on failure. */
-function pgSh(args, timeoutMs = 90000) {
-  return new Promise((resolve, reject) => {
-    execFile(path.join(REPO_ROOT, 'scripts', 'pg.sh'), args, { cwd: REPO_ROOT, timeout: timeoutMs }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`scripts/pg.sh ${args.join(' ')} failed: ${err.message}\n${stderr}`));
-      else resolve(stdout.trim());
-    });
-  });
-}
 
 /** Immediate shutdown (SIGQUIT to the postmaster, as `pg_ctl -m immediate` does); waits until it is gone. */
 async function crashPostgres(dir) {
@@ -80,14 +69,7 @@ describe('PostgreSQL restarted under load: nothing lost, nothing counted twice',
     pgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tollgate-pg-restart-'));
     const adminUrl = await pgSh(['start', pgDir]); // fsync on: see the header
     pgRunning = true;
-    const name = `tollgate_e2e_pg_restart_${process.pid}`;
-    const c = new pg.Client({ connectionString: adminUrl });
-    await c.connect();
-    await c.query(`CREATE DATABASE "${name}"`);
-    await c.end();
-    const u = new URL(adminUrl);
-    u.pathname = `/${name}`;
-    url = u.toString();
+    url = await createDatabaseAt(pg, adminUrl, `tollgate_e2e_pg_restart_${process.pid}`);
     const env = { TOLLGATE_DATABASE_URL: url };
     await runCliOk(['migrate'], { env });
     keys.post = (await runCliOk(['keys', 'create', '--name', 'restart-postpaid'], { env })).stdout.trim();

@@ -38,6 +38,11 @@ class Utf8Stitcher {
 // make the JSON serialized from it invalid.
 std::string ValidUtf8(std::string_view text);
 
+// `text` without leading and trailing spaces and tabs: HTTP's optional
+// whitespace (OWS, RFC 9110 section 5.6.3) around a header value or a list
+// item. A view into `text`.
+std::string_view TrimOws(std::string_view text);
+
 // `n` characters from [0-9A-Za-z], from the kernel's CSPRNG (getrandom(2),
 // fetched in blocks per thread), uniformly distributed (rejection sampling).
 // Thread-safe. Throws std::runtime_error only if the kernel refuses randomness.
