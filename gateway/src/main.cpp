@@ -425,14 +425,15 @@ int Serve(const Args& args) {
   if (!CheckFlags(args, {"listen", "port-file"})) return 2;
   auto config = LoadConfigFlag(args, true);
   if (!config) return 2;
+  gateway::ServeOptions options;
   if (const std::string* listen = args.Flag("listen")) {
     // Reuse the config parser's HOST:PORT validation.
     auto parsed = gateway::ParseConfig("server: {listen: '" + *listen + "'}", ".", gateway::ProcessEnv());
     if (!parsed) return Fail("--listen: " + parsed.error().message);
     config->server.host = parsed->server.host;
     config->server.port = parsed->server.port;
+    options.listen_overridden = true;
   }
-  gateway::ServeOptions options;
   options.database_url = DatabaseUrl(args, *config);
   if (options.database_url.empty()) {
     return Fail("no database: set TOLLGATE_DATABASE_URL or database.url in the config");

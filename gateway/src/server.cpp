@@ -2165,6 +2165,10 @@ int Serve(const Config& config, const ServeOptions& options) {
       auto loaded = LoadConfig(options.config_path, ProcessEnv());
       if (!loaded) return refuse(loaded.error().message);
       const std::shared_ptr<const Runtime> running = services.Current();
+      if (options.listen_overridden) {
+        loaded->server.host = running->config.server.host;
+        loaded->server.port = running->config.server.port;
+      }
       for (const std::string& setting : KeepRestartOnlySettings(running->config, *loaded)) {
         std::cerr << "tollgate: config reload: " << setting << " changed; it takes effect at restart" << std::endl;
       }
@@ -2186,8 +2190,9 @@ int Serve(const Config& config, const ServeOptions& options) {
       sweep_replaced();
       summary["models"] = installed->catalog.models().size();
       summary["providers"] = installed->remote.size() + installed->engines.size();
-      std::cerr << "tollgate: config reloaded from " << options.config_path << ": " << installed->catalog.models().size()
-                << " models" << std::endl;
+      const std::size_t models = installed->catalog.models().size();
+      std::cerr << "tollgate: config reloaded from " << options.config_path << ": " << models
+                << (models == 1 ? " model" : " models") << std::endl;
       return std::nullopt;
     };
     asio::steady_timer sweep_timer(ioc);

@@ -31,6 +31,9 @@ struct ServeOptions {
   // sync, log.access, stats.retention_days) keep their running values, so
   // command-line overrides of them survive a reload.
   std::string config_path;
+  // server.listen came from `serve --listen`: a reload keeps it without
+  // saying the file's differs.
+  bool listen_overridden = false;
 };
 
 // What Serve (and a reload) would refuse in `config` beyond its parsing:
